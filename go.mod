@@ -1,0 +1,3 @@
+module github.com/opengpa/gpa
+
+go 1.26

@@ -1,0 +1,68 @@
+// Package identity defines the caller identity the kernel records when a
+// process connects to a metadata endpoint, and the interface through which
+// the proxy finds that record for an accepted connection. The production
+// source is the eBPF redirector; tests supply their own.
+package identity
+
+import (
+	"net/netip"
+	"sync"
+)
+
+// Record is what the kernel captured at connect() time for one redirected
+// connection.
+type Record struct {
+	PID      uint32 // thread-group id (the process id users see)
+	TID      uint32 // thread id that called connect
+	UID      uint32
+	GID      uint32
+	CgroupID uint64
+	// StartTime is the process start time in clock ticks since boot, as in
+	// field 22 of /proc/<pid>/stat; 0 when unknown. A /proc read whose start
+	// time differs belongs to another process (pid reuse).
+	StartTime uint64
+	Comm      string
+	// OrigDst is the destination the process asked for before the redirect.
+	OrigDst netip.AddrPort
+}
+
+// Source finds, and consumes, the record for a connection accepted by the
+// proxy listener. client is the accepted connection's remote address
+// (127.0.0.1:<ephemeral port> for a redirected connection). ok is false
+// for a connection that was not redirected (a direct connection).
+type Source interface {
+	Lookup(client netip.AddrPort) (rec Record, ok bool)
+}
+
+// MapSource is a Source for tests and tools: Add registers the record for
+// a client address, and Lookup returns it once and forgets it, as the
+// kernel record is consumed at accept. Safe for concurrent use.
+type MapSource struct {
+	mu sync.Mutex
+	m  map[netip.AddrPort]Record // guarded by mu
+}
+
+// Add registers rec for connections from client.
+func (s *MapSource) Add(client netip.AddrPort, rec Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[netip.AddrPort]Record)
+	}
+	s.m[client] = rec
+}
+
+// Lookup implements Source.
+func (s *MapSource) Lookup(client netip.AddrPort) (Record, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec, ok := s.m[client]
+	delete(s.m, client)
+	return rec, ok
+}
+
+// SourceFunc adapts a function to Source.
+type SourceFunc func(client netip.AddrPort) (Record, bool)
+
+// Lookup implements Source.
+func (f SourceFunc) Lookup(client netip.AddrPort) (Record, bool) { return f(client) }

@@ -1,0 +1,324 @@
+// Package securechannel holds the wire types of the Metadata Security
+// Protocol's secure channel, in one place: the key status the WireServer
+// reports (GET /secure-channel/status), the key it issues (POST
+// /secure-channel/key, also the on-disk key file), and the authorization
+// rules documents carried inside the status (shared/spec/protocol.md §1.2,
+// §1.4, §3.1). Field names and JSON spellings are upstream's.
+package securechannel
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Paths and fixed request bodies of the secure-channel API on the WireServer.
+const (
+	StatusPath = "/secure-channel/status"
+	KeyPath    = "/secure-channel/key"
+	// AttestationPathFormat is formatted with the key GUID.
+	AttestationPathFormat = "/secure-channel/key/%s/key-attestation"
+	// KeyRequestBody is the exact 44-byte body of POST /secure-channel/key.
+	KeyRequestBody = `{"authorizationScheme": "Azure-HMAC-SHA256"}`
+	// MetadataHeaderValue is the Metadata header value upstream sends on
+	// secure-channel calls (note the trailing space).
+	MetadataHeaderValue = "True "
+)
+
+// Mode is a per-service enforcement mode, lower-case on the wire.
+type Mode string
+
+// The three modes. Anything else parsed from the wire is treated as
+// Disabled by the authorizer (protocol.md §3.1).
+const (
+	ModeDisabled Mode = "disabled"
+	ModeAudit    Mode = "audit"
+	ModeEnforce  Mode = "enforce"
+)
+
+// ParseMode lower-cases s and maps it to a Mode; ok is false when s is not
+// one of the three names (the caller decides what that means).
+func ParseMode(s string) (m Mode, ok bool) {
+	switch Mode(strings.ToLower(strings.TrimSpace(s))) {
+	case ModeDisabled:
+		return ModeDisabled, true
+	case ModeAudit:
+		return ModeAudit, true
+	case ModeEnforce:
+		return ModeEnforce, true
+	}
+	return ModeDisabled, false
+}
+
+// Title returns "Disabled", "Audit" or "Enforce", as used in state strings.
+func (m Mode) Title() string {
+	switch m {
+	case ModeAudit:
+		return "Audit"
+	case ModeEnforce:
+		return "Enforce"
+	}
+	return "Disabled"
+}
+
+// KeyStatus is the body of GET /secure-channel/status, in the v1.0 or v2.0
+// shape. Unknown fields are ignored.
+type KeyStatus struct {
+	AuthorizationScheme       string              `json:"authorizationScheme"`
+	KeyDeliveryMethod         string              `json:"keyDeliveryMethod"`
+	KeyIncarnationID          *uint32             `json:"keyIncarnationId,omitempty"`
+	KeyGUID                   *string             `json:"keyGuid"`
+	RequiredClaimsHeaderPairs []string            `json:"requiredClaimsHeaderPairs,omitempty"`
+	SecureChannelState        *string             `json:"secureChannelState,omitempty"`
+	SecureChannelEnabled      *bool               `json:"secureChannelEnabled,omitempty"`
+	Version                   string              `json:"version"`
+	AuthorizationRules        *AuthorizationRules `json:"authorizationRules,omitempty"`
+}
+
+// AuthorizationRules holds one rules item per service.
+type AuthorizationRules struct {
+	IMDS       *AuthorizationItem `json:"imds,omitempty"`
+	WireServer *AuthorizationItem `json:"wireserver,omitempty"`
+	HostGA     *AuthorizationItem `json:"hostga,omitempty"`
+}
+
+// AuthorizationItem is one service's rule set: its default, mode, id and
+// optional rules (protocol.md §3.1). defaultAccess, mode and id are
+// required on the wire.
+type AuthorizationItem struct {
+	DefaultAccess string `json:"defaultAccess"`
+	Mode          string `json:"mode"`
+	ID            string `json:"id"`
+	Rules         *Rules `json:"rules,omitempty"`
+}
+
+// Rules is the RBAC body of an AuthorizationItem, also the body of an
+// inVMAccessControlProfile version.
+type Rules struct {
+	Privileges      []Privilege      `json:"privileges,omitempty"`
+	Roles           []Role           `json:"roles,omitempty"`
+	Identities      []Identity       `json:"identities,omitempty"`
+	RoleAssignments []RoleAssignment `json:"roleAssignments,omitempty"`
+}
+
+// Privilege names a path prefix and optional required query parameters.
+type Privilege struct {
+	Name            string            `json:"name"`
+	Path            string            `json:"path"`
+	QueryParameters map[string]string `json:"queryParameters,omitempty"`
+}
+
+// Role groups privileges by name.
+type Role struct {
+	Name       string   `json:"name"`
+	Privileges []string `json:"privileges"`
+}
+
+// Identity selects callers; every specified selector must match.
+type Identity struct {
+	Name        string `json:"name"`
+	UserName    string `json:"userName,omitempty"`
+	GroupName   string `json:"groupName,omitempty"`
+	ExePath     string `json:"exePath,omitempty"`
+	ProcessName string `json:"processName,omitempty"`
+}
+
+// RoleAssignment grants a role to identities.
+type RoleAssignment struct {
+	Role       string   `json:"role"`
+	Identities []string `json:"identities"`
+}
+
+// UnmarshalJSON enforces the required fields of an item, as upstream's
+// deserializer does: a missing defaultAccess, mode or id fails the parse.
+func (a *AuthorizationItem) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		DefaultAccess *string `json:"defaultAccess"`
+		Mode          *string `json:"mode"`
+		ID            *string `json:"id"`
+		Rules         *Rules  `json:"rules"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	switch {
+	case raw.DefaultAccess == nil:
+		return errors.New("authorization item: missing field `defaultAccess`")
+	case raw.Mode == nil:
+		return errors.New("authorization item: missing field `mode`")
+	case raw.ID == nil:
+		return errors.New("authorization item: missing field `id`")
+	}
+	*a = AuthorizationItem{DefaultAccess: *raw.DefaultAccess, Mode: *raw.Mode, ID: *raw.ID, Rules: raw.Rules}
+	return nil
+}
+
+// ParseKeyStatus decodes a status body (a leading UTF-8 BOM is accepted)
+// and checks the fields every version requires. It does not apply the
+// validation of protocol.md §1.3; see Validate.
+func ParseKeyStatus(body []byte) (*KeyStatus, error) {
+	body = trimBOM(body)
+	var req struct {
+		AuthorizationScheme *string `json:"authorizationScheme"`
+		KeyDeliveryMethod   *string `json:"keyDeliveryMethod"`
+		Version             *string `json:"version"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, fmt.Errorf("key status: %w", err)
+	}
+	switch {
+	case req.AuthorizationScheme == nil:
+		return nil, errors.New("key status: missing field `authorizationScheme`")
+	case req.KeyDeliveryMethod == nil:
+		return nil, errors.New("key status: missing field `keyDeliveryMethod`")
+	case req.Version == nil:
+		return nil, errors.New("key status: missing field `version`")
+	}
+	var ks KeyStatus
+	if err := json.Unmarshal(body, &ks); err != nil {
+		return nil, fmt.Errorf("key status: %w", err)
+	}
+	return &ks, nil
+}
+
+// Validate applies protocol.md §1.3. Warnings (scheme or delivery method
+// not the expected ones) are returned as text and do not fail.
+func (s *KeyStatus) Validate() (warnings string, err error) {
+	if s.SecureChannelEnabled == nil && s.SecureChannelState == nil {
+		return "", errors.New("both secureChannelEnabled and secureChannelState are missing")
+	}
+	if s.SecureChannelState != nil {
+		switch strings.ToLower(*s.SecureChannelState) {
+		case "disabled", "wireserver", "wireserverandimds":
+		default:
+			return "", fmt.Errorf("invalid secureChannelState %q", *s.SecureChannelState)
+		}
+	} else if s.Version == "1.0" {
+		return "", errors.New("secureChannelState is required for version 1.0")
+	}
+	if s.SecureChannelEnabled == nil && s.Version == "2.0" {
+		return "", errors.New("secureChannelEnabled is required for version 2.0")
+	}
+	var w []string
+	if s.AuthorizationScheme != "Azure-HMAC-SHA256" {
+		w = append(w, fmt.Sprintf("authorizationScheme %q is not Azure-HMAC-SHA256", s.AuthorizationScheme))
+	}
+	if m := strings.ToLower(s.KeyDeliveryMethod); m != "http" && m != "vtpm" {
+		w = append(w, fmt.Sprintf("unknown keyDeliveryMethod %q", s.KeyDeliveryMethod))
+	}
+	return strings.Join(w, "; "), nil
+}
+
+// Modes are the three per-service modes and rule sources derived from a
+// status, with the state string reported as keyLatchStatus.states
+// .secureChannelState (protocol.md §1.5).
+type Modes struct {
+	State      string
+	WireServer Mode
+	IMDS       Mode
+	HostGA     Mode
+	// Raw mode strings as the host sent them (v2); an unknown string is not
+	// "disabled" for redirection but compiles to Disabled (quirk 20).
+	WireServerRaw, IMDSRaw string
+}
+
+// StateDisabled and StateUnknown are the special state strings.
+const (
+	StateDisabled = "disabled"
+	StateUnknown  = "Unknown"
+)
+
+// Derive computes the state string and modes of protocol.md §1.5,
+// reproducing upstream's double space before "IMDS" and HostGA mirroring
+// the WireServer item.
+func (s *KeyStatus) Derive() Modes {
+	if s.Version == "2.0" {
+		if s.SecureChannelEnabled == nil || !*s.SecureChannelEnabled || s.AuthorizationRules == nil {
+			return Modes{State: StateDisabled, WireServer: ModeDisabled, IMDS: ModeDisabled, HostGA: ModeDisabled,
+				WireServerRaw: string(ModeDisabled), IMDSRaw: string(ModeDisabled)}
+		}
+		wsRaw, imdsRaw := itemMode(s.AuthorizationRules.WireServer), itemMode(s.AuthorizationRules.IMDS)
+		ws, _ := ParseMode(wsRaw)
+		imds, _ := ParseMode(imdsRaw)
+		state := fmt.Sprintf("WireServer %s -  IMDS %s - HostGA %s", ws.Title(), imds.Title(), ws.Title())
+		return Modes{State: state, WireServer: ws, IMDS: imds, HostGA: ws, WireServerRaw: wsRaw, IMDSRaw: imdsRaw}
+	}
+	state := StateDisabled
+	if s.SecureChannelState != nil {
+		state = strings.ToLower(*s.SecureChannelState)
+	}
+	m := Modes{State: state, WireServer: ModeDisabled, IMDS: ModeDisabled, HostGA: ModeDisabled}
+	switch state {
+	case "wireserver":
+		m.WireServer, m.IMDS, m.HostGA = ModeEnforce, ModeAudit, ModeEnforce
+	case "wireserverandimds":
+		m.WireServer, m.IMDS, m.HostGA = ModeEnforce, ModeEnforce, ModeEnforce
+	case "audit":
+		m.WireServer, m.IMDS, m.HostGA = ModeAudit, ModeAudit, ModeAudit
+	}
+	m.WireServerRaw, m.IMDSRaw = string(m.WireServer), string(m.IMDS)
+	return m
+}
+
+func itemMode(it *AuthorizationItem) string {
+	if it == nil {
+		return string(ModeDisabled)
+	}
+	return strings.ToLower(it.Mode)
+}
+
+// Key is the body of POST /secure-channel/key and the content of a
+// <guid>.key file. Key is hex text; never log a Key value.
+type Key struct {
+	AuthorizationScheme string  `json:"authorizationScheme"`
+	IncarnationID       *uint32 `json:"incarnationId,omitempty"`
+	GUID                string  `json:"guid"`
+	Issued              string  `json:"issued"`
+	Key                 string  `json:"key"`
+}
+
+// String names the key by GUID only, so printing a Key never leaks it.
+func (k Key) String() string { return "secure-channel key " + k.GUID }
+
+// GoString names the key by GUID only.
+func (k Key) GoString() string { return k.String() }
+
+// ParseKey decodes a Key (a leading UTF-8 BOM is accepted) and requires
+// authorizationScheme, guid, issued and key. Errors never contain the key.
+func ParseKey(body []byte) (*Key, error) {
+	body = trimBOM(body)
+	var raw struct {
+		AuthorizationScheme *string `json:"authorizationScheme"`
+		IncarnationID       *uint32 `json:"incarnationId"`
+		GUID                *string `json:"guid"`
+		Issued              *string `json:"issued"`
+		Key                 *string `json:"key"`
+	}
+	if err := json.Unmarshal(body, &raw); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return nil, fmt.Errorf("key: invalid JSON at offset %d", se.Offset)
+		}
+		return nil, errors.New("key: invalid JSON value")
+	}
+	switch {
+	case raw.AuthorizationScheme == nil:
+		return nil, errors.New("key: missing field `authorizationScheme`")
+	case raw.GUID == nil:
+		return nil, errors.New("key: missing field `guid`")
+	case raw.Issued == nil:
+		return nil, errors.New("key: missing field `issued`")
+	case raw.Key == nil:
+		return nil, errors.New("key: missing field `key`")
+	}
+	return &Key{AuthorizationScheme: *raw.AuthorizationScheme, IncarnationID: raw.IncarnationID,
+		GUID: *raw.GUID, Issued: *raw.Issued, Key: *raw.Key}, nil
+}
+
+func trimBOM(b []byte) []byte {
+	if len(b) >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF {
+		return b[3:]
+	}
+	return b
+}
