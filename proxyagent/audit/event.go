@@ -1,0 +1,36 @@
+// Package audit records what the proxy did with every request: the
+// upstream-format ProxyAgent.Connection.log, the aggregated connection and
+// failed-authentication summaries reported in status, and a JSON-lines
+// audit log (one record per decision) for tools to read.
+package audit
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/claims"
+)
+
+// Event is one request outcome as the proxy reports it.
+type Event struct {
+	Time   time.Time
+	HTTPID uint64
+	TCPID  uint64
+	// Caller is nil for a connection without identity.
+	Caller *claims.Claims
+	Client netip.AddrPort
+	// Dest is the original destination; invalid (zero) when unknown.
+	Dest   netip.AddrPort
+	Method string
+	Target string
+	// Authorized is false when the request never reached authorization
+	// (405, traversal, 421, local endpoints); Decision is then zero.
+	Authorized bool
+	Decision   authz.Decision
+	// Status is the HTTP status the client got (GPA's own or upstream's).
+	Status int
+	// Error is the error detail (truncated to 4096 bytes in summaries).
+	Error   string
+	Latency time.Duration
+}

@@ -1,0 +1,37 @@
+// Package claims describes who made a request to a metadata service: the
+// caller's user, groups and process, derived from the kernel's identity
+// record and enriched from /proc (shared/spec/protocol.md §4.4).
+package claims
+
+// Claims is the caller identity used for authorization, audit records and
+// logs. Its JSON form is upstream's; only IsRoot is ever sent to the host.
+type Claims struct {
+	UserID          uint64   `json:"userId"`
+	UserName        string   `json:"userName"`
+	UserGroups      []string `json:"userGroups"`
+	ProcessID       uint32   `json:"processId"`
+	ProcessName     string   `json:"processName"`
+	ProcessFullPath string   `json:"processFullPath"`
+	// ProcessCmdLine is at most the first four arguments, secrets redacted.
+	ProcessCmdLine string `json:"processCmdLine"`
+	RunAsElevated  bool   `json:"runAsElevated"`
+	ClientIP       string `json:"clientIp"`
+	ClientPort     uint16 `json:"clientPort"`
+	// Ancestry is the caller's parent chain, nearest first (at most four
+	// levels). It is not part of upstream's claims and is omitted when empty.
+	Ancestry []Process `json:"ancestry,omitempty"`
+}
+
+// Process is one ancestor of the caller.
+type Process struct {
+	PID     uint32 `json:"pid"`
+	Exe     string `json:"exe"`
+	CmdLine string `json:"cmdLine"`
+}
+
+// Empty returns the claims upstream uses for connections without an
+// identity: user and process strings "empty", ids 0, not elevated.
+func Empty(clientIP string, clientPort uint16) Claims {
+	return Claims{UserName: "empty", UserGroups: []string{}, ProcessName: "empty", ProcessFullPath: "empty",
+		ProcessCmdLine: "empty", ClientIP: clientIP, ClientPort: clientPort}
+}
