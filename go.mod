@@ -2,7 +2,4 @@ module github.com/opengpa/gpa
 
 go 1.26
 
-require (
-	github.com/cilium/ebpf v0.22.0 // indirect
-	golang.org/x/sys v0.43.0 // indirect
-)
+require golang.org/x/sys v0.43.0
