@@ -40,7 +40,7 @@ const (
 // ParseMode lower-cases s and maps it to a Mode; ok is false when s is not
 // one of the three names (the caller decides what that means).
 func ParseMode(s string) (m Mode, ok bool) {
-	switch Mode(strings.ToLower(strings.TrimSpace(s))) {
+	switch Mode(strings.ToLower(s)) {
 	case ModeDisabled:
 		return ModeDisabled, true
 	case ModeAudit:

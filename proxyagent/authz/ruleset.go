@@ -1,0 +1,296 @@
+package authz
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/signing"
+)
+
+// RuleSet is one service's compiled ("effective") rule set
+// (protocol.md §3.2). It is immutable once built and safe for concurrent
+// use.
+type RuleSet struct {
+	id             string
+	defaultAllowed bool
+	mode           securechannel.Mode
+	privs          []*compiledPrivilege // sorted by name
+	identities     map[string]*identitySel
+	warnings       []string
+}
+
+type compiledPrivilege struct {
+	privilege // path, query keys and values lower-cased
+	query     []queryRule
+	// assigned is nil when no role assignment reached this privilege and
+	// empty when one did but named no known identity.
+	assigned []*identitySel // sorted by name
+}
+
+type queryRule struct{ key, value string }
+
+// Compile builds the effective rule set of a host authorization item
+// exactly as upstream does; nil yields nil (no rule set installed).
+// Compilation never fails: unknown roles, privileges and identities are
+// skipped and reported by Warnings.
+func Compile(it *securechannel.AuthorizationItem) *RuleSet {
+	return compile(fromWire(it))
+}
+
+func compile(it *item) *RuleSet {
+	if it == nil {
+		return nil
+	}
+	rs := &RuleSet{id: it.ID, identities: map[string]*identitySel{}}
+	// defaultAccess is lower-cased but not trimmed: " allow" is deny.
+	rs.defaultAllowed = lower(it.DefaultAccess) == "allow"
+	// Quirk 20: a mode that is not one of the three names compiles to
+	// Disabled (allow all; the root check of WireServer and HostGAPlugin
+	// still applies). Upstream lower-cases without trimming.
+	switch securechannel.Mode(lower(it.Mode)) {
+	case securechannel.ModeAudit:
+		rs.mode = securechannel.ModeAudit
+	case securechannel.ModeEnforce:
+		rs.mode = securechannel.ModeEnforce
+	case securechannel.ModeDisabled:
+		rs.mode = securechannel.ModeDisabled
+	default:
+		rs.mode = securechannel.ModeDisabled
+		rs.warnings = append(rs.warnings, fmt.Sprintf("invalid authorization mode %q, using disabled", it.Mode))
+	}
+	r := it.Rules
+	// Quirk 5: privileges, identities and assignments are compiled only
+	// when all four lists are present; otherwise every request gets the
+	// default access.
+	if r == nil || r.Privileges == nil || r.Roles == nil || r.Identities == nil || r.RoleAssignments == nil {
+		return rs
+	}
+	// Duplicate names: the last definition wins.
+	roles := make(map[string]role, len(r.Roles))
+	for _, ro := range r.Roles {
+		roles[ro.Name] = ro
+	}
+	for i := range r.Identities {
+		id := r.Identities[i]
+		rs.identities[id.Name] = &id
+	}
+	privs := make(map[string]*compiledPrivilege, len(r.Privileges))
+	for _, p := range r.Privileges {
+		cp := &compiledPrivilege{privilege: privilege{Name: p.Name, Path: lower(p.Path)}}
+		if p.QueryParameters != nil {
+			cp.QueryParameters = make(map[string]string, len(p.QueryParameters))
+			for k, v := range p.QueryParameters {
+				cp.QueryParameters[lower(k)] = lower(v)
+			}
+			for k, v := range cp.QueryParameters {
+				cp.query = append(cp.query, queryRule{k, v})
+			}
+			sort.Slice(cp.query, func(i, j int) bool { return cp.query[i].key < cp.query[j].key })
+		}
+		privs[p.Name] = cp
+	}
+	assigned := make(map[string]map[string]bool)
+	for _, ra := range r.RoleAssignments {
+		ro, ok := roles[ra.Role]
+		if !ok {
+			rs.warnings = append(rs.warnings, fmt.Sprintf("role %q is not defined, skip the role assignment", ra.Role))
+			continue
+		}
+		for _, pn := range ro.Privileges {
+			if _, ok := privs[pn]; !ok {
+				continue
+			}
+			set := assigned[pn]
+			if set == nil {
+				set = map[string]bool{}
+				assigned[pn] = set
+			}
+			for _, in := range ra.Identities {
+				if _, ok := rs.identities[in]; ok {
+					set[in] = true
+				}
+			}
+		}
+	}
+	for name, cp := range privs {
+		if set, ok := assigned[name]; ok {
+			cp.assigned = make([]*identitySel, 0, len(set))
+			for in := range set {
+				cp.assigned = append(cp.assigned, rs.identities[in])
+			}
+			sort.Slice(cp.assigned, func(i, j int) bool { return cp.assigned[i].Name < cp.assigned[j].Name })
+		}
+		rs.privs = append(rs.privs, cp)
+	}
+	sort.Slice(rs.privs, func(i, j int) bool { return rs.privs[i].Name < rs.privs[j].Name })
+	return rs
+}
+
+// ID returns the rule-set id (after local-rule rewriting, §3.7).
+func (rs *RuleSet) ID() string { return rs.id }
+
+// Mode returns the compiled mode: Disabled, Audit or Enforce.
+func (rs *RuleSet) Mode() securechannel.Mode { return rs.mode }
+
+// DefaultAllowed reports the access given to requests no privilege matches.
+func (rs *RuleSet) DefaultAllowed() bool { return rs.defaultAllowed }
+
+// Privileges returns the number of compiled privileges.
+func (rs *RuleSet) Privileges() int { return len(rs.privs) }
+
+// Warnings lists what compilation skipped (unknown roles, an unknown
+// mode); empty for a clean document.
+func (rs *RuleSet) Warnings() []string { return append([]string(nil), rs.warnings...) }
+
+// Match is the outcome of matching one request against a rule set,
+// ignoring the mode.
+type Match struct {
+	// Allowed is upstream's is_allowed result for a non-disabled mode.
+	Allowed bool
+	// PrivilegeMatched is true when the path and query matched at least
+	// one privilege (then the default access no longer applies).
+	PrivilegeMatched bool
+	// Privilege is the privilege that allowed the request, or (when
+	// denied) the first privilege, by name, that matched; "" when none.
+	Privilege string
+	// Identity is the identity that allowed the request; "" otherwise.
+	Identity string
+	// Reason explains the outcome in a few words.
+	Reason string
+}
+
+// Match applies upstream's legacy matcher (protocol.md §3.3) to a raw
+// request-target (origin or absolute form) and the caller's claims. A nil
+// caller is matched as claims.Empty; a nil rule set allows. The result does not depend on the
+// order of privileges in the document.
+//
+// Kept upstream behaviour:
+//   - Quirk 6: the path match is a plain string prefix of the
+//     percent-decoded, lower-cased path, not segment-aware: rule "/test"
+//     matches "/TEST/x", "/test-evil" and "/testing". "%2F" is decoded
+//     before matching; "+" is not.
+//   - A "?" that appears only after decoding ("%3F") ends the path; what
+//     follows is read as extra query pairs, after the real ones, and its
+//     keys and values are percent-decoded a second time when compared.
+//   - Quirk 7: for each required query key only the first pair whose
+//     decoded, lower-cased key equals it is considered; a later pair with
+//     the same key cannot satisfy (or spoil) the rule. Extra parameters
+//     are ignored; a required value "" matches only an empty value.
+//   - Identity selectors are ANDed; an absent selector is a wildcard and
+//     comparisons are exact and case-sensitive; exePath is compared
+//     component-wise (see samePath).
+func (rs *RuleSet) Match(target string, c *claims.Claims) Match {
+	if rs == nil {
+		return Match{Allowed: true, Reason: "no rules installed"}
+	}
+	if c == nil {
+		e := claims.Empty("", 0)
+		c = &e
+	}
+	rawPath, rawQuery := signing.SplitTarget(target)
+	decoded := lower(percentDecode(rawPath))
+	path, embedded, hasEmbedded := strings.Cut(decoded, "?")
+	var pairs []queryPair
+	pairsDone := false
+	var first *compiledPrivilege
+	for _, p := range rs.privs {
+		if !strings.HasPrefix(path, p.Path) {
+			continue
+		}
+		if p.QueryParameters != nil {
+			if !pairsDone {
+				pairs = parsePairs(rawQuery, nil)
+				if hasEmbedded {
+					pairs = parsePairs(embedded, pairs)
+				}
+				pairsDone = true
+			}
+			if !queryMatches(p.query, pairs) {
+				continue
+			}
+		}
+		if first == nil {
+			first = p
+		}
+		for _, id := range p.assigned {
+			if id.matches(c) {
+				return Match{Allowed: true, PrivilegeMatched: true, Privilege: p.Name, Identity: id.Name,
+					Reason: fmt.Sprintf("privilege %q granted to identity %q", p.Name, id.Name)}
+			}
+		}
+	}
+	if first != nil {
+		reason := fmt.Sprintf("privilege %q matched but no assigned identity matched the caller", first.Name)
+		if first.assigned == nil {
+			reason = fmt.Sprintf("privilege %q matched but no identity is assigned to it", first.Name)
+		}
+		return Match{PrivilegeMatched: true, Privilege: first.Name, Reason: reason}
+	}
+	if rs.defaultAllowed {
+		return Match{Allowed: true, Reason: "no privilege matched; default access allow"}
+	}
+	return Match{Reason: "no privilege matched; default access deny"}
+}
+
+// queryPair is one query pair; key is already decoded and lower-cased.
+type queryPair struct{ key, rawValue string }
+
+// parsePairs splits on '&' and the first '=', skipping empty keys, as
+// upstream's query_pairs does.
+func parsePairs(q string, pairs []queryPair) []queryPair {
+	if q == "" {
+		return pairs
+	}
+	for piece := range strings.SplitSeq(q, "&") {
+		k, v, _ := strings.Cut(piece, "=")
+		if k == "" {
+			continue
+		}
+		pairs = append(pairs, queryPair{key: lower(percentDecode(k)), rawValue: v})
+	}
+	return pairs
+}
+
+func queryMatches(rules []queryRule, pairs []queryPair) bool {
+	for _, qr := range rules {
+		found := false
+		for _, p := range pairs {
+			if p.key != qr.key {
+				continue
+			}
+			if lower(percentDecode(p.rawValue)) != qr.value {
+				return false
+			}
+			found = true
+			break
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func (id *identitySel) matches(c *claims.Claims) bool {
+	if id.UserName != nil && *id.UserName != c.UserName {
+		return false
+	}
+	if id.ProcessName != nil && *id.ProcessName != c.ProcessName {
+		return false
+	}
+	if id.ExePath != nil && !samePath(*id.ExePath, c.ProcessFullPath) {
+		return false
+	}
+	if id.GroupName != nil {
+		for _, g := range c.UserGroups {
+			if g == *id.GroupName {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}
