@@ -1,0 +1,115 @@
+package securechannel
+
+import (
+	"strings"
+	"testing"
+)
+
+// §8 items 13 and 14, and the validation rules of §1.3.
+func TestDeriveAndValidate(t *testing.T) {
+	tests := []struct {
+		name      string
+		body      string
+		invalid   bool
+		state     string
+		ws, imds  Mode
+		hostGA    Mode
+		wsRuleSet string
+	}{
+		{name: "v1 wireserver", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","keyGuid":null,"secureChannelState":"Wireserver","version":"1.0"}`,
+			state: "wireserver", ws: ModeEnforce, imds: ModeAudit, hostGA: ModeEnforce},
+		{name: "v1 disabled", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelState":"Disabled","version":"1.0"}`,
+			state: "disabled", ws: ModeDisabled, imds: ModeDisabled, hostGA: ModeDisabled},
+		{name: "v1 both", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelState":"WireserverAndImds","version":"1.0"}`,
+			state: "wireserverandimds", ws: ModeEnforce, imds: ModeEnforce, hostGA: ModeEnforce},
+		{name: "v1 audit is rejected (quirk 2)", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelState":"Audit","version":"1.0"}`, invalid: true},
+		{name: "v1 without state", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelEnabled":true,"version":"1.0"}`, invalid: true},
+		{name: "v2 without enabled", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","version":"2.0","secureChannelState":"wireserver"}`, invalid: true},
+		{name: "neither", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","version":"2.0"}`, invalid: true},
+		{name: "v2 disabled", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelEnabled":false,"version":"2.0"}`,
+			state: "disabled", ws: ModeDisabled, imds: ModeDisabled, hostGA: ModeDisabled},
+		{name: "v2 enabled without rules", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelEnabled":true,"version":"2.0"}`,
+			state: "disabled", ws: ModeDisabled, imds: ModeDisabled, hostGA: ModeDisabled},
+		{name: "v2 enforce both", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelEnabled":true,"version":"2.0",
+			"authorizationRules":{"wireserver":{"defaultAccess":"deny","mode":"enforce","id":"ws"},"imds":{"defaultAccess":"allow","mode":"Enforce","id":"im"},"hostga":{"defaultAccess":"allow","mode":"disabled","id":"x"}}}`,
+			state: "WireServer Enforce -  IMDS Enforce - HostGA Enforce", ws: ModeEnforce, imds: ModeEnforce, hostGA: ModeEnforce},
+		{name: "v2 audit imds only", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelEnabled":true,"version":"2.0",
+			"authorizationRules":{"imds":{"defaultAccess":"allow","mode":"audit","id":"im"}}}`,
+			state: "WireServer Disabled -  IMDS Audit - HostGA Disabled", ws: ModeDisabled, imds: ModeAudit, hostGA: ModeDisabled},
+		{name: "v2 unknown mode (quirk 20)", body: `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelEnabled":true,"version":"2.0",
+			"authorizationRules":{"wireserver":{"defaultAccess":"deny","mode":"foo","id":"ws"}}}`,
+			state: "WireServer Disabled -  IMDS Disabled - HostGA Disabled", ws: ModeDisabled, imds: ModeDisabled, hostGA: ModeDisabled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ks, err := ParseKeyStatus([]byte(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = ks.Validate()
+			if tt.invalid {
+				if err == nil {
+					t.Fatal("validation passed, want failure")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := ks.Derive()
+			if m.State != tt.state || m.WireServer != tt.ws || m.IMDS != tt.imds || m.HostGA != tt.hostGA {
+				t.Fatalf("Derive = %+v", m)
+			}
+		})
+	}
+}
+
+func TestUnknownModeStaysRawForRedirection(t *testing.T) {
+	ks, err := ParseKeyStatus([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelEnabled":true,"version":"2.0",
+		"authorizationRules":{"wireserver":{"defaultAccess":"deny","mode":"foo","id":"ws"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := ks.Derive(); m.WireServerRaw != "foo" || m.IMDSRaw != "disabled" {
+		t.Fatalf("raw modes = %q %q", m.WireServerRaw, m.IMDSRaw)
+	}
+}
+
+func TestParseKeyStatusRequiredFields(t *testing.T) {
+	for _, body := range []string{
+		`{"keyDeliveryMethod":"http","version":"1.0","secureChannelState":"disabled"}`,
+		`{"authorizationScheme":"Azure-HMAC-SHA256","version":"1.0","secureChannelState":"disabled"}`,
+		`{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelState":"disabled"}`,
+		`{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","version":"2.0","secureChannelEnabled":true,"authorizationRules":{"imds":{"mode":"audit","id":"x"}}}`,
+		`not json`,
+	} {
+		if _, err := ParseKeyStatus([]byte(body)); err == nil {
+			t.Errorf("ParseKeyStatus(%s) accepted", body)
+		}
+	}
+	if ks, err := ParseKeyStatus([]byte("\xEF\xBB\xBF" + `{"authorizationScheme":"x","keyDeliveryMethod":"vtpm2","version":"1.0","secureChannelState":"disabled"}`)); err != nil {
+		t.Fatalf("BOM rejected: %v", err)
+	} else if w, err := ks.Validate(); err != nil || !strings.Contains(w, "authorizationScheme") || !strings.Contains(w, "keyDeliveryMethod") {
+		t.Fatalf("warnings %q, err %v", w, err)
+	}
+}
+
+func TestParseKeyNeverEchoesTheKey(t *testing.T) {
+	const secret = "4A404E635266556A586E3272357538782F413F4428472B4B6250645367566B59"
+	k, err := ParseKey([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","guid":"g","issued":"2021-05-05T 12:00:00Z","key":"` + secret + `"}`))
+	if err != nil || k.GUID != "g" || k.Key != secret {
+		t.Fatalf("ParseKey = %v, %v", k, err)
+	}
+	for _, s := range []string{k.String(), k.GoString()} {
+		if strings.Contains(s, secret) {
+			t.Fatal("Key formatting leaks the key")
+		}
+	}
+	for _, body := range []string{`{"guid":"g","issued":"i","key":"` + secret + `"}`, `{"authorizationScheme":"a","issued":"i","key":"` + secret + `"}`,
+		`{"authorizationScheme":"a","guid":"g","key":"` + secret + `"}`, `{"authorizationScheme":"a","guid":"g","issued":"i"}`, `{"key":"` + secret + `",`} {
+		_, err := ParseKey([]byte(body))
+		if err == nil || strings.Contains(err.Error(), secret) {
+			t.Errorf("ParseKey(%q) error %v", body, err)
+		}
+	}
+}
