@@ -1,0 +1,164 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/hostconn"
+)
+
+// shipped is upstream's Linux config file as packaged.
+const shipped = `{
+  "logFolder": "/var/log/azure-proxy-agent",
+  "eventFolder": "/var/log/azure-proxy-agent/events",
+  "latchKeyFolder": "/var/lib/azure-proxy-agent/keys",
+  "monitorIntervalInSeconds": 60,
+  "pollKeyStatusIntervalInSeconds": 15,
+  "hostGAPluginSupport": 1,
+  "ebpfProgramName": "ebpf_cgroup.o",
+  "fileLogLevel": "Trace",
+  "fileLogLevelForEvents": "Info",
+  "fileLogLevelForSystemEvents": "Info",
+  "canonicalRequestMode": "Shadow"
+}`
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "proxy-agent.json")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadShippedConfig(t *testing.T) {
+	c, err := Load(write(t, shipped))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"logFolder", c.LogFolder, "/var/log/azure-proxy-agent"},
+		{"latchKeyFolder", c.LatchKeyFolder, "/var/lib/azure-proxy-agent/keys"},
+		{"poll", c.PollInterval(), 15 * time.Second},
+		{"status interval", c.StatusInterval(), 60 * time.Second},
+		{"fileLogLevel", c.FileLogLevel, "Trace"},
+		{"events level", c.FileLogLevelForEvents, "Info"},
+		{"canonical", c.CanonicalRequestMode, "shadow"},
+		{"cgroupRoot default", c.CgroupRoot, "/sys/fs/cgroup"},
+		{"listen default", c.ListenAddress, "127.0.0.1:3080"},
+		{"ws default", c.WireServerAddress, "168.63.129.16:80"},
+		{"imds default", c.IMDSAddress, "169.254.169.254:80"},
+		{"hgap default", c.HostGAPluginAddress, "168.63.129.16:32526"},
+		{"status folder default", c.StatusFolder, "/var/log/azure-proxy-agent"},
+		{"status file", c.StatusFile(), "/var/log/azure-proxy-agent/status.json"},
+		{"rules folder", c.RulesFolder(), "/var/lib/azure-proxy-agent/rules"},
+		{"mark default", c.SocketMark, hostconn.Mark},
+		{"max connections default", c.MaxConnections, 500},
+		{"bpf pin default", c.BpfPinPath, "/sys/fs/bpf/azure-proxy-agent"},
+		{"provision timeout", c.ProvisionTimeout(), 2 * time.Minute},
+		{"warnings", len(c.Warnings), 0},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+}
+
+func TestLoadOverrides(t *testing.T) {
+	t.Setenv("GPA_TEST_ROOT", "/tmp/gpa-root")
+	c, err := Load(write(t, "\xEF\xBB\xBF"+`{
+		"latchKeyFolder": "%GPA_TEST_ROOT%/keys",
+		"logFolder": "%GPA_TEST_UNSET_VAR%/logs",
+		"statusFolder": "%GPA_TEST_ROOT%/status",
+		"pollKeyStatusIntervalInSeconds": 0.05,
+		"wireServerAddress": "127.0.0.1:40001",
+		"socketMark": 0,
+		"maxActiveTcpConnections": 7,
+		"cgroupRoot": "/cg",
+		"unknownKey": {"x": 1}
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.LatchKeyFolder != "/tmp/gpa-root/keys" || c.StatusFolder != "/tmp/gpa-root/status" {
+		t.Errorf("expansion: keys=%q status=%q", c.LatchKeyFolder, c.StatusFolder)
+	}
+	if c.LogFolder != "%GPA_TEST_UNSET_VAR%/logs" {
+		t.Errorf("unset variable must stay literal, got %q", c.LogFolder)
+	}
+	if c.PollInterval() != 50*time.Millisecond {
+		t.Errorf("poll = %v", c.PollInterval())
+	}
+	if c.SocketMark != 0 || c.WireServerAddress != "127.0.0.1:40001" || c.MaxConnections != 7 || c.CgroupRoot != "/cg" {
+		t.Errorf("overrides not applied: %+v", c)
+	}
+	if c.RulesFolder() != "/tmp/gpa-root/rules" {
+		t.Errorf("rules folder %q", c.RulesFolder())
+	}
+}
+
+func TestLoadTolerated(t *testing.T) {
+	c, err := Parse([]byte(`{"fileLogLevel":"Verbose","canonicalRequestMode":"bogus"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FileLogLevel != "Info" || c.CanonicalRequestMode != "off" || len(c.Warnings) != 2 {
+		t.Errorf("got level %q mode %q warnings %v", c.FileLogLevel, c.CanonicalRequestMode, c.Warnings)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	cases := []struct {
+		name, body, want string
+	}{
+		{"not json", `{"logFolder": `, "invalid JSON"},
+		{"wrong type", `{"pollKeyStatusIntervalInSeconds": "15"}`, `"pollKeyStatusIntervalInSeconds"`},
+		{"zero interval", `{"pollKeyStatusIntervalInSeconds": 0}`, `"pollKeyStatusIntervalInSeconds"`},
+		{"negative timeout", `{"hostRequestTimeoutInSeconds": -1}`, `"hostRequestTimeoutInSeconds"`},
+		{"bad address", `{"wireServerAddress": "168.63.129.16"}`, `"wireServerAddress"`},
+		{"bad port", `{"listenAddress": "127.0.0.1:70000"}`, `"listenAddress"`},
+		{"mark out of range", `{"socketMark": -1}`, `"socketMark"`},
+		{"empty key folder", `{"latchKeyFolder": ""}`, `"latchKeyFolder"`},
+		{"zero connections", `{"maxConnections": 0}`, `"maxConnections"`},
+		{"array", `[]`, "invalid JSON"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := write(t, tc.body)
+			_, err := Load(p)
+			if err == nil {
+				t.Fatal("Load succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), p) {
+				t.Errorf("error %q does not name %s and the file", err, tc.want)
+			}
+		})
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.json")); err == nil {
+		t.Error("missing file loaded")
+	}
+}
+
+func TestExpandEnv(t *testing.T) {
+	t.Setenv("GPA_A", "a")
+	for in, want := range map[string]string{
+		"":                 "",
+		"/plain":           "/plain",
+		"%GPA_A%/x":        "a/x",
+		"%GPA_NOPE%/x":     "%GPA_NOPE%/x",
+		"%GPA_NOPE%GPA_A%": "%GPA_NOPEa",
+		"100%":             "100%",
+		"%%":               "%%",
+	} {
+		if got := ExpandEnv(in); got != want {
+			t.Errorf("ExpandEnv(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

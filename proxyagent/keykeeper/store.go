@@ -1,0 +1,117 @@
+package keykeeper
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/opengpa/gpa/proxyagent/securechannel"
+)
+
+// safeGUID reports whether g can name a key file: 1–64 characters of hex
+// digits, '-', '{' or '}' (GUID spellings). Anything else, in particular a
+// path separator or "..", never reaches the file system.
+func safeGUID(g string) bool {
+	if g == "" || len(g) > 64 {
+		return false
+	}
+	for i := 0; i < len(g); i++ {
+		c := g[i]
+		switch {
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F', c == '-', c == '{', c == '}':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// keyPath returns <dir>/<guid>.key, or an error for a GUID that cannot be
+// a file name.
+func keyPath(dir, guid string) (string, error) {
+	if !safeGUID(guid) {
+		return "", fmt.Errorf("key guid %q is not a valid GUID", guid)
+	}
+	return filepath.Join(dir, guid+".key"), nil
+}
+
+// saveKey writes k to <dir>/<guid>.key as pretty JSON in upstream's field
+// order, through <guid>.tmp and a rename, with mode 0600 from creation on.
+func saveKey(dir string, k *securechannel.Key) error {
+	path, err := keyPath(dir, k.GUID)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(k, "", "  ")
+	if err != nil {
+		return errors.New("encode key")
+	}
+	tmp := filepath.Join(dir, k.GUID+".tmp")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Chmod(tmp, 0o600)
+	}
+	if werr == nil {
+		werr = os.Rename(tmp, path)
+	}
+	if werr != nil {
+		os.Remove(tmp)
+		return werr
+	}
+	return os.Chmod(path, 0o600)
+}
+
+// loadKey reads <dir>/<guid>.key. The file must parse and name the same
+// GUID; errors never contain key material.
+func loadKey(dir, guid string) (*securechannel.Key, error) {
+	path, err := keyPath(dir, guid)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	k, err := securechannel.ParseKey(data)
+	if err != nil {
+		return nil, err
+	}
+	if k.GUID != guid {
+		return nil, fmt.Errorf("key file %s names guid %q", filepath.Base(path), k.GUID)
+	}
+	return k, nil
+}
+
+// ensureDir creates dir if missing and sets it to root:root 0700. Errors
+// are returned for logging only; the key keeper goes on regardless, as
+// upstream does.
+func ensureDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	var errs []error
+	if os.Geteuid() == 0 {
+		if err := os.Chown(dir, 0, 0); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,123 @@
+package provision
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Header names of the provisioning query.
+const (
+	HeaderTimeTick = "x-ms-azure-time-tick"
+	HeaderNotify   = "x-ms-azure-notify"
+)
+
+// Path is the local provisioning endpoint.
+const Path = "/provision"
+
+// pollGap is the pause between two queries of `--status --wait`.
+const pollGap = 100 * time.Millisecond
+
+// State is the JSON body of GET /provision.
+type State struct {
+	Finished     bool   `json:"finished"`
+	ErrorMessage string `json:"errorMessage"`
+}
+
+// QueryStatus implements `azure-proxy-agent --status [--wait N]` against
+// the listener at addr (host:port, normally 127.0.0.1:3080). It queries
+// GET /provision with Metadata, the time tick of its own start and, on the
+// first query only, x-ms-azure-notify; while not finished and less than
+// wait has passed since its start it queries again every 100 ms.
+//
+// Exit codes: 0 finished without error; 2 finished with an error, message
+// is the error text to print; 1 not finished (or timed out), message is the
+// last query failure ("Failed to query the current provision state with
+// error: ...") or "".
+func QueryStatus(addr string, wait time.Duration) (exitCode int, message string) {
+	start := time.Now()
+	tick := start.UnixNano()
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	first := true
+	var lastErr string
+	for {
+		remaining := wait - time.Since(start)
+		client.Timeout = min(max(remaining, time.Second), 5*time.Second)
+		st, err := queryOnce(client, addr, tick, first)
+		first = false
+		if err != nil {
+			lastErr = fmt.Sprintf("Failed to query the current provision state with error: %v.", err)
+			st = State{}
+		}
+		if st.Finished {
+			if st.ErrorMessage == "" {
+				return 0, ""
+			}
+			return 2, st.ErrorMessage
+		}
+		if time.Since(start) <= wait {
+			time.Sleep(pollGap)
+			continue
+		}
+		return 1, lastErr
+	}
+}
+
+func queryOnce(client *http.Client, addr string, tick int64, notify bool) (State, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+Path, nil)
+	if err != nil {
+		return State{}, err
+	}
+	req.Header.Set("Metadata", "true")
+	req.Header.Set(HeaderTimeTick, strconv.FormatInt(tick, 10))
+	if notify {
+		req.Header.Set(HeaderNotify, "true")
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return State{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return State{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return State{}, fmt.Errorf("GET %s returned status %d", Path, resp.StatusCode)
+	}
+	var st State
+	if err := json.Unmarshal(body, &st); err != nil {
+		return State{}, fmt.Errorf("invalid provision state: %v", err)
+	}
+	return st, nil
+}
+
+// Handler returns an http.Handler serving GET /provision from p, for the
+// proxy listener to mount or for tests: 400 with Connection: close without
+// a Metadata header, else 200 application/json; charset=utf-8 with State.
+func Handler(p *Provisioner) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.Header["Metadata"]; !ok {
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		tick := ParseTimeTick(r.Header.Get(HeaderTimeTick))
+		_, notify := r.Header[http.CanonicalHeaderKey(HeaderNotify)]
+		finished, msg := p.Query(tick, notify)
+		// Like serde_json, leave < > & unescaped.
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(State{Finished: finished, ErrorMessage: msg}); err != nil {
+			http.Error(w, "Failed to get provision state", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	})
+}

@@ -1,0 +1,158 @@
+package provision
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/proxyagent/keykeeper"
+	"github.com/opengpa/gpa/proxyagent/status"
+)
+
+type policyRecorder struct {
+	mu    sync.Mutex
+	calls [][3]bool
+}
+
+func (r *policyRecorder) SetPolicy(ws, imds, hgap bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, [3]bool{ws, imds, hgap})
+	return nil
+}
+
+func (r *policyRecorder) last() [3]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.calls) == 0 {
+		return [3]bool{}
+	}
+	return r.calls[len(r.calls)-1]
+}
+
+// The key keeper, provisioning and status wired as the agent wires them,
+// against a v1 host: provisioning finishes, the tags and status.json say
+// so, --status exits 0, and the ALL_READY re-sync keeps the v1 redirects
+// (the deliberate fix of upstream quirk 14).
+func TestKeyKeeperProvisioningStatus(t *testing.T) {
+	on := true
+	sim, err := hostsim.New(hostsim.Config{StatusVersion: hostsim.StatusV1,
+		Settings: hostsim.ProxyAgentSettings{Enabled: &on, WireServer: &hostsim.HostEndpointSettings{Mode: "Enforce"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+
+	root := t.TempDir()
+	keyDir := filepath.Join(root, "keys")
+	reg := status.NewRegistry()
+	redir := &policyRecorder{}
+	var kk *keykeeper.KeyKeeper
+	writer := &status.Writer{Reporter: &status.Reporter{Registry: reg, Version: "1.2.3"},
+		Path: filepath.Join(root, "status", "status.json"), Interval: time.Hour, MinGap: time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+
+	prov := New(Options{
+		Dir:      keyDir,
+		Registry: reg,
+		State:    func() string { return kk.State() },
+		Notify:   func() { kk.Notify() },
+		Resync:   func() error { return kk.ResyncRedirect() },
+		OnFinished: func() {
+			wg.Add(1)
+			go func() { defer wg.Done(); writer.Run(ctx) }()
+		},
+	})
+	kk, err = keykeeper.New(keykeeper.Options{
+		WireServer: sim.Addrs().WireServer, KeyDir: keyDir,
+		PollInterval: 20 * time.Millisecond, FastPollInterval: 10 * time.Millisecond,
+		Redirector: redir, Provisioning: prov, OnChange: reg.Touch,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Bind(status.KeyLatch, kk.Status)
+	wg.Add(1)
+	go func() { defer wg.Done(); kk.Run(ctx) }()
+
+	// The redirector and listener come up (other packages report these).
+	reg.Set(status.EbpfProgram, status.Running, "Started Redirector with eBPF maps - 5")
+	prov.RedirectorReady()
+	reg.Set(status.ProxyListener, status.Running, "Started proxy listener, ready to accept request - 6")
+	prov.ListenerReady()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for prov.Flags() != AllReady {
+		if time.Now().After(deadline) {
+			t.Fatalf("not all ready: flags %d, key latch %q", prov.Flags(), reg.Get(status.KeyLatch).Message)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if kk.Key() == nil || kk.State() != "wireserver" {
+		t.Fatalf("key %v state %q", kk.Key(), kk.State())
+	}
+	if st, err := os.ReadFile(filepath.Join(keyDir, StatusTag)); err != nil || len(st) != 0 {
+		t.Errorf("status.tag %q %v", st, err)
+	}
+	if p := redir.last(); p != [3]bool{true, true, true} {
+		t.Errorf("redirect policy after ALL_READY %v; v1 wireserver must stay redirected", p)
+	}
+
+	// status.json appears once provisioning finished, with SUCCESS.
+	var data []byte
+	for {
+		data, _ = os.ReadFile(writer.Path)
+		if strings.Contains(string(data), `"status":"SUCCESS"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status.json: %s", data)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, want := range []string{`"version":"1.2.3"`, `"secureChannelState":"wireserver"`, `"keyGuid":"` + kk.Key().GUID + `"`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("status.json lacks %s: %s", want, data)
+		}
+	}
+
+	// A notify in the latched state calls key_latched, which re-syncs the
+	// redirect: upstream would remove the v1 redirects here (quirk 14).
+	redir.mu.Lock()
+	before := len(redir.calls)
+	redir.mu.Unlock()
+	kk.Notify()
+	for {
+		redir.mu.Lock()
+		n := len(redir.calls)
+		redir.mu.Unlock()
+		if n > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("notify did not re-sync the redirect policy")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if p := redir.last(); p != [3]bool{true, true, true} {
+		t.Errorf("redirect policy after notify re-sync %v", p)
+	}
+
+	// A status query after the finish, with the channel latched, is finished.
+	if fin, msg := prov.Query(time.Now().UnixNano(), true); !fin || msg != "" {
+		t.Errorf("query finished=%v msg=%q", fin, msg)
+	}
+}
