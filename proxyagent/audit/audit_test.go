@@ -1,0 +1,580 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/logfile"
+	"github.com/opengpa/gpa/proxyagent/securechannel"
+)
+
+var (
+	t0     = time.Date(2025, 4, 23, 12, 0, 0, 123456789, time.UTC)
+	client = netip.MustParseAddrPort("127.0.0.1:51234")
+	ws     = netip.MustParseAddrPort("168.63.129.16:80")
+	imdsEP = netip.MustParseAddrPort("169.254.169.254:80")
+)
+
+func rootClaims() *claims.Claims {
+	return &claims.Claims{UserID: 0, UserName: "root", UserGroups: []string{"root"}, ProcessID: 42,
+		ProcessName: "python3", ProcessFullPath: "/usr/bin/python3", ProcessCmdLine: "python3 -u agent.py",
+		RunAsElevated: true, ClientIP: "127.0.0.1", ClientPort: 51234,
+		Ancestry: []claims.Process{{PID: 1, Exe: "/usr/lib/systemd/systemd", CmdLine: "/sbin/init"}}}
+}
+
+func allowEvent() Event {
+	return Event{Time: t0, HTTPID: 7, TCPID: 3, Caller: rootClaims(), Client: client, Dest: ws,
+		Method: "GET", Target: "/machine?comp=goalstate", Authorized: true,
+		Decision: authz.Decision{Result: authz.Allow, Service: authz.WireServer, Mode: securechannel.ModeEnforce,
+			RuleID: "r1", Epoch: 5, Privilege: "goalstate", Identity: "root-py", Reason: "privilege matched"},
+		Status: 200, Latency: 12345 * time.Microsecond}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestConnectionLogGolden(t *testing.T) {
+	dir := t.TempDir()
+	r, err := New(Options{Dir: dir, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Record(allowEvent())
+	ev := allowEvent()
+	ev.HTTPID = 8
+	r.Record(ev) // same key, same bucket: no summary line
+	r.ConnLog(logfile.Info, 0, 3, "connection closed")
+	r.ConnLog(logfile.Debug, 0, 3, "line\ninjected")
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	summary := `{"id":7,"method":"GET","url":"/machine?comp=goalstate","clientIp":"127.0.0.1","clientPort":51234,` +
+		`"ip":"168.63.129.16","port":80,"userId":0,"userName":"root","userGroups":["root"],` +
+		`"processFullPath":"/usr/bin/python3","processCmdLine":"python3 -u agent.py","runAsElevated":true,` +
+		`"responseStatus":"200 OK","elapsedTime":12,"errorDetails":""}`
+	want := "2025-04-23T12:00:00.123 [INFO]    " + summary + "\n" +
+		"2025-04-23T12:00:00.123 [INFO]    7[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 200 OK - decision allow (privilege matched) - 12 ms\n" +
+		"2025-04-23T12:00:00.123 [INFO]    8[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 200 OK - decision allow (privilege matched) - 12 ms\n" +
+		"2025-04-23T12:00:00.123 [INFO]    0[3] - connection closed\n" +
+		"2025-04-23T12:00:00.123 [DEBUG]   0[3] - line\\ninjected\n"
+	if got := readFile(t, filepath.Join(dir, ConnectionLogName)); got != want {
+		t.Errorf("connection log\n got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestConnLogLevelFilter(t *testing.T) {
+	dir := t.TempDir()
+	r, err := New(Options{Dir: dir, ConnLogLevel: logfile.Info, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ConnLog(logfile.Debug, 0, 1, "hidden")
+	r.ConnLog(logfile.Error, 0, 1, "shown")
+	r.Close()
+	if got := readFile(t, filepath.Join(dir, ConnectionLogName)); got != "2025-04-23T12:00:00.123 [ERROR]   0[1] - shown\n" {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestAuditRecordGolden(t *testing.T) {
+	ev := allowEvent()
+	rec := NewRecord(&ev)
+	rec.Seq = 1
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"v":1,"time":"2025-04-23T12:00:00.123456789Z","seq":1,"httpId":7,"tcpId":3,` +
+		`"caller":{"userId":0,"userName":"root","userGroups":["root"],"processId":42,"processName":"python3",` +
+		`"processFullPath":"/usr/bin/python3","processCmdLine":"python3 -u agent.py","runAsElevated":true,` +
+		`"clientIp":"127.0.0.1","clientPort":51234,"ancestry":[{"pid":1,"exe":"/usr/lib/systemd/systemd","cmdLine":"/sbin/init"}]},` +
+		`"client":"127.0.0.1:51234","destination":{"service":"WireServer","addr":"168.63.129.16:80"},` +
+		`"method":"GET","target":"/machine?comp=goalstate","decision":"allow","mode":"enforce","ruleId":"r1","epoch":5,` +
+		`"privilege":"goalstate","identity":"root-py","reason":"privilege matched","status":200,"error":"","latencyMs":12.345,"prev":""}`
+	if string(b) != want {
+		t.Errorf("record\n got %s\nwant %s", b, want)
+	}
+
+	// Not authorized, no identity: decision none, caller null.
+	ev = Event{Time: t0, HTTPID: 1, Client: client, Method: "GET", Target: "/x", Status: 421, Error: "no original destination"}
+	rec = NewRecord(&ev)
+	b, _ = json.Marshal(rec)
+	for _, frag := range []string{`"caller":null`, `"decision":"none"`, `"destination":{"service":"","addr":""}`, `"mode":""`} {
+		if !strings.Contains(string(b), frag) {
+			t.Errorf("record %s lacks %s", b, frag)
+		}
+	}
+}
+
+func TestRoute(t *testing.T) {
+	withDecision := func(res authz.Result, status int, errText string) Event {
+		ev := allowEvent()
+		ev.Decision.Result, ev.Status, ev.Error = res, status, errText
+		return ev
+	}
+	blockJSON := `Block unauthorized request: {"userId":0,"userName":"root","userGroups":["root"],"processId":42,` +
+		`"processName":"python3","processFullPath":"/usr/bin/python3","processCmdLine":"python3 -u agent.py",` +
+		`"runAsElevated":true,"clientIp":"127.0.0.1","clientPort":51234}`
+	noClaims := Event{HTTPID: 1, Client: client, Dest: imdsEP, Method: "GET", Target: "/metadata", Status: 421, Error: "no claims"}
+	direct := Event{HTTPID: 2, Client: client, Method: "GET", Target: "/x", Status: 421, Error: "no original destination"}
+	notAllowedMethod := allowEvent()
+	notAllowedMethod.Authorized, notAllowedMethod.Decision, notAllowedMethod.Status = false, authz.Decision{}, 405
+
+	type out struct{ status, err, ip, user string }
+	tests := []struct {
+		name           string
+		ev             Event
+		normal, failed *out
+	}{
+		{"allow", withDecision(authz.Allow, 200, ""), &out{"200 OK", "", "168.63.129.16", "root"}, nil},
+		{"allow upstream error", withDecision(authz.Allow, 503, "send failed"), &out{"503 Service Unavailable", "send failed", "168.63.129.16", "root"}, nil},
+		{"audit deny", withDecision(authz.AllowAudited, 200, ""),
+			&out{"200 OK", "", "168.63.129.16", "root"}, &out{"403 Forbidden", "Authorize failed", "168.63.129.16", "root"}},
+		{"deny", withDecision(authz.Deny, 403, ""),
+			&out{"403 Forbidden", blockJSON, "168.63.129.16", "root"}, &out{"403 Forbidden", "Authorize failed", "168.63.129.16", "root"}},
+		{"deny with proxy's text", withDecision(authz.Deny, 403, "Block unauthorized request: {}"),
+			&out{"403 Forbidden", "Block unauthorized request: {}", "168.63.129.16", "root"}, &out{"403 Forbidden", "Authorize failed", "168.63.129.16", "root"}},
+		{"no claims", noClaims, nil, &out{"421 Misdirected Request", "no claims", "169.254.169.254", "empty"}},
+		{"direct connection", direct, &out{"421 Misdirected Request", "no original destination", "None", "empty"}, nil},
+		{"405 before authorization", notAllowedMethod, &out{"405 Method Not Allowed", "", "168.63.129.16", "root"}, nil},
+	}
+	check := func(t *testing.T, which string, got *Summary, want *out) {
+		t.Helper()
+		switch {
+		case want == nil && got != nil:
+			t.Errorf("%s entry %+v, want none", which, *got)
+		case want != nil && got == nil:
+			t.Errorf("%s entry missing", which)
+		case want != nil:
+			if got.ResponseStatus != want.status || got.ErrorDetails != want.err || got.IP != want.ip || got.UserName != want.user {
+				t.Errorf("%s entry %q %q %q %q, want %+v", which, got.ResponseStatus, got.ErrorDetails, got.IP, got.UserName, *want)
+			}
+		}
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n, f := route(&tc.ev)
+			check(t, "normal", n, tc.normal)
+			check(t, "failed", f, tc.failed)
+		})
+	}
+}
+
+func TestRouteTruncatesErrorDetails(t *testing.T) {
+	ev := allowEvent()
+	ev.Status, ev.Error = 502, strings.Repeat("é", 3000) // 6000 bytes
+	n, _ := route(&ev)
+	if len(n.ErrorDetails) > MaxErrorDetails || !strings.HasPrefix(ev.Error, n.ErrorDetails) || len(n.ErrorDetails) < MaxErrorDetails-1 {
+		t.Errorf("errorDetails %d bytes", len(n.ErrorDetails))
+	}
+}
+
+// fakeClock is a settable clock.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+
+func TestSummaryBuckets(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	var mu sync.Mutex
+	var opened []Summary
+	r, err := New(Options{Now: clk.Now, OnNewSummary: func(s Summary, failed bool) {
+		mu.Lock()
+		opened = append(opened, s)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func() uint64 {
+		conn, _ := r.Summaries()
+		if len(conn) == 0 {
+			return 0
+		}
+		if len(conn) != 1 {
+			t.Fatalf("%d keys, want 1", len(conn))
+		}
+		return conn[0].Count
+	}
+	steps := []struct {
+		at     time.Duration
+		add    bool
+		count  uint64
+		opened int
+	}{
+		{0, true, 1, 1},
+		{time.Minute, true, 2, 1},
+		{14*time.Minute + 59*time.Second, true, 3, 1},
+		{15 * time.Minute, true, 4, 2}, // 15 min after the first bucket started
+		{30 * time.Minute, true, 5, 3},
+		{4 * time.Hour, false, 2, 3}, // first bucket (3 adds) is 4 h old
+		{4*time.Hour + 15*time.Minute, false, 1, 3},
+		{4*time.Hour + 30*time.Minute, false, 0, 3}, // key gone
+		{5 * time.Hour, true, 1, 4},                 // a new key again
+	}
+	for _, s := range steps {
+		clk.Set(t0.Add(s.at))
+		if s.add {
+			r.Record(allowEvent())
+		}
+		if got := count(); got != s.count {
+			t.Errorf("at +%v count %d, want %d", s.at, got, s.count)
+		}
+	}
+	r.Close()
+	if len(opened) != 4 {
+		t.Errorf("%d new-bucket summaries, want 4", len(opened))
+	}
+	entry := func() SummaryEntry {
+		conn, _ := r.Summaries()
+		return conn[0]
+	}()
+	want := SummaryEntry{UserName: "root", IP: "168.63.129.16", Port: 80, ProcessCmdLine: "python3 -u agent.py",
+		ResponseStatus: "200 OK", Count: 1, UserGroups: []string{"root"}, ProcessFullPath: "/usr/bin/python3"}
+	if !reflect.DeepEqual(entry, want) {
+		t.Errorf("entry %+v, want %+v", entry, want)
+	}
+}
+
+func TestSummaryStatusShape(t *testing.T) {
+	r, _ := New(Options{Now: func() time.Time { return t0 }})
+	defer r.Close()
+	ev := allowEvent()
+	ev.Decision.Result, ev.Status = authz.Deny, 403
+	r.Record(ev)
+	r.Record(Event{Client: client, Method: "GET", Target: "/", Status: 421})
+	conn, failed := r.Summaries()
+	b, _ := json.Marshal(map[string]any{"proxyConnectionSummary": conn, "failedAuthenticateSummary": failed})
+	want := `{"failedAuthenticateSummary":[{"userName":"root","ip":"168.63.129.16","port":80,"processCmdLine":"python3 -u agent.py",` +
+		`"responseStatus":"403 Forbidden","count":1,"userGroups":["root"],"processFullPath":"/usr/bin/python3"}],` +
+		`"proxyConnectionSummary":[{"userName":"empty","ip":"None","port":0,"processCmdLine":"empty",` +
+		`"responseStatus":"421 Misdirected Request","count":1,"userGroups":[],"processFullPath":"empty"},` +
+		`{"userName":"root","ip":"168.63.129.16","port":80,"processCmdLine":"python3 -u agent.py",` +
+		`"responseStatus":"403 Forbidden","count":1,"userGroups":["root"],"processFullPath":"/usr/bin/python3"}]}`
+	if string(b) != want {
+		t.Errorf("summaries\n got %s\nwant %s", b, want)
+	}
+}
+
+func TestSummaryTableBounded(t *testing.T) {
+	r, _ := New(Options{MaxSummaryKeys: 3, Now: func() time.Time { return t0 }})
+	defer r.Close()
+	for i := 0; i < 10; i++ {
+		ev := allowEvent()
+		ev.Caller = rootClaims()
+		ev.Caller.ProcessCmdLine = fmt.Sprint("cmd ", i)
+		r.Record(ev)
+	}
+	conn, _ := r.Summaries()
+	if len(conn) != 3 {
+		t.Errorf("%d keys, want 3", len(conn))
+	}
+}
+
+// readAll reads every record of the audit log at dir (rotated files
+// first) through ReadLog.
+func readAll(t *testing.T, dir string) ([]Record, error) {
+	t.Helper()
+	path := filepath.Join(dir, AuditLogName)
+	files, err := logfile.RotatedFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var readers []io.Reader
+	for _, f := range append(files, path) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readers = append(readers, bytes.NewReader(b))
+	}
+	var recs []Record
+	err = ReadLog(io.MultiReader(readers...), func(_ int, rec Record) error {
+		recs = append(recs, rec)
+		return nil
+	})
+	return recs, err
+}
+
+func TestAuditLogRoundTripAndRotation(t *testing.T) {
+	dir := t.TempDir()
+	r, err := New(Options{Dir: dir, MaxFileSize: 4096, MaxFiles: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent []Event
+	for i := 0; i < 40; i++ {
+		ev := allowEvent()
+		ev.HTTPID = uint64(i + 1)
+		ev.Caller.ProcessCmdLine = "evil\n2025-01-01T00:00:00.000 [INFO]    forged \"quote\" \x00"
+		sent = append(sent, ev)
+		r.Record(ev)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := logfile.RotatedFiles(filepath.Join(dir, AuditLogName))
+	if len(files) < 2 {
+		t.Fatalf("%d rotated audit files, want several", len(files))
+	}
+	recs, err := readAll(t, dir)
+	if err != nil {
+		t.Fatalf("ReadLog: %v", err)
+	}
+	if len(recs) != len(sent) {
+		t.Fatalf("%d records, want %d", len(recs), len(sent))
+	}
+	for i, rec := range recs {
+		want := NewRecord(&sent[i])
+		want.Seq, want.Prev = uint64(i+1), rec.Prev
+		if !reflect.DeepEqual(rec, want) {
+			t.Fatalf("record %d\n got %+v\nwant %+v", i, rec, want)
+		}
+	}
+	// The connection log holds one line per event plus one summary line,
+	// however hostile the command line.
+	connPath := filepath.Join(dir, ConnectionLogName)
+	connFiles, _ := logfile.RotatedFiles(connPath)
+	lines := 0
+	for _, f := range append(connFiles, connPath) {
+		for _, l := range strings.SplitAfter(readFile(t, f), "\n") {
+			if l == "" {
+				continue
+			}
+			if !strings.HasSuffix(l, "\n") || l[23:25] != " [" {
+				t.Errorf("bad connection log line %q", l)
+			}
+			lines++
+		}
+	}
+	if lines != 41 {
+		t.Errorf("connection log has %d lines, want 41", lines)
+	}
+}
+
+func TestAuditChainSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	for run := 0; run < 2; run++ {
+		r, err := New(Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Record(allowEvent())
+		r.Record(allowEvent())
+		r.Close()
+	}
+	recs, err := readAll(t, dir)
+	if err != nil {
+		t.Fatalf("ReadLog: %v", err)
+	}
+	var seqs []uint64
+	for _, r := range recs {
+		seqs = append(seqs, r.Seq)
+	}
+	if fmt.Sprint(seqs) != "[1 2 1 2]" {
+		t.Errorf("seqs %v", seqs)
+	}
+}
+
+func TestReadLogReportsBadLines(t *testing.T) {
+	var buf bytes.Buffer
+	prev := ""
+	write := func(rec Record) {
+		rec.V, rec.Prev = SchemaVersion, prev
+		b, _ := json.Marshal(rec)
+		prev = chainHash(b)
+		buf.Write(b)
+		buf.WriteByte('\n')
+	}
+	write(Record{Seq: 1})
+	write(Record{Seq: 2})
+	buf.WriteString("garbage{\n") // line 3
+	prev = chainHash([]byte("garbage{"))
+	write(Record{Seq: 4}) // line 4: prev is the hash of the garbage line, chain intact
+	// Line 5: a record edited after writing (chain broken for line 6).
+	write(Record{Seq: 5})
+	edited := bytes.Replace(buf.Bytes(), []byte(`"seq":5`), []byte(`"seq":9`), 1)
+	buf.Reset()
+	buf.Write(edited)
+	write(Record{Seq: 6})                        // line 6
+	buf.WriteString(`{"v":2,"seq":7}` + "\n")    // line 7
+	buf.WriteString(`{"v":1,"seq":8,"time":"20`) // line 8, truncated
+
+	var seqs []uint64
+	var lines []int
+	err := ReadLog(&buf, func(n int, rec Record) error {
+		seqs, lines = append(seqs, rec.Seq), append(lines, n)
+		return nil
+	})
+	var ce *CorruptError
+	if !errors.As(err, &ce) || !IsCorrupt(err) {
+		t.Fatalf("err = %v, want *CorruptError", err)
+	}
+	if fmt.Sprint(seqs) != "[1 2 4 9 6]" || fmt.Sprint(lines) != "[1 2 4 5 6]" {
+		t.Errorf("records seq %v on lines %v", seqs, lines)
+	}
+	var got []string
+	for _, le := range ce.Lines {
+		got = append(got, fmt.Sprintf("%d:%s", le.Line, strings.SplitN(le.Reason, " ", 2)[0]))
+	}
+	if want := "[3:invalid 6:hash 7:unsupported 8:truncated]"; fmt.Sprint(got) != want || ce.Count != 4 {
+		t.Errorf("problems %v (count %d), want %s", got, ce.Count, want)
+	}
+
+	// fn's error stops reading and is returned as is.
+	stop := errors.New("stop")
+	if err := ReadLog(strings.NewReader(`{"v":1}`+"\n"), func(int, Record) error { return stop }); err != stop {
+		t.Errorf("err = %v, want fn's error", err)
+	}
+	// An empty log is fine.
+	if err := ReadLog(strings.NewReader(""), func(int, Record) error { return nil }); err != nil {
+		t.Errorf("empty log: %v", err)
+	}
+	// A very long line is reported, and reading goes on.
+	long := `{"v":1,"error":"` + strings.Repeat("a", MaxLineBytes) + `"}` + "\n" + `{"v":1,"seq":2}` + "\n"
+	n := 0
+	err = ReadLog(strings.NewReader(long), func(int, Record) error { n++; return nil })
+	if !IsCorrupt(err) || n != 1 {
+		t.Errorf("long line: err %v, %d records", err, n)
+	}
+}
+
+func TestQueueFullDropsAndCounts(t *testing.T) {
+	dir := t.TempDir()
+	release := make(chan struct{})
+	var once sync.Once
+	r, err := New(Options{Dir: dir, QueueSize: 2, Logger: slog.New(slog.DiscardHandler), OnNewSummary: func(Summary, bool) {
+		once.Do(func() { <-release }) // stall the writer on the first event
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for i := 0; i < n; i++ {
+		r.Record(allowEvent()) // never blocks
+	}
+	dropped := r.Dropped()
+	if dropped == 0 {
+		t.Fatal("no events dropped with a stalled writer and a queue of 2")
+	}
+	close(release)
+	for deadline := time.Now().Add(5 * time.Second); len(r.queue) > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("writer did not drain the queue")
+		}
+	}
+	r.Record(allowEvent())
+	r.Close()
+	recs, err := readAll(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inFile uint64
+	for _, rec := range recs {
+		inFile += rec.Dropped
+	}
+	if uint64(len(recs))+r.Dropped() != n+1 || inFile != r.Dropped() {
+		t.Errorf("%d records + %d dropped (%d reported in file), want %d events", len(recs), r.Dropped(), inFile, n+1)
+	}
+	conn, _ := r.Summaries()
+	if conn[0].Count != n+1 {
+		t.Errorf("summary count %d, want %d (drops do not affect summaries)", conn[0].Count, n+1)
+	}
+}
+
+func TestRecorderConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	r, err := New(Options{Dir: dir, FlushInterval: time.Millisecond, MaxFileSize: 64 << 10, MaxFiles: 100, QueueSize: 1 << 14})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	const workers, each = 4, 200
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				ev := allowEvent()
+				ev.HTTPID = uint64(w*each + i)
+				if i%3 == 0 {
+					ev.Decision.Result = authz.Deny
+				}
+				r.Record(ev)
+				r.ConnLog(logfile.Trace, ev.HTTPID, 1, "trace")
+				if i%50 == 0 {
+					r.Summaries()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.Record(allowEvent()) // after Close: no panic
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := readAll(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint64(len(recs))+r.Dropped() != workers*each {
+		t.Errorf("%d records + %d dropped, want %d", len(recs), r.Dropped(), workers*each)
+	}
+}
+
+func BenchmarkRecord(b *testing.B) {
+	r, err := New(Options{Dir: b.TempDir(), QueueSize: 1 << 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev := allowEvent()
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Record(ev)
+	}
+	b.StopTimer()
+	r.Close()
+	b.ReportMetric(float64(r.Dropped()), "dropped")
+}
+
+// BenchmarkWrite measures the writer goroutine's work per event (format
+// both lines, hash, buffer).
+func BenchmarkWrite(b *testing.B) {
+	r, err := New(Options{Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	j := job{ev: allowEvent(), hasEvent: true}
+	b.ReportAllocs()
+	for b.Loop() {
+		r.handle(&j)
+	}
+}

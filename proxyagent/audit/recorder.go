@@ -1,0 +1,466 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/logfile"
+)
+
+// File names in the log folder.
+const (
+	ConnectionLogName = "ProxyAgent.Connection.log"
+	AuditLogName      = "ProxyAgent.Audit.jsonl"
+)
+
+// Defaults for Options.
+const (
+	DefaultFlushInterval  = time.Second
+	DefaultQueueSize      = 4096
+	DefaultMaxSummaryKeys = 2048
+)
+
+// Options configures a Recorder; zero fields take the defaults.
+type Options struct {
+	// Dir is the log folder. "" writes no files (summaries only).
+	Dir string
+	// MaxFileSize and MaxFiles bound each log (10 MiB, 5 files).
+	MaxFileSize int64
+	MaxFiles    int
+	// ConnLogLevel is the most verbose level written to the connection
+	// log (upstream's fileLogLevel); 0 means Trace (everything).
+	ConnLogLevel logfile.Level
+	// FlushInterval is how often buffered lines reach the files (1 s).
+	FlushInterval time.Duration
+	// QueueSize bounds the events waiting to be written (4096); when it is
+	// full, events are counted as dropped instead of blocking Record.
+	QueueSize int
+	// MaxSummaryKeys bounds each summary table (2048 keys); a new key in a
+	// full table evicts the least recently counted one.
+	MaxSummaryKeys int
+	// BucketDuration and MaxSummaryAge default to upstream's 15 min and
+	// 4 h; tests shorten them.
+	BucketDuration time.Duration
+	MaxSummaryAge  time.Duration
+	// Now is the clock of summaries and of events without a Time.
+	Now func() time.Time
+	// OnNewSummary, when set, receives each summary that opened a new
+	// bucket (upstream sends these as telemetry events). It runs on the
+	// writer goroutine, never on the caller of Record.
+	OnNewSummary func(s Summary, failedTable bool)
+	// Logger receives the recorder's own problems (write errors, drops).
+	Logger *slog.Logger
+}
+
+// Recorder records request outcomes: it keeps the two summary tables and
+// writes ProxyAgent.Connection.log and the JSON-lines audit log. Record
+// never blocks on disk: it updates the tables and hands the event to a
+// writer goroutine through a bounded queue. Safe for concurrent use.
+type Recorder struct {
+	opts Options
+
+	mu      sync.Mutex // guards conn and failed
+	conn    *table
+	failed  *table
+	dropped atomic.Uint64 // events not written since start
+	lost    atomic.Uint64 // events not written since the last audit record
+
+	qmu    sync.RWMutex // guards closed and sends on queue
+	closed bool
+	queue  chan job
+	done   chan struct{}
+
+	// Owned by the writer goroutine after New.
+	connLog  *logfile.Writer
+	auditLog *logfile.Writer
+	seq      uint64
+	prev     string
+	lineBuf  []byte
+	errLimit time.Time
+}
+
+// job is one unit of work for the writer goroutine.
+type job struct {
+	ev       Event
+	hasEvent bool
+	// newSummaries opened a new bucket; failedTable tells their table.
+	newSummaries []*Summary
+	failedTable  []bool
+	// raw connection-log line (ConnLog).
+	level   logfile.Level
+	httpID  uint64
+	tcpID   uint64
+	message string
+}
+
+// New starts a Recorder. With opts.Dir set it opens (creating) both logs
+// in that folder.
+func New(opts Options) (*Recorder, error) {
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = DefaultFlushInterval
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = DefaultQueueSize
+	}
+	if opts.MaxSummaryKeys <= 0 {
+		opts.MaxSummaryKeys = DefaultMaxSummaryKeys
+	}
+	if opts.BucketDuration <= 0 {
+		opts.BucketDuration = BucketDuration
+	}
+	if opts.MaxSummaryAge <= 0 {
+		opts.MaxSummaryAge = MaxSummaryAge
+	}
+	if opts.ConnLogLevel == 0 {
+		opts.ConnLogLevel = logfile.Trace
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	r := &Recorder{
+		opts:   opts,
+		conn:   newTable(opts.BucketDuration, opts.MaxSummaryAge, opts.MaxSummaryKeys),
+		failed: newTable(opts.BucketDuration, opts.MaxSummaryAge, opts.MaxSummaryKeys),
+		queue:  make(chan job, opts.QueueSize),
+		done:   make(chan struct{}),
+	}
+	if opts.Dir != "" {
+		lo := logfile.Options{MaxSize: opts.MaxFileSize, MaxFiles: opts.MaxFiles}
+		auditPath := filepath.Join(opts.Dir, AuditLogName)
+		prev, err := lastLine(auditPath)
+		if err != nil {
+			return nil, err
+		}
+		if prev != nil {
+			r.prev = chainHash(prev)
+		}
+		if r.connLog, err = logfile.Open(filepath.Join(opts.Dir, ConnectionLogName), lo); err != nil {
+			return nil, err
+		}
+		if r.auditLog, err = logfile.Open(auditPath, lo); err != nil {
+			r.connLog.Close()
+			return nil, err
+		}
+	}
+	go r.run()
+	return r, nil
+}
+
+// Record counts ev in the summary tables and queues it for the logs. It
+// does not block; if the queue is full the event is counted in Dropped
+// (and in the next audit record's "dropped") instead of being written.
+// ev.Caller must not be modified afterwards. Record after Close only
+// updates the summaries.
+func (r *Recorder) Record(ev Event) {
+	if ev.Time.IsZero() {
+		ev.Time = r.opts.Now()
+	}
+	normal, failed := route(&ev)
+	j := job{ev: ev, hasEvent: true}
+	now := r.opts.Now()
+	r.mu.Lock()
+	if normal != nil && r.conn.add(now, normal) {
+		j.newSummaries, j.failedTable = append(j.newSummaries, normal), append(j.failedTable, false)
+	}
+	if failed != nil && r.failed.add(now, failed) {
+		j.newSummaries, j.failedTable = append(j.newSummaries, failed), append(j.failedTable, true)
+	}
+	r.mu.Unlock()
+	r.enqueue(j)
+}
+
+// ConnLog queues one line for ProxyAgent.Connection.log in upstream's
+// format "<header>{httpID}[{tcpID}] - {message}" (httpID 0 for TCP-level
+// lines). Lines above Options.ConnLogLevel are discarded.
+func (r *Recorder) ConnLog(level logfile.Level, httpID, tcpID uint64, message string) {
+	if level > r.opts.ConnLogLevel || r.connLog == nil {
+		return
+	}
+	r.enqueue(job{level: level, httpID: httpID, tcpID: tcpID, message: message})
+}
+
+func (r *Recorder) enqueue(j job) {
+	r.qmu.RLock()
+	defer r.qmu.RUnlock()
+	if r.closed {
+		return
+	}
+	select {
+	case r.queue <- j:
+	default:
+		if j.hasEvent {
+			r.lost.Add(1)
+			if r.dropped.Add(1) == 1 {
+				r.opts.Logger.Warn("audit queue full, dropping records", "queueSize", cap(r.queue))
+			}
+		}
+	}
+}
+
+// Summaries returns the live entries of proxyConnectionSummary (conn) and
+// failedAuthenticateSummary (failed), pruned at the current time, most
+// frequent first. Both are non-nil.
+func (r *Recorder) Summaries() (conn, failed []SummaryEntry) {
+	now := r.opts.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.conn.snapshot(now), r.failed.snapshot(now)
+}
+
+// Dropped returns how many events were not written to the logs because
+// the queue was full.
+func (r *Recorder) Dropped() uint64 { return r.dropped.Load() }
+
+// Close writes every queued event, flushes and closes the logs. It is
+// safe to call more than once.
+func (r *Recorder) Close() error {
+	r.qmu.Lock()
+	if !r.closed {
+		r.closed = true
+		close(r.queue)
+	}
+	r.qmu.Unlock()
+	<-r.done
+	var err error
+	if r.connLog != nil {
+		err = errors.Join(r.connLog.Close(), r.auditLog.Close())
+	}
+	return err
+}
+
+// run is the writer goroutine.
+func (r *Recorder) run() {
+	defer close(r.done)
+	tick := time.NewTicker(r.opts.FlushInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case j, ok := <-r.queue:
+			if !ok {
+				r.flush()
+				return
+			}
+			r.handle(&j)
+		case <-tick.C:
+			r.flush()
+		}
+	}
+}
+
+func (r *Recorder) flush() {
+	if r.connLog == nil {
+		return
+	}
+	r.report(r.connLog.Flush())
+	r.report(r.auditLog.Flush())
+}
+
+// report logs a write error, at most once a minute.
+func (r *Recorder) report(err error) {
+	if err == nil {
+		return
+	}
+	if now := time.Now(); now.After(r.errLimit) {
+		r.errLimit = now.Add(time.Minute)
+		r.opts.Logger.Error("writing audit logs", "err", err)
+	}
+}
+
+func (r *Recorder) handle(j *job) {
+	if !j.hasEvent {
+		r.lineBuf = appendConnLine(r.lineBuf[:0], r.opts.Now(), j.level, j.httpID, j.tcpID, j.message)
+		_, err := r.connLog.Write(r.lineBuf)
+		r.report(err)
+		return
+	}
+	ev := &j.ev
+	for i, s := range j.newSummaries {
+		if r.opts.OnNewSummary != nil {
+			r.opts.OnNewSummary(*s, j.failedTable[i])
+		}
+		if r.connLog != nil && logfile.Info <= r.opts.ConnLogLevel {
+			b, _ := json.Marshal(s)
+			r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, logfile.Info, string(b))
+			_, err := r.connLog.Write(r.lineBuf)
+			r.report(err)
+		}
+	}
+	if r.connLog == nil {
+		return
+	}
+	if lvl := eventLevel(ev); lvl <= r.opts.ConnLogLevel {
+		r.lineBuf = appendConnLine(r.lineBuf[:0], ev.Time, lvl, ev.HTTPID, ev.TCPID, eventMessage(ev))
+		_, err := r.connLog.Write(r.lineBuf)
+		r.report(err)
+	}
+	r.seq++
+	rec := NewRecord(ev)
+	rec.Seq, rec.Prev, rec.Dropped = r.seq, r.prev, r.lost.Swap(0)
+	b, err := json.Marshal(&rec)
+	if err != nil { // not reachable with these field types
+		r.report(err)
+		return
+	}
+	r.prev = chainHash(b)
+	_, err = r.auditLog.Write(append(b, '\n'))
+	r.report(err)
+}
+
+// NewRecord returns the audit record for ev, without Seq, Prev and
+// Dropped (the Recorder fills them in).
+func NewRecord(ev *Event) Record {
+	rec := Record{
+		V: SchemaVersion, Time: ev.Time.UTC(), HTTPID: ev.HTTPID, TCPID: ev.TCPID,
+		Caller: ev.Caller, Method: ev.Method, Target: ev.Target,
+		Decision: DecisionNone, Status: ev.Status, Error: ev.Error,
+		LatencyMs: math.Round(float64(ev.Latency)/1e3) / 1e3,
+	}
+	if ev.Client.IsValid() {
+		rec.Client = ev.Client.String()
+	}
+	if ev.Dest.IsValid() {
+		rec.Destination = Destination{Service: string(ServiceOf(ev.Dest)), Addr: ev.Dest.String()}
+	}
+	if ev.Authorized {
+		d := ev.Decision
+		rec.Decision, rec.Mode, rec.RuleID, rec.Epoch = d.Result.String(), string(d.Mode), d.RuleID, d.Epoch
+		rec.Privilege, rec.Identity, rec.Reason = d.Privilege, d.Identity, d.Reason
+		if d.Service != "" {
+			rec.Destination.Service = string(d.Service)
+		}
+	}
+	return rec
+}
+
+// Well-known destinations (protocol.md §0).
+var (
+	wireServer = netip.MustParseAddr("168.63.129.16")
+	imds       = netip.MustParseAddr("169.254.169.254")
+	loopback   = netip.MustParseAddr("127.0.0.1")
+)
+
+// ServiceOf names the service at dest (protocol.md §3.4); "" when dest is
+// not valid.
+func ServiceOf(dest netip.AddrPort) authz.Service {
+	if !dest.IsValid() {
+		return ""
+	}
+	a, p := dest.Addr().Unmap(), dest.Port()
+	switch {
+	case a == wireServer && p == 80:
+		return authz.WireServer
+	case a == wireServer && p == 32526:
+		return authz.HostGA
+	case a == imds && p == 80:
+		return authz.IMDS
+	case a == loopback && p == 3080:
+		return authz.ProxyAgent
+	}
+	return authz.Other
+}
+
+// appendConnLine formats "<header>{httpID}[{tcpID}] - {message}\n".
+func appendConnLine(dst []byte, t time.Time, l logfile.Level, httpID, tcpID uint64, msg string) []byte {
+	prefix := strconv.FormatUint(httpID, 10) + "[" + strconv.FormatUint(tcpID, 10) + "] - "
+	return logfile.AppendLine(dst, t, l, prefix+msg)
+}
+
+// eventLevel is Info for answered requests below 400, Warn otherwise.
+func eventLevel(ev *Event) logfile.Level {
+	if ev.Status == 0 || ev.Status >= 400 {
+		return logfile.Warn
+	}
+	return logfile.Info
+}
+
+// eventMessage is the connection-log text of one request outcome.
+func eventMessage(ev *Event) string {
+	var b bytes.Buffer
+	b.WriteString(ev.Method)
+	b.WriteByte(' ')
+	b.WriteString(ev.Target)
+	if ev.Dest.IsValid() {
+		b.WriteString(" to ")
+		b.WriteString(string(ServiceOf(ev.Dest)))
+		b.WriteByte(' ')
+		b.WriteString(ev.Dest.String())
+	}
+	b.WriteString(" - ")
+	b.WriteString(ResponseStatus(ev.Status))
+	if ev.Authorized {
+		b.WriteString(" - decision ")
+		b.WriteString(ev.Decision.Result.String())
+		if ev.Decision.Reason != "" {
+			b.WriteString(" (")
+			b.WriteString(ev.Decision.Reason)
+			b.WriteByte(')')
+		}
+	}
+	b.WriteString(" - ")
+	b.WriteString(strconv.FormatInt(ev.Latency.Milliseconds(), 10))
+	b.WriteString(" ms")
+	if ev.Error != "" {
+		b.WriteString(" - ")
+		b.WriteString(ev.Error)
+	}
+	return b.String()
+}
+
+// upstreamClaimsJSON is c as upstream serialises claims (no ancestry).
+func upstreamClaimsJSON(c *claims.Claims) string {
+	u := *c
+	u.Ancestry = nil
+	if u.UserGroups == nil {
+		u.UserGroups = []string{}
+	}
+	b, _ := json.Marshal(u)
+	return string(b)
+}
+
+// lastLine returns the last line of the file at path (without its line
+// feed; a final partial line counts), or nil when the file is missing or
+// empty. Only the last 256 KiB are read.
+func lastLine(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() == 0 {
+		return nil, err
+	}
+	const tail = 256 << 10
+	off := max(fi.Size()-tail, 0)
+	b := make([]byte, fi.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && err != io.EOF {
+		return nil, err
+	}
+	b = bytes.TrimSuffix(b, []byte{'\n'})
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		return b[i+1:], nil
+	}
+	if off > 0 {
+		return nil, nil // line longer than the tail: start a new chain
+	}
+	return b, nil
+}

@@ -1,0 +1,173 @@
+package claims
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/opengpa/gpa/proxyagent/identity"
+)
+
+// ErrPIDReused reports that the process now holding the recorded pid is
+// not the process that connected: its start time differs from the one the
+// kernel recorded. The proxy must treat the connection as having no
+// identity.
+var ErrPIDReused = errors.New("pid reused: process start time differs from the connect-time record")
+
+// Defaults for a zero Resolver.
+const (
+	DefaultProcRoot      = "/proc"
+	DefaultPasswdFile    = "/etc/passwd"
+	DefaultGroupFile     = "/etc/group"
+	DefaultAncestryDepth = 4
+	// DefaultMaxCmdLine bounds a command line kept in claims (bytes).
+	DefaultMaxCmdLine = 4096
+	// DefaultUserCacheTTL is how long a uid's name and groups are reused.
+	DefaultUserCacheTTL = time.Minute
+)
+
+// Undefined is the user name of an unknown uid and the command line of a
+// process whose command line cannot be read (upstream's spelling).
+const Undefined = "undefined"
+
+// Resolver turns the kernel's connect-time identity record into Claims by
+// reading the user database and /proc. The zero value is ready to use
+// with the defaults above; set fields before the first Resolve. Safe for
+// concurrent use.
+//
+// PID reuse: when the record carries a start time, /proc/<pid>/stat is
+// read after the executable link and the command line, and a different
+// start time fails Resolve with ErrPIDReused. A single check after the
+// reads suffices: a pid names one process from fork until it is reaped,
+// so the recorded process held the pid at the check and therefore at the
+// earlier reads.
+//
+// A process that has already exited (or whose stat cannot be read to
+// verify it) keeps the kernel's uid and pid, with ProcessFullPath empty,
+// ProcessName set to the kernel's comm as a hint, ProcessCmdLine
+// "undefined" and no ancestry. A record without a start time is not
+// verified, as upstream.
+type Resolver struct {
+	// ProcRoot is the procfs mount; "" means /proc.
+	ProcRoot string
+	// PasswdFile and GroupFile are the user and group databases in
+	// /etc/passwd and /etc/group format; "" means those files. NSS
+	// sources (LDAP, sssd, Entra ID login) are not consulted.
+	PasswdFile, GroupFile string
+	// AncestryDepth is how many parent processes to record; 0 means
+	// DefaultAncestryDepth, negative means none.
+	AncestryDepth int
+	// MaxCmdLine bounds every command line kept (bytes); 0 means
+	// DefaultMaxCmdLine.
+	MaxCmdLine int
+	// UserCacheTTL is how long a uid's name and groups are cached; 0
+	// means DefaultUserCacheTTL.
+	UserCacheTTL time.Duration
+
+	users userCache
+}
+
+// Resolve derives the claims for the connection from client described by
+// rec (protocol.md §4.4). It fails only with ErrPIDReused (wrapped).
+func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims, error) {
+	u := r.users.lookup(r, rec.UID)
+	c := &Claims{
+		UserID:        uint64(rec.UID),
+		UserName:      u.name,
+		UserGroups:    append([]string{}, u.groups...),
+		ProcessID:     rec.PID,
+		RunAsElevated: rec.UID == 0,
+		ClientPort:    client.Port(),
+	}
+	if client.IsValid() {
+		c.ClientIP = client.Addr().Unmap().String()
+	}
+	exe, exeErr := os.Readlink(r.procPath(rec.PID, "exe"))
+	cmd, cmdErr := r.readCmdLine(rec.PID)
+	st, stErr := r.readStat(rec.PID)
+	if rec.StartTime != 0 {
+		if stErr != nil {
+			// Gone (or unverifiable): what was read may belong to a
+			// later process with the same pid.
+			exeErr, cmdErr = stErr, stErr
+		} else if st.StartTime != rec.StartTime {
+			return nil, fmt.Errorf("%w: pid %d started at tick %d, record says %d",
+				ErrPIDReused, rec.PID, st.StartTime, rec.StartTime)
+		}
+	}
+	if exeErr == nil {
+		c.ProcessFullPath = exe
+		c.ProcessName = filepath.Base(exe)
+	} else {
+		c.ProcessName = validUTF8(rec.Comm)
+	}
+	if cmdErr == nil {
+		c.ProcessCmdLine = cmd
+	} else {
+		c.ProcessCmdLine = Undefined
+	}
+	if stErr == nil {
+		c.Ancestry = r.ancestry(st)
+	}
+	return c, nil
+}
+
+// ancestry walks up from the process whose stat is child. Each ancestor's
+// stat is read after its exe and cmdline and must show a start time no
+// later than its child's; otherwise the parent has exited and its pid was
+// reused, and the walk stops. The walk also stops at pid 1 (not included)
+// and at the first unreadable stat.
+func (r *Resolver) ancestry(child procStat) []Process {
+	depth := r.AncestryDepth
+	if depth == 0 {
+		depth = DefaultAncestryDepth
+	}
+	var out []Process
+	for len(out) < depth {
+		pid := child.PPID
+		if pid <= 1 {
+			break
+		}
+		exe, _ := os.Readlink(r.procPath(pid, "exe"))
+		cmd, cmdErr := r.readCmdLine(pid)
+		st, err := r.readStat(pid)
+		if err != nil || st.StartTime > child.StartTime {
+			break
+		}
+		if cmdErr != nil {
+			cmd = Undefined
+		}
+		out = append(out, Process{PID: pid, Exe: exe, CmdLine: cmd})
+		child = st
+	}
+	return out
+}
+
+func (r *Resolver) procPath(pid uint32, file string) string {
+	root := r.ProcRoot
+	if root == "" {
+		root = DefaultProcRoot
+	}
+	return root + "/" + strconv.FormatUint(uint64(pid), 10) + "/" + file
+}
+
+func (r *Resolver) maxCmdLine() int {
+	if r.MaxCmdLine > 0 {
+		return r.MaxCmdLine
+	}
+	return DefaultMaxCmdLine
+}
+
+// validUTF8 returns s with invalid UTF-8 replaced.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}

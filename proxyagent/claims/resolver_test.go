@@ -1,0 +1,363 @@
+package claims
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/identity"
+)
+
+// statLine builds a /proc/<pid>/stat line with the given comm, ppid and
+// start time (field 22); other fields are plausible constants.
+func statLine(pid int, comm string, ppid uint32, start uint64) string {
+	// Fields 3..21 then 22 (start time) then a few more.
+	return fmt.Sprintf("%d (%s) S %d 100 100 0 -1 4194304 100 0 0 0 1 2 0 0 20 0 1 0 %d 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n",
+		pid, comm, ppid, start)
+}
+
+func TestParseStat(t *testing.T) {
+	tests := []struct {
+		name      string
+		line      string
+		wantComm  string
+		wantPPID  uint32
+		wantStart uint64
+		wantErr   bool
+	}{
+		{"plain", statLine(42, "curl", 7, 12345), "curl", 7, 12345, false},
+		{"spaces and parens in comm", statLine(42, "a b) S 9 (x", 8, 777), "a b) S 9 (x", 8, 777, false},
+		{"empty comm", statLine(42, "", 8, 1), "", 8, 1, false},
+		{"truncated", "42 (curl) S 7 100", "", 0, 0, true},
+		{"no parens", "42 curl S 7", "", 0, 0, true},
+		{"bad start", strings.Replace(statLine(42, "c", 1, 5), " 5 1000000", " x 1000000", 1), "", 0, 0, true},
+		{"empty", "", "", 0, 0, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := parseStat([]byte(tc.line))
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("parseStat(%q) = %+v, want error", tc.line, st)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Comm != tc.wantComm || st.PPID != tc.wantPPID || st.StartTime != tc.wantStart {
+				t.Errorf("got %+v, want comm %q ppid %d start %d", st, tc.wantComm, tc.wantPPID, tc.wantStart)
+			}
+		})
+	}
+}
+
+func TestFormatCmdLine(t *testing.T) {
+	tests := []struct {
+		name  string
+		raw   string
+		limit int
+		want  string
+	}{
+		{"four of five", "a\x00b\x00c\x00d\x00e\x00", 100, "a b c d"},
+		{"empty args dropped", "a\x00\x00\x00b\x00", 100, "a b"},
+		{"empty", "", 100, ""},
+		{"invalid utf8", "a\xff\x00b\x00", 100, "a\uFFFD b"},
+		{"cut at space", "python3\x00-c\x00" + strings.Repeat("x", 50) + "\x00", 20, "python3 -c" + TruncatedSuffix},
+		{"cut no space", strings.Repeat("y", 50), 20, TruncatedSuffix},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := formatCmdLine([]byte(tc.raw), tc.limit); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// fakeProc builds a procfs-like tree; each process has exe (symlink),
+// cmdline and stat.
+type fakeProc struct {
+	t    *testing.T
+	root string
+}
+
+func newFakeProc(t *testing.T) *fakeProc { return &fakeProc{t: t, root: t.TempDir()} }
+
+func (p *fakeProc) add(pid int, exe, cmdline string, ppid uint32, start uint64) {
+	dir := filepath.Join(p.root, fmt.Sprint(pid))
+	must(p.t, os.MkdirAll(dir, 0o755))
+	if exe != "" {
+		must(p.t, os.Symlink(exe, filepath.Join(dir, "exe")))
+	}
+	must(p.t, os.WriteFile(filepath.Join(dir, "cmdline"), []byte(cmdline), 0o644))
+	must(p.t, os.WriteFile(filepath.Join(dir, "stat"), []byte(statLine(pid, filepath.Base(exe), ppid, start)), 0o644))
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeUserDB(t *testing.T) (passwd, group string) {
+	dir := t.TempDir()
+	passwd = filepath.Join(dir, "passwd")
+	group = filepath.Join(dir, "group")
+	must(t, os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/bin/bash\n# comment\n"+
+		"alice:x:1000:1000:Alice:/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n"), 0o644))
+	must(t, os.WriteFile(group, []byte("root:x:0:\nadm:x:4:alice,bob\nsudo:x:27:alice\n"+
+		"alice:x:1000:\nbob:x:1001:\ndocker:x:999:bob, alice\n"), 0o644))
+	return passwd, group
+}
+
+var client = netip.MustParseAddrPort("127.0.0.1:51234")
+
+func TestResolveFake(t *testing.T) {
+	p := newFakeProc(t)
+	p.add(500, "/usr/bin/curl", "curl\x00-H\x00Authorization: Bearer abcdef\x00http://x/\x00extra\x00", 400, 9000)
+	p.add(400, "/usr/bin/bash", "bash\x00", 300, 8000)
+	p.add(300, "/usr/sbin/sshd", "sshd: alice\x00", 1, 7000)
+	passwd, group := writeUserDB(t)
+	r := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group}
+
+	c, err := r.Resolve(identity.Record{PID: 500, UID: 1000, GID: 1000, StartTime: 9000, Comm: "curl"}, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Claims{
+		UserID: 1000, UserName: "alice", UserGroups: []string{"alice", "adm", "sudo", "docker"},
+		ProcessID: 500, ProcessName: "curl", ProcessFullPath: "/usr/bin/curl",
+		ProcessCmdLine: "curl -H [REDACTED]",
+		ClientIP:       "127.0.0.1", ClientPort: 51234,
+		Ancestry: []Process{
+			{PID: 400, Exe: "/usr/bin/bash", CmdLine: "bash"},
+			{PID: 300, Exe: "/usr/sbin/sshd", CmdLine: "sshd: alice"},
+		},
+	}
+	assertClaims(t, c, want)
+
+	t.Run("root is elevated", func(t *testing.T) {
+		c, err := r.Resolve(identity.Record{PID: 500, UID: 0, StartTime: 9000}, client)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.RunAsElevated || c.UserName != "root" || len(c.UserGroups) != 1 || c.UserGroups[0] != "root" {
+			t.Errorf("got %+v", c)
+		}
+	})
+	t.Run("unknown uid", func(t *testing.T) {
+		c, err := r.Resolve(identity.Record{PID: 500, UID: 4242, StartTime: 9000}, client)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.UserName != Undefined || c.UserGroups == nil || len(c.UserGroups) != 0 || c.RunAsElevated {
+			t.Errorf("got %+v", c)
+		}
+	})
+	t.Run("start time mismatch", func(t *testing.T) {
+		_, err := r.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 8999}, client)
+		if !errors.Is(err, ErrPIDReused) {
+			t.Fatalf("err = %v, want ErrPIDReused", err)
+		}
+	})
+	t.Run("exited process", func(t *testing.T) {
+		c, err := r.Resolve(identity.Record{PID: 777, UID: 1001, StartTime: 5, Comm: "wget"}, client)
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertClaims(t, c, &Claims{UserID: 1001, UserName: "bob", UserGroups: []string{"bob", "adm", "docker"},
+			ProcessID: 777, ProcessName: "wget", ProcessCmdLine: Undefined, ClientIP: "127.0.0.1", ClientPort: 51234})
+	})
+	t.Run("no start time is not verified", func(t *testing.T) {
+		c, err := r.Resolve(identity.Record{PID: 500, UID: 1000}, client)
+		if err != nil || c.ProcessFullPath != "/usr/bin/curl" {
+			t.Fatalf("got %+v, %v", c, err)
+		}
+	})
+	t.Run("ancestry depth", func(t *testing.T) {
+		r1 := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group, AncestryDepth: 1}
+		c, _ := r1.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000}, client)
+		if len(c.Ancestry) != 1 {
+			t.Errorf("ancestry %+v, want 1 level", c.Ancestry)
+		}
+		rn := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group, AncestryDepth: -1}
+		c, _ = rn.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000}, client)
+		if len(c.Ancestry) != 0 {
+			t.Errorf("ancestry %+v, want none", c.Ancestry)
+		}
+	})
+}
+
+func TestResolveAncestryStopsAtReusedParent(t *testing.T) {
+	p := newFakeProc(t)
+	p.add(500, "/usr/bin/curl", "curl\x00", 400, 9000)
+	// pid 400 now belongs to a process started after its "child".
+	p.add(400, "/usr/bin/evil", "evil\x00", 300, 9500)
+	r := &Resolver{ProcRoot: p.root}
+	c, err := r.Resolve(identity.Record{PID: 500, UID: 0, StartTime: 9000}, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Ancestry) != 0 {
+		t.Errorf("ancestry = %+v, want none", c.Ancestry)
+	}
+}
+
+func TestResolveAncestryCapsAtFourLevels(t *testing.T) {
+	p := newFakeProc(t)
+	p.add(10, "/bin/c", "c\x00", 9, 100)
+	for pid := 9; pid >= 2; pid-- {
+		p.add(pid, fmt.Sprintf("/bin/p%d", pid), "p\x00", uint32(pid-1), uint64(pid))
+	}
+	r := &Resolver{ProcRoot: p.root}
+	c, err := r.Resolve(identity.Record{PID: 10, UID: 0, StartTime: 100}, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []uint32
+	for _, a := range c.Ancestry {
+		pids = append(pids, a.PID)
+	}
+	if fmt.Sprint(pids) != "[9 8 7 6]" {
+		t.Errorf("ancestry pids %v, want [9 8 7 6]", pids)
+	}
+}
+
+func assertClaims(t *testing.T, got, want *Claims) {
+	t.Helper()
+	g, _ := json.Marshal(got)
+	w, _ := json.Marshal(want)
+	if string(g) != string(w) {
+		t.Errorf("claims\n got %s\nwant %s", g, w)
+	}
+}
+
+func TestUserCacheExpires(t *testing.T) {
+	passwd, group := writeUserDB(t)
+	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, UserCacheTTL: time.Hour}
+	c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client)
+	if c.UserName != Undefined {
+		t.Fatalf("user %q before creation", c.UserName)
+	}
+	f, err := os.OpenFile(passwd, os.O_APPEND|os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteString("carol:x:1002:1002::/home/carol:/bin/sh\n")
+	must(t, err)
+	must(t, f.Close())
+	c, _ = r.Resolve(identity.Record{PID: 1, UID: 1002}, client)
+	if c.UserName != Undefined {
+		t.Errorf("cached entry not reused: %q", c.UserName)
+	}
+}
+
+func TestUserCacheRefreshesAfterTTL(t *testing.T) {
+	passwd, group := writeUserDB(t)
+	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, UserCacheTTL: time.Nanosecond}
+	if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client); c.UserName != Undefined {
+		t.Fatalf("user %q before creation", c.UserName)
+	}
+	must(t, os.WriteFile(passwd, []byte("carol:x:1002:1002::/home/carol:/bin/sh\n"), 0o644))
+	time.Sleep(time.Millisecond)
+	if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client); c.UserName != "carol" {
+		t.Errorf("expired entry not refreshed: %q", c.UserName)
+	}
+}
+
+// startChild runs sh with a secret in its arguments and returns it with
+// its start time read from the real /proc.
+func startChild(t *testing.T) (*exec.Cmd, uint64) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", "sleep 30; :", "pwd=hunter2")
+	must(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var r Resolver
+	// Wait for the exec to complete (cmdline switches from the Go binary).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := r.readStat(uint32(cmd.Process.Pid))
+		if err == nil && st.Comm == "sh" {
+			return cmd, st.StartTime
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child did not start: %+v %v", st, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestResolveRealProc(t *testing.T) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc")
+	}
+	cmd, start := startChild(t)
+	pid := uint32(cmd.Process.Pid)
+	var r Resolver
+	rec := identity.Record{PID: pid, UID: uint32(os.Getuid()), StartTime: start, Comm: "sh"}
+	c, err := r.Resolve(rec, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shPath, err := exec.LookPath("sh")
+	must(t, err)
+	shReal, err := filepath.EvalSymlinks(shPath)
+	must(t, err)
+	if c.ProcessFullPath != shReal || c.ProcessName != filepath.Base(shReal) {
+		t.Errorf("process %q (%q), want %q", c.ProcessFullPath, c.ProcessName, shReal)
+	}
+	if want := "sh -c sleep 30; : [REDACTED]"; c.ProcessCmdLine != want {
+		t.Errorf("cmdline %q, want %q", c.ProcessCmdLine, want)
+	}
+	self, err := os.Executable()
+	must(t, err)
+	if len(c.Ancestry) == 0 || c.Ancestry[0].PID != uint32(os.Getpid()) || c.Ancestry[0].Exe != self {
+		t.Errorf("ancestry %+v, want parent %d %s first", c.Ancestry, os.Getpid(), self)
+	}
+	if c.RunAsElevated != (os.Getuid() == 0) {
+		t.Errorf("runAsElevated %v for uid %d", c.RunAsElevated, os.Getuid())
+	}
+
+	rec.StartTime = start + 1
+	if _, err := r.Resolve(rec, client); !errors.Is(err, ErrPIDReused) {
+		t.Errorf("mismatched start time: err = %v, want ErrPIDReused", err)
+	}
+
+	// After the process is gone: kernel data kept, /proc data dropped.
+	cmd.Process.Kill()
+	cmd.Wait()
+	rec.StartTime = start
+	c, err = r.Resolve(rec, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ProcessFullPath != "" || c.ProcessName != "sh" || c.ProcessCmdLine != Undefined || c.ProcessID != pid {
+		t.Errorf("exited process claims %+v", c)
+	}
+}
+
+func BenchmarkResolveRealProc(b *testing.B) {
+	for _, depth := range []int{-1, 4} {
+		b.Run(fmt.Sprintf("ancestry=%d", max(depth, 0)), func(b *testing.B) {
+			r := Resolver{AncestryDepth: depth}
+			self := uint32(os.Getpid())
+			st, err := r.readStat(self)
+			if err != nil {
+				b.Skip(err)
+			}
+			rec := identity.Record{PID: self, UID: uint32(os.Getuid()), StartTime: st.StartTime}
+			for b.Loop() {
+				if _, err := r.Resolve(rec, client); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

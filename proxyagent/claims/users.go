@@ -1,0 +1,124 @@
+package claims
+
+import (
+	"bufio"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxCachedUsers bounds the uid cache; when full it is emptied.
+const maxCachedUsers = 1024
+
+// userInfo is a uid's name and group names (primary first).
+type userInfo struct {
+	name    string
+	groups  []string
+	expires time.Time
+}
+
+// userCache maps uid to userInfo. mu guards m.
+type userCache struct {
+	mu sync.Mutex
+	m  map[uint32]userInfo
+}
+
+// lookup returns the cached user for uid, reading the databases when the
+// entry is missing or expired.
+func (c *userCache) lookup(r *Resolver, uid uint32) userInfo {
+	now := time.Now()
+	c.mu.Lock()
+	u, ok := c.m[uid]
+	c.mu.Unlock()
+	if ok && now.Before(u.expires) {
+		return u
+	}
+	u = r.readUser(uid)
+	ttl := r.UserCacheTTL
+	if ttl <= 0 {
+		ttl = DefaultUserCacheTTL
+	}
+	u.expires = now.Add(ttl)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxCachedUsers {
+		c.m = make(map[uint32]userInfo)
+	}
+	c.m[uid] = u
+	c.mu.Unlock()
+	return u
+}
+
+// readUser reads uid's name, primary gid and groups from the databases.
+// An unknown uid gets the name "undefined" and no groups.
+func (r *Resolver) readUser(uid uint32) userInfo {
+	passwd, group := r.PasswdFile, r.GroupFile
+	if passwd == "" {
+		passwd = DefaultPasswdFile
+	}
+	if group == "" {
+		group = DefaultGroupFile
+	}
+	want := strconv.FormatUint(uint64(uid), 10)
+	var name, gid string
+	scanColonFile(passwd, func(f []string) bool {
+		if len(f) >= 4 && f[2] == want && f[0] != "" {
+			name, gid = f[0], f[3]
+			return false
+		}
+		return true
+	})
+	if name == "" {
+		return userInfo{name: Undefined, groups: []string{}}
+	}
+	var primary string
+	var others []string
+	seen := map[string]bool{}
+	scanColonFile(group, func(f []string) bool {
+		if len(f) < 4 || f[0] == "" || seen[f[0]] {
+			return true
+		}
+		if f[2] == gid && primary == "" {
+			primary = validUTF8(f[0])
+			seen[f[0]] = true
+			return true
+		}
+		for _, m := range strings.Split(f[3], ",") {
+			if strings.TrimSpace(m) == name {
+				others = append(others, validUTF8(f[0]))
+				seen[f[0]] = true
+				break
+			}
+		}
+		return true
+	})
+	groups := make([]string, 0, 1+len(others))
+	if primary != "" {
+		groups = append(groups, primary)
+	}
+	groups = append(groups, others...)
+	return userInfo{name: validUTF8(name), groups: groups}
+}
+
+// scanColonFile calls fn with the colon-separated fields of each
+// non-comment line of path until fn returns false. A missing or unreadable
+// file is treated as empty.
+func scanColonFile(path string, fn func(fields []string) bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' || line[0] == '+' || line[0] == '-' {
+			continue
+		}
+		if !fn(strings.Split(line, ":")) {
+			return
+		}
+	}
+}
