@@ -1,0 +1,234 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+//
+// Connect-time redirection of metadata traffic to the proxy agent.
+//
+// cgroup/connect4 and cgroup/connect6 rewrite the destination of a TCP
+// connect() whose (address, port) is in policy_map to the listener stored as
+// the entry's value, and record who connected (conn_record) in the socket's
+// local storage. At BPF_SOCK_OPS_TCP_CONNECT_CB the ephemeral port is known,
+// so the sockops program moves the record into conn_records, keyed by the
+// client's local address and port: exactly what the listener sees as the
+// peer of the accepted connection. User space deletes the entry at accept.
+//
+// Sockets whose SO_MARK equals agent_mark (the agent's own connections to
+// the host) are never redirected.
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+
+// USER_HZ is 100 on every Linux architecture the agent supports, so one
+// clock tick of /proc/<pid>/stat field 22 is 10 ms.
+#define NSEC_PER_TICK 10000000ULL
+
+// Minimal CO-RE view of the kernel's task_struct: field offsets are
+// relocated against the running kernel's BTF at load time.
+struct task_struct {
+	struct task_struct *group_leader;
+	__u64 start_boottime; // ns since boot, including suspend (Linux >= 5.5)
+} __attribute__((preserve_access_index));
+
+// policy_key is a redirected destination.
+struct policy_key {
+	__u8 addr[4]; // IPv4 address, network byte order
+	__u16 port;   // host byte order
+	__u16 pad;    // zero
+};
+
+// policy_value is where connections to a policy_key go instead.
+struct policy_value {
+	__u8 addr[4]; // IPv4 address, network byte order
+	__u16 port;   // host byte order
+	__u16 pad;    // zero
+};
+
+// conn_key identifies a redirected connection as the listener sees it: the
+// client's local (source) address and port.
+struct conn_key {
+	__u8 addr[4]; // IPv4 address, network byte order
+	__u16 port;   // host byte order
+	__u16 pad;    // zero
+};
+
+// conn_record is what the kernel knows about the connecting process at
+// connect() time.
+struct conn_record {
+	__u64 cgroup_id;   // cgroup v2 id (inode number of the cgroup directory)
+	__u64 start_time;  // process start, clock ticks since boot (/proc/<pid>/stat field 22)
+	__u32 pid;         // thread-group id
+	__u32 tid;         // id of the thread that called connect()
+	__u32 uid;         // real uid
+	__u32 gid;         // real gid
+	__u8 orig_addr[4]; // original destination, IPv4 network byte order
+	__u16 orig_port;   // original destination port, host byte order
+	__u8 family;       // AF_INET or AF_INET6 (v4-mapped) socket
+	__u8 pad;
+	__u8 comm[16];     // task comm, NUL padded
+};
+
+// agent_mark is the SO_MARK of the agent's own sockets; set at load time.
+// 0 disables the exemption (no socket is exempt).
+volatile const __u32 agent_mark = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct conn_record);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_records SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct conn_key);
+	__type(value, struct conn_record);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conn_records SEC(".maps");
+
+static __always_inline int is_agent(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk || agent_mark == 0)
+		return 0;
+	return sk->mark == agent_mark;
+}
+
+// record stores the caller's identity in the socket's local storage. A
+// failure leaves the socket without a record: the connection is still
+// redirected and the listener treats it as having no identity.
+static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u16 dst_port, __u8 family)
+{
+	struct conn_record *rec;
+	struct task_struct *task;
+	__u64 id;
+
+	rec = bpf_sk_storage_get(&sk_records, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!rec)
+		return;
+
+	id = bpf_get_current_pid_tgid();
+	rec->pid = id >> 32;
+	rec->tid = (__u32)id;
+	id = bpf_get_current_uid_gid();
+	rec->uid = (__u32)id;
+	rec->gid = id >> 32;
+	rec->cgroup_id = bpf_get_current_cgroup_id();
+	task = (struct task_struct *)bpf_get_current_task();
+	rec->start_time = BPF_CORE_READ(task, group_leader, start_boottime) / NSEC_PER_TICK;
+	__builtin_memcpy(rec->orig_addr, &dst_ip4, 4);
+	rec->orig_port = dst_port;
+	rec->family = family;
+	rec->pad = 0;
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+}
+
+// lookup returns the redirect target for ip:port, or NULL.
+static __always_inline struct policy_value *lookup(__u32 ip4, __u16 port)
+{
+	struct policy_key key = {};
+
+	__builtin_memcpy(key.addr, &ip4, 4);
+	key.port = port;
+	return bpf_map_lookup_elem(&policy_map, &key);
+}
+
+SEC("cgroup/connect4")
+int connect4(struct bpf_sock_addr *ctx)
+{
+	struct policy_value *to;
+	__u32 ip4, new_ip4;
+	__u16 port;
+
+	if (ctx->type != SOCK_STREAM)
+		return 1;
+	ip4 = ctx->user_ip4;
+	port = bpf_ntohs((__u16)ctx->user_port);
+	to = lookup(ip4, port);
+	if (!to || is_agent(ctx))
+		return 1;
+
+	record(ctx, ip4, port, AF_INET);
+	__builtin_memcpy(&new_ip4, to->addr, 4);
+	ctx->user_ip4 = new_ip4;
+	ctx->user_port = bpf_htons(to->port);
+	return 1;
+}
+
+// connect6 handles IPv4-mapped IPv6 destinations (::ffff:a.b.c.d) on AF_INET6
+// sockets, which the kernel connects over IPv4 without running connect4.
+SEC("cgroup/connect6")
+int connect6(struct bpf_sock_addr *ctx)
+{
+	struct policy_value *to;
+	__u32 ip4, new_ip4;
+	__u16 port;
+
+	if (ctx->type != SOCK_STREAM)
+		return 1;
+	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 ||
+	    ctx->user_ip6[2] != bpf_htonl(0x0000ffff))
+		return 1;
+	ip4 = ctx->user_ip6[3];
+	port = bpf_ntohs((__u16)ctx->user_port);
+	to = lookup(ip4, port);
+	if (!to || is_agent(ctx))
+		return 1;
+
+	record(ctx, ip4, port, AF_INET6);
+	__builtin_memcpy(&new_ip4, to->addr, 4);
+	ctx->user_ip6[3] = new_ip4;
+	ctx->user_port = bpf_htons(to->port);
+	return 1;
+}
+
+// sockops_connect runs right before the SYN of every TCP connect in the cgroup. A
+// redirected socket carries a record: publish it under the now-known local
+// address and port. Any other socket clears a stale entry for its address
+// and port, so a record that was never consumed (listener down) can never be
+// claimed by a later, unredirected connection that reuses the port.
+SEC("sockops")
+int sockops_connect(struct bpf_sock_ops *ctx)
+{
+	struct conn_record *rec;
+	struct conn_key key = {};
+	struct bpf_sock *sk;
+	__u32 ip4;
+
+	if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	sk = ctx->sk;
+	if (!sk)
+		return 1;
+
+	ip4 = ctx->local_ip4;
+	__builtin_memcpy(key.addr, &ip4, 4);
+	key.port = (__u16)ctx->local_port;
+
+	rec = bpf_sk_storage_get(&sk_records, sk, 0, 0);
+	if (!rec) {
+		bpf_map_delete_elem(&conn_records, &key);
+		return 1;
+	}
+	bpf_map_update_elem(&conn_records, &key, rec, BPF_ANY);
+	bpf_sk_storage_delete(&sk_records, sk);
+	return 1;
+}
+
+char __license[] SEC("license") = "Dual MIT/GPL";

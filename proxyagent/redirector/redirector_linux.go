@@ -1,0 +1,578 @@
+package redirector
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/opengpa/gpa/bpf"
+	"github.com/opengpa/gpa/proxyagent/hostconn"
+	"github.com/opengpa/gpa/proxyagent/identity"
+)
+
+// Defaults for Config.
+const (
+	// DefaultBPFFS is where bpffs is mounted (and mounted by Load if needed).
+	DefaultBPFFS = "/sys/fs/bpf"
+	// DefaultPinDir holds the pinned links and maps.
+	DefaultPinDir = DefaultBPFFS + "/azure-proxy-agent"
+)
+
+// DefaultListener is the proxy listener redirected connections go to.
+var DefaultListener = netip.MustParseAddrPort("127.0.0.1:3080")
+
+// Destinations are the endpoints whose connections may be redirected. All
+// must be IPv4.
+type Destinations struct {
+	WireServer   netip.AddrPort
+	IMDS         netip.AddrPort
+	HostGAPlugin netip.AddrPort
+}
+
+// DefaultDestinations returns the production endpoints: WireServer
+// 168.63.129.16:80, IMDS 169.254.169.254:80, HostGAPlugin
+// 168.63.129.16:32526.
+func DefaultDestinations() Destinations {
+	return Destinations{
+		WireServer:   netip.MustParseAddrPort("168.63.129.16:80"),
+		IMDS:         netip.MustParseAddrPort("169.254.169.254:80"),
+		HostGAPlugin: netip.MustParseAddrPort("168.63.129.16:32526"),
+	}
+}
+
+// Config says where and how the programs are attached. The zero value is
+// the production configuration.
+type Config struct {
+	// CgroupPath is the cgroup v2 directory the programs attach to; every
+	// process below it is subject to redirection. Empty: the root of the
+	// cgroup v2 mount found in /proc/self/mounts (see Cgroup2Root).
+	CgroupPath string
+	// PinDir is the bpffs directory for pinned links and maps; empty:
+	// DefaultPinDir. Load mounts bpffs on DefaultBPFFS when PinDir lies
+	// under it and nothing is mounted there.
+	PinDir string
+	// Listener is where redirected connections go; must be IPv4. Zero:
+	// DefaultListener.
+	Listener netip.AddrPort
+	// Destinations are the redirectable endpoints; zero fields take
+	// DefaultDestinations' values.
+	Destinations Destinations
+	// Mark is the SO_MARK of the agent's own sockets, which are never
+	// redirected. 0: hostconn.Mark.
+	Mark uint32
+	// Logger receives one message per event; nil: slog.Default().
+	Logger *slog.Logger
+	// Started is the moment the status message's milliseconds count from
+	// (upstream: process start); zero: when Load is called.
+	Started time.Time
+}
+
+// State is a module state as reported in ebpfProgramStatus.
+type State string
+
+// States.
+const (
+	Running State = "RUNNING"
+	Stopped State = "STOPPED"
+)
+
+// Status is the redirector's ebpfProgramStatus (protocol.md §5.1).
+type Status struct {
+	State   State  `json:"status"`
+	Message string `json:"message"`
+}
+
+// ErrorStatus is the status to report when Load fails: STOPPED with the
+// error text (which carries the verifier log for a rejected program).
+func ErrorStatus(err error) Status {
+	return Status{State: Stopped, Message: fmt.Sprintf("Failed to start Redirector: %v", err)}
+}
+
+// hook is one program attachment and the name of its pinned link.
+type hook struct {
+	pin    string
+	attach ebpf.AttachType
+	prog   func(*bpf.RedirectObjects) *ebpf.Program
+}
+
+// hooks in attach order: the sockops program first, so no connect is
+// redirected before its record can be published.
+var hooks = []hook{
+	{"link_sockops", ebpf.AttachCGroupSockOps, func(o *bpf.RedirectObjects) *ebpf.Program { return o.SockopsConnect }},
+	{"link_connect6", ebpf.AttachCGroupInet6Connect, func(o *bpf.RedirectObjects) *ebpf.Program { return o.Connect6 }},
+	{"link_connect4", ebpf.AttachCGroupInet4Connect, func(o *bpf.RedirectObjects) *ebpf.Program { return o.Connect4 }},
+}
+
+// pinnedMaps are the map names pinned by name in the pin dir.
+var pinnedMaps = []string{bpf.RedirectMapPolicyMap, bpf.RedirectMapConnRecords, bpf.RedirectMapSkRecords}
+
+// Redirector is a loaded, attached and pinned set of redirect programs.
+// Its methods are safe for concurrent use.
+type Redirector struct {
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.RWMutex // guards everything below; Lookup and SetPolicy hold it shared
+	objs   *bpf.RedirectObjects
+	links  []link.Link
+	status Status
+}
+
+var _ identity.Source = (*Redirector)(nil)
+
+func (c *Config) setDefaults() error {
+	if c.PinDir == "" {
+		c.PinDir = DefaultPinDir
+	}
+	c.PinDir = filepath.Clean(c.PinDir)
+	if !filepath.IsAbs(c.PinDir) {
+		return fmt.Errorf("pin dir %q is not absolute", c.PinDir)
+	}
+	if !c.Listener.IsValid() {
+		c.Listener = DefaultListener
+	}
+	def := DefaultDestinations()
+	if !c.Destinations.WireServer.IsValid() {
+		c.Destinations.WireServer = def.WireServer
+	}
+	if !c.Destinations.IMDS.IsValid() {
+		c.Destinations.IMDS = def.IMDS
+	}
+	if !c.Destinations.HostGAPlugin.IsValid() {
+		c.Destinations.HostGAPlugin = def.HostGAPlugin
+	}
+	if c.Mark == 0 {
+		c.Mark = hostconn.Mark
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if !c.Listener.Addr().Is4() {
+		return fmt.Errorf("listener %s is not an IPv4 address", c.Listener)
+	}
+	d := c.Destinations
+	for _, ap := range []netip.AddrPort{d.WireServer, d.IMDS, d.HostGAPlugin} {
+		if !ap.Addr().Is4() {
+			return fmt.Errorf("destination %s is not an IPv4 address", ap)
+		}
+		if ap == c.Listener {
+			return fmt.Errorf("destination %s is the listener", ap)
+		}
+	}
+	if d.WireServer == d.IMDS || d.WireServer == d.HostGAPlugin || d.IMDS == d.HostGAPlugin {
+		return fmt.Errorf("destinations %s, %s, %s are not distinct", d.WireServer, d.IMDS, d.HostGAPlugin)
+	}
+	return nil
+}
+
+// Load loads the programs, attaches them to the configured cgroup and pins
+// links and maps under the pin dir. If pinned objects from an earlier run
+// exist it takes them over: the pinned maps (policy and pending records)
+// are reused and each pinned link's program is replaced atomically, so
+// redirection never pauses. A fresh install starts with an empty policy
+// (nothing redirected) until SetPolicy. If attaching fails part way, the
+// links already attached or updated stay pinned (the next Load completes
+// the set); the error of a program the verifier rejected carries its log.
+func Load(cfg Config) (*Redirector, error) {
+	start := time.Now()
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("redirector: %w", err)
+	}
+	if cfg.Started.IsZero() {
+		cfg.Started = start
+	}
+	r := &Redirector{cfg: cfg, log: cfg.Logger}
+
+	if cfg.CgroupPath == "" {
+		p, err := Cgroup2Root()
+		if err != nil {
+			return nil, fmt.Errorf("redirector: find cgroup v2 root: %w", err)
+		}
+		r.cfg.CgroupPath = p
+	}
+	cgID, err := cgroupID(r.cfg.CgroupPath)
+	if err != nil {
+		return nil, fmt.Errorf("redirector: %w", err)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("redirector: raise memlock limit: %w", err)
+	}
+	if err := ensureBPFFS(cfg.PinDir); err != nil {
+		return nil, fmt.Errorf("redirector: %w", err)
+	}
+
+	objs, migrated, err := loadObjects(cfg.PinDir, cfg.Mark, r.log)
+	if err != nil {
+		return nil, fmt.Errorf("redirector: %w", err)
+	}
+	r.objs = objs
+	if migrated {
+		// The pinned maps had another layout (upgrade). Until the agent sets
+		// the real policy, redirect everything rather than let a connection
+		// bypass the proxy.
+		if err := r.SetPolicy(true, true, true); err != nil {
+			objs.Close()
+			return nil, fmt.Errorf("redirector: seed policy of new maps: %w", err)
+		}
+	}
+
+	takeover := false
+	for _, h := range hooks {
+		l, replaced, err := attach(h, h.prog(objs), r.cfg.CgroupPath, cgID, filepath.Join(cfg.PinDir, h.pin))
+		if err != nil {
+			r.closeLocked()
+			return nil, fmt.Errorf("redirector: %w", err)
+		}
+		takeover = takeover || replaced
+		r.links = append(r.links, l)
+	}
+
+	ms := time.Since(cfg.Started).Milliseconds()
+	r.status = Status{State: Running, Message: fmt.Sprintf("Started Redirector with eBPF maps - %d", ms)}
+	r.log.Info("redirector started", "cgroup", r.cfg.CgroupPath, "pinDir", cfg.PinDir,
+		"listener", cfg.Listener.String(), "tookOverPinned", takeover, "loadMillis", time.Since(start).Milliseconds())
+	return r, nil
+}
+
+// loadObjects loads the collection with its maps pinned by name in pinDir,
+// reusing compatible pinned maps. Incompatible pinned maps (another layout)
+// are unpinned and recreated; migrated reports that.
+func loadObjects(pinDir string, mark uint32, log *slog.Logger) (objs *bpf.RedirectObjects, migrated bool, err error) {
+	spec, err := bpf.LoadRedirect()
+	if err != nil {
+		return nil, false, err
+	}
+	if err := spec.Variables[bpf.RedirectVarAgentMark].Set(mark); err != nil {
+		return nil, false, fmt.Errorf("set agent mark: %w", err)
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	objs = new(bpf.RedirectObjects)
+	err = spec.LoadAndAssign(objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		log.Warn("pinned eBPF maps have another layout; recreating them", "pinDir", pinDir, "err", err)
+		for _, name := range pinnedMaps {
+			if rerr := os.Remove(filepath.Join(pinDir, name)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				return nil, false, fmt.Errorf("unpin incompatible map %s: %w", name, rerr)
+			}
+		}
+		migrated = true
+		objs = new(bpf.RedirectObjects)
+		err = spec.LoadAndAssign(objs, opts)
+	}
+	if err != nil {
+		return nil, false, withVerifierLog("load eBPF objects", err)
+	}
+	return objs, migrated, nil
+}
+
+// withVerifierLog wraps err and appends the full verifier log if err
+// carries one.
+func withVerifierLog(what string, err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) && len(ve.Log) > 0 {
+		return fmt.Errorf("%s: %w\nverifier log:\n%s", what, err, strings.Join(ve.Log, "\n"))
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// attach makes prog the program behind the link pinned at pin, attached to
+// cgroup (id cgID). A pinned link on the same cgroup gets its program
+// replaced atomically (replaced is true); one on another cgroup is replaced
+// by a new link (attached before the old one is detached); without a pin a
+// new link is attached and pinned.
+func attach(h hook, prog *ebpf.Program, cgroup string, cgID uint64, pin string) (l link.Link, replaced bool, err error) {
+	old, err := link.LoadPinnedLink(pin, nil)
+	switch {
+	case err == nil:
+		info, ierr := old.Info()
+		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgID && ebpf.AttachType(info.Cgroup().AttachType) == h.attach {
+			if err := old.Update(prog); err != nil {
+				old.Close()
+				return nil, false, fmt.Errorf("replace program of pinned link %s: %w", pin, err)
+			}
+			return old, true, nil
+		}
+	case errors.Is(err, os.ErrNotExist):
+		old = nil
+	default:
+		// Not a usable link (e.g. left by something else): replace the pin.
+		if rerr := os.Remove(pin); rerr != nil {
+			return nil, false, fmt.Errorf("remove unusable pin %s: %w (%v)", pin, rerr, err)
+		}
+		old = nil
+	}
+
+	nl, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: h.attach, Program: prog})
+	if err != nil {
+		if old != nil {
+			old.Close()
+		}
+		return nil, false, fmt.Errorf("attach %s to %s: %w", h.attach, cgroup, err)
+	}
+	if old != nil {
+		// Attached elsewhere before (cgroup changed in the config): the new
+		// link is in place, now retire the old one.
+		if err := old.Unpin(); err != nil {
+			nl.Close()
+			old.Close()
+			return nil, false, fmt.Errorf("unpin %s: %w", pin, err)
+		}
+		if err := old.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
+			old.Close()
+			nl.Close()
+			return nil, false, fmt.Errorf("detach old link %s: %w", pin, err)
+		}
+		old.Close()
+	}
+	if err := nl.Pin(pin); err != nil {
+		nl.Close()
+		return nil, false, fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	return nl, false, nil
+}
+
+// policyKey converts a destination to the policy map's key.
+func policyKey(ap netip.AddrPort) bpf.RedirectPolicyKey {
+	return bpf.RedirectPolicyKey{Addr: ap.Addr().As4(), Port: ap.Port()}
+}
+
+// SetPolicy decides which destinations are redirected: WireServer iff ws,
+// IMDS iff imds, HostGAPlugin iff hgap (protocol.md §4.3: each while its
+// service is not Disabled). A destination not redirected is connected to
+// directly and never reaches the proxy. The entries are updated one by one;
+// on error the policy may be partly applied and the call should be
+// retried.
+func (r *Redirector) SetPolicy(ws, imds, hgap bool) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.objs == nil {
+		return errors.New("redirector: closed")
+	}
+	to := bpf.RedirectPolicyValue{Addr: r.cfg.Listener.Addr().As4(), Port: r.cfg.Listener.Port()}
+	d := r.cfg.Destinations
+	for _, e := range []struct {
+		dst netip.AddrPort
+		on  bool
+	}{{d.WireServer, ws}, {d.IMDS, imds}, {d.HostGAPlugin, hgap}} {
+		key := policyKey(e.dst)
+		if e.on {
+			if err := r.objs.PolicyMap.Put(key, to); err != nil {
+				return fmt.Errorf("redirector: redirect %s: %w", e.dst, err)
+			}
+			continue
+		}
+		if err := r.objs.PolicyMap.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("redirector: stop redirecting %s: %w", e.dst, err)
+		}
+	}
+	r.log.Info("redirect policy set", "wireserver", ws, "imds", imds, "hostgaplugin", hgap)
+	return nil
+}
+
+// Policy reports which destinations are redirected to the configured
+// listener right now (as pinned in the kernel, so it survives restarts).
+func (r *Redirector) Policy() (ws, imds, hgap bool, err error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.objs == nil {
+		return false, false, false, errors.New("redirector: closed")
+	}
+	want := bpf.RedirectPolicyValue{Addr: r.cfg.Listener.Addr().As4(), Port: r.cfg.Listener.Port()}
+	on := func(dst netip.AddrPort) (bool, error) {
+		var v bpf.RedirectPolicyValue
+		err := r.objs.PolicyMap.Lookup(policyKey(dst), &v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		return err == nil && v == want, err
+	}
+	d := r.cfg.Destinations
+	if ws, err = on(d.WireServer); err != nil {
+		return
+	}
+	if imds, err = on(d.IMDS); err != nil {
+		return
+	}
+	hgap, err = on(d.HostGAPlugin)
+	return
+}
+
+// Lookup implements identity.Source: it returns and deletes the record the
+// kernel filed for the redirected connection whose client (peer) address
+// is client. ok is false for a connection that was not redirected, whose
+// record was evicted, or after Close.
+func (r *Redirector) Lookup(client netip.AddrPort) (identity.Record, bool) {
+	rec, ok := r.take(client)
+	if !ok {
+		return identity.Record{}, false
+	}
+	return toIdentity(rec), true
+}
+
+// toIdentity converts the kernel's record.
+func toIdentity(rec bpf.RedirectConnRecord) identity.Record {
+	comm := rec.Comm[:]
+	if i := bytes.IndexByte(comm, 0); i >= 0 {
+		comm = comm[:i]
+	}
+	return identity.Record{
+		PID:       rec.Pid,
+		TID:       rec.Tid,
+		UID:       rec.Uid,
+		GID:       rec.Gid,
+		CgroupID:  rec.CgroupId,
+		StartTime: rec.StartTime,
+		Comm:      string(comm),
+		OrigDst:   netip.AddrPortFrom(netip.AddrFrom4(rec.OrigAddr), rec.OrigPort),
+	}
+}
+
+// take looks up and deletes the raw record for client.
+func (r *Redirector) take(client netip.AddrPort) (bpf.RedirectConnRecord, bool) {
+	var rec bpf.RedirectConnRecord
+	addr := client.Addr().Unmap()
+	if !addr.Is4() {
+		return rec, false
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.objs == nil {
+		return rec, false
+	}
+	key := bpf.RedirectConnKey{Addr: addr.As4(), Port: client.Port()}
+	err := r.objs.ConnRecords.LookupAndDelete(key, &rec)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		// Kernels before 5.14 cannot look up and delete in one step.
+		if err = r.objs.ConnRecords.Lookup(key, &rec); err == nil {
+			_ = r.objs.ConnRecords.Delete(key)
+		}
+	}
+	if err != nil {
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			r.log.Warn("connection record lookup failed", "client", client.String(), "err", err)
+		}
+		return rec, false
+	}
+	return rec, true
+}
+
+// Status returns the current ebpfProgramStatus.
+func (r *Redirector) Status() Status {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.status
+}
+
+// Close releases the agent's handles. The pinned links and maps stay: the
+// programs keep redirecting, so until the agent runs again redirected
+// connects are refused instead of going direct. Close is idempotent.
+func (r *Redirector) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.objs == nil && r.links == nil {
+		return nil
+	}
+	r.closeLocked()
+	r.status = Status{State: Stopped, Message: "Redirector stopped; pinned programs keep redirecting until the agent restarts"}
+	r.log.Info("redirector closed; programs stay pinned", "pinDir", r.cfg.PinDir)
+	return nil
+}
+
+func (r *Redirector) closeLocked() {
+	for _, l := range r.links {
+		l.Close()
+	}
+	r.links = nil
+	if r.objs != nil {
+		r.objs.Close()
+		r.objs = nil
+	}
+}
+
+// Remove detaches the programs and deletes every pinned object (uninstall):
+// afterwards connections go directly to the endpoints.
+func (r *Redirector) Remove() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closeLocked()
+	err := RemovePinned(r.cfg.PinDir)
+	if err != nil {
+		r.status = Status{State: Stopped, Message: fmt.Sprintf("Redirector removal failed: %v", err)}
+		return err
+	}
+	r.status = Status{State: Stopped, Message: "Redirector removed"}
+	r.log.Info("redirector removed", "pinDir", r.cfg.PinDir)
+	return nil
+}
+
+// RemovePinned detaches every link pinned in pinDir (also if another
+// process still holds it) and deletes all pins and pinDir itself (unless
+// it is a bpffs mount root, which is left empty). A missing pinDir is not
+// an error. It is what the agent's uninstall runs; no Redirector is needed.
+func RemovePinned(pinDir string) error {
+	entries, err := os.ReadDir(pinDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("redirector: remove pins: %w", err)
+	}
+	var errs []error
+	// Links first, so no program runs against maps being removed.
+	for _, h := range hooks {
+		p := filepath.Join(pinDir, h.pin)
+		l, err := link.LoadPinnedLink(p, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			if derr := l.Detach(); derr != nil && !errors.Is(derr, link.ErrNotSupported) {
+				errs = append(errs, fmt.Errorf("detach %s: %w", p, derr))
+			}
+			l.Close()
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasSuffix(name, ".debug") { // bpffs preload iterators in a mount root
+			continue
+		}
+		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 && !isMountRoot(pinDir) {
+		if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("redirector: remove pins: %w", err)
+	}
+	return nil
+}
+
+// isMountRoot reports whether dir is the root of a mount (its parent is
+// on another device).
+func isMountRoot(dir string) bool {
+	a, errA := os.Stat(dir)
+	b, errB := os.Stat(filepath.Dir(filepath.Clean(dir)))
+	if errA != nil || errB != nil {
+		return false
+	}
+	return devOf(a) != devOf(b)
+}

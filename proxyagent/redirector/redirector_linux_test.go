@@ -1,0 +1,866 @@
+package redirector
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/opengpa/gpa/bpf"
+	"github.com/opengpa/gpa/internal/testenv"
+	"github.com/opengpa/gpa/proxyagent/hostconn"
+	"github.com/opengpa/gpa/proxyagent/identity"
+)
+
+// The test binary doubles as a client process: with GPA_REDIRECTOR_HELPER
+// set it runs helperMain instead of the tests (see startHelper).
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("GPA_REDIRECTOR_HELPER"); mode != "" {
+		os.Exit(helperMain(mode))
+	}
+	os.Exit(m.Run())
+}
+
+// helperMain is the client side run inside the test's netns and cgroup.
+//
+//	dial:  connect to GPA_HELPER_ADDR with SO_MARK GPA_HELPER_MARK (0: none),
+//	       send a request, print the response.
+//	bench: connect to GPA_HELPER_ADDR GPA_HELPER_N times (RST on close, so
+//	       no TIME_WAIT piles up) and print the elapsed nanoseconds.
+func helperMain(mode string) int {
+	addr := os.Getenv("GPA_HELPER_ADDR")
+	switch mode {
+	case "dial":
+		mark, _ := strconv.ParseUint(os.Getenv("GPA_HELPER_MARK"), 0, 32)
+		c, err := hostconn.Dialer(uint32(mark), 5*time.Second).Dial("tcp", addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer c.Close()
+		io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+		b, err := io.ReadAll(c)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		os.Stdout.Write(b)
+		return 0
+	case "bench":
+		n, _ := strconv.Atoi(os.Getenv("GPA_HELPER_N"))
+		start := time.Now()
+		for range n {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+		fmt.Println(time.Since(start).Nanoseconds())
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
+	return 2
+}
+
+var (
+	imdsAddr = netip.MustParseAddr("169.254.169.254")
+	wsAddr   = netip.MustParseAddr("168.63.129.16")
+	dests    = DefaultDestinations()
+)
+
+// env is one test's world: a netns with the service addresses on its
+// loopback, a "real" server on each destination inside it (answering
+// "direct <addr>"), a cgroup with the programs attached, and a private
+// bpffs for the pins. Everything is removed when the test ends.
+type env struct {
+	t      testing.TB
+	ns     *testenv.Netns
+	cg     *testenv.Cgroup
+	cfg    Config
+	direct atomic.Int64 // connections the real servers accepted
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	testenv.RequirePrivileged(t)
+	e := &env{t: t}
+	e.ns = testenv.NewNetns(t, imdsAddr, wsAddr)
+	e.cg = testenv.NewCgroup(t)
+	e.cfg = Config{
+		CgroupPath: e.cg.Path,
+		PinDir:     filepath.Join(testenv.NewBPFFS(t), "azure-proxy-agent"),
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	for _, d := range []netip.AddrPort{dests.WireServer, dests.IMDS, dests.HostGAPlugin} {
+		l, err := e.ns.Listen("tcp", d.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go serve(l, func(c net.Conn) string {
+			e.direct.Add(1)
+			return "direct " + c.LocalAddr().String()
+		})
+	}
+	return e
+}
+
+// load loads the redirector into e (skipping, or failing under CI, if the
+// kernel cannot run the programs) and removes it when the test ends.
+func (e *env) load() *Redirector {
+	e.t.Helper()
+	r, err := Load(e.cfg)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		testenv.SkipOrFail(e.t, "kernel cannot run the redirector: %v", err)
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		if err := r.Remove(); err != nil {
+			e.t.Errorf("Remove: %v", err)
+		}
+	})
+	return r
+}
+
+// serve answers each connection on l with an HTTP/1.0 response whose body
+// is body(conn), after reading the request head.
+func serve(l net.Listener, body func(net.Conn) string) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			b := body(c)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			br := bufio.NewReader(c)
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil || line == "\r\n" {
+					break
+				}
+			}
+			fmt.Fprintf(c, "HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
+		}()
+	}
+}
+
+// accepted is what the test listener learned about one connection.
+type accepted struct {
+	peer      netip.AddrPort
+	rec       bpf.RedirectConnRecord
+	ok        bool
+	again     bool   // a second lookup also found a record (must not)
+	procStart uint64 // /proc/<rec.Pid>/stat field 22 at accept time
+	procErr   error
+}
+
+// listener is the stand-in for the proxy: it listens on the default
+// listener address inside the netns and reports each accepted connection.
+type listener struct {
+	l  net.Listener
+	ch chan accepted
+}
+
+func (e *env) listen(r *Redirector) *listener {
+	e.t.Helper()
+	l, err := e.ns.Listen("tcp", DefaultListener.String())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tl := &listener{l: l, ch: make(chan accepted, 16)}
+	e.t.Cleanup(tl.close)
+	go serve(l, func(c net.Conn) string {
+		a := accepted{peer: c.RemoteAddr().(*net.TCPAddr).AddrPort()}
+		a.rec, a.ok = r.take(a.peer)
+		_, a.again = r.Lookup(a.peer)
+		if a.ok {
+			a.procStart, a.procErr = procStartTime(a.rec.Pid)
+		}
+		tl.ch <- a
+		return "redirected"
+	})
+	return tl
+}
+
+func (tl *listener) close() { tl.l.Close() }
+
+func (tl *listener) next(t testing.TB) accepted {
+	t.Helper()
+	select {
+	case a := <-tl.ch:
+		return a
+	case <-time.After(5 * time.Second):
+		t.Fatal("listener accepted nothing")
+		return accepted{}
+	}
+}
+
+// expectNone fails if the listener accepted a connection.
+func (tl *listener) expectNone(t testing.TB) {
+	t.Helper()
+	select {
+	case a := <-tl.ch:
+		t.Errorf("listener accepted a connection from %s it should not have", a.peer)
+	default:
+	}
+}
+
+// procStartTime returns field 22 of /proc/<pid>/stat.
+func procStartTime(pid uint32) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseStatStart(string(b))
+}
+
+func parseStatStart(stat string) (uint64, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 20 {
+		return 0, errors.New("short stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64) // f[0] is field 3
+}
+
+// client is a process to run inside the netns.
+type client struct {
+	args   []string // argv; "" as args[0] means the test binary in dial mode
+	env    []string
+	cred   *syscall.Credential
+	noCg   bool // run outside the attached cgroup
+	exitOK bool // false: expect a failure exit
+}
+
+// run runs c and returns its pid and standard output.
+func (e *env) run(c client) (int, string, error) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	args := c.args
+	if args[0] == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		args = []string{exe}
+	}
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	o := testenv.Options{Netns: e.ns, Cgroup: e.cg, Credential: c.cred, Env: c.env}
+	if c.noCg {
+		o.Cgroup = nil
+	}
+	if err := testenv.Start(cmd, o); err != nil {
+		e.t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if err != nil {
+		err = fmt.Errorf("%v: %w: %s", args, err, stderr.String())
+	}
+	return cmd.Process.Pid, out.String(), err
+}
+
+func curl(url string, extra ...string) []string {
+	return append([]string{"curl", "-sS", "--max-time", "5"}, append(extra, url)...)
+}
+
+func dialHelper(addr string, mark uint32) client {
+	return client{args: []string{""}, env: []string{
+		"GPA_REDIRECTOR_HELPER=dial", "GPA_HELPER_ADDR=" + addr, fmt.Sprintf("GPA_HELPER_MARK=%d", mark)}}
+}
+
+func testBinaryComm() string {
+	exe, _ := os.Executable()
+	c := filepath.Base(exe)
+	if len(c) > 15 {
+		c = c[:15]
+	}
+	return c
+}
+
+func TestRedirect(t *testing.T) {
+	e := newEnv(t)
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Status(); s.State != Running || !strings.HasPrefix(s.Message, "Started Redirector with eBPF maps - ") {
+		t.Errorf("status = %+v", s)
+	}
+	tl := e.listen(r)
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+
+	tests := []struct {
+		name     string
+		c        client
+		wantDst  netip.AddrPort
+		wantUID  uint32
+		wantComm string
+		family   uint8
+	}{
+		{"wireserver", client{args: curl("http://168.63.129.16/")}, dests.WireServer, 0, "curl", syscall.AF_INET},
+		{"imds as nobody", client{args: curl("http://169.254.169.254/"), cred: nobody}, dests.IMDS, 65534, "curl", syscall.AF_INET},
+		{"hostgaplugin", client{args: curl("http://168.63.129.16:32526/")}, dests.HostGAPlugin, 0, "curl", syscall.AF_INET},
+		{"v4-mapped over AF_INET6", client{args: curl("http://[::ffff:169.254.169.254]/")}, dests.IMDS, 0, "curl", syscall.AF_INET6},
+		{"hex address", client{args: curl("http://0xa9fea9fe/")}, dests.IMDS, 0, "curl", syscall.AF_INET},
+		{"decimal address", client{args: curl("http://2852039166/")}, dests.IMDS, 0, "curl", syscall.AF_INET},
+		{"bash /dev/tcp", client{args: []string{"bash", "-c", `exec 3<>/dev/tcp/168.63.129.16/32526; printf 'GET / HTTP/1.0\r\n\r\n' >&3; cat <&3`}}, dests.HostGAPlugin, 0, "bash", syscall.AF_INET},
+		{"go dialer, no mark", dialHelper("169.254.169.254:80", 0), dests.IMDS, 0, testBinaryComm(), syscall.AF_INET},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			direct := e.direct.Load()
+			pid, out, err := e.run(tc.c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasSuffix(out, "redirected") {
+				t.Errorf("client got %q, want the listener's answer", out)
+			}
+			if e.direct.Load() != direct {
+				t.Error("a real server was reached")
+			}
+			a := tl.next(t)
+			if !a.ok {
+				t.Fatalf("no record for %s", a.peer)
+			}
+			if a.again {
+				t.Error("record not consumed by the lookup")
+			}
+			got := toIdentity(a.rec)
+			want := identity.Record{
+				PID: uint32(pid), TID: uint32(pid), UID: tc.wantUID, GID: tc.wantUID,
+				CgroupID: e.cg.ID, StartTime: a.procStart, Comm: tc.wantComm, OrigDst: tc.wantDst,
+			}
+			if a.procErr != nil {
+				t.Errorf("read /proc/%d/stat: %v", pid, a.procErr)
+			}
+			if tc.wantComm == testBinaryComm() {
+				want.TID = got.TID // Go dials from any thread of the process
+			}
+			if got != want {
+				t.Errorf("record\n got %+v\nwant %+v", got, want)
+			}
+			if a.rec.Family != tc.family {
+				t.Errorf("socket family %d, want %d", a.rec.Family, tc.family)
+			}
+			if got.StartTime == 0 {
+				t.Error("start time 0")
+			}
+		})
+	}
+
+	t.Run("MPTCP socket", func(t *testing.T) {
+		if _, err := exec.LookPath("python3"); err != nil {
+			t.Skip("needs python3 to open an MPTCP socket")
+		}
+		pid, out, err := e.run(client{args: []string{"python3", "-c", `
+import socket, sys
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)  # IPPROTO_MPTCP
+except OSError:
+    print("no-mptcp", end=""); sys.exit(0)
+s.connect(("169.254.169.254", 80))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+print(s.recv(1000).decode().split("\r\n\r\n")[-1], end="")
+`}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out == "no-mptcp" {
+			t.Skip("kernel has no MPTCP")
+		}
+		if out != "redirected" {
+			t.Fatalf("client got %q, want redirected", out)
+		}
+		if a := tl.next(t); !a.ok || a.rec.Pid != uint32(pid) {
+			t.Errorf("record %+v ok=%v, want pid %d", a.rec, a.ok, pid)
+		}
+	})
+
+	notRedirected := []struct {
+		name string
+		c    client
+		want string
+	}{
+		{"agent's marked socket", dialHelper("169.254.169.254:80", hostconn.Mark), "direct 169.254.169.254:80"},
+		{"other mark", dialHelper("169.254.169.254:80", hostconn.Mark+1), "redirected"},
+		{"outside the cgroup", client{args: curl("http://169.254.169.254/"), noCg: true}, "direct 169.254.169.254:80"},
+		{"other port", client{args: []string{"bash", "-c", `exec 3<>/dev/tcp/169.254.169.254/81`}}, ""},
+	}
+	for _, tc := range notRedirected {
+		t.Run(tc.name, func(t *testing.T) {
+			_, out, err := e.run(tc.c)
+			if tc.want == "" {
+				// Nothing listens on :81 in the netns: refused, not redirected.
+				if err == nil {
+					t.Errorf("connect to an unlisted port succeeded: %q", out)
+				}
+				tl.expectNone(t)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasSuffix(out, tc.want) {
+				t.Errorf("client got %q, want %q", out, tc.want)
+			}
+			if tc.want == "redirected" {
+				tl.next(t)
+			} else {
+				tl.expectNone(t)
+			}
+		})
+	}
+
+	t.Run("policy off", func(t *testing.T) {
+		if err := r.SetPolicy(true, false, true); err != nil {
+			t.Fatal(err)
+		}
+		ws, imds, hgap, err := r.Policy()
+		if err != nil || !ws || imds || !hgap {
+			t.Fatalf("Policy() = %v %v %v %v, want true false true", ws, imds, hgap, err)
+		}
+		_, out, err := e.run(client{args: curl("http://169.254.169.254/")})
+		if err != nil || out != "direct 169.254.169.254:80" {
+			t.Errorf("IMDS with policy off: %q, %v; want the real server", out, err)
+		}
+		_, out, err = e.run(client{args: curl("http://168.63.129.16/")})
+		if err != nil || out != "redirected" {
+			t.Errorf("WireServer with policy on: %q, %v; want redirected", out, err)
+		}
+		tl.next(t)
+		tl.expectNone(t)
+		if err := r.SetPolicy(true, true, true); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("short-lived process", func(t *testing.T) {
+		// The process connects, reports its own start time and exits before
+		// the listener accepts.
+		tl.close()
+		raw, err := e.ns.Listen("tcp", DefaultListener.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		pid, out, err := e.run(client{args: []string{"bash", "-c",
+			`exec 3<>/dev/tcp/169.254.169.254/80 && cat /proc/$$/stat`}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start, err := parseStatStart(out)
+		if err != nil {
+			t.Fatalf("%v: %q", err, out)
+		}
+		c, err := raw.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			t.Errorf("process %d still exists", pid)
+		}
+		rec, ok := r.Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		if !ok {
+			t.Fatal("no record")
+		}
+		if rec.PID != uint32(pid) || rec.StartTime != start || rec.Comm != "bash" || rec.OrigDst != dests.IMDS {
+			t.Errorf("record %+v, want pid %d start %d comm bash dst %s", rec, pid, start, dests.IMDS)
+		}
+	})
+}
+
+func TestLookup(t *testing.T) {
+	e := newEnv(t)
+	r := e.load()
+	for _, client := range []netip.AddrPort{
+		netip.MustParseAddrPort("127.0.0.1:40000"),
+		netip.MustParseAddrPort("[::ffff:127.0.0.1]:40000"),
+		netip.MustParseAddrPort("[::1]:40000"),
+		{},
+	} {
+		if _, ok := r.Lookup(client); ok {
+			t.Errorf("Lookup(%v) found a record for a connection never made", client)
+		}
+	}
+	// A v4-mapped peer finds the record of its IPv4 form.
+	key := bpf.RedirectConnKey{Addr: [4]byte{127, 0, 0, 1}, Port: 40001}
+	want := bpf.RedirectConnRecord{Pid: 7, Uid: 8, OrigAddr: imdsAddr.As4(), OrigPort: 80, Comm: [16]byte{'x'}}
+	if err := r.objs.ConnRecords.Put(key, want); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok := r.Lookup(netip.MustParseAddrPort("[::ffff:127.0.0.1]:40001"))
+	if !ok || rec.PID != 7 || rec.UID != 8 || rec.Comm != "x" || rec.OrigDst != dests.IMDS {
+		t.Errorf("Lookup = %+v, %v", rec, ok)
+	}
+	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:40001")); ok {
+		t.Error("record found twice")
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:40001")); ok {
+		t.Error("Lookup after Close found a record")
+	}
+	if err := r.SetPolicy(true, true, true); err == nil {
+		t.Error("SetPolicy after Close succeeded")
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"ipv6 listener", Config{Listener: netip.MustParseAddrPort("[::1]:3080")}, "listener [::1]:3080 is not an IPv4"},
+		{"ipv6 destination", Config{Destinations: Destinations{IMDS: netip.MustParseAddrPort("[fd00:ec2::254]:80")}}, "not an IPv4"},
+		{"same destinations", Config{Destinations: Destinations{IMDS: dests.WireServer}}, "not distinct"},
+		{"listener is a destination", Config{Listener: dests.IMDS}, "is the listener"},
+		{"relative pin dir", Config{PinDir: "pins"}, "not absolute"},
+		{"not a cgroup", Config{CgroupPath: "/proc"}, "not on a cgroup v2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(tc.cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Load error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// linkProgram returns the id of the program behind the pinned link name.
+func linkProgram(t *testing.T, pinDir, name string) ebpf.ProgramID {
+	t.Helper()
+	l, err := link.LoadPinnedLink(filepath.Join(pinDir, name), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Program
+}
+
+// attached returns how many programs are attached to the cgroup for each
+// hook the redirector uses.
+func attached(t *testing.T, cgroup string) int {
+	t.Helper()
+	f, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	for _, h := range hooks {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: h.attach})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(res.Programs)
+	}
+	return n
+}
+
+// recordKeys returns the keys in the pinned connection-record map.
+func recordKeys(t *testing.T, pinDir string) map[bpf.RedirectConnKey]bool {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, bpf.RedirectMapConnRecords), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	keys := make(map[bpf.RedirectConnKey]bool)
+	var k bpf.RedirectConnKey
+	var v bpf.RedirectConnRecord
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		keys[k] = true
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+func TestPinnedLifecycle(t *testing.T) {
+	e := newEnv(t)
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	tl := e.listen(r)
+	imdsURL := curl("http://169.254.169.254/")
+	if _, out, err := e.run(client{args: imdsURL}); err != nil || out != "redirected" {
+		t.Fatalf("before restart: %q %v", out, err)
+	}
+	tl.next(t)
+	before := linkProgram(t, e.cfg.PinDir, "link_connect4")
+
+	// Agent stops: the pinned programs keep redirecting.
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Status(); s.State != Stopped {
+		t.Errorf("status after Close = %+v", s)
+	}
+	if _, out, err := e.run(client{args: imdsURL}); err != nil || out != "redirected" {
+		t.Errorf("after Close, listener up: %q %v; want redirected", out, err)
+	}
+	tl.next(t)
+
+	// Listener gone too: redirected connects are refused, never direct.
+	tl.close()
+	direct := e.direct.Load()
+	// (The connection accepted above while r was closed left its record.)
+	known := recordKeys(t, e.cfg.PinDir)
+	_, out, err := e.run(client{args: imdsURL})
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		t.Errorf("agent down: curl %q, %v; want connection refused (exit 7)", out, err)
+	}
+	if e.direct.Load() != direct {
+		t.Error("agent down: connection reached the real IMDS")
+	}
+	// The refused connect left a record behind; find its port.
+	var stale []bpf.RedirectConnKey
+	for k := range recordKeys(t, e.cfg.PinDir) {
+		if !known[k] {
+			stale = append(stale, k)
+		}
+	}
+	if len(stale) != 1 {
+		t.Fatalf("records left by the refused connect: %v, want 1", stale)
+	}
+
+	// Agent restarts: takes over pinned maps (policy survives) and links.
+	r2 := e.load()
+	if ws, imds, hgap, err := r2.Policy(); err != nil || !ws || !imds || !hgap {
+		t.Errorf("policy after restart = %v %v %v %v, want all on", ws, imds, hgap, err)
+	}
+	if after := linkProgram(t, e.cfg.PinDir, "link_connect4"); after == before {
+		t.Errorf("pinned link still runs program %d after re-Load", before)
+	}
+	if n := attached(t, e.cg.Path); n != len(hooks) {
+		t.Errorf("%d programs attached after re-Load, want %d", n, len(hooks))
+	}
+	tl2 := e.listen(r2)
+	pid, out, err := e.run(client{args: imdsURL})
+	if err != nil || out != "redirected" {
+		t.Fatalf("after restart: %q %v", out, err)
+	}
+	if a := tl2.next(t); !a.ok || a.rec.Pid != uint32(pid) {
+		t.Errorf("after restart: record %+v ok=%v, want pid %d", a.rec, a.ok, pid)
+	}
+
+	// A direct connection reusing the stale record's port gets no identity.
+	port := strconv.Itoa(int(stale[0].Port))
+	if _, out, err := e.run(client{args: curl("http://127.0.0.1:3080/", "--local-port", port)}); err != nil || out != "redirected" {
+		t.Fatalf("direct connect from port %s: %q %v", port, out, err)
+	}
+	if a := tl2.next(t); a.ok || a.peer.Port() != stale[0].Port {
+		t.Errorf("direct connect from %s claimed the stale record of pid %d", a.peer, a.rec.Pid)
+	}
+
+	// Uninstall: nothing attached, nothing pinned, traffic goes direct.
+	if err := r2.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(e.cfg.PinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir after Remove: %v", err)
+	}
+	if n := attached(t, e.cg.Path); n != 0 {
+		t.Errorf("%d programs still attached after Remove", n)
+	}
+	if _, out, err := e.run(client{args: imdsURL}); err != nil || out != "direct 169.254.169.254:80" {
+		t.Errorf("after Remove: %q %v; want direct", out, err)
+	}
+	if err := RemovePinned(e.cfg.PinDir); err != nil {
+		t.Errorf("RemovePinned on a removed dir: %v", err)
+	}
+}
+
+func TestMoveCgroup(t *testing.T) {
+	e := newEnv(t)
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+
+	// The agent restarts configured for another cgroup: the links move.
+	old := e.cg
+	e.cg = testenv.NewCgroup(t)
+	e.cfg.CgroupPath = e.cg.Path
+	r2 := e.load()
+	tl := e.listen(r2)
+	if n := attached(t, old.Path); n != 0 {
+		t.Errorf("%d programs left on the old cgroup", n)
+	}
+	if _, out, err := e.run(client{args: curl("http://169.254.169.254/")}); err != nil || out != "redirected" {
+		t.Errorf("in the new cgroup: %q %v; want redirected", out, err)
+	}
+	tl.next(t)
+	e.cg = old
+	if _, out, err := e.run(client{args: curl("http://169.254.169.254/")}); err != nil || out != "direct 169.254.169.254:80" {
+		t.Errorf("in the old cgroup: %q %v; want direct", out, err)
+	}
+}
+
+// BenchmarkConnect measures connect()+close on loopback from inside the
+// cgroup, with the programs detached and attached (to a non-policy address,
+// and redirected to a listener that consumes each record). Figures are
+// ns/connect, measured inside the client process.
+func BenchmarkConnect(b *testing.B) {
+	e := newEnv(b)
+	target, err := e.ns.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { target.Close() })
+	go func() {
+		for {
+			c, err := target.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+
+	run := func(b *testing.B, addr string) {
+		c := client{args: []string{""}, env: []string{
+			"GPA_REDIRECTOR_HELPER=bench", "GPA_HELPER_ADDR=" + addr, "GPA_HELPER_N=" + strconv.Itoa(b.N)}}
+		_, out, err := e.run(c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ns, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(ns/float64(b.N), "ns/connect")
+	}
+	b.Run("detached", func(b *testing.B) { run(b, target.Addr().String()) })
+
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("attached", func(b *testing.B) { run(b, target.Addr().String()) })
+
+	l, err := e.ns.Listen("tcp", DefaultListener.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	var missing atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if ta, ok := c.RemoteAddr().(*net.TCPAddr); !ok {
+				missing.Add(1)
+			} else if _, ok := r.Lookup(ta.AddrPort()); !ok {
+				missing.Add(1)
+			}
+			c.Close()
+		}
+	}()
+	b.Run("redirected", func(b *testing.B) {
+		missing.Store(0)
+		run(b, dests.IMDS.String())
+		b.ReportMetric(float64(missing.Load()), "missing-records")
+	})
+}
+
+// BenchmarkLoad measures Load (load, attach, pin) on a fresh pin dir and
+// the takeover of pinned objects by a restarted agent.
+func BenchmarkLoad(b *testing.B) {
+	e := newEnv(b)
+	b.Run("fresh", func(b *testing.B) {
+		for b.Loop() {
+			r, err := Load(e.cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := r.Remove(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("takeover", func(b *testing.B) {
+		r := e.load()
+		r.Close()
+		for b.Loop() {
+			r, err := Load(e.cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			r.Close()
+		}
+	})
+}
+
+func TestIncompatiblePinnedMapsAreReplaced(t *testing.T) {
+	e := newEnv(t)
+	// An older version pinned a policy map of another layout.
+	if err := os.MkdirAll(e.cfg.PinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 12, ValueSize: 12, MaxEntries: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(e.cfg.PinDir, bpf.RedirectMapPolicyMap)); err != nil {
+		t.Fatal(err)
+	}
+	r := e.load()
+	// Until the agent sets the policy, everything is redirected.
+	if ws, imds, hgap, err := r.Policy(); err != nil || !ws || !imds || !hgap {
+		t.Errorf("policy after migration = %v %v %v %v, want all on", ws, imds, hgap, err)
+	}
+	tl := e.listen(r)
+	if _, out, err := e.run(client{args: curl("http://168.63.129.16:32526/")}); err != nil || out != "redirected" {
+		t.Errorf("after migration: %q %v; want redirected", out, err)
+	}
+	if a := tl.next(t); !a.ok {
+		t.Error("no record after migration")
+	}
+}
