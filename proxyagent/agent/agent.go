@@ -1,0 +1,342 @@
+// Package agent wires the proxy agent's parts into one running service: the
+// eBPF redirector (kernel redirect and caller identity), the key keeper
+// (secure channel with the WireServer), the authorizer, the signing proxy
+// listener, the audit recorder, provisioning and the status writer.
+//
+// The data path reads top to bottom: redirector → identity record →
+// listener → claims → authorizer → signer → upstream → audit record.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/config"
+	"github.com/opengpa/gpa/proxyagent/hostconn"
+	"github.com/opengpa/gpa/proxyagent/identity"
+	"github.com/opengpa/gpa/proxyagent/keykeeper"
+	"github.com/opengpa/gpa/proxyagent/logfile"
+	"github.com/opengpa/gpa/proxyagent/provision"
+	"github.com/opengpa/gpa/proxyagent/proxy"
+	"github.com/opengpa/gpa/proxyagent/redirector"
+	"github.com/opengpa/gpa/proxyagent/status"
+)
+
+// Options configure Run.
+type Options struct {
+	Config  config.Config
+	Version string
+	// Identity replaces the eBPF redirector as the identity source when set
+	// (tests that run without the kernel hooks); the redirector is then not
+	// loaded and ebpfProgramStatus reports it as replaced.
+	Identity identity.Source
+	// Stderr receives log lines at the system-events level; nil: os.Stderr.
+	Stderr io.Writer
+	// Ready, when set, is called once the listener is bound, with its
+	// address.
+	Ready func(addr string)
+}
+
+// Run starts the agent and blocks until ctx is cancelled, then shuts down.
+// The pinned eBPF programs stay attached after Run returns, so while the
+// agent is down redirected connections are refused rather than sent
+// directly to the host unsigned.
+func Run(ctx context.Context, opts Options) error {
+	start := time.Now()
+	cfg := opts.Config
+	log, closeLogs, err := openLogs(cfg, opts.Stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLogs()
+	for _, w := range cfg.Warnings {
+		log.Warn("config", "warning", w)
+	}
+	log.Info("GuestProxyAgent is starting", "version", opts.Version, "pid", os.Getpid())
+
+	dest, err := destinations(cfg)
+	if err != nil {
+		return err
+	}
+	for _, dir := range []string{cfg.StatusFolder, cfg.LogFolder} {
+		if dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+		}
+	}
+
+	reg := status.NewRegistry()
+	store := authz.NewStore(authz.StoreConfig{Destinations: dest, RulesDir: cfg.RulesFolder(),
+		SnapshotDir: cfg.StatusFolder, Logger: log.With("module", "authz")})
+	if err := authz.PrepareRulesDir(cfg.RulesFolder()); err != nil {
+		log.Error("rules folder", "error", err)
+	}
+	connLevel, _ := logfile.ParseLevel(cfg.FileLogLevel)
+	rec, err := audit.New(audit.Options{Dir: cfg.LogFolder, ConnLogLevel: connLevel, Logger: log.With("module", "audit")})
+	if err != nil {
+		return fmt.Errorf("agent: audit log: %w", err)
+	}
+	defer rec.Close()
+
+	// The key keeper and provisioning refer to each other; kk is set
+	// before either runs.
+	var kk *keykeeper.KeyKeeper
+	prov := provision.New(provision.Options{
+		Dir: cfg.LatchKeyFolder, Registry: reg,
+		State:   func() string { return kk.State() },
+		Notify:  func() { kk.Notify() },
+		Resync:  func() error { return kk.ResyncRedirect() },
+		Console: func(msg string) { log.Info(msg, "module", "provision") },
+		Logger:  log.With("module", "provision"),
+	})
+
+	var (
+		source  identity.Source
+		redir   *redirector.Redirector
+		policer keykeeper.Redirector
+	)
+	if opts.Identity != nil {
+		source = opts.Identity
+		reg.Set(status.EbpfProgram, status.Running, "Identity source supplied by the caller; eBPF redirector not loaded")
+		prov.RedirectorReady()
+	} else {
+		redir, err = loadRedirector(cfg, dest, start, log)
+		if err != nil {
+			// Without the kernel hooks nothing is redirected; the listener
+			// still answers local endpoints and every other connection is
+			// direct (421). The status says why.
+			st := redirector.ErrorStatus(err)
+			reg.Set(status.EbpfProgram, status.Stopped, st.Message)
+			log.Error("redirector", "error", err)
+			source = identity.SourceFunc(func(netip.AddrPort) (identity.Record, bool) { return identity.Record{}, false })
+		} else {
+			defer redir.Close()
+			source, policer = redir, redir
+			reg.Bind(status.EbpfProgram, func() status.ModuleStatus {
+				st := redir.Status()
+				return status.ModuleStatus{Status: status.ModuleState(st.State), Message: st.Message}
+			})
+			prov.RedirectorReady()
+		}
+	}
+
+	kk, err = keykeeper.New(keykeeper.Options{
+		WireServer: cfg.WireServerAddress, KeyDir: cfg.LatchKeyFolder, Mark: cfg.SocketMark,
+		PollInterval: cfg.PollInterval(), ProvisionTimeout: cfg.ProvisionTimeout(),
+		RequestTimeout: cfg.HostRequestTimeout(),
+		Rules:          store, Redirector: policer, Provisioning: prov, OnChange: reg.Touch,
+		Start: start, Logger: log.With("module", "keykeeper"),
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	reg.Bind(status.KeyLatch, kk.Status)
+
+	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: summaries{rec}}
+	srv, err := proxy.New(proxy.Options{
+		Addr: cfg.ListenAddress, Identity: source, Claims: &claims.Resolver{}, Authorizer: store, Keys: kk,
+		Recorder: rec, Local: local{prov, reporter},
+		Logger: log.With("module", "proxy"),
+		ListenerStatus: func(running bool, msg string) {
+			if running {
+				reg.Set(status.ProxyListener, status.Running, msg)
+				prov.ListenerReady()
+				return
+			}
+			reg.Set(status.ProxyListener, status.Stopped, msg)
+		},
+		Start:             start,
+		DialUpstream:      hostconn.DialContext(cfg.SocketMark, cfg.HostRequestTimeout()),
+		ReadHeaderTimeout: cfg.HeaderReadTimeout(), IdleTimeout: cfg.IdleTimeout(),
+		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections,
+		ResponseTimeout: cfg.HostRequestTimeout(),
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	reporter.ConnectionsCount = srv.RequestCount
+
+	writer := &status.Writer{Reporter: reporter, Path: cfg.StatusFile(), Interval: cfg.StatusInterval(),
+		Logger: log.With("module", "status")}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	wg.Add(3)
+	go func() { defer wg.Done(); kk.Run(ctx) }()
+	// status.json is written from the start, not only once provisioning
+	// finished as upstream does, so a reader never sees a stale file from an
+	// earlier run (documented deviation).
+	go func() { defer wg.Done(); writer.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		if err := serve(ctx, srv, opts.Ready); err != nil {
+			log.Error("proxy listener stopped", "error", err)
+			errc <- err
+			cancel()
+		}
+	}()
+	<-ctx.Done()
+	wg.Wait()
+	if redir != nil {
+		reg.Set(status.EbpfProgram, status.Stopped, "Agent stopped; redirect programs stay pinned")
+	}
+	_ = writer.WriteOnce()
+	log.Info("GuestProxyAgent stopped")
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// openLogs returns the agent logger: ProxyAgent.log in the log folder at
+// fileLogLevel, and stderr at fileLogLevelForSystemEvents (Error when
+// absent).
+func openLogs(cfg config.Config, stderr io.Writer) (*slog.Logger, func(), error) {
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	sysLevel := logfile.Error
+	if cfg.FileLogLevelForSystemEvents != "" {
+		if l, err := logfile.ParseLevel(cfg.FileLogLevelForSystemEvents); err == nil {
+			sysLevel = l
+		}
+	}
+	handlers := []slog.Handler{logfile.NewHandler(stderr, logfile.SlogLevel(sysLevel))}
+	closeFn := func() {}
+	if cfg.LogFolder != "" {
+		if err := os.MkdirAll(cfg.LogFolder, 0o755); err != nil {
+			return nil, nil, fmt.Errorf("agent: log folder: %w", err)
+		}
+		w, err := logfile.Open(filepath.Join(cfg.LogFolder, "ProxyAgent.log"), logfile.Options{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("agent: %w", err)
+		}
+		fileLevel, _ := logfile.ParseLevel(cfg.FileLogLevel)
+		handlers = append(handlers, logfile.NewHandler(w, logfile.SlogLevel(fileLevel)))
+		closeFn = func() { _ = w.Close() }
+	}
+	return slog.New(fanout(handlers)), closeFn, nil
+}
+
+func destinations(cfg config.Config) (authz.Destinations, error) {
+	var d authz.Destinations
+	for _, f := range []struct {
+		dst  *netip.AddrPort
+		addr string
+	}{{&d.WireServer, cfg.WireServerAddress}, {&d.IMDS, cfg.IMDSAddress}, {&d.HostGA, cfg.HostGAPluginAddress},
+		{&d.Listener, cfg.ListenAddress}} {
+		ap, err := netip.ParseAddrPort(f.addr)
+		if err != nil {
+			return d, fmt.Errorf("agent: address %q: %w", f.addr, err)
+		}
+		*f.dst = ap
+	}
+	return d, nil
+}
+
+// loadRedirector loads the eBPF programs, retrying briefly as upstream does
+// (5 attempts, 10 ms apart).
+func loadRedirector(cfg config.Config, d authz.Destinations, start time.Time, log *slog.Logger) (*redirector.Redirector, error) {
+	rc := redirector.Config{
+		CgroupPath: cgroupPath(cfg.CgroupRoot),
+		PinDir:     cfg.BpfPinPath,
+		Listener:   d.Listener,
+		Destinations: redirector.Destinations{WireServer: d.WireServer, IMDS: d.IMDS,
+			HostGAPlugin: d.HostGA},
+		Mark:    cfg.SocketMark,
+		Logger:  log.With("module", "redirector"),
+		Started: start,
+	}
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var r *redirector.Redirector
+		if r, err = redirector.Load(rc); err == nil {
+			return r, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil, err
+}
+
+// cgroupPath chooses where the programs attach: cgroupRoot from the config
+// when it is a cgroup v2 directory, else the root of the cgroup v2 mount
+// (redirector.Load finds it). On Azure images both are /sys/fs/cgroup.
+func cgroupPath(configured string) string {
+	if configured != "" && isCgroup2(configured) {
+		return configured
+	}
+	return ""
+}
+
+// serve binds the listener (retrying as §4.1 says), reports readiness,
+// serves until ctx ends and then shuts down gracefully.
+func serve(ctx context.Context, srv *proxy.Server, ready func(string)) error {
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	if ready != nil {
+		ready(srv.Addr().String())
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	select {
+	case err := <-done:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-done
+		return nil
+	}
+}
+
+// summaries adapts the audit recorder's tables to the status reporter.
+type summaries struct{ rec *audit.Recorder }
+
+func (s summaries) Summaries() (conn, failed []status.SummaryEntry) {
+	c, f := s.rec.Summaries()
+	conn = make([]status.SummaryEntry, len(c))
+	for i, e := range c {
+		conn[i] = status.SummaryEntry(e)
+	}
+	failed = make([]status.SummaryEntry, len(f))
+	for i, e := range f {
+		failed[i] = status.SummaryEntry(e)
+	}
+	return conn, failed
+}
+
+// local answers the listener's own endpoints.
+type local struct {
+	prov     *provision.Provisioner
+	reporter *status.Reporter
+}
+
+func (l local) Provision(timeTick int64, notify bool) (bool, string) {
+	return l.prov.Query(timeTick, notify)
+}
+
+func (l local) AggregateStatus() ([]byte, error) {
+	return l.reporter.Aggregate().MarshalJSON()
+}

@@ -1,0 +1,148 @@
+// Package cli is the azure-proxy-agent command line (protocol.md §5.6):
+// run as a service, run in the console, print the version, query
+// provisioning, and the audit and rules tools.
+package cli
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/opengpa/gpa/internal/version"
+	"github.com/opengpa/gpa/proxyagent/agent"
+	"github.com/opengpa/gpa/proxyagent/config"
+	"github.com/opengpa/gpa/proxyagent/provision"
+)
+
+// DefaultConfigPath is where the agent reads its configuration unless
+// --config names another file.
+const DefaultConfigPath = "/etc/azure/proxy-agent.json"
+
+const usage = `Usage: azure-proxy-agent [--config PATH] [command]
+
+Commands:
+  (none)                 run as a service until SIGTERM
+  console                run in the foreground; Enter stops it
+  -v, --version          print the version
+  -s, --status [-w, --wait SECONDS]
+                         query provisioning: exit 0 finished, 2 finished
+                         with an error (printed), 1 not finished
+  audit report [flags]   who called the metadata services (see --help)
+  rules suggest [flags]  least-privilege rules from the audit log
+  rules test RULES       decisions that RULES would change
+  -h, --help             this text
+`
+
+// Main runs the command line and returns the process exit code.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	cfgPath := DefaultConfigPath
+	var rest []string
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; a {
+		case "--config", "-c":
+			if i+1 >= len(args) {
+				fmt.Fprintln(stderr, "--config needs a path")
+				return 2
+			}
+			cfgPath = args[i+1]
+			i++
+		default:
+			rest = append(rest, a)
+		}
+	}
+	if len(rest) == 0 {
+		return runService(cfgPath, nil, stderr)
+	}
+	switch rest[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "-v", "--version":
+		fmt.Fprintln(stdout, version.Version)
+		return 0
+	case "console":
+		return runService(cfgPath, stdin, stderr)
+	case "-s", "--status":
+		return queryStatus(cfgPath, rest[1:], stdout, stderr)
+	case "audit":
+		return runAudit(rest[1:], stdout, stderr)
+	case "rules":
+		return runRules(rest[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "unknown command %q\n\n%s", rest[0], usage)
+	return 2
+}
+
+func loadConfig(path string, stderr io.Writer) (config.Config, bool) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return cfg, false
+	}
+	return cfg, true
+}
+
+// runService runs the agent until SIGTERM/SIGINT, or until a line (or EOF)
+// arrives on console when it is not nil.
+func runService(cfgPath string, console io.Reader, stderr io.Writer) int {
+	cfg, ok := loadConfig(cfgPath, stderr)
+	if !ok {
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if console != nil {
+		fmt.Fprintln(stderr, "Press Enter to end it.")
+		go func() {
+			_, _ = bufio.NewReader(console).ReadString('\n')
+			stop()
+		}()
+	}
+	if err := agent.Run(ctx, agent.Options{Config: cfg, Version: version.Version, Stderr: stderr}); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func queryStatus(cfgPath string, args []string, stdout, stderr io.Writer) int {
+	var wait time.Duration
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "-w", "--wait":
+			if i+1 >= len(args) {
+				fmt.Fprintln(stderr, "--wait needs a number of seconds")
+				return 1
+			}
+			n, err := strconv.ParseFloat(args[i+1], 64)
+			if err != nil || n < 0 {
+				fmt.Fprintf(stderr, "--wait: %q is not a number of seconds\n", args[i+1])
+				return 1
+			}
+			wait = time.Duration(n * float64(time.Second))
+			i++
+		default:
+			fmt.Fprintf(stderr, "unknown argument %q\n", args[i])
+			return 1
+		}
+	}
+	addr := config.Default().ListenAddress
+	if _, err := os.Stat(cfgPath); err == nil {
+		cfg, ok := loadConfig(cfgPath, stderr)
+		if !ok {
+			return 1
+		}
+		addr = cfg.ListenAddress
+	}
+	code, msg := provision.QueryStatus(addr, wait)
+	if msg != "" {
+		fmt.Fprintln(stdout, msg)
+	}
+	return code
+}

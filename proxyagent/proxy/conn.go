@@ -1,0 +1,293 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/claims"
+)
+
+// limitListener accepts at most cap(sem) connections at once. A connection
+// beyond the limit is closed at once rather than queued, so a flood cannot
+// hold the accept queue or goroutines.
+type limitListener struct {
+	net.Listener
+	s        *Server
+	sem      chan struct{}
+	refused  atomic.Uint64
+	lastWarn atomic.Int64 // unix nanos of the last "too many" warning
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.sem <- struct{}{}:
+		default:
+			c.Close()
+			n := l.refused.Add(1)
+			// At most one warning a second, so a flood cannot flood the log.
+			if now, last := time.Now().UnixNano(), l.lastWarn.Load(); now-last >= int64(time.Second) &&
+				l.lastWarn.CompareAndSwap(last, now) {
+				l.s.log.Warn("too many proxy connections, closing new connections",
+					"maxConns", cap(l.sem), "refusedTotal", n)
+			}
+			continue
+		}
+		st := l.s.newConnState(c)
+		return &clientConn{Conn: c, st: st, release: func() { <-l.sem }}, nil
+	}
+}
+
+// clientConn is an accepted client connection carrying its per-connection
+// state. Closing it releases its connection slot and closes the upstream.
+type clientConn struct {
+	net.Conn
+	st      *connState
+	release func()
+	once    sync.Once
+}
+
+func (c *clientConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.st.close()
+		c.release()
+	})
+	return err
+}
+
+type stateKey struct{}
+
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if cc, ok := c.(*clientConn); ok {
+		return context.WithValue(ctx, stateKey{}, cc.st)
+	}
+	return ctx
+}
+
+func stateFrom(ctx context.Context) *connState {
+	st, _ := ctx.Value(stateKey{}).(*connState)
+	return st
+}
+
+// connState is what the proxy knows about one client TCP connection. The
+// setup goroutine writes the identity fields before closing ready and the
+// upstream fields before closing upReady; they are read-only afterwards
+// except up, which mu guards (requests on a connection are sequential, but
+// Close may run concurrently).
+type connState struct {
+	s      *Server
+	tcpID  uint64
+	client netip.AddrPort
+
+	ready      chan struct{} // identity and claims known
+	redirected bool
+	dest       netip.AddrPort
+	caller     *claims.Claims
+	claimsErr  error
+
+	upReady chan struct{} // eager dial finished (or skipped)
+	dialErr error         // eager dial failure: every request gets 502
+
+	cancel context.CancelFunc // stops an eager dial still running
+
+	mu     sync.Mutex
+	up     *upstream // nil before the dial and after the upstream closed
+	closed bool
+}
+
+func (s *Server) newConnState(c net.Conn) *connState {
+	ctx, cancel := context.WithCancel(context.Background())
+	st := &connState{
+		s:       s,
+		tcpID:   s.tcpIDs.Add(1),
+		client:  addrPort(c.RemoteAddr()),
+		ready:   make(chan struct{}),
+		upReady: make(chan struct{}),
+		cancel:  cancel,
+	}
+	go st.setup(ctx)
+	return st
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// setup runs once per connection, right after accept: identity lookup (the
+// record is consumed), claims, and the eager upstream dial.
+func (st *connState) setup(ctx context.Context) {
+	s := st.s
+	rec, ok := s.opts.Identity.Lookup(st.client)
+	if ok && rec.OrigDst.IsValid() {
+		st.redirected = true
+		st.dest = rec.OrigDst
+		c, err := s.opts.Claims.Resolve(rec, st.client)
+		switch {
+		case err != nil:
+			st.claimsErr = err
+		case c == nil:
+			st.claimsErr = errors.New("claims resolver returned no claims")
+		default:
+			st.caller = c
+		}
+	}
+	close(st.ready)
+	defer close(st.upReady)
+	if st.caller == nil {
+		return
+	}
+	if s.isSelf(st.dest) {
+		st.dialErr = errors.New("destination is the proxy listener itself")
+		return
+	}
+	up, err := s.dial(ctx, st.dest)
+	if err != nil {
+		st.dialErr = err
+		s.log.Warn("upstream connect failed", "tcpId", st.tcpID, "dest", st.dest.String(), "error", err)
+		return
+	}
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		up.close()
+		return
+	}
+	st.up = up
+	st.mu.Unlock()
+}
+
+func (s *Server) isSelf(dest netip.AddrPort) bool {
+	a := s.Addr()
+	return a != nil && addrPort(a) == dest
+}
+
+func (s *Server) dial(ctx context.Context, dest netip.AddrPort) (*upstream, error) {
+	addr := dest.String()
+	if s.opts.Upstream != nil {
+		addr = s.opts.Upstream(dest)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.DialTimeout)
+	defer cancel()
+	c, err := s.opts.DialUpstream(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return newUpstream(c, s.opts.ResponseTimeout), nil
+}
+
+// take removes the upstream connection from the state for one request's
+// use. A kept connection (the eager one, or one kept after a response) is
+// checked first and replaced when the host has closed it; with none kept, a
+// new one is dialled. pooled says the connection was kept, not dialled for
+// this request. take fails with the eager dial's error when that failed.
+func (st *connState) take(ctx context.Context) (up *upstream, pooled bool, err error) {
+	select {
+	case <-st.upReady:
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+	if st.dialErr != nil {
+		return nil, false, st.dialErr
+	}
+	st.mu.Lock()
+	up = st.up
+	st.up = nil
+	closed := st.closed
+	st.mu.Unlock()
+	if closed {
+		if up != nil {
+			up.close()
+		}
+		return nil, false, net.ErrClosed
+	}
+	if up != nil && !up.alive() {
+		st.s.log.Debug("upstream closed the idle connection, reconnecting", "tcpId", st.tcpID)
+		up.close()
+		up = nil
+	}
+	if up != nil {
+		return up, true, nil
+	}
+	up, err = st.s.dial(ctx, st.dest)
+	return up, false, err
+}
+
+// put returns a healthy upstream connection after a complete response.
+func (st *connState) put(up *upstream) {
+	st.mu.Lock()
+	if st.closed || st.up != nil {
+		st.mu.Unlock()
+		up.close()
+		return
+	}
+	st.up = up
+	st.mu.Unlock()
+}
+
+func (st *connState) close() {
+	st.cancel()
+	st.mu.Lock()
+	st.closed = true
+	up := st.up
+	st.up = nil
+	st.mu.Unlock()
+	if up != nil {
+		up.close()
+	}
+}
+
+// upstream is one HTTP/1.1 connection to the original destination. Every
+// read and write is bounded by the response timeout.
+type upstream struct {
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+}
+
+func newUpstream(c net.Conn, timeout time.Duration) *upstream {
+	dc := &deadlineConn{Conn: c, timeout: timeout}
+	return &upstream{conn: c, br: bufio.NewReaderSize(dc, 16<<10), bw: bufio.NewWriterSize(dc, 16<<10)}
+}
+
+func (u *upstream) close() { u.conn.Close() }
+
+// alive reports whether an idle connection can still be used: no pending
+// bytes and the peer has not closed it.
+func (u *upstream) alive() bool {
+	if u.br.Buffered() > 0 {
+		return false
+	}
+	return peerOpen(u.conn)
+}
+
+// deadlineConn sets a fresh deadline before every read and write.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *deadlineConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(p)
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(p)
+}

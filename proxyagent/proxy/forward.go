@@ -1,0 +1,368 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/signing"
+)
+
+// removedHeaders are never forwarded as the client sent them: hop-by-hop
+// headers (this proxy frames and keeps alive its own upstream connection),
+// Expect (the client side already answered it) and the framing headers the
+// proxy rewrites. Keys are canonical.
+var removedHeaders = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Content-Length": true, "Expect": true, "Host": true, "Forwarded": true,
+}
+
+// spoofable reports whether a header name (any case) is one only the proxy
+// may set: the protocol's x-ms-azure-host-* headers and the forwarding
+// headers IMDS rejects.
+func spoofable(name string) bool {
+	l := strings.ToLower(name)
+	return strings.HasPrefix(l, "x-ms-azure-host-") || strings.HasPrefix(l, "x-forwarded-") || l == "forwarded"
+}
+
+// outHeaders returns the client's headers as they go upstream, before the
+// proxy adds its own: Host first (as the client sent it; for an
+// absolute-form target Go's server, like RFC 9112 §3.2.2 requires of a
+// proxy, replaces it with the target's authority), then the remaining
+// headers sorted by name, each name's values in received order.
+func outHeaders(r *http.Request) []signing.Field {
+	named := map[string]bool{}
+	for _, v := range r.Header["Connection"] {
+		for _, tok := range strings.Split(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				named[strings.ToLower(tok)] = true
+			}
+		}
+	}
+	keys := make([]string, 0, len(r.Header))
+	for k := range r.Header {
+		if removedHeaders[k] || spoofable(k) || named[strings.ToLower(k)] {
+			continue
+		}
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fields := make([]signing.Field, 0, len(keys)+5)
+	if r.Host != "" {
+		fields = append(fields, signing.Field{Name: "Host", Value: r.Host})
+	}
+	for _, k := range keys {
+		for _, v := range r.Header[k] {
+			fields = append(fields, signing.Field{Name: k, Value: v})
+		}
+	}
+	return fields
+}
+
+// outRequest is one request as written upstream.
+type outRequest struct {
+	method, target string
+	fields         []signing.Field
+	body           []byte     // buffered body (signed requests)
+	stream         *bodyGuard // streamed body (exempt requests), or nil
+	streamLen      int64      // -1: chunked
+}
+
+// bodyGuard reads the client body up to a limit and remembers whether a
+// failure was the client's (so it is not blamed on the upstream).
+type bodyGuard struct {
+	r    io.Reader
+	left int64
+	err  error
+}
+
+var errBodyTooLarge = errors.New("request body exceeds limit")
+
+func (g *bodyGuard) Read(p []byte) (int, error) {
+	if g.left <= 0 {
+		var one [1]byte
+		if n, _ := io.ReadFull(g.r, one[:]); n > 0 {
+			g.err = errBodyTooLarge
+			return 0, g.err
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > g.left {
+		p = p[:g.left]
+	}
+	n, err := g.r.Read(p)
+	g.left -= int64(n)
+	if err != nil && err != io.EOF {
+		g.err = err
+	}
+	return n, err
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// forward runs protocol.md §4.5 steps 10–13 for an authorized request.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, exempt bool, limit int64, ev *audit.Event) {
+	rc := http.NewResponseController(w)
+	if r.ContentLength != 0 {
+		// Bound the body read. Go's server clears the deadline when the
+		// body hits EOF (it then watches the idle client connection with a
+		// background read), so it does not cut short a slow host.
+		rc.SetReadDeadline(time.Now().Add(s.opts.BodyReadTimeout))
+	}
+	out := &outRequest{method: r.Method, target: r.RequestURI, fields: outHeaders(r)}
+	_, sentLength := r.Header["Content-Length"]
+	guard := &bodyGuard{r: r.Body, left: limit}
+	if !exempt {
+		var body []byte
+		var err error
+		if r.Body != http.NoBody {
+			body, err = io.ReadAll(guard)
+		}
+		if err != nil {
+			// A chunked body over the limit or a broken body: close without
+			// a response, as upstream does.
+			ev.Error = "read request body: " + err.Error()
+			panic(http.ErrAbortHandler)
+		}
+		out.body = body
+		if sentLength || r.ContentLength != 0 || len(body) > 0 {
+			out.fields = append(out.fields, signing.Field{Name: "Content-Length", Value: strconv.Itoa(len(body))})
+		}
+	} else {
+		switch {
+		case r.ContentLength < 0:
+			out.stream, out.streamLen = guard, -1
+			out.fields = append(out.fields, signing.Field{Name: "Transfer-Encoding", Value: "chunked"})
+		case r.ContentLength > 0 || sentLength:
+			out.stream, out.streamLen = guard, r.ContentLength
+			out.fields = append(out.fields, signing.Field{Name: "Content-Length", Value: strconv.FormatInt(r.ContentLength, 10)})
+		}
+	}
+	out.fields = append(out.fields,
+		signing.Field{Name: signing.HeaderClaims, Value: signing.ClaimsValue(st.caller.RunAsElevated)},
+		signing.Field{Name: signing.HeaderDate, Value: signing.FormatDate(s.opts.Keys.Now())})
+	if !exempt {
+		if key := s.opts.Keys.Key(); key != nil {
+			sts := signing.StringToSign(out.method, out.target, out.fields, out.body)
+			out.fields = append(out.fields, signing.Field{Name: signing.HeaderAuthorization, Value: key.Authorization(sts)})
+		}
+	}
+
+	resp, up, status, err := s.roundTrip(r.Context(), st, out)
+	if err != nil {
+		if guard.err != nil {
+			ev.Error = "read request body: " + guard.err.Error()
+			panic(http.ErrAbortHandler)
+		}
+		ev.Status, ev.Error = status, "upstream: "+err.Error()
+		s.log.Warn("upstream request failed", "httpId", ev.HTTPID, "tcpId", st.tcpID, "dest", st.dest.String(),
+			"status", status, "error", err)
+		reply(w, status, true)
+		return
+	}
+	ev.Status = resp.StatusCode
+	s.relay(w, rc, st, up, resp, ev)
+}
+
+// roundTrip writes out on the connection's upstream and reads the response
+// head. A kept-alive upstream connection that turns out closed is replaced
+// by a new one once, when the request can be replayed safely (buffered
+// body, and either nothing reached the host or the method is idempotent).
+// The status returned with an error is 502 when the upstream connection is
+// unavailable or closed and 503 for other failures.
+func (s *Server) roundTrip(ctx context.Context, st *connState, out *outRequest) (*http.Response, *upstream, int, error) {
+	for attempt := 0; ; attempt++ {
+		up, reused, err := st.take(ctx)
+		if err != nil {
+			return nil, nil, http.StatusBadGateway, err
+		}
+		stop := context.AfterFunc(ctx, up.close)
+		werr := writeRequest(up.bw, out)
+		var resp *http.Response
+		var rerr error
+		if werr == nil {
+			resp, rerr = readResponse(up.br, out.method)
+		}
+		if !stop() {
+			// The client went away: the upstream connection is closed.
+			if resp != nil {
+				resp.Body.Close()
+			}
+			return nil, nil, http.StatusBadGateway, context.Cause(ctx)
+		}
+		if werr == nil && rerr == nil {
+			return resp, up, 0, nil
+		}
+		up.close()
+		err = werr
+		if err == nil {
+			err = rerr
+		}
+		var nr noResponse
+		replayable := out.stream == nil &&
+			(werr != nil && connGone(werr) || errors.As(rerr, &nr) && idempotent(out.method))
+		if attempt == 0 && reused && replayable {
+			s.log.Debug("upstream kept-alive connection closed, reconnecting once", "tcpId", st.tcpID, "error", err)
+			continue
+		}
+		if connGone(err) {
+			return nil, nil, http.StatusBadGateway, err
+		}
+		return nil, nil, http.StatusServiceUnavailable, err
+	}
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// noResponse is a read failure before the first response byte.
+type noResponse struct{ err error }
+
+func (e noResponse) Error() string { return "no response: " + e.err.Error() }
+func (e noResponse) Unwrap() error { return e.err }
+
+// connGone reports whether err means the upstream connection is closed.
+func connGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// writeRequest writes out as raw HTTP/1.1: request line with the raw
+// target, the header lines exactly as signed, and the body.
+func writeRequest(bw *bufio.Writer, out *outRequest) error {
+	bw.WriteString(out.method)
+	bw.WriteByte(' ')
+	bw.WriteString(out.target)
+	bw.WriteString(" HTTP/1.1\r\n")
+	for _, f := range out.fields {
+		bw.WriteString(f.Name)
+		bw.WriteString(": ")
+		bw.WriteString(f.Value)
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	switch {
+	case out.stream != nil && out.streamLen < 0:
+		cw := httputil.NewChunkedWriter(bw)
+		if err := copyBody(cw, out.stream); err != nil {
+			return err
+		}
+		if err := cw.Close(); err != nil {
+			return err
+		}
+		bw.WriteString("\r\n")
+	case out.stream != nil:
+		if err := copyBody(bw, out.stream); err != nil {
+			return err
+		}
+	default:
+		bw.Write(out.body)
+	}
+	return bw.Flush()
+}
+
+func copyBody(dst io.Writer, src io.Reader) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	_, err := io.CopyBuffer(dst, src, *bp)
+	return err
+}
+
+// readResponse reads the final response head (skipping 1xx interim
+// responses) for a request with the given method.
+func readResponse(br *bufio.Reader, method string) (*http.Response, error) {
+	if _, err := br.Peek(1); err != nil {
+		return nil, noResponse{err}
+	}
+	req := &http.Request{Method: method}
+	for {
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return nil, errors.New("unexpected 101 Switching Protocols")
+		}
+		if resp.StatusCode >= 200 {
+			return resp, nil
+		}
+	}
+}
+
+// relay streams the upstream response to the client unchanged except for
+// the response marker, and keeps the upstream connection when the response
+// ended cleanly.
+func (s *Server) relay(w http.ResponseWriter, rc *http.ResponseController, st *connState, up *upstream, resp *http.Response, ev *audit.Event) {
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	// Add nothing the host did not send: no automatic Date, no sniffed
+	// Content-Type.
+	if _, ok := resp.Header["Date"]; !ok {
+		h["Date"] = nil
+	}
+	if _, ok := resp.Header["Content-Type"]; !ok {
+		h["Content-Type"] = nil
+	}
+	// Trailers are not relayed; a declared Trailer would make Go's server
+	// promise fields that never come.
+	delete(h, "Trailer")
+	h.Del(signing.HeaderAuthorization)
+	h[signing.HeaderAuthorization] = []string{signing.ResponseMarker}
+	w.WriteHeader(resp.StatusCode)
+
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				up.close()
+				ev.Error = "write response to client: " + werr.Error()
+				return
+			}
+			if up.br.Buffered() == 0 {
+				rc.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			up.close()
+			ev.Error = "read upstream response body: " + rerr.Error()
+			if errors.Is(rerr, os.ErrDeadlineExceeded) {
+				ev.Error = "upstream response timed out"
+			}
+			// The client has a partial response; closing is the only honest
+			// way to end it.
+			panic(http.ErrAbortHandler)
+		}
+	}
+	resp.Body.Close()
+	if resp.Close {
+		up.close()
+		return
+	}
+	st.put(up)
+}

@@ -1,0 +1,333 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/signing"
+)
+
+// Paths of the agent's local endpoints.
+const (
+	ProvisionPath       = "/provision"
+	AggregateStatusPath = "/gpa-aggregated-status"
+)
+
+// Headers read by the local endpoints.
+const (
+	headerMetadata = "Metadata"
+	headerTimeTick = "x-ms-azure-time-tick"
+	headerNotify   = "x-ms-azure-notify"
+)
+
+// allowedMethods is the method allow-list of protocol.md §4.5 step 2; the
+// value is the Allow header of a 405.
+var allowedMethods = map[string]bool{
+	http.MethodGet: true, http.MethodPost: true, http.MethodPut: true, http.MethodDelete: true,
+	http.MethodHead: true, http.MethodOptions: true, http.MethodPatch: true,
+}
+
+const allowHeader = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+
+// ServeHTTP runs the per-request flow of protocol.md §4.5. It is exported
+// only because http.Server needs it; requests must arrive through Serve,
+// which attaches the connection's identity.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	httpID := s.requests.Add(1)
+	ev := audit.Event{Time: start, HTTPID: httpID, Method: r.Method, Target: r.RequestURI}
+	defer func() {
+		ev.Latency = time.Since(start)
+		s.finish(&ev)
+	}()
+
+	st := stateFrom(r.Context())
+	if st == nil {
+		ev.Status, ev.Error = http.StatusInternalServerError, "request without connection state"
+		reply(w, ev.Status, true)
+		return
+	}
+	ev.TCPID, ev.Client = st.tcpID, st.client
+	select {
+	case <-st.ready:
+	case <-r.Context().Done():
+		ev.Error = "client went away before identity was known"
+		return
+	}
+	ev.Caller = st.caller
+	if st.redirected {
+		ev.Dest = st.dest
+	}
+
+	// 413 first, for every request (quirk 18).
+	exempt := signing.Exempt(r.Method, r.RequestURI)
+	limit := s.opts.MaxSignedBody
+	if exempt {
+		limit = s.opts.MaxExemptBody
+	}
+	if r.ContentLength > limit {
+		ev.Status, ev.Error = http.StatusRequestEntityTooLarge, "request body exceeds "+strconv.FormatInt(limit, 10)+" bytes"
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(ev.Status)
+		w.Write([]byte("length limit exceeded"))
+		return
+	}
+	if what := invalidHeader(r); what != "" {
+		ev.Status, ev.Error = http.StatusBadRequest, "invalid bytes in "+what
+		reply(w, ev.Status, true)
+		return
+	}
+	if !allowedMethods[r.Method] {
+		ev.Status, ev.Error = http.StatusMethodNotAllowed, "method not allowed"
+		h := w.Header()
+		h.Set("Allow", allowHeader)
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		h.Set("Connection", "close")
+		w.WriteHeader(ev.Status)
+		w.Write([]byte("Method Not Allowed"))
+		return
+	}
+	if traversal(r.RequestURI) {
+		ev.Status, ev.Error = http.StatusForbidden, "path traversal blocked"
+		reply(w, ev.Status, true)
+		return
+	}
+	switch localTarget(r.RequestURI) {
+	case ProvisionPath:
+		s.provision(w, r, &ev)
+		return
+	case AggregateStatusPath:
+		s.aggregateStatus(w, r, st, &ev)
+		return
+	}
+	if !st.redirected {
+		ev.Status, ev.Error = http.StatusMisdirectedRequest, "no original destination (direct connection)"
+		reply(w, ev.Status, true)
+		return
+	}
+	if st.caller == nil {
+		ev.Status, ev.Error = http.StatusMisdirectedRequest, "no claims"
+		if st.claimsErr != nil {
+			ev.Error = "no claims: " + st.claimsErr.Error()
+		}
+		reply(w, ev.Status, true)
+		return
+	}
+	d := s.opts.Authorizer.Authorize(authz.Request{Dest: st.dest, Method: r.Method, Target: r.RequestURI, Caller: st.caller})
+	ev.Authorized, ev.Decision = true, d
+	if d.Result == authz.Deny {
+		ev.Status = http.StatusForbidden
+		ev.Error = "Block unauthorized request: " + callerJSON(st)
+		reply(w, ev.Status, true)
+		return
+	}
+	s.forward(w, r, st, exempt, limit, &ev)
+}
+
+// finish records ev and logs it.
+func (s *Server) finish(ev *audit.Event) {
+	if s.opts.Recorder != nil {
+		s.opts.Recorder.Record(*ev)
+	}
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	attrs := []any{"httpId", ev.HTTPID, "tcpId", ev.TCPID, "method", ev.Method, "target", ev.Target,
+		"client", ev.Client.String(), "status", ev.Status, "latency", ev.Latency}
+	if ev.Dest.IsValid() {
+		attrs = append(attrs, "dest", ev.Dest.String())
+	}
+	if ev.Caller != nil {
+		attrs = append(attrs, "uid", ev.Caller.UserID, "pid", ev.Caller.ProcessID, "process", ev.Caller.ProcessFullPath)
+	}
+	if ev.Authorized {
+		attrs = append(attrs, "decision", ev.Decision.Result.String(), "service", string(ev.Decision.Service),
+			"rule", ev.Decision.RuleID, "epoch", ev.Decision.Epoch)
+	}
+	if ev.Error != "" {
+		attrs = append(attrs, "error", ev.Error)
+	}
+	s.log.Debug("proxy request", attrs...)
+}
+
+// reply writes an empty-bodied response, closing the connection when asked.
+func reply(w http.ResponseWriter, status int, closeConn bool) {
+	if closeConn {
+		w.Header().Set("Connection", "close")
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(status)
+}
+
+func callerJSON(st *connState) string {
+	b, err := json.Marshal(st.caller)
+	if err != nil {
+		return "{}"
+	}
+	return string(b)
+}
+
+// invalidHeader names the first part of the request holding bytes that
+// must not be forwarded or signed (anything but visible ASCII, space and
+// tab in values; anything but visible ASCII in the target), or "".
+func invalidHeader(r *http.Request) string {
+	for i := 0; i < len(r.RequestURI); i++ {
+		if c := r.RequestURI[i]; c <= 0x20 || c >= 0x7f {
+			return "request target"
+		}
+	}
+	if !signing.ValidHeaderValue(r.Host) {
+		return "header Host"
+	}
+	for name, vv := range r.Header {
+		for _, v := range vv {
+			if !signing.ValidHeaderValue(v) {
+				return "header " + name
+			}
+		}
+	}
+	return ""
+}
+
+// traversal reports whether the raw path of target contains "//" or its
+// single, lossy percent-decode contains ".." (protocol.md §4.5 step 3).
+func traversal(target string) bool {
+	path, _ := signing.SplitTarget(target)
+	if strings.Contains(path, "//") {
+		return true
+	}
+	return bytes.Contains(percentDecode(path), []byte(".."))
+}
+
+// percentDecode decodes valid %XX escapes once and keeps everything else.
+func percentDecode(s string) []byte {
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			b = append(b, unhex(s[i+1])<<4|unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b = append(b, s[i])
+	}
+	return b
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+// localTarget returns the local endpoint path a request-target names: the
+// origin-form path alone, or followed by a bare "?". Anything else ("").
+func localTarget(target string) string {
+	t := strings.TrimSuffix(target, "?")
+	if t == ProvisionPath || t == AggregateStatusPath {
+		return t
+	}
+	return ""
+}
+
+func (s *Server) provision(w http.ResponseWriter, r *http.Request, ev *audit.Event) {
+	if _, ok := r.Header[headerMetadata]; !ok {
+		ev.Status, ev.Error = http.StatusBadRequest, "missing Metadata header"
+		reply(w, ev.Status, true)
+		return
+	}
+	if s.opts.Local == nil {
+		ev.Status, ev.Error = http.StatusInternalServerError, "provisioning state unavailable"
+		reply(w, ev.Status, false)
+		return
+	}
+	tick := parseTimeTick(r.Header.Get(headerTimeTick))
+	_, notify := r.Header[http.CanonicalHeaderKey(headerNotify)]
+	finished, msg := s.opts.Local.Provision(tick, notify)
+	body, err := marshalJSON(struct {
+		Finished     bool   `json:"finished"`
+		ErrorMessage string `json:"errorMessage"`
+	}{finished, msg})
+	if err != nil {
+		ev.Status, ev.Error = http.StatusInternalServerError, "encode provision state: "+err.Error()
+		reply(w, ev.Status, false)
+		return
+	}
+	ev.Status = http.StatusOK
+	writeJSON(w, body)
+}
+
+func (s *Server) aggregateStatus(w http.ResponseWriter, r *http.Request, st *connState, ev *audit.Event) {
+	if _, ok := r.Header[headerMetadata]; !ok {
+		ev.Status, ev.Error = http.StatusBadRequest, "missing Metadata header"
+		reply(w, ev.Status, true)
+		return
+	}
+	if st.caller == nil || !st.caller.RunAsElevated {
+		ev.Status, ev.Error = http.StatusForbidden, "aggregate status requires a redirected elevated caller"
+		reply(w, ev.Status, true)
+		return
+	}
+	if s.opts.Local == nil {
+		ev.Status, ev.Error = http.StatusInternalServerError, "status unavailable"
+		reply(w, ev.Status, false)
+		return
+	}
+	body, err := s.opts.Local.AggregateStatus()
+	if err != nil {
+		ev.Status, ev.Error = http.StatusInternalServerError, "aggregate status: "+err.Error()
+		reply(w, ev.Status, false)
+		return
+	}
+	ev.Status = http.StatusOK
+	writeJSON(w, body)
+}
+
+func writeJSON(w http.ResponseWriter, body []byte) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
+}
+
+// marshalJSON encodes v without HTML escaping, as upstream's serde does.
+func marshalJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+// parseTimeTick parses the caller's start time (an i128 upstream). Missing
+// or invalid text is 0; values beyond int64 saturate, which keeps the
+// comparison with the finish time correct.
+func parseTimeTick(v string) int64 {
+	v = strings.TrimSpace(v)
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err == nil {
+		return n
+	}
+	if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+		return n // ParseInt returns the saturated value on overflow
+	}
+	return 0
+}

@@ -1,0 +1,31 @@
+package proxy
+
+import (
+	"net"
+	"syscall"
+)
+
+// peerOpen reports whether the peer of an idle connection has neither
+// closed it nor sent unexpected bytes, by peeking without blocking.
+// Connections that expose no file descriptor are assumed open.
+func peerOpen(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	open := true
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		// EAGAIN: nothing to read, still open. A result of 0 bytes is an
+		// orderly close; any byte is data nobody asked for; other errors
+		// (ECONNRESET) mean the connection is gone.
+		_, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		open = rerr == syscall.EAGAIN || rerr == syscall.EINTR
+		return true
+	})
+	return err == nil && open
+}

@@ -1,0 +1,364 @@
+// Package proxy is the proxy agent's HTTP listener: it accepts the
+// connections the kernel redirected from the metadata endpoints, finds the
+// caller's identity once per TCP connection, authorizes every request,
+// endorses allowed requests with the latched key and forwards them over one
+// upstream connection per client connection (shared/spec/protocol.md §2,
+// §4.1, §4.5, §4.6).
+//
+// Invariants a reader can rely on:
+//
+//   - The upstream destination comes only from the kernel's identity record
+//     (identity.Record.OrigDst), never from Host or an absolute-form target.
+//   - Every request that reaches the handler produces exactly one
+//     audit.Event.
+//   - Every client-supplied x-ms-azure-host-* header, X-Forwarded-* and
+//     Forwarded is removed before forwarding; hop-by-hop headers (and the
+//     headers a client names in Connection) are removed next; only then are
+//     the proxy's own claims, date and authorization headers added. So a
+//     forged authorization never reaches the host (upstream quirk 12 is
+//     deliberately not reproduced), and Connection cannot strip the proxy's
+//     headers.
+//   - The upstream request is written by this package as raw HTTP/1.1, and
+//     the signature covers exactly the request line target, header lines and
+//     body bytes written; nothing is added behind its back.
+//   - Header values outside visible ASCII, space and tab are answered 400
+//     (upstream crashes on them, quirk 15).
+//   - The 413 body-limit check runs before every other check (quirk 18).
+//
+// Upstream connection: one per client connection, opened right after
+// accept for a connection with claims. If that dial fails, every request on
+// the client connection gets 502 (as upstream). When the host ends the
+// kept connection (the eager one or one kept after a response), by
+// Connection: close or by an idle close a non-blocking peek sees before
+// reuse, the next request dials a new one. A closed connection found only
+// on use is replaced once when the request can
+// be replayed safely (buffered body, and either the write failed or the
+// method is idempotent); otherwise the client gets 502. Other upstream
+// failures (timeout, malformed response) get 503. Both close the client
+// connection. A failure after the response started closes the client
+// connection, as the response is then incomplete.
+//
+// Differences from upstream a reader should know:
+//
+//   - Hop-by-hop headers (Connection and those it names, Keep-Alive, TE,
+//     Upgrade, Proxy-*, Trailer) and Expect are not forwarded; the request
+//     is re-framed with Content-Length (chunked only for exempt streamed
+//     uploads), and always sent as HTTP/1.1.
+//   - For an absolute-form target Go's server, as RFC 9112 §3.2.2 requires
+//     of a proxy, takes Host from the target; that Host is forwarded.
+//   - Go's server accepts Content-Length together with
+//     Transfer-Encoding: chunked by decoding the chunked body and dropping
+//     Content-Length (RFC 9112 §6.3); the forwarded request carries only the
+//     proxy's own framing, so no desync reaches the host.
+//   - Requests Go's server itself rejects (malformed, headers over
+//     MaxHeaderBytes, control bytes) get Go's 400/431 and no audit event.
+//   - The reason phrase is Go's standard text for the host's status code.
+//   - A request closed without any response (chunked body over the limit,
+//     client body error) is audited with Status 0.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/identity"
+	"github.com/opengpa/gpa/proxyagent/signing"
+)
+
+// Authorizer decides whether a request may be forwarded. It must be safe
+// for concurrent use and must not block on I/O.
+type Authorizer interface {
+	Authorize(authz.Request) authz.Decision
+}
+
+// KeySource supplies the latched key (nil when none is in memory) and the
+// host-synchronised clock used for x-ms-azure-host-date.
+type KeySource interface {
+	Key() *signing.Key
+	Now() time.Time
+}
+
+// ClaimsResolver turns a kernel identity record into claims. An error means
+// the connection is treated as having no identity (421 on every request).
+type ClaimsResolver interface {
+	Resolve(rec identity.Record, client netip.AddrPort) (*claims.Claims, error)
+}
+
+// Recorder receives one audit.Event per request. Record must not block for
+// long; it is called on the request's goroutine.
+type Recorder interface {
+	Record(audit.Event)
+}
+
+// Local answers the agent's local endpoints (protocol.md §5.4, §5.5).
+type Local interface {
+	// Provision reports provisioning state for a caller that started at
+	// timeTick (Unix nanoseconds, 0 when absent); notify asks the key keeper
+	// to poll now.
+	Provision(timeTick int64, notify bool) (finished bool, errorMessage string)
+	// AggregateStatus returns the §5.1 JSON document.
+	AggregateStatus() ([]byte, error)
+}
+
+// Defaults for Options fields left zero.
+const (
+	DefaultAddr              = "127.0.0.1:3080"
+	DefaultBindRetries       = 5
+	DefaultBindRetryInterval = time.Second
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 120 * time.Second
+	DefaultBodyReadTimeout   = 60 * time.Second
+	DefaultMaxHeaderBytes    = 128 << 10
+	DefaultMaxConns          = 1024
+	DefaultMaxSignedBody     = 100 << 10 // 102 400 bytes, protocol.md §4.6
+	DefaultMaxExemptBody     = 100 << 20 // 104 857 600 bytes
+	DefaultDialTimeout       = 10 * time.Second
+	DefaultResponseTimeout   = 120 * time.Second
+)
+
+// Options configures a Server. Identity, Claims, Authorizer and Keys are
+// required; everything else has a default.
+type Options struct {
+	// Addr is the listen address (IPv4), default 127.0.0.1:3080.
+	Addr string
+
+	Identity   identity.Source
+	Claims     ClaimsResolver
+	Authorizer Authorizer
+	Keys       KeySource
+	// Recorder receives audit events; nil discards them.
+	Recorder Recorder
+	// Local answers /provision and /gpa-aggregated-status; nil answers 500.
+	Local  Local
+	Logger *slog.Logger
+
+	// ListenerStatus is told RUNNING (running=true, message
+	// "Started proxy listener, ready to accept request - <ms>") once the
+	// listener is bound, and STOPPED (running=false, error text) when binding
+	// fails or serving stops.
+	ListenerStatus func(running bool, message string)
+	// Start is the agent start time the RUNNING message's milliseconds are
+	// counted from; zero means the time New was called.
+	Start time.Time
+
+	// DialUpstream opens the upstream connection (the agent passes a dialer
+	// that sets its socket mark); nil uses a plain net.Dialer.
+	DialUpstream func(ctx context.Context, network, address string) (net.Conn, error)
+	// Upstream maps the original destination to the address dialled; nil
+	// dials the original destination. Tests map destinations to loopback.
+	Upstream func(orig netip.AddrPort) string
+
+	// BindRetries is how many times binding is retried after EADDRINUSE,
+	// BindRetryInterval apart, before the final attempt (§4.1: 5 × 1 s).
+	BindRetries       int
+	BindRetryInterval time.Duration
+
+	// ReadHeaderTimeout bounds reading one request's headers (slowloris).
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive client connection idle this long.
+	IdleTimeout time.Duration
+	// BodyReadTimeout bounds reading one request body from the client.
+	BodyReadTimeout time.Duration
+	MaxHeaderBytes  int
+	// MaxConns is the most client connections served at once; connections
+	// beyond it are closed at accept, never queued.
+	MaxConns int
+	// MaxSignedBody and MaxExemptBody are the body limits of signed and
+	// signature-exempt requests.
+	MaxSignedBody int64
+	MaxExemptBody int64
+	// DialTimeout bounds the upstream connect; ResponseTimeout bounds every
+	// single read or write on the upstream connection.
+	DialTimeout     time.Duration
+	ResponseTimeout time.Duration
+}
+
+// Server is the proxy listener. Create it with New, then Listen and Serve
+// (or Run). Safe for concurrent use.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	hs   *http.Server
+
+	requests atomic.Uint64 // proxyConnectionsCount and HTTP ids
+	tcpIDs   atomic.Uint64
+
+	mu sync.Mutex   // guards ln
+	ln net.Listener // set by Listen
+}
+
+// New validates opts, fills defaults and returns a Server that is not yet
+// listening.
+func New(opts Options) (*Server, error) {
+	if opts.Identity == nil || opts.Claims == nil || opts.Authorizer == nil || opts.Keys == nil {
+		return nil, errors.New("proxy: Identity, Claims, Authorizer and Keys are required")
+	}
+	if opts.Addr == "" {
+		opts.Addr = DefaultAddr
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Start.IsZero() {
+		opts.Start = time.Now()
+	}
+	if opts.BindRetries == 0 {
+		opts.BindRetries = DefaultBindRetries
+	}
+	if opts.BindRetryInterval == 0 {
+		opts.BindRetryInterval = DefaultBindRetryInterval
+	}
+	setDur := func(d *time.Duration, def time.Duration) {
+		if *d <= 0 {
+			*d = def
+		}
+	}
+	setDur(&opts.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	setDur(&opts.IdleTimeout, DefaultIdleTimeout)
+	setDur(&opts.BodyReadTimeout, DefaultBodyReadTimeout)
+	setDur(&opts.DialTimeout, DefaultDialTimeout)
+	setDur(&opts.ResponseTimeout, DefaultResponseTimeout)
+	if opts.MaxHeaderBytes <= 0 {
+		opts.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	if opts.MaxSignedBody <= 0 {
+		opts.MaxSignedBody = DefaultMaxSignedBody
+	}
+	if opts.MaxExemptBody <= 0 {
+		opts.MaxExemptBody = DefaultMaxExemptBody
+	}
+	if opts.DialUpstream == nil {
+		d := &net.Dialer{}
+		opts.DialUpstream = d.DialContext
+	}
+	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy")}
+	s.hs = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		MaxHeaderBytes:    opts.MaxHeaderBytes,
+		ConnContext:       connContext,
+		// "OPTIONS *" goes through the handler (audit, authorization) like
+		// any other request instead of Go's built-in answer.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+// RequestCount returns the number of HTTP requests handled since start
+// (status field proxyConnectionsCount).
+func (s *Server) RequestCount() uint64 { return s.requests.Load() }
+
+// Addr returns the bound listen address, or nil before Listen succeeds.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Listen binds the listener, retrying on EADDRINUSE as protocol.md §4.1
+// describes, and reports RUNNING or STOPPED through Options.ListenerStatus.
+func (s *Server) Listen() error {
+	ln, err := s.bind()
+	if err != nil {
+		err = fmt.Errorf("proxy: listen on %s: %w", s.opts.Addr, err)
+		s.log.Error("proxy listener failed to start", "addr", s.opts.Addr, "error", err)
+		s.status(false, err.Error())
+		return err
+	}
+	s.mu.Lock()
+	s.ln = &limitListener{Listener: ln, s: s, sem: make(chan struct{}, s.opts.MaxConns)}
+	s.mu.Unlock()
+	msg := fmt.Sprintf("Started proxy listener, ready to accept request - %d", time.Since(s.opts.Start).Milliseconds())
+	s.log.Info(msg, "addr", ln.Addr().String())
+	s.status(true, msg)
+	return nil
+}
+
+func (s *Server) bind() (net.Listener, error) {
+	for i := 0; i < s.opts.BindRetries; i++ {
+		ln, err := net.Listen("tcp4", s.opts.Addr)
+		if err == nil {
+			return ln, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, err
+		}
+		s.log.Warn("proxy listen address in use, retrying", "addr", s.opts.Addr, "attempt", i+1)
+		time.Sleep(s.opts.BindRetryInterval)
+	}
+	return net.Listen("tcp4", s.opts.Addr)
+}
+
+func (s *Server) status(running bool, msg string) {
+	if s.opts.ListenerStatus != nil {
+		s.opts.ListenerStatus(running, msg)
+	}
+}
+
+// Serve serves the listener bound by Listen until Shutdown or Close, then
+// returns nil; any other error is returned and reported as STOPPED.
+func (s *Server) Serve() error {
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
+	if ln == nil {
+		return errors.New("proxy: Serve called before Listen")
+	}
+	err := s.hs.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		s.status(false, "proxy listener stopped")
+		return nil
+	}
+	s.log.Error("proxy listener stopped", "error", err)
+	s.status(false, err.Error())
+	return err
+}
+
+// Shutdown stops accepting, waits for in-flight requests until ctx ends,
+// and closes idle connections.
+func (s *Server) Shutdown(ctx context.Context) error { return s.hs.Shutdown(ctx) }
+
+// Close closes the listener and every client connection at once.
+func (s *Server) Close() error { return s.hs.Close() }
+
+// Run is Listen then Serve, shutting down (with a 5 s grace period) when
+// ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := s.Shutdown(sctx); err != nil {
+				s.Close()
+			}
+		case <-done:
+		}
+	}()
+	return s.Serve()
+}
