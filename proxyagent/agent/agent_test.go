@@ -268,7 +268,9 @@ func TestRestartReloadsKeyWithoutAttesting(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if calls := h.journal(func(e hostsim.Entry) bool { return e.Method == "POST" && strings.HasPrefix(e.Target, "/secure-channel/key") }); len(calls) != 0 {
+	if calls := h.journal(func(e hostsim.Entry) bool {
+		return e.Method == "POST" && strings.HasPrefix(e.Target, "/secure-channel/key")
+	}); len(calls) != 0 {
 		t.Fatalf("restart acquired or attested a key: %+v", calls)
 	}
 	if g, _ := h.sim.LatchedKeyGUID(); g != guid {
