@@ -1,0 +1,68 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/opengpa/gpa/internal/version"
+)
+
+func run(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = Main(args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	for _, a := range []string{"-v", "--version"} {
+		if code, out, _ := run(a); code != 0 || strings.TrimSpace(out) != version.Version {
+			t.Errorf("%s: exit %d, output %q", a, code, out)
+		}
+	}
+	if code, out, _ := run("--help"); code != 0 || !strings.Contains(out, "--status") {
+		t.Errorf("--help: exit %d, output %q", code, out)
+	}
+}
+
+func TestBadInvocations(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"pollKeyStatusIntervalInSeconds": "soon"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"--config"}, 2, "needs a path"},
+		{[]string{"--config", filepath.Join(dir, "missing.json"), "console"}, 1, "missing.json"},
+		{[]string{"--config", bad}, 1, "pollKeyStatusIntervalInSeconds"},
+		{[]string{"--status", "--wait"}, 1, "needs a number"},
+		{[]string{"--status", "--wait", "soon"}, 1, "not a number"},
+		{[]string{"--config", bad, "--status"}, 1, "pollKeyStatusIntervalInSeconds"},
+	}
+	for _, tt := range tests {
+		code, _, errOut := run(tt.args...)
+		if code != tt.code || !strings.Contains(errOut, tt.want) {
+			t.Errorf("%v: exit %d stderr %q; want exit %d containing %q", tt.args, code, errOut, tt.code, tt.want)
+		}
+	}
+}
+
+// With nothing listening, --status reports "not finished" (exit 1).
+func TestStatusWithoutAgent(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.json")
+	if err := os.WriteFile(cfg, []byte(`{"listenAddress": "127.0.0.1:1"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := run("--config", cfg, "--status")
+	if code != 1 || !strings.Contains(out, "Failed to query the current provision state") {
+		t.Fatalf("exit %d output %q", code, out)
+	}
+}
