@@ -1,0 +1,56 @@
+# Build, test and package the Guest Proxy Agent and its VM extension.
+# Every target works on a fresh Debian machine as root after `make deps`
+# (which .ci/run and the demo call for you).
+
+VERSION    := $(shell cat VERSION)
+PKG        := github.com/opengpa/gpa
+LDFLAGS    := -s -w -X $(PKG)/internal/version.Version=$(VERSION)
+GO         ?= go
+BIN        := bin
+BINARIES   := azure-proxy-agent azure-host-sim ProxyAgentExt
+
+export CGO_ENABLED := 0
+
+.PHONY: all build test unit generate package demo bench deps clean
+
+all: build
+
+## build: all binaries into bin/, statically linked, version stamped
+build:
+	@mkdir -p $(BIN)
+	@for b in $(BINARIES); do \
+		if [ -d cmd/$$b ]; then $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/$$b ./cmd/$$b || exit 1; fi; \
+	done
+	@ls -l $(BIN)
+
+## deps: the Debian packages and Go modules the tests and the demo need
+deps:
+	bash scripts/deps.sh
+
+## test: vet, then every test including the privileged end-to-end ones (run as root)
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+## unit: the tests that need neither root nor the kernel
+unit:
+	$(GO) test -count=1 -short ./...
+
+## generate: rebuild the committed eBPF objects (needs clang and llvm-strip)
+generate:
+	$(GO) generate ./bpf/... ./proxyagent/redirector/...
+
+## package: the extension zip and the agent .deb under dist/
+package: build
+	bash packaging/package.sh $(VERSION) $(BIN) dist
+
+## demo: the whole system on a simulated VM in a network namespace (root)
+demo: deps build
+	bash scripts/demo.sh
+
+## bench: benchmarks that print figures
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf $(BIN) dist

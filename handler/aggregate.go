@@ -1,0 +1,340 @@
+package handler
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/opengpa/gpa/extension"
+)
+
+// Substatus names, in the order upstream's e2e tests read them.
+const (
+	SubConnectionSummary = "ProxyAgentConnectionSummary"
+	SubAgentStatus       = "ProxyAgentStatus"
+	SubFailedAuthSummary = "ProxyAgentFailedAuthenticationSummary"
+)
+
+// Substatus codes: 0 = OK, 4 = not OK.
+const (
+	CodeOK    = 0
+	CodeNotOK = 4
+)
+
+// Limits on the status file the monitor writes.
+const (
+	MaxConnectionSummaries = 100
+	MaxFailedAuthSummaries = 50
+	// MaxSummaryBytes bounds substatus [0] + [2] messages together.
+	MaxSummaryBytes = 80 * 1024
+	// MaxStatusMessage bounds the top-level message.
+	MaxStatusMessage = 1024
+	// MaxAgentStatusBytes bounds the ProxyAgentStatus message, so the
+	// whole status file stays under waagent's 128 KiB limit.
+	MaxAgentStatusBytes = 40 * 1024
+	// maxErrorShapeMessage bounds each error-shape substatus message.
+	maxErrorShapeMessage = 8 * 1024
+)
+
+// Messages used for empty summary tables (upstream's text).
+const (
+	EmptyConnectionSummary = "proxy connection summary is empty"
+	EmptyFailedAuthSummary = "proxy failed auth summary is empty"
+	SuccessMessage         = "ProxyAgent extension is reporting successful status."
+)
+
+// ConnectionSummary is one aggregated connection-summary entry.
+type ConnectionSummary struct {
+	UserName        string   `json:"userName"`
+	IP              string   `json:"ip"`
+	Port            int      `json:"port"`
+	ProcessCmdLine  string   `json:"processCmdLine"`
+	ResponseStatus  string   `json:"responseStatus"`
+	Count           uint64   `json:"count"`
+	UserGroups      []string `json:"userGroups,omitempty"`
+	ProcessFullPath string   `json:"processFullPath,omitempty"`
+}
+
+// AgentStatus is the part of proxyAgentStatus the monitor interprets; the
+// full object is passed through verbatim in the ProxyAgentStatus substatus.
+type AgentStatus struct {
+	Version string                  `json:"version"`
+	Status  string                  `json:"status"`
+	Modules map[string]ModuleStatus `json:"-"`
+}
+
+// ModuleStatus is one module object of proxyAgentStatus.
+type ModuleStatus struct {
+	Status  string `json:"status"`
+	Message string `json:"message"`
+}
+
+// Aggregate is the agent's aggregate status (protocol.md §5.1).
+type Aggregate struct {
+	Timestamp                 string              `json:"timestamp"`
+	ProxyAgentStatus          json.RawMessage     `json:"proxyAgentStatus"`
+	ProxyConnectionSummary    []ConnectionSummary `json:"proxyConnectionSummary"`
+	FailedAuthenticateSummary []ConnectionSummary `json:"failedAuthenticateSummary"`
+}
+
+// ParseAggregate decodes an aggregate status document and its
+// proxyAgentStatus object.
+func ParseAggregate(data []byte) (Aggregate, AgentStatus, error) {
+	var a Aggregate
+	if err := json.Unmarshal(bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")), &a); err != nil {
+		return a, AgentStatus{}, fmt.Errorf("aggregate status is not valid JSON: %v", err)
+	}
+	if len(a.ProxyAgentStatus) == 0 || string(a.ProxyAgentStatus) == "null" {
+		return a, AgentStatus{}, errors.New("aggregate status has no proxyAgentStatus")
+	}
+	var st AgentStatus
+	if err := json.Unmarshal(a.ProxyAgentStatus, &st); err != nil {
+		return a, AgentStatus{}, fmt.Errorf("proxyAgentStatus is not an object: %v", err)
+	}
+	var mods map[string]json.RawMessage
+	json.Unmarshal(a.ProxyAgentStatus, &mods)
+	st.Modules = map[string]ModuleStatus{}
+	for k, v := range mods {
+		if !strings.HasSuffix(k, "Status") || k == "status" {
+			continue
+		}
+		var m ModuleStatus
+		if json.Unmarshal(v, &m) == nil && m.Status != "" {
+			st.Modules[k] = m
+		}
+	}
+	return a, st, nil
+}
+
+// Fetcher obtains the agent's aggregate status.
+type Fetcher interface {
+	Fetch(ctx context.Context) ([]byte, error)
+}
+
+// AggregateFetcher asks the agent over HTTP first (GET URL with
+// "Metadata: true", bounded by Timeout) and falls back to reading File
+// when the request fails or answers anything but 200. When both fail the
+// error names both causes.
+type AggregateFetcher struct {
+	URL     string
+	File    func() string
+	Timeout time.Duration
+	Client  *http.Client
+}
+
+// Fetch implements Fetcher.
+func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
+	body, herr := f.fetchHTTP(ctx)
+	if herr == nil {
+		return body, nil
+	}
+	path := f.File()
+	data, ferr := os.ReadFile(path)
+	if ferr == nil {
+		return data, nil
+	}
+	return nil, fmt.Errorf("aggregate status unavailable: server: %v; file %s: %v", herr, path, ferr)
+}
+
+func (f *AggregateFetcher) fetchHTTP(ctx context.Context) ([]byte, error) {
+	if f.URL == "" {
+		return nil, errors.New("no URL")
+	}
+	timeout := f.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Metadata", "true")
+	client := f.Client
+	if client == nil {
+		client = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("HTTP %s", resp.Status)
+	}
+	return body, nil
+}
+
+// Evaluation is the monitor's reading of one aggregate status.
+type Evaluation struct {
+	// Healthy is true only when the status is fresh, from the bundled
+	// version, and the agent itself reports SUCCESS.
+	Healthy bool
+	// Message is the top-level message: success text or what is wrong.
+	Message string
+	// Substatus is always exactly three entries in upstream's order.
+	Substatus []extension.SubStatus
+	// AgentVersion is the version the agent reports ("" if unknown).
+	AgentVersion string
+}
+
+// timestamp layouts the agent and upstream emit.
+var timestampLayouts = []string{
+	"2006-01-02T15:04:05.999999999",
+	time.RFC3339Nano,
+	"2006-01-02T15:04:05.999999999Z",
+}
+
+// ParseTimestamp parses "YYYY-MM-DDTHH:MM:SS[.fff]" (UTC, no zone) and
+// the same with a "Z" or offset.
+func ParseTimestamp(s string) (time.Time, error) {
+	for _, l := range timestampLayouts {
+		if t, err := time.ParseInLocation(l, s, time.UTC); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("Error in parsing timestamp %q", s)
+}
+
+// ErrorShape returns the three substatuses reported when the aggregate
+// status cannot be used: each transitioning, code 4, carrying msg.
+func ErrorShape(msg string) []extension.SubStatus {
+	m := extension.TruncateUTF8(msg, maxErrorShapeMessage)
+	out := make([]extension.SubStatus, 0, 3)
+	for _, n := range []string{SubConnectionSummary, SubAgentStatus, SubFailedAuthSummary} {
+		out = append(out, extension.SubStatus{Name: n, Status: extension.StatusTransitioning, Code: CodeNotOK, FormattedMessage: extension.Message(m)})
+	}
+	return out
+}
+
+// Evaluate turns a fetched aggregate status (or the fetch error) into the
+// monitor's view, given the bundled agent version, the current time and
+// the staleness limit. It checks, in order: fetch error, JSON, timestamp
+// (parseable, not older than staleAfter and not more than staleAfter in
+// the future), version equal to bundled, and the agent's own overall
+// status. Any failure before the last yields the error shape; an agent
+// reporting anything but SUCCESS yields the full shape with the
+// ProxyAgentStatus substatus marked error (ERROR) or transitioning
+// (UNKNOWN), and Healthy false.
+func Evaluate(data []byte, fetchErr error, bundled string, now time.Time, staleAfter time.Duration) Evaluation {
+	fail := func(msg string) Evaluation {
+		return Evaluation{Message: msg, Substatus: ErrorShape(msg)}
+	}
+	if fetchErr != nil {
+		return fail(fetchErr.Error())
+	}
+	agg, st, err := ParseAggregate(data)
+	if err != nil {
+		return fail(err.Error())
+	}
+	ts, err := ParseTimestamp(agg.Timestamp)
+	if err != nil {
+		e := fail(err.Error())
+		e.AgentVersion = st.Version
+		return e
+	}
+	if age := now.Sub(ts); age > staleAfter || -age > staleAfter {
+		e := fail(fmt.Sprintf("Proxy agent aggregate status file is stale. Status timestamp: %s, Current time: %s",
+			agg.Timestamp, now.UTC().Format(extension.TimestampLayout)))
+		e.AgentVersion = st.Version
+		return e
+	}
+	if st.Version != bundled {
+		e := fail(fmt.Sprintf("Proxy agent aggregate status file version %s does not match proxy agent file version in extension %s", st.Version, bundled))
+		e.AgentVersion = st.Version
+		return e
+	}
+
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, agg.ProxyAgentStatus); err != nil {
+		return fail("proxyAgentStatus is not valid JSON")
+	}
+	conn := summaryMessage(agg.ProxyConnectionSummary, MaxConnectionSummaries, EmptyConnectionSummary)
+	failed := summaryMessage(agg.FailedAuthenticateSummary, MaxFailedAuthSummaries, EmptyFailedAuthSummary)
+	conn, failed = TrimSummaries(conn, failed)
+
+	ev := Evaluation{AgentVersion: st.Version}
+	agentSub := extension.SubStatus{Name: SubAgentStatus, Status: extension.StatusSuccess, Code: CodeOK,
+		FormattedMessage: extension.Message(extension.TruncateUTF8(compact.String(), MaxAgentStatusBytes))}
+	switch st.Status {
+	case "SUCCESS":
+		ev.Healthy = true
+		ev.Message = SuccessMessage
+	case "ERROR":
+		agentSub.Status, agentSub.Code = extension.StatusError, CodeNotOK
+		ev.Message = "Proxy agent reports status ERROR: " + moduleProblems(st)
+	default:
+		agentSub.Status, agentSub.Code = extension.StatusTransitioning, CodeNotOK
+		ev.Message = fmt.Sprintf("Proxy agent reports status %q: %s", st.Status, moduleProblems(st))
+	}
+	ev.Message = extension.TruncateUTF8(ev.Message, MaxStatusMessage)
+	ev.Substatus = []extension.SubStatus{
+		{Name: SubConnectionSummary, Status: extension.StatusSuccess, Code: CodeOK, FormattedMessage: extension.Message(conn)},
+		agentSub,
+		{Name: SubFailedAuthSummary, Status: extension.StatusSuccess, Code: CodeOK, FormattedMessage: extension.Message(failed)},
+	}
+	return ev
+}
+
+// moduleProblems lists the modules that are not RUNNING (monitor and
+// telemetry logger excluded, as the agent's own overall status does).
+func moduleProblems(st AgentStatus) string {
+	var parts []string
+	for _, k := range []string{"keyLatchStatus", "ebpfProgramStatus", "proxyListenerStatus"} {
+		m, ok := st.Modules[k]
+		if !ok {
+			parts = append(parts, k+" missing")
+			continue
+		}
+		if m.Status != "RUNNING" {
+			parts = append(parts, fmt.Sprintf("%s %s: %s", k, m.Status, m.Message))
+		}
+	}
+	if len(parts) == 0 {
+		return "no module reports a problem"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// summaryMessage keeps the max entries with the largest counts, sorted
+// ascending by count, as JSON; an empty table gives the empty text.
+func summaryMessage(list []ConnectionSummary, max int, empty string) string {
+	if len(list) == 0 {
+		return empty
+	}
+	l := append([]ConnectionSummary(nil), list...)
+	sort.SliceStable(l, func(i, j int) bool { return l[i].Count < l[j].Count })
+	if len(l) > max {
+		l = l[len(l)-max:]
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.Encode(l)
+	return strings.TrimSuffix(buf.String(), "\n")
+}
+
+// TrimSummaries keeps the connection-summary and failed-auth messages
+// within MaxSummaryBytes together: above that, the connection summary is
+// replaced by a short note and the failed-auth message is cut to
+// MaxSummaryBytes (at a UTF-8 boundary).
+func TrimSummaries(conn, failed string) (string, string) {
+	if len(conn)+len(failed) <= MaxSummaryBytes {
+		return conn, failed
+	}
+	note := fmt.Sprintf("Proxy connection summary (%d bytes) was dropped because the connection and failed authentication summaries exceed %d bytes.", len(conn), MaxSummaryBytes)
+	return note, extension.TruncateUTF8(failed, MaxSummaryBytes-len(note))
+}

@@ -1,0 +1,543 @@
+package handler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/extension"
+)
+
+func TestOSSupport(t *testing.T) {
+	tests := []struct {
+		name, id string
+		want     bool
+	}{
+		{"Ubuntu", "20.04", true},
+		{"Ubuntu", "22.04", true},
+		{"Ubuntu", "24.04", true},
+		{"Ubuntu", "18.04", false},
+		{"Common Base Linux Mariner", "2.0", true},
+		{"Common Base Linux Mariner", "1.0", false},
+		{"Microsoft Azure Linux", "3.0", true},
+		{"Red Hat Enterprise Linux", "9.4", true},
+		{"Red Hat Enterprise Linux", "8.10", false},
+		{"Rocky Linux", "9.3", true},
+		{"SLES", "15-SP4", true},
+		{"SLES", "15.5", true},
+		{"SLES", "15-SP3", false},
+		{"SUSE Linux Enterprise Server", "15.3", false},
+		{"Debian GNU/Linux", "12", false},
+		{"Ubuntu", "", false},
+		{"", "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name+" "+tc.id, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "os-release")
+			os.WriteFile(p, []byte(fmt.Sprintf("PRETTY_NAME=\"x\"\nNAME=\"%s\"\nVERSION_ID=\"%s\"\nID=x\n", tc.name, tc.id)), 0o644)
+			info, err := ReadOSRelease(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := info.Supported(); got != tc.want {
+				t.Errorf("Supported(%v) = %v, want %v", info, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestLayout(t *testing.T) {
+	tests := []struct {
+		root, in, want string
+	}{
+		{"", "/usr/sbin/azure-proxy-agent", "/usr/sbin/azure-proxy-agent"},
+		{"/r", "/usr/sbin/azure-proxy-agent", "/r/usr/sbin/azure-proxy-agent"},
+		{"/r", "/var/log/azure-proxy-agent", "/r/var/log/azure-proxy-agent"},
+		{"/r", "/var/log/azure-proxy-agent/events", "/r/var/log/azure-proxy-agent/events"},
+		{"/r", "/var/lib/azure-proxy-agent/keys", "/r/var/lib/azure-proxy-agent/keys"},
+		{"/r", "/var/log/azure-proxy-agentX", "/var/log/azure-proxy-agentX"},
+		{"/r", "/sys/fs/cgroup", "/sys/fs/cgroup"},
+		{"/r", "127.0.0.1:3080", "127.0.0.1:3080"},
+	}
+	for _, tc := range tests {
+		if got := (Layout{Root: tc.root}).Relocate(tc.in); got != tc.want {
+			t.Errorf("Relocate(%q) under %q = %q, want %q", tc.in, tc.root, got, tc.want)
+		}
+	}
+	l := Layout{Root: "/r"}
+	for _, p := range []string{l.AgentBinary(), l.AgentConfig(), l.StateDir(), l.LogDir(), l.LibDir(), l.UnitDir(), l.WaagentDir(), l.ManPage()} {
+		if !strings.HasPrefix(p, "/r/") {
+			t.Errorf("%s not under root", p)
+		}
+	}
+}
+
+func TestRenderConfig(t *testing.T) {
+	bundled, err := os.ReadFile("../packaging/proxy-agent.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		root    string
+		overlay string
+		check   map[string]any
+		wantErr bool
+	}{
+		{"production unchanged", "", "", map[string]any{"logFolder": "/var/log/azure-proxy-agent", "cgroupRoot": "/sys/fs/cgroup", "statusFolder": "/var/log/azure-proxy-agent"}, false},
+		{"relocated", "/r", "", map[string]any{"logFolder": "/r/var/log/azure-proxy-agent", "latchKeyFolder": "/r/var/lib/azure-proxy-agent/keys",
+			"ebpfFileFullPath": "/r/usr/lib/azure-proxy-agent/ebpf_cgroup.o", "cgroupRoot": "/sys/fs/cgroup", "wireServerAddress": "168.63.129.16:80"}, false},
+		{"overlay wins", "/r", `{"cgroupRoot":"/r/cg","pollKeyStatusIntervalInSeconds":1,"wireServerAddress":"127.0.0.1:1","extra":{"a":1}}`,
+			map[string]any{"cgroupRoot": "/r/cg", "pollKeyStatusIntervalInSeconds": 1.0, "wireServerAddress": "127.0.0.1:1", "logFolder": "/r/var/log/azure-proxy-agent"}, false},
+		{"bad overlay", "", `[1]`, nil, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := RenderConfig(bundled, Layout{Root: tc.root}, []byte(tc.overlay))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			if err != nil {
+				return
+			}
+			var got map[string]any
+			if err := json.Unmarshal(out, &got); err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.check {
+				if got[k] != v {
+					t.Errorf("%s = %v, want %v", k, got[k], v)
+				}
+			}
+		})
+	}
+	if _, err := RenderConfig([]byte("nope"), Layout{}, nil); err == nil {
+		t.Error("bad bundled config accepted")
+	}
+}
+
+func TestUnit(t *testing.T) {
+	tmpl, err := os.ReadFile("../packaging/azure-proxy-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	l := Layout{Root: root}
+	unit := RenderUnit(tmpl, l)
+	u, err := ParseUnitExec(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{l.AgentBinary(), "--config", l.AgentConfig()}
+	if strings.Join(u.Argv, " ") != strings.Join(want, " ") {
+		t.Errorf("ExecStart = %v, want %v", u.Argv, want)
+	}
+	if u.RestartSec != 5*time.Second {
+		t.Errorf("RestartSec = %v", u.RestartSec)
+	}
+	prod, _ := ParseUnitExec(RenderUnit(tmpl, Layout{}))
+	if prod.Argv[0] != "/usr/sbin/azure-proxy-agent" || prod.Argv[2] != "/etc/azure/proxy-agent.json" {
+		t.Errorf("production ExecStart = %v", prod.Argv)
+	}
+	for _, line := range []string{"Restart=always", "ProtectSystem=strict", "NoNewPrivileges=yes", "IPAddressDeny=any",
+		"IPAddressAllow=127.0.0.1 168.63.129.16 169.254.169.254", "DefaultDependencies=no", "Before=network-pre.target",
+		"Conflicts=shutdown.target", "WantedBy=multi-user.target", "LogsDirectory=azure-proxy-agent", "StateDirectory=azure-proxy-agent"} {
+		if !strings.Contains(string(unit), line+"\n") {
+			t.Errorf("unit lacks %q", line)
+		}
+	}
+	if _, err := ParseUnitExec([]byte("[Service]\n")); err == nil {
+		t.Error("unit without ExecStart accepted")
+	}
+
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	os.MkdirAll(filepath.Dir(l.AgentBinary()), 0o755)
+	os.MkdirAll(filepath.Dir(l.AgentConfig()), 0o755)
+	os.WriteFile(l.AgentBinary(), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(l.AgentConfig(), []byte("{}"), 0o644)
+	p := filepath.Join(root, UnitName)
+	os.WriteFile(p, unit, 0o644)
+	out, err := exec.Command(sa, "verify", p).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) != 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+func TestStatusState(t *testing.T) {
+	type step struct {
+		ok         bool
+		wantStatus string
+		wantCode   int
+	}
+	S, F := true, false
+	tests := []struct {
+		name  string
+		pre   []bool
+		steps []step
+	}{
+		{"one success", nil, []step{{S, "success", 0}}},
+		{"success then failure", []bool{S}, []step{{F, "transitioning", 0}}},
+		{"19 failures stay transitioning", nil, func() []step {
+			var s []step
+			for i := 0; i < 19; i++ {
+				s = append(s, step{F, "transitioning", 0})
+			}
+			return s
+		}()},
+		{"20th failure is error", repeat(F, 19), []step{{F, "error", 4}, {F, "error", 4}}},
+		{"error recovers in two", repeat(F, 20), []step{{S, "transitioning", 0}, {S, "success", 0}}},
+		{"error, success, failure", repeat(F, 20), []step{{S, "transitioning", 0}, {F, "transitioning", 0}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewStatusState(20)
+			for i, ok := range tc.pre {
+				apply(s, ok, fmt.Sprint("pre", i))
+			}
+			for i, st := range tc.steps {
+				msg := fmt.Sprint("event", i)
+				apply(s, st.ok, msg)
+				status, code, m := s.Status()
+				if status != st.wantStatus || code != st.wantCode || m != msg {
+					t.Fatalf("step %d: got %s/%d/%q, want %s/%d/%q", i, status, code, m, st.wantStatus, st.wantCode, msg)
+				}
+			}
+		})
+	}
+	s := NewStatusState(20)
+	for i := 0; i < 20000; i++ {
+		s.Failure("x")
+	}
+	if s.Failures() != maxFailureCount {
+		t.Errorf("failures = %d, want saturation at %d", s.Failures(), maxFailureCount)
+	}
+}
+
+func repeat(b bool, n int) []bool {
+	out := make([]bool, n)
+	for i := range out {
+		out[i] = b
+	}
+	return out
+}
+
+func apply(s *StatusState, ok bool, msg string) {
+	if ok {
+		s.Success(msg)
+	} else {
+		s.Failure(msg)
+	}
+}
+
+// aggregateDoc builds an aggregate status document.
+func aggregateDoc(ts, version, overall string, conn, failed int, cmdLen int) []byte {
+	mk := func(n int) []ConnectionSummary {
+		var l []ConnectionSummary
+		for i := 0; i < n; i++ {
+			l = append(l, ConnectionSummary{UserName: "root", IP: "168.63.129.16", Port: 80, ProcessCmdLine: strings.Repeat("c", cmdLen),
+				ResponseStatus: "200 OK", Count: uint64(i + 1)})
+		}
+		return l
+	}
+	mod := "RUNNING"
+	if overall != "SUCCESS" {
+		mod = "STOPPED"
+	}
+	doc := map[string]any{
+		"timestamp": ts,
+		"proxyAgentStatus": map[string]any{
+			"version": version, "status": overall,
+			"monitorStatus":         map[string]any{"status": "RUNNING", "message": "m"},
+			"keyLatchStatus":        map[string]any{"status": "RUNNING", "message": "k", "states": map[string]any{"secureChannelState": "WireServer Enforce -  IMDS Enforce - HostGA Enforce"}},
+			"ebpfProgramStatus":     map[string]any{"status": mod, "message": "ebpf msg"},
+			"proxyListenerStatus":   map[string]any{"status": "RUNNING", "message": "l"},
+			"telemetryLoggerStatus": map[string]any{"status": "UNKNOWN", "message": "t"},
+			"proxyConnectionsCount": 1,
+		},
+		"proxyConnectionSummary":    mk(conn),
+		"failedAuthenticateSummary": mk(failed),
+	}
+	b, _ := json.Marshal(doc)
+	return b
+}
+
+func TestEvaluate(t *testing.T) {
+	now := time.Date(2025, 4, 23, 12, 0, 0, 0, time.UTC)
+	fresh := "2025-04-23T11:59:30.123"
+	tests := []struct {
+		name        string
+		data        []byte
+		fetchErr    error
+		wantHealthy bool
+		wantMsg     string // substring of the top message
+		wantSub     [3]string
+		wantCode    [3]int
+	}{
+		{"healthy", aggregateDoc(fresh, "1.0.0", "SUCCESS", 3, 0, 10), nil, true, SuccessMessage,
+			[3]string{"success", "success", "success"}, [3]int{0, 0, 0}},
+		{"Z timestamp", aggregateDoc("2025-04-23T11:59:30Z", "1.0.0", "SUCCESS", 0, 0, 10), nil, true, SuccessMessage,
+			[3]string{"success", "success", "success"}, [3]int{0, 0, 0}},
+		{"agent ERROR is never success", aggregateDoc(fresh, "1.0.0", "ERROR", 1, 1, 10), nil, false, "ebpfProgramStatus STOPPED: ebpf msg",
+			[3]string{"success", "error", "success"}, [3]int{0, 4, 0}},
+		{"agent UNKNOWN", aggregateDoc(fresh, "1.0.0", "UNKNOWN", 1, 1, 10), nil, false, "UNKNOWN",
+			[3]string{"success", "transitioning", "success"}, [3]int{0, 4, 0}},
+		{"stale", aggregateDoc("2025-04-23T11:54:59.000", "1.0.0", "SUCCESS", 1, 1, 10), nil, false, "stale",
+			[3]string{"transitioning", "transitioning", "transitioning"}, [3]int{4, 4, 4}},
+		{"future", aggregateDoc("2025-04-23T12:06:00.000", "1.0.0", "SUCCESS", 1, 1, 10), nil, false, "stale",
+			[3]string{"transitioning", "transitioning", "transitioning"}, [3]int{4, 4, 4}},
+		{"bad timestamp", aggregateDoc("yesterday", "1.0.0", "SUCCESS", 1, 1, 10), nil, false, "Error in parsing timestamp",
+			[3]string{"transitioning", "transitioning", "transitioning"}, [3]int{4, 4, 4}},
+		{"version mismatch", aggregateDoc(fresh, "0.9.0", "SUCCESS", 1, 1, 10), nil, false, "version 0.9.0 does not match proxy agent file version in extension 1.0.0",
+			[3]string{"transitioning", "transitioning", "transitioning"}, [3]int{4, 4, 4}},
+		{"fetch error", nil, errors.New("aggregate status unavailable: boom"), false, "boom",
+			[3]string{"transitioning", "transitioning", "transitioning"}, [3]int{4, 4, 4}},
+		{"garbage", []byte("{"), nil, false, "not valid JSON",
+			[3]string{"transitioning", "transitioning", "transitioning"}, [3]int{4, 4, 4}},
+		{"no proxyAgentStatus", []byte(`{"timestamp":"` + fresh + `"}`), nil, false, "no proxyAgentStatus",
+			[3]string{"transitioning", "transitioning", "transitioning"}, [3]int{4, 4, 4}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := Evaluate(tc.data, tc.fetchErr, "1.0.0", now, 5*time.Minute)
+			if ev.Healthy != tc.wantHealthy {
+				t.Errorf("healthy = %v", ev.Healthy)
+			}
+			if !strings.Contains(ev.Message, tc.wantMsg) {
+				t.Errorf("message %q lacks %q", ev.Message, tc.wantMsg)
+			}
+			if len(ev.Substatus) != 3 {
+				t.Fatalf("%d substatuses", len(ev.Substatus))
+			}
+			names := [3]string{SubConnectionSummary, SubAgentStatus, SubFailedAuthSummary}
+			for i, s := range ev.Substatus {
+				if s.Name != names[i] || s.Status != tc.wantSub[i] || s.Code != tc.wantCode[i] {
+					t.Errorf("substatus[%d] = %s/%s/%d, want %s/%s/%d", i, s.Name, s.Status, s.Code, names[i], tc.wantSub[i], tc.wantCode[i])
+				}
+				if s.FormattedMessage == nil || s.FormattedMessage.Message == "" {
+					t.Errorf("substatus[%d] without message", i)
+				}
+			}
+			if tc.wantSub[0] == "success" {
+				// Full shape: [1] carries the agent's own proxyAgentStatus JSON.
+				var ps map[string]any
+				if err := json.Unmarshal([]byte(ev.Substatus[1].FormattedMessage.Message), &ps); err != nil {
+					t.Fatalf("[1] message is not JSON: %v", err)
+				}
+				kl, _ := ps["keyLatchStatus"].(map[string]any)
+				states, _ := kl["states"].(map[string]any)
+				if _, ok := states["secureChannelState"]; !ok {
+					t.Error("keyLatchStatus.states.secureChannelState missing from [1]")
+				}
+				if _, ok := ps["ebpfProgramStatus"]; !ok {
+					t.Error("ebpfProgramStatus missing from [1]")
+				}
+				if ps["version"] != "1.0.0" {
+					t.Errorf("[1] version = %v", ps["version"])
+				}
+			}
+		})
+	}
+}
+
+func TestSummariesTopNAndTrim(t *testing.T) {
+	now := time.Date(2025, 4, 23, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name              string
+		conn, failed, cmd int
+		wantConnEntries   int // -1: dropped note
+		wantFailedEntries int // -1: truncated
+	}{
+		{"empty", 0, 0, 5, 0, 0},
+		{"top 100 and 50", 150, 80, 5, 100, 50},
+		{"over 80 KiB drops connection summary", 100, 50, 1000, -1, -1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := Evaluate(aggregateDoc("2025-04-23T11:59:59.000", "1.0.0", "SUCCESS", tc.conn, tc.failed, tc.cmd), nil, "1.0.0", now, 5*time.Minute)
+			c, f := ev.Substatus[0].FormattedMessage.Message, ev.Substatus[2].FormattedMessage.Message
+			if len(c)+len(f) > MaxSummaryBytes {
+				t.Errorf("summaries %d bytes > %d", len(c)+len(f), MaxSummaryBytes)
+			}
+			check := func(msg, empty string, want int) {
+				switch want {
+				case 0:
+					if msg != empty {
+						t.Errorf("got %q, want %q", msg, empty)
+					}
+				case -1:
+				default:
+					var l []ConnectionSummary
+					if err := json.Unmarshal([]byte(msg), &l); err != nil {
+						t.Fatalf("not JSON: %v", err)
+					}
+					if len(l) != want {
+						t.Errorf("%d entries, want %d", len(l), want)
+					}
+					for i := 1; i < len(l); i++ {
+						if l[i-1].Count > l[i].Count {
+							t.Fatal("not ascending by count")
+						}
+					}
+					// the largest counts are the ones kept
+					if l[len(l)-1].Count != uint64(max(tc.conn, tc.failed)) && l[len(l)-1].Count != uint64(min(tc.conn, tc.failed)) {
+						t.Errorf("largest count %d not kept", l[len(l)-1].Count)
+					}
+				}
+			}
+			check(c, EmptyConnectionSummary, tc.wantConnEntries)
+			check(f, EmptyFailedAuthSummary, tc.wantFailedEntries)
+			if tc.wantConnEntries == -1 && !strings.Contains(c, "dropped") {
+				t.Errorf("connection summary not replaced by note: %.80q", c)
+			}
+			data, err := extension.MarshalStatus(extension.Status{Name: StatusName, Operation: OperationEnable, Status: "success", Substatus: ev.Substatus}, now)
+			if err != nil || len(data) > extension.MaxStatusFileSize {
+				t.Errorf("status file %d bytes, err %v", len(data), err)
+			}
+		})
+	}
+}
+
+func TestAggregateFetcher(t *testing.T) {
+	body := aggregateDoc("2025-04-23T11:59:59.000", "1.0.0", "SUCCESS", 0, 0, 1)
+	fileBody := []byte(`{"from":"file"}`)
+	tests := []struct {
+		name     string
+		handler  http.HandlerFunc
+		file     bool
+		wantBody string
+		wantErr  string
+	}{
+		{"http ok", func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Metadata") != "true" || r.URL.Path != "/gpa-aggregated-status" {
+				http.Error(w, "bad", 400)
+				return
+			}
+			w.Write(body)
+		}, true, string(body), ""},
+		{"403 falls back to file", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 403) }, true, string(fileBody), ""},
+		{"400 falls back to file", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 400) }, true, string(fileBody), ""},
+		{"hang times out to file", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, true, string(fileBody), ""},
+		{"both fail", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 403) }, false, "", "403"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(tc.handler)
+			defer srv.Close()
+			path := filepath.Join(t.TempDir(), "status.json")
+			if tc.file {
+				os.WriteFile(path, fileBody, 0o640)
+			}
+			f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return path }, Timeout: 300 * time.Millisecond}
+			got, err := f.Fetch(context.Background())
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), path) {
+					t.Fatalf("err = %v, want both causes", err)
+				}
+				return
+			}
+			if err != nil || string(got) != tc.wantBody {
+				t.Fatalf("got %.40q, %v", got, err)
+			}
+		})
+	}
+	// Connection refused also falls back.
+	path := filepath.Join(t.TempDir(), "status.json")
+	os.WriteFile(path, fileBody, 0o640)
+	f := &AggregateFetcher{URL: "http://127.0.0.1:1/gpa-aggregated-status", File: func() string { return path }, Timeout: time.Second}
+	if got, err := f.Fetch(context.Background()); err != nil || string(got) != string(fileBody) {
+		t.Errorf("refused: %q %v", got, err)
+	}
+}
+
+func TestDetermineUpdateAction(t *testing.T) {
+	tests := []struct {
+		bundled, installed, running string
+		want                        UpdateAction
+	}{
+		{"1.0.1", "1.0.0", "1.0.0", VersionMismatch},
+		{"1.0.1", "", "", VersionMismatch},
+		{"1.0.1", "1.0.1", "1.0.0", ResumeInterruptedUpdate},
+		{"1.0.1", "1.0.1", "", ResumeInterruptedUpdate},
+		{"1.0.1", "1.0.1", "1.0.1", NoUpdate},
+	}
+	for _, tc := range tests {
+		if got := DetermineUpdateAction(tc.bundled, tc.installed, tc.running); got != tc.want {
+			t.Errorf("%+v: got %v", tc, got)
+		}
+	}
+}
+
+func TestOptionsFromEnv(t *testing.T) {
+	env := map[string]string{EnvMonitorInterval: "250ms", EnvErrorThreshold: "3", EnvAggregateURL: "http://127.0.0.1:9/x", EnvHeartbeatInterval: "bogus"}
+	o := OptionsFromEnv(func(k string) string { return env[k] })
+	if o.MonitorInterval != 250*time.Millisecond || o.ErrorThreshold != 3 || o.AggregateURL != "http://127.0.0.1:9/x" {
+		t.Errorf("overrides not applied: %+v", o)
+	}
+	if o.HeartbeatInterval != 5*time.Minute {
+		t.Errorf("invalid value not ignored: %v", o.HeartbeatInterval)
+	}
+	d := OptionsFromEnv(func(string) string { return "" })
+	if d.MonitorInterval != 15*time.Second || d.AggregateURL != DefaultAggregateURL || d.ErrorThreshold != 20 {
+		t.Errorf("defaults: %+v", d)
+	}
+}
+
+func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestStatusSizeBound: whatever the agent reports, the status file stays
+// within waagent's 128 KiB limit.
+func TestStatusSizeBound(t *testing.T) {
+	now := time.Date(2025, 4, 23, 12, 0, 0, 0, time.UTC)
+	huge := strings.Repeat("\u00e9\"<>", 50000)
+	docs := map[string][]byte{
+		"huge module message": func() []byte {
+			b, _ := json.Marshal(map[string]any{"timestamp": "2025-04-23T11:59:59.000",
+				"proxyAgentStatus": map[string]any{"version": "1.0.0", "status": "SUCCESS", "keyLatchStatus": map[string]any{"status": "RUNNING", "message": huge}}})
+			return b
+		}(),
+		"huge summaries": aggregateDoc("2025-04-23T11:59:59.000", "1.0.0", "SUCCESS", 100, 50, 3000),
+		"quote-heavy everything": func() []byte {
+			var conn []ConnectionSummary
+			for i := 0; i < 100; i++ {
+				conn = append(conn, ConnectionSummary{UserName: "u", ProcessCmdLine: strings.Repeat(`"\\`, 600), Count: uint64(i)})
+			}
+			b, _ := json.Marshal(map[string]any{"timestamp": "2025-04-23T11:59:59.000",
+				"proxyAgentStatus":          map[string]any{"version": "1.0.0", "status": "SUCCESS", "keyLatchStatus": map[string]any{"status": "RUNNING", "message": huge}},
+				"proxyConnectionSummary":    conn,
+				"failedAuthenticateSummary": conn[:50]})
+			return b
+		}(),
+	}
+	for name, doc := range docs {
+		ev := Evaluate(doc, nil, "1.0.0", now, 5*time.Minute)
+		if !ev.Healthy {
+			t.Fatalf("%s: not evaluated as healthy: %.200s", name, ev.Message)
+		}
+		ev2 := Evaluate(nil, errors.New(huge), "1.0.0", now, 5*time.Minute)
+		for i, e := range []Evaluation{ev, ev2} {
+			st := BoundStatus(extension.Status{Name: StatusName, Operation: OperationEnable, Status: "success",
+				FormattedMessage: extension.Message(extension.TruncateUTF8(e.Message, MaxStatusMessage)), Substatus: e.Substatus}, now)
+			if len(st.Substatus) != 3 {
+				t.Fatalf("%s: %d substatuses", name, len(st.Substatus))
+			}
+			data, err := extension.MarshalStatus(st, now)
+			if err != nil || len(data) > extension.MaxStatusFileSize {
+				t.Errorf("%s/%d: %d bytes, %v", name, i, len(data), err)
+			}
+		}
+	}
+}

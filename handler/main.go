@@ -1,0 +1,176 @@
+package handler
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/internal/version"
+)
+
+// maxLogSize is where a handler log is rotated (kept once as .1).
+const maxLogSize = 20 << 20
+
+func openLog(dir, name string, stderr io.Writer) (*slog.Logger, func()) {
+	if err := os.MkdirAll(dir, 0o755); err == nil {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Size() > maxLogSize {
+			os.Rename(p, p+".1")
+		}
+		if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640); err == nil {
+			l := slog.New(slog.NewTextHandler(f, nil)).With("pid", os.Getpid())
+			return l, func() { f.Close() }
+		}
+	}
+	return slog.New(slog.NewTextHandler(stderr, nil)), func() {}
+}
+
+// Main is the whole ProxyAgentExt program; it returns the exit code.
+//
+//	ProxyAgentExt                    the monitor
+//	ProxyAgentExt <command>          one waagent command from Commands
+//	ProxyAgentExt setup <verb>       install|backup|restore|purge|uninstall
+//	ProxyAgentExt supervise ...      the supervisor (installed copy only)
+//	ProxyAgentExt --version
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "--version", "-v", "version":
+			fmt.Fprintln(stdout, version.Version)
+			return 0
+		case "supervise":
+			return superviseMain(args[1:], stderr)
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(stderr, "ProxyAgentExt: cannot locate own executable:", err)
+		return ExitHandlerEnv
+	}
+	exe = ResolveExe(exe)
+	extDir := filepath.Dir(exe)
+
+	var cmd Command
+	mode := "monitor"
+	if len(args) > 0 {
+		if args[0] == "setup" {
+			mode = "setup"
+		} else {
+			c, ok := LookupCommand(args[0])
+			if !ok {
+				fmt.Fprintf(stderr, "ProxyAgentExt: unknown command %q (want install, enable, update, disable, uninstall, reset)\n", args[0])
+				return 2
+			}
+			cmd, mode = c, "command"
+		}
+	}
+
+	he, err := extension.LoadHandlerEnvironment(extDir)
+	if err != nil {
+		fmt.Fprintln(stderr, "ProxyAgentExt:", err)
+		return ExitHandlerEnv
+	}
+	h := he.HandlerEnvironment
+	logName := HandlerLogName
+	if mode == "monitor" {
+		logName = MonitorLogName
+	}
+	log, closeLog := openLog(h.LogFolder, logName, stderr)
+	defer closeLog()
+
+	layout := LayoutFromEnv(os.Getenv)
+	seq, err := extension.SequenceNumber(os.Getenv, h.ConfigFolder)
+	if err != nil {
+		log.Error("invalid sequence number", "err", err)
+		fmt.Fprintln(stderr, "ProxyAgentExt:", err)
+		return ExitHandlerEnv
+	}
+	env := &Env{ExtDir: extDir, Exe: exe, Version: version.Version, Handler: h, Seq: seq,
+		Layout: layout, Opts: OptionsFromEnv(os.Getenv), Log: log.With("mode", mode)}
+
+	osInfo, oerr := ReadOSRelease(layout.OSRelease())
+	if oerr != nil || !osInfo.Supported() {
+		msg := "OS version not supported: Linux:" + osInfo.String()
+		if oerr != nil {
+			msg += " (" + oerr.Error() + ")"
+		}
+		st := env.status(extension.StatusError, ExitUnsupportedOS, msg)
+		st.Operation = OperationOSCheck
+		extension.WriteStatus(h.StatusFolder, seq, st, time.Now())
+		log.Error("unsupported OS", "os", osInfo.String())
+		fmt.Fprintln(stderr, "ProxyAgentExt:", msg)
+		return ExitUnsupportedOS
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	switch mode {
+	case "monitor":
+		signal.Ignore(syscall.SIGHUP)
+		NewMonitor(env).Run(ctx)
+		return 0
+	case "setup":
+		return setupMain(ctx, env, args[1:], stderr)
+	}
+	return Execute(ctx, cmd, env)
+}
+
+func setupMain(ctx context.Context, e *Env, args []string, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "usage: ProxyAgentExt setup install|backup|restore|purge|uninstall")
+		return 2
+	}
+	s := e.NewSetup()
+	var err error
+	switch args[0] {
+	case "install":
+		err = s.Install(ctx)
+	case "backup":
+		err = s.Backup()
+	case "restore":
+		err = s.Restore(ctx)
+	case "purge":
+		err = s.Purge()
+	case "uninstall":
+		err = s.Uninstall()
+	default:
+		fmt.Fprintf(stderr, "ProxyAgentExt setup: unknown verb %q\n", args[0])
+		return 2
+	}
+	if err != nil {
+		e.Log.Error("setup failed", "verb", args[0], "err", err)
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	e.Log.Info("setup done", "verb", args[0])
+	return 0
+}
+
+func superviseMain(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("supervise", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	unit := fs.String("unit", "", "unit file whose ExecStart to run")
+	pidFile := fs.String("pid-file", "", "file to record the supervisor PID")
+	agentPID := fs.String("agent-pid-file", "", "file to record the agent PID")
+	if err := fs.Parse(args); err != nil || *unit == "" || *pidFile == "" || *agentPID == "" {
+		fmt.Fprintln(stderr, "usage: supervise --unit FILE --pid-file FILE --agent-pid-file FILE")
+		return 2
+	}
+	signal.Ignore(syscall.SIGHUP)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("supervisor", os.Getpid())
+	if err := Supervise(ctx, *unit, *pidFile, *agentPID, log); err != nil {
+		log.Error("supervisor failed", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,363 @@
+package handler
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/opengpa/gpa/extension"
+)
+
+// UpdateAction is what the monitor does to the installed service when it
+// sees a new sequence number.
+type UpdateAction int
+
+const (
+	// NoUpdate: the installed and running agent are the bundled version.
+	NoUpdate UpdateAction = iota
+	// VersionMismatch: the installed agent is another version (or none):
+	// back it up, then install the bundled one.
+	VersionMismatch
+	// ResumeInterruptedUpdate: the installed file is the bundled version
+	// but the running agent reports another version or nothing: install
+	// again without a backup.
+	ResumeInterruptedUpdate
+)
+
+// String names the action for logs.
+func (a UpdateAction) String() string {
+	return [...]string{"NoUpdate", "VersionMismatch", "ResumeInterruptedUpdate"}[a]
+}
+
+// DetermineUpdateAction decides from the bundled version, the installed
+// service binary's version ("" if none) and the version the running agent
+// reports ("" if it cannot be asked).
+func DetermineUpdateAction(bundled, installed, running string) UpdateAction {
+	switch {
+	case installed != bundled:
+		return VersionMismatch
+	case running != bundled:
+		return ResumeInterruptedUpdate
+	}
+	return NoUpdate
+}
+
+// Setup-install messages (upstream's text).
+const (
+	setupInstallOK     = "Successfully Executed Setup Tool Install Command for Proxy Agent Version Upgrade"
+	setupInstallFailed = "Execute Install Command in Proxy Agent Setup Tool Output Status Not Success: "
+	setupInstallSpawn  = "Failed to execute Install Proxy Agent Command Through Setup Tool with error: "
+)
+
+// SetupRunner runs one setup verb ("install") and returns its exit code
+// and standard error; err is set only when it could not be run at all.
+type SetupRunner func(ctx context.Context, verb string) (code int, stderr string, err error)
+
+// Monitor is the long-running ProxyAgentExt process: every interval it
+// reads the agent's aggregate status and writes the extension status file
+// for the current sequence number, upgrades the service when the
+// extension carries a new agent, and keeps the heartbeat fresh. All its
+// state is owned by the goroutine that calls Run (or Tick).
+type Monitor struct {
+	Env     *Env
+	Setup   *Setup
+	Fetcher Fetcher
+	Events  *extension.EventWriter
+	// RunSetup defaults to running "<exe> setup <verb>" in the extension
+	// directory.
+	RunSetup SetupRunner
+
+	state            *StatusState
+	seq              int
+	seqKnown         bool
+	bundled          string
+	restorePurgeDone bool
+	lastHeartbeat    time.Time
+	lastReported     string
+}
+
+// NewMonitor wires a monitor for env.
+func NewMonitor(env *Env) *Monitor {
+	setup := env.NewSetup()
+	m := &Monitor{
+		Env:   env,
+		Setup: setup,
+		Fetcher: &AggregateFetcher{
+			URL:     env.Opts.AggregateURL,
+			File:    func() string { return StatusJSONPath(env.Layout) },
+			Timeout: env.Opts.HTTPTimeout,
+		},
+		Events: &extension.EventWriter{Folder: env.Handler.EventsFolder, Version: env.Version},
+	}
+	m.RunSetup = m.runSetupProcess
+	return m
+}
+
+func (m *Monitor) init() {
+	if m.state == nil {
+		m.state = NewStatusState(m.Env.Opts.ErrorThreshold)
+		m.restorePurgeDone = true
+	}
+}
+
+func (m *Monitor) runSetupProcess(ctx context.Context, verb string) (int, string, error) {
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, m.Env.Exe, "setup", verb)
+	cmd.Dir = m.Env.ExtDir
+	cmd.Stdout = &stderr
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), stderr.String(), nil
+	}
+	if err != nil {
+		return -1, "", err
+	}
+	return 0, stderr.String(), nil
+}
+
+// Run writes the heartbeat and runs Tick every Opts.MonitorInterval until
+// ctx is done.
+func (m *Monitor) Run(ctx context.Context) error {
+	m.init()
+	m.Env.Log.Info("monitor started", "version", m.Env.Version, "exe", m.Env.Exe, "pid", os.Getpid())
+	m.Events.Write(extension.EventInformational, "monitor", "start", "ProxyAgent extension monitor started, version "+m.Env.Version)
+	for {
+		m.Tick(ctx)
+		select {
+		case <-ctx.Done():
+			m.Env.Log.Info("monitor stopping")
+			return nil
+		case <-time.After(m.Env.Opts.MonitorInterval):
+		}
+	}
+}
+
+// Tick performs one monitoring pass.
+func (m *Monitor) Tick(ctx context.Context) {
+	m.init()
+	defer m.heartbeat()
+	log := m.Env.Log
+
+	seq, ok := extension.SequenceFile(m.Env.SeqFile()).Read()
+	if !ok {
+		seq = m.Env.Seq
+	}
+	seqChanged := !m.seqKnown || seq != m.seq
+	m.seq, m.seqKnown = seq, true
+
+	if m.bundled == "" {
+		v, err := m.Setup.BundledVersion(ctx)
+		if err != nil {
+			msg := fmt.Sprintf("Failed to get GuestProxyAgent version from file %s with error: %v", m.Setup.ext(BundledAgent), err)
+			m.state.Failure(msg)
+			m.write(ErrorShape(msg))
+			m.seqKnown = false // retry the seq-change work once the version is known
+			return
+		}
+		m.bundled = v
+	}
+
+	if seqChanged {
+		if m.checkUpdate(ctx) {
+			return
+		}
+	}
+
+	if s, ok := m.Setup.Service.(*Supervisor); ok && s.Enabled() && !s.Active() {
+		log.Warn("supervised agent not running; starting it")
+		if err := s.Start(); err != nil {
+			log.Error("start supervised agent", "err", err)
+		}
+	}
+
+	data, ferr := m.Fetcher.Fetch(ctx)
+	ev := Evaluate(data, ferr, m.bundled, time.Now(), m.Env.Opts.StaleAfter)
+	if ev.Healthy {
+		m.state.Success(ev.Message)
+	} else {
+		m.state.Failure(ev.Message)
+	}
+	m.restoreOrPurge(ctx)
+	m.write(ev.Substatus)
+}
+
+// checkUpdate compares versions and installs the bundled agent when
+// needed. It reports true when it wrote a setup status for this tick.
+func (m *Monitor) checkUpdate(ctx context.Context) bool {
+	log := m.Env.Log
+	installed := ""
+	if p, err := m.Setup.Service.ExecPath(); err == nil {
+		if v, err := AgentVersion(ctx, p); err == nil {
+			installed = v
+		} else {
+			log.Warn("installed agent version unknown", "err", err)
+		}
+	}
+	running := ""
+	if data, err := m.Fetcher.Fetch(ctx); err == nil {
+		if _, st, err := ParseAggregate(data); err == nil {
+			running = st.Version
+		}
+	}
+	action := DetermineUpdateAction(m.bundled, installed, running)
+	log.Info("update check", "seq", m.seq, "bundled", m.bundled, "installed", installed, "running", running, "action", action.String())
+	if action == NoUpdate {
+		return false
+	}
+	if action == VersionMismatch {
+		if err := m.Setup.Backup(); err != nil {
+			log.Error("backup failed", "err", err)
+		}
+		m.restorePurgeDone = false
+	}
+	code, stderr, err := m.RunSetup(ctx, "install")
+	var st extension.Status
+	switch {
+	case err != nil:
+		st = m.baseStatus(extension.StatusError, 1, setupInstallSpawn+err.Error())
+	case code != 0:
+		st = m.baseStatus(extension.StatusError, code, setupInstallFailed+strings.TrimSpace(stderr))
+	default:
+		// Installed and running, but not yet heard from: not success yet.
+		st = m.baseStatus(extension.StatusTransitioning, 0, setupInstallOK)
+	}
+	m.Events.Write(levelFor(st.Status), "setup", "install", st.FormattedMessage.Message)
+	if st.Status == extension.StatusError {
+		m.state.Failure(st.FormattedMessage.Message)
+		if m.Setup.HasBackup() {
+			log.Warn("new agent did not come up; restoring the previous one")
+			if rerr := m.Setup.Restore(ctx); rerr != nil {
+				log.Error("restore failed", "err", rerr)
+			} else {
+				st.FormattedMessage.Message += " (previous agent restored)"
+			}
+			m.restorePurgeDone = true
+		}
+	}
+	m.writeStatus(st)
+	return true
+}
+
+// restoreOrPurge runs once per update cycle: restore the previous agent
+// when the status first reaches error, purge the backup when it first
+// reaches success.
+func (m *Monitor) restoreOrPurge(ctx context.Context) {
+	if m.restorePurgeDone {
+		return
+	}
+	status, _, _ := m.state.Status()
+	switch status {
+	case extension.StatusError:
+		m.restorePurgeDone = true
+		if err := m.Setup.Restore(ctx); err != nil {
+			m.Env.Log.Error("restore after error", "err", err)
+		} else {
+			m.Events.Write(extension.EventWarning, "setup", "restore", "restored the previous agent after the new one reached error")
+		}
+	case extension.StatusSuccess:
+		m.restorePurgeDone = true
+		if err := m.Setup.Purge(); err != nil {
+			m.Env.Log.Error("purge backup", "err", err)
+		}
+	}
+}
+
+func levelFor(status string) string {
+	switch status {
+	case extension.StatusError:
+		return extension.EventError
+	case extension.StatusTransitioning, extension.StatusWarning:
+		return extension.EventWarning
+	}
+	return extension.EventInformational
+}
+
+func (m *Monitor) baseStatus(status string, code int, msg string) extension.Status {
+	return extension.Status{
+		Name:             StatusName,
+		Operation:        OperationEnable,
+		Status:           status,
+		Code:             code,
+		FormattedMessage: extension.Message(extension.TruncateUTF8(msg, MaxStatusMessage)),
+		Substatus:        []extension.SubStatus{},
+	}
+}
+
+// write reports the state machine's status with subs.
+func (m *Monitor) write(subs []extension.SubStatus) {
+	status, code, msg := m.state.Status()
+	st := m.baseStatus(status, code, msg)
+	st.Substatus = subs
+	m.writeStatus(st)
+}
+
+// BoundStatus returns st with its longest substatus messages shortened
+// until the encoded status file fits waagent's 128 KiB limit (JSON
+// escaping can make a message grow when it is written).
+func BoundStatus(st extension.Status, now time.Time) extension.Status {
+	const limit = extension.MaxStatusFileSize - 1024
+	subs := append([]extension.SubStatus(nil), st.Substatus...)
+	st.Substatus = subs
+	for i := 0; i < 10; i++ {
+		data, err := extension.MarshalStatus(st, now)
+		if err != nil || len(data) <= limit {
+			return st
+		}
+		longest := -1
+		for j := range subs {
+			if subs[j].FormattedMessage != nil && (longest < 0 || len(subs[j].FormattedMessage.Message) > len(subs[longest].FormattedMessage.Message)) {
+				longest = j
+			}
+		}
+		if longest < 0 {
+			return st
+		}
+		msg := subs[longest].FormattedMessage.Message
+		cut := len(msg) - (len(data)-limit)*2
+		if cut < 0 {
+			cut = 0
+		}
+		subs[longest].FormattedMessage = extension.Message(extension.TruncateUTF8(msg, cut))
+	}
+	return st
+}
+
+func (m *Monitor) writeStatus(st extension.Status) {
+	st = BoundStatus(st, time.Now())
+	if _, err := extension.WriteStatus(m.Env.Handler.StatusFolder, m.seq, st, time.Now()); err != nil {
+		m.Env.Log.Error("write status", "err", err)
+		return
+	}
+	key := st.Status + "|" + st.FormattedMessage.Message
+	if key != m.lastReported {
+		m.lastReported = key
+		m.Env.Log.Info("status reported", "seq", m.seq, "status", st.Status, "code", st.Code, "message", st.FormattedMessage.Message)
+		m.Events.Write(levelFor(st.Status), "monitor", "status", st.Status+": "+st.FormattedMessage.Message)
+	}
+}
+
+// heartbeat rewrites the heartbeat file when HeartbeatInterval has passed.
+func (m *Monitor) heartbeat() {
+	if time.Since(m.lastHeartbeat) < m.Env.Opts.HeartbeatInterval {
+		return
+	}
+	status, _, msg := m.state.Status()
+	hb := extension.Heartbeat{
+		Status: extension.HeartbeatReady,
+		Code:   0,
+		FormattedMessage: extension.FormattedMessage{Lang: extension.DefaultLanguage,
+			Message: extension.TruncateUTF8("Extension monitor is running. Agent status "+status+": "+msg, 512)},
+	}
+	if err := extension.WriteHeartbeat(m.Env.Handler.HeartbeatFile, hb); err != nil {
+		m.Env.Log.Error("write heartbeat", "err", err)
+		return
+	}
+	m.lastHeartbeat = time.Now()
+}

@@ -1,0 +1,263 @@
+package handler
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/extension"
+)
+
+// fakeService is an in-memory Service whose ExecPath is the layout's
+// installed binary when present.
+type fakeService struct {
+	l             Layout
+	active        bool
+	starts, stops int
+	enabled       bool
+}
+
+func (f *fakeService) Kind() string   { return "fake" }
+func (f *fakeService) Reload() error  { return nil }
+func (f *fakeService) Enable() error  { f.enabled = true; return nil }
+func (f *fakeService) Disable() error { f.enabled = false; return nil }
+func (f *fakeService) Start() error   { f.starts++; f.active = true; return nil }
+func (f *fakeService) Stop() error    { f.stops++; f.active = false; return nil }
+func (f *fakeService) Active() bool   { return f.active }
+func (f *fakeService) Enabled() bool  { return f.enabled }
+func (f *fakeService) ExecPath() (string, error) {
+	if _, err := os.Stat(f.l.AgentBinary()); err != nil {
+		return "", err
+	}
+	return f.l.AgentBinary(), nil
+}
+
+type fakeFetcher struct {
+	data []byte
+	err  error
+}
+
+func (f *fakeFetcher) Fetch(context.Context) ([]byte, error) { return f.data, f.err }
+
+func versionScript(v string) []byte { return []byte("#!/bin/sh\necho " + v + "\n") }
+
+type monitorRig struct {
+	t       *testing.T
+	m       *Monitor
+	env     *Env
+	svc     *fakeService
+	fetch   *fakeFetcher
+	setups  []string
+	setupRC int
+}
+
+func newMonitorRig(t *testing.T, bundled, installed string) *monitorRig {
+	root := t.TempDir()
+	ext := filepath.Join(root, "var/lib/waagent", HandlerName+"-"+bundled)
+	l := Layout{Root: root}
+	os.MkdirAll(filepath.Join(ext, "ProxyAgent/ProxyAgent"), 0o755)
+	os.WriteFile(filepath.Join(ext, BundledAgent), versionScript(bundled), 0o755)
+	if installed != "" {
+		os.MkdirAll(filepath.Dir(l.AgentBinary()), 0o755)
+		os.WriteFile(l.AgentBinary(), versionScript(installed), 0o755)
+	}
+	opts := DefaultOptions()
+	opts.ErrorThreshold = 3
+	opts.HeartbeatInterval = time.Hour
+	env := &Env{ExtDir: ext, Exe: "/nonexistent", Version: bundled, Layout: l, Opts: opts, Log: discardLog(),
+		Handler: extension.HandlerEnvironment{StatusFolder: filepath.Join(ext, "status"), HeartbeatFile: filepath.Join(ext, "heartbeat.log"), LogFolder: root}}
+	svc := &fakeService{l: l, active: installed != ""}
+	env.Service = svc
+	r := &monitorRig{t: t, env: env, svc: svc, fetch: &fakeFetcher{err: errors.New("agent down")}}
+	m := NewMonitor(env)
+	m.Fetcher = r.fetch
+	m.RunSetup = func(ctx context.Context, verb string) (int, string, error) {
+		r.setups = append(r.setups, verb)
+		if r.setupRC != 0 {
+			return r.setupRC, "boom: agent exited", nil
+		}
+		os.MkdirAll(filepath.Dir(l.AgentBinary()), 0o755)
+		os.WriteFile(l.AgentBinary(), versionScript(bundled), 0o755)
+		svc.active = true
+		return 0, "", nil
+	}
+	r.m = m
+	extension.SequenceFile(env.SeqFile()).Update(0)
+	return r
+}
+
+func (r *monitorRig) healthy(version string) {
+	r.fetch.err = nil
+	r.fetch.data = aggregateDoc(time.Now().UTC().Format(extension.TimestampLayout), version, "SUCCESS", 1, 0, 5)
+}
+
+func (r *monitorRig) status() extension.Status {
+	it, err := extension.ReadStatus(extension.StatusPath(r.env.Handler.StatusFolder, 0))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return it.Status
+}
+
+func TestMonitorUpgradeSuccessPurges(t *testing.T) {
+	r := newMonitorRig(t, "1.0.1", "1.0.0")
+	r.healthy("1.0.0")
+	ctx := context.Background()
+	r.m.Tick(ctx)
+	if strings.Join(r.setups, ",") != "install" {
+		t.Fatalf("setups = %v", r.setups)
+	}
+	if !r.m.Setup.HasBackup() {
+		t.Fatal("no backup before upgrade")
+	}
+	b, _ := os.ReadFile(filepath.Join(r.env.ExtDir, BackupPackageDir, AgentBinaryName))
+	if !strings.Contains(string(b), "1.0.0") {
+		t.Error("backup is not the previous agent")
+	}
+	st := r.status()
+	if st.Status != "transitioning" || st.Code != 0 || len(st.Substatus) != 0 || !strings.Contains(st.FormattedMessage.Message, "Successfully Executed Setup Tool Install Command") {
+		t.Errorf("setup status = %+v", st)
+	}
+	r.healthy("1.0.1")
+	r.m.Tick(ctx)
+	st = r.status()
+	if st.Status != "success" || len(st.Substatus) != 3 {
+		t.Errorf("after healthy tick: %s with %d substatuses", st.Status, len(st.Substatus))
+	}
+	if r.m.Setup.HasBackup() {
+		t.Error("backup not purged after first success")
+	}
+	if len(r.setups) != 1 {
+		t.Errorf("setup ran again: %v", r.setups)
+	}
+}
+
+func TestMonitorSetupFailureRestores(t *testing.T) {
+	r := newMonitorRig(t, "1.0.1", "1.0.0")
+	r.setupRC = 3
+	r.m.Tick(context.Background())
+	st := r.status()
+	if st.Status != "error" || st.Code != 3 || !strings.Contains(st.FormattedMessage.Message, "boom: agent exited") || len(st.Substatus) != 0 {
+		t.Errorf("status = %+v", st)
+	}
+	if r.m.Setup.HasBackup() {
+		t.Error("backup still present after restore")
+	}
+	b, _ := os.ReadFile(r.env.Layout.AgentBinary())
+	if !strings.Contains(string(b), "1.0.0") {
+		t.Errorf("previous agent not restored: %s", b)
+	}
+	if r.svc.starts == 0 {
+		t.Error("restored service not started")
+	}
+}
+
+func TestMonitorRestoreOncePerCycle(t *testing.T) {
+	tests := []struct {
+		name        string
+		ticks       int
+		healthyAt   int // tick index from which the agent is healthy; -1 never
+		wantRestore bool
+		wantPurge   bool
+	}{
+		{"error restores", 5, -1, true, false},
+		{"transitioning neither", 2, -1, false, false},
+		{"success purges", 3, 1, false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newMonitorRig(t, "1.0.1", "1.0.0")
+			ctx := context.Background()
+			r.m.Tick(ctx) // upgrade: backup + install
+			startsAfterInstall := r.svc.starts
+			for i := 0; i < tc.ticks; i++ {
+				if tc.healthyAt >= 0 && i >= tc.healthyAt {
+					r.healthy("1.0.1")
+				} else {
+					r.fetch.err, r.fetch.data = errors.New("agent down"), nil
+				}
+				r.m.Tick(ctx)
+			}
+			restored := r.svc.starts > startsAfterInstall
+			if restored != tc.wantRestore {
+				t.Errorf("restored = %v (starts %d)", restored, r.svc.starts)
+			}
+			if tc.wantRestore && r.svc.starts != startsAfterInstall+1 {
+				t.Errorf("restore ran %d times", r.svc.starts-startsAfterInstall)
+			}
+			purged := !r.m.Setup.HasBackup() && !restored
+			if purged != tc.wantPurge {
+				t.Errorf("purged = %v", purged)
+			}
+			if tc.name == "error restores" {
+				if st := r.status(); st.Status != "error" || st.Code != 4 || len(st.Substatus) != 3 || st.Substatus[1].Code != 4 {
+					t.Errorf("status = %s/%d", st.Status, st.Code)
+				}
+			}
+		})
+	}
+}
+
+func TestMonitorNoUpdateAndResume(t *testing.T) {
+	tests := []struct {
+		name       string
+		running    string
+		wantSetups int
+	}{
+		{"same version running", "1.0.0", 0},
+		{"interrupted update: running reports another version", "0.9.0", 1},
+		{"interrupted update: agent silent", "", 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newMonitorRig(t, "1.0.0", "1.0.0")
+			if tc.running != "" {
+				r.healthy(tc.running)
+			}
+			r.m.Tick(context.Background())
+			if len(r.setups) != tc.wantSetups {
+				t.Errorf("setups = %v", r.setups)
+			}
+			if r.m.Setup.HasBackup() {
+				t.Error("backup taken without a version mismatch")
+			}
+			r.m.Tick(context.Background())
+			if len(r.setups) != tc.wantSetups {
+				t.Errorf("setup repeated without a new seq: %v", r.setups)
+			}
+		})
+	}
+}
+
+func TestMonitorNewSeqAndHeartbeat(t *testing.T) {
+	r := newMonitorRig(t, "1.0.0", "1.0.0")
+	r.healthy("1.0.0")
+	r.m.Tick(context.Background())
+	if _, err := os.Stat(extension.StatusPath(r.env.Handler.StatusFolder, 0)); err != nil {
+		t.Fatal(err)
+	}
+	extension.SequenceFile(r.env.SeqFile()).Update(4)
+	r.m.Tick(context.Background())
+	it, err := extension.ReadStatus(extension.StatusPath(r.env.Handler.StatusFolder, 4))
+	if err != nil || it.Status.Status != "success" {
+		t.Fatalf("status for new seq: %+v %v", it, err)
+	}
+	hb, err := extension.ReadHeartbeat(r.env.Handler.HeartbeatFile)
+	if err != nil || hb.Status != "Ready" || hb.Code != 0 || !strings.Contains(hb.FormattedMessage.Message, "success") {
+		t.Errorf("heartbeat %+v %v", hb, err)
+	}
+}
+
+func TestMonitorBundledVersionUnreadable(t *testing.T) {
+	r := newMonitorRig(t, "1.0.0", "1.0.0")
+	os.Remove(filepath.Join(r.env.ExtDir, BundledAgent))
+	r.m.Tick(context.Background())
+	st := r.status()
+	if st.Status != "transitioning" || !strings.Contains(st.FormattedMessage.Message, "Failed to get GuestProxyAgent version") || len(st.Substatus) != 3 {
+		t.Errorf("status = %+v", st)
+	}
+}

@@ -1,0 +1,72 @@
+package handler
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/opengpa/gpa/extension"
+)
+
+// Supervise is the supervisor process's main loop: it runs the ExecStart
+// of the unit at unitPath and, whenever the agent exits, starts it again
+// after RestartSec, like systemd's Restart=always. It re-reads the unit
+// before every start, so an upgraded unit takes effect on the next start.
+// It records its own PID in pidFile and the agent's in agentPIDFile. When
+// ctx is cancelled (SIGTERM) it stops the agent (SIGTERM, then SIGKILL
+// after 5 s), removes both files and returns.
+func Supervise(ctx context.Context, unitPath, pidFile, agentPIDFile string, log *slog.Logger) error {
+	if err := extension.WriteFileAtomic(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(pidFile)
+	defer os.Remove(agentPIDFile)
+	for {
+		delay := 5 * time.Second
+		data, err := os.ReadFile(unitPath)
+		var u UnitExec
+		if err == nil {
+			u, err = ParseUnitExec(data)
+		}
+		if err != nil {
+			log.Error("supervisor cannot read unit", "unit", unitPath, "err", err)
+		} else {
+			delay = u.RestartSec
+			cmd := exec.Command(u.Argv[0], u.Argv[1:]...)
+			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+			cmd.Dir = "/"
+			if err := cmd.Start(); err != nil {
+				log.Error("supervisor cannot start agent", "exec", u.Argv[0], "err", err)
+			} else {
+				extension.WriteFileAtomic(agentPIDFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+				log.Info("agent started", "pid", cmd.Process.Pid, "exec", u.Argv[0])
+				done := make(chan error, 1)
+				go func() { done <- cmd.Wait() }()
+				select {
+				case err := <-done:
+					log.Warn("agent exited; restarting", "err", err, "restartSec", u.RestartSec)
+				case <-ctx.Done():
+					cmd.Process.Signal(syscall.SIGTERM)
+					select {
+					case <-done:
+					case <-time.After(5 * time.Second):
+						cmd.Process.Kill()
+						<-done
+					}
+					log.Info("agent stopped by supervisor")
+					return nil
+				}
+				os.Remove(agentPIDFile)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+	}
+}

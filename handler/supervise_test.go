@@ -1,0 +1,88 @@
+package handler
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSupervise: the supervisor restarts the agent after RestartSec, like
+// Restart=always, and stops it and cleans up when told to stop.
+func TestSupervise(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, UnitName)
+	os.WriteFile(unit, []byte("[Service]\nExecStart=/bin/sleep 60\nRestart=always\nRestartSec=0.2\n"), 0o644)
+	pidFile, agentFile := filepath.Join(dir, "s.pid"), filepath.Join(dir, "a.pid")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Supervise(ctx, unit, pidFile, agentFile, discardLog()) }()
+
+	waitFor(t, "agent start", func() bool { return Alive(readPID(agentFile), "") })
+	if readPID(pidFile) != os.Getpid() {
+		t.Errorf("supervisor pid file holds %d", readPID(pidFile))
+	}
+	first := readPID(agentFile)
+	syscall.Kill(first, syscall.SIGKILL)
+	waitFor(t, "restart", func() bool { p := readPID(agentFile); return p != first && Alive(p, "") })
+	second := readPID(agentFile)
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("supervisor did not stop")
+	}
+	if Alive(second, "") {
+		t.Errorf("agent %d survived the supervisor stop", second)
+	}
+	for _, f := range []string{pidFile, agentFile} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s left behind", f)
+		}
+	}
+}
+
+func TestParseUnitExecAndShow(t *testing.T) {
+	tests := []struct {
+		unit    string
+		argv0   string
+		restart time.Duration
+	}{
+		{"ExecStart=/a --x\nRestartSec=5\n", "/a", 5 * time.Second},
+		{"ExecStart=-/b\nRestartSec=250ms\n", "/b", 250 * time.Millisecond},
+		{"ExecStart=/c\n", "/c", 100 * time.Millisecond},
+	}
+	for _, tc := range tests {
+		u, err := ParseUnitExec([]byte(tc.unit))
+		if err != nil || u.Argv[0] != tc.argv0 || u.RestartSec != tc.restart {
+			t.Errorf("%q: %+v %v", tc.unit, u, err)
+		}
+	}
+	show := []struct{ in, want string }{
+		{"ExecStart={ path=/usr/sbin/azure-proxy-agent ; argv[]=/usr/sbin/azure-proxy-agent --config /etc/azure/proxy-agent.json ; ignore_errors=no }\n", "/usr/sbin/azure-proxy-agent"},
+		{"ExecStart=\n", ""},
+		{"ExecStart={}\n", ""},
+	}
+	for _, tc := range show {
+		if got := parseShowExecPath(tc.in); got != tc.want {
+			t.Errorf("parseShowExecPath(%q) = %q", tc.in, got)
+		}
+	}
+}

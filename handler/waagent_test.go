@@ -1,0 +1,895 @@
+package handler
+
+// Conformance tests that play waagent's part exactly: the package is built
+// with packaging/package.sh, unzipped into <lib>/<Name>-<Ver> with every
+// file made owner-executable, config/ and status/ created 0700,
+// HandlerEnvironment.json written by waagent's own code shape, the
+// environment variables waagent sets, commands run through a shell from
+// the handler root in a new session and killed as a process group on
+// waagent's timeouts, and every status, heartbeat and event file judged by
+// waagent's own parser (testdata/waagent_shim.py under /usr/bin/python3).
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/extension"
+	"golang.org/x/sys/unix"
+)
+
+const waagentPython = "/usr/bin/python3"
+
+// waagent's command timeouts (exthandlers.py).
+var waagentTimeout = map[string]time.Duration{
+	"install": 900 * time.Second, "update": 900 * time.Second, "disable": 900 * time.Second,
+	"enable": 300 * time.Second, "uninstall": 300 * time.Second,
+}
+
+var (
+	pkgOnce  sync.Once
+	pkgDir   string
+	pkgErr   error
+	realAgnt bool
+)
+
+// packages builds, once per test binary, the extension zip for versions
+// 1.0.0 and 1.0.1 with packaging/package.sh. The agent inside is the real
+// ./cmd/azure-proxy-agent when that package exists and builds, else the
+// test-only stand-in in testdata/standin-agent (forceStandin always uses
+// the stand-in, for scenarios that need its failure knobs).
+func packages(t *testing.T) string {
+	t.Helper()
+	pkgOnce.Do(func() {
+		pkgDir, pkgErr = os.MkdirTemp("", "gpa-ext-pkg-")
+		if pkgErr != nil {
+			return
+		}
+		for _, ver := range []string{"1.0.0", "1.0.1"} {
+			ld := "-X github.com/opengpa/gpa/internal/version.Version=" + ver
+			built := filepath.Join(pkgDir, "build-"+ver)
+			// One go build for all main packages (linked in parallel).
+			pkgs := []string{"./cmd/ProxyAgentExt", "./handler/testdata/standin-agent"}
+			real := false
+			if _, err := os.Stat("../cmd/azure-proxy-agent"); err == nil {
+				real = goBuild(ld, built+"/", append(pkgs, "./cmd/azure-proxy-agent")...) == nil
+			}
+			if !real {
+				if pkgErr = goBuild(ld, built+"/", pkgs...); pkgErr != nil {
+					return
+				}
+			}
+			realAgnt = real
+			for _, kind := range []string{"auto", "standin"} {
+				bin := filepath.Join(pkgDir, kind, ver, "bin")
+				out := filepath.Join(pkgDir, kind, ver)
+				os.MkdirAll(bin, 0o755)
+				agent := filepath.Join(built, "standin-agent")
+				if kind == "auto" && real {
+					agent = filepath.Join(built, "azure-proxy-agent")
+				}
+				if pkgErr = os.Link(filepath.Join(built, "ProxyAgentExt"), filepath.Join(bin, "ProxyAgentExt")); pkgErr != nil {
+					return
+				}
+				if pkgErr = os.Link(agent, filepath.Join(bin, "azure-proxy-agent")); pkgErr != nil {
+					return
+				}
+				cmd := exec.Command("bash", "../packaging/package.sh", ver, bin, out)
+				if b, err := cmd.CombinedOutput(); err != nil {
+					pkgErr = fmt.Errorf("package.sh: %v\n%s", err, b)
+					return
+				}
+			}
+		}
+	})
+	if pkgErr != nil {
+		t.Fatal(pkgErr)
+	}
+	return pkgDir
+}
+
+func goBuild(ldflags, out string, pkgs ...string) error {
+	cmd := exec.Command("go", append([]string{"build", "-ldflags", ldflags, "-o", out}, pkgs...)...)
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %v: %v\n%s", pkgs, err, b)
+	}
+	return nil
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if pkgDir != "" {
+		os.RemoveAll(pkgDir)
+	}
+	os.Exit(code)
+}
+
+func requireWaagent(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("waagent conformance builds the extension and agent; skipped with -short")
+	}
+	if err := exec.Command(waagentPython, "-c", "import azurelinuxagent.ga.exthandlers").Run(); err != nil {
+		t.Skipf("waagent python package not importable with %s: %v", waagentPython, err)
+	}
+	for _, tool := range []string{"zip", "bash"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+}
+
+// vm is one simulated machine under its own GPA_ROOT.
+type vm struct {
+	t       *testing.T
+	root    string
+	lib     string
+	logDir  string
+	listen  string
+	env     []string
+	kind    string // "auto" or "standin"
+	overlay string
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func newVM(t *testing.T, kind string, osRelease string) *vm {
+	requireWaagent(t)
+	packages(t)
+	root := t.TempDir()
+	v := &vm{t: t, root: root, lib: filepath.Join(root, "var/lib/waagent"),
+		logDir: filepath.Join(root, "var/log/azure", HandlerName), listen: freePort(t), kind: kind}
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/os-release"), []byte(osRelease), 0o644)
+	os.MkdirAll(filepath.Join(v.logDir, "events"), 0o755)
+	os.MkdirAll(v.lib, 0o755)
+	// Addresses go to loopback ports nothing listens on; the cgroup and
+	// bpffs paths are plain directories, so a real agent attaches nothing.
+	unused := freePort(t)
+	overlay := map[string]any{
+		"listenAddress": v.listen, "wireServerAddress": unused, "imdsAddress": unused, "hostGAPluginAddress": unused,
+		"cgroupRoot": filepath.Join(root, "cgroup"), "bpfPinPath": filepath.Join(root, "bpffs"),
+		"pollKeyStatusIntervalInSeconds": 1,
+	}
+	b, _ := json.Marshal(overlay)
+	v.overlay = filepath.Join(root, "overlay.json")
+	os.WriteFile(v.overlay, b, 0o644)
+	v.env = []string{
+		EnvRoot + "=" + root,
+		EnvConfigOverlay + "=" + v.overlay,
+		EnvMonitorInterval + "=200ms",
+		EnvHeartbeatInterval + "=1s",
+		EnvRetryInterval + "=100ms",
+		EnvServiceSettle + "=1s",
+		EnvServiceManager + "=supervisor",
+		EnvAggregateURL + "=http://" + v.listen + "/gpa-aggregated-status",
+		EnvHTTPTimeout + "=2s",
+	}
+	t.Cleanup(v.killAll)
+	return v
+}
+
+const ubuntu2204 = "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\n"
+
+// killAll kills every process whose executable lives under the VM root.
+func (v *vm) killAll() {
+	for round := 0; round < 3; round++ {
+		for _, p := range ListProcs() {
+			if strings.HasPrefix(p.Exe, v.root+"/") {
+				syscall.Kill(p.PID, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (v *vm) zipPath(ver string) string {
+	return filepath.Join(pkgDir, v.kind, ver, HandlerName+"__"+ver+".zip")
+}
+
+// download unpacks a version the way waagent's download() and
+// initialize() do and returns the handler directory.
+func (v *vm) download(ver string) string {
+	t := v.t
+	base := filepath.Join(v.lib, HandlerName+"-"+ver)
+	zr, err := zip.OpenReader(v.zipPath(ver))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zr.Close()
+	for _, f := range zr.File {
+		dst := filepath.Join(base, f.Name)
+		if f.FileInfo().IsDir() {
+			os.MkdirAll(dst, 0o755)
+			continue
+		}
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		rc, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(rc)
+		rc.Close()
+		if err := os.WriteFile(dst, data, f.Mode().Perm()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// initialize(): u+x on every file, config/ and status/ 0700,
+	// HandlerEnvironment.json.
+	filepath.Walk(base, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			os.Chmod(p, fi.Mode().Perm()|0o100)
+		}
+		return nil
+	})
+	os.MkdirAll(filepath.Join(base, "config"), 0o700)
+	os.MkdirAll(filepath.Join(base, "status"), 0o700)
+	out, err := exec.Command(waagentPython, "testdata/waagent_shim.py", "handler-env", HandlerName, base, v.logDir).Output()
+	if err != nil {
+		t.Fatalf("handler-env: %v", err)
+	}
+	os.WriteFile(filepath.Join(base, extension.HandlerEnvironmentFile), out, 0o644)
+	return base
+}
+
+// settings writes config/<seq>.settings as update_settings does ("" is
+// the empty file waagent writes for a handler without settings).
+func (v *vm) settings(base string, seq int, content string) {
+	os.WriteFile(extension.SettingsPath(filepath.Join(base, "config"), seq), []byte(content), 0o600)
+}
+
+// run executes one manifest command like launch_command and returns the
+// exit code (-1 on waagent timeout).
+func (v *vm) run(base, verb string, seq int, extra map[string]string) int {
+	t := v.t
+	var man map[string]any
+	shim(t, &man, "manifest", filepath.Join(base, "HandlerManifest.json"))
+	cmdline, _ := man[verb].(string)
+	full := filepath.Join(base, strings.TrimLeft(cmdline, "/"))
+	ver := strings.TrimPrefix(filepath.Base(base), HandlerName+"-")
+	cmd := exec.Command("/bin/sh", "-c", full)
+	cmd.Dir = base
+	env := []string{
+		extension.EnvExtensionPath + "=" + base,
+		extension.EnvExtensionVersion + "=" + ver,
+		extension.EnvWireProtocolAddress + "=168.63.129.16",
+		extension.EnvSequenceNumber + "=" + strconv.Itoa(seq),
+		extension.EnvSupportedFeatures + `=[{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]`,
+	}
+	for k, val := range extra {
+		env = append(env, k+"="+val)
+	}
+	cmd.Env = append(append(env, v.env...), os.Environ()...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Logf("%s %s (seq %d): %v %s", ver, verb, seq, err, strings.TrimSpace(out.String()))
+		return cmd.ProcessState.ExitCode()
+	case <-time.After(waagentTimeout[verb]):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		return -1
+	}
+}
+
+func shim(t *testing.T, out any, args ...string) {
+	t.Helper()
+	b, err := exec.Command(waagentPython, append([]string{"testdata/waagent_shim.py"}, args...)...).Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("waagent shim %v: %v\n%s", args, err, stderr)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		t.Fatalf("shim output: %v: %s", err, b)
+	}
+}
+
+// waStatus is one status file as waagent parsed it.
+type waStatus struct {
+	Path       string `json:"path"`
+	Status     string `json:"status"`
+	Code       int    `json:"code"`
+	Message    string `json:"message"`
+	Operation  string `json:"operation"`
+	ParseError string `json:"parseError"`
+	ReadError  string `json:"readError"`
+	TooBig     bool   `json:"tooBig"`
+	Substatus  []struct {
+		Name, Status, Message string
+		Code                  int
+	} `json:"substatus"`
+}
+
+// parseStatus judges a status file with waagent's parser and fails on any
+// 1012 (malformed) or read error.
+func (v *vm) parseStatus(base string, seq int) waStatus {
+	v.t.Helper()
+	return v.parseStatusFile(extension.StatusPath(filepath.Join(base, "status"), seq))
+}
+
+func (v *vm) parseStatusFile(path string) waStatus {
+	t := v.t
+	t.Helper()
+	var res []waStatus
+	shim(t, &res, "status", path)
+	r := res[0]
+	if r.ReadError != "" || r.ParseError != "" || r.Code == 1012 || r.TooBig {
+		t.Fatalf("waagent rejects %s: %+v", r.Path, r)
+	}
+	return r
+}
+
+// waitStatus polls until pred holds for the status waagent parses.
+func (v *vm) waitStatus(base string, seq int, what string, pred func(extension.Status) bool) waStatus {
+	t := v.t
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last extension.Status
+	for time.Now().Before(deadline) {
+		p := extension.StatusPath(filepath.Join(base, "status"), seq)
+		data, _ := os.ReadFile(p)
+		it, err := extension.ReadStatus(p)
+		if err == nil {
+			last = it.Status
+			if pred(it.Status) {
+				// Judge the very bytes that matched: the monitor keeps rewriting.
+				snap := filepath.Join(t.TempDir(), "snapshot.status")
+				os.WriteFile(snap, data, 0o644)
+				if it2, err := extension.ReadStatus(snap); err == nil && pred(it2.Status) {
+					return v.parseStatusFile(snap)
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; last status %s/%d %q", what, last.Status, last.Code, msgOf(last))
+	return waStatus{}
+}
+
+func msgOf(s extension.Status) string {
+	if s.FormattedMessage == nil {
+		return ""
+	}
+	return s.FormattedMessage.Message
+}
+
+func healthyFor(version string) func(extension.Status) bool {
+	return func(s extension.Status) bool {
+		return s.Status == "success" && len(s.Substatus) == 3 && strings.Contains(msgOf(extension.Status{FormattedMessage: s.Substatus[1].FormattedMessage}), `"version":"`+version+`"`)
+	}
+}
+
+// reported returns, for the full three-substatus shape, whether the
+// agent's own overall status is SUCCESS.
+func reported(t *testing.T, s waStatus) (agentVersion, agentStatus string) {
+	t.Helper()
+	if len(s.Substatus) != 3 {
+		t.Fatalf("%d substatuses", len(s.Substatus))
+	}
+	var ps struct {
+		Version        string `json:"version"`
+		Status         string `json:"status"`
+		KeyLatchStatus struct {
+			States map[string]any `json:"states"`
+		} `json:"keyLatchStatus"`
+		EbpfProgramStatus map[string]any `json:"ebpfProgramStatus"`
+	}
+	if err := json.Unmarshal([]byte(s.Substatus[1].Message), &ps); err != nil {
+		t.Fatalf("substatus[1] message is not JSON: %v", err)
+	}
+	if _, ok := ps.KeyLatchStatus.States["secureChannelState"]; !ok {
+		t.Error("keyLatchStatus.states.secureChannelState missing")
+	}
+	if ps.EbpfProgramStatus == nil {
+		t.Error("ebpfProgramStatus missing")
+	}
+	return ps.Version, ps.Status
+}
+
+func (v *vm) layout() Layout { return Layout{Root: v.root} }
+
+func (v *vm) supervisor() *Supervisor { return &Supervisor{Layout: v.layout(), Log: discardLog()} }
+
+func (v *vm) monitors(base string) []Proc {
+	own, _ := FindMonitors(filepath.Join(base, ExtBinaryName))
+	return own
+}
+
+func bundledVersion(t *testing.T, base string) string {
+	out, err := exec.Command(filepath.Join(base, BundledAgent), "--version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func mode(t *testing.T, p string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	return fi.Mode().Perm()
+}
+
+// TestWaagentLifecycle: fresh install + enable, repeated enable, new
+// sequence number, reboot, upgrade 1.0.0 → 1.0.1 in waagent's order, and
+// uninstall, on one simulated VM.
+func TestWaagentLifecycle(t *testing.T) {
+	t.Parallel()
+	v := newVM(t, "auto", ubuntu2204)
+	if realAgnt {
+		t.Log("using the real ./cmd/azure-proxy-agent")
+	} else {
+		t.Log("using the STAND-IN agent (testdata/standin-agent): ./cmd/azure-proxy-agent missing or not building")
+	}
+	old := v.download("1.0.0")
+	var monitorPID int
+
+	t.Run("fresh install and enable", func(t *testing.T) {
+		v.t = t
+		v.settings(old, 0, "") // waagent's empty 0.settings
+		if rc := v.run(old, "install", 0, map[string]string{extension.EnvUninstallExitCode: "NOT_RUN"}); rc != 0 {
+			t.Fatalf("install exit %d", rc)
+		}
+		start := time.Now()
+		if rc := v.run(old, "enable", 0, map[string]string{extension.EnvUninstallExitCode: "NOT_RUN"}); rc != 0 {
+			t.Fatalf("enable exit %d", rc)
+		}
+		t.Logf("enable took %v", time.Since(start))
+		// enable leaves a parseable status behind at once.
+		first := v.parseStatus(old, 0)
+		if !realAgnt && first.Status != "transitioning" && first.Status != "success" {
+			t.Errorf("first status %s", first.Status)
+		}
+		mons := v.monitors(old)
+		if len(mons) != 1 {
+			t.Fatalf("%d monitors", len(mons))
+		}
+		monitorPID = mons[0].PID
+		// The monitor is a session leader: a killpg of enable's group cannot reach it.
+		if sid, _ := unix.Getsid(monitorPID); sid != monitorPID {
+			t.Errorf("monitor sid %d, want its own session %d", sid, monitorPID)
+		}
+		var st waStatus
+		if realAgnt {
+			st = v.waitStatus(old, 0, "full shape", func(s extension.Status) bool { return len(s.Substatus) == 3 })
+			ver, agentStatus := reported(t, st)
+			t.Logf("real agent reports %s %s; extension reports %s: %s", ver, agentStatus, st.Status, st.Message)
+			if (st.Status == "success") != (agentStatus == "SUCCESS" && ver == "1.0.0") {
+				t.Errorf("extension reports %s while the agent reports %s %s", st.Status, ver, agentStatus)
+			}
+		} else {
+			st = v.waitStatus(old, 0, "success", healthyFor("1.0.0"))
+			ver, agentStatus := reported(t, st)
+			if ver != bundledVersion(t, old) || agentStatus != "SUCCESS" || st.Code != 0 {
+				t.Errorf("reported %s/%s code %d", ver, agentStatus, st.Code)
+			}
+		}
+		names := []string{SubConnectionSummary, SubAgentStatus, SubFailedAuthSummary}
+		for i, s := range st.Substatus {
+			if s.Name != names[i] {
+				t.Errorf("substatus[%d] = %s, want %s", i, s.Name, names[i])
+			}
+		}
+		if st.Operation != OperationEnable {
+			t.Errorf("operation %q", st.Operation)
+		}
+		// Installed footprint under GPA_ROOT (conformance item 21).
+		l := v.layout()
+		for p, want := range map[string]os.FileMode{l.UnitFile(): 0o644, l.AgentBinary(): 0o755, l.AgentConfig(): 0o644} {
+			if got := mode(t, p); got != want {
+				t.Errorf("%s mode %v, want %v", p, got, want)
+			}
+		}
+		if _, err := os.Stat(l.EBPFObject()); err != nil {
+			t.Error(err)
+		}
+		sup := v.supervisor()
+		if !sup.Enabled() || !sup.Active() {
+			t.Errorf("service enabled=%v active=%v", sup.Enabled(), sup.Active())
+		}
+		var cfg map[string]any
+		b, _ := os.ReadFile(l.AgentConfig())
+		json.Unmarshal(b, &cfg)
+		if cfg["listenAddress"] != v.listen || cfg["logFolder"] != l.LogDir() || cfg["cgroupRoot"] != filepath.Join(v.root, "cgroup") {
+			t.Errorf("installed config not relocated/overlaid: %v", cfg)
+		}
+		if !realAgnt {
+			fi1, err := os.Stat(filepath.Join(l.LogDir(), "status.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(1500 * time.Millisecond)
+			fi2, _ := os.Stat(filepath.Join(l.LogDir(), "status.json"))
+			if !fi2.ModTime().After(fi1.ModTime()) {
+				t.Error("status.json not refreshed")
+			}
+		}
+		// Heartbeat and events as waagent reads them.
+		time.Sleep(1200 * time.Millisecond)
+		var hb struct {
+			Responsive bool
+			Heartbeat  map[string]any
+		}
+		shim(t, &hb, "heartbeat", filepath.Join(old, "heartbeat.log"))
+		if !hb.Responsive || hb.Heartbeat["status"] != "Ready" || hb.Heartbeat["code"] != 0.0 {
+			t.Errorf("heartbeat %+v", hb)
+		}
+		var ev struct {
+			Files, Valid int
+			Invalid      []string
+			BadNames     []string
+		}
+		shim(t, &ev, "events", filepath.Join(v.logDir, "events"))
+		if ev.Files == 0 || ev.Valid == 0 || len(ev.Invalid) != 0 || len(ev.BadNames) != 0 {
+			t.Errorf("events %+v", ev)
+		}
+	})
+
+	t.Run("enable again with the same seq", func(t *testing.T) {
+		v.t = t
+		if rc := v.run(old, "enable", 0, nil); rc != 0 {
+			t.Fatalf("enable exit %d", rc)
+		}
+		mons := v.monitors(old)
+		if len(mons) != 1 || mons[0].PID != monitorPID {
+			t.Errorf("monitors %v, want only %d", mons, monitorPID)
+		}
+		st := v.parseStatus(old, 0)
+		if st.Message == enablingMessage {
+			t.Error("repeated enable rewrote the status")
+		}
+	})
+
+	t.Run("new seq with settings", func(t *testing.T) {
+		v.t = t
+		v.settings(old, 1, `{"runtimeSettings": [{"handlerSettings": {"publicSettings": {}}}]}`)
+		if rc := v.run(old, "enable", 1, nil); rc != 0 {
+			t.Fatalf("enable exit %d", rc)
+		}
+		// With the stand-in the agent is healthy, so never error; the real
+		// agent may already have driven the state to error (truthfully).
+		if st := v.parseStatus(old, 1); !realAgnt && st.Status != "transitioning" && st.Status != "success" {
+			t.Errorf("seq 1 status %s", st.Status)
+		}
+		if realAgnt {
+			v.waitStatus(old, 1, "monitor on seq 1", func(s extension.Status) bool { return len(s.Substatus) == 3 })
+		} else {
+			v.waitStatus(old, 1, "success on seq 1", healthyFor("1.0.0"))
+		}
+		if mons := v.monitors(old); len(mons) != 1 || mons[0].PID != monitorPID {
+			t.Errorf("monitor restarted on a new seq: %v", mons)
+		}
+	})
+
+	t.Run("reboot then enable with the same seq", func(t *testing.T) {
+		v.t = t
+		v.killAll() // power off: monitor, supervisor and agent are gone
+		if rc := v.run(old, "enable", 1, nil); rc != 0 {
+			t.Fatalf("enable exit %d", rc)
+		}
+		mons := v.monitors(old)
+		if len(mons) != 1 || mons[0].PID == monitorPID {
+			t.Fatalf("monitors after reboot: %v", mons)
+		}
+		monitorPID = mons[0].PID
+		if !realAgnt {
+			v.waitStatus(old, 1, "success after reboot", healthyFor("1.0.0"))
+			if !v.supervisor().Active() {
+				t.Error("agent not running after reboot")
+			}
+		}
+	})
+
+	var newBase string
+	t.Run("upgrade in waagent order", func(t *testing.T) {
+		v.t = t
+		sup := v.supervisor()
+		agentPID := readPID(sup.AgentPIDFile())
+		newBase = v.download("1.0.1")
+		v.settings(newBase, 2, `{"runtimeSettings": [{"handlerSettings": {"publicSettings": {}}}]}`)
+		if rc := v.run(old, "disable", 2, nil); rc != 0 {
+			t.Fatalf("old disable exit %d", rc)
+		}
+		if len(v.monitors(old)) != 0 {
+			t.Fatal("old monitor survived disable")
+		}
+		// copy_status_files: mrseq and status/*.
+		ents, _ := os.ReadDir(filepath.Join(old, "status"))
+		for _, e := range ents {
+			b, _ := os.ReadFile(filepath.Join(old, "status", e.Name()))
+			os.WriteFile(filepath.Join(newBase, "status", e.Name()), b, 0o644)
+		}
+		if rc := v.run(newBase, "update", 2, map[string]string{extension.EnvVersion: "1.0.1",
+			extension.EnvUpdatingFromVersion: "1.0.0", extension.EnvDisableExitCode: "0"}); rc != 0 {
+			t.Fatalf("new update exit %d", rc)
+		}
+		if _, err := os.Stat(filepath.Join(v.lib, UpdateTagName)); err != nil {
+			t.Fatal("update.tag not written")
+		}
+		if rc := v.run(old, "uninstall", 2, nil); rc != 0 {
+			t.Fatalf("old uninstall exit %d", rc)
+		}
+		if _, err := os.Stat(v.layout().UnitFile()); err != nil {
+			t.Fatal("old uninstall removed the service during an upgrade")
+		}
+		if !realAgnt && readPID(sup.AgentPIDFile()) != agentPID {
+			t.Error("agent restarted by the old version's disable/uninstall")
+		}
+		os.RemoveAll(old)
+		if rc := v.run(newBase, "install", 2, map[string]string{extension.EnvUninstallExitCode: "0"}); rc != 0 {
+			t.Fatalf("new install exit %d", rc)
+		}
+		if rc := v.run(newBase, "enable", 2, map[string]string{extension.EnvUninstallExitCode: "0"}); rc != 0 {
+			t.Fatalf("new enable exit %d", rc)
+		}
+		if _, err := os.Stat(filepath.Join(v.lib, UpdateTagName)); err == nil {
+			t.Error("new enable left update.tag")
+		}
+		if len(v.monitors(newBase)) != 1 {
+			t.Fatal("new monitor not running")
+		}
+		if realAgnt {
+			v.waitStatus(newBase, 2, "full shape after upgrade", func(s extension.Status) bool { return len(s.Substatus) == 3 })
+		} else {
+			st := v.waitStatus(newBase, 2, "success on 1.0.1", healthyFor("1.0.1"))
+			if ver, _ := reported(t, st); ver != "1.0.1" {
+				t.Errorf("agent version %s after upgrade", ver)
+			}
+			got, err := AgentVersion(context.Background(), v.layout().AgentBinary())
+			if err != nil || got != "1.0.1" {
+				t.Errorf("installed agent %q %v", got, err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for (&Setup{ExtDir: newBase}).HasBackup() && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Millisecond)
+			}
+			if (&Setup{ExtDir: newBase}).HasBackup() {
+				t.Error("backup not purged after the upgrade succeeded")
+			}
+		}
+	})
+
+	t.Run("disable twice then uninstall", func(t *testing.T) {
+		v.t = t
+		if newBase == "" {
+			t.Skip("upgrade failed")
+		}
+		for i := 0; i < 2; i++ {
+			if rc := v.run(newBase, "disable", 2, nil); rc != 0 {
+				t.Fatalf("disable %d exit %d", i, rc)
+			}
+			if len(v.monitors(newBase)) != 0 {
+				t.Fatal("monitor survived disable")
+			}
+			if !realAgnt && !v.supervisor().Active() {
+				t.Fatal("disable stopped the agent service")
+			}
+		}
+		if rc := v.run(newBase, "uninstall", 2, nil); rc != 0 {
+			t.Fatalf("uninstall exit %d", rc)
+		}
+		l := v.layout()
+		if _, err := os.Stat(l.UnitFile()); err == nil {
+			t.Error("unit file left after uninstall")
+		}
+		if sup := v.supervisor(); sup.Active() || sup.Enabled() {
+			t.Error("service still active or enabled after uninstall")
+		}
+		if _, err := os.Stat(l.AgentBinary()); err != nil {
+			t.Error("uninstall removed the agent binary (service mode keeps it)")
+		}
+		if rc := v.run(newBase, "uninstall", 2, nil); rc != 0 {
+			t.Errorf("second uninstall exit %d", rc)
+		}
+	})
+}
+
+// TestWaagentUpgradeRestore: the new agent does not come up, so the
+// previous one is restored and the failure is reported truthfully.
+func TestWaagentUpgradeRestore(t *testing.T) {
+	t.Parallel()
+	v := newVM(t, "standin", ubuntu2204)
+	old := v.download("1.0.0")
+	v.settings(old, 0, "")
+	v.run(old, "install", 0, nil)
+	if rc := v.run(old, "enable", 0, nil); rc != 0 {
+		t.Fatalf("enable exit %d", rc)
+	}
+	v.waitStatus(old, 0, "success", healthyFor("1.0.0"))
+
+	newBase := v.download("1.0.1")
+	// A broken release: the new agent exits at once.
+	cfgPath := filepath.Join(newBase, BundledConfig)
+	b, _ := os.ReadFile(cfgPath)
+	var cfg map[string]any
+	json.Unmarshal(b, &cfg)
+	cfg["standinExit"] = true
+	b, _ = json.Marshal(cfg)
+	os.WriteFile(cfgPath, b, 0o644)
+
+	v.settings(newBase, 1, "")
+	v.run(old, "disable", 1, nil)
+	v.run(newBase, "update", 1, map[string]string{extension.EnvVersion: "1.0.1", extension.EnvUpdatingFromVersion: "1.0.0", extension.EnvDisableExitCode: "0"})
+	v.run(old, "uninstall", 1, nil)
+	os.RemoveAll(old)
+	v.run(newBase, "install", 1, nil)
+	if rc := v.run(newBase, "enable", 1, nil); rc != 0 {
+		t.Fatalf("enable exit %d", rc)
+	}
+	st := v.waitStatus(newBase, 1, "setup failure", func(s extension.Status) bool {
+		return s.Status == "error" && strings.Contains(msgOf(s), "previous agent restored")
+	})
+	if st.Code == 0 || !strings.Contains(st.Message, "did not stay running") {
+		t.Errorf("failure status %+v", st)
+	}
+	got, err := AgentVersion(context.Background(), v.layout().AgentBinary())
+	if err != nil || got != "1.0.0" {
+		t.Errorf("installed agent after restore %q %v", got, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !v.supervisor().Active() && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !v.supervisor().Active() {
+		t.Error("restored agent not running")
+	}
+	// The monitor keeps telling the truth: the running agent is not the
+	// bundled version, so never success.
+	st = v.waitStatus(newBase, 1, "version mismatch", func(s extension.Status) bool {
+		return len(s.Substatus) == 3 && strings.Contains(msgOf(s), "does not match")
+	})
+	if st.Status == "success" {
+		t.Error("success reported with the wrong agent version")
+	}
+}
+
+// TestWaagentUnsupportedOS: every command refuses with exit 6 and an
+// error status waagent accepts.
+func TestWaagentUnsupportedOS(t *testing.T) {
+	t.Parallel()
+	v := newVM(t, "standin", "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n")
+	base := v.download("1.0.0")
+	v.settings(base, 3, "")
+	for _, verb := range []string{"install", "enable"} {
+		if rc := v.run(base, verb, 3, nil); rc != ExitUnsupportedOS {
+			t.Errorf("%s exit %d, want %d", verb, rc, ExitUnsupportedOS)
+		}
+	}
+	st := v.parseStatus(base, 3)
+	if st.Status != "error" || st.Code != ExitUnsupportedOS || st.Operation != OperationOSCheck || !strings.Contains(st.Message, "Debian GNU/Linux-12") {
+		t.Errorf("status %+v", st)
+	}
+	if len(v.monitors(base)) != 0 {
+		t.Error("monitor started on an unsupported OS")
+	}
+}
+
+// TestCommandExitCodes covers the prologue's failure exits.
+func TestCommandExitCodes(t *testing.T) {
+	t.Parallel()
+	v := newVM(t, "standin", ubuntu2204)
+	tests := []struct {
+		name string
+		prep func(base string)
+		verb string
+		seq  string
+		want int
+	}{
+		{"no HandlerEnvironment", func(b string) { os.Remove(filepath.Join(b, extension.HandlerEnvironmentFile)) }, "enable", "0", ExitHandlerEnv},
+		{"empty HandlerEnvironment", func(b string) { os.WriteFile(filepath.Join(b, extension.HandlerEnvironmentFile), nil, 0o644) }, "disable", "0", ExitHandlerEnv},
+		{"invalid seq", func(string) {}, "enable", "abc", ExitHandlerEnv},
+		{"seq file unwritable", func(b string) { os.MkdirAll(filepath.Join(b, SeqFileName, "x"), 0o755) }, "enable", "0", ExitSeqFile},
+		{"update without tag dir problems", func(string) {}, "update", "0", 0},
+		{"reset", func(string) {}, "reset", "0", 0},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			base := v.download("1.0.0")
+			defer os.RemoveAll(base)
+			tc.prep(base)
+			ext := filepath.Join(base, ExtBinaryName)
+			cmd := exec.Command(ext, tc.verb)
+			cmd.Dir = base
+			cmd.Env = append(append([]string{extension.EnvSequenceNumber + "=" + tc.seq}, v.env...), os.Environ()...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			}
+			if code != tc.want {
+				t.Errorf("case %d exit %d, want %d (%s)", i, code, tc.want, stderr.String())
+			}
+			if tc.want == ExitHandlerEnv && !strings.Contains(stderr.String(), "ProxyAgentExt") {
+				t.Errorf("no stderr message: %q", stderr.String())
+			}
+			if tc.want == ExitSeqFile {
+				st := v.parseStatus(base, 0)
+				if st.Status != "error" || st.Code != ExitSeqFile {
+					t.Errorf("status %+v", st)
+				}
+			}
+			v.killAll()
+		})
+	}
+}
+
+// TestWaagentDowngradeReplacesOldMonitor: a downgrade 1.0.1 → 1.0.0 where
+// waagent runs the old (higher) handler's update; the old monitor is left
+// running (no disable, as when the old state was not Enabled) and the new
+// enable must replace it, recognising it by its executable.
+func TestWaagentDowngradeReplacesOldMonitor(t *testing.T) {
+	t.Parallel()
+	v := newVM(t, "standin", ubuntu2204)
+	high := v.download("1.0.1")
+	v.settings(high, 0, "")
+	v.run(high, "install", 0, nil)
+	if rc := v.run(high, "enable", 0, nil); rc != 0 {
+		t.Fatalf("enable exit %d", rc)
+	}
+	v.waitStatus(high, 0, "success on 1.0.1", healthyFor("1.0.1"))
+	oldMon := v.monitors(high)
+	if len(oldMon) != 1 {
+		t.Fatalf("monitors %v", oldMon)
+	}
+
+	low := v.download("1.0.0")
+	v.settings(low, 1, "")
+	// Downgrade: the old handler's update runs, with VERSION = the lower one.
+	if rc := v.run(high, "update", 1, map[string]string{extension.EnvVersion: "1.0.0", extension.EnvUpdatingFromVersion: "1.0.1", extension.EnvDisableExitCode: "NOT_RUN"}); rc != 0 {
+		t.Fatalf("update exit %d", rc)
+	}
+	if rc := v.run(high, "uninstall", 1, nil); rc != 0 {
+		t.Fatalf("old uninstall exit %d", rc)
+	}
+	if !v.supervisor().Active() {
+		t.Fatal("service stopped by the old uninstall during a downgrade")
+	}
+	v.run(low, "install", 1, nil)
+	if rc := v.run(low, "enable", 1, nil); rc != 0 {
+		t.Fatalf("enable exit %d", rc)
+	}
+	if Alive(oldMon[0].PID, oldMon[0].Exe) {
+		t.Error("the old version's monitor still runs")
+	}
+	if len(v.monitors(low)) != 1 {
+		t.Fatal("new monitor not running")
+	}
+	v.waitStatus(low, 1, "success on 1.0.0", healthyFor("1.0.0"))
+	os.RemoveAll(high)
+}
