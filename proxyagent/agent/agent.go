@@ -184,6 +184,16 @@ func Run(ctx context.Context, opts Options) error {
 	go func() { defer wg.Done(); writer.Run(ctx) }()
 	go func() {
 		defer wg.Done()
+		// The listener opens after the key keeper's first poll: on a
+		// restart the pinned programs still redirect, and a request
+		// accepted before the rules and the latched key are reloaded would
+		// be forwarded unsigned. Until then redirected connects are
+		// refused (fail closed).
+		select {
+		case <-kk.FirstPoll():
+		case <-ctx.Done():
+			return
+		}
 		if err := serve(ctx, srv, opts.Ready); err != nil {
 			log.Error("proxy listener stopped", "error", err)
 			errc <- err

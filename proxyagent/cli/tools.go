@@ -1,16 +1,17 @@
 package cli
 
 import (
-	"fmt"
 	"io"
+
+	"github.com/opengpa/gpa/proxyagent/insight"
 )
 
+// runAudit runs `audit report ...` (package insight).
 func runAudit(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "audit: not available in this build")
-	return 2
+	return insight.RunAudit(args, stdout, stderr)
 }
 
+// runRules runs `rules suggest ...` and `rules test RULES ...`.
 func runRules(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "rules: not available in this build")
-	return 2
+	return insight.RunRules(args, stdout, stderr)
 }

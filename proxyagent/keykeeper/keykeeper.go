@@ -140,6 +140,11 @@ type KeyKeeper struct {
 	// applied is the redirect policy last installed successfully (nil
 	// before the first).
 	applied *[3]bool
+
+	// polled is closed when Run's first poll has ended (whatever its
+	// outcome) or Run returned.
+	polled     chan struct{}
+	polledOnce sync.Once
 }
 
 // New validates opts and returns a key keeper in state Unknown with no key.
@@ -183,6 +188,7 @@ func New(opts Options) (*KeyKeeper, error) {
 		log:     opts.Logger.With("module", "key_keeper"),
 		clock:   opts.Clock,
 		notify:  make(chan struct{}, 1),
+		polled:  make(chan struct{}),
 		state:   status.Unknown,
 		message: status.InitialMessage,
 	}
@@ -315,8 +321,18 @@ func (nopProvisioning) KeyLatched()       {}
 func (nopProvisioning) KeyLatchReset()    {}
 func (nopProvisioning) ProvisionTimeout() {}
 
+// FirstPoll returns a channel that is closed once Run has finished its
+// first poll, successful or not (so the rules, modes and any key the host
+// already latched are in place), or has returned. The agent starts its
+// listener only then: a restarted agent whose pinned redirect is still
+// active must not forward requests unsigned before it has reloaded its key.
+func (k *KeyKeeper) FirstPoll() <-chan struct{} { return k.polled }
+
+func (k *KeyKeeper) markPolled() { k.polledOnce.Do(func() { close(k.polled) }) }
+
 // Run polls until ctx ends, then reports STOPPED and returns ctx's error.
 func (k *KeyKeeper) Run(ctx context.Context) error {
+	defer k.markPolled()
 	for _, d := range []string{k.opts.KeyDir, filepath.Join(filepath.Dir(filepath.Clean(k.opts.KeyDir)), "rules")} {
 		if err := ensureDir(d); err != nil {
 			k.log.Warn("could not secure directory", "dir", d, "err", err)
@@ -370,6 +386,7 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 			provTimedOut = true
 		}
 		k.poll(ctx)
+		k.markPolled()
 		if ctx.Err() != nil {
 			return k.stopped(ctx)
 		}

@@ -1,0 +1,207 @@
+package insight
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/signing"
+)
+
+// Caller is the part of a caller's claims the tools group by: user,
+// groups, executable, process name, elevation and the executables of its
+// parent processes. Process ids, ports and command lines are left out, so
+// one program run many times is one caller.
+type Caller struct {
+	User        string   `json:"user"`
+	UID         uint64   `json:"uid"`
+	Groups      []string `json:"groups,omitempty"`
+	Exe         string   `json:"exe"`
+	ProcessName string   `json:"processName"`
+	Elevated    bool     `json:"elevated"`
+	// Ancestry is the executable of each parent, nearest first.
+	Ancestry []string `json:"ancestry,omitempty"`
+	// NoIdentity marks requests that carried no caller identity.
+	NoIdentity bool `json:"noIdentity,omitempty"`
+}
+
+// CallerOf returns the Caller of a record's claims (nil: no identity).
+func CallerOf(c *claims.Claims) Caller {
+	if c == nil {
+		return Caller{NoIdentity: true}
+	}
+	out := Caller{User: c.UserName, UID: c.UserID, Groups: slices.Clone(c.UserGroups), Exe: c.ProcessFullPath,
+		ProcessName: c.ProcessName, Elevated: c.RunAsElevated}
+	for _, p := range c.Ancestry {
+		out.Ancestry = append(out.Ancestry, p.Exe)
+	}
+	return out
+}
+
+// key identifies the caller in maps.
+func (c Caller) key() string {
+	if c.NoIdentity {
+		return "\x00none"
+	}
+	return strings.Join([]string{c.User, strconv.FormatUint(c.UID, 10), strings.Join(c.Groups, ","), c.Exe,
+		c.ProcessName, strconv.FormatBool(c.Elevated), strings.Join(c.Ancestry, "\x01")}, "\x00")
+}
+
+// String describes the caller on one line, with control characters
+// escaped: `user=alice(1000) exe=/usr/bin/curl via /bin/bash < /usr/lib/systemd/systemd`.
+func (c Caller) String() string {
+	if c.NoIdentity {
+		return "(no caller identity)"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "user=%s(%d)", clean(c.User), c.UID)
+	if c.Elevated && c.UID != 0 {
+		b.WriteString(" elevated")
+	}
+	b.WriteString(" exe=" + clean(c.Exe))
+	if c.Exe == "" || !strings.HasSuffix(c.Exe, "/"+c.ProcessName) {
+		b.WriteString(" name=" + clean(c.ProcessName))
+	}
+	if len(c.Ancestry) > 0 {
+		parts := make([]string, len(c.Ancestry))
+		for i, a := range c.Ancestry {
+			parts[i] = clean(a)
+		}
+		b.WriteString(" via " + strings.Join(parts, " < "))
+	}
+	return b.String()
+}
+
+// clean escapes characters that could move a terminal's cursor or hide
+// text (log contents are caller-controlled).
+func clean(s string) string {
+	ok := utf8.ValidString(s)
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			ok = false
+			break
+		}
+	}
+	if ok {
+		return s
+	}
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
+}
+
+// ServiceOf returns the service a record's request was for ("" when the
+// connection had no original destination).
+func ServiceOf(rec *audit.Record) authz.Service { return authz.Service(rec.Destination.Service) }
+
+// RequestOf rebuilds the authorization request of a record for replay
+// against a snapshot built on authz.DefaultDestinations. The destination
+// is the recorded service's production address, so replays do not depend
+// on the addresses the agent was configured with.
+func RequestOf(rec *audit.Record) authz.Request {
+	d := authz.DefaultDestinations()
+	var dest netip.AddrPort
+	switch ServiceOf(rec) {
+	case authz.WireServer:
+		dest = d.WireServer
+	case authz.IMDS:
+		dest = d.IMDS
+	case authz.HostGA:
+		dest = d.HostGA
+	case authz.ProxyAgent:
+		dest = d.Listener
+	}
+	return authz.Request{Dest: dest, Method: rec.Method, Target: rec.Target, Caller: rec.Caller}
+}
+
+// replayable reports whether a record's request reached authorization
+// and so can be judged again.
+func replayable(rec *audit.Record) bool {
+	switch rec.Decision {
+	case "allow", "audit-deny", "deny":
+		return true
+	}
+	return false
+}
+
+// queryPair is one decoded query parameter.
+type queryPair struct{ Key, Value string }
+
+// splitTarget returns the percent-decoded path of target as the matcher
+// sees it (cut at a decoded '?', ASCII lower-cased when it is ASCII; the
+// agent lower-cases rule paths the same way) and its query parameters,
+// first occurrence of each decoded, lower-cased key, sorted by key.
+func splitTarget(target string) (string, []queryPair) {
+	rawPath, rawQuery := signing.SplitTarget(target)
+	path, _, _ := strings.Cut(percentDecode(rawPath), "?")
+	path = asciiLower(path)
+	var pairs []queryPair
+	seen := map[string]bool{}
+	for piece := range strings.SplitSeq(rawQuery, "&") {
+		k, v, _ := strings.Cut(piece, "=")
+		if k == "" {
+			continue
+		}
+		k = asciiLower(percentDecode(k))
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		pairs = append(pairs, queryPair{k, asciiLower(percentDecode(v))})
+	}
+	sort.Slice(pairs, func(i, j int) bool { return pairs[i].Key < pairs[j].Key })
+	return path, pairs
+}
+
+// truncatePath keeps the first depth segments of path (0 keeps all).
+func truncatePath(path string, depth int) string {
+	if depth <= 0 || !strings.HasPrefix(path, "/") {
+		return path
+	}
+	segs := strings.Split(path[1:], "/")
+	if len(segs) <= depth {
+		return path
+	}
+	return "/" + strings.Join(segs[:depth], "/")
+}
+
+func asciiLower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return s // the agent lower-cases non-ASCII rule text itself
+		}
+	}
+	return strings.ToLower(s)
+}
+
+// percentDecode decodes every "%XY" with two hex digits, keeps any other
+// '%', leaves '+' alone and replaces invalid UTF-8, as the agent's
+// matcher does.
+func percentDecode(s string) string {
+	if strings.IndexByte(s, '%') < 0 {
+		return strings.ToValidUTF8(s, "\uFFFD")
+	}
+	buf := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			if h, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil && isHex(s[i+1]) && isHex(s[i+2]) {
+				buf = append(buf, byte(h))
+				i += 2
+				continue
+			}
+		}
+		buf = append(buf, s[i])
+	}
+	return strings.ToValidUTF8(string(buf), "\uFFFD")
+}
+
+func isHex(c byte) bool {
+	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
+}

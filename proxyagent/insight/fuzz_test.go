@@ -1,0 +1,156 @@
+package insight
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/claims"
+)
+
+// FuzzScan feeds arbitrary log contents through every consumer: bad
+// input must give warnings or errors, never a panic.
+func FuzzScan(f *testing.F) {
+	dir := f.TempDir()
+	log := writeLog(f, dir, fixture, 0)
+	real, err := os.ReadFile(log)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(real)
+	f.Add(real[:len(real)/2])
+	f.Add([]byte(`{"v":1,"caller":null,"destination":{"service":"IMDS"},"decision":"deny","target":"%zz/%3F?=&a=%"}` + "\n"))
+	f.Add([]byte(`{"v":1,"caller":{"userGroups":null,"ancestry":[{}]},"destination":{"service":"WireServer"},"decision":"allow","target":"http://x"}` + "\n"))
+	f.Add([]byte("\n\n{}\n\xff\xfe\n"))
+	rules, err := ParseRules([]byte(aliceOnlyIMDS), authz.IMDSRulesFile, RulesOptions{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(t.TempDir(), "audit.jsonl")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rb := NewReportBuilder(ReportOptions{Rules: rules, PathDepth: 2})
+		rp := NewReplayer(rules)
+		var sgs []*Suggester
+		for _, o := range []SuggestOptions{
+			{Service: authz.IMDS, Query: QueryObserved},
+			{Service: authz.WireServer, Identity: ByGroup, IncludeHostGA: true, IncludeDenied: true},
+		} {
+			sg, err := NewSuggester(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sgs = append(sgs, sg)
+		}
+		st, err := Scan(Source{Path: path}, func(e Entry) error {
+			rb.Add(e)
+			rp.Add(e)
+			for _, sg := range sgs {
+				sg.Add(e)
+			}
+			return nil
+		})
+		if err != nil {
+			if _, ok := err.(*InputError); !ok {
+				t.Fatalf("Scan error of type %T: %v", err, err)
+			}
+			return
+		}
+		rep := rb.Report(st)
+		if err := rep.WriteTable(io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if err := rep.WriteJSON(io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if err := rp.Result(st).WriteText(io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		for _, sg := range sgs {
+			s, err := sg.Suggest()
+			if err != nil {
+				continue
+			}
+			doc, err := s.LocalJSON()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := authz.ValidateLocalRules(doc); err != nil {
+				t.Fatalf("suggestion does not validate: %v\n%s", err, doc)
+			}
+			// Every observed legitimate request must be allowed.
+			if bad, err := s.Verify(); err != nil || len(bad) > 0 {
+				t.Fatalf("Verify: %v %q\n%s", err, bad, doc)
+			}
+		}
+	})
+}
+
+// FuzzParseRules checks that no rules document crashes the loader.
+func FuzzParseRules(f *testing.F) {
+	f.Add([]byte(aliceOnlyIMDS))
+	f.Add([]byte(`{"properties": {"mode": "Audit", "defaultAccess": "Deny", "rules": {"privileges": [{}]}}}`))
+	f.Add([]byte(`{"authorizationRules": {"imds": {"mode": "x"}}}`))
+	f.Add([]byte(`{"mode": "enforce", "id": "i", "defaultAccess": "allow", "rules": {"roles": [{"privileges": null}]}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, o := range []RulesOptions{{Service: authz.IMDS}, {Service: authz.WireServer, Mode: "enforce"}, {}} {
+			r, err := ParseRules(data, "rules.json", o)
+			if err != nil {
+				if _, ok := err.(*InputError); !ok {
+					t.Fatalf("error of type %T: %v", err, err)
+				}
+				continue
+			}
+			if r.Snapshot == nil || len(r.Services()) == 0 {
+				t.Fatalf("document parsed without rules: %+v", r)
+			}
+		}
+	})
+}
+
+// FuzzSuggestVerify checks the suggester's promise on arbitrary targets
+// and callers: its document validates and allows the observed request.
+func FuzzSuggestVerify(f *testing.F) {
+	f.Add("/metadata/instance?api-version=2021-02-01&format=json", "/usr/bin/curl", "alice", "users", uint8(0), true)
+	f.Add("/a%2Fb%3Fc=d?X=%41&x=2", "/usr/bin/./curl", "bob", "", uint8(1), true)
+	f.Add("http://169.254.169.254/metadata/İnstance?Σ=Σ", "/opt/ΣΣ", "root", "root", uint8(3), true)
+	f.Add("//x/%zz/?a=&=b&c", "relative/exe", "u", "g", uint8(2), false)
+	f.Fuzz(func(t *testing.T, target, exe, user, group string, depth uint8, observed bool) {
+		c := &claims.Claims{UserName: user, ProcessFullPath: exe, ProcessName: filepath.Base(exe)}
+		if group != "" {
+			c.UserGroups = []string{group}
+		}
+		rec := audit.Record{V: 1, Destination: audit.Destination{Service: string(authz.IMDS)}, Decision: "allow",
+			Method: "GET", Target: target, Caller: c}
+		q := QueryNone
+		if observed {
+			q = QueryObserved
+		}
+		for _, id := range []string{ByExe, ByUser, ByGroup, ByExeUser} {
+			sg, err := NewSuggester(SuggestOptions{Service: authz.IMDS, Identity: id, Query: q, PathDepth: int(depth % 8)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sg.Add(Entry{File: "f", Line: 1, Record: rec})
+			s, err := sg.Suggest()
+			if err != nil {
+				continue // the caller or target could not be named
+			}
+			doc, err := s.LocalJSON()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := authz.ValidateLocalRules(doc); err != nil {
+				t.Fatalf("%s: invalid document: %v\n%s", id, err, doc)
+			}
+			if bad, err := s.Verify(); err != nil || len(bad) > 0 {
+				t.Fatalf("%s: observed request not allowed: %v %q\n%s", id, err, bad, doc)
+			}
+		}
+	})
+}
