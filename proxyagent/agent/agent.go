@@ -100,6 +100,7 @@ func Run(ctx context.Context, opts Options) error {
 		Notify:  func() { kk.Notify() },
 		Resync:  func() error { return kk.ResyncRedirect() },
 		Console: func(msg string) { log.Info(msg, "module", "provision") },
+		OnFinished: func() { setCPUQuota(log) },
 		Logger:  log.With("module", "provision"),
 	})
 

@@ -4,6 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/opengpa/gpa/manifest"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,4 +59,26 @@ func (f fanout) WithGroup(name string) slog.Handler {
 		out[i] = h.WithGroup(name)
 	}
 	return out
+}
+
+// CPUQuota is the CPU quota the agent puts on its own systemd unit once
+// provisioning finishes, as upstream does. It is the value
+// HandlerManifest.json asks waagent for, so the two never fight.
+var CPUQuota = strconv.Itoa(manifest.AgentCPUQuotaPercentage) + "%"
+
+// setCPUQuota applies CPUQuota to azure-proxy-agent.service when the agent
+// runs as that systemd unit (systemd is PID 1 and set INVOCATION_ID);
+// elsewhere, e.g. under the extension's supervisor, it does nothing.
+func setCPUQuota(log *slog.Logger) {
+	if _, err := os.Stat("/run/systemd/system"); err != nil || os.Getenv("INVOCATION_ID") == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "systemctl", "set-property", "azure-proxy-agent.service", "CPUQuota="+CPUQuota).CombinedOutput()
+	if err != nil {
+		log.Warn("setting CPU quota", "error", err, "output", string(out))
+		return
+	}
+	log.Info("CPU quota set", "quota", CPUQuota)
 }
