@@ -96,12 +96,12 @@ func Run(ctx context.Context, opts Options) error {
 	var kk *keykeeper.KeyKeeper
 	prov := provision.New(provision.Options{
 		Dir: cfg.LatchKeyFolder, Registry: reg,
-		State:   func() string { return kk.State() },
-		Notify:  func() { kk.Notify() },
-		Resync:  func() error { return kk.ResyncRedirect() },
-		Console: func(msg string) { log.Info(msg, "module", "provision") },
+		State:      func() string { return kk.State() },
+		Notify:     func() { kk.Notify() },
+		Resync:     func() error { return kk.ResyncRedirect() },
+		Console:    func(msg string) { log.Info(msg, "module", "provision") },
 		OnFinished: func() { setCPUQuota(log) },
-		Logger:  log.With("module", "provision"),
+		Logger:     log.With("module", "provision"),
 	})
 
 	var (
