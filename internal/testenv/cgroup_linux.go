@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -13,47 +12,16 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/opengpa/gpa/proxyagent/redirector"
 )
 
 // Cgroup2Mount returns the mount point of the cgroup v2 hierarchy, as listed
 // in /proc/self/mounts (/sys/fs/cgroup on a unified system,
-// /sys/fs/cgroup/unified on a hybrid one).
+// /sys/fs/cgroup/unified on a hybrid one). It is the directory the agent
+// would attach to by default.
 func Cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mounts")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) >= 3 && fields[2] == "cgroup2" {
-			return unescapeMount(fields[1]), nil
-		}
-	}
-	if err := s.Err(); err != nil {
-		return "", fmt.Errorf("read /proc/self/mounts: %w", err)
-	}
-	return "", errors.New("no cgroup2 file system in /proc/self/mounts")
-}
-
-// unescapeMount undoes the octal escapes (\040 for a space) of mount paths.
-func unescapeMount(p string) string {
-	if !strings.Contains(p, `\`) {
-		return p
-	}
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		if p[i] == '\\' && i+4 <= len(p) {
-			if n, err := strconv.ParseUint(p[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(p[i])
-	}
-	return b.String()
+	return redirector.Cgroup2Root()
 }
 
 // Cgroup is a cgroup v2 group created for a test.

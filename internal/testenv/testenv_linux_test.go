@@ -62,19 +62,6 @@ func TestSkipOrFail(t *testing.T) {
 	}
 }
 
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{
-		"/sys/fs/cgroup":     "/sys/fs/cgroup",
-		`/mnt/a\040b`:        "/mnt/a b",
-		`/mnt/tab\011x\134y`: "/mnt/tab\tx\\y",
-		`/mnt/trailing\04`:   `/mnt/trailing\04`,
-	} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestCgroup2Mount(t *testing.T) {
 	p, err := Cgroup2Mount()
 	if err != nil {

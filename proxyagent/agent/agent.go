@@ -146,7 +146,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	reg.Bind(status.KeyLatch, kk.Status)
 
-	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: summaries{rec}}
+	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: rec}
 	srv, err := proxy.New(proxy.Options{
 		Addr: cfg.ListenAddress, Identity: source, Claims: &claims.Resolver{}, Authorizer: store, Keys: kk,
 		Recorder: rec, Local: local{prov, reporter},
@@ -320,22 +320,6 @@ func serve(ctx context.Context, srv *proxy.Server, ready func(string)) error {
 		<-done
 		return nil
 	}
-}
-
-// summaries adapts the audit recorder's tables to the status reporter.
-type summaries struct{ rec *audit.Recorder }
-
-func (s summaries) Summaries() (conn, failed []status.SummaryEntry) {
-	c, f := s.rec.Summaries()
-	conn = make([]status.SummaryEntry, len(c))
-	for i, e := range c {
-		conn[i] = status.SummaryEntry(e)
-	}
-	failed = make([]status.SummaryEntry, len(f))
-	for i, e := range f {
-		failed[i] = status.SummaryEntry(e)
-	}
-	return conn, failed
 }
 
 // local answers the listener's own endpoints.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/status"
 )
 
 // Summary is upstream's ProxySummary (protocol.md §4.7): one request
@@ -35,18 +36,9 @@ type Summary struct {
 
 // SummaryEntry is one aggregated entry of proxyConnectionSummary or
 // failedAuthenticateSummary in the status document (protocol.md §5.1):
-// Count requests with the same key over the live buckets. Its fields are
-// those of status.SummaryEntry, so a conversion between the two is direct.
-type SummaryEntry struct {
-	UserName        string   `json:"userName"`
-	IP              string   `json:"ip"`
-	Port            uint16   `json:"port"`
-	ProcessCmdLine  string   `json:"processCmdLine"`
-	ResponseStatus  string   `json:"responseStatus"`
-	Count           uint64   `json:"count"`
-	UserGroups      []string `json:"userGroups"`
-	ProcessFullPath string   `json:"processFullPath"`
-}
+// Count requests with the same key over the live buckets. It is the status
+// package's type, so a Recorder is a status.Summarizer as it is.
+type SummaryEntry = status.SummaryEntry
 
 // Upstream's summary constants.
 const (
