@@ -366,22 +366,7 @@ func validateLocal(lf *localFile) error {
 				add(at+".name", "duplicates role %q", ro.Name)
 			}
 			roleNames[ro.Name] = true
-			if len(ro.Privileges) == 0 {
-				add(at+".privileges", "must name at least one privilege")
-			}
-			seen := map[string]bool{}
-			for j, pn := range ro.Privileges {
-				pat := fmt.Sprintf("%s.privileges[%d]", at, j)
-				switch {
-				case strings.TrimSpace(pn) == "":
-					add(pat, "is blank")
-				case seen[pn]:
-					add(pat, "repeats privilege %q", pn)
-				case !privNames[pn]:
-					add(pat, "names unknown privilege %q", pn)
-				}
-				seen[pn] = true
-			}
+			checkRefs(add, at+".privileges", "privilege", ro.Privileges, privNames)
 		}
 		idNames := map[string]bool{}
 		for i, id := range r.Identities {
@@ -404,22 +389,7 @@ func validateLocal(lf *localFile) error {
 			case !roleNames[ra.Role]:
 				add(at+".role", "names unknown role %q", ra.Role)
 			}
-			if len(ra.Identities) == 0 {
-				add(at+".identities", "must name at least one identity")
-			}
-			seen := map[string]bool{}
-			for j, in := range ra.Identities {
-				iat := fmt.Sprintf("%s.identities[%d]", at, j)
-				switch {
-				case strings.TrimSpace(in) == "":
-					add(iat, "is blank")
-				case seen[in]:
-					add(iat, "repeats identity %q", in)
-				case !idNames[in]:
-					add(iat, "names unknown identity %q", in)
-				}
-				seen[in] = true
-			}
+			checkRefs(add, at+".identities", "identity", ra.Identities, idNames)
 		}
 	}
 	if len(ps) > 0 {
@@ -610,4 +580,26 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// checkRefs validates a list of references to named things (a role's
+// privileges, an assignment's identities): at least one, none blank, none
+// repeated, each one known.
+func checkRefs(add func(path, format string, a ...any), at, kind string, refs []string, known map[string]bool) {
+	if len(refs) == 0 {
+		add(at, "must name at least one %s", kind)
+	}
+	seen := map[string]bool{}
+	for j, ref := range refs {
+		rat := fmt.Sprintf("%s[%d]", at, j)
+		switch {
+		case strings.TrimSpace(ref) == "":
+			add(rat, "is blank")
+		case seen[ref]:
+			add(rat, "repeats %s %q", kind, ref)
+		case !known[ref]:
+			add(rat, "names unknown %s %q", kind, ref)
+		}
+		seen[ref] = true
+	}
 }
