@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/opengpa/gpa/proxyagent/redirector"
+	"github.com/opengpa/gpa/internal/mountinfo"
 )
 
 // Cgroup2Mount returns the mount point of the cgroup v2 hierarchy, as listed
@@ -21,7 +21,7 @@ import (
 // /sys/fs/cgroup/unified on a hybrid one). It is the directory the agent
 // would attach to by default.
 func Cgroup2Mount() (string, error) {
-	return redirector.Cgroup2Root()
+	return mountinfo.Find("cgroup2")
 }
 
 // Cgroup is a cgroup v2 group created for a test.

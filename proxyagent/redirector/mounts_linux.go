@@ -1,58 +1,23 @@
 package redirector
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/opengpa/gpa/internal/mountinfo"
 )
 
 // Cgroup2Root returns the mount point of the cgroup v2 hierarchy listed in
 // /proc/self/mounts: /sys/fs/cgroup on a unified system,
 // /sys/fs/cgroup/unified on a hybrid one.
 func Cgroup2Root() (string, error) {
-	return findMount("cgroup2")
-}
-
-func findMount(fstype string) (string, error) {
-	f, err := os.Open("/proc/self/mounts")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) >= 3 && fields[2] == fstype {
-			return unescapeMount(fields[1]), nil
-		}
-	}
-	if err := s.Err(); err != nil {
-		return "", fmt.Errorf("read /proc/self/mounts: %w", err)
-	}
-	return "", fmt.Errorf("no %s file system in /proc/self/mounts", fstype)
-}
-
-// unescapeMount undoes the octal escapes (\040 for a space) of mount paths.
-func unescapeMount(p string) string {
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		if p[i] == '\\' && i+4 <= len(p) {
-			if n, err := strconv.ParseUint(p[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(p[i])
-	}
-	return b.String()
+	return mountinfo.Find("cgroup2")
 }
 
 // cgroupID returns the cgroup v2 id of dir (its inode number), after

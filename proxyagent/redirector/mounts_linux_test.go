@@ -12,20 +12,6 @@ import (
 	"github.com/opengpa/gpa/internal/testenv"
 )
 
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{
-		"/sys/fs/cgroup":       "/sys/fs/cgroup",
-		`/mnt/a\040b`:          "/mnt/a b",
-		`/mnt/tab\011x\134y`:   "/mnt/tab\tx\\y",
-		`/mnt/short\04`:        `/mnt/short\04`,
-		`/mnt/not-octal\999xy`: `/mnt/not-octal\999xy`,
-	} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestEnsureBPFFS(t *testing.T) {
 	// A directory outside DefaultBPFFS that is not on a bpffs is refused,
 	// and nothing is created.
