@@ -27,10 +27,12 @@ build:
 deps:
 	bash scripts/deps.sh
 
-## test: vet, then every test including the privileged end-to-end ones (run as root)
+## test: vet, then every test including the privileged end-to-end ones (run as root).
+## One package at a time (-p 1): the end-to-end and extension tests start real
+## services and time their supervision, and share the kernel's cgroups and bpffs.
 test: deps build
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 ## unit: the tests that need neither root nor the kernel
 unit:
