@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/proxyagent/config"
+	"github.com/opengpa/gpa/proxyagent/redirector"
 )
 
 // ErrNoBackup reports a restore without a backup.
@@ -314,9 +316,10 @@ func (s *Setup) Purge() error {
 	return os.RemoveAll(s.ext(BackupDir))
 }
 
-// Uninstall stops and disables the service, removes the unit file and
-// reloads the manager. The binary, config and eBPF object stay (upstream's
-// "service" mode). It tries every step and returns their errors joined.
+// Uninstall stops and disables the service, removes the unit file,
+// reloads the manager and removes the agent's pinned eBPF redirect. The
+// binary, config and eBPF object stay (upstream's "service" mode). It tries
+// every step and returns their errors joined.
 func (s *Setup) Uninstall() error {
 	var errs []error
 	errs = append(errs, s.Service.Stop(), s.Service.Disable())
@@ -324,5 +327,18 @@ func (s *Setup) Uninstall() error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, s.Service.Reload())
+	// With the agent gone for good, its pinned redirect would refuse every
+	// metadata connection from now on: detach and remove it. (While the
+	// agent is only restarting, the pins stay, so nothing goes direct.)
+	errs = append(errs, redirector.RemovePinned(s.pinDir()))
 	return errors.Join(errs...)
+}
+
+// pinDir is the bpffs directory the installed agent pins its redirect
+// under: bpfPinPath from the installed config, else the default.
+func (s *Setup) pinDir() string {
+	if cfg, err := config.Load(s.Layout.AgentConfig()); err == nil && cfg.BpfPinPath != "" {
+		return cfg.BpfPinPath
+	}
+	return redirector.DefaultPinDir
 }

@@ -7,20 +7,18 @@ package handler
 // environment variables waagent sets, commands run through a shell from
 // the handler root in a new session and killed as a process group on
 // waagent's timeouts, and every status, heartbeat and event file judged by
-// waagent's own parser (testdata/waagent_shim.py under /usr/bin/python3).
+// waagent's own parser (package internal/waagentsim, which runs waagent's
+// Python code under /usr/bin/python3).
 
 import (
-	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,16 +26,9 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/internal/waagentsim"
 	"golang.org/x/sys/unix"
 )
-
-const waagentPython = "/usr/bin/python3"
-
-// waagent's command timeouts (exthandlers.py).
-var waagentTimeout = map[string]time.Duration{
-	"install": 900 * time.Second, "update": 900 * time.Second, "disable": 900 * time.Second,
-	"enable": 300 * time.Second, "uninstall": 300 * time.Second,
-}
 
 var (
 	pkgOnce  sync.Once
@@ -124,8 +115,8 @@ func requireWaagent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waagent conformance builds the extension and agent; skipped with -short")
 	}
-	if err := exec.Command(waagentPython, "-c", "import azurelinuxagent.ga.exthandlers").Run(); err != nil {
-		t.Skipf("waagent python package not importable with %s: %v", waagentPython, err)
+	if err := waagentsim.Available(); err != nil {
+		t.Skip(err)
 	}
 	for _, tool := range []string{"zip", "bash"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -144,6 +135,7 @@ type vm struct {
 	env     []string
 	kind    string // "auto" or "standin"
 	overlay string
+	wa      *waagentsim.Agent
 }
 
 func freePort(t *testing.T) string {
@@ -187,6 +179,7 @@ func newVM(t *testing.T, kind string, osRelease string) *vm {
 		EnvAggregateURL + "=http://" + v.listen + "/gpa-aggregated-status",
 		EnvHTTPTimeout + "=2s",
 	}
+	v.wa = &waagentsim.Agent{LibDir: v.lib, LogDir: v.logDir, Env: append(os.Environ(), v.env...)}
 	t.Cleanup(v.killAll)
 	return v
 }
@@ -212,141 +205,53 @@ func (v *vm) zipPath(ver string) string {
 // download unpacks a version the way waagent's download() and
 // initialize() do and returns the handler directory.
 func (v *vm) download(ver string) string {
-	t := v.t
-	base := filepath.Join(v.lib, HandlerName+"-"+ver)
-	zr, err := zip.OpenReader(v.zipPath(ver))
+	v.t.Helper()
+	base, err := v.wa.Unpack(v.zipPath(ver), HandlerName, ver)
 	if err != nil {
-		t.Fatal(err)
+		v.t.Fatal(err)
 	}
-	defer zr.Close()
-	for _, f := range zr.File {
-		dst := filepath.Join(base, f.Name)
-		if f.FileInfo().IsDir() {
-			os.MkdirAll(dst, 0o755)
-			continue
-		}
-		os.MkdirAll(filepath.Dir(dst), 0o755)
-		rc, err := f.Open()
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := io.ReadAll(rc)
-		rc.Close()
-		if err := os.WriteFile(dst, data, f.Mode().Perm()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// initialize(): u+x on every file, config/ and status/ 0700,
-	// HandlerEnvironment.json.
-	filepath.Walk(base, func(p string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() {
-			os.Chmod(p, fi.Mode().Perm()|0o100)
-		}
-		return nil
-	})
-	os.MkdirAll(filepath.Join(base, "config"), 0o700)
-	os.MkdirAll(filepath.Join(base, "status"), 0o700)
-	out, err := exec.Command(waagentPython, "testdata/waagent_shim.py", "handler-env", HandlerName, base, v.logDir).Output()
-	if err != nil {
-		t.Fatalf("handler-env: %v", err)
-	}
-	os.WriteFile(filepath.Join(base, extension.HandlerEnvironmentFile), out, 0o644)
 	return base
 }
 
 // settings writes config/<seq>.settings as update_settings does ("" is
 // the empty file waagent writes for a handler without settings).
 func (v *vm) settings(base string, seq int, content string) {
-	os.WriteFile(extension.SettingsPath(filepath.Join(base, "config"), seq), []byte(content), 0o600)
+	if err := waagentsim.WriteSettings(base, seq, content); err != nil {
+		v.t.Fatal(err)
+	}
 }
 
 // run executes one manifest command like launch_command and returns the
 // exit code (-1 on waagent timeout).
 func (v *vm) run(base, verb string, seq int, extra map[string]string) int {
 	t := v.t
-	var man map[string]any
-	shim(t, &man, "manifest", filepath.Join(base, "HandlerManifest.json"))
-	cmdline, _ := man[verb].(string)
-	full := filepath.Join(base, strings.TrimLeft(cmdline, "/"))
-	ver := strings.TrimPrefix(filepath.Base(base), HandlerName+"-")
-	cmd := exec.Command("/bin/sh", "-c", full)
-	cmd.Dir = base
-	env := []string{
-		extension.EnvExtensionPath + "=" + base,
-		extension.EnvExtensionVersion + "=" + ver,
-		extension.EnvWireProtocolAddress + "=168.63.129.16",
-		extension.EnvSequenceNumber + "=" + strconv.Itoa(seq),
-		extension.EnvSupportedFeatures + `=[{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]`,
-	}
-	for k, val := range extra {
-		env = append(env, k+"="+val)
-	}
-	cmd.Env = append(append(env, v.env...), os.Environ()...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	res, err := v.wa.Run(context.Background(), base, verb, seq, extra)
+	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		t.Logf("%s %s (seq %d): %v %s", ver, verb, seq, err, strings.TrimSpace(out.String()))
-		return cmd.ProcessState.ExitCode()
-	case <-time.After(waagentTimeout[verb]):
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		return -1
-	}
-}
-
-func shim(t *testing.T, out any, args ...string) {
-	t.Helper()
-	b, err := exec.Command(waagentPython, append([]string{"testdata/waagent_shim.py"}, args...)...).Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("waagent shim %v: %v\n%s", args, err, stderr)
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		t.Fatalf("shim output: %v: %s", err, b)
-	}
+	t.Logf("%s %s (seq %d): exit %d %s", filepath.Base(base), verb, seq, res.ExitCode, res.Output)
+	return res.ExitCode
 }
 
 // waStatus is one status file as waagent parsed it.
-type waStatus struct {
-	Path       string `json:"path"`
-	Status     string `json:"status"`
-	Code       int    `json:"code"`
-	Message    string `json:"message"`
-	Operation  string `json:"operation"`
-	ParseError string `json:"parseError"`
-	ReadError  string `json:"readError"`
-	TooBig     bool   `json:"tooBig"`
-	Substatus  []struct {
-		Name, Status, Message string
-		Code                  int
-	} `json:"substatus"`
-}
+type waStatus = waagentsim.Status
 
 // parseStatus judges a status file with waagent's parser and fails on any
 // 1012 (malformed) or read error.
 func (v *vm) parseStatus(base string, seq int) waStatus {
 	v.t.Helper()
-	return v.parseStatusFile(extension.StatusPath(filepath.Join(base, "status"), seq))
+	return v.parseStatusFile(waagentsim.StatusPath(base, seq))
 }
 
 func (v *vm) parseStatusFile(path string) waStatus {
 	t := v.t
 	t.Helper()
-	var res []waStatus
-	shim(t, &res, "status", path)
-	r := res[0]
-	if r.ReadError != "" || r.ParseError != "" || r.Code == 1012 || r.TooBig {
-		t.Fatalf("waagent rejects %s: %+v", r.Path, r)
+	r, err := waagentsim.ParseStatus(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Rejected(); err != nil {
+		t.Fatalf("%v: %+v", err, r)
 	}
 	return r
 }
@@ -540,20 +445,17 @@ func TestWaagentLifecycle(t *testing.T) {
 		}
 		// Heartbeat and events as waagent reads them.
 		time.Sleep(1200 * time.Millisecond)
-		var hb struct {
-			Responsive bool
-			Heartbeat  map[string]any
+		hb, err := waagentsim.ReadHeartbeat(filepath.Join(old, "heartbeat.log"))
+		if err != nil {
+			t.Fatal(err)
 		}
-		shim(t, &hb, "heartbeat", filepath.Join(old, "heartbeat.log"))
 		if !hb.Responsive || hb.Heartbeat["status"] != "Ready" || hb.Heartbeat["code"] != 0.0 {
 			t.Errorf("heartbeat %+v", hb)
 		}
-		var ev struct {
-			Files, Valid int
-			Invalid      []string
-			BadNames     []string
+		ev, err := waagentsim.CheckEvents(filepath.Join(v.logDir, "events"))
+		if err != nil {
+			t.Fatal(err)
 		}
-		shim(t, &ev, "events", filepath.Join(v.logDir, "events"))
 		if ev.Files == 0 || ev.Valid == 0 || len(ev.Invalid) != 0 || len(ev.BadNames) != 0 {
 			t.Errorf("events %+v", ev)
 		}

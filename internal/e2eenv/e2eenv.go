@@ -133,6 +133,11 @@ type Config struct {
 	// Dir holds configs, logs, keys and the bpffs mount point; "" creates
 	// (and Close removes) a temporary directory.
 	Dir string
+	// NoAgent leaves the agent unstarted (its configuration file is still
+	// written): the caller starts it another way, e.g. by installing the
+	// VM extension with processes started through Start, which then run
+	// in the namespace and the attached group and are killed by Close.
+	NoAgent bool
 }
 
 // Env is one running environment. Its methods are safe for concurrent
@@ -282,11 +287,71 @@ func Setup(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err = os.WriteFile(e.AgentConfigPath, b, 0o600); err != nil {
 		return nil, fmt.Errorf("e2eenv: %w", err)
 	}
+	if cfg.NoAgent {
+		return e, nil
+	}
 	if err = e.StartAgent(); err != nil {
 		return nil, err
 	}
 	return e, nil
 }
+
+// BuildExtension compiles cmd/ProxyAgentExt of the module in moduleDir
+// (statically, CGO_ENABLED=0) into outDir and returns its path.
+func BuildExtension(ctx context.Context, moduleDir, outDir string) (string, error) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out := filepath.Join(outDir, "ProxyAgentExt")
+	cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, "./cmd/ProxyAgentExt")
+	cmd.Dir = moduleDir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("e2eenv: go build ./cmd/ProxyAgentExt: %w: %s", err, bytes.TrimSpace(b))
+	}
+	return out, nil
+}
+
+// PackageExtension builds the VM extension zip for version with the
+// module's packaging/package.sh from the agent and extension binaries
+// given, into outDir, and returns the zip's path
+// (outDir/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux__<version>.zip).
+func PackageExtension(ctx context.Context, moduleDir, version, agent, ext, outDir string) (string, error) {
+	stage, err := os.MkdirTemp("", "gpa-pkg-bin-")
+	if err != nil {
+		return "", fmt.Errorf("e2eenv: %w", err)
+	}
+	defer os.RemoveAll(stage)
+	for _, b := range []string{agent, ext} {
+		data, err := os.ReadFile(b)
+		if err != nil {
+			return "", fmt.Errorf("e2eenv: package: %w", err)
+		}
+		name := "azure-proxy-agent"
+		if b == ext {
+			name = "ProxyAgentExt"
+		}
+		if err := os.WriteFile(filepath.Join(stage, name), data, 0o755); err != nil {
+			return "", fmt.Errorf("e2eenv: package: %w", err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, "bash", filepath.Join(moduleDir, "packaging", "package.sh"), version, stage, outDir)
+	cmd.Dir = moduleDir
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("e2eenv: package.sh: %w: %s", err, bytes.TrimSpace(b))
+	}
+	zipPath := filepath.Join(outDir, "Microsoft.CPlat.ProxyAgent.ProxyAgentLinux__"+version+".zip")
+	if _, err := os.Stat(zipPath); err != nil {
+		return "", fmt.Errorf("e2eenv: package.sh wrote no zip: %w", err)
+	}
+	return zipPath, nil
+}
+
+// CleanEnv is the process environment without proxy variables (http_proxy
+// and the like), so no client sends service traffic to a proxy outside
+// the namespace.
+func CleanEnv() []string { return cleanEnv() }
 
 // New is Setup for tests: it skips or fails through
 // testenv.RequirePrivileged when the test cannot run, fails the test on a

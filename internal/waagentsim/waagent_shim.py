@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""Test shim: lets Go tests judge handler output with waagent's own code.
+"""Shim that lets Go code judge handler output with waagent's own code.
 
-Run with the Debian waagent package's interpreter (/usr/bin/python3).
+Embedded in package internal/waagentsim, which feeds it to the Debian
+waagent package's interpreter on standard input (/usr/bin/python3 - MODE ...).
 Modes (each prints one JSON document on stdout):
   status FILE...            parse each status file the way collect_ext_status
                             does (read, json.loads, parse_ext_status, size check)
