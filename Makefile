@@ -50,9 +50,10 @@ package: build
 demo: deps build
 	bash scripts/demo.sh
 
-## bench: benchmarks that print figures
+## bench: the benchmark suite (root): table on stdout, JSON in bench/results/latest.json;
+##        pass flags with BENCH_FLAGS, e.g. make bench BENCH_FLAGS='-runs 5 -soak 1h'
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./bench/cmd/gpabench $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN) dist

@@ -1,0 +1,442 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opengpa/gpa/bench/procstat"
+	"github.com/opengpa/gpa/internal/e2eenv"
+)
+
+// benchStart measures agent start to provisioning finished, cold (no key
+// on disk, the host has forgotten the key, no pinned eBPF objects) and
+// warm (key on disk and latched, pins present), alternating.
+func benchStart(ctx context.Context, b *benchEnv, o options, rep *Report) error {
+	for i := 0; i < o.starts; i++ {
+		for _, cold := range []bool{true, false} {
+			if err := b.StopAgent(); err != nil {
+				return err
+			}
+			if cold {
+				if _, err := b.Control(ctx, http.MethodPost, "/rotate", nil); err != nil {
+					return err
+				}
+				if err := clearDir(b.KeyFolder); err != nil {
+					return err
+				}
+				if err := os.RemoveAll(filepath.Join(b.BPFFS, "azure-proxy-agent")); err != nil {
+					return fmt.Errorf("remove pins: %w", err)
+				}
+			}
+			t0 := time.Now()
+			if err := b.StartAgent(); err != nil {
+				return err
+			}
+			done, err := b.waitProvisioned(ctx, 60*time.Second)
+			if err != nil {
+				return err
+			}
+			ms := float64(done.Sub(t0)) / float64(time.Millisecond)
+			if cold {
+				rep.Start.ColdMs = append(rep.Start.ColdMs, ms)
+			} else {
+				rep.Start.WarmMs = append(rep.Start.WarmMs, ms)
+			}
+		}
+	}
+	rep.Start.ColdMedianMs = median(rep.Start.ColdMs)
+	rep.Start.WarmMedianMs = median(rep.Start.WarmMs)
+	return nil
+}
+
+// clearDir removes everything inside dir (not dir itself).
+func clearDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// benchIdle reads the agent's idle figures after o.idle without traffic.
+func benchIdle(ctx context.Context, b *benchEnv, o options, rep *Report) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(o.idle):
+	}
+	s, err := procstat.Read(b.AgentPID())
+	if err != nil {
+		return err
+	}
+	rep.Memory.IdleAfter = o.idle.String()
+	rep.Memory.Idle = s
+	return nil
+}
+
+// pathSpec is one way a client reaches IMDS.
+type pathSpec struct {
+	name     string
+	imdsMode string // host IMDS mode (and so the agent's)
+	url      string
+	caller   e2eenv.Caller
+	c1Only   bool // only the c=1 cells (token path)
+}
+
+// tokenPath is a managed-identity token request (the host simulator
+// returns a fake token, ~0.5 KB).
+const tokenPath = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
+
+var (
+	pathDirect       = pathSpec{"direct", "Disabled", "http://169.254.169.254" + instancePath, e2eenv.Root.Outside(), false}
+	pathDirectToken  = pathSpec{"direct-token", "Disabled", "http://169.254.169.254" + tokenPath, e2eenv.Root.Outside(), true}
+	pathNginx        = pathSpec{"nginx", "Disabled", "http://" + nginxAddr + instancePath, e2eenv.Root.Outside(), false}
+	pathAudit        = pathSpec{"agent-audit", "Audit", "http://169.254.169.254" + instancePath, e2eenv.Root, false}
+	pathAuditToken   = pathSpec{"agent-audit-token", "Audit", "http://169.254.169.254" + tokenPath, e2eenv.Root, true}
+	pathEnforce      = pathSpec{"agent-enforce", "Enforce", "http://169.254.169.254" + instancePath, e2eenv.Root, false}
+	pathEnforceToken = pathSpec{"agent-enforce-token", "Enforce", "http://169.254.169.254" + tokenPath, e2eenv.Root, true}
+)
+
+// baseline is the direct path a path's added latency is measured against.
+func baseline(path string) string {
+	if strings.HasSuffix(path, "-token") {
+		return "direct-token"
+	}
+	return "direct"
+}
+
+// Concurrencies and connection modes of the B-lat/B-rps matrix.
+var (
+	concurrencies = []int{1, 16, 64}
+	keepAlives    = []bool{true, false}
+)
+
+// benchLatency runs the B-lat/B-rps matrix o.runs times, all paths in each
+// repetition, and stores per-cell medians.
+func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) error {
+	paths := []pathSpec{pathDirect, pathDirectToken}
+	// direct and nginx need the host's IMDS in Disabled (nginx's probe too).
+	if err := b.setIMDSMode(ctx, "Disabled"); err != nil {
+		return err
+	}
+	mode := "Disabled"
+	if !o.skipNginx {
+		bin, err := ensureNginx(ctx)
+		if err == nil {
+			err = b.startNginx(ctx, bin)
+		}
+		if err != nil {
+			rep.Notes = append(rep.Notes, "nginx reference not measured: "+err.Error())
+		} else {
+			paths = append(paths, pathNginx)
+			defer b.stopNginx()
+		}
+	}
+	paths = append(paths, pathAudit, pathAuditToken, pathEnforce, pathEnforceToken)
+
+	cells := map[string]*Cell{}
+	var order []string
+	for r := 0; r < o.runs; r++ {
+		for _, p := range paths {
+			if p.imdsMode != mode {
+				if err := b.setIMDSMode(ctx, p.imdsMode); err != nil {
+					return err
+				}
+				mode = p.imdsMode
+			}
+			for _, c := range concurrencies {
+				if p.c1Only && c != 1 {
+					continue
+				}
+				for _, ka := range keepAlives {
+					key := fmt.Sprintf("%s/%d/%v", p.name, c, ka)
+					cell := cells[key]
+					if cell == nil {
+						cell = &Cell{Path: p.name, Concurrency: c, KeepAlive: ka}
+						cells[key] = cell
+						order = append(order, key)
+					}
+					res, err := b.runLoad(ctx, p.caller, "-url", p.url, "-H", "Metadata: true",
+						"-c", strconv.Itoa(c), "-d", o.cell.String(), "-warmup", o.warmup.String(),
+						"-keepalive="+strconv.FormatBool(ka))
+					if err != nil {
+						return err
+					}
+					cell.Runs = append(cell.Runs, res)
+				}
+			}
+		}
+	}
+	if o.perfDir != "" {
+		if err := profileAgent(ctx, b, o); err != nil {
+			rep.Notes = append(rep.Notes, "perf profile failed: "+err.Error())
+		}
+	}
+	for _, k := range order {
+		c := cells[k]
+		c.Median = summarize(c.Runs)
+		rep.Latency = append(rep.Latency, *c)
+	}
+	if s, err := procstat.Read(b.AgentPID()); err == nil {
+		rep.Memory.PeakHWMKiB = s.HWMKiB
+		rep.Memory.AfterLoad = s
+	}
+	return nil
+}
+
+// ensureNginx returns nginx's path, installing nginx-light with apt-get
+// when it is missing.
+func ensureNginx(ctx context.Context) (string, error) {
+	if p, err := exec.LookPath("nginx"); err == nil {
+		return p, nil
+	}
+	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+		return "/usr/sbin/nginx", nil
+	}
+	cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", "nginx-light")
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("apt-get install nginx-light: %w: %s", err, tail(string(out), 300))
+	}
+	// The package starts its own service; the suite runs its own instance.
+	_ = exec.Command("systemctl", "disable", "--now", "nginx").Run()
+	return "/usr/sbin/nginx", nil
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// benchQuota runs the agent (Enforce) under a CPU quota: saturated
+// keep-alive throughput, and Azure's 20 req/s (5 concurrent) token budget
+// paced, new connection per request.
+func benchQuota(ctx context.Context, b *benchEnv, o options, rep *Report) error {
+	if o.quota <= 0 {
+		return nil
+	}
+	if err := b.setIMDSMode(ctx, "Enforce"); err != nil {
+		return err
+	}
+	q := &Quota{Percent: o.quota}
+	rep.Quota = q
+	if err := b.quotaAgent(o.quota); err != nil {
+		q.Error = err.Error()
+		_ = b.unquotaAgent()
+		return nil
+	}
+	defer b.unquotaAgent()
+	sat, err := b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
+		"-c", "16", "-d", (2 * o.cell).String(), "-warmup", o.warmup.String())
+	if err != nil {
+		return err
+	}
+	q.Saturated = summarize([]loadRun{sat})
+	paced, err := b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
+		"-c", "5", "-rate", "20", "-d", "5s", "-warmup", "500ms", "-keepalive=false")
+	if err != nil {
+		return err
+	}
+	q.Paced20 = summarize([]loadRun{paced})
+	return nil
+}
+
+// benchSoak runs paced mixed load (keep-alive and new connections) for
+// o.soak and samples the agent's RSS, FDs and threads every 5 s.
+func benchSoak(ctx context.Context, b *benchEnv, o options, rep *Report) error {
+	if o.soak <= 0 {
+		return nil
+	}
+	if err := b.setIMDSMode(ctx, "Enforce"); err != nil {
+		return err
+	}
+	pid := b.AgentPID()
+	soak := &Soak{Duration: o.soak.String(), Load: "2×4 clients (keep-alive and new connection per request), 100 req/s each, Enforce"}
+	rep.Memory.Soak = soak
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		start := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if s, err := procstat.Read(pid); err == nil {
+					soak.Samples = append(soak.Samples, SoakSample{At: time.Since(start).Round(time.Second).Seconds(), Sample: s})
+				}
+			}
+		}
+	})
+	var runs [2]loadRun
+	var errs [2]error
+	var lg sync.WaitGroup
+	for i, ka := range []bool{true, false} {
+		lg.Go(func() {
+			runs[i], errs[i] = b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
+				"-c", "4", "-rate", "100", "-d", o.soak.String(), "-warmup", "0s", "-keepalive="+strconv.FormatBool(ka))
+		})
+	}
+	lg.Wait()
+	close(stop)
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		return err
+	}
+	for _, r := range runs {
+		soak.Requests += r.OK
+		soak.Failed += r.Requests - r.OK
+	}
+	time.Sleep(2 * time.Second)
+	after, err := procstat.Read(pid)
+	if err != nil {
+		return err
+	}
+	soak.After = after
+	return nil
+}
+
+// benchRestart kills the agent with SIGKILL under load (Enforce, new
+// connection per request), restarts it at once and reads the host's
+// journal for requests served unsigned.
+func benchRestart(ctx context.Context, b *benchEnv, o options, rep *Report) error {
+	if err := b.setIMDSMode(ctx, "Enforce"); err != nil {
+		return err
+	}
+	seq, err := b.LastSeq(ctx)
+	if err != nil {
+		return err
+	}
+	rr := &Restart{Load: "4 clients, new connection per request, Enforce"}
+	rep.Restart = rr
+	var res loadRun
+	var lerr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, lerr = b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
+			"-c", "4", "-d", "4s", "-warmup", "0s", "-keepalive=false", "-trace", "-timeout", "2s")
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	tKill := time.Now()
+	if err := b.KillAgent(); err != nil {
+		<-done
+		return err
+	}
+	tRestart := time.Now()
+	if err := b.StartAgent(); err != nil {
+		<-done
+		return err
+	}
+	<-done
+	if lerr != nil {
+		return lerr
+	}
+	rr.KillToRestartMs = ms(tRestart.Sub(tKill))
+	rr.Requests, rr.OK = res.Requests, res.OK
+	var firstOK time.Time
+	for _, s := range res.Trace {
+		start := time.Unix(0, s.Start)
+		if start.Before(tKill) {
+			continue
+		}
+		if !s.OK {
+			rr.FailedAfterKill++
+			continue
+		}
+		end := start.Add(time.Duration(s.Latency))
+		if firstOK.IsZero() || end.Before(firstOK) {
+			firstOK = end
+		}
+	}
+	if firstOK.IsZero() {
+		rr.Error = "no request succeeded after the restart within the load run"
+	} else {
+		rr.KillToSuccessMs = ms(firstOK.Sub(tKill))
+		rr.RestartToSuccessMs = ms(firstOK.Sub(tRestart))
+	}
+	j, err := b.imdsJournal(ctx, seq)
+	if err != nil {
+		return err
+	}
+	rr.HostIMDSRequests = len(j)
+	for _, e := range j {
+		if e.Verdict == "unsigned" {
+			rr.HostUnsigned++
+		}
+		if e.ServedUnaccepted() {
+			rr.HostServedUnaccepted++
+		}
+	}
+	if _, err := b.waitProvisioned(ctx, 30*time.Second); err != nil {
+		return err
+	}
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// profileAgent records the agent with perf(1) during extra (unreported)
+// c=1 Enforce runs, keep-alive and new connection, and writes
+// `perf report` text into o.perfDir.
+func profileAgent(ctx context.Context, b *benchEnv, o options) error {
+	if err := os.MkdirAll(o.perfDir, 0o755); err != nil {
+		return err
+	}
+	if err := b.setIMDSMode(ctx, "Enforce"); err != nil {
+		return err
+	}
+	for _, ka := range keepAlives {
+		name := "agent-enforce-c1-keepalive"
+		if !ka {
+			name = "agent-enforce-c1-newconn"
+		}
+		data := filepath.Join(o.perfDir, name+".data")
+		rec := exec.CommandContext(ctx, "perf", "record", "-F", "999", "-g", "-o", data, "-p", strconv.Itoa(b.AgentPID()))
+		if err := rec.Start(); err != nil {
+			return err
+		}
+		time.Sleep(300 * time.Millisecond)
+		_, lerr := b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
+			"-c", "1", "-d", "3s", "-warmup", "0s", "-keepalive="+strconv.FormatBool(ka))
+		_ = rec.Process.Signal(os.Interrupt)
+		_ = rec.Wait()
+		if lerr != nil {
+			return lerr
+		}
+		for _, mode := range []struct{ suffix, args string }{
+			{"self", "--no-children"}, {"children", "--children"},
+		} {
+			out, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", mode.args, "-g", "none",
+				"--sort", "symbol", "--percent-limit", "0.7").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("perf report: %w: %s", err, tail(string(out), 200))
+			}
+			if err := os.WriteFile(filepath.Join(o.perfDir, name+"."+mode.suffix+".txt"), out, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,471 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/opengpa/gpa/bench/gobench"
+	"github.com/opengpa/gpa/bench/procstat"
+)
+
+// Report is everything one suite run measured; it is written as JSON.
+type Report struct {
+	Started time.Time      `json:"started"`
+	Seconds float64        `json:"seconds"`
+	Machine Machine        `json:"machine"`
+	Options map[string]any `json:"options"`
+
+	Latency []Cell   `json:"latency"`
+	Quota   *Quota   `json:"cpu_quota,omitempty"`
+	Memory  Memory   `json:"memory"`
+	Start   Start    `json:"start"`
+	Restart *Restart `json:"restart,omitempty"`
+
+	Micro      []gobench.Result `json:"micro"`
+	MicroError string           `json:"micro_error,omitempty"`
+
+	Targets []Target `json:"targets"`
+	Notes   []string `json:"notes"`
+	Errors  []string `json:"errors,omitempty"`
+}
+
+// Machine describes where the figures were taken.
+type Machine struct {
+	Kernel     string `json:"kernel"`
+	CPUs       int    `json:"cpus"`
+	CPUModel   string `json:"cpu_model"`
+	GoVersion  string `json:"go"`
+	GOMAXPROCS string `json:"gomaxprocs"`
+}
+
+// Cell is one (path, concurrency, connection mode) of B-lat/B-rps.
+type Cell struct {
+	Path        string    `json:"path"`
+	Concurrency int       `json:"concurrency"`
+	KeepAlive   bool      `json:"keep_alive"`
+	Median      Summary   `json:"median"`
+	Runs        []loadRun `json:"runs"`
+}
+
+// Summary holds medians over runs; CPU figures are seconds per 10k
+// successful requests.
+type Summary struct {
+	P50        float64 `json:"p50_us"`
+	P90        float64 `json:"p90_us"`
+	P99        float64 `json:"p99_us"`
+	P999       float64 `json:"p999_us"`
+	RPS        float64 `json:"rps"`
+	Failed     int     `json:"failed"`
+	AgentCPU   float64 `json:"agent_cpu_s_per_10k"`
+	HostCPU    float64 `json:"host_cpu_s_per_10k"`
+	NginxCPU   float64 `json:"nginx_cpu_s_per_10k"`
+	Requests   int     `json:"requests"`
+	FirstError string  `json:"first_error,omitempty"`
+}
+
+// Quota is the B-rps check under a CPU quota.
+type Quota struct {
+	Percent   int     `json:"percent"`
+	Saturated Summary `json:"saturated_c16_keepalive"`
+	Paced20   Summary `json:"paced_20rps_c5_newconn"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// Memory is B-mem.
+type Memory struct {
+	IdleAfter  string          `json:"idle_after"`
+	Idle       procstat.Sample `json:"idle"`
+	AfterLoad  procstat.Sample `json:"after_load"`
+	PeakHWMKiB int64           `json:"peak_hwm_kib"`
+	Soak       *Soak           `json:"soak,omitempty"`
+}
+
+// Soak is the paced soak with periodic samples.
+type Soak struct {
+	Duration string          `json:"duration"`
+	Load     string          `json:"load"`
+	Requests int             `json:"requests"`
+	Failed   int             `json:"failed"`
+	Samples  []SoakSample    `json:"samples"`
+	After    procstat.Sample `json:"after"`
+}
+
+// SoakSample is one reading during the soak, At seconds after its start.
+type SoakSample struct {
+	At float64 `json:"at_s"`
+	procstat.Sample
+}
+
+// Start is B-start.
+type Start struct {
+	ColdMs       []float64       `json:"cold_ms"`
+	WarmMs       []float64       `json:"warm_ms"`
+	ColdMedianMs float64         `json:"cold_median_ms"`
+	WarmMedianMs float64         `json:"warm_median_ms"`
+	Extension    *ExtensionStart `json:"extension,omitempty"`
+}
+
+// ExtensionStart is extension enable → success status.
+type ExtensionStart struct {
+	Measured        bool      `json:"measured"`
+	Settings        string    `json:"settings,omitempty"`
+	InstallMs       float64   `json:"install_ms,omitempty"`
+	EnableCommandMs float64   `json:"enable_command_ms,omitempty"`
+	Ms              []float64 `json:"ms,omitempty"`
+	MedianMs        float64   `json:"median_ms,omitempty"`
+	Reason          string    `json:"reason,omitempty"`
+}
+
+// Restart is B-restart.
+type Restart struct {
+	Load                 string  `json:"load"`
+	Requests             int     `json:"requests"`
+	OK                   int     `json:"ok"`
+	FailedAfterKill      int     `json:"failed_after_kill"`
+	KillToRestartMs      float64 `json:"kill_to_restart_ms"`
+	KillToSuccessMs      float64 `json:"kill_to_first_success_ms"`
+	RestartToSuccessMs   float64 `json:"restart_to_first_success_ms"`
+	HostIMDSRequests     int     `json:"host_imds_requests"`
+	HostUnsigned         int     `json:"host_unsigned"`
+	HostServedUnaccepted int     `json:"host_served_unaccepted"`
+	Error                string  `json:"error,omitempty"`
+}
+
+// Target is one §3 target next to the measured figure.
+type Target struct {
+	Name     string `json:"name"`
+	Measured string `json:"measured"`
+	Target   string `json:"target"`
+	Verdict  string `json:"verdict"` // met, missed, n/a
+}
+
+func newReport(o options) *Report {
+	r := &Report{
+		Started: time.Now().UTC(),
+		Machine: Machine{Kernel: kernel(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version(), GOMAXPROCS: "2"},
+		Options: map[string]any{"runs": o.runs, "cell": o.cell.String(), "warmup": o.warmup.String(), "soak": o.soak.String(),
+			"idle": o.idle.String(), "starts": o.starts, "micro_benchtime": o.microTime, "cpu_quota_pct": o.quota},
+	}
+	r.Notes = append(r.Notes,
+		"agent, host simulator and load generator run with GOMAXPROCS=2 on the same machine; the load generator competes with them for the CPUs",
+		"latency is measured in the client (gpaload, Go net/http) per request; medians of the per-run percentiles over -runs runs",
+		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
+		"CPU is utime+stime from /proc/<pid>/stat (10 ms ticks) per 10k successful requests; host = azure-host-sim",
+		"goroutine counts are not available (no debug endpoint); threads (/proc/<pid>/status) and FDs (/proc/<pid>/fd) are reported instead",
+		"B-flood and B-ebpf (b) audit-map capacity are not part of this suite; B-ebpf (a) connect cost and (c) load time come from the redirector micro-benchmarks",
+	)
+	return r
+}
+
+func kernel() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// median of xs (mean of the middle two for an even count); 0 if empty.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// summarize takes the median of every figure over runs.
+func summarize(runs []loadRun) Summary {
+	var p50, p90, p99, p999, rps, agent, host, ngx []float64
+	var s Summary
+	per10k := func(d time.Duration, ok int) float64 {
+		if ok == 0 {
+			return 0
+		}
+		return d.Seconds() / float64(ok) * 10000
+	}
+	for _, r := range runs {
+		p50 = append(p50, r.Latency.P50)
+		p90 = append(p90, r.Latency.P90)
+		p99 = append(p99, r.Latency.P99)
+		p999 = append(p999, r.Latency.P999)
+		rps = append(rps, r.RPS)
+		agent = append(agent, per10k(r.AgentCPU, r.OK))
+		host = append(host, per10k(r.HostCPU, r.OK))
+		ngx = append(ngx, per10k(r.NginxCPU, r.OK))
+		s.Failed += r.Requests - r.OK
+		s.Requests += r.Requests
+		if s.FirstError == "" {
+			s.FirstError = r.FirstError
+		}
+	}
+	s.P50, s.P90, s.P99, s.P999 = median(p50), median(p90), median(p99), median(p999)
+	s.RPS, s.AgentCPU, s.HostCPU, s.NginxCPU = median(rps), median(agent), median(host), median(ngx)
+	return s
+}
+
+// cell finds a latency cell.
+func (r *Report) cell(path string, c int, ka bool) *Cell {
+	for i := range r.Latency {
+		l := &r.Latency[i]
+		if l.Path == path && l.Concurrency == c && l.KeepAlive == ka {
+			return l
+		}
+	}
+	return nil
+}
+
+// micro finds a micro-benchmark figure.
+func (r *Report) micro(name, unit string) (float64, bool) {
+	for _, m := range r.Micro {
+		if m.Name == name {
+			v, ok := m.Metrics[unit]
+			return v, ok
+		}
+	}
+	return 0, false
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+// evaluate fills Targets from the figures.
+func (r *Report) evaluate() {
+	r.Targets = nil
+	add := func(name, measured, target, v string) {
+		r.Targets = append(r.Targets, Target{name, measured, target, v})
+	}
+	d := r.cell("direct", 1, true)
+	for _, p := range []string{"agent-audit", "agent-enforce"} {
+		a := r.cell(p, 1, true)
+		if d == nil || a == nil {
+			continue
+		}
+		p50 := a.Median.P50 - d.Median.P50
+		p99 := a.Median.P99 - d.Median.P99
+		add("B-lat "+p+" p50 added, c=1 keep-alive", fmt.Sprintf("%.0f µs", p50), "≤ 100 µs", verdict(p50 <= 100))
+		add("B-lat "+p+" p99 added, c=1 keep-alive", fmt.Sprintf("%.0f µs", p99), "≤ 400 µs (upstream ≤ 1 ms)", verdict(p99 <= 400))
+	}
+	if q := r.Quota; q != nil && q.Error == "" {
+		ok := q.Paced20.RPS >= 19 && q.Paced20.P99 < 10000 && q.Paced20.Failed == 0
+		add(fmt.Sprintf("B-rps 20 req/s within CPUQuota=%d%%", q.Percent),
+			fmt.Sprintf("%.1f req/s, p99 %.0f µs, %d failed", q.Paced20.RPS, q.Paced20.P99, q.Paced20.Failed), "≥ 20 req/s, p99 < 10 ms", verdict(ok))
+	}
+	if r.Memory.Idle.RSSKiB > 0 {
+		mb := float64(r.Memory.Idle.RSSKiB) / 1024
+		add("B-mem idle RSS (after "+r.Memory.IdleAfter+")", fmt.Sprintf("%.1f MiB", mb), "≤ 15 MB (upstream ≤ 20 MB)", verdict(mb <= 15))
+	}
+	if s := r.Memory.Soak; s != nil && len(s.Samples) >= 2 {
+		first, last := s.Samples[0], s.Samples[len(s.Samples)-1]
+		maxRSS := int64(0)
+		for _, x := range s.Samples {
+			maxRSS = max(maxRSS, x.RSSKiB)
+		}
+		growth := float64(last.RSSKiB-first.RSSKiB) / 1024
+		flat := last.FDs <= first.FDs+2 && last.Threads <= first.Threads+2 && growth <= 2
+		add("B-mem soak "+s.Duration+" (RSS first→last sample, FDs, threads)",
+			fmt.Sprintf("%.1f→%.1f MiB (max %.1f), FDs %d→%d, threads %d→%d", float64(first.RSSKiB)/1024, float64(last.RSSKiB)/1024,
+				float64(maxRSS)/1024, first.FDs, last.FDs, first.Threads, last.Threads), "no growth (flat ±2 MiB/±2)", verdict(flat))
+	}
+	if rr := r.Restart; rr != nil {
+		add("B-restart unsigned requests served by the host", fmt.Sprintf("%d unsigned, %d served unaccepted", rr.HostUnsigned, rr.HostServedUnaccepted), "0", verdict(rr.HostUnsigned == 0 && rr.HostServedUnaccepted == 0))
+		add("B-restart kill -9 → first success", fmt.Sprintf("%.0f ms (restart → success %.0f ms)", rr.KillToSuccessMs, rr.RestartToSuccessMs), "measured", "n/a")
+	}
+	if r.Start.ColdMedianMs > 0 {
+		add("B-start agent start → provisioned", fmt.Sprintf("cold %.0f ms, warm %.0f ms", r.Start.ColdMedianMs, r.Start.WarmMedianMs), "measured (SDK probes time out at 0.3–1 s)", "n/a")
+	}
+	if v, ok := r.micro("BenchmarkCompile1k", "ns/op"); ok {
+		add("B-authz rule load, 1k rules", fmt.Sprintf("%.2f ms", v/1e6), "≤ 50 ms", verdict(v/1e6 <= 50))
+	}
+	if v, ok := r.micro("BenchmarkAuthorize/imds-1k/match-query", "ns/op"); ok {
+		add("B-authz canonicalise + match, 1k rules (match-query)", fmt.Sprintf("%.2f µs", v/1e3), "≤ 5 µs (mean; plan 2.1 ≤ 5/30 µs)", verdict(v/1e3 <= 5))
+	}
+	if v, ok := r.micro("BenchmarkAuthorize/imds-1rule", "ns/op"); ok {
+		add("B-authz canonicalise + match, 1 rule", fmt.Sprintf("%.2f µs", v/1e3), "≤ 1 µs (mean; plan 2.1 ≤ 1/5 µs)", verdict(v/1e3 <= 1))
+	}
+}
+
+// printTable writes the human-readable report.
+func printTable(w io.Writer, r *Report) {
+	r.evaluate()
+	fmt.Fprintf(w, "\n== gpa benchmark suite  %s  (%s, %d CPUs, %s, kernel %s, GOMAXPROCS=2, %d runs × %s per cell, medians)\n",
+		r.Started.Format(time.RFC3339), r.Machine.CPUModel, r.Machine.CPUs, r.Machine.GoVersion, r.Machine.Kernel, r.Options["runs"], r.Options["cell"])
+
+	if len(r.Latency) > 0 {
+		fmt.Fprintln(w, "\n-- B-lat / B-rps: GET /metadata/instance (~1 KB; *-token: the managed-identity token path, c=1 only); latency in µs;")
+		fmt.Fprintln(w, "   +p50/+p99 = minus direct (token rows: minus direct-token); proxy/host CPU = CPU-seconds per 10k requests")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "conn\tc\tpath\tp50\tp90\tp99\tp99.9\t+p50\t+p99\treq/s\tproxy CPU\thost CPU\tfailed\t")
+		for _, ka := range keepAlives {
+			for _, c := range concurrencies {
+				for _, l := range r.Latency {
+					if l.Concurrency != c || l.KeepAlive != ka {
+						continue
+					}
+					m := l.Median
+					add50, add99 := "", ""
+					if d := r.cell(baseline(l.Path), c, ka); d != nil && d.Path != l.Path {
+						add50 = fmt.Sprintf("%+.0f", m.P50-d.Median.P50)
+						add99 = fmt.Sprintf("%+.0f", m.P99-d.Median.P99)
+					}
+					proxyCPU := "-"
+					switch {
+					case strings.HasPrefix(l.Path, "agent"):
+						proxyCPU = fmt.Sprintf("%.2f", m.AgentCPU)
+					case l.Path == "nginx":
+						proxyCPU = fmt.Sprintf("%.2f", m.NginxCPU)
+					}
+					conn := "keep-alive"
+					if !ka {
+						conn = "new-conn"
+					}
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%.0f\t%s\t%.2f\t%d\t\n",
+						conn, c, l.Path, m.P50, m.P90, m.P99, m.P999, add50, add99, m.RPS, proxyCPU, m.HostCPU, m.Failed)
+				}
+			}
+		}
+		tw.Flush()
+	}
+	if q := r.Quota; q != nil {
+		fmt.Fprintf(w, "\n-- B-rps under CPUQuota=%d%% (agent in a cgroup v1 cpu group, cfs_quota 15ms/100ms), Enforce\n", q.Percent)
+		if q.Error != "" {
+			fmt.Fprintf(w, "not measured: %s\n", q.Error)
+		} else {
+			fmt.Fprintf(w, "saturated, 16 clients keep-alive: %.0f req/s, p50 %.0f µs, p99 %.0f µs, failed %d\n", q.Saturated.RPS, q.Saturated.P50, q.Saturated.P99, q.Saturated.Failed)
+			fmt.Fprintf(w, "paced 20 req/s, 5 clients, new conn: %.1f req/s, p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, failed %d\n", q.Paced20.RPS, q.Paced20.P50, q.Paced20.P99, q.Paced20.P999, q.Paced20.Failed)
+		}
+	}
+	m := r.Memory
+	fmt.Fprintln(w, "\n-- B-mem (agent process; threads and FDs instead of goroutines)")
+	if m.Idle.RSSKiB > 0 {
+		fmt.Fprintf(w, "idle after %s: RSS %.1f MiB, threads %d, FDs %d\n", m.IdleAfter, float64(m.Idle.RSSKiB)/1024, m.Idle.Threads, m.Idle.FDs)
+	}
+	if m.PeakHWMKiB > 0 {
+		fmt.Fprintf(w, "peak (VmHWM) after the B-lat/B-rps matrix: %.1f MiB; RSS then %.1f MiB, threads %d, FDs %d\n", float64(m.PeakHWMKiB)/1024,
+			float64(m.AfterLoad.RSSKiB)/1024, m.AfterLoad.Threads, m.AfterLoad.FDs)
+	}
+	if s := m.Soak; s != nil {
+		fmt.Fprintf(w, "soak %s (%s): %d requests, %d failed\n", s.Duration, s.Load, s.Requests, s.Failed)
+		for _, x := range s.Samples {
+			fmt.Fprintf(w, "  t=%4.0fs RSS %.1f MiB  HWM %.1f MiB  threads %d  FDs %d\n", x.At, float64(x.RSSKiB)/1024, float64(x.HWMKiB)/1024, x.Threads, x.FDs)
+		}
+		fmt.Fprintf(w, "  2 s after: RSS %.1f MiB, threads %d, FDs %d\n", float64(s.After.RSSKiB)/1024, s.After.Threads, s.After.FDs)
+	}
+	fmt.Fprintln(w, "\n-- B-start (agent start → GET /provision finished: key latched, redirect attached, listener up)")
+	fmt.Fprintf(w, "cold (no key on disk, host key forgotten, no pins): median %.0f ms  %v\n", r.Start.ColdMedianMs, fmtMs(r.Start.ColdMs))
+	fmt.Fprintf(w, "warm (key on disk and latched, pins present):       median %.0f ms  %v\n", r.Start.WarmMedianMs, fmtMs(r.Start.WarmMs))
+	if e := r.Start.Extension; e != nil {
+		if e.Measured {
+			fmt.Fprintf(w, "extension enable → success status: %.0f ms (enable command itself %.0f ms; install before it %.0f ms; %s)\n", e.MedianMs, e.EnableCommandMs, e.InstallMs, e.Settings)
+			if e.Reason != "" {
+				fmt.Fprintf(w, "  %s\n", e.Reason)
+			}
+		} else {
+			fmt.Fprintf(w, "extension enable → success status: %s\n", e.Reason)
+		}
+	}
+	if rr := r.Restart; rr != nil {
+		fmt.Fprintf(w, "\n-- B-restart (kill -9 under load, immediate restart; %s)\n", rr.Load)
+		fmt.Fprintf(w, "host IMDS requests %d: unsigned %d, served-unaccepted %d\n", rr.HostIMDSRequests, rr.HostUnsigned, rr.HostServedUnaccepted)
+		fmt.Fprintf(w, "kill → restart %.1f ms; kill → first success %.0f ms; restart → first success %.0f ms; failed client requests after kill %d\n",
+			rr.KillToRestartMs, rr.KillToSuccessMs, rr.RestartToSuccessMs, rr.FailedAfterKill)
+		if rr.Error != "" {
+			fmt.Fprintln(w, rr.Error)
+		}
+	}
+	if len(r.Micro) > 0 || r.MicroError != "" {
+		fmt.Fprintln(w, "\n-- Micro-benchmarks (go test -bench, GOMAXPROCS=2)")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for _, b := range r.Micro {
+			var figs []string
+			for _, u := range []string{"ns/op", "ns/connect", "B/op", "allocs/op", "missing-records", "dropped"} {
+				v, ok := b.Metrics[u]
+				if !ok {
+					continue
+				}
+				if per, isNs := strings.CutPrefix(u, "ns/"); isNs {
+					figs = append(figs, fmtNs(v)+"/"+per)
+				} else {
+					figs = append(figs, fmt.Sprintf("%.0f %s", v, u))
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", strings.TrimPrefix(b.Package, "github.com/opengpa/gpa/"), b.Name, strings.Join(figs, "  "))
+		}
+		tw.Flush()
+		if r.MicroError != "" {
+			fmt.Fprintf(w, "micro-benchmark error: %s\n", r.MicroError)
+		}
+	}
+	if len(r.Targets) > 0 {
+		fmt.Fprintln(w, "\n-- §3 targets")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "figure\tmeasured\ttarget\tverdict")
+		for _, t := range r.Targets {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Name, t.Measured, t.Target, t.Verdict)
+		}
+		tw.Flush()
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	for _, e := range r.Errors {
+		fmt.Fprintf(w, "ERROR: %s\n", e)
+	}
+	fmt.Fprintf(w, "total %.0f s\n", r.Seconds)
+}
+
+// fmtNs prints a nanosecond figure in a readable unit.
+func fmtNs(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2f ms", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.2f µs", v/1e3)
+	}
+	return fmt.Sprintf("%.0f ns", v)
+}
+
+func fmtMs(xs []float64) string {
+	var s []string
+	for _, x := range xs {
+		s = append(s, fmt.Sprintf("%.0f", x))
+	}
+	return "[" + strings.Join(s, " ") + "] ms"
+}
+
+// writeJSON writes the report to path (creating its directory).
+func writeJSON(path string, r *Report) error {
+	r.evaluate()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}

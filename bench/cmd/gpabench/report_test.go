@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/bench/gobench"
+	"github.com/opengpa/gpa/bench/load"
+	"github.com/opengpa/gpa/bench/procstat"
+)
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := median(c.in); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+	in := []float64{3, 1, 2}
+	median(in)
+	if in[0] != 3 {
+		t.Error("median reordered its input")
+	}
+}
+
+func mkRun(p50, p99 float64, ok, requests int, agentCPU time.Duration) loadRun {
+	return loadRun{Result: load.Result{OK: ok, Requests: requests, RPS: float64(ok), Latency: load.Latency{P50: p50, P99: p99}}, AgentCPU: agentCPU}
+}
+
+func TestSummarize(t *testing.T) {
+	s := summarize([]loadRun{
+		mkRun(100, 300, 10000, 10000, 2*time.Second),
+		mkRun(300, 900, 10000, 10002, 4*time.Second),
+		mkRun(200, 500, 10000, 10000, 3*time.Second),
+	})
+	if s.P50 != 200 || s.P99 != 500 || s.RPS != 10000 {
+		t.Errorf("medians: %+v", s)
+	}
+	if math.Abs(s.AgentCPU-3) > 1e-9 {
+		t.Errorf("agent CPU per 10k = %v s, want 3", s.AgentCPU)
+	}
+	if s.Failed != 2 || s.Requests != 30002 {
+		t.Errorf("failed %d requests %d", s.Failed, s.Requests)
+	}
+	if z := summarize([]loadRun{mkRun(0, 0, 0, 5, time.Second)}); z.AgentCPU != 0 || z.Failed != 5 {
+		t.Errorf("no successful request: %+v", z)
+	}
+}
+
+// TestTargetsFollowFigures checks that a verdict is derived from the
+// measured figures: met when inside the target, MISSED when outside.
+func TestTargetsFollowFigures(t *testing.T) {
+	mk := func(addedP50, idleKiB float64, unsigned int) *Report {
+		r := &Report{Options: map[string]any{}}
+		r.Latency = []Cell{
+			{Path: "direct", Concurrency: 1, KeepAlive: true, Median: Summary{P50: 100, P99: 200}},
+			{Path: "agent-enforce", Concurrency: 1, KeepAlive: true, Median: Summary{P50: 100 + addedP50, P99: 300}},
+		}
+		r.Memory.Idle = procstat.Sample{RSSKiB: int64(idleKiB)}
+		r.Restart = &Restart{HostUnsigned: unsigned}
+		r.Micro = []gobench.Result{{Name: "BenchmarkCompile1k", Metrics: map[string]float64{"ns/op": 60e6}}}
+		r.evaluate()
+		return r
+	}
+	verdicts := func(r *Report) map[string]string {
+		m := map[string]string{}
+		for _, tg := range r.Targets {
+			m[tg.Name] = tg.Verdict
+		}
+		return m
+	}
+	good := verdicts(mk(50, 10*1024, 0))
+	bad := verdicts(mk(150, 20*1024, 1))
+	for _, name := range []string{
+		"B-lat agent-enforce p50 added, c=1 keep-alive",
+		"B-restart unsigned requests served by the host",
+	} {
+		if good[name] != "met" || bad[name] != "MISSED" {
+			t.Errorf("%s: good %q bad %q", name, good[name], bad[name])
+		}
+	}
+	idle := ""
+	for k, v := range bad {
+		if strings.HasPrefix(k, "B-mem idle RSS") {
+			idle = v
+		}
+	}
+	if idle != "MISSED" {
+		t.Errorf("idle RSS 20 MiB verdict %q", idle)
+	}
+	if bad["B-authz rule load, 1k rules"] != "MISSED" {
+		t.Errorf("60 ms rule load judged %q", bad["B-authz rule load, 1k rules"])
+	}
+}
+
+func TestReportOutputs(t *testing.T) {
+	r := newReport(options{runs: 1, cell: time.Second})
+	r.Latency = []Cell{{Path: "direct", Concurrency: 1, KeepAlive: true, Median: Summary{P50: 100, P99: 200, RPS: 5000}}}
+	r.Restart = &Restart{HostIMDSRequests: 10}
+	var buf bytes.Buffer
+	printTable(&buf, r)
+	for _, want := range []string{"B-lat / B-rps", "direct", "B-restart", "§3 targets"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, buf.String())
+		}
+	}
+	p := filepath.Join(t.TempDir(), "sub", "latest.json")
+	if err := writeJSON(p, r); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Latency) != 1 || back.Latency[0].Median.P50 != 100 || back.Restart.HostIMDSRequests != 10 {
+		t.Errorf("JSON round trip lost figures: %+v", back)
+	}
+}

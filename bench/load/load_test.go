@@ -1,0 +1,148 @@
+package load
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	d := make([]time.Duration, 1000)
+	for i := range d {
+		d[i] = time.Duration(i+1) * time.Microsecond
+	}
+	for _, c := range []struct {
+		p    float64
+		want time.Duration
+	}{
+		{50, 500 * time.Microsecond},
+		{90, 900 * time.Microsecond},
+		{99, 990 * time.Microsecond},
+		{99.9, 999 * time.Microsecond},
+		{100, 1000 * time.Microsecond},
+		{0.01, 1 * time.Microsecond},
+	} {
+		if got := Percentile(d, c.p); got != c.want {
+			t.Errorf("p%v = %v, want %v", c.p, got, c.want)
+		}
+	}
+	if got := Percentile(nil, 50); got != 0 {
+		t.Errorf("empty: %v", got)
+	}
+	one := []time.Duration{7}
+	if got := Percentile(one, 99.9); got != 7 {
+		t.Errorf("single: %v", got)
+	}
+}
+
+func TestSummarizeSortsAndAverages(t *testing.T) {
+	l := Summarize([]time.Duration{3 * time.Microsecond, 1 * time.Microsecond, 2 * time.Microsecond})
+	if l.P50 != 2 || l.Max != 3 || l.Mean != 2 {
+		t.Errorf("got %+v", l)
+	}
+	if (Summarize(nil) != Latency{}) {
+		t.Error("empty input must give zero Latency")
+	}
+}
+
+func TestRunCountsStatusesAndConnections(t *testing.T) {
+	var mu sync.Mutex
+	conns := map[string]bool{}
+	var sawHeader bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		conns[r.RemoteAddr] = true
+		if r.Header.Get("Metadata") == "true" {
+			sawHeader = true
+		}
+		mu.Unlock()
+		if r.URL.Query().Get("fail") != "" {
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	defer srv.Close()
+
+	for _, c := range []struct {
+		name      string
+		keepAlive bool
+		query     string
+		wantOK    bool
+	}{
+		{"keep-alive", true, "", true},
+		{"new-connection", false, "", true},
+		{"non-200", true, "?fail=1", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			mu.Lock()
+			clear(conns)
+			mu.Unlock()
+			h := http.Header{}
+			h.Set("Metadata", "true")
+			res, err := Run(context.Background(), Config{URL: srv.URL + c.query, Headers: h, Concurrency: 2,
+				Duration: 200 * time.Millisecond, Warmup: 20 * time.Millisecond, KeepAlive: c.keepAlive, Trace: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Requests == 0 || res.Errors != 0 {
+				t.Fatalf("requests %d errors %d (%s)", res.Requests, res.Errors, res.FirstError)
+			}
+			if len(res.Trace) != res.Requests {
+				t.Errorf("trace has %d samples for %d requests", len(res.Trace), res.Requests)
+			}
+			for i := 1; i < len(res.Trace); i++ {
+				if res.Trace[i].Start < res.Trace[i-1].Start {
+					t.Fatal("trace not in start order")
+				}
+			}
+			if c.wantOK {
+				if res.OK != res.Requests || res.Status[200] != res.Requests || res.Latency.P50 <= 0 || res.Latency.P99 < res.Latency.P50 {
+					t.Errorf("ok %d of %d, latency %+v", res.OK, res.Requests, res.Latency)
+				}
+			} else if res.OK != 0 || res.Status[429] != res.Requests || res.Latency != (Latency{}) {
+				t.Errorf("non-200 counted as success: %+v", res)
+			}
+			mu.Lock()
+			n := len(conns)
+			mu.Unlock()
+			if c.keepAlive && n > 4 { // 2 clients (warm-up connections included)
+				t.Errorf("keep-alive used %d connections", n)
+			}
+			if !c.keepAlive && n < res.Requests {
+				t.Errorf("new-connection mode used %d connections for %d requests", n, res.Requests)
+			}
+		})
+	}
+	if !sawHeader {
+		t.Error("configured header not sent")
+	}
+}
+
+func TestRunCountsTransportErrors(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close() // nothing listens any more
+	res, err := Run(context.Background(), Config{URL: url, Concurrency: 1, Duration: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors == 0 || res.OK != 0 || res.FirstError == "" {
+		t.Errorf("refused connections not counted as errors: %+v", res)
+	}
+}
+
+func TestRunRejectsBadConfig(t *testing.T) {
+	for _, c := range []Config{
+		{URL: "http://127.0.0.1:1/", Concurrency: 0, Duration: time.Second},
+		{URL: "http://127.0.0.1:1/", Concurrency: 1},
+		{URL: "http://[::1", Concurrency: 1, Duration: time.Second},
+	} {
+		if _, err := Run(context.Background(), c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}
