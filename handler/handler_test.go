@@ -482,16 +482,16 @@ func TestDetermineUpdateAction(t *testing.T) {
 }
 
 func TestOptionsFromEnv(t *testing.T) {
-	env := map[string]string{EnvMonitorInterval: "250ms", EnvErrorThreshold: "3", EnvAggregateURL: "http://127.0.0.1:9/x", EnvHeartbeatInterval: "bogus"}
+	env := map[string]string{EnvMonitorInterval: "250ms", EnvErrorThreshold: "3", EnvAggregateURL: "http://127.0.0.1:9/x", EnvHeartbeatInterval: "bogus", EnvUpdateRetryInterval: "2s"}
 	o := OptionsFromEnv(func(k string) string { return env[k] })
-	if o.MonitorInterval != 250*time.Millisecond || o.ErrorThreshold != 3 || o.AggregateURL != "http://127.0.0.1:9/x" {
+	if o.MonitorInterval != 250*time.Millisecond || o.ErrorThreshold != 3 || o.AggregateURL != "http://127.0.0.1:9/x" || o.UpdateRetryInterval != 2*time.Second {
 		t.Errorf("overrides not applied: %+v", o)
 	}
 	if o.HeartbeatInterval != 5*time.Minute {
 		t.Errorf("invalid value not ignored: %v", o.HeartbeatInterval)
 	}
 	d := OptionsFromEnv(func(string) string { return "" })
-	if d.MonitorInterval != 15*time.Second || d.AggregateURL != DefaultAggregateURL || d.ErrorThreshold != 20 {
+	if d.MonitorInterval != 15*time.Second || d.AggregateURL != DefaultAggregateURL || d.ErrorThreshold != 20 || d.UpdateRetryInterval != time.Minute {
 		t.Errorf("defaults: %+v", d)
 	}
 }

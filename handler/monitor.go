@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"strings"
@@ -63,6 +64,17 @@ type SetupRunner func(ctx context.Context, verb string) (code int, stderr string
 // for the current sequence number, upgrades the service when the
 // extension carries a new agent, and keeps the heartbeat fresh. All its
 // state is owned by the goroutine that calls Run (or Tick).
+//
+// The upgrade check runs on every new sequence number, as upstream's does.
+// Unlike upstream, a failed upgrade is not final until the next goal
+// state: when setup install fails, or the new agent never becomes healthy
+// and the previous one is restored, the monitor checks again after
+// Opts.UpdateRetryInterval, doubling the wait after every further failure
+// (up to 64 times the interval) and starting afresh on a new sequence
+// number or a healthy upgrade. A transient failure (a loaded machine, a
+// slow start) therefore heals by itself, while a broken release costs the
+// running agent at most one restart per backoff period; each attempt and
+// its result are logged, sent as events and shown in the status file.
 type Monitor struct {
 	Env     *Env
 	Setup   *Setup
@@ -79,7 +91,14 @@ type Monitor struct {
 	restorePurgeDone bool
 	lastHeartbeat    time.Time
 	lastReported     string
+	// updateFailures counts consecutive failed upgrades; retryAt is when
+	// the next attempt is due (zero: none scheduled).
+	updateFailures int
+	retryAt        time.Time
 }
+
+// maxUpdateRetryShift caps the retry backoff at 64 × UpdateRetryInterval.
+const maxUpdateRetryShift = 6
 
 // NewMonitor wires a monitor for env.
 func NewMonitor(env *Env) *Monitor {
@@ -164,7 +183,14 @@ func (m *Monitor) Tick(ctx context.Context) {
 		m.bundled = v
 	}
 
-	if seqChanged {
+	retryDue := !m.retryAt.IsZero() && !time.Now().Before(m.retryAt)
+	if seqChanged || retryDue {
+		if seqChanged {
+			m.updateFailures = 0 // a new goal state starts afresh
+		} else {
+			log.Info("retrying the agent upgrade", "attempt", m.updateFailures+1)
+		}
+		m.retryAt = time.Time{}
 		if m.checkUpdate(ctx) {
 			return
 		}
@@ -209,6 +235,7 @@ func (m *Monitor) checkUpdate(ctx context.Context) bool {
 	action := DetermineUpdateAction(m.bundled, installed, running)
 	log.Info("update check", "seq", m.seq, "bundled", m.bundled, "installed", installed, "running", running, "action", action.String())
 	if action == NoUpdate {
+		m.updateFailures = 0
 		return false
 	}
 	if action == VersionMismatch {
@@ -240,9 +267,30 @@ func (m *Monitor) checkUpdate(ctx context.Context) bool {
 			}
 			m.restorePurgeDone = true
 		}
+		m.scheduleRetry()
+	} else {
+		// A new agent runs: judge its health afresh, so an error reached
+		// before this attempt does not restore it on its first bad tick.
+		m.state = NewStatusState(m.Env.Opts.ErrorThreshold)
 	}
 	m.writeStatus(st)
 	return true
+}
+
+// scheduleRetry records a failed upgrade and schedules the next attempt
+// UpdateRetryInterval × 2^(failures-1) from now (capped).
+func (m *Monitor) scheduleRetry() {
+	m.updateFailures++
+	delay := m.Env.Opts.UpdateRetryInterval
+	if delay <= 0 {
+		delay = DefaultOptions().UpdateRetryInterval
+	}
+	for i := 1; i < m.updateFailures && i <= maxUpdateRetryShift && delay <= math.MaxInt64/2; i++ {
+		delay *= 2
+	}
+	m.retryAt = time.Now().Add(delay)
+	m.Env.Log.Warn("agent upgrade failed; will retry", "failures", m.updateFailures, "retryIn", delay.String())
+	m.Events.Write(extension.EventWarning, "setup", "retry", fmt.Sprintf("agent upgrade to %s failed %d time(s); retrying in %s", m.bundled, m.updateFailures, delay))
 }
 
 // restoreOrPurge runs once per update cycle: restore the previous agent
@@ -261,8 +309,10 @@ func (m *Monitor) restoreOrPurge(ctx context.Context) {
 		} else {
 			m.Events.Write(extension.EventWarning, "setup", "restore", "restored the previous agent after the new one reached error")
 		}
+		m.scheduleRetry()
 	case extension.StatusSuccess:
 		m.restorePurgeDone = true
+		m.updateFailures = 0
 		if err := m.Setup.Purge(); err != nil {
 			m.Env.Log.Error("purge backup", "err", err)
 		}

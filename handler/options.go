@@ -20,6 +20,7 @@ const (
 	EnvServiceManager      = "GPA_SERVICE_MANAGER"      // "systemd", "supervisor" or empty for automatic
 	EnvStaleAfter          = "GPA_STALE_AFTER"          // aggregate status age limit, default 5m
 	EnvUpdateTagStaleAfter = "GPA_UPDATE_TAG_STALE_AFTER"
+	EnvUpdateRetryInterval = "GPA_UPDATE_RETRY_INTERVAL" // first retry of a failed agent upgrade, default 1m
 )
 
 // DefaultAggregateURL is where the monitor asks the agent for its
@@ -39,6 +40,10 @@ type Options struct {
 	ConfigOverlay       string
 	StaleAfter          time.Duration
 	UpdateTagStaleAfter time.Duration
+	// UpdateRetryInterval is how long the monitor waits before it retries
+	// an agent upgrade that failed; each further failure doubles the wait,
+	// up to 64 times this value.
+	UpdateRetryInterval time.Duration
 }
 
 // DefaultOptions are upstream's values.
@@ -53,6 +58,7 @@ func DefaultOptions() Options {
 		ServiceSettle:       5 * time.Second,
 		StaleAfter:          5 * time.Minute,
 		UpdateTagStaleAfter: 2 * time.Hour,
+		UpdateRetryInterval: time.Minute,
 	}
 }
 
@@ -75,6 +81,7 @@ func OptionsFromEnv(getenv func(string) string) Options {
 	dur(EnvServiceSettle, &o.ServiceSettle)
 	dur(EnvStaleAfter, &o.StaleAfter)
 	dur(EnvUpdateTagStaleAfter, &o.UpdateTagStaleAfter)
+	dur(EnvUpdateRetryInterval, &o.UpdateRetryInterval)
 	if v := getenv(EnvAggregateURL); v != "" {
 		o.AggregateURL = v
 	}

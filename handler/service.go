@@ -237,7 +237,9 @@ func (s *Supervisor) Active() bool {
 func (s *Supervisor) ExecPath() (string, error) { return unitFileExecPath(s.Layout) }
 
 // Start launches the supervisor unless one already runs, and waits up to
-// 5 s for it to record its PID.
+// 5 s for it to record its PID, which it does only after its first attempt
+// to start the agent: when Start returns nil, Active already tells whether
+// that agent runs (as "systemctl start" does for a Type=simple unit).
 func (s *Supervisor) Start() error {
 	if s.supervisorPID() != 0 {
 		return nil

@@ -16,15 +16,26 @@ import (
 // of the unit at unitPath and, whenever the agent exits, starts it again
 // after RestartSec, like systemd's Restart=always. It re-reads the unit
 // before every start, so an upgraded unit takes effect on the next start.
-// It records its own PID in pidFile and the agent's in agentPIDFile. When
-// ctx is cancelled (SIGTERM) it stops the agent (SIGTERM, then SIGKILL
-// after 5 s), removes both files and returns.
+// It records the agent's PID in agentPIDFile and its own PID in pidFile.
+//
+// pidFile is written only after the first start attempt has finished
+// (the agent runs and agentPIDFile names it, or the attempt failed), so a
+// caller that sees pidFile appear knows agentPIDFile reflects that
+// attempt: like "systemctl start" of a Type=simple unit, which returns
+// once the main process has been started. When ctx is cancelled (SIGTERM)
+// it stops the agent (SIGTERM, then SIGKILL after 5 s), removes both files
+// and returns.
 func Supervise(ctx context.Context, unitPath, pidFile, agentPIDFile string, log *slog.Logger) error {
-	if err := extension.WriteFileAtomic(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		return err
-	}
 	defer os.Remove(pidFile)
 	defer os.Remove(agentPIDFile)
+	announced := false
+	announce := func() error {
+		if announced {
+			return nil
+		}
+		announced = true
+		return extension.WriteFileAtomic(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644)
+	}
 	for {
 		delay := 5 * time.Second
 		data, err := os.ReadFile(unitPath)
@@ -46,27 +57,40 @@ func Supervise(ctx context.Context, unitPath, pidFile, agentPIDFile string, log 
 				log.Info("agent started", "pid", cmd.Process.Pid, "exec", u.Argv[0])
 				done := make(chan error, 1)
 				go func() { done <- cmd.Wait() }()
+				if err := announce(); err != nil {
+					stopAgent(cmd, done)
+					return err
+				}
 				select {
 				case err := <-done:
 					log.Warn("agent exited; restarting", "err", err, "restartSec", u.RestartSec)
 				case <-ctx.Done():
-					cmd.Process.Signal(syscall.SIGTERM)
-					select {
-					case <-done:
-					case <-time.After(5 * time.Second):
-						cmd.Process.Kill()
-						<-done
-					}
+					stopAgent(cmd, done)
 					log.Info("agent stopped by supervisor")
 					return nil
 				}
 				os.Remove(agentPIDFile)
 			}
 		}
+		if err := announce(); err != nil {
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(delay):
 		}
+	}
+}
+
+// stopAgent sends SIGTERM to the agent, then SIGKILL after 5 s, and waits
+// for it to be reaped (done is its cmd.Wait result).
+func stopAgent(cmd *exec.Cmd, done <-chan error) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		<-done
 	}
 }

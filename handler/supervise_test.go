@@ -31,7 +31,13 @@ func TestSupervise(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- Supervise(ctx, unit, pidFile, agentFile, discardLog()) }()
 
-	waitFor(t, "agent start", func() bool { return Alive(readPID(agentFile), "") })
+	// Supervisor.Start returns once the pid file appears and Setup then
+	// requires the agent to be running at once: the agent must already be
+	// recorded when the supervisor announces itself.
+	waitFor(t, "supervisor pid file", func() bool { return readPID(pidFile) != 0 })
+	if !Alive(readPID(agentFile), "") {
+		t.Fatalf("supervisor announced itself before the agent ran (agent pid %d)", readPID(agentFile))
+	}
 	if readPID(pidFile) != os.Getpid() {
 		t.Errorf("supervisor pid file holds %d", readPID(pidFile))
 	}
@@ -84,5 +90,34 @@ func TestParseUnitExecAndShow(t *testing.T) {
 		if got := parseShowExecPath(tc.in); got != tc.want {
 			t.Errorf("parseShowExecPath(%q) = %q", tc.in, got)
 		}
+	}
+}
+
+// TestSuperviseAnnouncesFailedStart: when the agent cannot be started the
+// supervisor still records its PID (it keeps retrying), and no agent PID
+// is recorded, so the service reads as not active.
+func TestSuperviseAnnouncesFailedStart(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, UnitName)
+	os.WriteFile(unit, []byte("[Service]\nExecStart="+filepath.Join(dir, "missing")+"\nRestartSec=0.2\n"), 0o644)
+	pidFile, agentFile := filepath.Join(dir, "s.pid"), filepath.Join(dir, "a.pid")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Supervise(ctx, unit, pidFile, agentFile, discardLog()) }()
+	waitFor(t, "supervisor pid file", func() bool { return readPID(pidFile) != 0 })
+	if _, err := os.Stat(agentFile); err == nil {
+		t.Error("agent pid recorded for an agent that could not start")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("supervisor did not stop")
+	}
+	if _, err := os.Stat(pidFile); err == nil {
+		t.Error("pid file left behind")
 	}
 }

@@ -178,10 +178,41 @@ func newVM(t *testing.T, kind string, osRelease string) *vm {
 		EnvServiceManager + "=supervisor",
 		EnvAggregateURL + "=http://" + v.listen + "/gpa-aggregated-status",
 		EnvHTTPTimeout + "=2s",
+		// No upgrade retries within a test: a failed install must show as
+		// a failure here, not be healed by the monitor's later retry
+		// (monitor_test covers the retry).
+		EnvUpdateRetryInterval + "=1h",
 	}
 	v.wa = &waagentsim.Agent{LibDir: v.lib, LogDir: v.logDir, Env: append(os.Environ(), v.env...)}
 	t.Cleanup(v.killAll)
+	t.Cleanup(func() { v.dumpLogsOnFailure(t) })
 	return v
+}
+
+// dumpLogsOnFailure logs the tail of every handler, monitor and supervisor
+// log of a failed test (the VM root is deleted afterwards), so a failure
+// in CI can be diagnosed from its output alone; GPA_TEST_DUMP_LOGS=1 logs
+// them for passing tests too.
+func (v *vm) dumpLogsOnFailure(t *testing.T) {
+	if !t.Failed() && os.Getenv("GPA_TEST_DUMP_LOGS") == "" {
+		return
+	}
+	const tail = 8 << 10
+	for _, p := range []string{
+		filepath.Join(v.logDir, HandlerLogName),
+		filepath.Join(v.logDir, MonitorLogName),
+		filepath.Join(v.layout().LogDir(), "supervisor.log"),
+	} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Logf("%s: %v", p, err)
+			continue
+		}
+		if len(data) > tail {
+			data = data[len(data)-tail:]
+		}
+		t.Logf("--- %s (last %d bytes) ---\n%s", p, len(data), data)
+	}
 }
 
 const ubuntu2204 = "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\n"
