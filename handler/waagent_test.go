@@ -230,7 +230,7 @@ func (v *vm) killAll() {
 }
 
 func (v *vm) zipPath(ver string) string {
-	return filepath.Join(pkgDir, v.kind, ver, HandlerName+"__"+ver+".zip")
+	return filepath.Join(pkgDir, v.kind, ver, HandlerName+"-"+ver+".zip")
 }
 
 // download unpacks a version the way waagent's download() and

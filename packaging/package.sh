@@ -10,9 +10,9 @@
 # defaults to the host's.
 #
 # Outputs:
-#   OUTDIR/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux__VERSION.zip
-#       (the name waagent caches packages under; drop it into
-#       /var/lib/waagent to install a dev build)
+#   OUTDIR/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux-VERSION.zip
+#       (to install a dev build, copy it to /var/lib/waagent under the name
+#       waagent caches packages under: <Name>__<Version>.zip)
 #   OUTDIR/azure-proxy-agent_VERSION_ARCH.deb   (needs dpkg-deb)
 set -euo pipefail
 
@@ -61,7 +61,7 @@ install -m 0644 "$here/azure-proxy-agent.8" "$ext/ProxyAgent/azure-proxy-agent.8
 install -m 0755 "$bindir/azure-proxy-agent" "$ext/ProxyAgent/ProxyAgent/azure-proxy-agent"
 install -m 0644 "$here/proxy-agent.json" "$ext/ProxyAgent/ProxyAgent/proxy-agent.json"
 install -m 0644 "$ebpf" "$ext/ProxyAgent/ProxyAgent/ebpf_cgroup.o"
-zipfile=$outdir/${name}__${version}.zip
+zipfile=$outdir/${name}-${version}.zip
 rm -f "$zipfile"
 (cd "$ext" && zip -q -X -r "$zipfile" .)
 echo "$zipfile"

@@ -316,7 +316,7 @@ func BuildExtension(ctx context.Context, moduleDir, outDir string) (string, erro
 // PackageExtension builds the VM extension zip for version with the
 // module's packaging/package.sh from the agent and extension binaries
 // given, into outDir, and returns the zip's path
-// (outDir/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux__<version>.zip).
+// (outDir/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux-<version>.zip).
 func PackageExtension(ctx context.Context, moduleDir, version, agent, ext, outDir string) (string, error) {
 	stage, err := os.MkdirTemp("", "gpa-pkg-bin-")
 	if err != nil {
@@ -341,7 +341,7 @@ func PackageExtension(ctx context.Context, moduleDir, version, agent, ext, outDi
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("e2eenv: package.sh: %w: %s", err, bytes.TrimSpace(b))
 	}
-	zipPath := filepath.Join(outDir, "Microsoft.CPlat.ProxyAgent.ProxyAgentLinux__"+version+".zip")
+	zipPath := filepath.Join(outDir, "Microsoft.CPlat.ProxyAgent.ProxyAgentLinux-"+version+".zip")
 	if _, err := os.Stat(zipPath); err != nil {
 		return "", fmt.Errorf("e2eenv: package.sh wrote no zip: %w", err)
 	}

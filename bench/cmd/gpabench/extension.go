@@ -69,7 +69,7 @@ func extensionStart(ctx context.Context, b *benchEnv, moduleRoot string, res *Ex
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("package.sh: %w: %s", err, tail(string(out), 300))
 	}
-	zipPath := filepath.Join(pkgOut, handler.HandlerName+"__"+extVersion+".zip")
+	zipPath := filepath.Join(pkgOut, handler.HandlerName+"-"+extVersion+".zip")
 
 	vmRoot := filepath.Join(dir, "root")
 	for _, d := range []string{"etc", "var/lib/waagent"} {
