@@ -95,7 +95,20 @@ type Monitor struct {
 	// the next attempt is due (zero: none scheduled).
 	updateFailures int
 	retryAt        time.Time
+	// fastSince is when fast polling last began: at start and after each
+	// install (see Wait).
+	fastSince time.Time
 }
+
+// Fast polling: until the status first reaches success after the monitor
+// starts or installs the agent, it ticks every FastPollInterval instead of
+// Opts.MonitorInterval, for at most FastPollWindow. A fresh enable then
+// reports success within seconds of the agent coming up instead of one
+// full interval later; once healthy, the monitor ticks at the normal rate.
+const (
+	FastPollInterval = time.Second
+	FastPollWindow   = 5 * time.Minute
+)
 
 // maxUpdateRetryShift caps the retry backoff at 64 × UpdateRetryInterval.
 const maxUpdateRetryShift = 6
@@ -121,6 +134,7 @@ func (m *Monitor) init() {
 	if m.state == nil {
 		m.state = NewStatusState(m.Env.Opts.ErrorThreshold)
 		m.restorePurgeDone = true
+		m.fastSince = time.Now()
 	}
 }
 
@@ -153,9 +167,21 @@ func (m *Monitor) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			m.Env.Log.Info("monitor stopping")
 			return nil
-		case <-time.After(m.Env.Opts.MonitorInterval):
+		case <-time.After(m.Wait()):
 		}
 	}
+}
+
+// Wait is the time until the next tick: FastPollInterval while fast
+// polling (see FastPollWindow), else Opts.MonitorInterval.
+func (m *Monitor) Wait() time.Duration {
+	m.init()
+	interval := m.Env.Opts.MonitorInterval
+	if st, _, _ := m.state.Status(); st != extension.StatusSuccess && time.Since(m.fastSince) < FastPollWindow &&
+		FastPollInterval < interval {
+		return FastPollInterval
+	}
+	return interval
 }
 
 // Tick performs one monitoring pass.
@@ -245,6 +271,7 @@ func (m *Monitor) checkUpdate(ctx context.Context) bool {
 		m.restorePurgeDone = false
 	}
 	code, stderr, err := m.RunSetup(ctx, "install")
+	m.fastSince = time.Now()
 	var st extension.Status
 	switch {
 	case err != nil:

@@ -360,3 +360,32 @@ func TestMonitorRetriesFailedUpgrade(t *testing.T) {
 		}
 	})
 }
+
+// Until the first success after start or an install, the monitor ticks
+// every FastPollInterval; once healthy it ticks at the normal interval.
+func TestMonitorFastPollsUntilFirstSuccess(t *testing.T) {
+	r := newMonitorRig(t, "1.0.1", "1.0.0")
+	ctx := context.Background()
+	if w := r.m.Wait(); w != FastPollInterval {
+		t.Fatalf("wait before the first tick = %v, want %v", w, FastPollInterval)
+	}
+	r.m.Tick(ctx) // installs 1.0.1; the agent has not reported yet
+	if w := r.m.Wait(); w != FastPollInterval {
+		t.Fatalf("wait after install = %v, want %v", w, FastPollInterval)
+	}
+	r.healthy("1.0.1")
+	r.m.Tick(ctx)
+	if st := r.status(); st.Status != "success" {
+		t.Fatalf("status %s, want success", st.Status)
+	}
+	if w := r.m.Wait(); w != r.env.Opts.MonitorInterval {
+		t.Fatalf("wait once healthy = %v, want %v", w, r.env.Opts.MonitorInterval)
+	}
+	// After the window, an unhealthy agent no longer causes fast polling.
+	r.fetch.err, r.fetch.data = errors.New("agent down"), nil
+	r.m.Tick(ctx)
+	r.m.fastSince = time.Now().Add(-FastPollWindow)
+	if w := r.m.Wait(); w != r.env.Opts.MonitorInterval {
+		t.Fatalf("wait after the window = %v, want %v", w, r.env.Opts.MonitorInterval)
+	}
+}
