@@ -14,6 +14,7 @@ import (
 
 	"github.com/opengpa/gpa/extension"
 	"github.com/opengpa/gpa/handler"
+	"github.com/opengpa/gpa/internal/e2eenv"
 	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/internal/waagentsim"
 )
@@ -100,7 +101,7 @@ func extensionStart(ctx context.Context, b *benchEnv, moduleRoot string, res *Ex
 	if err := os.WriteFile(overlayPath, overlay, 0o644); err != nil {
 		return err
 	}
-	env := append(cleanEnvNoProxy(),
+	env := append(e2eenv.CleanEnv(),
 		handler.EnvRoot+"="+vmRoot,
 		handler.EnvConfigOverlay+"="+overlayPath,
 		handler.EnvServiceManager+"=supervisor",
@@ -185,16 +186,3 @@ func killUnder(dir string) {
 	}
 }
 
-// cleanEnvNoProxy is the environment without proxy variables.
-func cleanEnvNoProxy() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		switch strings.ToLower(k) {
-		case "http_proxy", "https_proxy", "all_proxy", "no_proxy":
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}
