@@ -185,4 +185,3 @@ func killUnder(dir string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-
