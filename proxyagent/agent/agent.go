@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -65,6 +66,7 @@ func Run(ctx context.Context, opts Options) error {
 		log.Warn("config", "warning", w)
 	}
 	log.Info("GuestProxyAgent is starting", "version", opts.Version, "pid", os.Getpid())
+	tuneGC()
 
 	dest, err := destinations(cfg)
 	if err != nil {
@@ -96,12 +98,15 @@ func Run(ctx context.Context, opts Options) error {
 	var kk *keykeeper.KeyKeeper
 	prov := provision.New(provision.Options{
 		Dir: cfg.LatchKeyFolder, Registry: reg,
-		State:      func() string { return kk.State() },
-		Notify:     func() { kk.Notify() },
-		Resync:     func() error { return kk.ResyncRedirect() },
-		Console:    func(msg string) { log.Info(msg, "module", "provision") },
-		OnFinished: func() { setCPUQuota(log) },
-		Logger:     log.With("module", "provision"),
+		State:   func() string { return kk.State() },
+		Notify:  func() { kk.Notify() },
+		Resync:  func() error { return kk.ResyncRedirect() },
+		Console: func(msg string) { log.Info(msg, "module", "provision") },
+		OnFinished: func() {
+			go releaseStartupMemory()
+			setCPUQuota(log)
+		},
+		Logger: log.With("module", "provision"),
 	})
 
 	var (
@@ -177,8 +182,9 @@ func Run(ctx context.Context, opts Options) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); kk.Run(ctx) }()
+	go func() { defer wg.Done(); releaseWhenIdle(ctx, srv.RequestCount, IdleRelease, debug.FreeOSMemory) }()
 	// status.json is written from the start, not only once provisioning
 	// finished as upstream does, so a reader never sees a stale file from an
 	// earlier run (documented deviation).

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -441,4 +442,39 @@ func hasHeader(e hostsim.Entry, name, value string) bool {
 		}
 	}
 	return false
+}
+
+// Memory is released once when requests stop after activity, and not
+// while idle without activity or while requests keep coming.
+func TestReleaseWhenIdle(t *testing.T) {
+	var count, releases atomic.Uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		releaseWhenIdle(ctx, count.Load, 5*time.Millisecond, func() { releases.Add(1) })
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if n := releases.Load(); n != 0 {
+		t.Fatalf("%d releases without any request", n)
+	}
+	for i := 0; i < 20; i++ { // busy: the count changes at every tick
+		count.Add(1)
+		time.Sleep(time.Millisecond)
+	}
+	count.Add(1)
+	deadline := time.Now().Add(5 * time.Second)
+	for releases.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	first := releases.Load()
+	time.Sleep(50 * time.Millisecond) // idle on: no further release
+	cancel()
+	<-done
+	if first == 0 {
+		t.Fatal("no release after requests stopped")
+	}
+	if n := releases.Load(); n != first {
+		t.Errorf("%d releases while idle after the first %d, want none", n-first, first)
+	}
 }

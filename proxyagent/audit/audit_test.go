@@ -482,7 +482,7 @@ func TestQueueFullDropsAndCounts(t *testing.T) {
 		t.Fatal("no events dropped with a stalled writer and a queue of 2")
 	}
 	close(release)
-	for deadline := time.Now().Add(5 * time.Second); len(r.queue) > 0; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); r.queued() > 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("writer did not drain the queue")
 		}
@@ -576,5 +576,46 @@ func BenchmarkWrite(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r.handle(&j)
+	}
+}
+
+// The writer goroutine takes queued events in batches: once BatchSize
+// are queued, or BatchDelay after the first, not only at Close.
+func TestRecorderBatching(t *testing.T) {
+	newRec := func(delay time.Duration) *Recorder {
+		r, err := New(Options{FlushInterval: time.Hour, BatchDelay: delay, BatchSize: 4,
+			Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return r
+	}
+	drained := func(r *Recorder) bool {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if r.queued() == 0 {
+				return true
+			}
+		}
+		return false
+	}
+
+	r := newRec(time.Hour)
+	for i := 0; i < 3; i++ {
+		r.Record(allowEvent())
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := r.queued(); n != 3 {
+		t.Fatalf("%d queued before the batch was full, want 3 (writer woke early)", n)
+	}
+	r.Record(allowEvent())
+	if !drained(r) {
+		t.Fatal("full batch not taken by the writer")
+	}
+
+	r = newRec(10 * time.Millisecond)
+	r.Record(allowEvent())
+	if !drained(r) {
+		t.Fatal("a single event was not taken after BatchDelay")
 	}
 }

@@ -29,6 +29,8 @@ const (
 // Defaults for Options.
 const (
 	DefaultFlushInterval  = time.Second
+	DefaultBatchDelay     = 20 * time.Millisecond
+	DefaultBatchSize      = 16
 	DefaultQueueSize      = 4096
 	DefaultMaxSummaryKeys = 2048
 )
@@ -45,6 +47,15 @@ type Options struct {
 	ConnLogLevel logfile.Level
 	// FlushInterval is how often buffered lines reach the files (1 s).
 	FlushInterval time.Duration
+	// BatchDelay is the longest a queued event waits before the writer
+	// goroutine wakes for it (20 ms, at most FlushInterval). The writer
+	// also wakes once BatchSize jobs are queued. Batching spares the
+	// request path a goroutine wake-up per request; the size bound keeps
+	// each burst of writing short.
+	BatchDelay time.Duration
+	// BatchSize is the queue length that wakes the writer at once (16,
+	// at most half of QueueSize).
+	BatchSize int
 	// QueueSize bounds the events waiting to be written (4096); when it is
 	// full, events are counted as dropped instead of blocking Record.
 	QueueSize int
@@ -68,7 +79,8 @@ type Options struct {
 // Recorder records request outcomes: it keeps the two summary tables and
 // writes ProxyAgent.Connection.log and the JSON-lines audit log. Record
 // never blocks on disk: it updates the tables and hands the event to a
-// writer goroutine through a bounded queue. Safe for concurrent use.
+// writer goroutine through a bounded queue, which the writer drains in
+// batches. Safe for concurrent use.
 type Recorder struct {
 	opts Options
 
@@ -78,10 +90,14 @@ type Recorder struct {
 	dropped atomic.Uint64 // events not written since start
 	lost    atomic.Uint64 // events not written since the last audit record
 
-	qmu    sync.RWMutex // guards closed and sends on queue
-	closed bool
-	queue  chan job
-	done   chan struct{}
+	qmu     sync.Mutex // guards closed, pending and spare
+	closed  bool
+	pending []job       // queued for the writer, at most QueueSize
+	spare   []job       // the writer's last drained batch, for reuse
+	wakeAt  int         // pending length that wakes the writer at once
+	timer   *time.Timer // wakes the writer BatchDelay after the first queued job
+	wake    chan struct{}
+	done    chan struct{}
 
 	// Owned by the writer goroutine after New.
 	connLog  *logfile.Writer
@@ -115,6 +131,15 @@ func New(opts Options) (*Recorder, error) {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = DefaultQueueSize
 	}
+	if opts.BatchDelay <= 0 {
+		opts.BatchDelay = DefaultBatchDelay
+	}
+	if opts.BatchDelay > opts.FlushInterval {
+		opts.BatchDelay = opts.FlushInterval
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = DefaultBatchSize
+	}
 	if opts.MaxSummaryKeys <= 0 {
 		opts.MaxSummaryKeys = DefaultMaxSummaryKeys
 	}
@@ -137,9 +162,12 @@ func New(opts Options) (*Recorder, error) {
 		opts:   opts,
 		conn:   newTable(opts.BucketDuration, opts.MaxSummaryAge, opts.MaxSummaryKeys),
 		failed: newTable(opts.BucketDuration, opts.MaxSummaryAge, opts.MaxSummaryKeys),
-		queue:  make(chan job, opts.QueueSize),
+		wakeAt: max(1, min(opts.BatchSize, opts.QueueSize/2)),
+		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
+	r.timer = time.AfterFunc(time.Hour, r.signal)
+	r.timer.Stop()
 	if opts.Dir != "" {
 		lo := logfile.Options{MaxSize: opts.MaxFileSize, MaxFiles: opts.MaxFiles}
 		auditPath := filepath.Join(opts.Dir, AuditLogName)
@@ -196,21 +224,63 @@ func (r *Recorder) ConnLog(level logfile.Level, httpID, tcpID uint64, message st
 }
 
 func (r *Recorder) enqueue(j job) {
-	r.qmu.RLock()
-	defer r.qmu.RUnlock()
+	r.qmu.Lock()
 	if r.closed {
+		r.qmu.Unlock()
 		return
 	}
-	select {
-	case r.queue <- j:
-	default:
+	if len(r.pending) >= r.opts.QueueSize {
+		r.qmu.Unlock()
 		if j.hasEvent {
 			r.lost.Add(1)
 			if r.dropped.Add(1) == 1 {
-				r.opts.Logger.Warn("audit queue full, dropping records", "queueSize", cap(r.queue))
+				r.opts.Logger.Warn("audit queue full, dropping records", "queueSize", r.opts.QueueSize)
 			}
 		}
+		return
 	}
+	r.pending = append(r.pending, j)
+	n := len(r.pending)
+	if n == 1 && n < r.wakeAt {
+		r.timer.Reset(r.opts.BatchDelay)
+	}
+	r.qmu.Unlock()
+	if n == r.wakeAt {
+		r.signal()
+	}
+}
+
+// maxKeptBatch is the largest queue slice (in jobs, about 400 bytes each)
+// kept for reuse after a batch.
+const maxKeptBatch = 256
+
+// signal wakes the writer goroutine without blocking.
+func (r *Recorder) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// queued returns how many jobs wait for the writer.
+func (r *Recorder) queued() int {
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	return len(r.pending)
+}
+
+// takeBatch hands the writer every queued job (and gets back the slice of
+// the previous batch for reuse); closed says Close has been called.
+func (r *Recorder) takeBatch(prev []job) (batch []job, closed bool) {
+	clear(prev)
+	if cap(prev) > maxKeptBatch {
+		prev = nil // a backlog's slice is not kept for the idle agent
+	}
+	r.qmu.Lock()
+	batch, r.pending = r.pending, prev[:0]
+	closed = r.closed
+	r.qmu.Unlock()
+	return batch, closed
 }
 
 // Summaries returns the live entries of proxyConnectionSummary (conn) and
@@ -231,11 +301,10 @@ func (r *Recorder) Dropped() uint64 { return r.dropped.Load() }
 // safe to call more than once.
 func (r *Recorder) Close() error {
 	r.qmu.Lock()
-	if !r.closed {
-		r.closed = true
-		close(r.queue)
-	}
+	r.closed = true
+	r.timer.Stop()
 	r.qmu.Unlock()
+	r.signal()
 	<-r.done
 	var err error
 	if r.connLog != nil {
@@ -249,15 +318,30 @@ func (r *Recorder) run() {
 	defer close(r.done)
 	tick := time.NewTicker(r.opts.FlushInterval)
 	defer tick.Stop()
+	var batch []job
 	for {
+		flush := false
 		select {
-		case j, ok := <-r.queue:
-			if !ok {
-				r.flush()
-				return
-			}
-			r.handle(&j)
+		case <-r.wake:
 		case <-tick.C:
+			flush = true
+		}
+		var closed bool
+		batch, closed = r.takeBatch(batch)
+		for i := range batch {
+			r.handle(&batch[i])
+		}
+		if closed {
+			// Close set closed before its wake-up, and nothing is queued
+			// after closed; one more take collects what raced with it.
+			batch, _ = r.takeBatch(batch)
+			for i := range batch {
+				r.handle(&batch[i])
+			}
+			r.flush()
+			return
+		}
+		if flush {
 			r.flush()
 		}
 	}

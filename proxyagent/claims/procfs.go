@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"unicode/utf8"
 
@@ -29,31 +29,85 @@ func parseStat(b []byte) (procStat, error) {
 	if open < 0 || end < open {
 		return procStat{}, errors.New("stat: no command name in parentheses")
 	}
-	st := procStat{Comm: string(b[open+1 : end])}
-	// Fields 3.. follow ") ".
-	rest := strings.Fields(string(b[end+1:]))
+	// Fields 3.. follow ") ", separated by spaces.
 	const ppidIdx, startIdx = 4 - 3, 22 - 3
-	if len(rest) <= startIdx {
-		return procStat{}, fmt.Errorf("stat: %d fields after the command name, want at least %d", len(rest), startIdx+1)
+	var ppidField, startField []byte
+	n := 0
+	for rest := b[end+1:]; n <= startIdx; n++ {
+		f := nextField(&rest)
+		if f == nil {
+			return procStat{}, fmt.Errorf("stat: %d fields after the command name, want at least %d", n, startIdx+1)
+		}
+		switch n {
+		case ppidIdx:
+			ppidField = f
+		case startIdx:
+			startField = f
+		}
 	}
-	ppid, err := strconv.ParseUint(rest[ppidIdx], 10, 32)
-	if err != nil {
-		return procStat{}, fmt.Errorf("stat: parent pid: %w", err)
+	ppid, ok := parseUint(ppidField, 32)
+	if !ok {
+		return procStat{}, fmt.Errorf("stat: parent pid: invalid %q", string(ppidField))
 	}
-	start, err := strconv.ParseUint(rest[startIdx], 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("stat: start time: %w", err)
+	start, ok := parseUint(startField, 64)
+	if !ok {
+		return procStat{}, fmt.Errorf("stat: start time: invalid %q", string(startField))
 	}
-	st.PPID = uint32(ppid)
-	st.StartTime = start
-	return st, nil
+	return procStat{Comm: string(b[open+1 : end]), PPID: uint32(ppid), StartTime: start}, nil
 }
 
-// readLimited returns the first (at most limit) bytes of the file at
-// path with a single read, which for procfs files returns everything that
-// fits. It uses raw system calls: os.File would also try to register the
+// nextField returns the next field of *rest separated by ASCII whitespace
+// and advances *rest past it, or nil when none is left.
+func nextField(rest *[]byte) []byte {
+	b := *rest
+	i := 0
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	j := i
+	for j < len(b) && !isSpace(b[j]) {
+		j++
+	}
+	*rest = b[j:]
+	if i == j {
+		return nil
+	}
+	return b[i:j]
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
+}
+
+// parseUint parses a decimal number that fits in bits bits, without
+// allocating.
+func parseUint(b []byte, bits int) (uint64, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	limit := uint64(1)<<bits - 1
+	if bits == 64 {
+		limit = ^uint64(0)
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if n > (limit-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
+	}
+	return n, true
+}
+
+// readLimited reads the file at path into buf with a single read, which
+// for procfs files returns everything that fits, and returns the bytes
+// read. It uses raw system calls: os.File would also try to register the
 // descriptor with the network poller, one more system call per file.
-func readLimited(path string, limit int) ([]byte, error) {
+func readLimited(path string, buf []byte) ([]byte, error) {
 	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	for err == syscall.EINTR {
 		fd, err = syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
@@ -62,7 +116,6 @@ func readLimited(path string, limit int) ([]byte, error) {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	defer syscall.Close(fd)
-	buf := make([]byte, limit)
 	n, err := syscall.Read(fd, buf)
 	for err == syscall.EINTR {
 		n, err = syscall.Read(fd, buf)
@@ -78,7 +131,8 @@ func readLimited(path string, limit int) ([]byte, error) {
 const maxStatBytes = 1024
 
 func (r *Resolver) readStat(pid uint32) (procStat, error) {
-	b, err := readLimited(r.procPath(pid, "stat"), maxStatBytes)
+	var buf [maxStatBytes]byte
+	b, err := readLimited(r.procPath(pid, "stat"), buf[:])
 	if err != nil {
 		return procStat{}, err
 	}
@@ -91,12 +145,21 @@ func (r *Resolver) readStat(pid uint32) (procStat, error) {
 func (r *Resolver) readCmdLine(pid uint32) (string, error) {
 	limit := r.maxCmdLine()
 	// Reading twice the output limit leaves room for empty arguments.
-	b, err := readLimited(r.procPath(pid, "cmdline"), 2*limit+1)
+	bp := cmdBufs.Get().(*[]byte)
+	defer cmdBufs.Put(bp)
+	if cap(*bp) < 2*limit+1 {
+		*bp = make([]byte, 2*limit+1)
+	}
+	b, err := readLimited(r.procPath(pid, "cmdline"), (*bp)[:2*limit+1])
 	if err != nil {
 		return "", err
 	}
 	return redact.String(formatCmdLine(b, limit)), nil
 }
+
+// cmdBufs holds command-line read buffers; formatCmdLine copies what it
+// keeps, so a buffer is reused as soon as it is formatted.
+var cmdBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // TruncatedSuffix ends a command line that was cut to the length limit.
 const TruncatedSuffix = " ...[truncated]"

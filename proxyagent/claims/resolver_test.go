@@ -283,8 +283,11 @@ func startChild(t *testing.T) (*exec.Cmd, uint64) {
 	// Wait for the exec to complete (cmdline switches from the Go binary).
 	deadline := time.Now().Add(5 * time.Second)
 	for {
+		// comm changes early in exec, the new command line a little
+		// later; wait for both.
 		st, err := r.readStat(uint32(cmd.Process.Pid))
-		if err == nil && st.Comm == "sh" {
+		cl, _ := r.readCmdLine(uint32(cmd.Process.Pid))
+		if err == nil && st.Comm == "sh" && strings.HasPrefix(cl, "sh ") {
 			return cmd, st.StartTime
 		}
 		if time.Now().After(deadline) {

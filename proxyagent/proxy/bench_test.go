@@ -79,3 +79,49 @@ func BenchmarkSignRequest(b *testing.B) {
 		_ = key.Authorization(sts)
 	}
 }
+
+// BenchmarkProxyNewConn is one proxied, signed request per iteration on a
+// new client connection (accept, identity, claims, upstream from the
+// pool, request, close). Compare with BenchmarkDirectNewConn.
+func BenchmarkProxyNewConn(b *testing.B) {
+	e := newEnv(b, nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		c := e.connect(userRec(imdsDest))
+		benchOne(b, c.c, benchRequest)
+		c.c.Close()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(e.up.conns.Load()), "upstream-conns")
+}
+
+// BenchmarkDirectNewConn is the same request on a new connection straight
+// to the fake upstream, the baseline for BenchmarkProxyNewConn.
+func BenchmarkDirectNewConn(b *testing.B) {
+	up := newFakeUpstream(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := net.Dial("tcp4", up.addr())
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchOne(b, c, benchRequest)
+		c.Close()
+	}
+}
+
+// benchOne sends one request on c and reads the whole response.
+func benchOne(b *testing.B, c net.Conn, raw string) {
+	if _, err := io.WriteString(c, raw); err != nil {
+		b.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b.Fatalf("status %d", resp.StatusCode)
+	}
+}

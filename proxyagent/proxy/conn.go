@@ -156,7 +156,11 @@ func (st *connState) setup(ctx context.Context) {
 		st.dialErr = errors.New("destination is the proxy listener itself")
 		return
 	}
-	up, err := s.dial(ctx, st.dest)
+	up := s.pool.get(st.dest)
+	var err error
+	if up == nil {
+		up, err = s.dial(ctx, st.dest)
+	}
 	if err != nil {
 		st.dialErr = err
 		s.log.Warn("upstream connect failed", "tcpId", st.tcpID, "dest", st.dest.String(), "error", err)
@@ -165,7 +169,7 @@ func (st *connState) setup(ctx context.Context) {
 	st.mu.Lock()
 	if st.closed {
 		st.mu.Unlock()
-		up.close()
+		s.pool.put(up)
 		return
 	}
 	st.up = up
@@ -188,7 +192,7 @@ func (s *Server) dial(ctx context.Context, dest netip.AddrPort) (*upstream, erro
 	if err != nil {
 		return nil, err
 	}
-	return newUpstream(c, s.opts.ResponseTimeout), nil
+	return newUpstream(c, dest, s.opts.ResponseTimeout), nil
 }
 
 // take removes the upstream connection from the state for one request's
@@ -228,18 +232,23 @@ func (st *connState) take(ctx context.Context) (up *upstream, pooled bool, err e
 	return up, false, err
 }
 
-// put returns a healthy upstream connection after a complete response.
+// put returns a healthy upstream connection after a complete response:
+// to this client connection, or to the server's idle pool when the client
+// connection has closed meanwhile.
 func (st *connState) put(up *upstream) {
 	st.mu.Lock()
 	if st.closed || st.up != nil {
 		st.mu.Unlock()
-		up.close()
+		st.s.pool.put(up)
 		return
 	}
 	st.up = up
 	st.mu.Unlock()
 }
 
+// close ends the client connection's state; its idle upstream connection
+// (only ever one that finished a complete response, or the unused eager
+// one) goes to the server's idle pool.
 func (st *connState) close() {
 	st.cancel()
 	st.mu.Lock()
@@ -248,7 +257,103 @@ func (st *connState) close() {
 	st.up = nil
 	st.mu.Unlock()
 	if up != nil {
+		st.s.pool.put(up)
+	}
+}
+
+// upstreamPool keeps idle upstream connections, per original destination,
+// for reuse by later client connections. Only a connection with no request
+// in flight and nothing unread (a complete response read, or none sent) is
+// ever put, so framing never carries over from one client connection to
+// another; each request carries its own claims and signature. A
+// connection is dropped when it has been idle longer than maxIdle, when
+// the host closed it or sent unsolicited bytes (checked on get), and when
+// more than max are idle for its destination.
+type upstreamPool struct {
+	max     int
+	maxIdle time.Duration
+
+	mu     sync.Mutex
+	idle   map[netip.AddrPort][]idleUpstream
+	closed bool
+}
+
+type idleUpstream struct {
+	up    *upstream
+	since time.Time
+}
+
+// get returns a live idle connection to dest, most recently used first, or
+// nil.
+func (p *upstreamPool) get(dest netip.AddrPort) *upstream {
+	if p.max <= 0 {
+		return nil
+	}
+	now := time.Now()
+	for {
+		p.mu.Lock()
+		list := p.idle[dest]
+		if len(list) == 0 {
+			p.mu.Unlock()
+			return nil
+		}
+		it := list[len(list)-1]
+		list[len(list)-1] = idleUpstream{}
+		if list = list[:len(list)-1]; len(list) == 0 {
+			delete(p.idle, dest)
+		} else {
+			p.idle[dest] = list
+		}
+		p.mu.Unlock()
+		if now.Sub(it.since) <= p.maxIdle && it.up.alive() {
+			return it.up
+		}
+		it.up.close()
+	}
+}
+
+// put keeps up for reuse, or closes it when the pool is closed, disabled
+// or full for its destination. The oldest idle connections expire first.
+func (p *upstreamPool) put(up *upstream) {
+	now := time.Now()
+	var drop []*upstream
+	p.mu.Lock()
+	if p.closed || p.max <= 0 {
+		p.mu.Unlock()
 		up.close()
+		return
+	}
+	if p.idle == nil {
+		p.idle = map[netip.AddrPort][]idleUpstream{}
+	}
+	list := p.idle[up.dest]
+	// Expire from the front (oldest), then make room.
+	n := 0
+	for n < len(list) && (now.Sub(list[n].since) > p.maxIdle || len(list)-n >= p.max) {
+		drop = append(drop, list[n].up)
+		n++
+	}
+	if n > 0 {
+		list = append(list[:0], list[n:]...)
+	}
+	p.idle[up.dest] = append(list, idleUpstream{up: up, since: now})
+	p.mu.Unlock()
+	for _, u := range drop {
+		u.close()
+	}
+}
+
+// closeAll closes every idle connection; later puts close theirs.
+func (p *upstreamPool) closeAll() {
+	p.mu.Lock()
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, list := range idle {
+		for _, it := range list {
+			it.up.close()
+		}
 	}
 }
 
@@ -256,13 +361,16 @@ func (st *connState) close() {
 // read and write is bounded by the response timeout.
 type upstream struct {
 	conn net.Conn
+	dest netip.AddrPort // original destination (pool key)
 	br   *bufio.Reader
 	bw   *bufio.Writer
 }
 
-func newUpstream(c net.Conn, timeout time.Duration) *upstream {
+func newUpstream(c net.Conn, dest netip.AddrPort, timeout time.Duration) *upstream {
 	dc := &deadlineConn{Conn: c, timeout: timeout}
-	return &upstream{conn: c, br: bufio.NewReaderSize(dc, 16<<10), bw: bufio.NewWriterSize(dc, 16<<10)}
+	// Small buffers: response bodies bypass br into the relay's buffer,
+	// and idle pooled connections keep theirs.
+	return &upstream{conn: c, dest: dest, br: bufio.NewReaderSize(dc, 4<<10), bw: bufio.NewWriterSize(dc, 4<<10)}
 }
 
 func (u *upstream) close() { u.conn.Close() }

@@ -34,8 +34,13 @@ var removedHeaders = map[string]bool{
 // may set: the protocol's x-ms-azure-host-* headers and the forwarding
 // headers IMDS rejects.
 func spoofable(name string) bool {
-	l := strings.ToLower(name)
-	return strings.HasPrefix(l, "x-ms-azure-host-") || strings.HasPrefix(l, "x-forwarded-") || l == "forwarded"
+	return hasPrefixFold(name, "x-ms-azure-host-") || hasPrefixFold(name, "x-forwarded-") || strings.EqualFold(name, "forwarded")
+}
+
+// hasPrefixFold is strings.HasPrefix ignoring ASCII case, for a lower-case
+// prefix.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 // outHeaders returns the client's headers as they go upstream, before the
@@ -44,8 +49,11 @@ func spoofable(name string) bool {
 // proxy, replaces it with the target's authority), then the remaining
 // headers sorted by name, each name's values in received order.
 func outHeaders(r *http.Request) []signing.Field {
-	named := map[string]bool{}
+	var named map[string]bool // lower-case names listed in Connection
 	for _, v := range r.Header["Connection"] {
+		if named == nil {
+			named = map[string]bool{}
+		}
 		for _, tok := range strings.Split(v, ",") {
 			if tok = strings.TrimSpace(tok); tok != "" {
 				named[strings.ToLower(tok)] = true
@@ -54,7 +62,7 @@ func outHeaders(r *http.Request) []signing.Field {
 	}
 	keys := make([]string, 0, len(r.Header))
 	for k := range r.Header {
-		if removedHeaders[k] || spoofable(k) || named[strings.ToLower(k)] {
+		if removedHeaders[k] || spoofable(k) || (named != nil && named[strings.ToLower(k)]) {
 			continue
 		}
 		keys = append(keys, k)
@@ -115,12 +123,11 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 
 // forward runs protocol.md §4.5 steps 10–13 for an authorized request.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, exempt bool, limit int64, ev *audit.Event) {
-	rc := http.NewResponseController(w)
 	if r.ContentLength != 0 {
 		// Bound the body read. Go's server clears the deadline when the
 		// body hits EOF (it then watches the idle client connection with a
 		// background read), so it does not cut short a slow host.
-		rc.SetReadDeadline(time.Now().Add(s.opts.BodyReadTimeout))
+		http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.opts.BodyReadTimeout))
 	}
 	out := &outRequest{method: r.Method, target: r.RequestURI, fields: outHeaders(r)}
 	_, sentLength := r.Header["Content-Length"]
@@ -174,7 +181,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 		return
 	}
 	ev.Status = resp.StatusCode
-	s.relay(w, rc, st, up, resp, ev)
+	s.relay(w, st, up, resp, ev)
 }
 
 // roundTrip writes out on the connection's upstream and reads the response
@@ -310,7 +317,7 @@ func readResponse(br *bufio.Reader, method string) (*http.Response, error) {
 // relay streams the upstream response to the client unchanged except for
 // the response marker, and keeps the upstream connection when the response
 // ended cleanly.
-func (s *Server) relay(w http.ResponseWriter, rc *http.ResponseController, st *connState, up *upstream, resp *http.Response, ev *audit.Event) {
+func (s *Server) relay(w http.ResponseWriter, st *connState, up *upstream, resp *http.Response, ev *audit.Event) {
 	h := w.Header()
 	for k, vv := range resp.Header {
 		h[k] = vv
@@ -342,7 +349,7 @@ func (s *Server) relay(w http.ResponseWriter, rc *http.ResponseController, st *c
 				return
 			}
 			if up.br.Buffered() == 0 {
-				rc.Flush()
+				flush(w)
 			}
 		}
 		if rerr == io.EOF {
@@ -365,4 +372,12 @@ func (s *Server) relay(w http.ResponseWriter, rc *http.ResponseController, st *c
 		return
 	}
 	st.put(up)
+}
+
+// flush sends what w buffered to the client (http.ResponseController.Flush
+// without its allocation).
+func flush(w http.ResponseWriter) {
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
 }

@@ -205,6 +205,9 @@ func traversal(target string) bool {
 	if strings.Contains(path, "//") {
 		return true
 	}
+	if strings.IndexByte(path, '%') < 0 {
+		return strings.Contains(path, "..")
+	}
 	return bytes.Contains(percentDecode(path), []byte(".."))
 }
 

@@ -2,7 +2,8 @@
 // connections the kernel redirected from the metadata endpoints, finds the
 // caller's identity once per TCP connection, authorizes every request,
 // endorses allowed requests with the latched key and forwards them over one
-// upstream connection per client connection (shared/spec/protocol.md §2,
+// upstream connection per client connection at a time, reusing idle ones
+// across client connections (shared/spec/protocol.md §2,
 // §4.1, §4.5, §4.6).
 //
 // Invariants a reader can rely on:
@@ -25,8 +26,10 @@
 //     (upstream crashes on them, quirk 15).
 //   - The 413 body-limit check runs before every other check (quirk 18).
 //
-// Upstream connection: one per client connection, opened right after
-// accept for a connection with claims. If that dial fails, every request on
+// Upstream connection: one per client connection at a time, taken right
+// after accept for a connection with claims: an idle pooled connection to
+// the same original destination when there is one, else a new dial. If
+// that dial fails, every request on
 // the client connection gets 502 (as upstream). When the host ends the
 // kept connection (the eager one or one kept after a response), by
 // Connection: close or by an idle close a non-blocking peek sees before
@@ -40,6 +43,15 @@
 //
 // Differences from upstream a reader should know:
 //
+//   - Upstream dials a new host connection for every client connection.
+//     Here a host connection a client connection leaves idle (after a
+//     complete response, or unused) returns to a small per-destination
+//     pool (Options.MaxIdleUpstream, UpstreamIdleTimeout) and may serve a
+//     later client connection, of any caller. This is safe because the
+//     host authenticates each request by its own claims header and
+//     signature, not by the TCP connection, and a connection is pooled
+//     only between complete messages, so framing never carries over.
+//     Claims are still resolved once per client connection.
 //   - Hop-by-hop headers (Connection and those it names, Keep-Alive, TE,
 //     Upgrade, Proxy-*, Trailer) and Expect are not forwarded; the request
 //     is re-framed with Content-Length (chunked only for exempt streamed
@@ -126,6 +138,8 @@ const (
 	DefaultMaxExemptBody     = 100 << 20 // 104 857 600 bytes
 	DefaultDialTimeout       = 10 * time.Second
 	DefaultResponseTimeout   = 120 * time.Second
+	DefaultMaxIdleUpstream   = 16
+	DefaultUpstreamIdle      = 30 * time.Second
 )
 
 // Options configures a Server. Identity, Claims, Authorizer and Keys are
@@ -183,6 +197,14 @@ type Options struct {
 	// single read or write on the upstream connection.
 	DialTimeout     time.Duration
 	ResponseTimeout time.Duration
+
+	// MaxIdleUpstream is how many idle upstream connections are kept per
+	// destination for reuse by later client connections (default 16;
+	// negative: none, every client connection dials its own).
+	MaxIdleUpstream int
+	// UpstreamIdleTimeout drops a pooled upstream connection idle this
+	// long (default 30 s).
+	UpstreamIdleTimeout time.Duration
 }
 
 // Server is the proxy listener. Create it with New, then Listen and Serve
@@ -191,6 +213,8 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 	hs   *http.Server
+
+	pool upstreamPool // idle upstream connections shared by client connections
 
 	requests atomic.Uint64 // proxyConnectionsCount and HTTP ids
 	tcpIDs   atomic.Uint64
@@ -246,7 +270,12 @@ func New(opts Options) (*Server, error) {
 		d := &net.Dialer{}
 		opts.DialUpstream = d.DialContext
 	}
+	setDur(&opts.UpstreamIdleTimeout, DefaultUpstreamIdle)
+	if opts.MaxIdleUpstream == 0 {
+		opts.MaxIdleUpstream = DefaultMaxIdleUpstream
+	}
 	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy")}
+	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
 	s.hs = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
@@ -336,10 +365,20 @@ func (s *Server) Serve() error {
 
 // Shutdown stops accepting, waits for in-flight requests until ctx ends,
 // and closes idle connections.
-func (s *Server) Shutdown(ctx context.Context) error { return s.hs.Shutdown(ctx) }
+// Idle pooled upstream connections are closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.hs.Shutdown(ctx)
+	s.pool.closeAll()
+	return err
+}
 
-// Close closes the listener and every client connection at once.
-func (s *Server) Close() error { return s.hs.Close() }
+// Close closes the listener, every client connection and every idle
+// upstream connection at once.
+func (s *Server) Close() error {
+	err := s.hs.Close()
+	s.pool.closeAll()
+	return err
+}
 
 // Run is Listen then Serve, shutting down (with a 5 s grace period) when
 // ctx ends.

@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/signing"
+)
+
+// pooled returns how many idle upstream connections the server keeps for
+// dest.
+func (e *env) pooled(dest netip.AddrPort) int {
+	e.srv.pool.mu.Lock()
+	defer e.srv.pool.mu.Unlock()
+	return len(e.srv.pool.idle[dest])
+}
+
+// waitPooled waits until the pool holds n connections for dest.
+func (e *env) waitPooled(dest netip.AddrPort, n int) {
+	e.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); e.pooled(dest) != n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("pooled upstream connections %d, want %d", e.pooled(dest), n)
+		}
+	}
+}
+
+// An upstream connection left idle by a closed client connection serves
+// the next client connection; every request still carries its own claims
+// and signature.
+func TestUpstreamPoolReuseAcrossClients(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.connect(rootRec(imdsDest))
+	if resp, _ := a.do(req("GET", "/a")); resp.StatusCode != 200 {
+		t.Fatalf("first client: %d", resp.StatusCode)
+	}
+	a.c.Close()
+	e.waitPooled(imdsDest, 1)
+	b := e.connect(userRec(imdsDest))
+	if resp, body := b.do(req("GET", "/b")); resp.StatusCode != 200 || body != "ok /b" {
+		t.Fatalf("second client: %d %q", resp.StatusCode, body)
+	}
+	if n := e.up.conns.Load(); n != 1 {
+		t.Errorf("upstream connections %d, want 1 (reused)", n)
+	}
+	reqs := e.up.requests()
+	if len(reqs) != 2 || reqs[0].conn != reqs[1].conn {
+		t.Fatalf("upstream requests %+v", reqs)
+	}
+	for i, elevated := range []bool{true, false} {
+		if !reqs[i].sigOK || reqs[i].value(signing.HeaderClaims) != signing.ClaimsValue(elevated) {
+			t.Errorf("request %d: signed=%v claims %q", i, reqs[i].sigOK, reqs[i].value(signing.HeaderClaims))
+		}
+	}
+}
+
+// A connection the host asked to close, or any connection when pooling is
+// disabled, is never handed to another client connection.
+func TestUpstreamPoolNotReused(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		maxIdle   int
+		target    string
+		wantConns int64
+	}{
+		{"connection-close", 0, "/close", 2},
+		{"pool-disabled", -1, "/ok", 2},
+		{"default", 0, "/ok", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.MaxIdleUpstream = tc.maxIdle })
+			e.up.setHandler(func(r seenRequest) upReply {
+				return upReply{status: 200, body: "ok", closeAfter: r.target == "/close"}
+			})
+			a := e.connect(rootRec(imdsDest))
+			if resp, _ := a.do(req("GET", tc.target)); resp.StatusCode != 200 {
+				t.Fatalf("first client: %d", resp.StatusCode)
+			}
+			a.c.Close()
+			time.Sleep(50 * time.Millisecond) // let the server see the close
+			b := e.connect(rootRec(imdsDest))
+			if resp, _ := b.do(req("GET", "/b")); resp.StatusCode != 200 {
+				t.Fatalf("second client: %d", resp.StatusCode)
+			}
+			if n := e.up.conns.Load(); n != tc.wantConns {
+				t.Errorf("upstream connections %d, want %d", n, tc.wantConns)
+			}
+		})
+	}
+}
+
+// The pool keeps at most MaxIdleUpstream connections per destination and
+// drops connections idle longer than UpstreamIdleTimeout.
+func TestUpstreamPoolBounds(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.MaxIdleUpstream = 2; o.UpstreamIdleTimeout = 100 * time.Millisecond })
+	var cs []*client
+	for i := 0; i < 4; i++ {
+		c := e.connect(rootRec(imdsDest))
+		if resp, _ := c.do(req("GET", "/"+strconv.Itoa(i))); resp.StatusCode != 200 {
+			t.Fatalf("client %d: %d", i, resp.StatusCode)
+		}
+		cs = append(cs, c)
+	}
+	for _, c := range cs {
+		c.c.Close()
+	}
+	time.Sleep(50 * time.Millisecond)
+	e.waitPooled(imdsDest, 2)
+	time.Sleep(150 * time.Millisecond) // both pooled connections expire
+	before := e.up.conns.Load()
+	c := e.connect(rootRec(imdsDest))
+	if resp, _ := c.do(req("GET", "/late")); resp.StatusCode != 200 {
+		t.Fatalf("late client: %d", resp.StatusCode)
+	}
+	if n := e.up.conns.Load(); n != before+1 {
+		t.Errorf("upstream connections %d after expiry, want %d (a new dial)", n, before+1)
+	}
+}
