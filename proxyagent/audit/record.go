@@ -101,6 +101,7 @@ type LineError struct {
 	Reason string // e.g. "truncated", "invalid JSON: …", "hash chain broken"
 }
 
+// Error names the line and what is wrong with it.
 func (e LineError) Error() string { return "line " + strconv.Itoa(e.Line) + ": " + e.Reason }
 
 // CorruptError lists the problems ReadLog found. Lines holds at most
@@ -110,6 +111,7 @@ type CorruptError struct {
 	Count int
 }
 
+// Error says how many lines were bad and which was first.
 func (e *CorruptError) Error() string {
 	if len(e.Lines) == 0 {
 		return "audit log: corrupt"
