@@ -56,11 +56,9 @@ type roleAssignment struct {
 	Identities []string `json:"identities"`
 }
 
-// fromWire copies a host item. securechannel's Identity cannot tell an
-// empty selector from an absent one, so an empty selector from the host
-// is read as absent (a wildcard). This is the one place where a host
-// document is judged differently from upstream; local rule files are
-// parsed by this package and keep the distinction.
+// fromWire copies a host item. An identity selector the host named with an
+// empty value stays specified (it matches only an empty claim), as
+// upstream.
 func fromWire(it *securechannel.AuthorizationItem) *item {
 	if it == nil {
 		return nil
@@ -83,9 +81,9 @@ func fromWire(it *securechannel.AuthorizationItem) *item {
 		if r.Identities != nil {
 			out.Rules.Identities = make([]identitySel, 0, len(r.Identities))
 			for _, id := range r.Identities {
+				u, g, e, p := id.Selectors()
 				out.Rules.Identities = append(out.Rules.Identities, identitySel{Name: id.Name,
-					UserName: optional(id.UserName), GroupName: optional(id.GroupName),
-					ExePath: optional(id.ExePath), ProcessName: optional(id.ProcessName)})
+					UserName: u, GroupName: g, ExePath: e, ProcessName: p})
 			}
 		}
 		if r.RoleAssignments != nil {
@@ -133,13 +131,6 @@ func (it *item) clone() *item {
 		out.Rules = &r
 	}
 	return &out
-}
-
-func optional(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
 }
 
 func nonNil(s []string) []string {

@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -216,6 +217,20 @@ func TestLocalEmptySelectorIsNotWildcard(t *testing.T) {
 	}
 	if m := rs.Match("/", user()); m.Allowed {
 		t.Fatalf("empty userName matched %q: %+v", user().UserName, m)
+	}
+}
+
+// The same holds for a host item: an empty selector the host sent is
+// specified, not a wildcard.
+func TestHostEmptySelectorIsNotWildcard(t *testing.T) {
+	var it securechannel.AuthorizationItem
+	if err := json.Unmarshal([]byte(`{"defaultAccess":"allow","mode":"enforce","id":"h","rules":{
+	 "privileges":[{"name":"p","path":"/"}],"roles":[{"name":"r","privileges":["p"]}],
+	 "identities":[{"name":"i","userName":"","processName":"curl"}],"roleAssignments":[{"role":"r","identities":["i"]}]}}`), &it); err != nil {
+		t.Fatal(err)
+	}
+	if m := Compile(&it).Match("/", user()); m.Allowed {
+		t.Fatalf("empty userName from the host matched %q: %+v", user().UserName, m)
 	}
 }
 

@@ -115,13 +115,80 @@ type Role struct {
 	Privileges []string `json:"privileges"`
 }
 
-// Identity selects callers; every specified selector must match.
+// Identity selects callers; every specified selector must match. A
+// selector is specified when it is non-empty or when the document named it,
+// even with an empty value (upstream then requires the claim to be empty),
+// so a decoded "userName": "" survives a round trip.
 type Identity struct {
-	Name        string `json:"name"`
-	UserName    string `json:"userName,omitempty"`
-	GroupName   string `json:"groupName,omitempty"`
-	ExePath     string `json:"exePath,omitempty"`
-	ProcessName string `json:"processName,omitempty"`
+	Name        string
+	UserName    string
+	GroupName   string
+	ExePath     string
+	ProcessName string
+	// named records selectors the decoded document named with an empty
+	// value, so they are not mistaken for wildcards.
+	named emptySelectors
+}
+
+// emptySelectors is a set of selectors named with an empty value.
+type emptySelectors uint8
+
+const (
+	emptyUserName emptySelectors = 1 << iota
+	emptyGroupName
+	emptyExePath
+	emptyProcessName
+)
+
+// identityJSON is the wire form of Identity; a nil selector is absent.
+type identityJSON struct {
+	Name        string  `json:"name"`
+	UserName    *string `json:"userName,omitempty"`
+	GroupName   *string `json:"groupName,omitempty"`
+	ExePath     *string `json:"exePath,omitempty"`
+	ProcessName *string `json:"processName,omitempty"`
+}
+
+// Selectors returns the specified selectors; nil means absent (a wildcard).
+func (id Identity) Selectors() (userName, groupName, exePath, processName *string) {
+	sel := func(v string, bit emptySelectors) *string {
+		if v == "" && id.named&bit == 0 {
+			return nil
+		}
+		return &v
+	}
+	return sel(id.UserName, emptyUserName), sel(id.GroupName, emptyGroupName), sel(id.ExePath, emptyExePath),
+		sel(id.ProcessName, emptyProcessName)
+}
+
+// MarshalJSON writes the specified selectors, empty ones included.
+func (id Identity) MarshalJSON() ([]byte, error) {
+	u, g, e, p := id.Selectors()
+	return json.Marshal(identityJSON{Name: id.Name, UserName: u, GroupName: g, ExePath: e, ProcessName: p})
+}
+
+// UnmarshalJSON reads an identity, remembering selectors named with an
+// empty value.
+func (id *Identity) UnmarshalJSON(b []byte) error {
+	var w identityJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*id = Identity{Name: w.Name}
+	for _, f := range []struct {
+		src *string
+		dst *string
+		bit emptySelectors
+	}{{w.UserName, &id.UserName, emptyUserName}, {w.GroupName, &id.GroupName, emptyGroupName},
+		{w.ExePath, &id.ExePath, emptyExePath}, {w.ProcessName, &id.ProcessName, emptyProcessName}} {
+		if f.src != nil {
+			*f.dst = *f.src
+			if *f.src == "" {
+				id.named |= f.bit
+			}
+		}
+	}
+	return nil
 }
 
 // RoleAssignment grants a role to identities.

@@ -1,6 +1,7 @@
 package securechannel
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -111,5 +112,33 @@ func TestParseKeyNeverEchoesTheKey(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), secret) {
 			t.Errorf("ParseKey(%q) error %v", body, err)
 		}
+	}
+}
+
+// An identity selector named with an empty value stays specified through
+// decoding and encoding (upstream then requires an empty claim); an absent
+// one stays a wildcard.
+func TestIdentityEmptySelectorSurvives(t *testing.T) {
+	var id Identity
+	if err := json.Unmarshal([]byte(`{"name":"x","userName":"","exePath":"/usr/bin/curl"}`), &id); err != nil {
+		t.Fatal(err)
+	}
+	u, g, e, p := id.Selectors()
+	if u == nil || *u != "" || g != nil || e == nil || *e != "/usr/bin/curl" || p != nil {
+		t.Fatalf("selectors %v %v %v %v", u, g, e, p)
+	}
+	out, err := json.Marshal(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != `{"name":"x","userName":"","exePath":"/usr/bin/curl"}` {
+		t.Fatalf("round trip: %s", out)
+	}
+	built := Identity{Name: "y", GroupName: "adm"}
+	if u, g, _, _ := built.Selectors(); u != nil || g == nil || *g != "adm" {
+		t.Fatal("an identity built in Go must specify only its non-empty selectors")
+	}
+	if out, _ := json.Marshal(built); string(out) != `{"name":"y","groupName":"adm"}` {
+		t.Fatalf("built identity: %s", out)
 	}
 }
