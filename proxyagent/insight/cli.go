@@ -172,16 +172,9 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 	}
 	opts := ReportOptions{PathDepth: *depth, Since: src.Since}
 	if *rulesPath != "" {
-		ro := RulesOptions{Mode: securechannel.ModeEnforce}
-		if *service != "" {
-			if ro.Service, err = ParseService(*service); err != nil {
-				return fail(stderr, cmd, err)
-			}
-		}
-		if opts.Rules, err = LoadRules(*rulesPath, ro); err != nil {
+		if opts.Rules, err = loadRules(stderr, *rulesPath, *service, RulesOptions{Mode: securechannel.ModeEnforce}); err != nil {
 			return fail(stderr, cmd, err)
 		}
-		printWarnings(stderr, opts.Rules.Warnings)
 	}
 	b := NewReportBuilder(opts)
 	st, err := Scan(src, func(e Entry) error { b.Add(e); return nil })
@@ -190,16 +183,7 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 	}
 	printWarnings(stderr, st.Warnings)
 	rep := b.Report(st)
-	if lf.json {
-		err = rep.WriteJSON(stdout)
-	} else {
-		err = rep.WriteTable(stdout)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "%s %s: %v\n", Program, cmd, err)
-		return ExitBadInput
-	}
-	return ExitOK
+	return write(stdout, stderr, cmd, lf.json, rep.WriteJSON, rep.WriteTable)
 }
 
 func runSuggest(args []string, stdout, stderr io.Writer) int {
@@ -345,20 +329,14 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 	default:
 		return fail(stderr, cmd, fmt.Errorf("--mode %q: want enforce, audit or document", *mode))
 	}
-	if *service != "" {
-		if ro.Service, err = ParseService(*service); err != nil {
-			return fail(stderr, cmd, err)
-		}
-	}
 	src, err := lf.source()
 	if err != nil {
 		return fail(stderr, cmd, err)
 	}
-	rules, err := LoadRules(pos[0], ro)
+	rules, err := loadRules(stderr, pos[0], *service, ro)
 	if err != nil {
 		return fail(stderr, cmd, err)
 	}
-	printWarnings(stderr, rules.Warnings)
 	rp := NewReplayer(rules)
 	st, err := Scan(src, func(e Entry) error { rp.Add(e); return nil })
 	if err != nil {
@@ -366,17 +344,42 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 	}
 	printWarnings(stderr, st.Warnings)
 	res := rp.Result(st)
-	if lf.json {
-		err = res.WriteJSON(stdout)
-	} else {
-		err = res.WriteText(stdout)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "%s %s: %v\n", Program, cmd, err)
-		return ExitBadInput
+	if code := write(stdout, stderr, cmd, lf.json, res.WriteJSON, res.WriteText); code != ExitOK {
+		return code
 	}
 	if res.NewlyDenied > 0 {
 		return ExitFindings
+	}
+	return ExitOK
+}
+
+// loadRules loads a rules document for a single service named by the
+// --service flag (empty: from the document) and prints its warnings.
+func loadRules(stderr io.Writer, path, service string, ro RulesOptions) (*Rules, error) {
+	if service != "" {
+		var err error
+		if ro.Service, err = ParseService(service); err != nil {
+			return nil, err
+		}
+	}
+	rules, err := LoadRules(path, ro)
+	if err != nil {
+		return nil, err
+	}
+	printWarnings(stderr, rules.Warnings)
+	return rules, nil
+}
+
+// write renders a result as JSON or as text for people; a failed write is
+// reported and exits ExitBadInput.
+func write(stdout, stderr io.Writer, cmd string, asJSON bool, toJSON, toText func(io.Writer) error) int {
+	render := toText
+	if asJSON {
+		render = toJSON
+	}
+	if err := render(stdout); err != nil {
+		fmt.Fprintf(stderr, "%s %s: %v\n", Program, cmd, err)
+		return ExitBadInput
 	}
 	return ExitOK
 }
