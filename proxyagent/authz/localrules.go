@@ -340,12 +340,7 @@ func validateLocal(lf *localFile) error {
 		privNames := map[string]bool{}
 		for i, p := range r.Privileges {
 			at := fmt.Sprintf("rules.privileges[%d]", i)
-			if strings.TrimSpace(p.Name) == "" {
-				add(at+".name", "is blank")
-			} else if privNames[p.Name] {
-				add(at+".name", "duplicates privilege %q", p.Name)
-			}
-			privNames[p.Name] = true
+			checkName(add, at, "privilege", p.Name, privNames)
 			if strings.TrimSpace(p.Path) == "" {
 				add(at+".path", "is blank")
 			}
@@ -360,23 +355,13 @@ func validateLocal(lf *localFile) error {
 		roleNames := map[string]bool{}
 		for i, ro := range r.Roles {
 			at := fmt.Sprintf("rules.roles[%d]", i)
-			if strings.TrimSpace(ro.Name) == "" {
-				add(at+".name", "is blank")
-			} else if roleNames[ro.Name] {
-				add(at+".name", "duplicates role %q", ro.Name)
-			}
-			roleNames[ro.Name] = true
+			checkName(add, at, "role", ro.Name, roleNames)
 			checkRefs(add, at+".privileges", "privilege", ro.Privileges, privNames)
 		}
 		idNames := map[string]bool{}
 		for i, id := range r.Identities {
 			at := fmt.Sprintf("rules.identities[%d]", i)
-			if strings.TrimSpace(id.Name) == "" {
-				add(at+".name", "is blank")
-			} else if idNames[id.Name] {
-				add(at+".name", "duplicates identity %q", id.Name)
-			}
-			idNames[id.Name] = true
+			checkName(add, at, "identity", id.Name, idNames)
 			if blank(id.UserName) && blank(id.GroupName) && blank(id.ExePath) && blank(id.ProcessName) {
 				add(at, "must set at least one of userName, groupName, exePath, processName")
 			}
@@ -580,6 +565,17 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// checkName validates the name of a defined thing (privilege, role,
+// identity): not blank and not already defined; it records the name in seen.
+func checkName(add func(path, format string, a ...any), at, kind, name string, seen map[string]bool) {
+	if strings.TrimSpace(name) == "" {
+		add(at+".name", "is blank")
+	} else if seen[name] {
+		add(at+".name", "duplicates %s %q", kind, name)
+	}
+	seen[name] = true
 }
 
 // checkRefs validates a list of references to named things (a role's
