@@ -22,7 +22,7 @@ import (
 
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/version"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func main() {
@@ -94,7 +94,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if cfg.PresetKey, err = securechannel.ParseKey(b); err != nil {
+		if cfg.PresetKey, err = msp.ParseIssuedKey(b); err != nil {
 			return fmt.Errorf("%s: %w", *presetKey, err)
 		}
 	}

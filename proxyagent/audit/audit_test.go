@@ -19,7 +19,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/logfile"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 var (
@@ -39,7 +39,7 @@ func rootClaims() *claims.Claims {
 func allowEvent() Event {
 	return Event{Time: t0, HTTPID: 7, TCPID: 3, Caller: rootClaims(), Client: client, Dest: ws,
 		Method: "GET", Target: "/machine?comp=goalstate", Authorized: true,
-		Decision: authz.Decision{Result: authz.Allow, Service: authz.WireServer, Mode: securechannel.ModeEnforce,
+		Decision: authz.Decision{Result: authz.Allow, Service: authz.WireServer, Mode: msp.ModeEnforce,
 			RuleID: "r1", Epoch: 5, Privilege: "goalstate", Identity: "root-py", Reason: "privilege matched"},
 		Status: 200, Latency: 12345 * time.Microsecond}
 }

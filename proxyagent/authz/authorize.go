@@ -4,8 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Destinations are the addresses that select a per-destination authorizer
@@ -101,7 +100,7 @@ func (s *Snapshot) RuleSet(svc Service) *RuleSet {
 //
 //  1. No caller identity ⇒ Deny. (The proxy answers 421 before asking;
 //     this only keeps the authorizer closed on its own.)
-//  2. An exempt upload (signing.Exempt) from an elevated caller ⇒ Allow,
+//  2. An exempt upload (msp.Exempt) from an elevated caller ⇒ Allow,
 //     whatever the destination and rules.
 //  3. The proxy's own listener ⇒ Deny; a destination that is none of the
 //     metadata services ⇒ Allow.
@@ -127,7 +126,7 @@ func (s *Snapshot) Authorize(req Request) Decision {
 	if c == nil {
 		return deny(d, "no caller identity")
 	}
-	if c.RunAsElevated && signing.Exempt(req.Method, req.Target) {
+	if c.RunAsElevated && msp.Exempt(req.Method, req.Target) {
 		return allow(d, "exempt upload from an elevated caller")
 	}
 	switch svc {
@@ -143,7 +142,7 @@ func (s *Snapshot) Authorize(req Request) Decision {
 	if rs == nil {
 		return allow(d, "no rules installed")
 	}
-	if rs.mode == securechannel.ModeDisabled {
+	if rs.mode == msp.ModeDisabled {
 		return allow(d, "mode disabled; rules ignored")
 	}
 	m := rs.Match(req.Target, c)
@@ -151,7 +150,7 @@ func (s *Snapshot) Authorize(req Request) Decision {
 	switch {
 	case m.Allowed:
 		return allow(d, m.Reason)
-	case rs.mode == securechannel.ModeAudit:
+	case rs.mode == msp.ModeAudit:
 		d.Result = AllowAudited
 		d.Reason = m.Reason + " (audit mode: forwarded)"
 		return d
@@ -173,7 +172,7 @@ func deny(d Decision, reason string) Decision {
 // Disabled (and for a nil rule set, which means none installed),
 // otherwise the matcher's verdict.
 func (rs *RuleSet) IsAllowed(target string, c *claims.Claims) bool {
-	if rs == nil || rs.mode == securechannel.ModeDisabled {
+	if rs == nil || rs.mode == msp.ModeDisabled {
 		return true
 	}
 	return rs.Match(target, c).Allowed

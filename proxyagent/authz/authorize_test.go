@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // testDests are loopback stand-ins for the production addresses.
@@ -83,15 +83,15 @@ func TestAuditEnforceMatrix(t *testing.T) {
 		for _, tc := range []struct {
 			access, mode string
 			want         Result
-			wantMode     securechannel.Mode
+			wantMode     msp.Mode
 		}{
-			{"deny", "audit", AllowAudited, securechannel.ModeAudit},
-			{"deny", "enforce", Deny, securechannel.ModeEnforce},
-			{"allow", "audit", Allow, securechannel.ModeAudit},
-			{"allow", "enforce", Allow, securechannel.ModeEnforce},
-			{"deny", "disabled", Allow, securechannel.ModeDisabled},
-			{"DENY", "Enforce", Deny, securechannel.ModeEnforce},
-			{"deny", "foo", Allow, securechannel.ModeDisabled}, // quirk 20
+			{"deny", "audit", AllowAudited, msp.ModeAudit},
+			{"deny", "enforce", Deny, msp.ModeEnforce},
+			{"allow", "audit", Allow, msp.ModeAudit},
+			{"allow", "enforce", Allow, msp.ModeEnforce},
+			{"deny", "disabled", Allow, msp.ModeDisabled},
+			{"DENY", "Enforce", Deny, msp.ModeEnforce},
+			{"deny", "foo", Allow, msp.ModeDisabled}, // quirk 20
 		} {
 			s := snapWith(t, svc, simpleItem(tc.access, tc.mode))
 			s.epoch = 7
@@ -209,7 +209,7 @@ func TestCompileDocumentReplay(t *testing.T) {
 	doc := []byte(`{"defaultAccess":"deny","rules":{"privileges":[{"name":"inst","path":"/metadata/instance"}],
 	 "roles":[{"name":"r","privileges":["inst"]}],"identities":[{"name":"c","processName":"curl"}],
 	 "roleAssignments":[{"role":"r","identities":["c"]}]}}`)
-	rs, err := CompileDocument(doc, securechannel.ModeEnforce)
+	rs, err := CompileDocument(doc, msp.ModeEnforce)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestCompileDocumentReplay(t *testing.T) {
 	if d := s.Authorize(Request{Dest: testDests.IMDS, Method: "GET", Target: "/metadata/instance", Caller: other}); d.Result != Deny {
 		t.Errorf("python3: %+v", d)
 	}
-	if _, err := CompileDocument([]byte(`{"rules":{"privileges":[{"name":" ","path":"/"}]}}`), securechannel.ModeEnforce); err == nil {
+	if _, err := CompileDocument([]byte(`{"rules":{"privileges":[{"name":" ","path":"/"}]}}`), msp.ModeEnforce); err == nil {
 		t.Error("invalid document compiled")
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // doc1k returns a host item with n privileges, n/10 roles, n/10
@@ -64,7 +64,7 @@ func BenchmarkCompile1k(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
-		var it securechannel.AuthorizationItem
+		var it msp.AuthorizationItem
 		if err := json.Unmarshal(data, &it); err != nil {
 			b.Fatal(err)
 		}
@@ -75,7 +75,7 @@ func BenchmarkCompile1k(b *testing.B) {
 // BenchmarkStoreUpdate1k measures one key-keeper poll that installs a new
 // 1,000-privilege WireServer item (no snapshot file).
 func BenchmarkStoreUpdate1k(b *testing.B) {
-	var it securechannel.AuthorizationItem
+	var it msp.AuthorizationItem
 	if err := json.Unmarshal(doc1k(1000), &it); err != nil {
 		b.Fatal(err)
 	}
@@ -85,18 +85,18 @@ func BenchmarkStoreUpdate1k(b *testing.B) {
 	for b.Loop() {
 		n++
 		it.ID = fmt.Sprint(n)
-		s.Update(context.Background(), &securechannel.AuthorizationRules{WireServer: &it})
+		s.Update(context.Background(), &msp.AuthorizationRules{WireServer: &it})
 	}
 }
 
 // BenchmarkAuthorize measures one decision against the store.
 func BenchmarkAuthorize(b *testing.B) {
-	var it securechannel.AuthorizationItem
+	var it msp.AuthorizationItem
 	if err := json.Unmarshal(doc1k(1000), &it); err != nil {
 		b.Fatal(err)
 	}
 	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
-	s.Update(context.Background(), &securechannel.AuthorizationRules{IMDS: &it, WireServer: &it})
+	s.Update(context.Background(), &msp.AuthorizationRules{IMDS: &it, WireServer: &it})
 	c := user()
 	c.UserName, c.ProcessFullPath = "user50", "/usr/bin/app50"
 	for _, bc := range []struct{ name, target string }{
@@ -121,7 +121,7 @@ func BenchmarkAuthorize(b *testing.B) {
 		}
 	})
 	small := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
-	small.Update(context.Background(), &securechannel.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
+	small.Update(context.Background(), &msp.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
 	b.Run("imds-1rule", func(b *testing.B) {
 		req := Request{Dest: testDests.IMDS, Method: "GET", Target: "/metadata/instance?api-version=2021-02-01", Caller: c}
 		b.ReportAllocs()

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Request is what the authorizer decides on.
@@ -59,7 +59,7 @@ const (
 type Decision struct {
 	Result  Result
 	Service Service
-	Mode    securechannel.Mode
+	Mode    msp.Mode
 	// RuleID is the effective rule-set id ("" when no rules are installed).
 	RuleID string
 	// Epoch is the version of the rule snapshot the decision used.

@@ -3,11 +3,11 @@ package authz
 import (
 	"encoding/json"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // item is this package's copy of an authorization item. It differs from
-// securechannel.AuthorizationItem in two ways that upstream's Option
+// msp.AuthorizationItem in two ways that upstream's Option
 // types make observable: a rule list that is present but empty is kept
 // apart from an absent one (quirk 5 counts presence), and an identity
 // selector that is present but empty ("") is kept apart from an absent
@@ -59,7 +59,7 @@ type roleAssignment struct {
 // fromWire copies a host item. An identity selector the host named with an
 // empty value stays specified (it matches only an empty claim), as
 // upstream.
-func fromWire(it *securechannel.AuthorizationItem) *item {
+func fromWire(it *msp.AuthorizationItem) *item {
 	if it == nil {
 		return nil
 	}

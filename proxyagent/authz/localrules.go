@@ -15,7 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Local rule file names inside the rules directory (protocol.md §3.7).
@@ -390,7 +390,7 @@ func blank(s *string) bool { return s == nil || strings.TrimSpace(*s) == "" }
 // given mode, as if it were the only rules for a service: defaultAccess
 // defaults to deny and names are not prefixed. Use NewSnapshot to
 // authorize requests with the result.
-func CompileDocument(data []byte, mode securechannel.Mode) (*RuleSet, error) {
+func CompileDocument(data []byte, mode msp.Mode) (*RuleSet, error) {
 	lf, err := parseLocal(data)
 	if err != nil {
 		return nil, err
@@ -414,7 +414,7 @@ func CompileDocument(data []byte, mode securechannel.Mode) (*RuleSet, error) {
 func merge(remote *item, lf *localFile, d descriptor) *item {
 	out := remote.clone()
 	if out == nil {
-		out = &item{DefaultAccess: "deny", Mode: string(securechannel.ModeDisabled), ID: d.displayID()}
+		out = &item{DefaultAccess: "deny", Mode: string(msp.ModeDisabled), ID: d.displayID()}
 	}
 	if !d.empty() {
 		out.ID = d.displayID()
@@ -478,7 +478,7 @@ func mergeList[T any](remote, local []T) []T {
 func failClosed(remote *item, d descriptor) *item {
 	out := remote.clone()
 	if out == nil {
-		out = &item{DefaultAccess: "deny", Mode: string(securechannel.ModeEnforce), ID: d.displayID()}
+		out = &item{DefaultAccess: "deny", Mode: string(msp.ModeEnforce), ID: d.displayID()}
 	}
 	if !d.empty() {
 		out.ID = d.displayID()

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func descriptorID(logical string, useLocal bool) string {
@@ -168,7 +168,7 @@ func TestLocalRulesApplied(t *testing.T) {
 				}
 			}
 			// The local mode key is ignored: the host mode stays.
-			if m, _ := s.Mode(WireServer); m != securechannel.ModeEnforce {
+			if m, _ := s.Mode(WireServer); m != msp.ModeEnforce {
 				t.Errorf("mode %v", m)
 			}
 		})
@@ -211,7 +211,7 @@ func TestMergePrefixesLocalNames(t *testing.T) {
 // empty claim, as upstream's Some("") does, instead of matching everyone.
 func TestLocalEmptySelectorIsNotWildcard(t *testing.T) {
 	rs, err := CompileDocument([]byte(`{"rules":{"privileges":[{"name":"p","path":"/"}],"roles":[{"name":"r","privileges":["p"]}],
-	 "identities":[{"name":"i","userName":"","processName":"curl"}],"roleAssignments":[{"role":"r","identities":["i"]}]}}`), securechannel.ModeEnforce)
+	 "identities":[{"name":"i","userName":"","processName":"curl"}],"roleAssignments":[{"role":"r","identities":["i"]}]}}`), msp.ModeEnforce)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestLocalEmptySelectorIsNotWildcard(t *testing.T) {
 // The same holds for a host item: an empty selector the host sent is
 // specified, not a wildcard.
 func TestHostEmptySelectorIsNotWildcard(t *testing.T) {
-	var it securechannel.AuthorizationItem
+	var it msp.AuthorizationItem
 	if err := json.Unmarshal([]byte(`{"defaultAccess":"allow","mode":"enforce","id":"h","rules":{
 	 "privileges":[{"name":"p","path":"/"}],"roles":[{"name":"r","privileges":["p"]}],
 	 "identities":[{"name":"i","userName":"","processName":"curl"}],"roleAssignments":[{"role":"r","identities":["i"]}]}}`), &it); err != nil {

@@ -6,8 +6,7 @@ import (
 	"strings"
 
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // RuleSet is one service's compiled ("effective") rule set
@@ -16,7 +15,7 @@ import (
 type RuleSet struct {
 	id             string
 	defaultAllowed bool
-	mode           securechannel.Mode
+	mode           msp.Mode
 	privs          []*compiledPrivilege // sorted by name
 	identities     map[string]*identitySel
 	warnings       []string
@@ -36,7 +35,7 @@ type queryRule struct{ key, value string }
 // exactly as upstream does; nil yields nil (no rule set installed).
 // Compilation never fails: unknown roles, privileges and identities are
 // skipped and reported by Warnings.
-func Compile(it *securechannel.AuthorizationItem) *RuleSet {
+func Compile(it *msp.AuthorizationItem) *RuleSet {
 	return compile(fromWire(it))
 }
 
@@ -50,15 +49,15 @@ func compile(it *item) *RuleSet {
 	// Quirk 20: a mode that is not one of the three names compiles to
 	// Disabled (allow all; the root check of WireServer and HostGAPlugin
 	// still applies). Upstream lower-cases without trimming.
-	switch securechannel.Mode(lower(it.Mode)) {
-	case securechannel.ModeAudit:
-		rs.mode = securechannel.ModeAudit
-	case securechannel.ModeEnforce:
-		rs.mode = securechannel.ModeEnforce
-	case securechannel.ModeDisabled:
-		rs.mode = securechannel.ModeDisabled
+	switch msp.Mode(lower(it.Mode)) {
+	case msp.ModeAudit:
+		rs.mode = msp.ModeAudit
+	case msp.ModeEnforce:
+		rs.mode = msp.ModeEnforce
+	case msp.ModeDisabled:
+		rs.mode = msp.ModeDisabled
 	default:
-		rs.mode = securechannel.ModeDisabled
+		rs.mode = msp.ModeDisabled
 		rs.warnings = append(rs.warnings, fmt.Sprintf("invalid authorization mode %q, using disabled", it.Mode))
 	}
 	r := it.Rules
@@ -133,7 +132,7 @@ func compile(it *item) *RuleSet {
 func (rs *RuleSet) ID() string { return rs.id }
 
 // Mode returns the compiled mode: Disabled, Audit or Enforce.
-func (rs *RuleSet) Mode() securechannel.Mode { return rs.mode }
+func (rs *RuleSet) Mode() msp.Mode { return rs.mode }
 
 // DefaultAllowed reports the access given to requests no privilege matches.
 func (rs *RuleSet) DefaultAllowed() bool { return rs.defaultAllowed }
@@ -190,7 +189,7 @@ func (rs *RuleSet) Match(target string, c *claims.Claims) Match {
 		e := claims.Empty("", 0)
 		c = &e
 	}
-	rawPath, rawQuery := signing.SplitTarget(target)
+	rawPath, rawQuery := msp.SplitTarget(target)
 	decoded := lower(percentDecode(rawPath))
 	path, embedded, hasEmbedded := strings.Cut(decoded, "?")
 	var pairs []queryPair

@@ -6,14 +6,14 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // wireItem parses a host authorization item the way the key keeper
 // receives it.
-func wireItem(t testing.TB, js string) *securechannel.AuthorizationItem {
+func wireItem(t testing.TB, js string) *msp.AuthorizationItem {
 	t.Helper()
-	var it securechannel.AuthorizationItem
+	var it msp.AuthorizationItem
 	if err := json.Unmarshal([]byte(js), &it); err != nil {
 		t.Fatalf("bad test item: %v", err)
 	}
@@ -198,7 +198,7 @@ func TestCompileNamesAndReferences(t *testing.T) {
 	 "roles":[{"name":"r","privileges":["p","missing"]},{"name":"r2","privileges":["P"]}],
 	 "identities":[{"name":"i","userName":"a"},{"name":"i","userName":"b"}],
 	 "roleAssignments":[{"role":"r","identities":["i","ghost"]},{"role":"nope","identities":["i"]}]}}`))
-	if !rs.DefaultAllowed() || rs.Mode() != securechannel.ModeEnforce {
+	if !rs.DefaultAllowed() || rs.Mode() != msp.ModeEnforce {
 		t.Fatalf("defaultAllowed=%v mode=%v", rs.DefaultAllowed(), rs.Mode())
 	}
 	// Last definition wins for privileges and identities.

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // StoreConfig configures a Store. The zero value works: production
@@ -109,7 +109,7 @@ func (s *Store) RuleIDs() RuleIDs {
 // false when none is installed. Quirk 19: this is the mode of the last
 // compiled item, which only changes with the rule id, so it can differ
 // from the mode in the latest status.
-func (s *Store) Mode(svc Service) (m securechannel.Mode, ok bool) {
+func (s *Store) Mode(svc Service) (m msp.Mode, ok bool) {
 	rs := s.cur.Load().RuleSet(svc)
 	if rs == nil {
 		return "", false
@@ -132,7 +132,7 @@ func (s *Store) Mode(svc Service) (m securechannel.Mode, ok bool) {
 // atomically, a snapshot file is written, and the change is logged.
 // Reading a local file that is not valid JSON is retried and may take
 // ParseAttempts×ParseRetryDelay; ctx cancels that wait.
-func (s *Store) Update(ctx context.Context, rules *securechannel.AuthorizationRules) bool {
+func (s *Store) Update(ctx context.Context, rules *msp.AuthorizationRules) bool {
 	changed, err := s.update(ctx, rules)
 	if err != nil {
 		s.log.Error("writing authorization rules snapshot failed", "dir", s.cfg.SnapshotDir, "err", err)
@@ -144,15 +144,15 @@ func (s *Store) Update(ctx context.Context, rules *securechannel.AuthorizationRu
 // whether a rule set changed and returns (instead of logging) the error of
 // writing the snapshot file. The rules are installed even when that
 // write fails.
-func (s *Store) Apply(rules *securechannel.AuthorizationRules) (changed bool, err error) {
+func (s *Store) Apply(rules *msp.AuthorizationRules) (changed bool, err error) {
 	return s.update(context.Background(), rules)
 }
 
-func (s *Store) update(ctx context.Context, rules *securechannel.AuthorizationRules) (bool, error) {
+func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	var wsWire, imdsWire *securechannel.AuthorizationItem
+	var wsWire, imdsWire *msp.AuthorizationItem
 	if rules != nil {
 		wsWire, imdsWire = rules.WireServer, rules.IMDS
 	}
@@ -208,7 +208,7 @@ func (s *Store) update(ctx context.Context, rules *securechannel.AuthorizationRu
 	return true, nil
 }
 
-func idOf(it *securechannel.AuthorizationItem) string {
+func idOf(it *msp.AuthorizationItem) string {
 	if it == nil {
 		return ""
 	}

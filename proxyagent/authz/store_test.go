@@ -13,13 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func rulesOf(t testing.TB, ws, imds, hostga string) *securechannel.AuthorizationRules {
-	r := &securechannel.AuthorizationRules{}
+func rulesOf(t testing.TB, ws, imds, hostga string) *msp.AuthorizationRules {
+	r := &msp.AuthorizationRules{}
 	if ws != "" {
 		r.WireServer = wireItem(t, ws)
 	}
@@ -68,17 +68,17 @@ func TestStoreRecompilesOnlyOnIDChange(t *testing.T) {
 	if s.Update(ctx, rulesOf(t, item3("A", "allow", "audit"), item3("I", "allow", "audit"), "")) {
 		t.Fatal("same id reported as a change")
 	}
-	if d := authorize(s, WireServer); d.Result != Deny || d.Mode != securechannel.ModeEnforce || d.Epoch != 1 {
+	if d := authorize(s, WireServer); d.Result != Deny || d.Mode != msp.ModeEnforce || d.Epoch != 1 {
 		t.Fatalf("same id changed the decision: %+v", d)
 	}
-	if m, _ := s.Mode(WireServer); m != securechannel.ModeEnforce {
+	if m, _ := s.Mode(WireServer); m != msp.ModeEnforce {
 		t.Fatalf("mode = %v, want the compiled enforce", m)
 	}
 	// New id: recompiled.
 	if !s.Update(ctx, rulesOf(t, item3("B", "allow", "audit"), item3("I", "allow", "audit"), "")) {
 		t.Fatal("new id not installed")
 	}
-	if d := authorize(s, WireServer); d.Result != Allow || d.Mode != securechannel.ModeAudit || d.Epoch != 2 {
+	if d := authorize(s, WireServer); d.Result != Allow || d.Mode != msp.ModeAudit || d.Epoch != 2 {
 		t.Fatalf("after id change: %+v", d)
 	}
 	if ids := s.RuleIDs(); ids != (RuleIDs{WireServer: "B", IMDS: "I", HostGA: "B"}) {
@@ -105,7 +105,7 @@ func TestStoreHostGAMirrorsWireServer(t *testing.T) {
 	ws := fmt.Sprintf(`{"defaultAccess":"deny","mode":"enforce","id":%q}`, descriptorID("ws", true))
 	s.Update(context.Background(), rulesOf(t, ws, "", item3("H", "allow", "disabled")))
 	h := authorize(s, HostGA)
-	if h.Result != Deny || h.RuleID != descriptorID("ws", true) || h.Mode != securechannel.ModeEnforce {
+	if h.Result != Deny || h.RuleID != descriptorID("ws", true) || h.Mode != msp.ModeEnforce {
 		t.Fatalf("hostga: %+v", h)
 	}
 	w := authorize(s, WireServer)

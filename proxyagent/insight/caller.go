@@ -13,7 +13,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Caller is the part of a caller's claims the tools group by: user,
@@ -139,7 +139,7 @@ type queryPair struct{ Key, Value string }
 // agent lower-cases rule paths the same way) and its query parameters,
 // first occurrence of each decoded, lower-cased key, sorted by key.
 func splitTarget(target string) (string, []queryPair) {
-	rawPath, rawQuery := signing.SplitTarget(target)
+	rawPath, rawQuery := msp.SplitTarget(target)
 	path, _, _ := strings.Cut(percentDecode(rawPath), "?")
 	path = asciiLower(path)
 	var pairs []queryPair

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Exit codes of RunAudit and RunRules.
@@ -172,7 +172,7 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 	}
 	opts := ReportOptions{PathDepth: *depth, Since: src.Since}
 	if *rulesPath != "" {
-		if opts.Rules, err = loadRules(stderr, *rulesPath, *service, RulesOptions{Mode: securechannel.ModeEnforce}); err != nil {
+		if opts.Rules, err = loadRules(stderr, *rulesPath, *service, RulesOptions{Mode: msp.ModeEnforce}); err != nil {
 			return fail(stderr, cmd, err)
 		}
 	}
@@ -216,8 +216,8 @@ func runSuggest(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, cmd, err)
 	}
-	pm, ok := securechannel.ParseMode(*mode)
-	if !ok || pm == securechannel.ModeDisabled {
+	pm, ok := msp.ParseMode(*mode)
+	if !ok || pm == msp.ModeDisabled {
 		return fail(stderr, cmd, fmt.Errorf("--mode %q: want audit or enforce", *mode))
 	}
 	if *format != "local" && *format != "profile" {
@@ -325,7 +325,7 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 	switch *mode {
 	case "document":
 	case "enforce", "audit":
-		ro.Mode = securechannel.Mode(*mode)
+		ro.Mode = msp.Mode(*mode)
 	default:
 		return fail(stderr, cmd, fmt.Errorf("--mode %q: want enforce, audit or document", *mode))
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 var t0 = time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
@@ -85,7 +85,7 @@ func eventOf(c call) audit.Event {
 		return ev
 	}
 	ev.Authorized = true
-	ev.Decision = authz.Decision{Result: c.result, Service: c.svc, Mode: securechannel.ModeAudit, RuleID: "audit-rules", Reason: "test"}
+	ev.Decision = authz.Decision{Result: c.result, Service: c.svc, Mode: msp.ModeAudit, RuleID: "audit-rules", Reason: "test"}
 	if c.result == authz.Deny {
 		ev.Status = 403
 	}

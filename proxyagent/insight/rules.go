@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/opengpa/gpa/proxyagent/authz"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Rules document formats LoadRules accepts.
@@ -40,7 +40,7 @@ type RulesOptions struct {
 	Service authz.Service
 	// Mode overrides the document's mode; "" keeps it (a local file,
 	// which has no mode, then compiles as Enforce).
-	Mode securechannel.Mode
+	Mode msp.Mode
 	// Format forces one of the Format* shapes; "" detects it: a file named
 	// WireServer_Rules.json or IMDS_Rules.json is local; otherwise
 	// "authorizationRules" or service keys mean authorizationRules,
@@ -223,7 +223,7 @@ func ParseRules(data []byte, name string, opts RulesOptions) (*Rules, error) {
 		r.Warnings = append(r.Warnings, unknownFields(data, name, "local")...)
 		mode := opts.Mode
 		if mode == "" {
-			mode = securechannel.ModeEnforce
+			mode = msp.ModeEnforce
 		}
 		rs, err := authz.CompileDocument(data, mode)
 		if err != nil {
@@ -258,15 +258,15 @@ func singleService(svc authz.Service, name, format string) (authz.Service, error
 
 // hostDoc is an authorization item or a profile's properties.
 type hostDoc struct {
-	DefaultAccess *string              `json:"defaultAccess"`
-	Mode          *string              `json:"mode"`
-	ID            *string              `json:"id"`
-	Rules         *securechannel.Rules `json:"rules"`
+	DefaultAccess *string    `json:"defaultAccess"`
+	Mode          *string    `json:"mode"`
+	ID            *string    `json:"id"`
+	Rules         *msp.Rules `json:"rules"`
 }
 
 // compileHost compiles an item or profile properties as the agent
 // compiles a host item. what names it in messages.
-func compileHost(raw []byte, name, what string, needID bool, mode securechannel.Mode) (*authz.RuleSet, []Warning, error) {
+func compileHost(raw []byte, name, what string, needID bool, mode msp.Mode) (*authz.RuleSet, []Warning, error) {
 	var d hostDoc
 	if err := json.Unmarshal(raw, &d); err != nil {
 		return nil, nil, jsonInputError(name, raw, err)
@@ -284,14 +284,14 @@ func compileHost(raw []byte, name, what string, needID bool, mode securechannel.
 	default:
 		return nil, nil, inputErrorf("%s: %s: defaultAccess %q: want allow or deny", name, what, *d.DefaultAccess)
 	}
-	m, ok := securechannel.ParseMode(*d.Mode)
+	m, ok := msp.ParseMode(*d.Mode)
 	if !ok {
 		return nil, nil, inputErrorf("%s: %s: mode %q: want disabled, audit or enforce", name, what, *d.Mode)
 	}
 	if mode != "" {
 		m = mode
 	}
-	it := &securechannel.AuthorizationItem{DefaultAccess: *d.DefaultAccess, Mode: string(m), ID: "replay", Rules: d.Rules}
+	it := &msp.AuthorizationItem{DefaultAccess: *d.DefaultAccess, Mode: string(m), ID: "replay", Rules: d.Rules}
 	if d.ID != nil {
 		it.ID = *d.ID
 	}
@@ -300,8 +300,8 @@ func compileHost(raw []byte, name, what string, needID bool, mode securechannel.
 	// what the agent would silently skip.
 	if d.Rules != nil {
 		doc, _ := json.Marshal(struct {
-			DefaultAccess string               `json:"defaultAccess"`
-			Rules         *securechannel.Rules `json:"rules"`
+			DefaultAccess string     `json:"defaultAccess"`
+			Rules         *msp.Rules `json:"rules"`
 		}{strings.ToLower(*d.DefaultAccess), d.Rules})
 		var ve *authz.ValidationError
 		if err := authz.ValidateLocalRules(doc); errors.As(err, &ve) {

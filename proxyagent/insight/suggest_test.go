@@ -9,7 +9,7 @@ import (
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // suggestFrom runs a Suggester over the audit log in dir.
@@ -102,7 +102,7 @@ func TestSuggestLocalIsLeastPrivilege(t *testing.T) {
 			if err := authz.ValidateLocalRules(doc); err != nil {
 				t.Fatalf("suggestion is not a valid local rules file: %v\n%s", err, doc)
 			}
-			rs, err := authz.CompileDocument(doc, securechannel.ModeEnforce)
+			rs, err := authz.CompileDocument(doc, msp.ModeEnforce)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -151,7 +151,7 @@ func TestSuggestWireServerProfile(t *testing.T) {
 	}
 	// The profile is what the host turns into the wireserver and hostga
 	// items; compile it as the agent does.
-	item := &securechannel.AuthorizationItem{DefaultAccess: strings.ToLower(p.Properties.DefaultAccess), Mode: "enforce", ID: "x", Rules: p.Properties.Rules}
+	item := &msp.AuthorizationItem{DefaultAccess: strings.ToLower(p.Properties.DefaultAccess), Mode: "enforce", ID: "x", Rules: p.Properties.Rules}
 	rs := authz.Compile(item)
 	snap := authz.NewSnapshot(authz.DefaultDestinations(), rs, nil, rs)
 	for _, c := range legitimate(authz.WireServer, authz.HostGA) {

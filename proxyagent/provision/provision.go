@@ -23,7 +23,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -214,11 +214,11 @@ func (p *Provisioner) ErrorMessage() string {
 // errorMessage is the current ErrorMessage, unescaped.
 func (p *Provisioner) Query(timeTick int64, notify bool) (finished bool, errorMessage string) {
 	fin := p.FinishedTimeTick()
-	state := securechannel.StateUnknown
+	state := msp.StateUnknown
 	if p.opts.State != nil {
 		state = p.opts.State()
 	}
-	latched := state != securechannel.StateDisabled && state != securechannel.StateUnknown
+	latched := state != msp.StateDisabled && state != msp.StateUnknown
 	finished = fin >= timeTick || (latched && fin > 0)
 	if notify && !finished && p.opts.Notify != nil {
 		p.opts.Notify()

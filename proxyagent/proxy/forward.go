@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/proxyagent/audit"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // removedHeaders are never forwarded as the client sent them: hop-by-hop
@@ -48,7 +48,7 @@ func hasPrefixFold(s, prefix string) bool {
 // absolute-form target Go's server, like RFC 9112 §3.2.2 requires of a
 // proxy, replaces it with the target's authority), then the remaining
 // headers sorted by name, each name's values in received order.
-func outHeaders(r *http.Request) []signing.Field {
+func outHeaders(r *http.Request) []msp.Field {
 	var named map[string]bool // lower-case names listed in Connection
 	for _, v := range r.Header["Connection"] {
 		if named == nil {
@@ -68,13 +68,13 @@ func outHeaders(r *http.Request) []signing.Field {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	fields := make([]signing.Field, 0, len(keys)+5)
+	fields := make([]msp.Field, 0, len(keys)+5)
 	if r.Host != "" {
-		fields = append(fields, signing.Field{Name: "Host", Value: r.Host})
+		fields = append(fields, msp.Field{Name: "Host", Value: r.Host})
 	}
 	for _, k := range keys {
 		for _, v := range r.Header[k] {
-			fields = append(fields, signing.Field{Name: k, Value: v})
+			fields = append(fields, msp.Field{Name: k, Value: v})
 		}
 	}
 	return fields
@@ -83,7 +83,7 @@ func outHeaders(r *http.Request) []signing.Field {
 // outRequest is one request as written upstream.
 type outRequest struct {
 	method, target string
-	fields         []signing.Field
+	fields         []msp.Field
 	body           []byte     // buffered body (signed requests)
 	stream         *bodyGuard // streamed body (exempt requests), or nil
 	streamLen      int64      // -1: chunked
@@ -146,25 +146,25 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 		}
 		out.body = body
 		if sentLength || r.ContentLength != 0 || len(body) > 0 {
-			out.fields = append(out.fields, signing.Field{Name: "Content-Length", Value: strconv.Itoa(len(body))})
+			out.fields = append(out.fields, msp.Field{Name: "Content-Length", Value: strconv.Itoa(len(body))})
 		}
 	} else {
 		switch {
 		case r.ContentLength < 0:
 			out.stream, out.streamLen = guard, -1
-			out.fields = append(out.fields, signing.Field{Name: "Transfer-Encoding", Value: "chunked"})
+			out.fields = append(out.fields, msp.Field{Name: "Transfer-Encoding", Value: "chunked"})
 		case r.ContentLength > 0 || sentLength:
 			out.stream, out.streamLen = guard, r.ContentLength
-			out.fields = append(out.fields, signing.Field{Name: "Content-Length", Value: strconv.FormatInt(r.ContentLength, 10)})
+			out.fields = append(out.fields, msp.Field{Name: "Content-Length", Value: strconv.FormatInt(r.ContentLength, 10)})
 		}
 	}
 	out.fields = append(out.fields,
-		signing.Field{Name: signing.HeaderClaims, Value: signing.ClaimsValue(st.caller.RunAsElevated)},
-		signing.Field{Name: signing.HeaderDate, Value: signing.FormatDate(s.opts.Keys.Now())})
+		msp.Field{Name: msp.HeaderClaims, Value: msp.ClaimsValue(st.caller.RunAsElevated)},
+		msp.Field{Name: msp.HeaderDate, Value: msp.FormatDate(s.opts.Keys.Now())})
 	if !exempt {
 		if key := s.opts.Keys.Key(); key != nil {
-			sts := signing.StringToSign(out.method, out.target, out.fields, out.body)
-			out.fields = append(out.fields, signing.Field{Name: signing.HeaderAuthorization, Value: key.Authorization(sts)})
+			sts := msp.StringToSign(out.method, out.target, out.fields, out.body)
+			out.fields = append(out.fields, msp.Field{Name: msp.HeaderAuthorization, Value: key.Authorization(sts)})
 		}
 	}
 
@@ -333,8 +333,8 @@ func (s *Server) relay(w http.ResponseWriter, st *connState, up *upstream, resp 
 	// Trailers are not relayed; a declared Trailer would make Go's server
 	// promise fields that never come.
 	delete(h, "Trailer")
-	h.Del(signing.HeaderAuthorization)
-	h[signing.HeaderAuthorization] = []string{signing.ResponseMarker}
+	h.Del(msp.HeaderAuthorization)
+	h[msp.HeaderAuthorization] = []string{msp.ResponseMarker}
 	w.WriteHeader(resp.StatusCode)
 
 	bp := copyBufs.Get().(*[]byte)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Paths of the agent's local endpoints.
@@ -68,7 +68,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// 413 first, for every request (quirk 18).
-	exempt := signing.Exempt(r.Method, r.RequestURI)
+	exempt := msp.Exempt(r.Method, r.RequestURI)
 	limit := s.opts.MaxSignedBody
 	if exempt {
 		limit = s.opts.MaxExemptBody
@@ -185,12 +185,12 @@ func invalidHeader(r *http.Request) string {
 			return "request target"
 		}
 	}
-	if !signing.ValidHeaderValue(r.Host) {
+	if !msp.ValidHeaderValue(r.Host) {
 		return "header Host"
 	}
 	for name, vv := range r.Header {
 		for _, v := range vv {
-			if !signing.ValidHeaderValue(v) {
+			if !msp.ValidHeaderValue(v) {
 				return "header " + name
 			}
 		}
@@ -201,7 +201,7 @@ func invalidHeader(r *http.Request) string {
 // traversal reports whether the raw path of target contains "//" or its
 // single, lossy percent-decode contains ".." (protocol.md §4.5 step 3).
 func traversal(target string) bool {
-	path, _ := signing.SplitTarget(target)
+	path, _ := msp.SplitTarget(target)
 	if strings.Contains(path, "//") {
 		return true
 	}

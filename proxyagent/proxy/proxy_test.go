@@ -17,7 +17,7 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/identity"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // §8 item 5: a direct connection has no destination.
@@ -84,7 +84,7 @@ func TestTraversal(t *testing.T) {
 				if resp.StatusCode != http.StatusForbidden || body != "" || !resp.Close {
 					t.Fatalf("got %d close=%v body %q, want 403 close", resp.StatusCode, resp.Close, body)
 				}
-				if resp.Header.Get(signing.HeaderAuthorization) != "" {
+				if resp.Header.Get(msp.HeaderAuthorization) != "" {
 					t.Error("a proxy-generated 403 carries the upstream marker")
 				}
 				return
@@ -283,7 +283,7 @@ func TestResponseMarker(t *testing.T) {
 	if resp.StatusCode != 200 || body != "<html>sniff me</html>" {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
-	if got := resp.Header.Values(signing.HeaderAuthorization); len(got) != 1 || got[0] != signing.ResponseMarker {
+	if got := resp.Header.Values(msp.HeaderAuthorization); len(got) != 1 || got[0] != msp.ResponseMarker {
 		t.Errorf("marker %q", got)
 	}
 	if _, ok := resp.Header["Date"]; ok {
@@ -297,8 +297,8 @@ func TestResponseMarker(t *testing.T) {
 	if resp.StatusCode != 404 || body != "nf" {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
-	if got := resp.Header.Values(signing.HeaderAuthorization); len(got) != 1 || got[0] != signing.ResponseMarker {
-		t.Errorf("marker %q, want only %q", got, signing.ResponseMarker)
+	if got := resp.Header.Values(msp.HeaderAuthorization); len(got) != 1 || got[0] != msp.ResponseMarker {
+		t.Errorf("marker %q, want only %q", got, msp.ResponseMarker)
 	}
 	if resp.Header.Get("Date") != "Wed, 23 Apr 2025 12:00:00 GMT" {
 		t.Errorf("host Date not relayed: %q", resp.Header.Get("Date"))
@@ -308,7 +308,7 @@ func TestResponseMarker(t *testing.T) {
 	if resp.StatusCode != 200 || body != `{"a":1}` || resp.Header.Get("Content-Type") != "application/json" {
 		t.Fatalf("chunked relay: %d %q %v", resp.StatusCode, body, resp.Header)
 	}
-	if resp.Header.Get(signing.HeaderAuthorization) != signing.ResponseMarker {
+	if resp.Header.Get(msp.HeaderAuthorization) != msp.ResponseMarker {
 		t.Error("no marker on chunked response")
 	}
 
@@ -369,13 +369,13 @@ func TestForgedHeadersNeverReachUpstream(t *testing.T) {
 					t.Errorf("%s reached upstream: %q", name, v)
 				}
 			}
-			if v := r.values(signing.HeaderClaims); len(v) != 1 || v[0] != `{ "isRoot": "false"}` {
+			if v := r.values(msp.HeaderClaims); len(v) != 1 || v[0] != `{ "isRoot": "false"}` {
 				t.Errorf("claims %q", v)
 			}
-			if v := r.values(signing.HeaderDate); len(v) != 1 || v[0] != "Wed, 23 Apr 2025 12:00:00 GMT" {
+			if v := r.values(msp.HeaderDate); len(v) != 1 || v[0] != "Wed, 23 Apr 2025 12:00:00 GMT" {
 				t.Errorf("date %q", v)
 			}
-			auth := r.values(signing.HeaderAuthorization)
+			auth := r.values(msp.HeaderAuthorization)
 			signed := !tc.noKey && tc.method != "PUT"
 			if signed {
 				if len(auth) != 1 || !r.sigOK {
@@ -409,7 +409,7 @@ func TestConnectionHeaderCannotStripProxyHeaders(t *testing.T) {
 			t.Errorf("hop-by-hop %s forwarded: %q", name, v)
 		}
 	}
-	if r.value(signing.HeaderClaims) != `{ "isRoot": "true"}` || r.value(signing.HeaderDate) == "" || !r.sigOK {
+	if r.value(msp.HeaderClaims) != `{ "isRoot": "true"}` || r.value(msp.HeaderDate) == "" || !r.sigOK {
 		t.Errorf("proxy headers stripped or signature invalid: %+v", r.fields)
 	}
 	if r.value("Host") != "168.63.129.16" || r.value("x-ms-version") != "2012-11-30" {
@@ -456,7 +456,7 @@ func TestSignatureOverReceivedBytes(t *testing.T) {
 	}
 	// Worked example A (protocol.md §2.8): same headers, same signature.
 	want := "Azure-HMAC-SHA256 9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf 7c28efe8da50f19c9c38ab150b0cf9c71d09673f2bd6e061fd426044a5ca212c"
-	if got := e.up.requests()[0].value(signing.HeaderAuthorization); got != want {
+	if got := e.up.requests()[0].value(msp.HeaderAuthorization); got != want {
 		t.Errorf("example A authorization\n got %s\nwant %s", got, want)
 	}
 	if e.up.requests()[0].values("Content-Length") != nil {
@@ -489,7 +489,7 @@ func TestExemptStreamedUnsigned(t *testing.T) {
 		if string(r.body) != body {
 			t.Errorf("request %d: body of %d bytes", i, len(r.body))
 		}
-		if r.value(signing.HeaderClaims) == "" || r.value(signing.HeaderDate) == "" {
+		if r.value(msp.HeaderClaims) == "" || r.value(msp.HeaderDate) == "" {
 			t.Errorf("request %d: claims/date missing", i)
 		}
 	}
@@ -1041,7 +1041,7 @@ func TestOptionsAsterisk(t *testing.T) {
 	e := newEnv(t, nil)
 	c := e.connect(userRec(imdsDest))
 	resp, _ := c.do(req("OPTIONS", "*"))
-	if resp.StatusCode != 200 || resp.Header.Get(signing.HeaderAuthorization) != signing.ResponseMarker {
+	if resp.StatusCode != 200 || resp.Header.Get(msp.HeaderAuthorization) != msp.ResponseMarker {
 		t.Fatalf("got %d %v", resp.StatusCode, resp.Header)
 	}
 	if r := e.up.requests(); len(r) != 1 || r[0].target != "*" || !r[0].sigOK {

@@ -86,7 +86,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/identity"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Authorizer decides whether a request may be forwarded. It must be safe
@@ -98,7 +98,7 @@ type Authorizer interface {
 // KeySource supplies the latched key (nil when none is in memory) and the
 // host-synchronised clock used for x-ms-azure-host-date.
 type KeySource interface {
-	Key() *signing.Key
+	Key() *msp.Key
 	Now() time.Time
 }
 

@@ -1,5 +1,4 @@
-// Package signing implements the Metadata Security Protocol's request
-// endorsement: the canonical form of a request (method, body, headers, path
+// Request endorsement: the canonical form of a request (method, body, headers, path
 // and query), its HMAC-SHA256 signature under the latched key, and the
 // x-ms-azure-host-authorization header that carries it.
 //
@@ -8,7 +7,8 @@
 // The canonical form follows shared/spec/protocol.md §2 byte for byte,
 // including upstream's quirks (last header value wins, query entries keyed
 // by key+value).
-package signing
+
+package msp
 
 import (
 	"crypto/hmac"

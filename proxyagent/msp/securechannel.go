@@ -1,10 +1,10 @@
-// Package securechannel holds the wire types of the Metadata Security
-// Protocol's secure channel, in one place: the key status the WireServer
+// The secure channel's wire types: the key status the WireServer
 // reports (GET /secure-channel/status), the key it issues (POST
 // /secure-channel/key, also the on-disk key file), and the authorization
 // rules documents carried inside the status (shared/spec/protocol.md §1.2,
 // §1.4, §3.1). Field names and JSON spellings are upstream's.
-package securechannel
+
+package msp
 
 import (
 	"encoding/json"
@@ -335,9 +335,9 @@ func itemMode(it *AuthorizationItem) string {
 	return strings.ToLower(it.Mode)
 }
 
-// Key is the body of POST /secure-channel/key and the content of a
+// IssuedKey is the body of POST /secure-channel/key and the content of a
 // <guid>.key file. Key is hex text; never log a Key value.
-type Key struct {
+type IssuedKey struct {
 	AuthorizationScheme string  `json:"authorizationScheme"`
 	IncarnationID       *uint32 `json:"incarnationId,omitempty"`
 	GUID                string  `json:"guid"`
@@ -345,15 +345,15 @@ type Key struct {
 	Key                 string  `json:"key"`
 }
 
-// String names the key by GUID only, so printing a Key never leaks it.
-func (k Key) String() string { return "secure-channel key " + k.GUID }
+// String names the key by GUID only, so printing an IssuedKey never leaks it.
+func (k IssuedKey) String() string { return "secure-channel key " + k.GUID }
 
 // GoString names the key by GUID only.
-func (k Key) GoString() string { return k.String() }
+func (k IssuedKey) GoString() string { return k.String() }
 
-// ParseKey decodes a Key (a leading UTF-8 BOM is accepted) and requires
+// ParseIssuedKey decodes an IssuedKey (a leading UTF-8 BOM is accepted) and requires
 // authorizationScheme, guid, issued and key. Errors never contain the key.
-func ParseKey(body []byte) (*Key, error) {
+func ParseIssuedKey(body []byte) (*IssuedKey, error) {
 	body = trimBOM(body)
 	var raw struct {
 		AuthorizationScheme *string `json:"authorizationScheme"`
@@ -379,7 +379,7 @@ func ParseKey(body []byte) (*Key, error) {
 	case raw.Key == nil:
 		return nil, errors.New("key: missing field `key`")
 	}
-	return &Key{AuthorizationScheme: *raw.AuthorizationScheme, IncarnationID: raw.IncarnationID,
+	return &IssuedKey{AuthorizationScheme: *raw.AuthorizationScheme, IncarnationID: raw.IncarnationID,
 		GUID: *raw.GUID, Issued: *raw.Issued, Key: *raw.Key}, nil
 }
 
