@@ -19,13 +19,6 @@ import (
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
-// Production addresses of the simulated services.
-const (
-	ProductionWireServerAddr = "168.63.129.16:80"
-	ProductionIMDSAddr       = "169.254.169.254:80"
-	ProductionHostGAAddr     = "168.63.129.16:32526"
-)
-
 // Defaults used when the matching Config field is zero.
 const (
 	DefaultDateSkew      = 5 * time.Minute

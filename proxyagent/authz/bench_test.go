@@ -79,7 +79,7 @@ func BenchmarkStoreUpdate1k(b *testing.B) {
 	if err := json.Unmarshal(doc1k(1000), &it); err != nil {
 		b.Fatal(err)
 	}
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
+	s := NewStore(StoreConfig{Logger: quietLogger()})
 	n := 0
 	b.ReportAllocs()
 	for b.Loop() {
@@ -95,7 +95,7 @@ func BenchmarkAuthorize(b *testing.B) {
 	if err := json.Unmarshal(doc1k(1000), &it); err != nil {
 		b.Fatal(err)
 	}
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
+	s := NewStore(StoreConfig{Logger: quietLogger()})
 	s.Update(context.Background(), &msp.AuthorizationRules{IMDS: &it, WireServer: &it})
 	c := user()
 	c.UserName, c.ProcessFullPath = "user50", "/usr/bin/app50"
@@ -106,7 +106,7 @@ func BenchmarkAuthorize(b *testing.B) {
 		{"encoded", "/metadata/path501%2Fsub%3Fx=1"},
 	} {
 		b.Run("imds-1k/"+bc.name, func(b *testing.B) {
-			req := Request{Dest: testDests.IMDS, Method: "GET", Target: bc.target, Caller: c}
+			req := Request{Service: msp.IMDS, Method: "GET", Target: bc.target, Caller: c}
 			b.ReportAllocs()
 			for b.Loop() {
 				_ = s.Authorize(req)
@@ -114,16 +114,16 @@ func BenchmarkAuthorize(b *testing.B) {
 		})
 	}
 	b.Run("wireserver-root-only", func(b *testing.B) {
-		req := Request{Dest: testDests.WireServer, Method: "GET", Target: "/machine?comp=goalstate", Caller: c}
+		req := Request{Service: msp.WireServer, Method: "GET", Target: "/machine?comp=goalstate", Caller: c}
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = s.Authorize(req)
 		}
 	})
-	small := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
+	small := NewStore(StoreConfig{Logger: quietLogger()})
 	small.Update(context.Background(), &msp.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
 	b.Run("imds-1rule", func(b *testing.B) {
-		req := Request{Dest: testDests.IMDS, Method: "GET", Target: "/metadata/instance?api-version=2021-02-01", Caller: c}
+		req := Request{Service: msp.IMDS, Method: "GET", Target: "/metadata/instance?api-version=2021-02-01", Caller: c}
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = small.Authorize(req)

@@ -46,7 +46,7 @@ func newLocalStore(t *testing.T, dir string, log *slog.Logger) *Store {
 	if log == nil {
 		log = quietLogger()
 	}
-	return NewStore(StoreConfig{Destinations: testDests, RulesDir: dir, Logger: log, ParseRetryDelay: time.Millisecond})
+	return NewStore(StoreConfig{RulesDir: dir, Logger: log, ParseRetryDelay: time.Millisecond})
 }
 
 // TestLocalRulesFailClosed is the fail-closed half of the local-rules
@@ -97,7 +97,7 @@ func TestLocalRulesFailClosed(t *testing.T) {
 				if !s.Update(context.Background(), rulesOf(t, remoteWS(mode), "", "")) {
 					t.Fatal("no change")
 				}
-				d := s.Authorize(Request{Dest: testDests.WireServer, Method: "GET", Target: "/remote", Caller: root()})
+				d := s.Authorize(Request{Service: msp.WireServer, Method: "GET", Target: "/remote", Caller: root()})
 				want := Deny
 				if mode == "audit" {
 					want = AllowAudited // quirk 13: fail-closed keeps the host mode
@@ -117,7 +117,7 @@ func TestLocalRulesMetadataErrorFailsClosed(t *testing.T) {
 	writeFile(t, notDir, "x")
 	s := newLocalStore(t, notDir, nil)
 	s.Update(context.Background(), rulesOf(t, remoteWS("enforce"), "", ""))
-	if d := authorize(s, WireServer); d.Result != Deny || d.RuleID != "decoded-id-useLocalFileRules-true" {
+	if d := authorize(s, msp.WireServer); d.Result != Deny || d.RuleID != "decoded-id-useLocalFileRules-true" {
 		t.Fatalf("got %+v", d)
 	}
 }
@@ -159,7 +159,7 @@ func TestLocalRulesApplied(t *testing.T) {
 			s := newLocalStore(t, dir, nil)
 			s.Update(context.Background(), rulesOf(t, tc.remote, "", ""))
 			for target, want := range tc.checks {
-				d := s.Authorize(Request{Dest: testDests.WireServer, Method: "GET", Target: target, Caller: root()})
+				d := s.Authorize(Request{Service: msp.WireServer, Method: "GET", Target: target, Caller: root()})
 				if d.Result != want || d.RuleID != tc.wantID {
 					t.Errorf("%s: got %v id %q (%s), want %v id %q", target, d.Result, d.RuleID, d.Reason, want, tc.wantID)
 				}
@@ -168,7 +168,7 @@ func TestLocalRulesApplied(t *testing.T) {
 				}
 			}
 			// The local mode key is ignored: the host mode stays.
-			if m, _ := s.Mode(WireServer); m != msp.ModeEnforce {
+			if m, _ := s.Mode(msp.WireServer); m != msp.ModeEnforce {
 				t.Errorf("mode %v", m)
 			}
 		})
@@ -273,7 +273,7 @@ func TestLocalRulesChangeDetection(t *testing.T) {
 		if got := s.Update(ctx, remote); got != wantChange {
 			t.Fatalf("%s: changed = %v, want %v", name, got, wantChange)
 		}
-		if d := authorize(s, WireServer); d.RuleID != wantID {
+		if d := authorize(s, msp.WireServer); d.RuleID != wantID {
 			t.Fatalf("%s: rule id %q, want %q", name, d.RuleID, wantID)
 		}
 	}

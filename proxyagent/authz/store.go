@@ -12,12 +12,9 @@ import (
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
-// StoreConfig configures a Store. The zero value works: production
-// destinations, no local rules, no snapshot files.
+// StoreConfig configures a Store. The zero value works: no local rules,
+// no snapshot files.
 type StoreConfig struct {
-	// Destinations selects the per-destination authorizers; the zero
-	// value means DefaultDestinations().
-	Destinations Destinations
 	// RulesDir holds WireServer_Rules.json and IMDS_Rules.json
 	// (production: DefaultRulesDir). Empty: local files are treated as
 	// missing.
@@ -67,9 +64,6 @@ type Store struct {
 // NewStore returns a Store with no rule sets installed (epoch 0): the
 // WireServer and HostGAPlugin are root-only and IMDS is open.
 func NewStore(cfg StoreConfig) *Store {
-	if cfg.Destinations == (Destinations{}) {
-		cfg.Destinations = DefaultDestinations()
-	}
 	if cfg.MaxSnapshots <= 0 {
 		cfg.MaxSnapshots = 5
 	}
@@ -87,7 +81,7 @@ func NewStore(cfg StoreConfig) *Store {
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("component", "authz")
-	s.cur.Store(&Snapshot{dests: cfg.Destinations})
+	s.cur.Store(&Snapshot{})
 	return s
 }
 
@@ -109,7 +103,7 @@ func (s *Store) RuleIDs() RuleIDs {
 // false when none is installed. Quirk 19: this is the mode of the last
 // compiled item, which only changes with the rule id, so it can differ
 // from the mode in the latest status.
-func (s *Store) Mode(svc Service) (m msp.Mode, ok bool) {
+func (s *Store) Mode(svc msp.Service) (m msp.Mode, ok bool) {
 	rs := s.cur.Load().RuleSet(svc)
 	if rs == nil {
 		return "", false
@@ -162,10 +156,10 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 	wsIDChanged, imdsIDChanged, hgaIDChanged := ids.WireServer != old.WireServer, ids.IMDS != old.IMDS, ids.HostGA != old.HostGA
 	s.ids = ids
 	for _, c := range []struct {
-		svc      Service
+		svc      msp.Service
 		changed  bool
 		from, to string
-	}{{WireServer, wsIDChanged, old.WireServer, ids.WireServer}, {IMDS, imdsIDChanged, old.IMDS, ids.IMDS}, {HostGA, hgaIDChanged, old.HostGA, ids.HostGA}} {
+	}{{msp.WireServer, wsIDChanged, old.WireServer, ids.WireServer}, {msp.IMDS, imdsIDChanged, old.IMDS, ids.IMDS}, {msp.HostGAPlugin, hgaIDChanged, old.HostGA, ids.HostGA}} {
 		if c.changed {
 			s.log.Info("rule id changed", "service", c.svc, "from", c.from, "to", c.to)
 		}
@@ -179,15 +173,15 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 	next := *cur
 	changed := false
 	if wsIDChanged || wsLocalChanged {
-		next.wireServer = s.compileLogged(WireServer, wsEff)
+		next.wireServer = s.compileLogged(msp.WireServer, wsEff)
 		changed = true
 	}
 	if imdsIDChanged || imdsLocalChanged {
-		next.imds = s.compileLogged(IMDS, imdsEff)
+		next.imds = s.compileLogged(msp.IMDS, imdsEff)
 		changed = true
 	}
 	if hgaIDChanged {
-		next.hga = s.compileLogged(HostGA, wsRaw)
+		next.hga = s.compileLogged(msp.HostGAPlugin, wsRaw)
 		changed = true
 	}
 	if !changed {
@@ -222,7 +216,7 @@ func ruleID(rs *RuleSet) any {
 	return rs.id
 }
 
-func (s *Store) compileLogged(svc Service, it *item) *RuleSet {
+func (s *Store) compileLogged(svc msp.Service, it *item) *RuleSet {
 	rs := compile(it)
 	if rs == nil {
 		s.log.Info("rule set removed", "service", svc)

@@ -2,7 +2,6 @@ package insight
 
 import (
 	"fmt"
-	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
@@ -99,26 +98,13 @@ func clean(s string) string {
 
 // ServiceOf returns the service a record's request was for ("" when the
 // connection had no original destination).
-func ServiceOf(rec *audit.Record) authz.Service { return authz.Service(rec.Destination.Service) }
+func ServiceOf(rec *audit.Record) msp.Service { return msp.Service(rec.Destination.Service) }
 
-// RequestOf rebuilds the authorization request of a record for replay
-// against a snapshot built on authz.DefaultDestinations. The destination
-// is the recorded service's production address, so replays do not depend
-// on the addresses the agent was configured with.
+// RequestOf rebuilds the authorization request of a record for replay:
+// the service the agent classified when it accepted the connection, the
+// request line and the caller.
 func RequestOf(rec *audit.Record) authz.Request {
-	d := authz.DefaultDestinations()
-	var dest netip.AddrPort
-	switch ServiceOf(rec) {
-	case authz.WireServer:
-		dest = d.WireServer
-	case authz.IMDS:
-		dest = d.IMDS
-	case authz.HostGA:
-		dest = d.HostGA
-	case authz.ProxyAgent:
-		dest = d.Listener
-	}
-	return authz.Request{Dest: dest, Method: rec.Method, Target: rec.Target, Caller: rec.Caller}
+	return authz.Request{Service: ServiceOf(rec), Method: rec.Method, Target: rec.Target, Caller: rec.Caller}
 }
 
 // replayable reports whether a record's request reached authorization

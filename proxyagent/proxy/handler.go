@@ -64,7 +64,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.Caller = st.caller
 	if st.redirected {
-		ev.Dest = st.dest
+		ev.Dest, ev.Service = st.dest, st.service
 	}
 
 	// 413 first, for every request (quirk 18).
@@ -122,7 +122,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(w, ev.Status, true)
 		return
 	}
-	d := s.opts.Authorizer.Authorize(authz.Request{Dest: st.dest, Method: r.Method, Target: r.RequestURI, Caller: st.caller})
+	d := s.opts.Authorizer.Authorize(authz.Request{Service: st.service, Method: r.Method, Target: r.RequestURI, Caller: st.caller})
 	ev.Authorized, ev.Decision = true, d
 	if d.Result == authz.Deny {
 		ev.Status = http.StatusForbidden

@@ -515,7 +515,7 @@ func TestAbsoluteFormTarget(t *testing.T) {
 	if hv := r.values("Host"); len(hv) != 1 || hv[0] != "168.63.129.16" {
 		t.Errorf("Host %q", hv)
 	}
-	if az := e.az.requests(); len(az) != 1 || az[0].Target != target || az[0].Dest != wsDest {
+	if az := e.az.requests(); len(az) != 1 || az[0].Target != target || az[0].Service != msp.WireServer {
 		t.Errorf("authorizer saw %+v", az)
 	}
 }
