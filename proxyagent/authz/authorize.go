@@ -1,7 +1,6 @@
 package authz
 
 import (
-	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -11,8 +10,6 @@ import (
 type Snapshot struct {
 	epoch                 uint64
 	wireServer, imds, hga *RuleSet
-	wsInput, imdsInput    *item // effective items (post local merge)
-	hgaInput              *item
 }
 
 // NewSnapshot builds a standalone snapshot from compiled rule sets (nil =
@@ -111,14 +108,4 @@ func allow(d Decision, reason string) Decision {
 func deny(d Decision, reason string) Decision {
 	d.Result, d.Reason = Deny, reason
 	return d
-}
-
-// IsAllowed reports upstream's is_allowed for a rule set: true in mode
-// Disabled (and for a nil rule set, which means none installed),
-// otherwise the matcher's verdict.
-func (rs *RuleSet) IsAllowed(target string, c *claims.Claims) bool {
-	if rs == nil || rs.mode == msp.ModeDisabled {
-		return true
-	}
-	return rs.Match(target, c).Allowed
 }

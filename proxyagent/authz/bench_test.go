@@ -1,7 +1,6 @@
 package authz
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -85,7 +84,7 @@ func BenchmarkStoreUpdate1k(b *testing.B) {
 	for b.Loop() {
 		n++
 		it.ID = fmt.Sprint(n)
-		s.Update(context.Background(), &msp.AuthorizationRules{WireServer: &it})
+		update(s, &msp.AuthorizationRules{WireServer: &it})
 	}
 }
 
@@ -96,7 +95,7 @@ func BenchmarkAuthorize(b *testing.B) {
 		b.Fatal(err)
 	}
 	s := NewStore(StoreConfig{Logger: quietLogger()})
-	s.Update(context.Background(), &msp.AuthorizationRules{IMDS: &it, WireServer: &it})
+	update(s, &msp.AuthorizationRules{IMDS: &it, WireServer: &it})
 	c := user()
 	c.UserName, c.ProcessFullPath = "user50", "/usr/bin/app50"
 	for _, bc := range []struct{ name, target string }{
@@ -121,7 +120,7 @@ func BenchmarkAuthorize(b *testing.B) {
 		}
 	})
 	small := NewStore(StoreConfig{Logger: quietLogger()})
-	small.Update(context.Background(), &msp.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
+	update(small, &msp.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
 	b.Run("imds-1rule", func(b *testing.B) {
 		req := Request{Service: msp.IMDS, Method: "GET", Target: "/metadata/instance?api-version=2021-02-01", Caller: c}
 		b.ReportAllocs()

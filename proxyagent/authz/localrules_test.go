@@ -94,7 +94,7 @@ func TestLocalRulesFailClosed(t *testing.T) {
 			}
 			for _, mode := range []string{"enforce", "audit"} {
 				s := newLocalStore(t, dir, nil)
-				if !s.Update(context.Background(), rulesOf(t, remoteWS(mode), "", "")) {
+				if !update(s, rulesOf(t, remoteWS(mode), "", "")) {
 					t.Fatal("no change")
 				}
 				d := s.Authorize(Request{Service: msp.WireServer, Method: "GET", Target: "/remote", Caller: root()})
@@ -116,7 +116,7 @@ func TestLocalRulesMetadataErrorFailsClosed(t *testing.T) {
 	notDir := filepath.Join(t.TempDir(), "file")
 	writeFile(t, notDir, "x")
 	s := newLocalStore(t, notDir, nil)
-	s.Update(context.Background(), rulesOf(t, remoteWS("enforce"), "", ""))
+	update(s, rulesOf(t, remoteWS("enforce"), "", ""))
 	if d := authorize(s, msp.WireServer); d.Result != Deny || d.RuleID != "decoded-id-useLocalFileRules-true" {
 		t.Fatalf("got %+v", d)
 	}
@@ -157,7 +157,7 @@ func TestLocalRulesApplied(t *testing.T) {
 				writeFile(t, filepath.Join(dir, WireServerRulesFile), tc.file)
 			}
 			s := newLocalStore(t, dir, nil)
-			s.Update(context.Background(), rulesOf(t, tc.remote, "", ""))
+			update(s, rulesOf(t, tc.remote, "", ""))
 			for target, want := range tc.checks {
 				d := s.Authorize(Request{Service: msp.WireServer, Method: "GET", Target: target, Caller: root()})
 				if d.Result != want || d.RuleID != tc.wantID {
@@ -178,7 +178,7 @@ func TestLocalRulesApplied(t *testing.T) {
 // Local names are prefixed even when they already carry the prefix, and
 // local rules cannot reach host names.
 func TestMergePrefixesLocalNames(t *testing.T) {
-	remote := fromWire(wireItem(t, `{"defaultAccess":"deny","mode":"audit","id":"r","rules":{
+	remote := (wireItem(t, `{"defaultAccess":"deny","mode":"audit","id":"r","rules":{
 	 "privileges":[{"name":"p","path":"/a"}],"roles":[{"name":"r","privileges":["p"]}],
 	 "identities":[{"name":"i","userName":"u"}],"roleAssignments":[{"role":"r","identities":["i"]}]}}`))
 	lf, err := parseLocal([]byte(`{"rules":{"privileges":[{"name":"LocalFileRules_p","path":"/b"}],
@@ -192,7 +192,7 @@ func TestMergePrefixesLocalNames(t *testing.T) {
 	if m.ID != "x-useLocalFileRules-true" || len(r.Privileges) != 2 || r.Privileges[0].Name != "p" ||
 		r.Privileges[1].Name != "LocalFileRules_LocalFileRules_p" || r.Roles[1].Privileges[0] != "LocalFileRules_LocalFileRules_p" ||
 		r.Identities[1].Name != "LocalFileRules_i" || r.RoleAssignments[1].Role != "LocalFileRules_r" ||
-		r.RoleAssignments[1].Identities[0] != "LocalFileRules_i" || *r.Identities[1].UserName != "v" {
+		r.RoleAssignments[1].Identities[0] != "LocalFileRules_i" || r.Identities[1].UserName != "v" {
 		t.Fatalf("merged: %+v", r)
 	}
 	if remote.Rules.Privileges[0].Name != "p" || len(remote.Rules.Privileges) != 1 {
@@ -263,14 +263,13 @@ func TestParseDescriptor(t *testing.T) {
 // Change detection (§3.7): re-evaluated when the file appears, changes,
 // disappears, the descriptor flips, or the previous attempt failed.
 func TestLocalRulesChangeDetection(t *testing.T) {
-	ctx := context.Background()
 	dir := t.TempDir()
 	path := filepath.Join(dir, WireServerRulesFile)
 	s := newLocalStore(t, dir, nil)
 	remote := rulesOf(t, remoteWS("enforce"), "", "")
 	step := func(name string, wantChange bool, wantID string) {
 		t.Helper()
-		if got := s.Update(ctx, remote); got != wantChange {
+		if got := update(s, remote); got != wantChange {
 			t.Fatalf("%s: changed = %v, want %v", name, got, wantChange)
 		}
 		if d := authorize(s, msp.WireServer); d.RuleID != wantID {
@@ -297,7 +296,7 @@ func TestLocalRulesChangeDetection(t *testing.T) {
 	os.Remove(path)
 	step("file removed", true, base)
 	off := rulesOf(t, fmt.Sprintf(`{"defaultAccess":"allow","mode":"enforce","id":%q}`, descriptorID("decoded-id", false)), "", "")
-	if !s.Update(ctx, off) {
+	if !update(s, off) {
 		t.Fatal("descriptor flip not a change")
 	}
 }
@@ -316,7 +315,7 @@ func TestLocalRulesRetry(t *testing.T) {
 		writeFile(t, filepath.Join(dir, WireServerRulesFile), tc.content)
 		rec := &recorder{}
 		s := newLocalStore(t, dir, slog.New(rec))
-		s.Update(context.Background(), rulesOf(t, remoteWS("enforce"), "", ""))
+		update(s, rulesOf(t, remoteWS("enforce"), "", ""))
 		if got := rec.count("local rules file parse attempt failed"); got != tc.attempts {
 			t.Errorf("%s: %d failed attempts, want %d", tc.content, got, tc.attempts)
 		}

@@ -111,7 +111,7 @@ func (s *Store) Mode(svc msp.Service) (m msp.Mode, ok bool) {
 	return rs.mode, true
 }
 
-// Update installs the rules of one key-status poll (nil when the status
+// Apply installs the rules of one key-status poll (nil when the status
 // has none) and reports whether any rule set changed. Following
 // protocol.md §3.6:
 //
@@ -125,19 +125,11 @@ func (s *Store) Mode(svc msp.Service) (m msp.Mode, ok bool) {
 // On a change the new snapshot (with the next epoch) is published
 // atomically, a snapshot file is written, and the change is logged.
 // Reading a local file that is not valid JSON is retried and may take
-// ParseAttempts×ParseRetryDelay; ctx cancels that wait.
-func (s *Store) Update(ctx context.Context, rules *msp.AuthorizationRules) bool {
-	changed, err := s.update(ctx, rules)
-	if err != nil {
-		s.log.Error("writing authorization rules snapshot failed", "dir", s.cfg.SnapshotDir, "err", err)
-	}
-	return changed
-}
-
-// Apply is Update for the key keeper's RulesApplier interface: it reports
-// whether a rule set changed and returns (instead of logging) the error of
-// writing the snapshot file. The rules are installed even when that
-// write fails.
+// ParseAttempts×ParseRetryDelay.
+//
+// Apply reports whether a rule set changed and returns the error of
+// writing the snapshot file; the rules are installed even when that write
+// fails.
 func (s *Store) Apply(rules *msp.AuthorizationRules) (changed bool, err error) {
 	return s.update(context.Background(), rules)
 }
@@ -165,7 +157,7 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 		}
 	}
 
-	wsRaw, imdsRaw := fromWire(wsWire), fromWire(imdsWire)
+	wsRaw, imdsRaw := wsWire.Clone(), imdsWire.Clone()
 	wsEff, wsLocalChanged := s.resolve(ctx, wsRaw, wsTarget, &s.wsLocal, wsIDChanged)
 	imdsEff, imdsLocalChanged := s.resolve(ctx, imdsRaw, imdsTarget, &s.imdsLocal, imdsIDChanged)
 
@@ -194,7 +186,7 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 	if s.cfg.SnapshotDir != "" {
 		// The snapshot file carries this poll's effective items, as
 		// upstream writes them.
-		in := inputRules{WireServer: wsEff, IMDS: imdsEff, HostGA: wsRaw}
+		in := msp.AuthorizationRules{WireServer: wsEff, IMDS: imdsEff, HostGA: wsRaw}
 		if err := writeSnapshotFile(s.cfg.SnapshotDir, s.cfg.MaxSnapshots, s.cfg.Now(), in, &next); err != nil {
 			return true, err
 		}
@@ -216,8 +208,8 @@ func ruleID(rs *RuleSet) any {
 	return rs.id
 }
 
-func (s *Store) compileLogged(svc msp.Service, it *item) *RuleSet {
-	rs := compile(it)
+func (s *Store) compileLogged(svc msp.Service, it *msp.AuthorizationItem) *RuleSet {
+	rs := Compile(it)
 	if rs == nil {
 		s.log.Info("rule set removed", "service", svc)
 		return nil
@@ -232,7 +224,7 @@ func (s *Store) compileLogged(svc msp.Service, it *item) *RuleSet {
 
 // resolve computes a service's effective item from the host item and its
 // local rules file, and whether the local-rules side changed (§3.7).
-func (s *Store) resolve(ctx context.Context, remote *item, t target, tr *localTracker, remoteChanged bool) (*item, bool) {
+func (s *Store) resolve(ctx context.Context, remote *msp.AuthorizationItem, t target, tr *localTracker, remoteChanged bool) (*msp.AuthorizationItem, bool) {
 	log := s.log.With("module", t.module)
 	d := parseDescriptor(itemID(remote))
 	norm := normalize(remote, d)
@@ -300,7 +292,7 @@ func (s *Store) resolve(ctx context.Context, remote *item, t target, tr *localTr
 	return eff, useChanged || stateChanged || prevFailed
 }
 
-func itemID(it *item) string {
+func itemID(it *msp.AuthorizationItem) string {
 	if it == nil {
 		return ""
 	}
