@@ -52,11 +52,11 @@ func Compile(it *msp.AuthorizationItem) *RuleSet {
 	}
 	rs := &RuleSet{id: it.ID, identities: map[string]*selector{}}
 	// defaultAccess is lower-cased but not trimmed: " allow" is deny.
-	rs.defaultAllowed = lower(it.DefaultAccess) == "allow"
+	rs.defaultAllowed = msp.Lower(it.DefaultAccess) == "allow"
 	// Quirk 20: a mode that is not one of the three names compiles to
 	// Disabled (allow all; the root check of WireServer and HostGAPlugin
 	// still applies). Upstream lower-cases without trimming.
-	switch msp.Mode(lower(it.Mode)) {
+	switch msp.Mode(msp.Lower(it.Mode)) {
 	case msp.ModeAudit:
 		rs.mode = msp.ModeAudit
 	case msp.ModeEnforce:
@@ -84,11 +84,11 @@ func Compile(it *msp.AuthorizationItem) *RuleSet {
 	}
 	privs := make(map[string]*compiledPrivilege, len(r.Privileges))
 	for _, p := range r.Privileges {
-		cp := &compiledPrivilege{Privilege: msp.Privilege{Name: p.Name, Path: lower(p.Path)}}
+		cp := &compiledPrivilege{Privilege: msp.Privilege{Name: p.Name, Path: msp.Lower(p.Path)}}
 		if p.QueryParameters != nil {
 			cp.QueryParameters = make(map[string]string, len(p.QueryParameters))
 			for k, v := range p.QueryParameters {
-				cp.QueryParameters[lower(k)] = lower(v)
+				cp.QueryParameters[msp.Lower(k)] = msp.Lower(v)
 			}
 			for k, v := range cp.QueryParameters {
 				cp.query = append(cp.query, queryRule{k, v})
@@ -196,7 +196,7 @@ func (rs *RuleSet) Match(target string, c *claims.Claims) Match {
 		c = &e
 	}
 	rawPath, rawQuery := msp.SplitTarget(target)
-	decoded := lower(percentDecode(rawPath))
+	decoded := msp.Lower(msp.PercentDecode(rawPath))
 	path, embedded, hasEmbedded := strings.Cut(decoded, "?")
 	var pairs []queryPair
 	pairsDone := false
@@ -254,7 +254,7 @@ func parsePairs(q string, pairs []queryPair) []queryPair {
 		if k == "" {
 			continue
 		}
-		pairs = append(pairs, queryPair{key: lower(percentDecode(k)), rawValue: v})
+		pairs = append(pairs, queryPair{key: msp.Lower(msp.PercentDecode(k)), rawValue: v})
 	}
 	return pairs
 }
@@ -266,7 +266,7 @@ func queryMatches(rules []queryRule, pairs []queryPair) bool {
 			if p.key != qr.key {
 				continue
 			}
-			if lower(percentDecode(p.rawValue)) != qr.value {
+			if msp.Lower(msp.PercentDecode(p.rawValue)) != qr.value {
 				return false
 			}
 			found = true

@@ -126,7 +126,7 @@ type queryPair struct{ Key, Value string }
 // first occurrence of each decoded, lower-cased key, sorted by key.
 func splitTarget(target string) (string, []queryPair) {
 	rawPath, rawQuery := msp.SplitTarget(target)
-	path, _, _ := strings.Cut(percentDecode(rawPath), "?")
+	path, _, _ := strings.Cut(msp.PercentDecode(rawPath), "?")
 	path = asciiLower(path)
 	var pairs []queryPair
 	seen := map[string]bool{}
@@ -135,12 +135,12 @@ func splitTarget(target string) (string, []queryPair) {
 		if k == "" {
 			continue
 		}
-		k = asciiLower(percentDecode(k))
+		k = asciiLower(msp.PercentDecode(k))
 		if seen[k] {
 			continue
 		}
 		seen[k] = true
-		pairs = append(pairs, queryPair{k, asciiLower(percentDecode(v))})
+		pairs = append(pairs, queryPair{k, asciiLower(msp.PercentDecode(v))})
 	}
 	sort.Slice(pairs, func(i, j int) bool { return pairs[i].Key < pairs[j].Key })
 	return path, pairs
@@ -165,29 +165,4 @@ func asciiLower(s string) string {
 		}
 	}
 	return strings.ToLower(s)
-}
-
-// percentDecode decodes every "%XY" with two hex digits, keeps any other
-// '%', leaves '+' alone and replaces invalid UTF-8, as the agent's
-// matcher does.
-func percentDecode(s string) string {
-	if strings.IndexByte(s, '%') < 0 {
-		return strings.ToValidUTF8(s, "\uFFFD")
-	}
-	buf := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) {
-			if h, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil && isHex(s[i+1]) && isHex(s[i+2]) {
-				buf = append(buf, byte(h))
-				i += 2
-				continue
-			}
-		}
-		buf = append(buf, s[i])
-	}
-	return strings.ToValidUTF8(string(buf), "\uFFFD")
-}
-
-func isHex(c byte) bool {
-	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
 }
