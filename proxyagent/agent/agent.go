@@ -317,7 +317,7 @@ type local struct {
 	reporter *status.Reporter
 }
 
-func (l local) Provision(timeTick int64, notify bool) (bool, string) {
+func (l local) Query(timeTick int64, notify bool) (bool, string) {
 	return l.prov.Query(timeTick, notify)
 }
 
