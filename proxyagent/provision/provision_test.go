@@ -166,8 +166,8 @@ func TestTagFiles(t *testing.T) {
 		if len(e.console) != 1 || e.console[0] != SuccessConsoleMessage {
 			t.Errorf("console %q", e.console)
 		}
-		if _, err := os.Stat(filepath.Join(e.dir, statusTagTmp)); !os.IsNotExist(err) {
-			t.Error("status.tag.tmp left behind")
+		if entries, _ := os.ReadDir(e.dir); len(entries) != 2 {
+			t.Errorf("tag folder holds %v, want the two tags only", entries)
 		}
 	})
 	t.Run("key latch failure escaped", func(t *testing.T) {
