@@ -29,6 +29,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/keykeeper"
 	"github.com/opengpa/gpa/proxyagent/logfile"
+	"github.com/opengpa/gpa/proxyagent/prereq"
 	"github.com/opengpa/gpa/proxyagent/provision"
 	"github.com/opengpa/gpa/proxyagent/proxy"
 	"github.com/opengpa/gpa/proxyagent/redirector"
@@ -125,6 +126,10 @@ func Run(ctx context.Context, opts Options) error {
 			// still answers local endpoints and every other connection is
 			// direct (421). The status says why.
 			st := redirector.ErrorStatus(err)
+			if r := prereq.Check(prereq.Paths{}); !r.OK() {
+				// Name the missing prerequisite and its fix first.
+				st.Message = r.Message() + "; " + st.Message
+			}
 			reg.Set(status.EbpfProgram, status.Stopped, st.Message)
 			log.Error("redirector", "error", err)
 			source = identity.SourceFunc(func(netip.AddrPort) (identity.Record, bool) { return identity.Record{}, false })
