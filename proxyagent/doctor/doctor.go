@@ -263,7 +263,9 @@ func (c *checker) files() {
 	c.checkInside("file.key", cfg.LatchKeyFolder, func(name string) bool { return strings.HasSuffix(name, ".key") }, "key file", 0o077,
 		"chmod 0600 the key files (they hold the latched key)")
 	c.checkInside("file.rules", cfg.RulesFolder(), func(string) bool { return true }, "rules file", 0o022, "chown root and chmod go-w the rules files")
-	c.checkInside("file.log", cfg.LogFolder, func(name string) bool { return strings.Contains(name, ".log") || strings.Contains(name, ".jsonl") || name == "status.json" }, "log file", 0o026,
+	c.checkInside("file.log", cfg.LogFolder, func(name string) bool {
+		return strings.Contains(name, ".log") || strings.Contains(name, ".jsonl") || name == "status.json"
+	}, "log file", 0o026,
 		"chmod 0640 the log files (they name callers and their command lines)")
 }
 

@@ -306,4 +306,3 @@ func TestPrintJSON(t *testing.T) {
 		}
 	}
 }
-
