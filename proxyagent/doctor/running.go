@@ -124,7 +124,7 @@ func (c *checker) redirect() {
 	case len(wrong) > 0:
 		c.add("redirect.attached", Fail, fmt.Sprintf("want every link on %s (cgroup %d): %s", root, want, strings.Join(wrong, "; ")), fix)
 	default:
-		c.add("redirect.attached", OK, fmt.Sprintf("%d links attached to the cgroup root %s (cgroup %d)", n, root, want), "")
+		c.add("redirect.attached", OK, fmt.Sprintf("%d links attached to %s (cgroup %d), the cgroup the agent attaches to", n, root, want), "")
 	}
 }
 
@@ -320,11 +320,12 @@ func (c *checker) logFolders() {
 			c.add(d.id, Unknown, c.cannot("see "+d.path, err), "run doctor as root")
 			continue
 		case errors.Is(err, fs.ErrNotExist):
-			sev := Fail
-			if d.id == "logs.events-writable" {
-				sev = Warn // the agent creates it when it first needs it
+			if _, perr := os.Stat(filepath.Dir(d.path)); d.id == "logs.events-writable" && perr == nil {
+				// The agent creates the events folder when it first needs it.
+				c.add(d.id, Info, d.path+" does not exist yet; the agent creates it when needed", "")
+				continue
 			}
-			c.add(d.id, sev, d.path+" does not exist", "create it: install -d -m 0755 -o root "+d.path)
+			c.add(d.id, Fail, d.path+" does not exist", "create it: install -d -m 0755 -o root "+d.path)
 			continue
 		case err != nil:
 			c.add(d.id, Fail, err.Error(), "check "+d.path)
