@@ -40,20 +40,11 @@ func (c *checker) cgroupRoot() (string, error) {
 			return p, nil
 		}
 	}
-	f, err := os.Open(c.o.sys("/proc/self/mounts"))
-	if err != nil {
-		if f, err = os.Open(c.o.sys("/proc/mounts")); err != nil {
-			return "", err
-		}
+	p, err := mountinfo.FindIn(c.o.sys("/proc/self/mounts"), "cgroup2")
+	if errors.Is(err, fs.ErrNotExist) {
+		p, err = mountinfo.FindIn(c.o.sys("/proc/mounts"), "cgroup2")
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if fields := strings.Fields(sc.Text()); len(fields) >= 3 && fields[2] == "cgroup2" {
-			return mountinfo.Unescape(fields[1]), nil
-		}
-	}
-	return "", errors.New("no cgroup2 mount")
+	return p, err
 }
 
 func (c *checker) redirect() {

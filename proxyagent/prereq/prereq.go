@@ -14,7 +14,6 @@
 package prereq
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -22,6 +21,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/opengpa/gpa/internal/mountinfo"
 )
 
 // MinKernel is the oldest kernel the eBPF programs run on. The programs
@@ -182,19 +183,15 @@ func checkKernel(p Paths) (string, []Problem) {
 // "unified" directory of a hybrid hierarchy; the agent attaches to its
 // root).
 func checkCgroup2(p Paths) (Problem, bool) {
-	f, err := os.Open(p.path("/proc/mounts"))
-	if err != nil {
-		return Problem{IDCgroup2, "the mount table cannot be read (" + err.Error() + ")", "mount procfs on /proc"}, false
+	_, err := mountinfo.FindIn(p.path("/proc/mounts"), "cgroup2")
+	switch {
+	case err == nil:
+		return Problem{}, true
+	case errors.Is(err, mountinfo.ErrNotMounted):
+		return Problem{IDCgroup2, "cgroup v2 is not mounted",
+			"boot with systemd.unified_cgroup_hierarchy=1 (or mount cgroup2 on /sys/fs/cgroup)"}, false
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if fields := strings.Fields(sc.Text()); len(fields) >= 3 && fields[2] == "cgroup2" {
-			return Problem{}, true
-		}
-	}
-	return Problem{IDCgroup2, "cgroup v2 is not mounted",
-		"boot with systemd.unified_cgroup_hierarchy=1 (or mount cgroup2 on /sys/fs/cgroup)"}, false
+	return Problem{IDCgroup2, "the mount table cannot be read (" + err.Error() + ")", "mount procfs on /proc"}, false
 }
 
 // kernelOptions are the config options the programs cannot do without.
