@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -22,8 +23,12 @@ const testVersion = "9.9.9-arch"
 func build(t *testing.T, dir, goarch string) {
 	t.Helper()
 	out := filepath.Join(dir, "linux-"+goarch)
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
 	for _, b := range []string{"azure-proxy-agent", "ProxyAgentExt"} {
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/opengpa/gpa/internal/version.Version="+testVersion,
+		cmd := exec.Command(goTool, "build", "-trimpath", "-ldflags", "-s -w -X github.com/opengpa/gpa/internal/version.Version="+testVersion,
 			"-o", filepath.Join(out, b), "../cmd/"+b)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
 		if out, err := cmd.CombinedOutput(); err != nil {
