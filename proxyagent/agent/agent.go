@@ -125,12 +125,7 @@ func Run(ctx context.Context, opts Options) error {
 			// Without the kernel hooks nothing is redirected; the listener
 			// still answers local endpoints and every other connection is
 			// direct (421). The status says why.
-			st := redirector.ErrorStatus(err)
-			if r := prereq.Check(prereq.Paths{}); !r.OK() {
-				// Name the missing prerequisite and its fix first.
-				st.Message = r.Message() + "; " + st.Message
-			}
-			reg.Set(status.EbpfProgram, status.Stopped, st.Message)
+			reg.Set(status.EbpfProgram, status.Stopped, redirectorFailure(err, prereq.Paths{}))
 			log.Error("redirector", "error", err)
 			source = identity.SourceFunc(func(netip.AddrPort) (identity.Record, bool) { return identity.Record{}, false })
 		} else {
