@@ -16,12 +16,12 @@ func TestRedirectorFailure(t *testing.T) {
 	loadErr := errors.New("redirector: find cgroup v2 root: no cgroup2 file system in /proc/self/mounts")
 	sys := testenv.Debian12
 	sys.Mounts = testenv.MountsV1Only
-	got := redirectorFailure(loadErr, prereq.Paths{Root: testenv.NewSystemRoot(t, sys)})
+	got := redirectorFailureOn(loadErr, prereq.Paths{Root: testenv.NewSystemRoot(t, sys)})
 	want := "cgroup v2 is not mounted: boot with systemd.unified_cgroup_hierarchy=1"
 	if !strings.HasPrefix(got, want) || !strings.HasSuffix(got, "Failed to start Redirector: "+loadErr.Error()) {
 		t.Errorf("message %q, want it to start with %q and end with the load error", got, want)
 	}
-	got = redirectorFailure(loadErr, prereq.Paths{Root: testenv.NewSystemRoot(t, testenv.Debian12)})
+	got = redirectorFailureOn(loadErr, prereq.Paths{Root: testenv.NewSystemRoot(t, testenv.Debian12)})
 	if got != "Failed to start Redirector: "+loadErr.Error() {
 		t.Errorf("capable machine: %q", got)
 	}

@@ -3,7 +3,7 @@
 // prerequisites (package prereq), owners and modes of the binary, unit,
 // config, keys, rules and logs, the eBPF redirect pinned and attached to
 // the cgroup root, the listener bound to loopback only, the key latched,
-// status.json fresh and the log folders writable.
+// status.json fresh and the log folder writable.
 //
 // Each Finding has a stable ID, a Severity and, unless it is OK, a fix. A
 // non-root user gets every check it can make; what it cannot see (a 0700
@@ -206,7 +206,7 @@ func prettyOS(o prereq.OSRelease) string {
 // defaults is the default config with its folders under InstallRoot.
 func (c *checker) defaults() config.Config {
 	d := config.Default()
-	for _, p := range []*string{&d.LogFolder, &d.EventFolder, &d.LatchKeyFolder, &d.StatusFolder} {
+	for _, p := range []*string{&d.LogFolder, &d.LatchKeyFolder, &d.StatusFolder} {
 		*p = c.o.install(*p)
 	}
 	return d

@@ -84,7 +84,7 @@ func newInstall(t *testing.T, sys testenv.System) *install {
 	mk(filepath.Join(r, "usr/sbin/azure-proxy-agent"), 0o755, "#!/bin/sh\n")
 	mk(filepath.Join(r, "usr/lib/systemd/system/azure-proxy-agent.service"), 0o644, "[Service]\n")
 	cfg, _ := json.Marshal(map[string]any{
-		"logFolder": in.logs, "eventFolder": filepath.Join(in.logs, "events"), "latchKeyFolder": in.keys,
+		"logFolder": in.logs, "latchKeyFolder": in.keys,
 		"statusFolder": in.logs, "bpfPinPath": filepath.Join(r, "sys/fs/bpf/azure-proxy-agent"), "cgroupRoot": cg,
 		"listenAddress": "127.0.0.1:3080", "monitorIntervalInSeconds": 60,
 	})
@@ -94,7 +94,6 @@ func newInstall(t *testing.T, sys testenv.System) *install {
 	os.Chmod(in.keys, 0o700)
 	mk(filepath.Join(in.keys, keyGUID+".key"), 0o600, "secret")
 	os.MkdirAll(filepath.Join(r, "var/lib/azure-proxy-agent/rules"), 0o755)
-	os.MkdirAll(filepath.Join(in.logs, "events"), 0o755)
 	mk(filepath.Join(in.logs, "ProxyAgent.log"), 0o640, "")
 	mk(filepath.Join(in.logs, "ProxyAgent.Audit.jsonl"), 0o640, "")
 	in.writeStatus(t, agentStatus(now.Add(-30*time.Second), status.Success, keyGUID, "WireServer Enforce -  IMDS Enforce - HostGA Enforce"))

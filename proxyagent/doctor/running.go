@@ -17,8 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/opengpa/gpa/internal/mountinfo"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/redirector"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -289,7 +289,7 @@ func (c *checker) key(a *status.Aggregate) {
 			return
 		}
 		c.add("key.latched", OK, msg, "")
-	case state == securechannel.StateDisabled:
+	case state == msp.StateDisabled:
 		c.add("key.latched", Info, "the host has the secure channel disabled; no key is needed", "")
 	default:
 		c.add("key.latched", Fail, fmt.Sprintf("no key latched (secure channel state %q): %s", state, k.Message),
@@ -297,46 +297,41 @@ func (c *checker) key(a *status.Aggregate) {
 	}
 }
 
-// logFolders checks that the log and event folders can be written by
-// their owner (root, the agent) on a writable file system.
+// logFolders checks that the log folder can be written by its owner
+// (root, the agent) on a writable file system.
 func (c *checker) logFolders() {
-	for _, d := range []struct{ id, path string }{{"logs.writable", c.cfg.LogFolder}, {"logs.events-writable", c.cfg.EventFolder}} {
-		if d.path == "" {
-			c.add(d.id, Info, "not configured: the agent writes no files there", "")
-			continue
-		}
-		fi, err := os.Stat(d.path)
-		switch {
-		case errors.Is(err, fs.ErrPermission):
-			c.add(d.id, Unknown, c.cannot("see "+d.path, err), "run doctor as root")
-			continue
-		case errors.Is(err, fs.ErrNotExist):
-			if _, perr := os.Stat(filepath.Dir(d.path)); d.id == "logs.events-writable" && perr == nil {
-				// The agent creates the events folder when it first needs it.
-				c.add(d.id, Info, d.path+" does not exist yet; the agent creates it when needed", "")
-				continue
-			}
-			c.add(d.id, Fail, d.path+" does not exist", "create it: install -d -m 0755 -o root "+d.path)
-			continue
-		case err != nil:
-			c.add(d.id, Fail, err.Error(), "check "+d.path)
-			continue
-		}
-		var st unix.Statfs_t
-		if err := unix.Statfs(d.path, &st); err == nil && st.Flags&unix.ST_RDONLY != 0 {
-			c.add(d.id, Fail, d.path+" is on a read-only file system", "mount it read-write (or set logFolder to a writable folder)")
-			continue
-		}
-		if !fi.IsDir() || fi.Mode().Perm()&0o300 != 0o300 {
-			c.add(d.id, Fail, fmt.Sprintf("%s is not a directory its owner can write (mode %04o)", d.path, fi.Mode().Perm()), "chmod u+wx "+d.path)
-			continue
-		}
-		if c.o.UID == 0 {
-			if err := unix.Access(d.path, unix.W_OK|unix.X_OK); err != nil {
-				c.add(d.id, Fail, d.path+" is not writable: "+err.Error(), "make it writable by root")
-				continue
-			}
-		}
-		c.add(d.id, OK, d.path+" is writable", "")
+	const id = "logs.writable"
+	dir := c.cfg.LogFolder
+	if dir == "" {
+		c.add(id, Info, "logFolder is not configured: the agent writes no log files", "")
+		return
 	}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		c.add(id, Unknown, c.cannot("see "+dir, err), "run doctor as root")
+		return
+	case errors.Is(err, fs.ErrNotExist):
+		c.add(id, Fail, dir+" does not exist", "create it: install -d -m 0755 -o root "+dir)
+		return
+	case err != nil:
+		c.add(id, Fail, err.Error(), "check "+dir)
+		return
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Flags&unix.ST_RDONLY != 0 {
+		c.add(id, Fail, dir+" is on a read-only file system", "mount it read-write (or set logFolder to a writable folder)")
+		return
+	}
+	if !fi.IsDir() || fi.Mode().Perm()&0o300 != 0o300 {
+		c.add(id, Fail, fmt.Sprintf("%s is not a directory its owner can write (mode %04o)", dir, fi.Mode().Perm()), "chmod u+wx "+dir)
+		return
+	}
+	if c.o.UID == 0 {
+		if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
+			c.add(id, Fail, dir+" is not writable: "+err.Error(), "make it writable by root")
+			return
+		}
+	}
+	c.add(id, OK, dir+" is writable", "")
 }

@@ -35,8 +35,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/proxyagent/hostconn"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -60,7 +59,7 @@ const (
 // host sent none); it decides itself whether anything changed (§3.6) and
 // reports it. An error is logged; the poll goes on.
 type RulesApplier interface {
-	Apply(rules *securechannel.AuthorizationRules) (changed bool, err error)
+	Apply(rules *msp.AuthorizationRules) (changed bool, err error)
 }
 
 // Redirector installs or removes the kernel redirect for each destination
@@ -114,7 +113,7 @@ type Options struct {
 
 // latched is the in-memory key with the parts status reports.
 type latched struct {
-	key         *signing.Key
+	key         *msp.Key
 	incarnation *uint32
 }
 
@@ -129,7 +128,7 @@ type KeyKeeper struct {
 	notify chan struct{}
 
 	key   atomic.Pointer[latched]
-	modes atomic.Pointer[securechannel.Modes]
+	modes atomic.Pointer[msp.Modes]
 
 	mu       sync.Mutex // guards the fields below
 	state    status.ModuleState
@@ -193,14 +192,14 @@ func New(opts Options) (*KeyKeeper, error) {
 		message: status.InitialMessage,
 	}
 	k.client = &hostClient{addr: opts.WireServer, host: host, timeout: opts.RequestTimeout, dial: dial, now: k.clock.Now}
-	k.modes.Store(&securechannel.Modes{State: securechannel.StateUnknown, WireServer: securechannel.ModeDisabled,
-		IMDS: securechannel.ModeDisabled, HostGA: securechannel.ModeDisabled})
+	k.modes.Store(&msp.Modes{State: msp.StateUnknown, WireServer: msp.ModeDisabled,
+		IMDS: msp.ModeDisabled, HostGA: msp.ModeDisabled})
 	return k, nil
 }
 
 // Key returns the latched key, or nil when none is in memory (the proxy
 // then forwards unsigned).
-func (k *KeyKeeper) Key() *signing.Key {
+func (k *KeyKeeper) Key() *msp.Key {
 	if l := k.key.Load(); l != nil {
 		return l.key
 	}
@@ -225,7 +224,7 @@ func (k *KeyKeeper) Notify() {
 
 // Modes returns the modes derived from the last valid status (state
 // "Unknown" and all modes disabled before the first).
-func (k *KeyKeeper) Modes() securechannel.Modes { return *k.modes.Load() }
+func (k *KeyKeeper) Modes() msp.Modes { return *k.modes.Load() }
 
 // State returns the secure-channel state string (§1.5).
 func (k *KeyKeeper) State() string { return k.Modes().State }
@@ -264,13 +263,13 @@ func (k *KeyKeeper) ResyncRedirect() error {
 // policyOf returns the redirect policy {WS, IMDS, HGAP} of modes: a
 // destination is redirected iff its raw mode is not "disabled" (an unknown
 // v2 mode string counts as enabled, upstream quirk 20).
-func policyOf(m securechannel.Modes) [3]bool {
-	ws := m.WireServerRaw != string(securechannel.ModeDisabled) && m.WireServerRaw != ""
-	imds := m.IMDSRaw != string(securechannel.ModeDisabled) && m.IMDSRaw != ""
+func policyOf(m msp.Modes) [3]bool {
+	ws := m.WireServerRaw != string(msp.ModeDisabled) && m.WireServerRaw != ""
+	imds := m.IMDSRaw != string(msp.ModeDisabled) && m.IMDSRaw != ""
 	return [3]bool{ws, imds, ws}
 }
 
-func (k *KeyKeeper) applyRedirect(m securechannel.Modes) error {
+func (k *KeyKeeper) applyRedirect(m msp.Modes) error {
 	p := policyOf(m)
 	if k.opts.Redirector != nil {
 		if err := k.opts.Redirector.SetPolicy(p[0], p[1], p[2]); err != nil {
@@ -347,7 +346,7 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 	for {
 		if !first {
 			sleep := k.opts.PollInterval
-			if k.State() == securechannel.StateUnknown && time.Since(k.opts.Start) < k.opts.FastPollWindow {
+			if k.State() == msp.StateUnknown && time.Since(k.opts.Start) < k.opts.FastPollWindow {
 				sleep = k.opts.FastPollInterval
 			}
 			started := time.Now()
@@ -360,11 +359,11 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 			case <-k.notify:
 				timer.Stop()
 				st := k.State()
-				if st == securechannel.StateDisabled || st == securechannel.StateUnknown {
+				if st == msp.StateDisabled || st == msp.StateUnknown {
 					k.log.Info("notified while not latched; polling now", "state", st)
 					k.provision().KeyLatchReset()
 					m := k.Modes()
-					m.State = securechannel.StateUnknown
+					m.State = msp.StateUnknown
 					k.modes.Store(&m)
 					k.changed()
 					provStart, provTimedOut = time.Now(), false
@@ -400,19 +399,19 @@ func (k *KeyKeeper) stopped(ctx context.Context) error {
 }
 
 // fetchStatus gets, syncs the clock from, decodes and validates the status.
-func (k *KeyKeeper) fetchStatus(ctx context.Context) (*securechannel.KeyStatus, error) {
+func (k *KeyKeeper) fetchStatus(ctx context.Context) (*msp.KeyStatus, error) {
 	r, err := k.client.status(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if k.clock.SyncFromHeaders(r.header, k.opts.ClockResync) {
-		k.log.Info("host clock synced", "host_time", signing.FormatDate(k.clock.Now()))
+		k.log.Info("host clock synced", "host_time", msp.FormatDate(k.clock.Now()))
 	}
 	body, err := decodeBody(r.header.Get("Content-Type"), r.body)
 	if err != nil {
 		return nil, err
 	}
-	ks, err := securechannel.ParseKeyStatus(body)
+	ks, err := msp.ParseKeyStatus(body)
 	if err != nil {
 		return nil, err
 	}
@@ -483,7 +482,7 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 		k.changed()
 	}
 
-	if modes.State != securechannel.StateDisabled {
+	if modes.State != msp.StateDisabled {
 		cur := k.key.Load()
 		if ks.KeyGUID == nil || cur == nil || *ks.KeyGUID != cur.key.GUID {
 			if !k.acquireOrLoad(ctx, ks.KeyGUID) {
@@ -508,7 +507,7 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 			k.log.Warn("failed to update redirect policy", "err", err)
 		}
 	}
-	if stateChanged && modes.State == securechannel.StateDisabled {
+	if stateChanged && modes.State == msp.StateDisabled {
 		k.setMessage(fmt.Sprintf("Customer has not enforce the secure channel state. - %d", k.uptimeMS()))
 		if k.key.Swap(nil) != nil {
 			k.log.Info("secure channel disabled; key cleared from memory (files kept)")
@@ -537,7 +536,7 @@ func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 
 	sk, err := k.client.acquire(ctx)
 	if err == nil {
-		if _, kerr := signing.NewKey(sk.GUID, sk.Key); kerr != nil {
+		if _, kerr := msp.NewKey(sk.GUID, sk.Key); kerr != nil {
 			err = errors.New("key is not valid hex")
 		}
 	}
@@ -556,7 +555,7 @@ func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 		k.log.Warn("saved key check failed", "key_guid", sk.GUID, "err", err)
 		return false
 	}
-	signer, _ := signing.NewKey(sk.GUID, sk.Key)
+	signer, _ := msp.NewKey(sk.GUID, sk.Key)
 	if err := k.client.attest(ctx, signer); err != nil {
 		k.setMessage("Failed to attest the key: " + err.Error())
 		k.log.Warn("failed to attest key", "key_guid", sk.GUID, "err", err)
@@ -569,7 +568,7 @@ func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 	return true
 }
 
-func (k *KeyKeeper) checkSaved(sk *securechannel.Key) error {
+func (k *KeyKeeper) checkSaved(sk *msp.IssuedKey) error {
 	local, err := loadKey(k.opts.KeyDir, sk.GUID)
 	if err != nil {
 		return err
@@ -581,8 +580,8 @@ func (k *KeyKeeper) checkSaved(sk *securechannel.Key) error {
 }
 
 // install publishes sk as the in-memory key; false if its hex is invalid.
-func (k *KeyKeeper) install(sk *securechannel.Key) bool {
-	signer, err := signing.NewKey(sk.GUID, sk.Key)
+func (k *KeyKeeper) install(sk *msp.IssuedKey) bool {
+	signer, err := msp.NewKey(sk.GUID, sk.Key)
 	if err != nil {
 		k.log.Warn("key has invalid hex", "key_guid", sk.GUID)
 		return false

@@ -23,7 +23,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/internal/atomicfile"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -42,7 +44,6 @@ const (
 const (
 	ProvisionedTag = "provisioned.tag"
 	StatusTag      = "status.tag"
-	statusTagTmp   = "status.tag.tmp"
 )
 
 // SuccessConsoleMessage is written to the console when provisioning
@@ -214,11 +215,11 @@ func (p *Provisioner) ErrorMessage() string {
 // errorMessage is the current ErrorMessage, unescaped.
 func (p *Provisioner) Query(timeTick int64, notify bool) (finished bool, errorMessage string) {
 	fin := p.FinishedTimeTick()
-	state := securechannel.StateUnknown
+	state := msp.StateUnknown
 	if p.opts.State != nil {
 		state = p.opts.State()
 	}
-	latched := state != securechannel.StateDisabled && state != securechannel.StateUnknown
+	latched := state != msp.StateDisabled && state != msp.StateUnknown
 	finished = fin >= timeTick || (latched && fin > 0)
 	if notify && !finished && p.opts.Notify != nil {
 		p.opts.Notify()
@@ -276,23 +277,8 @@ func (p *Provisioner) writeTags() error {
 		return err
 	}
 	stamp := status.FormatTimestamp(p.opts.Now())
-	if err := writeFile(filepath.Join(dir, ProvisionedTag), []byte(stamp)); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, ProvisionedTag), []byte(stamp), 0o600); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, statusTagTmp)
-	if err := writeFile(tmp, []byte(XMLEscape(msg))); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, StatusTag)); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
-}
-
-func writeFile(path string, data []byte) error {
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return err
-	}
-	return os.Chmod(path, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, StatusTag), []byte(XMLEscape(msg)), 0o600)
 }

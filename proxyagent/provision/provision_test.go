@@ -166,8 +166,8 @@ func TestTagFiles(t *testing.T) {
 		if len(e.console) != 1 || e.console[0] != SuccessConsoleMessage {
 			t.Errorf("console %q", e.console)
 		}
-		if _, err := os.Stat(filepath.Join(e.dir, statusTagTmp)); !os.IsNotExist(err) {
-			t.Error("status.tag.tmp left behind")
+		if entries, _ := os.ReadDir(e.dir); len(entries) != 2 {
+			t.Errorf("tag folder holds %v, want the two tags only", entries)
 		}
 	})
 	t.Run("key latch failure escaped", func(t *testing.T) {
@@ -243,7 +243,7 @@ func TestParseTimeTick(t *testing.T) {
 
 func TestHandler(t *testing.T) {
 	e := newEnv(t)
-	srv := httptest.NewServer(Handler(e.p))
+	srv := httptest.NewServer(serving(e.p))
 	defer srv.Close()
 
 	resp, err := http.Get(srv.URL + Path)
@@ -280,6 +280,11 @@ func TestHandler(t *testing.T) {
 	}
 }
 
+// serving is the production /provision endpoint over q, for httptest.
+func serving(q Querier) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { Serve(w, r, q) })
+}
+
 // recorder wraps the provisioning handler and records each query's headers.
 type recorder struct {
 	mu   sync.Mutex
@@ -298,7 +303,7 @@ func TestQueryStatusExitCodes(t *testing.T) {
 	t.Run("not finished, polls, notify once", func(t *testing.T) {
 		e := newEnv(t)
 		e.p.ListenerReady()
-		rec := &recorder{next: Handler(e.p)}
+		rec := &recorder{next: serving(e.p)}
 		srv := httptest.NewServer(rec)
 		defer srv.Close()
 		start := time.Now().UnixNano()
@@ -334,7 +339,7 @@ func TestQueryStatusExitCodes(t *testing.T) {
 		e.p.RedirectorReady()
 		e.p.KeyLatched()
 		e.p.ListenerReady()
-		srv := httptest.NewServer(Handler(e.p))
+		srv := httptest.NewServer(serving(e.p))
 		defer srv.Close()
 		if code, msg := QueryStatus(strings.TrimPrefix(srv.URL, "http://"), 0); code != 0 || msg != "" {
 			t.Errorf("exit %d msg %q, want 0", code, msg)
@@ -347,7 +352,7 @@ func TestQueryStatusExitCodes(t *testing.T) {
 		e.p.KeyLatched()
 		e.p.ProvisionTimeout()
 		e.state.Store("wireserver")
-		srv := httptest.NewServer(Handler(e.p))
+		srv := httptest.NewServer(serving(e.p))
 		defer srv.Close()
 		code, msg := QueryStatus(strings.TrimPrefix(srv.URL, "http://"), 0)
 		if code != 2 || msg != "ebpfProgramStatus - no BTF\r\n" {
@@ -358,7 +363,7 @@ func TestQueryStatusExitCodes(t *testing.T) {
 		e := newEnv(t)
 		e.p.RedirectorReady()
 		e.p.ListenerReady()
-		srv := httptest.NewServer(Handler(e.p))
+		srv := httptest.NewServer(serving(e.p))
 		defer srv.Close()
 		go func() {
 			time.Sleep(150 * time.Millisecond)
