@@ -6,10 +6,9 @@
 //
 // Deliberate deviation (upstream quirk 14): on ALL_READY upstream recomputes
 // the redirect policy from the compiled rule sets, which removes the
-// redirects of a v1 host (no rules). Here the Resync hook is called instead;
-// the agent wires it to the key keeper's ResyncRedirect, which installs the
-// policy of the key keeper's current modes, so v1 hosts keep their
-// redirects.
+// redirects of a v1 host (no rules). Here provisioning only observes the
+// key keeper's state; the key keeper alone installs the redirect policy of
+// its current modes, so v1 hosts keep their redirects.
 package provision
 
 import (
@@ -60,9 +59,6 @@ type Options struct {
 	State func() string
 	// Notify wakes the key keeper (a /provision query with notify).
 	Notify func()
-	// Resync re-installs the redirect policy on ALL_READY (see the package
-	// comment); an error is logged.
-	Resync func() error
 	// OnFinished is called once, the first time provisioning finishes
 	// (ALL_READY or timeout): the agent starts its status writer there.
 	OnFinished func()
@@ -117,11 +113,6 @@ func (p *Provisioner) set(f Flags) {
 	p.mu.Unlock()
 	if !all {
 		return
-	}
-	if p.opts.Resync != nil {
-		if err := p.opts.Resync(); err != nil {
-			p.log.Warn("redirect policy re-sync failed", "err", err)
-		}
 	}
 	p.finish()
 }

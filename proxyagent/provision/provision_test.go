@@ -22,7 +22,6 @@ type env struct {
 	dir      string
 	state    atomic.Value
 	notified atomic.Int32
-	resynced atomic.Int32
 	finished atomic.Int32
 	mu       sync.Mutex
 	console  []string
@@ -36,7 +35,6 @@ func newEnv(t *testing.T) *env {
 		Registry:   e.reg,
 		State:      func() string { return e.state.Load().(string) },
 		Notify:     func() { e.notified.Add(1) },
-		Resync:     func() error { e.resynced.Add(1); return nil },
 		OnFinished: func() { e.finished.Add(1) },
 		Console: func(m string) {
 			e.mu.Lock()
@@ -73,8 +71,8 @@ func TestProvisionQuerySemantics(t *testing.T) {
 	if fin1 == 0 || e.p.Flags() != AllReady {
 		t.Fatalf("all ready: tick %d flags %d", fin1, e.p.Flags())
 	}
-	if e.resynced.Load() != 1 || e.finished.Load() != 1 {
-		t.Errorf("resync %d, onFinished %d", e.resynced.Load(), e.finished.Load())
+	if e.finished.Load() != 1 {
+		t.Errorf("onFinished %d", e.finished.Load())
 	}
 	query := fin1 + 1 // a query that started after the finish
 	if fin, msg := e.p.Query(query, false); fin || msg != "" {
@@ -88,8 +86,8 @@ func TestProvisionQuerySemantics(t *testing.T) {
 	if fin, _ := e.p.Query(query, false); !fin {
 		t.Error("after key_latched: not finished")
 	}
-	if e.resynced.Load() != 2 || e.finished.Load() != 1 {
-		t.Errorf("later key_latched: resync %d (want 2), onFinished %d (want 1)", e.resynced.Load(), e.finished.Load())
+	if e.finished.Load() != 1 {
+		t.Errorf("later key_latched: onFinished %d (want 1)", e.finished.Load())
 	}
 
 	e.p.KeyLatchReset()
@@ -183,8 +181,8 @@ func TestTagFiles(t *testing.T) {
 		if _, msg := e.p.Query(0, false); msg != `keyLatchStatus - Failed to acquire key details: "boom" <a&b> 'x'`+"\r\n" {
 			t.Errorf("errorMessage %q (must be unescaped)", msg)
 		}
-		if e.p.FinishedTimeTick() == 0 || e.finished.Load() != 1 || e.resynced.Load() != 0 {
-			t.Errorf("timeout: tick %d onFinished %d resync %d", e.p.FinishedTimeTick(), e.finished.Load(), e.resynced.Load())
+		if e.p.FinishedTimeTick() == 0 || e.finished.Load() != 1 {
+			t.Errorf("timeout: tick %d onFinished %d", e.p.FinishedTimeTick(), e.finished.Load())
 		}
 	})
 	t.Run("all missing, in order", func(t *testing.T) {
