@@ -26,6 +26,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -771,6 +772,9 @@ type Caller struct {
 	// Bypass runs the process in the namespace but outside the attached
 	// group, so nothing redirects it.
 	Bypass bool
+	// Container runs the process in that container (its network namespace
+	// and its group, a child of the attached one) instead of the VM's.
+	Container *testenv.Container
 }
 
 // Root and Nobody are the two callers the tests use.
@@ -782,6 +786,24 @@ var (
 // Outside returns c running outside the attached group.
 func (c Caller) Outside() Caller { c.Bypass = true; return c }
 
+// In returns c running in container k.
+func (c Caller) In(k *testenv.Container) Caller { c.Container = k; return c }
+
+// NewContainer wires a container to the environment's namespace below its
+// attached group (testenv.NewContainer): the n-th container of a test
+// (n ≥ 0, below 60) gets 169.254.231.(4n+2)/30 behind 169.254.231.(4n+1),
+// link-local addresses that exist only on its veth pair.
+func (e *Env) NewContainer(t testing.TB, n int) *testenv.Container {
+	t.Helper()
+	if n < 0 || n >= 60 {
+		t.Fatalf("e2eenv: container number %d out of range", n)
+	}
+	base := byte(4 * n)
+	gw := netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 231, base + 1}), 30)
+	addr := netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 231, base + 2}), 30)
+	return testenv.NewContainer(t, e.Netns, e.Cgroup, fmt.Sprintf("gpc%d", n), gw, addr)
+}
+
 // Start starts cmd as c says, inside the namespace. The process enters the
 // group (unless c.Bypass) before its first instruction. The caller waits
 // for cmd.
@@ -792,6 +814,9 @@ func (e *Env) Start(cmd *exec.Cmd, c Caller) error {
 	o := testenv.Options{Netns: e.Netns, Credential: c.Credential}
 	if !c.Bypass {
 		o.Cgroup = e.Cgroup
+	}
+	if k := c.Container; k != nil {
+		o.Netns, o.Cgroup = k.Netns, k.Cgroup
 	}
 	return testenv.Start(cmd, o)
 }

@@ -453,6 +453,18 @@ func eventMessage(ev *Event) string {
 		b.WriteByte(' ')
 		b.WriteString(ev.Dest.String())
 	}
+	if c := ev.Caller; c != nil && (c.OtherNetns || c.ContainerID != "") {
+		b.WriteString(" from container")
+		if c.ContainerID != "" {
+			b.WriteString(" " + c.ContainerID[:min(12, len(c.ContainerID))])
+		}
+		if c.PodUID != "" {
+			b.WriteString(" pod " + c.PodUID)
+		}
+		if c.CgroupPath != "" {
+			b.WriteString(" cgroup " + c.CgroupPath)
+		}
+	}
 	b.WriteString(" - ")
 	b.WriteString(ResponseStatus(ev.Status))
 	if ev.Authorized {

@@ -20,6 +20,11 @@ type Claims struct {
 	// Ancestry is the caller's parent chain, nearest first (at most four
 	// levels). It is not part of upstream's claims and is omitted when empty.
 	Ancestry []Process `json:"ancestry,omitempty"`
+	// Workload is where the caller runs (cgroup, container, pod).
+	Workload
+	// OtherNetns is true for a caller in another network namespace than
+	// the agent's: a container with its own network. Not upstream's.
+	OtherNetns bool `json:"otherNetns,omitempty"`
 }
 
 // Process is one ancestor of the caller.

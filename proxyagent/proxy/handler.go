@@ -91,6 +91,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("Method Not Allowed"))
 		return
 	}
+	if st.viaContainer && !st.redirected {
+		ev.Status, ev.Error = http.StatusMisdirectedRequest, "container listener: no kernel record (not a redirected connection)"
+		reply(w, ev.Status, true)
+		return
+	}
 	if terr := msp.CheckTarget(r.RequestURI); terr != nil {
 		ev.Status, ev.Error = terr.Status, terr.Reason
 		reply(w, ev.Status, true)
@@ -214,8 +219,8 @@ func (s *Server) aggregateStatus(w http.ResponseWriter, r *http.Request, st *con
 		reply(w, ev.Status, true)
 		return
 	}
-	if st.caller == nil || !st.caller.RunAsElevated {
-		ev.Status, ev.Error = http.StatusForbidden, "aggregate status requires a redirected elevated caller"
+	if st.caller == nil || !st.caller.RunAsElevated || st.caller.OtherNetns {
+		ev.Status, ev.Error = http.StatusForbidden, "aggregate status requires a redirected elevated caller in the agent's network namespace"
 		reply(w, ev.Status, true)
 		return
 	}
