@@ -31,6 +31,8 @@
 //	maxHeaderBytes                 int     409600                               listener: request header size limit
 //	maxConnections                 int     500                                  listener: concurrent connections (alias: upstream's maxActiveTcpConnections)
 //	bpfPinPath                     string  /sys/fs/bpf/azure-proxy-agent        bpffs directory for pinned maps and links
+//	metricsListen                  string  unix:<statusFolder>/metrics.sock     Prometheus /metrics: unix:PATH (root-only socket), loopback IP:PORT, or "" (off)
+//	auditSyslog                    string  "" (off)                             also send each audit record to this syslog datagram socket, e.g. /dev/log (journald)
 //
 // Accepted and ignored (any JSON value): upstream's eventFolder,
 // maxEventFileCount and fileLogLevelForEvents (this agent writes no
@@ -93,6 +95,8 @@ type Config struct {
 	MaxHeaderBytes              int     // maxHeaderBytes
 	MaxConnections              int     // maxConnections (or maxActiveTcpConnections)
 	BpfPinPath                  string  // bpfPinPath
+	MetricsListen               string  // metricsListen, "" when off (see MetricsEndpoint)
+	AuditSyslog                 string  // auditSyslog, "" when off
 
 	// Warnings lists tolerated oddities (unknown log level or canonical
 	// mode) that upstream also tolerates; callers log them.
@@ -149,6 +153,8 @@ type file struct {
 	MaxHeaderBytes              *int     `json:"maxHeaderBytes"`
 	MaxConnections              *int     `json:"maxConnections"`
 	BpfPinPath                  *string  `json:"bpfPinPath"`
+	MetricsListen               *string  `json:"metricsListen"`
+	AuditSyslog                 *string  `json:"auditSyslog"`
 }
 
 // Locate returns DefaultPath when it exists, else FileName next to the
@@ -287,6 +293,10 @@ func Parse(data []byte) (Config, error) {
 		if p.val == "" {
 			return Config{}, fmt.Errorf("key %q: must not be empty", p.key)
 		}
+	}
+
+	if err := c.setObservability(f.MetricsListen, f.AuditSyslog); err != nil {
+		return Config{}, err
 	}
 
 	if f.FileLogLevel != nil {
