@@ -120,7 +120,7 @@ func New(opts Options) *Writer {
 // WriteRecord formats one message for rec (line is its JSON) and queues
 // it; it never blocks.
 func (w *Writer) WriteRecord(line []byte, rec *audit.Record) {
-	msg := w.format(nil, severity(rec), line)
+	msg := w.format(make([]byte, 0, len(line)+64), severity(rec), line)
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.closed {
