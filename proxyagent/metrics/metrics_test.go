@@ -273,9 +273,9 @@ func TestListenUnixRefusesOtherFile(t *testing.T) {
 	}
 }
 
-// BenchmarkRequest is the request path's cost: one counter and one
+// BenchmarkMetricsRequest is the request path's cost: one counter and one
 // histogram update for an already seen label set.
-func BenchmarkRequest(b *testing.B) {
+func BenchmarkMetricsRequest(b *testing.B) {
 	m := New(testSources())
 	ev := decided(imds, msp.IMDS, authz.Allow, msp.ModeEnforce, 200, 400*time.Microsecond)
 	b.ReportAllocs()

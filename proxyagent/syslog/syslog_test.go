@@ -221,10 +221,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// BenchmarkWriteRecord is what the audit writer goroutine pays per record
+// BenchmarkSyslogWriteRecord is what the audit writer goroutine pays per record
 // for syslog: formatting the message and queueing it (the send happens on
 // the syslog goroutine). Nothing of it runs on the request path.
-func BenchmarkWriteRecord(b *testing.B) {
+func BenchmarkSyslogWriteRecord(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "log")
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
