@@ -7,7 +7,8 @@
 // and the Go runtime and process figures.
 //
 // The request path calls Request and UpstreamFailure, which only update
-// in-memory counters (no I/O, no lock held across calls). Everything that
+// in-memory series (an atomic counter and a histogram behind a briefly
+// held mutex; no I/O, no allocation once a label set has been seen). Everything that
 // other parts of the agent already know (key latch, modes, epoch, map
 // occupancy, audit counts, module states) is read at scrape time through
 // the functions in Sources, so those parts need no call sites.
