@@ -2,7 +2,8 @@ package metrics
 
 import (
 	"bytes"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 )
 
@@ -43,7 +44,7 @@ func (m *Metrics) writeScraped(b *bytes.Buffer) {
 	if s.SecureChannel != nil {
 		state, mm := s.SecureChannel()
 		sample("_secure_channel_state", 1, "state", state)
-		for _, svc := range sortedKeys(mm) {
+		for _, svc := range slices.Sorted(maps.Keys(mm)) {
 			for _, mode := range modes {
 				sample("_service_mode", bool01(mm[svc] == mode), "service", svc, "mode", mode)
 			}
@@ -60,7 +61,7 @@ func (m *Metrics) writeScraped(b *bytes.Buffer) {
 	}
 	if s.Modules != nil {
 		mm := s.Modules()
-		for _, name := range sortedKeys(mm) {
+		for _, name := range slices.Sorted(maps.Keys(mm)) {
 			sample("_module_running", bool01(mm[name] == "RUNNING"), "module", name)
 		}
 	}
@@ -71,13 +72,4 @@ func bool01(b bool) uint64 {
 		return 1
 	}
 	return 0
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
