@@ -126,6 +126,7 @@ func Default() Config {
 		MaxHeaderBytes:              400 * 1024,
 		MaxConnections:              500,
 		BpfPinPath:                  "/sys/fs/bpf/azure-proxy-agent",
+		MetricsListen:               "unix:/var/log/azure-proxy-agent/" + MetricsSocketName,
 	}
 }
 

@@ -29,6 +29,16 @@ func TestMetricsListen(t *testing.T) {
 	}
 }
 
+func TestDefaultMetricsListenFollowsStatusFolder(t *testing.T) {
+	c, err := Parse([]byte(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Default(); d.MetricsListen != c.MetricsListen || d.AuditSyslog != c.AuditSyslog {
+		t.Errorf("Default() %q %q differs from an empty file's %q %q", d.MetricsListen, d.AuditSyslog, c.MetricsListen, c.AuditSyslog)
+	}
+}
+
 func TestObservabilityErrors(t *testing.T) {
 	long := "/" + strings.Repeat("a", 120)
 	for _, tc := range []struct{ doc, want string }{
