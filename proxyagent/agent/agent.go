@@ -89,7 +89,10 @@ func Run(ctx context.Context, opts Options) error {
 		log.Error("rules folder", "error", err)
 	}
 	connLevel, _ := logfile.ParseLevel(cfg.FileLogLevel)
-	rec, err := audit.New(audit.Options{Dir: cfg.LogFolder, ConnLogLevel: connLevel, Logger: log.With("module", "audit")})
+	sysw := openSyslog(cfg, log)
+	defer sysw.Close()
+	rec, err := audit.New(audit.Options{Dir: cfg.LogFolder, ConnLogLevel: connLevel, Logger: log.With("module", "audit"),
+		Sink: sysw.sink()})
 	if err != nil {
 		return fmt.Errorf("agent: audit log: %w", err)
 	}
@@ -143,13 +146,14 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 
+	mx := newMetrics(cfg, opts.Version, &kk, store, rec, sysw, reg, redir)
 	kk, err = keykeeper.New(keykeeper.Options{
 		WireServer: cfg.WireServerAddress, KeyDir: cfg.LatchKeyFolder, Mark: cfg.SocketMark,
 		PollInterval: cfg.PollInterval(), ProvisionTimeout: cfg.ProvisionTimeout(),
 		RequestTimeout: cfg.HostRequestTimeout(),
 		Rules:          store, Redirector: policer, Provisioning: prov,
-		OnChange: func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) },
-		Start:    start, Logger: log.With("module", "keykeeper"),
+		OnChange: mx.onChange(func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) }),
+		OnPoll:   mx.onPoll(), Start: start, Logger: log.With("module", "keykeeper"),
 	})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -159,7 +163,7 @@ func Run(ctx context.Context, opts Options) error {
 	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: rec}
 	srv, err := proxy.New(proxy.Options{
 		Addr: cfg.ListenAddress, Endpoints: dest, Identity: source, Claims: &claims.Resolver{CgroupRoot: cgroupRoot}, Authorizer: store, Keys: kk,
-		Recorder: rec, Local: local{prov, reporter},
+		Recorder: rec, Local: local{prov, reporter}, Metrics: mx.proxy(),
 		Logger: log.With("module", "proxy"),
 		ListenerStatus: func(running bool, msg string) {
 			if running {
@@ -187,7 +191,8 @@ func Run(ctx context.Context, opts Options) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
-	wg.Add(4)
+	wg.Add(5)
+	go func() { defer wg.Done(); mx.serve(ctx, cfg, log) }()
 	go func() { defer wg.Done(); kk.Run(ctx) }()
 	go func() { defer wg.Done(); releaseWhenIdle(ctx, srv.RequestCount, IdleRelease, debug.FreeOSMemory) }()
 	// status.json is written from the start, not only once provisioning

@@ -33,6 +33,8 @@
 //	bpfPinPath                     string  /sys/fs/bpf/azure-proxy-agent        bpffs directory for pinned maps and links
 //	containerListenAddress         string  169.254.100.254:3080                 listener for containers (other network namespaces), added to lo; "" = containers refused
 //	allowRootContainersToWireServer bool   false                                let uid 0 in containers reach WireServer and HostGAPlugin
+//	metricsListen                  string  unix:<statusFolder>/metrics.sock     Prometheus /metrics: unix:PATH (root-only socket), loopback IP:PORT, or "" (off)
+//	auditSyslog                    string  "" (off)                             also send each audit record to this syslog datagram socket, e.g. /dev/log (journald)
 //
 // Accepted and ignored (any JSON value): upstream's eventFolder,
 // maxEventFileCount and fileLogLevelForEvents (this agent writes no
@@ -98,7 +100,9 @@ type Config struct {
 	// ContainerListenAddress is containerListenAddress; "" turns the
 	// container listener off (connects from containers are refused).
 	ContainerListenAddress          string
-	AllowRootContainersToWireServer bool // allowRootContainersToWireServer
+	AllowRootContainersToWireServer bool   // allowRootContainersToWireServer
+	MetricsListen                   string // metricsListen, "" when off (see MetricsEndpoint)
+	AuditSyslog                     string // auditSyslog, "" when off
 
 	// Warnings lists tolerated oddities (unknown log level or canonical
 	// mode) that upstream also tolerates; callers log them.
@@ -129,6 +133,7 @@ func Default() Config {
 		MaxConnections:              500,
 		BpfPinPath:                  "/sys/fs/bpf/azure-proxy-agent",
 		ContainerListenAddress:      msp.ContainerListenerAddr.String(),
+		MetricsListen:               "unix:/var/log/azure-proxy-agent/" + MetricsSocketName,
 	}
 }
 
@@ -158,6 +163,8 @@ type file struct {
 	BpfPinPath                  *string  `json:"bpfPinPath"`
 	ContainerListenAddress      *string  `json:"containerListenAddress"`
 	AllowRootContainersToWS     *bool    `json:"allowRootContainersToWireServer"`
+	MetricsListen               *string  `json:"metricsListen"`
+	AuditSyslog                 *string  `json:"auditSyslog"`
 }
 
 // Locate returns DefaultPath when it exists, else FileName next to the
@@ -303,6 +310,10 @@ func Parse(data []byte) (Config, error) {
 		if p.val == "" {
 			return Config{}, fmt.Errorf("key %q: must not be empty", p.key)
 		}
+	}
+
+	if err := c.setObservability(f.MetricsListen, f.AuditSyslog); err != nil {
+		return Config{}, err
 	}
 
 	if f.FileLogLevel != nil {

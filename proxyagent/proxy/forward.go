@@ -173,6 +173,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 			panic(http.ErrAbortHandler)
 		}
 		ev.Status, ev.Error = status, "upstream: "+err.Error()
+		if s.opts.Metrics != nil {
+			s.opts.Metrics.UpstreamFailure(ev, err)
+		}
 		s.log.Warn("upstream request failed", "httpId", ev.HTTPID, "tcpId", st.tcpID, "dest", st.dest.String(),
 			"status", status, "error", err)
 		reply(w, status, true)
@@ -349,6 +352,9 @@ func (s *Server) relay(w http.ResponseWriter, st *connState, up *upstream, resp 
 			ev.Error = "read upstream response body: " + rerr.Error()
 			if errors.Is(rerr, os.ErrDeadlineExceeded) {
 				ev.Error = "upstream response timed out"
+			}
+			if s.opts.Metrics != nil {
+				s.opts.Metrics.UpstreamFailure(ev, rerr)
 			}
 			// The client has a partial response; closing is the only honest
 			// way to end it.

@@ -143,6 +143,9 @@ func (s *Server) finish(ev *audit.Event) {
 	if s.opts.Recorder != nil {
 		s.opts.Recorder.Record(*ev)
 	}
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.Request(ev)
+	}
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}

@@ -115,6 +115,14 @@ type Recorder interface {
 	Record(audit.Event)
 }
 
+// Metrics is told about every request outcome and every failed upstream
+// exchange (package metrics). Its methods run on the request's goroutine
+// and must not block.
+type Metrics interface {
+	Request(ev *audit.Event)
+	UpstreamFailure(ev *audit.Event, err error)
+}
+
 // Local answers the agent's local endpoints (protocol.md §5.4, §5.5).
 type Local interface {
 	// Query answers /provision (provision.Serve).
@@ -159,6 +167,8 @@ type Options struct {
 	Keys       KeySource
 	// Recorder receives audit events; nil discards them.
 	Recorder Recorder
+	// Metrics counts requests and upstream failures; nil counts nothing.
+	Metrics Metrics
 	// Local answers /provision and /gpa-aggregated-status; nil answers 500.
 	Local  Local
 	Logger *slog.Logger
