@@ -222,12 +222,20 @@ func (r *run) main(ctx context.Context, dir string) error {
 		st.Status, st.Code, st.Operation, st.Message, time.Since(enabled).Seconds())
 
 	r.step("3. Requests (IMDS in Audit)")
+	k, err := e.AddContainer(0)
+	if err != nil {
+		return fmt.Errorf("create a container: %w", err)
+	}
+	r.say("a container like Docker's bridge network makes: its own network namespace (%s, address %s behind a veth),\n"+
+		"its own cgroup %s; it reaches the agent at its container listener", k.Netns.Name, k.Addr, k.CgroupPath)
 	r.header()
 	calls := []call{
 		{"root", e2eenv.Root, "IMDS", imdsURL, "Metadata: true"},
 		{"nobody", e2eenv.Nobody, "IMDS", imdsURL, "Metadata: true"},
+		{"nobody, in a container", e2eenv.Nobody.In(k), "IMDS", imdsURL, "Metadata: true"},
 		{"root", e2eenv.Root, "WireServer", wireServerURL, "x-ms-version: 2012-11-30"},
 		{"nobody", e2eenv.Nobody, "WireServer", wireServerURL, "x-ms-version: 2012-11-30"},
+		{"root, in a container", e2eenv.Root.In(k), "WireServer", wireServerURL, "x-ms-version: 2012-11-30"},
 		{"root, outside the cgroup (bypass)", e2eenv.Root.Outside(), "WireServer", wireServerURL, "x-ms-version: 2012-11-30"},
 	}
 	if err := r.calls(ctx, calls); err != nil {
@@ -244,7 +252,7 @@ func (r *run) main(ctx context.Context, dir string) error {
 	}
 	r.say("agent's secureChannelState: %s", state)
 	r.header()
-	if err := r.calls(ctx, calls[:2]); err != nil {
+	if err := r.calls(ctx, calls[:3]); err != nil {
 		return err
 	}
 

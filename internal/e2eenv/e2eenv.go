@@ -163,11 +163,13 @@ type Env struct {
 	removeDir bool
 	control   *http.Client
 
-	mu     sync.Mutex
-	agent  *proc
-	host   *proc
-	closed bool
-	starts int
+	mu sync.Mutex
+	// containers made by AddContainer, removed by Close; guarded by mu.
+	containers []*testenv.Container
+	agent      *proc
+	host       *proc
+	closed     bool
+	starts     int
 }
 
 // proc is a started daemon with its log file.
@@ -564,9 +566,15 @@ func (e *Env) Close() error {
 		return nil
 	}
 	e.closed = true
-	agent, host := e.agent, e.host
+	agent, host, containers := e.agent, e.host, e.containers
 	e.mu.Unlock()
 	var errs []error
+	// Containers first: their groups are children of the attached one.
+	for _, k := range containers {
+		if err := k.Delete(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, p := range []*proc{agent, host} {
 		if p == nil {
 			continue
@@ -789,19 +797,36 @@ func (c Caller) Outside() Caller { c.Bypass = true; return c }
 // In returns c running in container k.
 func (c Caller) In(k *testenv.Container) Caller { c.Container = k; return c }
 
-// NewContainer wires a container to the environment's namespace below its
-// attached group (testenv.NewContainer): the n-th container of a test
-// (n ≥ 0, below 60) gets 169.254.231.(4n+2)/30 behind 169.254.231.(4n+1),
-// link-local addresses that exist only on its veth pair.
-func (e *Env) NewContainer(t testing.TB, n int) *testenv.Container {
-	t.Helper()
+// AddContainer wires a container to the environment's namespace below its
+// attached group (testenv.CreateContainer); Close removes it. The n-th
+// container (0 ≤ n < 60) gets 169.254.231.(4n+2)/30 behind
+// 169.254.231.(4n+1), link-local addresses that exist only on its veth
+// pair.
+func (e *Env) AddContainer(n int) (*testenv.Container, error) {
 	if n < 0 || n >= 60 {
-		t.Fatalf("e2eenv: container number %d out of range", n)
+		return nil, fmt.Errorf("e2eenv: container number %d out of range", n)
 	}
 	base := byte(4 * n)
 	gw := netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 231, base + 1}), 30)
 	addr := netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 231, base + 2}), 30)
-	return testenv.NewContainer(t, e.Netns, e.Cgroup, fmt.Sprintf("gpc%d", n), gw, addr)
+	k, err := testenv.CreateContainer(e.Netns, e.Cgroup, fmt.Sprintf("gpc%d", n), gw, addr)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.containers = append(e.containers, k)
+	e.mu.Unlock()
+	return k, nil
+}
+
+// NewContainer is AddContainer for a test: a failure fails the test.
+func (e *Env) NewContainer(t testing.TB, n int) *testenv.Container {
+	t.Helper()
+	k, err := e.AddContainer(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 // Start starts cmd as c says, inside the namespace. The process enters the

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -23,63 +24,92 @@ type Container struct {
 	// CgroupPath is Cgroup's path relative to the cgroup v2 mount, as
 	// /proc/<pid>/cgroup shows it.
 	CgroupPath string
+
+	vm   *Netns
+	vmIf string
 }
 
-// NewContainer creates a container below vm and parent: the VM end of the
-// veth (named vmIf, unique in vm) gets gateway, the container end (eth0)
-// gets addr, both with addr's prefix length. Everything is removed when
-// the test ends.
-func NewContainer(t testing.TB, vm *Netns, parent *Cgroup, vmIf string, gateway, addr netip.Prefix) *Container {
-	t.Helper()
-	ns := NewNetns(t)
-	cg := parent.NewChild(t, uniqueName("container"))
-	steps := [][]string{
+// CreateContainer creates a container below vm and parent: the VM end of
+// the veth (named vmIf, unique in vm) gets gateway, the container end
+// (eth0) gets addr, both with their prefix lengths, and the container's
+// default route goes through gateway. The caller must Delete it.
+func CreateContainer(vm *Netns, parent *Cgroup, vmIf string, gateway, addr netip.Prefix) (k *Container, err error) {
+	mount, err := Cgroup2Mount()
+	if err != nil {
+		return nil, err
+	}
+	ns, err := CreateNetns(uniqueName("gpa-c"))
+	if err != nil {
+		return nil, err
+	}
+	k = &Container{Netns: ns, Addr: addr.Addr(), Gateway: gateway.Addr(), vm: vm, vmIf: vmIf}
+	defer func() {
+		if err != nil {
+			_ = k.Delete()
+		}
+	}()
+	if k.Cgroup, err = parent.CreateChild(uniqueName("container")); err != nil {
+		return nil, err
+	}
+	k.CgroupPath = "/" + strings.TrimPrefix(strings.TrimPrefix(k.Cgroup.Path, mount), "/")
+	for _, args := range [][]string{
 		{"-n", vm.Name, "link", "add", vmIf, "type", "veth", "peer", "name", "eth0", "netns", ns.Name},
 		{"-n", vm.Name, "addr", "add", gateway.String(), "dev", vmIf},
 		{"-n", vm.Name, "link", "set", vmIf, "up"},
 		{"-n", ns.Name, "addr", "add", addr.String(), "dev", "eth0"},
 		{"-n", ns.Name, "link", "set", "eth0", "up"},
 		{"-n", ns.Name, "route", "add", "default", "via", gateway.Addr().String()},
-	}
-	for _, args := range steps {
+	} {
 		if err := ipCmd(args...); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
-	t.Cleanup(func() {
-		// Deleting one end deletes the pair; the container's namespace
-		// may already be gone, which takes the pair with it.
-		_ = ipCmd("-n", vm.Name, "link", "del", vmIf)
-	})
-	mount, err := Cgroup2Mount()
+	return k, nil
+}
+
+// Delete kills the container's processes and removes its group, its veth
+// pair and its namespace. Deleting twice is not an error.
+func (k *Container) Delete() error {
+	var errs []error
+	if k.Cgroup != nil {
+		errs = append(errs, k.Cgroup.Delete())
+	}
+	// Deleting one end deletes the pair (gone already if it was never made).
+	_ = ipCmd("-n", k.vm.Name, "link", "del", k.vmIf)
+	errs = append(errs, k.Netns.Delete())
+	return errors.Join(errs...)
+}
+
+// NewContainer is CreateContainer for a test: it fails the test on error
+// and deletes the container when the test ends.
+func NewContainer(t testing.TB, vm *Netns, parent *Cgroup, vmIf string, gateway, addr netip.Prefix) *Container {
+	t.Helper()
+	k, err := CreateContainer(vm, parent, vmIf, gateway, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Container{Netns: ns, Cgroup: cg, Addr: addr.Addr(), Gateway: gateway.Addr(),
-		CgroupPath: "/" + strings.TrimPrefix(strings.TrimPrefix(cg.Path, mount), "/")}
+	t.Cleanup(func() {
+		if err := k.Delete(); err != nil {
+			t.Errorf("delete container: %v", err)
+		}
+	})
+	return k
 }
 
-// NewChild creates a uniquely named group below c and deletes it (killing
-// anything left in it) when the test ends, before c itself.
-func (c *Cgroup) NewChild(t testing.TB, name string) *Cgroup {
-	t.Helper()
+// CreateChild creates the group name below c. The caller must Delete it
+// before c.
+func (c *Cgroup) CreateChild(name string) (*Cgroup, error) {
 	if name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
-		t.Fatalf("testenv: bad cgroup name %q", name)
+		return nil, fmt.Errorf("testenv: bad cgroup name %q", name)
 	}
 	p := filepath.Join(c.Path, name)
 	if err := os.Mkdir(p, 0o755); err != nil {
-		t.Fatal(fmt.Errorf("testenv: create cgroup: %w", err))
+		return nil, fmt.Errorf("testenv: create cgroup: %w", err)
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(p, &st); err != nil {
 		_ = os.Remove(p)
-		t.Fatal(fmt.Errorf("testenv: stat cgroup: %w", err))
+		return nil, fmt.Errorf("testenv: stat cgroup: %w", err)
 	}
-	child := &Cgroup{Path: p, ID: st.Ino}
-	t.Cleanup(func() {
-		if err := child.Delete(); err != nil {
-			t.Errorf("delete cgroup: %v", err)
-		}
-	})
-	return child
+	return &Cgroup{Path: p, ID: st.Ino}, nil
 }
