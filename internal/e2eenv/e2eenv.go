@@ -781,7 +781,8 @@ type Caller struct {
 	// group, so nothing redirects it.
 	Bypass bool
 	// Container runs the process in that container (its network namespace
-	// and its group, a child of the attached one) instead of the VM's.
+	// and, unless Bypass, its group, a child of the attached one) instead
+	// of the VM's.
 	Container *testenv.Container
 }
 
@@ -841,7 +842,10 @@ func (e *Env) Start(cmd *exec.Cmd, c Caller) error {
 		o.Cgroup = e.Cgroup
 	}
 	if k := c.Container; k != nil {
-		o.Netns, o.Cgroup = k.Netns, k.Cgroup
+		o.Netns, o.Cgroup = k.Netns, nil
+		if !c.Bypass {
+			o.Cgroup = k.Cgroup
+		}
 	}
 	return testenv.Start(cmd, o)
 }
