@@ -372,6 +372,10 @@ func TestRedirect(t *testing.T) {
 			if tc.wantComm == testBinaryComm() {
 				want.TID = got.TID // Go dials from any thread of the process
 			}
+			if got.ExecID == 0 {
+				t.Error("exec count 0") // its value: TestRecordFollowsExec
+			}
+			want.ExecID = got.ExecID
 			if got != want {
 				t.Errorf("record\n got %+v\nwant %+v", got, want)
 			}
