@@ -80,19 +80,20 @@ func route(ev *Event) (normal, failed *Summary) {
 	c := ev.Caller
 	if c == nil {
 		if ev.Dest.IsValid() && !ev.Authorized && ev.Status == http.StatusMisdirectedRequest {
-			s := baseSummary(ev, claims.Empty(clientIP(ev), ev.Client.Port()))
+			e := claims.Empty(clientIP(ev), ev.Client.Port())
+			s := baseSummary(ev, &e)
 			s.ResponseStatus, s.ErrorDetails = ResponseStatus(ev.Status), truncate(ev.Error)
 			return nil, &s
 		}
 		e := claims.Empty(clientIP(ev), ev.Client.Port())
 		c = &e
 	}
-	n := baseSummary(ev, *c)
+	n := baseSummary(ev, c)
 	n.ResponseStatus, n.ErrorDetails = ResponseStatus(ev.Status), truncate(ev.Error)
 	if !ev.Authorized || ev.Decision.Result == authz.Allow {
 		return &n, nil
 	}
-	f := baseSummary(ev, *c)
+	f := baseSummary(ev, c)
 	f.ResponseStatus, f.ErrorDetails = ResponseStatus(http.StatusForbidden), AuthorizeFailed
 	if ev.Decision.Result == authz.Deny {
 		n.ResponseStatus = ResponseStatus(http.StatusForbidden)
@@ -103,7 +104,7 @@ func route(ev *Event) (normal, failed *Summary) {
 	return &n, &f
 }
 
-func baseSummary(ev *Event, c claims.Claims) Summary {
+func baseSummary(ev *Event, c *claims.Claims) Summary {
 	s := Summary{
 		ID: ev.HTTPID, Method: ev.Method, URL: ev.Target,
 		ClientIP: clientIP(ev), ClientPort: ev.Client.Port(),
