@@ -119,10 +119,14 @@ type Fetcher interface {
 	Fetch(ctx context.Context) ([]byte, error)
 }
 
-// AggregateFetcher asks the agent over HTTP first (GET URL with
-// "Metadata: true", bounded by Timeout) and falls back to reading File
-// when the request fails or answers anything but 200. When both fail the
-// error names both causes.
+// AggregateFetcher reads the agent's status file first and asks the agent
+// over HTTP (GET URL with "Metadata: true", bounded by Timeout) only when
+// that file reports the eBPF redirect and the proxy listener RUNNING: the
+// URL is the WireServer address, which reaches the agent only through the
+// redirect, so before the agent reports it (a fresh install, an agent
+// still starting) no request leaves for the real WireServer. When HTTP is
+// not asked, fails or answers anything but 200, the file's contents are
+// the result; when both fail the error names both causes.
 type AggregateFetcher struct {
 	URL     string
 	File    func() string
@@ -132,16 +136,33 @@ type AggregateFetcher struct {
 
 // Fetch implements Fetcher.
 func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
+	path := f.File()
+	data, ferr := os.ReadFile(path)
+	if ferr == nil && !RedirectRunning(data) {
+		return data, nil
+	}
+	if ferr != nil && !errors.Is(ferr, os.ErrNotExist) {
+		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v", path, ferr)
+	}
+	if ferr != nil {
+		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v (%s not asked before the agent reports its redirect running)", path, ferr, f.URL)
+	}
 	body, herr := f.fetchHTTP(ctx)
 	if herr == nil {
 		return body, nil
 	}
-	path := f.File()
-	data, ferr := os.ReadFile(path)
-	if ferr == nil {
-		return data, nil
+	return data, nil
+}
+
+// RedirectRunning reports whether an aggregate status document says the
+// agent's eBPF redirect and proxy listener are RUNNING, i.e. a connection
+// to a host address reaches the agent rather than the host.
+func RedirectRunning(data []byte) bool {
+	_, st, err := ParseAggregate(data)
+	if err != nil {
+		return false
 	}
-	return nil, fmt.Errorf("aggregate status unavailable: server: %v; file %s: %v", herr, path, ferr)
+	return st.Modules["ebpfProgramStatus"].Status == "RUNNING" && st.Modules["proxyListenerStatus"].Status == "RUNNING"
 }
 
 func (f *AggregateFetcher) fetchHTTP(ctx context.Context) ([]byte, error) {
