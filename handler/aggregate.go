@@ -33,13 +33,19 @@ const (
 const (
 	MaxConnectionSummaries = 100
 	MaxFailedAuthSummaries = 50
-	// MaxSummaryBytes bounds substatus [0] + [2] messages together.
-	MaxSummaryBytes = 80 * 1024
+	// MaxSummaryBytes bounds substatus [0] + [2] messages together, as
+	// waagent re-encodes them in the VM status blob (WaagentEncodedLen):
+	// with the other fields our whole status stays under about 46 KiB
+	// there, at most 64 KiB of waagent's HostGAPlugin PUT /status (the
+	// blob in base64, about 1.34x): below even the 100 KiB signed-body
+	// limit of proxies without a larger upload limit, with room for other
+	// extensions.
+	MaxSummaryBytes = 24 * 1024
 	// MaxStatusMessage bounds the top-level message.
 	MaxStatusMessage = 1024
 	// MaxAgentStatusBytes bounds the ProxyAgentStatus message, so the
 	// whole status file stays under waagent's 128 KiB limit.
-	MaxAgentStatusBytes = 40 * 1024
+	MaxAgentStatusBytes = 8 * 1024
 	// maxErrorShapeMessage bounds each error-shape substatus message.
 	maxErrorShapeMessage = 8 * 1024
 )
@@ -349,13 +355,52 @@ func summaryMessage(list []ConnectionSummary, max int, empty string) string {
 }
 
 // TrimSummaries keeps the connection-summary and failed-auth messages
-// within MaxSummaryBytes together: above that, the connection summary is
-// replaced by a short note and the failed-auth message is cut to
-// MaxSummaryBytes (at a UTF-8 boundary).
+// within MaxSummaryBytes together, counted with WaagentEncodedLen: above
+// that, the connection summary is replaced by a short note and the
+// failed-auth message is cut to the rest (at a character boundary).
 func TrimSummaries(conn, failed string) (string, string) {
-	if len(conn)+len(failed) <= MaxSummaryBytes {
+	if WaagentEncodedLen(conn)+WaagentEncodedLen(failed) <= MaxSummaryBytes {
 		return conn, failed
 	}
 	note := fmt.Sprintf("Proxy connection summary (%d bytes) was dropped because the connection and failed authentication summaries exceed %d bytes.", len(conn), MaxSummaryBytes)
-	return note, extension.TruncateUTF8(failed, MaxSummaryBytes-len(note))
+	return note, truncateEncoded(failed, MaxSummaryBytes-WaagentEncodedLen(note))
+}
+
+// WaagentEncodedLen is the length of s inside the quotes of Python's
+// json.dumps, which waagent uses for the VM status blob: quotes,
+// backslashes and control characters are escaped and every non-ASCII
+// character is written as \uXXXX (two of them beyond the BMP).
+func WaagentEncodedLen(s string) int {
+	n := 0
+	for _, r := range s {
+		n += encodedRuneLen(r)
+	}
+	return n
+}
+
+func encodedRuneLen(r rune) int {
+	switch {
+	case r == '"' || r == '\\' || r == '\b' || r == '\f' || r == '\n' || r == '\r' || r == '\t':
+		return 2
+	case r < 0x20:
+		return 6
+	case r < 0x80:
+		return 1
+	case r > 0xffff:
+		return 12
+	}
+	return 6
+}
+
+// truncateEncoded cuts s at a character boundary so that its
+// WaagentEncodedLen is at most max.
+func truncateEncoded(s string, max int) string {
+	n := 0
+	for i, r := range s {
+		n += encodedRuneLen(r)
+		if n > max {
+			return s[:i]
+		}
+	}
+	return s
 }

@@ -364,14 +364,14 @@ func TestSummariesTopNAndTrim(t *testing.T) {
 	}{
 		{"empty", 0, 0, 5, 0, 0},
 		{"top 100 and 50", 150, 80, 5, 100, 50},
-		{"over 80 KiB drops connection summary", 100, 50, 1000, -1, -1},
+		{"over the limit drops connection summary", 100, 50, 1000, -1, -1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ev := Evaluate(aggregateDoc("2025-04-23T11:59:59.000", "1.0.0", "SUCCESS", tc.conn, tc.failed, tc.cmd), nil, "1.0.0", now, 5*time.Minute)
 			c, f := ev.Substatus[0].FormattedMessage.Message, ev.Substatus[2].FormattedMessage.Message
-			if len(c)+len(f) > MaxSummaryBytes {
-				t.Errorf("summaries %d bytes > %d", len(c)+len(f), MaxSummaryBytes)
+			if n := WaagentEncodedLen(c) + WaagentEncodedLen(f); n > MaxSummaryBytes {
+				t.Errorf("summaries %d bytes as waagent encodes them > %d", n, MaxSummaryBytes)
 			}
 			check := func(msg, empty string, want int) {
 				switch want {
