@@ -22,6 +22,9 @@ const (
 )
 
 func (s *Sim) serveWireServer(q *served) {
+	if s.serveFabricWireServer(q) {
+		return
+	}
 	r, w := q.r, q.w
 	path, query := signing.SplitTarget(r.RequestURI)
 	comp := queryValue(query, "comp")

@@ -110,23 +110,7 @@ func (e *Env) InstallExtension(cfg ExtensionConfig) (*Extension, error) {
 	if err := os.WriteFile(x.OverlayPath, b, 0o600); err != nil {
 		return nil, fmt.Errorf("e2eenv: %w", err)
 	}
-	// The caller's own GPA_* settings do not leak into the handler.
-	var env []string
-	for _, kv := range cleanEnv() {
-		if !strings.HasPrefix(kv, "GPA_") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env,
-		handler.EnvRoot+"="+root,
-		handler.EnvConfigOverlay+"="+x.OverlayPath,
-		handler.EnvServiceManager+"=supervisor",
-		handler.EnvMonitorInterval+"="+mon.String(),
-		handler.EnvHeartbeatInterval+"=5s",
-		handler.EnvRetryInterval+"=200ms",
-		handler.EnvServiceSettle+"=1s",
-		handler.EnvHTTPTimeout+"=2s",
-	)
+	env := handlerEnv(root, x.OverlayPath, mon)
 	x.Waagent = &waagentsim.Agent{
 		LibDir: x.Layout.WaagentDir(),
 		LogDir: x.Layout.Path(filepath.Join("/var/log/azure", handler.HandlerName)),
@@ -140,6 +124,28 @@ func (e *Env) InstallExtension(cfg ExtensionConfig) (*Extension, error) {
 		return nil, err
 	}
 	return x, nil
+}
+
+// handlerEnv is the handler's environment: the caller's without proxy
+// and GPA_* variables, then GPA_ROOT=root, the agent configuration overlay,
+// the supervisor as service manager and short intervals.
+func handlerEnv(root, overlay string, monitorInterval time.Duration) []string {
+	var env []string
+	for _, kv := range cleanEnv() {
+		if !strings.HasPrefix(kv, "GPA_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env,
+		handler.EnvRoot+"="+root,
+		handler.EnvConfigOverlay+"="+overlay,
+		handler.EnvServiceManager+"=supervisor",
+		handler.EnvMonitorInterval+"="+monitorInterval.String(),
+		handler.EnvHeartbeatInterval+"=5s",
+		handler.EnvRetryInterval+"=200ms",
+		handler.EnvServiceSettle+"=1s",
+		handler.EnvHTTPTimeout+"=2s",
+	)
 }
 
 // Run runs one handler command as waagent's launch_command does, inside
