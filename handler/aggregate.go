@@ -127,12 +127,13 @@ type Fetcher interface {
 
 // AggregateFetcher reads the agent's status file first and asks the agent
 // over HTTP (GET URL with "Metadata: true", bounded by Timeout) only when
-// that file reports the eBPF redirect and the proxy listener RUNNING: the
-// URL is the WireServer address, which reaches the agent only through the
-// redirect, so before the agent reports it (a fresh install, an agent
-// still starting) no request leaves for the real WireServer. When HTTP is
-// not asked, fails or answers anything but 200, the file's contents are
-// the result; when both fail the error names both causes.
+// that file reports the WireServer redirect in place (WireServerRedirected):
+// the URL is the WireServer address, which reaches the agent only through
+// the redirect, so before the agent reports it (a fresh install, an agent
+// still starting) or when the secure channel leaves WireServer unprotected,
+// no request leaves for the real WireServer. When HTTP is not asked, fails
+// or answers anything but 200, the file's contents are the result; when
+// both fail the error names both causes.
 type AggregateFetcher struct {
 	URL     string
 	File    func() string
@@ -144,14 +145,14 @@ type AggregateFetcher struct {
 func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
 	path := f.File()
 	data, ferr := os.ReadFile(path)
-	if ferr == nil && !RedirectRunning(data) {
+	if ferr == nil && !WireServerRedirected(data) {
 		return data, nil
 	}
 	if ferr != nil && !errors.Is(ferr, os.ErrNotExist) {
 		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v", path, ferr)
 	}
 	if ferr != nil {
-		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v (%s not asked before the agent reports its redirect running)", path, ferr, f.URL)
+		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v (%s not asked before the agent reports its WireServer redirect)", path, ferr, f.URL)
 	}
 	body, herr := f.fetchHTTP(ctx)
 	if herr == nil {
@@ -160,15 +161,25 @@ func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
 	return data, nil
 }
 
-// RedirectRunning reports whether an aggregate status document says the
-// agent's eBPF redirect and proxy listener are RUNNING, i.e. a connection
-// to a host address reaches the agent rather than the host.
-func RedirectRunning(data []byte) bool {
-	_, st, err := ParseAggregate(data)
+// WireServerRedirected reports whether an aggregate status document says
+// a connection to the WireServer address reaches the agent: eBPF program
+// and proxy listener RUNNING, and a secure-channel state that protects
+// WireServer (Audit or Enforce; the redirect is removed while it is
+// Disabled).
+func WireServerRedirected(data []byte) bool {
+	agg, st, err := ParseAggregate(data)
 	if err != nil {
 		return false
 	}
-	return st.Modules["ebpfProgramStatus"].Status == "RUNNING" && st.Modules["proxyListenerStatus"].Status == "RUNNING"
+	var key struct {
+		KeyLatchStatus struct {
+			States map[string]string `json:"states"`
+		} `json:"keyLatchStatus"`
+	}
+	json.Unmarshal(agg.ProxyAgentStatus, &key)
+	state := key.KeyLatchStatus.States["secureChannelState"]
+	protected := strings.HasPrefix(state, "WireServer Audit") || strings.HasPrefix(state, "WireServer Enforce")
+	return protected && st.Modules["ebpfProgramStatus"].Status == "RUNNING" && st.Modules["proxyListenerStatus"].Status == "RUNNING"
 }
 
 func (f *AggregateFetcher) fetchHTTP(ctx context.Context) ([]byte, error) {

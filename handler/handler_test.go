@@ -417,6 +417,7 @@ func TestAggregateFetcher(t *testing.T) {
 	// The agent's status file: redirect running (HTTP may be asked) or not.
 	running := aggregateDoc("2025-04-23T11:59:58.000", "1.0.0", "SUCCESS", 0, 0, 2)
 	starting := aggregateDoc("2025-04-23T11:59:58.000", "1.0.0", "ERROR", 0, 0, 2)
+	unprotected := []byte(strings.Replace(string(running), "WireServer Enforce", "WireServer Disabled", 1))
 	ok := func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Metadata") != "true" || r.URL.Path != "/gpa-aggregated-status" {
 			http.Error(w, "bad", 400)
@@ -437,6 +438,7 @@ func TestAggregateFetcher(t *testing.T) {
 		{"400 falls back to file", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 400) }, running, running, true, ""},
 		{"hang times out to file", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, running, running, true, ""},
 		{"redirect not running: file only", ok, starting, starting, false, ""},
+		{"WireServer not protected: file only", ok, unprotected, unprotected, false, ""},
 		{"unparseable file: file only", ok, []byte(`{"from":"file"}`), []byte(`{"from":"file"}`), false, ""},
 		{"no file: nothing asked", ok, nil, nil, false, "not asked"},
 	}
