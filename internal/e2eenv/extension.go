@@ -92,23 +92,9 @@ func (e *Env) InstallExtension(cfg ExtensionConfig) (*Extension, error) {
 	if mon <= 0 {
 		mon = 500 * time.Millisecond
 	}
-	overlay := map[string]any{
-		"cgroupRoot":                     e.Cgroup.Path,
-		"bpfPinPath":                     x.PinDir,
-		"pollKeyStatusIntervalInSeconds": poll.Seconds(),
-		"monitorIntervalInSeconds":       1,
-		"hostRequestTimeoutInSeconds":    5,
-	}
-	for k, v := range cfg.Overlay {
-		overlay[k] = v
-	}
-	b, err := json.MarshalIndent(overlay, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("e2eenv: overlay: %w", err)
-	}
-	x.OverlayPath = filepath.Join(e.Dir, "config-overlay.json")
-	if err := os.WriteFile(x.OverlayPath, b, 0o600); err != nil {
-		return nil, fmt.Errorf("e2eenv: %w", err)
+	var err error
+	if x.OverlayPath, err = e.writeOverlay(x.PinDir, poll, cfg.Overlay); err != nil {
+		return nil, err
 	}
 	env := handlerEnv(root, x.OverlayPath, mon)
 	x.Waagent = &waagentsim.Agent{
@@ -124,6 +110,32 @@ func (e *Env) InstallExtension(cfg ExtensionConfig) (*Extension, error) {
 		return nil, err
 	}
 	return x, nil
+}
+
+// writeOverlay writes Dir/config-overlay.json, the configuration overlay
+// (GPA_CONFIG_OVERLAY) that makes the installed agent attach to the Env's
+// group, pin below pinDir and poll every poll, with extra keys over it,
+// and returns its path.
+func (e *Env) writeOverlay(pinDir string, poll time.Duration, extra map[string]any) (string, error) {
+	overlay := map[string]any{
+		"cgroupRoot":                     e.Cgroup.Path,
+		"bpfPinPath":                     pinDir,
+		"pollKeyStatusIntervalInSeconds": poll.Seconds(),
+		"monitorIntervalInSeconds":       1,
+		"hostRequestTimeoutInSeconds":    5,
+	}
+	for k, v := range extra {
+		overlay[k] = v
+	}
+	b, err := json.MarshalIndent(overlay, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("e2eenv: overlay: %w", err)
+	}
+	path := filepath.Join(e.Dir, "config-overlay.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("e2eenv: %w", err)
+	}
+	return path, nil
 }
 
 // handlerEnv is the handler's environment: the caller's without proxy

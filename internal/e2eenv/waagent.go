@@ -149,23 +149,9 @@ func (e *Env) NewWaagent(cfg WaagentConfig) (*Waagent, error) {
 	if mon <= 0 {
 		mon = 500 * time.Millisecond
 	}
-	overlay := map[string]any{
-		"cgroupRoot":                     e.Cgroup.Path,
-		"bpfPinPath":                     w.PinDir,
-		"pollKeyStatusIntervalInSeconds": 0.5,
-		"monitorIntervalInSeconds":       1,
-		"hostRequestTimeoutInSeconds":    5,
-	}
-	for k, v := range cfg.Overlay {
-		overlay[k] = v
-	}
-	b, err := json.MarshalIndent(overlay, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("e2eenv: overlay: %w", err)
-	}
-	w.overlay = filepath.Join(e.Dir, "config-overlay.json")
-	if err := os.WriteFile(w.overlay, b, 0o600); err != nil {
-		return nil, fmt.Errorf("e2eenv: %w", err)
+	var err error
+	if w.overlay, err = e.writeOverlay(w.PinDir, 500*time.Millisecond, cfg.Overlay); err != nil {
+		return nil, err
 	}
 	// The handler's production settle time: waagent reads the heartbeat
 	// while the monitor's first install is still settling.
