@@ -267,9 +267,9 @@ func TestRealWaagent(t *testing.T) {
 	if _, err := e.WaitInstanceView(rctx, func(iv hostsim.InstanceView) bool {
 		_, _, present := extView(iv)
 		_, err := os.Stat(w.HandlerDir("0.1.1"))
-		return !present && os.IsNotExist(err) && len(w.Processes()) == 0
+		return !present && os.IsNotExist(err) && len(w.Processes()) == 0 && len(w.Pins()) == 0
 	}); err != nil {
-		t.Fatalf("removal: %v; still running: %+v", err, w.Processes())
+		t.Fatalf("removal: %v; still running: %+v; pinned: %q", err, w.Processes(), w.Pins())
 	}
 	if len(handlerErrors) > 0 {
 		t.Errorf("the instance view showed handler errors for a healthy extension: %q", handlerErrors)

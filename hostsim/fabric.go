@@ -434,7 +434,7 @@ func (s *Sim) ExtensionsConfigXML() string {
 			continue
 		}
 		fmt.Fprintf(&b, "  <Plugin name=\"%s\" version=\"%s\">\n    <RuntimeSettings seqNo=\"%d\">%s</RuntimeSettings>\n  </Plugin>\n",
-			esc(h.name), esc(h.version), h.seq, esc(h.settings))
+			esc(h.name), esc(h.version), h.seq, xmlText.Replace(h.settings))
 	}
 	// createdOnTicks: 100 ns ticks since 0001-01-01.
 	ticks := (f.createdOn.Unix()+62135596800)*10000000 + int64(f.createdOn.Nanosecond()/100)
@@ -445,6 +445,9 @@ func (s *Sim) ExtensionsConfigXML() string {
 `, esc(f.statusBlobURL()), f.incarnation, ticks, f.incarnation, f.incarnation)
 	return b.String()
 }
+
+// xmlText escapes element text (quotes stay readable in the settings).
+var xmlText = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
 
 // manifestXML lists every published version of handler name, each with
 // its package URL.

@@ -260,6 +260,19 @@ func (w *Waagent) Processes() []handler.Proc {
 	return out
 }
 
+// Pins returns the names of the entries in PinDir (nil when it is gone).
+func (w *Waagent) Pins() []string {
+	ents, err := os.ReadDir(w.PinDir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
 // PublishPackage publishes an extension zip on the host simulator as
 // version of the ProxyAgent handler.
 func (e *Env) PublishPackage(ctx context.Context, version, zipPath string) error {
