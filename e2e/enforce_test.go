@@ -14,7 +14,7 @@ import (
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/e2eenv"
 	"github.com/opengpa/gpa/proxyagent/audit"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -134,9 +134,9 @@ func TestEnforce(t *testing.T) {
 			t.Run(c.name, func(t *testing.T) {
 				id := newID(t)
 				hdrs := append(append([]string{}, c.extra...), idHeader(id),
-					signing.HeaderAuthorization+": "+forgedAuth,
-					signing.HeaderClaims+": "+forgedClaims,
-					signing.HeaderDate+": "+forgedDate,
+					msp.HeaderAuthorization+": "+forgedAuth,
+					msp.HeaderClaims+": "+forgedClaims,
+					msp.HeaderDate+": "+forgedDate,
 					"X-Forwarded-For: "+forgedXFF,
 					// Different spellings of the same names.
 					"X-MS-AZURE-HOST-CLAIMS: "+forgedClaims,
@@ -160,7 +160,7 @@ func TestEnforce(t *testing.T) {
 					t.Fatalf("status %d with %d host entries, want 200 and 1: %s", r.Status, len(entries), r.Body)
 				}
 				checkSigned(t, e, entries[0], c.isRoot)
-				for _, name := range []string{signing.HeaderAuthorization, signing.HeaderDate} {
+				for _, name := range []string{msp.HeaderAuthorization, msp.HeaderDate} {
 					if n := len(headerValues(entries[0].Headers, name)); n != 1 {
 						t.Errorf("host received %d %s headers, want 1 (the agent's)", n, name)
 					}

@@ -15,7 +15,7 @@ import (
 	"github.com/opengpa/gpa/internal/e2eenv"
 	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/internal/waagentsim"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -139,8 +139,8 @@ func TestExtensionEndToEnd(t *testing.T) {
 		if en.Verdict != hostsim.VerdictValid || en.KeyGUID != key || en.Service != hostsim.IMDS || en.Status != http.StatusOK {
 			t.Errorf("journal: %s verdict %q key %q status %d, want imds valid %q 200", en.Service, en.Verdict, en.KeyGUID, en.Status, key)
 		}
-		if claims := headerValues(en.Headers, signing.HeaderClaims); len(claims) != 1 || claims[0] != signing.ClaimsValue(false) {
-			t.Errorf("claims %q, want [%q]", claims, signing.ClaimsValue(false))
+		if claims := headerValues(en.Headers, msp.HeaderClaims); len(claims) != 1 || claims[0] != msp.ClaimsValue(false) {
+			t.Errorf("claims %q, want [%q]", claims, msp.ClaimsValue(false))
 		}
 	})
 

@@ -16,7 +16,7 @@ import (
 
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/e2eenv"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // TestIMDSDisabledThenEnforce: with IMDS Disabled at the host the agent
@@ -67,7 +67,7 @@ func TestIMDSDisabledThenEnforce(t *testing.T) {
 		}
 		polls := 0
 		for _, en := range j {
-			if en.Service == hostsim.WireServer && strings.HasPrefix(en.Target, securechannel.StatusPath) {
+			if en.Service == hostsim.WireServer && strings.HasPrefix(en.Target, msp.StatusPath) {
 				polls++
 			}
 		}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/e2eenv"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // bins are the binaries under test; buildErr is why they are missing.
@@ -92,7 +92,7 @@ func newID(t *testing.T) string {
 func idHeader(id string) string { return correlationID + ": " + id }
 
 // headerValues returns the values of name (any case) among fields.
-func headerValues(fields []signing.Field, name string) []string {
+func headerValues(fields []msp.Field, name string) []string {
 	var out []string
 	for _, f := range fields {
 		if strings.EqualFold(f.Name, name) {
@@ -162,8 +162,8 @@ func checkSigned(t *testing.T, e *e2eenv.Env, en hostsim.Entry, isRoot bool) {
 	if key := latchedKey(t, e); en.KeyGUID != key {
 		t.Errorf("request signed with key %q, host latched %q", en.KeyGUID, key)
 	}
-	claims := headerValues(en.Headers, signing.HeaderClaims)
-	if want := signing.ClaimsValue(isRoot); len(claims) != 1 || claims[0] != want {
+	claims := headerValues(en.Headers, msp.HeaderClaims)
+	if want := msp.ClaimsValue(isRoot); len(claims) != 1 || claims[0] != want {
 		t.Errorf("host received claims %q, want exactly [%q]", claims, want)
 	}
 }

@@ -9,21 +9,21 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // State is the host's view reported by GET /state on the control endpoint.
 type State struct {
 	// LatchedKeyGUID is null when no key is latched.
-	LatchedKeyGUID     *string            `json:"latchedKeyGuid"`
-	KeyIncarnationID   *int               `json:"keyIncarnationId"`
-	StatusVersion      string             `json:"statusVersion"`
-	SecureChannelState string             `json:"secureChannelState"`
-	WireServerMode     securechannel.Mode `json:"wireServerMode"`
-	IMDSMode           securechannel.Mode `json:"imdsMode"`
-	HostGAMode         securechannel.Mode `json:"hostGAMode"`
-	PendingKeys        int                `json:"pendingKeys"`
-	JournalDropped     uint64             `json:"journalDropped"`
+	LatchedKeyGUID     *string  `json:"latchedKeyGuid"`
+	KeyIncarnationID   *int     `json:"keyIncarnationId"`
+	StatusVersion      string   `json:"statusVersion"`
+	SecureChannelState string   `json:"secureChannelState"`
+	WireServerMode     msp.Mode `json:"wireServerMode"`
+	IMDSMode           msp.Mode `json:"imdsMode"`
+	HostGAMode         msp.Mode `json:"hostGAMode"`
+	PendingKeys        int      `json:"pendingKeys"`
+	JournalDropped     uint64   `json:"journalDropped"`
 }
 
 // State returns the host's current view: latched key, modes, versions.

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func TestJournalRing(t *testing.T) {
@@ -77,7 +77,7 @@ func TestControlEndpoint(t *testing.T) {
 		t.Fatalf("PUT /profiles: %d %s", code, body)
 	}
 	code, body := control(t, s, "GET", "/status", "")
-	ks, err := securechannel.ParseKeyStatus(body)
+	ks, err := msp.ParseKeyStatus(body)
 	if code != 200 || err != nil {
 		t.Fatalf("GET /status: %d %s %v", code, body, err)
 	}
@@ -89,7 +89,7 @@ func TestControlEndpoint(t *testing.T) {
 	var st State
 	code, body = control(t, s, "GET", "/state", "")
 	decodeJSON(t, body, &st)
-	if code != 200 || st.LatchedKeyGUID != nil || st.KeyIncarnationID == nil || *st.KeyIncarnationID != 4 || st.IMDSMode != securechannel.ModeEnforce {
+	if code != 200 || st.LatchedKeyGUID != nil || st.KeyIncarnationID == nil || *st.KeyIncarnationID != 4 || st.IMDSMode != msp.ModeEnforce {
 		t.Fatalf("GET /state: %d %s", code, body)
 	}
 	if code, body = control(t, s, "POST", "/rotate", ""); code != 200 || !bytes.Contains(body, []byte(`"keyIncarnationId":5`)) {
@@ -154,7 +154,7 @@ func TestJournalOverControl(t *testing.T) {
 	// The property end-to-end tests assert: nothing unaccepted was served in
 	// Enforce.
 	for _, e := range all {
-		if e.ServedUnaccepted() || (e.Mode == securechannel.ModeEnforce && !e.Verdict.Accepted() && e.Status != 401) {
+		if e.ServedUnaccepted() || (e.Mode == msp.ModeEnforce && !e.Verdict.Accepted() && e.Status != 401) {
 			t.Fatalf("served in Enforce without a valid signature: %+v", e)
 		}
 	}
@@ -179,8 +179,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"bad status version", Config{StatusVersion: "3.0"}},
 		{"bad mode", Config{Settings: ProxyAgentSettings{IMDS: &HostEndpointSettings{Mode: "on"}}}},
 		{"negative incarnation", Config{Settings: ProxyAgentSettings{KeyIncarnationID: ptr(-1)}}},
-		{"bad preset key", Config{PresetKey: &securechannel.Key{GUID: "g", Key: "zz"}}},
-		{"short preset key", Config{PresetKey: &securechannel.Key{GUID: "g", Key: "abcd"}}},
+		{"bad preset key", Config{PresetKey: &msp.IssuedKey{GUID: "g", Key: "zz"}}},
+		{"short preset key", Config{PresetKey: &msp.IssuedKey{GUID: "g", Key: "abcd"}}},
 		{"bad profile", Config{Profiles: map[string]ProfileVersion{"p": {Properties: ProfileProperties{Mode: "Enforce", DefaultAccess: ""}}}}},
 	}
 	for _, tc := range tests {

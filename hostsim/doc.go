@@ -26,12 +26,12 @@
 // request decides which service it belongs to. The host's half of the
 // Metadata Security Protocol is enforced per service: in Enforce a request
 // is served only if its x-ms-azure-host-authorization signature, recomputed
-// with signing.StringToSign over exactly what was received (method, raw
+// with msp.StringToSign over exactly what was received (method, raw
 // request-target, every header including Host, the body), verifies under
 // the latched key and its x-ms-azure-host-date is within the allowed skew;
 // otherwise it gets 401. In Audit it is served and journaled with its
 // verdict; Disabled serves everything. The two exempt uploads
-// (signing.Exempt) and the unauthenticated secure-channel calls (status and
+// (msp.Exempt) and the unauthenticated secure-channel calls (status and
 // key issue) need no signature.
 //
 // The simulator is configured the way a user configures Azure: with the VM

@@ -6,8 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func TestModesPerService(t *testing.T) {
@@ -17,12 +16,12 @@ func TestModesPerService(t *testing.T) {
 	requests := map[Service]rawReq{
 		WireServer: wsGet("/machine?comp=goalstate"),
 		IMDS:       imdsGet("/metadata/instance?api-version=2021-02-01"),
-		HostGA:     {method: "GET", target: "/health", headers: []signing.Field{{Name: "Host", Value: "168.63.129.16:32526"}}},
+		HostGA:     {method: "GET", target: "/health", headers: []msp.Field{{Name: "Host", Value: "168.63.129.16:32526"}}},
 	}
 	addrs := map[Service]string{WireServer: s.Addrs().WireServer, IMDS: s.Addrs().IMDS, HostGA: s.Addrs().HostGA}
 	signings := []struct {
 		name    string
-		key     *signing.Key
+		key     *msp.Key
 		sign    bool
 		verdict Verdict
 	}{
@@ -48,7 +47,7 @@ func TestModesPerService(t *testing.T) {
 						t.Fatalf("HTTP %d %s, want %d", code, body, want)
 					}
 					e := lastEntry(t, s)
-					wantMode, _ := securechannel.ParseMode(mode)
+					wantMode, _ := msp.ParseMode(mode)
 					if e.Service != svc || e.Verdict != sg.verdict || e.Mode != wantMode || e.Status != want {
 						t.Fatalf("journal %+v, want service %s verdict %s mode %s status %d", e, svc, sg.verdict, wantMode, want)
 					}
@@ -66,17 +65,17 @@ func TestEnforceExemptions(t *testing.T) {
 		want    int
 		verdict Verdict
 	}{
-		{"agent log upload", rawReq{method: "PUT", target: "/vmAgentLog", body: "log", headers: []signing.Field{
+		{"agent log upload", rawReq{method: "PUT", target: "/vmAgentLog", body: "log", headers: []msp.Field{
 			{Name: "Host", Value: "168.63.129.16"}, {Name: "Content-Length", Value: "3"}}}, 200, VerdictExempt},
-		{"telemetry upload", rawReq{method: "POST", target: "/machine/?comp=telemetrydata", body: "<x/>", headers: []signing.Field{
+		{"telemetry upload", rawReq{method: "POST", target: "/machine/?comp=telemetrydata", body: "<x/>", headers: []msp.Field{
 			{Name: "Host", Value: "168.63.129.16"}, {Name: "Content-Length", Value: "4"}}}, 200, VerdictExempt},
-		{"telemetry without slash is not exempt", rawReq{method: "POST", target: "/machine?comp=telemetrydata", body: "<x/>", headers: []signing.Field{
+		{"telemetry without slash is not exempt", rawReq{method: "POST", target: "/machine?comp=telemetrydata", body: "<x/>", headers: []msp.Field{
 			{Name: "Host", Value: "168.63.129.16"}, {Name: "Content-Length", Value: "4"}}}, 401, VerdictUnsigned},
-		{"health unsigned", rawReq{method: "POST", target: "/machine?comp=health", body: "<Health/>", headers: []signing.Field{
+		{"health unsigned", rawReq{method: "POST", target: "/machine?comp=health", body: "<Health/>", headers: []msp.Field{
 			{Name: "Host", Value: "168.63.129.16"}, {Name: "Content-Length", Value: "9"}}}, 401, VerdictUnsigned},
-		{"status", rawReq{method: "GET", target: securechannel.StatusPath, headers: []signing.Field{
+		{"status", rawReq{method: "GET", target: msp.StatusPath, headers: []msp.Field{
 			{Name: "Host", Value: "168.63.129.16"}, {Name: "Metadata", Value: "True "}}}, 200, VerdictNotRequired},
-		{"key issue", rawReq{method: "POST", target: securechannel.KeyPath, body: securechannel.KeyRequestBody, headers: []signing.Field{
+		{"key issue", rawReq{method: "POST", target: msp.KeyPath, body: msp.KeyRequestBody, headers: []msp.Field{
 			{Name: "Host", Value: "168.63.129.16"}, {Name: "Content-Length", Value: "44"}}}, 200, VerdictNotRequired},
 	}
 	for _, tc := range tests {
@@ -99,11 +98,11 @@ func TestEnforceExemptions(t *testing.T) {
 func TestDateSkew(t *testing.T) {
 	key := mustSigningKey(t, vecGUID, vecKey)
 	s := startSim(t, Config{Settings: enforceAll(), PresetKey: vecKeyJSON()})
-	at := func(d time.Duration) string { return signing.FormatDate(vecTime.Add(d)) }
+	at := func(d time.Duration) string { return msp.FormatDate(vecTime.Add(d)) }
 	noDate := wsGet("/machine?comp=goalstate")
-	noDate.headers = append(noDate.headers, signing.Field{Name: signing.HeaderClaims, Value: signing.ClaimsValue(true)})
-	sts := signing.StringToSign("GET", noDate.target, noDate.headers, nil)
-	noDate.headers = append(noDate.headers, signing.Field{Name: signing.HeaderAuthorization, Value: key.Authorization(sts)})
+	noDate.headers = append(noDate.headers, msp.Field{Name: msp.HeaderClaims, Value: msp.ClaimsValue(true)})
+	sts := msp.StringToSign("GET", noDate.target, noDate.headers, nil)
+	noDate.headers = append(noDate.headers, msp.Field{Name: msp.HeaderAuthorization, Value: key.Authorization(sts)})
 	tests := []struct {
 		name    string
 		skew    time.Duration // 0: default
@@ -165,7 +164,7 @@ func TestWireServerEndpoints(t *testing.T) {
 			t.Errorf("%s %s: HTTP %d %s, want %d containing %q", tc.req.method, tc.req.target, code, body, tc.want, tc.contains)
 		}
 	}
-	code, body := send(t, s.Addrs().HostGA, rawReq{method: "GET", target: "/status", headers: []signing.Field{
+	code, body := send(t, s.Addrs().HostGA, rawReq{method: "GET", target: "/status", headers: []msp.Field{
 		{Name: "Host", Value: "168.63.129.16:32526"}}}.signed(key, vecDate).bytes())
 	if code != 200 || !contains(string(body), "Ready") {
 		t.Fatalf("hostga status: HTTP %d %s", code, body)
@@ -183,7 +182,7 @@ func TestSecureChannelDisabledServesAll(t *testing.T) {
 	if code, _ := send(t, s.Addrs().IMDS, imdsGet("/metadata/instance?api-version=2021-02-01").bytes()); code != 200 {
 		t.Fatalf("IMDS unsigned with enabled:false: HTTP %d", code)
 	}
-	if e := lastEntry(t, s); e.Mode != securechannel.ModeDisabled || e.Verdict != VerdictUnsigned {
+	if e := lastEntry(t, s); e.Mode != msp.ModeDisabled || e.Verdict != VerdictUnsigned {
 		t.Fatalf("journal %+v", e)
 	}
 }
@@ -193,11 +192,11 @@ func TestServedUnaccepted(t *testing.T) {
 		e    Entry
 		want bool
 	}{
-		{Entry{Mode: securechannel.ModeEnforce, Verdict: VerdictUnsigned, Status: 200}, true},
-		{Entry{Mode: securechannel.ModeEnforce, Verdict: VerdictBadDate, Status: 404}, false},
-		{Entry{Mode: securechannel.ModeEnforce, Verdict: VerdictInvalid, Status: 401}, false},
-		{Entry{Mode: securechannel.ModeEnforce, Verdict: VerdictExempt, Status: 200}, false},
-		{Entry{Mode: securechannel.ModeAudit, Verdict: VerdictUnsigned, Status: 200}, false},
+		{Entry{Mode: msp.ModeEnforce, Verdict: VerdictUnsigned, Status: 200}, true},
+		{Entry{Mode: msp.ModeEnforce, Verdict: VerdictBadDate, Status: 404}, false},
+		{Entry{Mode: msp.ModeEnforce, Verdict: VerdictInvalid, Status: 401}, false},
+		{Entry{Mode: msp.ModeEnforce, Verdict: VerdictExempt, Status: 200}, false},
+		{Entry{Mode: msp.ModeAudit, Verdict: VerdictUnsigned, Status: 200}, false},
 	}
 	for _, tc := range tests {
 		if got := tc.e.ServedUnaccepted(); got != tc.want {

@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // maxPackageBody bounds a package published through the control endpoint.
@@ -24,7 +24,7 @@ func (s *Sim) serveFabricWireServer(q *served) bool {
 	if r.Method != http.MethodGet {
 		return false
 	}
-	path, query := signing.SplitTarget(r.RequestURI)
+	path, query := msp.SplitTarget(r.RequestURI)
 	comp := queryValue(query, "comp")
 	switch {
 	case (path == "/machine" || path == "/machine/") && comp == "goalstate":
@@ -41,7 +41,7 @@ func (s *Sim) serveFabricWireServer(q *served) bool {
 // PUT /status; it reports false for every other request.
 func (s *Sim) serveFabricHostGA(q *served) bool {
 	r, w := q.r, q.w
-	path, _ := signing.SplitTarget(r.RequestURI)
+	path, _ := msp.SplitTarget(r.RequestURI)
 	switch {
 	case path == "/versions" && r.Method == http.MethodGet:
 		writeJSON(w, http.StatusOK, []string{hostGAAPIVersion, "2012-11-30"})

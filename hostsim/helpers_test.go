@@ -13,8 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // The canonical key and date of protocol.md §1.4 and §2.8.
@@ -74,13 +73,13 @@ func startSim(t *testing.T, cfg Config) *Sim {
 	return s
 }
 
-func vecKeyJSON() *securechannel.Key {
-	return &securechannel.Key{AuthorizationScheme: signing.Scheme, GUID: vecGUID, Issued: "x", Key: vecKey}
+func vecKeyJSON() *msp.IssuedKey {
+	return &msp.IssuedKey{AuthorizationScheme: msp.Scheme, GUID: vecGUID, Issued: "x", Key: vecKey}
 }
 
-func mustSigningKey(t *testing.T, guid, hexKey string) *signing.Key {
+func mustSigningKey(t *testing.T, guid, hexKey string) *msp.Key {
 	t.Helper()
-	k, err := signing.NewKey(guid, hexKey)
+	k, err := msp.NewKey(guid, hexKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,32 +89,34 @@ func mustSigningKey(t *testing.T, guid, hexKey string) *signing.Key {
 // rawReq is a request written byte for byte; nothing is added to it.
 type rawReq struct {
 	method, target string
-	headers        []signing.Field
+	headers        []msp.Field
 	body           string
 }
 
 // signed returns q with the protocol headers claims (isRoot) and date added
 // and, when key is not nil, signed by key.
-func (q rawReq) signed(key *signing.Key, date string) rawReq {
+func (q rawReq) signed(key *msp.Key, date string) rawReq {
 	out := q
-	out.headers = append(append([]signing.Field{}, q.headers...),
-		signing.Field{Name: signing.HeaderClaims, Value: signing.ClaimsValue(true)},
-		signing.Field{Name: signing.HeaderDate, Value: date})
+	out.headers = append(append([]msp.Field{}, q.headers...),
+		msp.Field{Name: msp.HeaderClaims, Value: msp.ClaimsValue(true)},
+		msp.Field{Name: msp.HeaderDate, Value: date})
 	if key != nil {
-		sts := signing.StringToSign(out.method, out.target, out.headers, []byte(out.body))
-		out.headers = append(out.headers, signing.Field{Name: signing.HeaderAuthorization, Value: key.Authorization(sts)})
+		req := q.request()
+		req.Fields = out.headers
+		req.Sign(key)
+		out.headers = req.Fields
 	}
 	return out
 }
 
+func (q rawReq) request() msp.Request {
+	return msp.Request{Method: q.method, Target: q.target, Fields: q.headers, Body: []byte(q.body)}
+}
+
 func (q rawReq) bytes() []byte {
 	var b bytes.Buffer
-	b.WriteString(q.method + " " + q.target + " HTTP/1.1\r\n")
-	for _, h := range q.headers {
-		b.WriteString(h.Name + ": " + h.Value + "\r\n")
-	}
-	b.WriteString("\r\n")
-	b.WriteString(q.body)
+	req := q.request()
+	req.Write(bufio.NewWriter(&b))
 	return b.Bytes()
 }
 
@@ -157,27 +158,27 @@ func firstLine(raw []byte) string {
 
 // wsGet returns a plain request to the WireServer with the usual headers.
 func wsGet(target string) rawReq {
-	return rawReq{method: "GET", target: target, headers: []signing.Field{
+	return rawReq{method: "GET", target: target, headers: []msp.Field{
 		{Name: "Host", Value: "168.63.129.16"}, {Name: "x-ms-version", Value: "2012-11-30"}}}
 }
 
 // imdsGet returns a well-formed IMDS request.
 func imdsGet(target string) rawReq {
-	return rawReq{method: "GET", target: target, headers: []signing.Field{
+	return rawReq{method: "GET", target: target, headers: []msp.Field{
 		{Name: "Host", Value: "169.254.169.254"}, {Name: "Metadata", Value: "true"}}}
 }
 
 // getStatus fetches and parses GET /secure-channel/status.
-func getStatus(t *testing.T, s *Sim) *securechannel.KeyStatus {
+func getStatus(t *testing.T, s *Sim) *msp.KeyStatus {
 	t.Helper()
-	q := rawReq{method: "GET", target: securechannel.StatusPath, headers: []signing.Field{
-		{Name: "host", Value: "168.63.129.16"}, {Name: "Metadata", Value: securechannel.MetadataHeaderValue},
+	q := rawReq{method: "GET", target: msp.StatusPath, headers: []msp.Field{
+		{Name: "host", Value: "168.63.129.16"}, {Name: "Metadata", Value: msp.MetadataHeaderValue},
 		{Name: "content-length", Value: "0"}}}
 	code, body := send(t, s.Addrs().WireServer, q.bytes())
 	if code != http.StatusOK {
 		t.Fatalf("status: HTTP %d %s", code, body)
 	}
-	ks, err := securechannel.ParseKeyStatus(body)
+	ks, err := msp.ParseKeyStatus(body)
 	if err != nil {
 		t.Fatalf("ParseKeyStatus(%s): %v", body, err)
 	}

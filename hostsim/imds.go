@@ -13,7 +13,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // imdsVersions are the api-version values IMDS accepts, newest first.
@@ -98,7 +98,7 @@ func imdsError(w http.ResponseWriter, code int, msg string) {
 
 func (s *Sim) serveIMDS(q *served) {
 	r, w := q.r, q.w
-	path, rawQuery := signing.SplitTarget(r.RequestURI)
+	path, rawQuery := msp.SplitTarget(r.RequestURI)
 	if len(r.Header.Values("X-Forwarded-For")) > 0 {
 		imdsError(w, http.StatusBadRequest, "Bad request. Requests with X-Forwarded-For header are not allowed")
 		return
@@ -263,7 +263,7 @@ func (s *Sim) serveHostGA(q *served) {
 		return
 	}
 	r, w := q.r, q.w
-	path, _ := signing.SplitTarget(r.RequestURI)
+	path, _ := msp.SplitTarget(r.RequestURI)
 	if r.Method != http.MethodGet {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return

@@ -7,15 +7,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // In Disabled mode these exercise IMDS's own request rules.
 func TestIMDSRequestRules(t *testing.T) {
 	s := startSim(t, Config{IMDSRateLimit: -1})
-	noMeta := rawReq{method: "GET", target: "/metadata/instance?api-version=2021-02-01", headers: []signing.Field{{Name: "Host", Value: "169.254.169.254"}}}
+	noMeta := rawReq{method: "GET", target: "/metadata/instance?api-version=2021-02-01", headers: []msp.Field{{Name: "Host", Value: "169.254.169.254"}}}
 	withHeader := func(q rawReq, name, value string) rawReq {
-		q.headers = append(append([]signing.Field{}, q.headers...), signing.Field{Name: name, Value: value})
+		q.headers = append(append([]msp.Field{}, q.headers...), msp.Field{Name: name, Value: value})
 		return q
 	}
 	tests := []struct {
@@ -37,7 +37,7 @@ func TestIMDSRequestRules(t *testing.T) {
 		{"text on non-leaf", imdsGet("/metadata/instance?api-version=2021-02-01&format=text"), 400, "non-leaf"},
 		{"unknown path", imdsGet("/metadata/nothing?api-version=2021-02-01"), 404, "Not found"},
 		{"token without resource", imdsGet("/metadata/identity/oauth2/token?api-version=2018-02-01"), 400, "resource"},
-		{"POST", rawReq{method: "POST", target: "/metadata/instance?api-version=2021-02-01", headers: []signing.Field{
+		{"POST", rawReq{method: "POST", target: "/metadata/instance?api-version=2021-02-01", headers: []msp.Field{
 			{Name: "Host", Value: "x"}, {Name: "Metadata", Value: "true"}, {Name: "Content-Length", Value: "0"}}}, 405, ""},
 	}
 	for _, tc := range tests {

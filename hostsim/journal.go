@@ -4,8 +4,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Service names the host service a request was received by.
@@ -61,11 +60,11 @@ type Entry struct {
 	Target string `json:"target"`
 	// Headers are every received header, Host included, in arrival order
 	// per name.
-	Headers []signing.Field `json:"headers"`
-	BodyLen int64           `json:"bodyLen"`
+	Headers []msp.Field `json:"headers"`
+	BodyLen int64       `json:"bodyLen"`
 	// Mode is the service's mode when the request arrived.
-	Mode    securechannel.Mode `json:"mode"`
-	Verdict Verdict            `json:"verdict"`
+	Mode    msp.Mode `json:"mode"`
+	Verdict Verdict  `json:"verdict"`
 	// KeyGUID is the key named by the signature header, if any.
 	KeyGUID string `json:"keyGuid,omitempty"`
 	Status  int    `json:"status"`
@@ -75,7 +74,7 @@ type Entry struct {
 // request it should have refused: Enforce mode and a verdict that is not
 // Accepted. End-to-end tests assert that no entry satisfies it.
 func (e Entry) ServedUnaccepted() bool {
-	return e.Mode == securechannel.ModeEnforce && !e.Verdict.Accepted() && e.Status < 400
+	return e.Mode == msp.ModeEnforce && !e.Verdict.Accepted() && e.Status < 400
 }
 
 // DefaultJournalSize is the journal's capacity when Config.JournalSize is 0.

@@ -8,24 +8,23 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 var guidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
 // issueKey calls POST /secure-channel/key as the agent does and parses
 // the answer.
-func issueKey(t *testing.T, s *Sim) *securechannel.Key {
+func issueKey(t *testing.T, s *Sim) *msp.IssuedKey {
 	t.Helper()
-	q := rawReq{method: "POST", target: securechannel.KeyPath, body: securechannel.KeyRequestBody, headers: []signing.Field{
+	q := rawReq{method: "POST", target: msp.KeyPath, body: msp.KeyRequestBody, headers: []msp.Field{
 		{Name: "host", Value: "168.63.129.16"}, {Name: "Metadata", Value: "True "},
 		{Name: "Content-Type", Value: "application/json"}, {Name: "content-length", Value: "44"}}}
 	code, body := send(t, s.Addrs().WireServer, q.signed(nil, vecDate).bytes())
 	if code != http.StatusOK {
 		t.Fatalf("key issue: HTTP %d %s", code, body)
 	}
-	k, err := securechannel.ParseKey(body)
+	k, err := msp.ParseIssuedKey(body)
 	if err != nil {
 		t.Fatalf("ParseKey: %v", err)
 	}
@@ -33,7 +32,7 @@ func issueKey(t *testing.T, s *Sim) *securechannel.Key {
 }
 
 func attestation(guid string) rawReq {
-	return rawReq{method: "POST", target: "/secure-channel/key/" + guid + "/key-attestation", headers: []signing.Field{
+	return rawReq{method: "POST", target: "/secure-channel/key/" + guid + "/key-attestation", headers: []msp.Field{
 		{Name: "content-length", Value: "0"}, {Name: "host", Value: "168.63.129.16"}, {Name: "metadata", Value: "True "}}}
 }
 
@@ -44,7 +43,7 @@ func TestKeyIssueAttestationLatch(t *testing.T) {
 	}
 	k := issueKey(t, s)
 	raw, err := hex.DecodeString(k.Key)
-	if !guidRE.MatchString(k.GUID) || err != nil || len(raw) != 32 || k.AuthorizationScheme != signing.Scheme {
+	if !guidRE.MatchString(k.GUID) || err != nil || len(raw) != 32 || k.AuthorizationScheme != msp.Scheme {
 		t.Fatalf("issued key guid %q, %d key bytes (err %v), scheme %q", k.GUID, len(raw), err, k.AuthorizationScheme)
 	}
 	if k.IncarnationID == nil || *k.IncarnationID != 1 {
@@ -149,11 +148,11 @@ func TestRotationByKeyIncarnationID(t *testing.T) {
 
 func TestStatusShapes(t *testing.T) {
 	const ref = "/subscriptions/0/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/inVMAccessControlProfiles/p/versions/1.0.0"
-	rules := &securechannel.Rules{
-		Privileges:      []securechannel.Privilege{{Name: "token", Path: "/metadata/identity/oauth2/token"}},
-		Roles:           []securechannel.Role{{Name: "tokenReader", Privileges: []string{"token"}}},
-		Identities:      []securechannel.Identity{{Name: "root", UserName: "root"}},
-		RoleAssignments: []securechannel.RoleAssignment{{Role: "tokenReader", Identities: []string{"root"}}},
+	rules := &msp.Rules{
+		Privileges:      []msp.Privilege{{Name: "token", Path: "/metadata/identity/oauth2/token"}},
+		Roles:           []msp.Role{{Name: "tokenReader", Privileges: []string{"token"}}},
+		Identities:      []msp.Identity{{Name: "root", UserName: "root"}},
+		RoleAssignments: []msp.RoleAssignment{{Role: "tokenReader", Identities: []string{"root"}}},
 	}
 	profile := ProfileVersion{ID: ref, Properties: ProfileProperties{Mode: "Enforce", DefaultAccess: "Deny", Rules: rules}}
 	ep := func(mode, ref string) *HostEndpointSettings {
@@ -166,7 +165,7 @@ func TestStatusShapes(t *testing.T) {
 		wantState string
 		// v2 only: expected IMDS item defaultAccess and rules
 		imdsAccess string
-		imdsRules  *securechannel.Rules
+		imdsRules  *msp.Rules
 	}{
 		{"v2 not configured", StatusV2, ProxyAgentSettings{}, "disabled", "", nil},
 		{"v2 enabled false", StatusV2, ProxyAgentSettings{Enabled: ptr(false), WireServer: ep("Enforce", "")}, "disabled", "", nil},

@@ -8,8 +8,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // ProxyAgentSettings is the VM model's securityProfile.proxyAgentSettings
@@ -51,9 +50,9 @@ type ProfileVersion struct {
 // ("Audit", "Enforce", "Disabled"), its defaultAccess ("Allow" or "Deny")
 // and its rules.
 type ProfileProperties struct {
-	Mode          string               `json:"mode"`
-	DefaultAccess string               `json:"defaultAccess"`
-	Rules         *securechannel.Rules `json:"rules,omitempty"`
+	Mode          string     `json:"mode"`
+	DefaultAccess string     `json:"defaultAccess"`
+	Rules         *msp.Rules `json:"rules,omitempty"`
 }
 
 // ParseSettings decodes proxyAgentSettings JSON. It accepts the bare object,
@@ -97,7 +96,7 @@ func ParseSettings(b []byte) (ProxyAgentSettings, error) {
 // negative keyIncarnationId.
 func (s ProxyAgentSettings) Validate() error {
 	if s.Mode != "" {
-		if m, ok := securechannel.ParseMode(s.Mode); !ok || m == securechannel.ModeDisabled {
+		if m, ok := msp.ParseMode(s.Mode); !ok || m == msp.ModeDisabled {
 			return fmt.Errorf("proxyAgentSettings.mode %q: want Audit or Enforce", s.Mode)
 		}
 	}
@@ -108,7 +107,7 @@ func (s ProxyAgentSettings) Validate() error {
 		if e == nil || e.Mode == "" {
 			continue
 		}
-		if _, ok := securechannel.ParseMode(e.Mode); !ok {
+		if _, ok := msp.ParseMode(e.Mode); !ok {
 			return fmt.Errorf("proxyAgentSettings.%s.mode %q: want Audit, Enforce or Disabled", name, e.Mode)
 		}
 	}
@@ -141,7 +140,7 @@ func ParseProfile(b []byte) (ProfileVersion, error) {
 
 // Validate reports an invalid mode or defaultAccess.
 func (p ProfileVersion) Validate() error {
-	if _, ok := securechannel.ParseMode(p.Properties.Mode); !ok {
+	if _, ok := msp.ParseMode(p.Properties.Mode); !ok {
 		return fmt.Errorf("profile mode %q: want Audit, Enforce or Disabled", p.Properties.Mode)
 	}
 	switch strings.ToLower(p.Properties.DefaultAccess) {
@@ -166,23 +165,23 @@ const (
 
 // DefaultMode is the mode of an enabled endpoint that names neither a mode
 // nor a profile, when no legacy VM-wide mode is set either.
-const DefaultMode = securechannel.ModeAudit
+const DefaultMode = msp.ModeAudit
 
 // deriveItem builds one service's authorization item from its endpoint
 // settings, the legacy mode and the profiles. A referenced profile that is
 // not known yields defaultAccess "deny" (fail closed).
-func deriveItem(service string, e *HostEndpointSettings, legacy string, profiles map[string]ProfileVersion) *securechannel.AuthorizationItem {
+func deriveItem(service string, e *HostEndpointSettings, legacy string, profiles map[string]ProfileVersion) *msp.AuthorizationItem {
 	mode := DefaultMode
-	if m, ok := securechannel.ParseMode(legacy); ok && legacy != "" {
+	if m, ok := msp.ParseMode(legacy); ok && legacy != "" {
 		mode = m
 	}
 	access := "allow"
-	var rules *securechannel.Rules
+	var rules *msp.Rules
 	ref := ""
 	if e != nil && e.InVMAccessControlProfileReferenceID != "" {
 		ref = e.InVMAccessControlProfileReferenceID
 		if p, ok := profiles[profileKey(ref)]; ok {
-			mode, _ = securechannel.ParseMode(p.Properties.Mode)
+			mode, _ = msp.ParseMode(p.Properties.Mode)
 			access = strings.ToLower(p.Properties.DefaultAccess)
 			rules = p.Properties.Rules
 		} else {
@@ -190,9 +189,9 @@ func deriveItem(service string, e *HostEndpointSettings, legacy string, profiles
 		}
 	}
 	if e != nil && e.Mode != "" {
-		mode, _ = securechannel.ParseMode(e.Mode)
+		mode, _ = msp.ParseMode(e.Mode)
 	}
-	item := &securechannel.AuthorizationItem{DefaultAccess: access, Mode: string(mode), Rules: rules}
+	item := &msp.AuthorizationItem{DefaultAccess: access, Mode: string(mode), Rules: rules}
 	// The id changes whenever the item's content does, because the agent
 	// recompiles rules only when the id changes (protocol.md §3.6).
 	h := sha256.New()
@@ -205,9 +204,9 @@ func deriveItem(service string, e *HostEndpointSettings, legacy string, profiles
 
 // buildStatus derives the secure-channel status the WireServer reports from
 // the settings, profiles, latched key and status version.
-func buildStatus(s ProxyAgentSettings, profiles map[string]ProfileVersion, latched *signing.Key, version string) securechannel.KeyStatus {
-	ks := securechannel.KeyStatus{
-		AuthorizationScheme:       signing.Scheme,
+func buildStatus(s ProxyAgentSettings, profiles map[string]ProfileVersion, latched *msp.Key, version string) msp.KeyStatus {
+	ks := msp.KeyStatus{
+		AuthorizationScheme:       msp.Scheme,
 		KeyDeliveryMethod:         "http",
 		RequiredClaimsHeaderPairs: []string{"isRoot"},
 		Version:                   version,
@@ -221,16 +220,16 @@ func buildStatus(s ProxyAgentSettings, profiles map[string]ProfileVersion, latch
 		ks.KeyIncarnationID = &n
 	}
 	enabled := s.Enabled != nil && *s.Enabled
-	var ws, imds *securechannel.AuthorizationItem
+	var ws, imds *msp.AuthorizationItem
 	if enabled {
 		ws = deriveItem("wireserver", s.WireServer, s.Mode, profiles)
 		imds = deriveItem("imds", s.IMDS, s.Mode, profiles)
 	}
 	if version == StatusV1 {
 		state := "Disabled"
-		if enabled && ws.Mode == string(securechannel.ModeEnforce) {
+		if enabled && ws.Mode == string(msp.ModeEnforce) {
 			state = "Wireserver"
-			if imds.Mode == string(securechannel.ModeEnforce) {
+			if imds.Mode == string(msp.ModeEnforce) {
 				state = "WireserverAndImds"
 			}
 		}
@@ -241,7 +240,7 @@ func buildStatus(s ProxyAgentSettings, profiles map[string]ProfileVersion, latch
 	if enabled {
 		hga := *ws
 		hga.ID = "hostga" + strings.TrimPrefix(ws.ID, "wireserver")
-		ks.AuthorizationRules = &securechannel.AuthorizationRules{WireServer: ws, IMDS: imds, HostGA: &hga}
+		ks.AuthorizationRules = &msp.AuthorizationRules{WireServer: ws, IMDS: imds, HostGA: &hga}
 	}
 	return ks
 }

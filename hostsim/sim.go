@@ -16,15 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
-)
-
-// Production addresses of the simulated services.
-const (
-	ProductionWireServerAddr = "168.63.129.16:80"
-	ProductionIMDSAddr       = "169.254.169.254:80"
-	ProductionHostGAAddr     = "168.63.129.16:32526"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Defaults used when the matching Config field is zero.
@@ -68,7 +60,7 @@ type Config struct {
 	Now func() time.Time
 	// PresetKey, when set, is latched from the start, as if it had been
 	// issued and attested.
-	PresetKey *securechannel.Key
+	PresetKey *msp.IssuedKey
 	// JournalSize bounds the journal (DefaultJournalSize when 0).
 	JournalSize int
 	// Logger receives one record per request (Debug when served, Info when
@@ -97,12 +89,12 @@ type Sim struct {
 	profiles      map[string]ProfileVersion
 	statusVersion string
 	skew          time.Duration
-	latched       *signing.Key
-	pending       map[string]*signing.Key
+	latched       *msp.Key
+	pending       map[string]*msp.Key
 	pendingOrder  []string
 	// modes are derived from settings, profiles and statusVersion by
 	// recomputeLocked after every change, not per request.
-	modes   securechannel.Modes
+	modes   msp.Modes
 	servers []*http.Server
 	addrs   Addrs
 	started bool
@@ -136,7 +128,7 @@ func New(cfg Config) (*Sim, error) {
 		profiles:      map[string]ProfileVersion{},
 		statusVersion: version,
 		skew:          cfg.DateSkew,
-		pending:       map[string]*signing.Key{},
+		pending:       map[string]*msp.Key{},
 	}
 	s.fab = newFabric(time.Now)
 	if s.log == nil {
@@ -160,7 +152,7 @@ func New(cfg Config) (*Sim, error) {
 		s.profiles[profileKey(id)] = p
 	}
 	if cfg.PresetKey != nil {
-		k, err := signing.NewKey(cfg.PresetKey.GUID, cfg.PresetKey.Key)
+		k, err := msp.NewKey(cfg.PresetKey.GUID, cfg.PresetKey.Key)
 		if err != nil || len(cfg.PresetKey.Key) != 64 {
 			return nil, fmt.Errorf("preset key %s: not 64 hex characters", cfg.PresetKey.GUID)
 		}
@@ -315,7 +307,7 @@ func (s *Sim) forgetKeysLocked(why string) {
 		s.log.Info("hostsim forgot latched key", "keyGuid", s.latched.GUID, "reason", why)
 	}
 	s.latched = nil
-	s.pending = map[string]*signing.Key{}
+	s.pending = map[string]*msp.Key{}
 	s.pendingOrder = nil
 }
 
@@ -385,15 +377,15 @@ func (s *Sim) SetDateSkew(d time.Duration) {
 }
 
 // Status returns the secure-channel status the WireServer reports now.
-func (s *Sim) Status() securechannel.KeyStatus {
+func (s *Sim) Status() msp.KeyStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return buildStatus(s.settings, s.profiles, s.latched, s.statusVersion)
 }
 
 // Modes returns the per-service modes the host enforces: those the agent
-// derives from the reported status (securechannel.KeyStatus.Derive).
-func (s *Sim) Modes() securechannel.Modes {
+// derives from the reported status (msp.KeyStatus.Derive).
+func (s *Sim) Modes() msp.Modes {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.modes
@@ -414,23 +406,23 @@ func (s *Sim) LatchedKeyGUID() (guid string, ok bool) {
 func (s *Sim) Journal() *Journal { return s.journal }
 
 // issueKey creates a fresh pending key and returns it as Key JSON fields.
-func (s *Sim) issueKey() (securechannel.Key, error) {
+func (s *Sim) issueKey() (msp.IssuedKey, error) {
 	var raw [32]byte
 	var g [16]byte
 	if _, err := rand.Read(raw[:]); err != nil {
-		return securechannel.Key{}, err
+		return msp.IssuedKey{}, err
 	}
 	if _, err := rand.Read(g[:]); err != nil {
-		return securechannel.Key{}, err
+		return msp.IssuedKey{}, err
 	}
 	g[6] = g[6]&0x0f | 0x40
 	g[8] = g[8]&0x3f | 0x80
 	h := hex.EncodeToString(g[:])
 	guid := h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 	keyHex := strings.ToUpper(hex.EncodeToString(raw[:]))
-	k, err := signing.NewKey(guid, keyHex)
+	k, err := msp.NewKey(guid, keyHex)
 	if err != nil {
-		return securechannel.Key{}, err
+		return msp.IssuedKey{}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -440,7 +432,7 @@ func (s *Sim) issueKey() (securechannel.Key, error) {
 		delete(s.pending, s.pendingOrder[0])
 		s.pendingOrder = s.pendingOrder[1:]
 	}
-	out := securechannel.Key{AuthorizationScheme: signing.Scheme, GUID: guid,
+	out := msp.IssuedKey{AuthorizationScheme: msp.Scheme, GUID: guid,
 		Issued: s.now().UTC().Format("2006-01-02T15:04:05Z"), Key: keyHex}
 	if s.settings.KeyIncarnationID != nil {
 		n := uint32(*s.settings.KeyIncarnationID)
@@ -452,7 +444,7 @@ func (s *Sim) issueKey() (securechannel.Key, error) {
 // attestationKey returns the key a key-attestation for guid must be signed
 // with: the pending key of that GUID, or the latched key when it has that
 // GUID (re-attestation is harmless).
-func (s *Sim) attestationKey(guid string) *signing.Key {
+func (s *Sim) attestationKey(guid string) *msp.Key {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if k, ok := s.pending[guid]; ok {
@@ -466,7 +458,7 @@ func (s *Sim) attestationKey(guid string) *signing.Key {
 
 // latch makes k the latched key if it is still pending or latched (a
 // rotation in between wins).
-func (s *Sim) latch(k *signing.Key) bool {
+func (s *Sim) latch(k *msp.Key) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p, ok := s.pending[k.GUID]; ok && p == k {
@@ -486,7 +478,7 @@ func (s *Sim) recomputeLocked() {
 
 // snapshot returns what one request needs under one lock: the latched key,
 // the skew and the service's mode.
-func (s *Sim) snapshot(svc Service) (*signing.Key, time.Duration, securechannel.Mode) {
+func (s *Sim) snapshot(svc Service) (*msp.Key, time.Duration, msp.Mode) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	mode := s.modes.WireServer
@@ -501,17 +493,17 @@ func (s *Sim) snapshot(svc Service) (*signing.Key, time.Duration, securechannel.
 
 // requestFields returns every header of r as received, with Host put back
 // (Go's server moves it out of r.Header) and Transfer-Encoding restored.
-func requestFields(r *http.Request) []signing.Field {
-	fields := make([]signing.Field, 0, len(r.Header)+2)
+func requestFields(r *http.Request) []msp.Field {
+	fields := make([]msp.Field, 0, len(r.Header)+2)
 	if r.Host != "" {
-		fields = append(fields, signing.Field{Name: "host", Value: r.Host})
+		fields = append(fields, msp.Field{Name: "host", Value: r.Host})
 	}
 	if len(r.TransferEncoding) > 0 && r.Header.Get("Transfer-Encoding") == "" {
-		fields = append(fields, signing.Field{Name: "transfer-encoding", Value: strings.Join(r.TransferEncoding, ", ")})
+		fields = append(fields, msp.Field{Name: "transfer-encoding", Value: strings.Join(r.TransferEncoding, ", ")})
 	}
 	for name, values := range r.Header {
 		for _, v := range values {
-			fields = append(fields, signing.Field{Name: name, Value: v})
+			fields = append(fields, msp.Field{Name: name, Value: v})
 		}
 	}
 	return fields
@@ -519,41 +511,18 @@ func requestFields(r *http.Request) []signing.Field {
 
 // verify judges the signature of a received request under key. guid is the
 // key GUID the header names ("" when none).
-func verify(r *http.Request, fields []signing.Field, body []byte, key *signing.Key, now time.Time, skew time.Duration) (v Verdict, guid string) {
-	auths := r.Header.Values(signing.HeaderAuthorization)
-	if len(auths) == 0 {
-		return VerdictUnsigned, ""
-	}
-	if len(auths) > 1 {
-		return VerdictInvalid, ""
-	}
-	guid, sig, ok := signing.ParseAuthorization(auths[0])
-	if !ok {
-		return VerdictInvalid, ""
-	}
-	if key == nil || guid != key.GUID {
-		return VerdictInvalid, guid
-	}
-	for _, f := range fields {
-		if !signing.ValidHeaderValue(f.Value) {
-			return VerdictInvalid, guid
-		}
-	}
-	if !key.Verify(signing.StringToSign(r.Method, r.RequestURI, fields, body), sig) {
-		return VerdictInvalid, guid
-	}
-	dates := r.Header.Values(signing.HeaderDate)
-	if len(dates) != 1 {
+func verify(r *http.Request, fields []msp.Field, body []byte, key *msp.Key, now time.Time, skew time.Duration) (v Verdict, guid string) {
+	req := msp.Request{Method: r.Method, Target: r.RequestURI, Fields: fields, Body: body}
+	guid, err := req.Verify(key, now, skew)
+	switch {
+	case err == nil:
+		return VerdictValid, guid
+	case errors.Is(err, msp.ErrUnsigned):
+		return VerdictUnsigned, guid
+	case errors.Is(err, msp.ErrBadDate):
 		return VerdictBadDate, guid
 	}
-	t, err := signing.ParseDate(dates[0])
-	if err != nil {
-		return VerdictBadDate, guid
-	}
-	if d := now.Sub(t); d > skew || d < -skew {
-		return VerdictBadDate, guid
-	}
-	return VerdictValid, guid
+	return VerdictInvalid, guid
 }
 
 // statusWriter records the status code a handler wrote.
@@ -584,7 +553,7 @@ type served struct {
 	now     time.Time
 	verdict Verdict
 	// attestKey is the key an attestation request verified under.
-	attestKey *signing.Key
+	attestKey *msp.Key
 }
 
 // Handler returns the HTTP handler of one service. It is what the
@@ -619,7 +588,7 @@ func (s *Sim) serve(svc Service, rw http.ResponseWriter, r *http.Request) {
 			"keyGuid", entry.KeyGUID, "status", w.code)
 	}()
 
-	exempt := signing.Exempt(r.Method, r.RequestURI)
+	exempt := msp.Exempt(r.Method, r.RequestURI)
 	limit := int64(maxSignedBody)
 	if exempt {
 		limit = maxExemptBody
@@ -644,7 +613,7 @@ func (s *Sim) serve(svc Service, rw http.ResponseWriter, r *http.Request) {
 	}
 
 	attestGUID, isAttest := attestationGUID(svc, r)
-	var attestKey *signing.Key
+	var attestKey *msp.Key
 	switch {
 	case exempt:
 		entry.Verdict = VerdictExempt
@@ -659,7 +628,7 @@ func (s *Sim) serve(svc Service, rw http.ResponseWriter, r *http.Request) {
 		entry.Verdict = VerdictNotRequired
 	default:
 		entry.Verdict, entry.KeyGUID = verify(r, fields, body, key, now, skew)
-		if mode == securechannel.ModeEnforce && !entry.Verdict.Accepted() {
+		if mode == msp.ModeEnforce && !entry.Verdict.Accepted() {
 			writeUnauthorized(w, svc, entry.Verdict)
 			return
 		}
@@ -678,9 +647,9 @@ func (s *Sim) serve(svc Service, rw http.ResponseWriter, r *http.Request) {
 // noSignatureNeeded reports the secure-channel calls that are made before
 // any key exists: GET /secure-channel/status and POST /secure-channel/key.
 func noSignatureNeeded(r *http.Request) bool {
-	path, _ := signing.SplitTarget(r.RequestURI)
-	return (r.Method == http.MethodGet && path == securechannel.StatusPath) ||
-		(r.Method == http.MethodPost && path == securechannel.KeyPath)
+	path, _ := msp.SplitTarget(r.RequestURI)
+	return (r.Method == http.MethodGet && path == msp.StatusPath) ||
+		(r.Method == http.MethodPost && path == msp.KeyPath)
 }
 
 // attestationGUID recognises POST /secure-channel/key/{guid}/key-attestation
@@ -689,8 +658,8 @@ func attestationGUID(svc Service, r *http.Request) (string, bool) {
 	if svc != WireServer || r.Method != http.MethodPost {
 		return "", false
 	}
-	path, _ := signing.SplitTarget(r.RequestURI)
-	rest, ok := strings.CutPrefix(path, securechannel.KeyPath+"/")
+	path, _ := msp.SplitTarget(r.RequestURI)
+	rest, ok := strings.CutPrefix(path, msp.KeyPath+"/")
 	if !ok {
 		return "", false
 	}

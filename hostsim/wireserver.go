@@ -7,8 +7,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // The simulated VM's fixed identity (obviously fake values).
@@ -25,13 +24,13 @@ func (s *Sim) serveWireServer(q *served) {
 		return
 	}
 	r, w := q.r, q.w
-	path, query := signing.SplitTarget(r.RequestURI)
+	path, query := msp.SplitTarget(r.RequestURI)
 	comp := queryValue(query, "comp")
 	switch {
-	case path == securechannel.StatusPath && r.Method == http.MethodGet:
+	case path == msp.StatusPath && r.Method == http.MethodGet:
 		st := s.Status()
 		writeJSON(w, http.StatusOK, st)
-	case path == securechannel.KeyPath && r.Method == http.MethodPost:
+	case path == msp.KeyPath && r.Method == http.MethodPost:
 		s.serveKeyIssue(q)
 	case q.attestKey != nil:
 		if !s.latch(q.attestKey) {
@@ -69,8 +68,8 @@ func (s *Sim) serveKeyIssue(q *served) {
 		var req struct {
 			AuthorizationScheme string `json:"authorizationScheme"`
 		}
-		if err := json.Unmarshal(q.body, &req); err != nil || req.AuthorizationScheme != signing.Scheme {
-			writeJSON(q.w, http.StatusBadRequest, map[string]string{"error": "authorizationScheme must be " + signing.Scheme})
+		if err := json.Unmarshal(q.body, &req); err != nil || req.AuthorizationScheme != msp.Scheme {
+			writeJSON(q.w, http.StatusBadRequest, map[string]string{"error": "authorizationScheme must be " + msp.Scheme})
 			return
 		}
 	}

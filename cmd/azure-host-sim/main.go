@@ -24,7 +24,7 @@ import (
 
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/version"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func main() {
@@ -54,9 +54,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("azure-host-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		wireServer  = fs.String("wireserver", hostsim.ProductionWireServerAddr, "WireServer listen address")
-		imds        = fs.String("imds", hostsim.ProductionIMDSAddr, "IMDS listen address")
-		hostGA      = fs.String("hostga", hostsim.ProductionHostGAAddr, "HostGAPlugin listen address")
+		wireServer  = fs.String("wireserver", msp.WireServerAddr.String(), "WireServer listen address")
+		imds        = fs.String("imds", msp.IMDSAddr.String(), "IMDS listen address")
+		hostGA      = fs.String("hostga", msp.HostGAPluginAddr.String(), "HostGAPlugin listen address")
 		controlAddr = fs.String("control", "127.0.0.1:8930", "control endpoint listen address (loopback only)")
 		settings    = fs.String("settings", "", "proxyAgentSettings JSON file (bare, or a VM model holding securityProfile.proxyAgentSettings)")
 		profiles    = fs.String("profiles", "", "inVMAccessControlProfile versions: a directory of *.json or one JSON file")
@@ -109,7 +109,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if cfg.PresetKey, err = securechannel.ParseKey(b); err != nil {
+		if cfg.PresetKey, err = msp.ParseIssuedKey(b); err != nil {
 			return fmt.Errorf("%s: %w", *presetKey, err)
 		}
 	}

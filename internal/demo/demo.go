@@ -36,6 +36,7 @@ import (
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/e2eenv"
 	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -97,9 +98,9 @@ func vmModel(ps any, version string) map[string]any {
 
 // Service URLs the clients call; each gets &demo=<n> so the host's journal
 // and the agent's audit log can be matched to the request.
-const (
-	imdsURL       = "http://169.254.169.254/metadata/instance?api-version=2021-02-01"
-	wireServerURL = "http://168.63.129.16/machine?comp=goalstate"
+var (
+	imdsURL       = "http://" + msp.IMDSAddr.Addr().String() + "/metadata/instance?api-version=2021-02-01"
+	wireServerURL = "http://" + msp.WireServerAddr.Addr().String() + "/machine?comp=goalstate"
 )
 
 type run struct {
@@ -318,6 +319,16 @@ func (r *run) main(ctx context.Context, dir string) error {
 	for _, line := range strings.Split(strings.TrimRight(string(rep), "\n"), "\n") {
 		r.say("  %s", line)
 	}
+
+	r.say("azure-proxy-agent doctor --root %s (read-only checks, in the VM's network namespace):", r.wa.Root)
+	doc, err := e.Run(ctx, e2eenv.Root, handler.Layout{Root: r.wa.Root}.AgentBinary(), "doctor", "--root", r.wa.Root)
+	if err != nil {
+		return fmt.Errorf("doctor: %w", err)
+	}
+	for _, line := range strings.Split(strings.TrimRight(string(doc.Stdout), "\n"), "\n") {
+		r.say("  %s", line)
+	}
+	r.say("doctor exit %d", doc.ExitCode)
 
 	r.step("6. ARM removes the extension (and disables proxyAgentSettings)")
 	if _, err := e.SetVM(ctx, vmModel(map[string]any{"enabled": false}, "")); err != nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/keykeeper"
 	"github.com/opengpa/gpa/proxyagent/logfile"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/provision"
 	"github.com/opengpa/gpa/proxyagent/proxy"
 	"github.com/opengpa/gpa/proxyagent/redirector"
@@ -68,7 +69,7 @@ func Run(ctx context.Context, opts Options) error {
 	log.Info("GuestProxyAgent is starting", "version", opts.Version, "pid", os.Getpid())
 	tuneGC()
 
-	dest, err := destinations(cfg)
+	dest, err := cfg.Endpoints()
 	if err != nil {
 		return err
 	}
@@ -81,7 +82,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	reg := status.NewRegistry()
-	store := authz.NewStore(authz.StoreConfig{Destinations: dest, RulesDir: cfg.RulesFolder(),
+	store := authz.NewStore(authz.StoreConfig{RulesDir: cfg.RulesFolder(),
 		SnapshotDir: cfg.StatusFolder, Logger: log.With("module", "authz")})
 	if err := authz.PrepareRulesDir(cfg.RulesFolder()); err != nil {
 		log.Error("rules folder", "error", err)
@@ -100,7 +101,6 @@ func Run(ctx context.Context, opts Options) error {
 		Dir: cfg.LatchKeyFolder, Registry: reg,
 		State:   func() string { return kk.State() },
 		Notify:  func() { kk.Notify() },
-		Resync:  func() error { return kk.ResyncRedirect() },
 		Console: func(msg string) { log.Info(msg, "module", "provision") },
 		OnFinished: func() {
 			go releaseStartupMemory()
@@ -124,17 +124,14 @@ func Run(ctx context.Context, opts Options) error {
 			// Without the kernel hooks nothing is redirected; the listener
 			// still answers local endpoints and every other connection is
 			// direct (421). The status says why.
-			st := redirector.ErrorStatus(err)
-			reg.Set(status.EbpfProgram, status.Stopped, st.Message)
+			reg.Set(status.EbpfProgram, status.Stopped, redirectorFailure(err))
 			log.Error("redirector", "error", err)
 			source = identity.SourceFunc(func(netip.AddrPort) (identity.Record, bool) { return identity.Record{}, false })
 		} else {
 			defer redir.Close()
 			source, policer = redir, redir
-			reg.Bind(status.EbpfProgram, func() status.ModuleStatus {
-				st := redir.Status()
-				return status.ModuleStatus{Status: status.ModuleState(st.State), Message: st.Message}
-			})
+			st := redir.Status()
+			reg.Set(status.EbpfProgram, status.ModuleState(st.State), st.Message)
 			prov.RedirectorReady()
 		}
 	}
@@ -143,17 +140,18 @@ func Run(ctx context.Context, opts Options) error {
 		WireServer: cfg.WireServerAddress, KeyDir: cfg.LatchKeyFolder, Mark: cfg.SocketMark,
 		PollInterval: cfg.PollInterval(), ProvisionTimeout: cfg.ProvisionTimeout(),
 		RequestTimeout: cfg.HostRequestTimeout(),
-		Rules:          store, Redirector: policer, Provisioning: prov, OnChange: reg.Touch,
-		Start: start, Logger: log.With("module", "keykeeper"),
+		Rules:          store, Redirector: policer, Provisioning: prov,
+		OnChange: func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) },
+		Start:    start, Logger: log.With("module", "keykeeper"),
 	})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	reg.Bind(status.KeyLatch, kk.Status)
+	reg.SetStatus(status.KeyLatch, kk.Status())
 
 	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: rec}
 	srv, err := proxy.New(proxy.Options{
-		Addr: cfg.ListenAddress, Identity: source, Claims: &claims.Resolver{}, Authorizer: store, Keys: kk,
+		Addr: cfg.ListenAddress, Endpoints: dest, Identity: source, Claims: &claims.Resolver{}, Authorizer: store, Keys: kk,
 		Recorder: rec, Local: local{prov, reporter},
 		Logger: log.With("module", "proxy"),
 		ListenerStatus: func(running bool, msg string) {
@@ -211,6 +209,8 @@ func Run(ctx context.Context, opts Options) error {
 	wg.Wait()
 	if redir != nil {
 		reg.Set(status.EbpfProgram, status.Stopped, "Agent stopped; redirect programs stay pinned")
+	} else {
+		reg.SetState(status.EbpfProgram, status.Stopped)
 	}
 	_ = writer.WriteOnce()
 	log.Info("GuestProxyAgent stopped")
@@ -252,34 +252,16 @@ func openLogs(cfg config.Config, stderr io.Writer) (*slog.Logger, func(), error)
 	return slog.New(fanout(handlers)), closeFn, nil
 }
 
-func destinations(cfg config.Config) (authz.Destinations, error) {
-	var d authz.Destinations
-	for _, f := range []struct {
-		dst  *netip.AddrPort
-		addr string
-	}{{&d.WireServer, cfg.WireServerAddress}, {&d.IMDS, cfg.IMDSAddress}, {&d.HostGA, cfg.HostGAPluginAddress},
-		{&d.Listener, cfg.ListenAddress}} {
-		ap, err := netip.ParseAddrPort(f.addr)
-		if err != nil {
-			return d, fmt.Errorf("agent: address %q: %w", f.addr, err)
-		}
-		*f.dst = ap
-	}
-	return d, nil
-}
-
 // loadRedirector loads the eBPF programs, retrying briefly as upstream does
 // (5 attempts, 10 ms apart).
-func loadRedirector(cfg config.Config, d authz.Destinations, start time.Time, log *slog.Logger) (*redirector.Redirector, error) {
+func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *slog.Logger) (*redirector.Redirector, error) {
 	rc := redirector.Config{
 		CgroupPath: cgroupPath(cfg.CgroupRoot),
 		PinDir:     cfg.BpfPinPath,
-		Listener:   d.Listener,
-		Destinations: redirector.Destinations{WireServer: d.WireServer, IMDS: d.IMDS,
-			HostGAPlugin: d.HostGA},
-		Mark:    cfg.SocketMark,
-		Logger:  log.With("module", "redirector"),
-		Started: start,
+		Endpoints:  d,
+		Mark:       cfg.SocketMark,
+		Logger:     log.With("module", "redirector"),
+		Started:    start,
 	}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -334,7 +316,7 @@ type local struct {
 	reporter *status.Reporter
 }
 
-func (l local) Provision(timeTick int64, notify bool) (bool, string) {
+func (l local) Query(timeTick int64, notify bool) (bool, string) {
 	return l.prov.Query(timeTick, notify)
 }
 

@@ -21,8 +21,8 @@ import (
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/proxyagent/config"
 	"github.com/opengpa/gpa/proxyagent/identity"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/provision"
-	"github.com/opengpa/gpa/proxyagent/signing"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -63,7 +63,6 @@ func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings) *harness {
 	h := &harness{t: t, sim: sim, ids: &identity.MapSource{}, dir: t.TempDir()}
 	cfg := config.Default()
 	cfg.LogFolder = filepath.Join(h.dir, "log")
-	cfg.EventFolder = filepath.Join(h.dir, "log", "events")
 	cfg.LatchKeyFolder = filepath.Join(h.dir, "lib", "keys")
 	cfg.StatusFolder = filepath.Join(h.dir, "log")
 	cfg.PollKeyStatusIntervalInSecs = 0.05
@@ -234,8 +233,8 @@ func TestDisabledToEnforceLatchesAndSigns(t *testing.T) {
 		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
 	}
 	resp := h.do(root, h.ws(), get("/machine?comp=goalstate", "168.63.129.16", "x-ms-version: 2012-11-30\r\n"))
-	if resp.StatusCode != 200 || resp.Header.Get(signing.HeaderAuthorization) != signing.ResponseMarker {
-		t.Fatalf("root goal state: %s marker %q", resp.Status, resp.Header.Get(signing.HeaderAuthorization))
+	if resp.StatusCode != 200 || resp.Header.Get(msp.HeaderAuthorization) != msp.ResponseMarker {
+		t.Fatalf("root goal state: %s marker %q", resp.Status, resp.Header.Get(msp.HeaderAuthorization))
 	}
 	got := h.journal(func(e hostsim.Entry) bool { return strings.HasPrefix(e.Target, "/machine?comp=goalstate") })
 	if len(got) != 1 || got[0].Verdict != hostsim.VerdictValid || got[0].KeyGUID != guid {
@@ -315,7 +314,7 @@ func TestDeniedCallerNeverReachesHost(t *testing.T) {
 		t.Fatalf("non-root IMDS: %s", resp.Status)
 	}
 	got := h.journal(func(e hostsim.Entry) bool { return strings.HasPrefix(e.Target, "/metadata/instance") })
-	if len(got) != 1 || got[0].Verdict != hostsim.VerdictValid || !hasHeader(got[0], signing.HeaderClaims, signing.ClaimsValue(false)) {
+	if len(got) != 1 || got[0].Verdict != hostsim.VerdictValid || !hasHeader(got[0], msp.HeaderClaims, msp.ClaimsValue(false)) {
 		t.Fatalf("IMDS journal: %+v", got)
 	}
 	h.assertNothingUnsignedServed()
@@ -388,7 +387,7 @@ func TestForgedClientHeadersNeverReachHost(t *testing.T) {
 			t.Errorf("forged header reached the host: %s", v)
 		}
 	}
-	if !hasHeader(got[0], signing.HeaderClaims, signing.ClaimsValue(false)) || got[0].Verdict != hostsim.VerdictValid {
+	if !hasHeader(got[0], msp.HeaderClaims, msp.ClaimsValue(false)) || got[0].Verdict != hostsim.VerdictValid {
 		t.Fatalf("host saw claims/verdict %+v", got[0])
 	}
 }

@@ -1,13 +1,12 @@
 package authz
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // doc1k returns a host item with n privileges, n/10 roles, n/10
@@ -64,7 +63,7 @@ func BenchmarkCompile1k(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
-		var it securechannel.AuthorizationItem
+		var it msp.AuthorizationItem
 		if err := json.Unmarshal(data, &it); err != nil {
 			b.Fatal(err)
 		}
@@ -75,28 +74,28 @@ func BenchmarkCompile1k(b *testing.B) {
 // BenchmarkStoreUpdate1k measures one key-keeper poll that installs a new
 // 1,000-privilege WireServer item (no snapshot file).
 func BenchmarkStoreUpdate1k(b *testing.B) {
-	var it securechannel.AuthorizationItem
+	var it msp.AuthorizationItem
 	if err := json.Unmarshal(doc1k(1000), &it); err != nil {
 		b.Fatal(err)
 	}
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
+	s := NewStore(StoreConfig{Logger: quietLogger()})
 	n := 0
 	b.ReportAllocs()
 	for b.Loop() {
 		n++
 		it.ID = fmt.Sprint(n)
-		s.Update(context.Background(), &securechannel.AuthorizationRules{WireServer: &it})
+		update(s, &msp.AuthorizationRules{WireServer: &it})
 	}
 }
 
 // BenchmarkAuthorize measures one decision against the store.
 func BenchmarkAuthorize(b *testing.B) {
-	var it securechannel.AuthorizationItem
+	var it msp.AuthorizationItem
 	if err := json.Unmarshal(doc1k(1000), &it); err != nil {
 		b.Fatal(err)
 	}
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
-	s.Update(context.Background(), &securechannel.AuthorizationRules{IMDS: &it, WireServer: &it})
+	s := NewStore(StoreConfig{Logger: quietLogger()})
+	update(s, &msp.AuthorizationRules{IMDS: &it, WireServer: &it})
 	c := user()
 	c.UserName, c.ProcessFullPath = "user50", "/usr/bin/app50"
 	for _, bc := range []struct{ name, target string }{
@@ -106,7 +105,7 @@ func BenchmarkAuthorize(b *testing.B) {
 		{"encoded", "/metadata/path501%2Fsub%3Fx=1"},
 	} {
 		b.Run("imds-1k/"+bc.name, func(b *testing.B) {
-			req := Request{Dest: testDests.IMDS, Method: "GET", Target: bc.target, Caller: c}
+			req := Request{Service: msp.IMDS, Method: "GET", Target: bc.target, Caller: c}
 			b.ReportAllocs()
 			for b.Loop() {
 				_ = s.Authorize(req)
@@ -114,16 +113,16 @@ func BenchmarkAuthorize(b *testing.B) {
 		})
 	}
 	b.Run("wireserver-root-only", func(b *testing.B) {
-		req := Request{Dest: testDests.WireServer, Method: "GET", Target: "/machine?comp=goalstate", Caller: c}
+		req := Request{Service: msp.WireServer, Method: "GET", Target: "/machine?comp=goalstate", Caller: c}
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = s.Authorize(req)
 		}
 	})
-	small := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
-	small.Update(context.Background(), &securechannel.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
+	small := NewStore(StoreConfig{Logger: quietLogger()})
+	update(small, &msp.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
 	b.Run("imds-1rule", func(b *testing.B) {
-		req := Request{Dest: testDests.IMDS, Method: "GET", Target: "/metadata/instance?api-version=2021-02-01", Caller: c}
+		req := Request{Service: msp.IMDS, Method: "GET", Target: "/metadata/instance?api-version=2021-02-01", Caller: c}
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = small.Authorize(req)

@@ -9,15 +9,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
-// StoreConfig configures a Store. The zero value works: production
-// destinations, no local rules, no snapshot files.
+// StoreConfig configures a Store. The zero value works: no local rules,
+// no snapshot files.
 type StoreConfig struct {
-	// Destinations selects the per-destination authorizers; the zero
-	// value means DefaultDestinations().
-	Destinations Destinations
 	// RulesDir holds WireServer_Rules.json and IMDS_Rules.json
 	// (production: DefaultRulesDir). Empty: local files are treated as
 	// missing.
@@ -38,16 +35,17 @@ type StoreConfig struct {
 	Now func() time.Time
 }
 
-// RuleIDs are the raw rule ids the host sent, before local-rule rewriting
-// (keyLatchStatus.states wireServerRuleId, imdsRuleId, hostGARuleId). The
-// HostGA id is the WireServer item's id (quirk 3).
-type RuleIDs struct {
+// ruleIDs are the raw rule ids of the last Apply, before local-rule
+// rewriting: the store's own change detection (quirk 4). The ids reported
+// in keyLatchStatus are the key keeper's. The HostGA id is the WireServer
+// item's id (quirk 3).
+type ruleIDs struct {
 	WireServer string
 	IMDS       string
 	HostGA     string
 }
 
-// Store holds the installed rule sets. Update is called by the key keeper
+// Store holds the installed rule sets. Apply is called by the key keeper
 // on every poll; Authorize and Snapshot may be called from any goroutine
 // at any time. Each Authorize uses one immutable Snapshot, so a request is
 // judged against one version from start to end.
@@ -57,8 +55,8 @@ type Store struct {
 	cfg StoreConfig
 	log *slog.Logger
 
-	mu            sync.Mutex // serializes Update; guards the fields below
-	ids           RuleIDs
+	mu            sync.Mutex // serializes Apply; guards the fields below
+	ids           ruleIDs
 	wsLocal       localTracker
 	imdsLocal     localTracker
 	snapshotCount uint64
@@ -67,9 +65,6 @@ type Store struct {
 // NewStore returns a Store with no rule sets installed (epoch 0): the
 // WireServer and HostGAPlugin are root-only and IMDS is open.
 func NewStore(cfg StoreConfig) *Store {
-	if cfg.Destinations == (Destinations{}) {
-		cfg.Destinations = DefaultDestinations()
-	}
 	if cfg.MaxSnapshots <= 0 {
 		cfg.MaxSnapshots = 5
 	}
@@ -87,7 +82,7 @@ func NewStore(cfg StoreConfig) *Store {
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("component", "authz")
-	s.cur.Store(&Snapshot{dests: cfg.Destinations})
+	s.cur.Store(&Snapshot{})
 	return s
 }
 
@@ -98,18 +93,11 @@ func (s *Store) Snapshot() *Snapshot { return s.cur.Load() }
 // Snapshot.Authorize).
 func (s *Store) Authorize(req Request) Decision { return s.cur.Load().Authorize(req) }
 
-// RuleIDs returns the raw rule ids of the last Update.
-func (s *Store) RuleIDs() RuleIDs {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ids
-}
-
 // Mode returns the compiled mode of a service's installed rule set; ok is
 // false when none is installed. Quirk 19: this is the mode of the last
 // compiled item, which only changes with the rule id, so it can differ
 // from the mode in the latest status.
-func (s *Store) Mode(svc Service) (m securechannel.Mode, ok bool) {
+func (s *Store) Mode(svc msp.Service) (m msp.Mode, ok bool) {
 	rs := s.cur.Load().RuleSet(svc)
 	if rs == nil {
 		return "", false
@@ -117,7 +105,7 @@ func (s *Store) Mode(svc Service) (m securechannel.Mode, ok bool) {
 	return rs.mode, true
 }
 
-// Update installs the rules of one key-status poll (nil when the status
+// Apply installs the rules of one key-status poll (nil when the status
 // has none) and reports whether any rule set changed. Following
 // protocol.md §3.6:
 //
@@ -131,47 +119,39 @@ func (s *Store) Mode(svc Service) (m securechannel.Mode, ok bool) {
 // On a change the new snapshot (with the next epoch) is published
 // atomically, a snapshot file is written, and the change is logged.
 // Reading a local file that is not valid JSON is retried and may take
-// ParseAttempts×ParseRetryDelay; ctx cancels that wait.
-func (s *Store) Update(ctx context.Context, rules *securechannel.AuthorizationRules) bool {
-	changed, err := s.update(ctx, rules)
-	if err != nil {
-		s.log.Error("writing authorization rules snapshot failed", "dir", s.cfg.SnapshotDir, "err", err)
-	}
-	return changed
-}
-
-// Apply is Update for the key keeper's RulesApplier interface: it reports
-// whether a rule set changed and returns (instead of logging) the error of
-// writing the snapshot file. The rules are installed even when that
-// write fails.
-func (s *Store) Apply(rules *securechannel.AuthorizationRules) (changed bool, err error) {
+// ParseAttempts×ParseRetryDelay.
+//
+// Apply reports whether a rule set changed and returns the error of
+// writing the snapshot file; the rules are installed even when that write
+// fails.
+func (s *Store) Apply(rules *msp.AuthorizationRules) (changed bool, err error) {
 	return s.update(context.Background(), rules)
 }
 
-func (s *Store) update(ctx context.Context, rules *securechannel.AuthorizationRules) (bool, error) {
+func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	var wsWire, imdsWire *securechannel.AuthorizationItem
+	var wsWire, imdsWire *msp.AuthorizationItem
 	if rules != nil {
 		wsWire, imdsWire = rules.WireServer, rules.IMDS
 	}
-	ids := RuleIDs{WireServer: idOf(wsWire), IMDS: idOf(imdsWire)}
+	ids := ruleIDs{WireServer: idOf(wsWire), IMDS: idOf(imdsWire)}
 	ids.HostGA = ids.WireServer
 	old := s.ids
 	wsIDChanged, imdsIDChanged, hgaIDChanged := ids.WireServer != old.WireServer, ids.IMDS != old.IMDS, ids.HostGA != old.HostGA
 	s.ids = ids
 	for _, c := range []struct {
-		svc      Service
+		svc      msp.Service
 		changed  bool
 		from, to string
-	}{{WireServer, wsIDChanged, old.WireServer, ids.WireServer}, {IMDS, imdsIDChanged, old.IMDS, ids.IMDS}, {HostGA, hgaIDChanged, old.HostGA, ids.HostGA}} {
+	}{{msp.WireServer, wsIDChanged, old.WireServer, ids.WireServer}, {msp.IMDS, imdsIDChanged, old.IMDS, ids.IMDS}, {msp.HostGAPlugin, hgaIDChanged, old.HostGA, ids.HostGA}} {
 		if c.changed {
 			s.log.Info("rule id changed", "service", c.svc, "from", c.from, "to", c.to)
 		}
 	}
 
-	wsRaw, imdsRaw := fromWire(wsWire), fromWire(imdsWire)
+	wsRaw, imdsRaw := wsWire.Clone(), imdsWire.Clone()
 	wsEff, wsLocalChanged := s.resolve(ctx, wsRaw, wsTarget, &s.wsLocal, wsIDChanged)
 	imdsEff, imdsLocalChanged := s.resolve(ctx, imdsRaw, imdsTarget, &s.imdsLocal, imdsIDChanged)
 
@@ -179,15 +159,15 @@ func (s *Store) update(ctx context.Context, rules *securechannel.AuthorizationRu
 	next := *cur
 	changed := false
 	if wsIDChanged || wsLocalChanged {
-		next.wireServer = s.compileLogged(WireServer, wsEff)
+		next.wireServer = s.compileLogged(msp.WireServer, wsEff)
 		changed = true
 	}
 	if imdsIDChanged || imdsLocalChanged {
-		next.imds = s.compileLogged(IMDS, imdsEff)
+		next.imds = s.compileLogged(msp.IMDS, imdsEff)
 		changed = true
 	}
 	if hgaIDChanged {
-		next.hga = s.compileLogged(HostGA, wsRaw)
+		next.hga = s.compileLogged(msp.HostGAPlugin, wsRaw)
 		changed = true
 	}
 	if !changed {
@@ -200,7 +180,7 @@ func (s *Store) update(ctx context.Context, rules *securechannel.AuthorizationRu
 	if s.cfg.SnapshotDir != "" {
 		// The snapshot file carries this poll's effective items, as
 		// upstream writes them.
-		in := inputRules{WireServer: wsEff, IMDS: imdsEff, HostGA: wsRaw}
+		in := msp.AuthorizationRules{WireServer: wsEff, IMDS: imdsEff, HostGA: wsRaw}
 		if err := writeSnapshotFile(s.cfg.SnapshotDir, s.cfg.MaxSnapshots, s.cfg.Now(), in, &next); err != nil {
 			return true, err
 		}
@@ -208,7 +188,7 @@ func (s *Store) update(ctx context.Context, rules *securechannel.AuthorizationRu
 	return true, nil
 }
 
-func idOf(it *securechannel.AuthorizationItem) string {
+func idOf(it *msp.AuthorizationItem) string {
 	if it == nil {
 		return ""
 	}
@@ -222,8 +202,8 @@ func ruleID(rs *RuleSet) any {
 	return rs.id
 }
 
-func (s *Store) compileLogged(svc Service, it *item) *RuleSet {
-	rs := compile(it)
+func (s *Store) compileLogged(svc msp.Service, it *msp.AuthorizationItem) *RuleSet {
+	rs := Compile(it)
 	if rs == nil {
 		s.log.Info("rule set removed", "service", svc)
 		return nil
@@ -238,7 +218,7 @@ func (s *Store) compileLogged(svc Service, it *item) *RuleSet {
 
 // resolve computes a service's effective item from the host item and its
 // local rules file, and whether the local-rules side changed (§3.7).
-func (s *Store) resolve(ctx context.Context, remote *item, t target, tr *localTracker, remoteChanged bool) (*item, bool) {
+func (s *Store) resolve(ctx context.Context, remote *msp.AuthorizationItem, t target, tr *localTracker, remoteChanged bool) (*msp.AuthorizationItem, bool) {
 	log := s.log.With("module", t.module)
 	d := parseDescriptor(itemID(remote))
 	norm := normalize(remote, d)
@@ -306,7 +286,7 @@ func (s *Store) resolve(ctx context.Context, remote *item, t target, tr *localTr
 	return eff, useChanged || stateChanged || prevFailed
 }
 
-func itemID(it *item) string {
+func itemID(it *msp.AuthorizationItem) string {
 	if it == nil {
 		return ""
 	}

@@ -5,11 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/internal/atomicfile"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Exit codes of RunAudit and RunRules.
@@ -172,7 +172,7 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 	}
 	opts := ReportOptions{PathDepth: *depth, Since: src.Since}
 	if *rulesPath != "" {
-		if opts.Rules, err = loadRules(stderr, *rulesPath, *service, RulesOptions{Mode: securechannel.ModeEnforce}); err != nil {
+		if opts.Rules, err = loadRules(stderr, *rulesPath, *service, RulesOptions{Mode: msp.ModeEnforce}); err != nil {
 			return fail(stderr, cmd, err)
 		}
 	}
@@ -216,8 +216,8 @@ func runSuggest(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, cmd, err)
 	}
-	pm, ok := securechannel.ParseMode(*mode)
-	if !ok || pm == securechannel.ModeDisabled {
+	pm, ok := msp.ParseMode(*mode)
+	if !ok || pm == msp.ModeDisabled {
 		return fail(stderr, cmd, fmt.Errorf("--mode %q: want audit or enforce", *mode))
 	}
 	if *format != "local" && *format != "profile" {
@@ -252,7 +252,7 @@ func runSuggest(args []string, stdout, stderr io.Writer) int {
 	}
 	if err == nil {
 		if *out != "" {
-			err = writeFile(*out, doc)
+			err = atomicfile.WriteFile(*out, doc, 0o644)
 		} else {
 			_, err = stdout.Write(doc)
 		}
@@ -275,30 +275,6 @@ func runSuggest(args []string, stdout, stderr io.Writer) int {
 		return ExitFindings
 	}
 	return ExitOK
-}
-
-// writeFile replaces path with data through a temporary file in the same
-// folder, so a reader (the agent polling its rules folder) never sees a
-// half-written document.
-func writeFile(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
 }
 
 func runTest(args []string, stdout, stderr io.Writer) int {
@@ -325,7 +301,7 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 	switch *mode {
 	case "document":
 	case "enforce", "audit":
-		ro.Mode = securechannel.Mode(*mode)
+		ro.Mode = msp.Mode(*mode)
 	default:
 		return fail(stderr, cmd, fmt.Errorf("--mode %q: want enforce, audit or document", *mode))
 	}

@@ -11,8 +11,7 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Identity groupings for SuggestOptions.Identity.
@@ -32,7 +31,7 @@ const (
 // SuggestOptions configures a Suggester.
 type SuggestOptions struct {
 	// Service is WireServer or IMDS: one document per service.
-	Service authz.Service
+	Service msp.Service
 	// IncludeHostGA also uses HostGAPlugin requests for a WireServer
 	// document (the host applies a WireServer profile to both; a local
 	// WireServer file does not apply to HostGAPlugin).
@@ -57,7 +56,7 @@ type SuggestOptions struct {
 
 func (o *SuggestOptions) normalize() error {
 	switch o.Service {
-	case authz.WireServer, authz.IMDS:
+	case msp.WireServer, msp.IMDS:
 	default:
 		return fmt.Errorf("suggest: service must be wireserver or imds, not %q", o.Service)
 	}
@@ -95,8 +94,8 @@ func (o *SuggestOptions) normalize() error {
 // the least-privilege rules that allow them. Not safe for concurrent use.
 type Suggester struct {
 	opts    SuggestOptions
-	idents  map[string]securechannel.Identity // by selector key; Name unset
-	privs   map[string]securechannel.Privilege
+	idents  map[string]msp.Identity // by selector key; Name unset
+	privs   map[string]msp.Privilege
 	grants  map[string]map[string]bool // ident key → priv keys
 	samples map[string]authz.Request   // distinct requests, for Verify
 	notes   map[string]int
@@ -108,7 +107,7 @@ func NewSuggester(opts SuggestOptions) (*Suggester, error) {
 	if err := opts.normalize(); err != nil {
 		return nil, err
 	}
-	return &Suggester{opts: opts, idents: map[string]securechannel.Identity{}, privs: map[string]securechannel.Privilege{},
+	return &Suggester{opts: opts, idents: map[string]msp.Identity{}, privs: map[string]msp.Privilege{},
 		grants: map[string]map[string]bool{}, samples: map[string]authz.Request{}, notes: map[string]int{}}, nil
 }
 
@@ -121,7 +120,7 @@ func NewSuggester(opts SuggestOptions) (*Suggester, error) {
 func (s *Suggester) Add(e Entry) {
 	rec := &e.Record
 	svc := ServiceOf(rec)
-	if svc != s.opts.Service && !(svc == authz.HostGA && s.opts.Service == authz.WireServer && s.opts.IncludeHostGA) {
+	if svc != s.opts.Service && !(svc == msp.HostGAPlugin && s.opts.Service == msp.WireServer && s.opts.IncludeHostGA) {
 		return
 	}
 	switch {
@@ -138,11 +137,11 @@ func (s *Suggester) Add(e Entry) {
 		s.notes["requests without caller identity left out"]++
 		return
 	}
-	if (svc == authz.WireServer || svc == authz.HostGA) && !c.RunAsElevated {
+	if (svc == msp.WireServer || svc == msp.HostGAPlugin) && !c.RunAsElevated {
 		s.notes[string(svc)+" requests from non-root callers left out (always denied)"]++
 		return
 	}
-	if c.RunAsElevated && signing.Exempt(rec.Method, rec.Target) {
+	if c.RunAsElevated && msp.Exempt(rec.Method, rec.Target) {
 		return
 	}
 	if !utf8.ValidString(rec.Target) {
@@ -180,8 +179,8 @@ func unnamed(v string) bool {
 	return strings.TrimSpace(v) == "" || v == claims.Undefined || v == "empty"
 }
 
-func (s *Suggester) identityOf(c *claims.Claims) (securechannel.Identity, string) {
-	var id securechannel.Identity
+func (s *Suggester) identityOf(c *claims.Claims) (msp.Identity, string) {
+	var id msp.Identity
 	if s.opts.Identity == ByExe || s.opts.Identity == ByExeUser {
 		if unnamed(c.ProcessFullPath) {
 			return id, "requests from callers with an unknown executable left out (exited before they were identified)"
@@ -210,9 +209,9 @@ func (s *Suggester) identityOf(c *claims.Claims) (securechannel.Identity, string
 	return id, ""
 }
 
-func (s *Suggester) privilegeOf(target string) securechannel.Privilege {
+func (s *Suggester) privilegeOf(target string) msp.Privilege {
 	p, pairs := splitTarget(target)
-	priv := securechannel.Privilege{Path: truncatePath(p, s.opts.PathDepth)}
+	priv := msp.Privilege{Path: truncatePath(p, s.opts.PathDepth)}
 	if s.opts.Query == QueryObserved {
 		for _, q := range pairs {
 			if strings.TrimSpace(q.Key) == "" || strings.TrimSpace(q.Value) == "" {
@@ -227,11 +226,11 @@ func (s *Suggester) privilegeOf(target string) securechannel.Privilege {
 	return priv
 }
 
-func identKey(id securechannel.Identity) string {
+func identKey(id msp.Identity) string {
 	return id.ExePath + "\x00" + id.UserName + "\x00" + id.GroupName
 }
 
-func privKey(p securechannel.Privilege) string {
+func privKey(p msp.Privilege) string {
 	keys := make([]string, 0, len(p.QueryParameters))
 	for k := range p.QueryParameters {
 		keys = append(keys, k)
@@ -247,16 +246,16 @@ func privKey(p securechannel.Privilege) string {
 
 // Suggestion is a least-privilege rules document for one service.
 type Suggestion struct {
-	Service       authz.Service
+	Service       msp.Service
 	ID            string
 	DefaultAccess string
-	Rules         securechannel.Rules
+	Rules         msp.Rules
 	// Used is how many requests the rules were built from.
 	Used int
 	// Notes say which requests were left out and why, with counts.
 	Notes []string
 	// covers are the services the requests came from.
-	covers  []authz.Service
+	covers  []msp.Service
 	samples []authz.Request
 }
 
@@ -266,9 +265,9 @@ type Suggestion struct {
 // returned even then, so its Notes can say what was left out.
 func (s *Suggester) Suggest() (*Suggestion, error) {
 	out := &Suggestion{Service: s.opts.Service, ID: s.opts.ID, DefaultAccess: s.opts.DefaultAccess, Used: s.used,
-		covers: []authz.Service{s.opts.Service}}
-	if s.opts.IncludeHostGA && s.opts.Service == authz.WireServer {
-		out.covers = append(out.covers, authz.HostGA)
+		covers: []msp.Service{s.opts.Service}}
+	if s.opts.IncludeHostGA && s.opts.Service == msp.WireServer {
+		out.covers = append(out.covers, msp.HostGAPlugin)
 	}
 	for msg, n := range s.notes {
 		out.Notes = append(out.Notes, fmt.Sprintf("%s: %d", msg, n))
@@ -319,8 +318,8 @@ func (s *Suggester) Suggest() (*Suggestion, error) {
 	for _, ra := range roles {
 		sort.Strings(ra.ids)
 		name := ra.ids[0] + "-role"
-		out.Rules.Roles = append(out.Rules.Roles, securechannel.Role{Name: name, Privileges: ra.privs})
-		out.Rules.RoleAssignments = append(out.Rules.RoleAssignments, securechannel.RoleAssignment{Role: name, Identities: ra.ids})
+		out.Rules.Roles = append(out.Rules.Roles, msp.Role{Name: name, Privileges: ra.privs})
+		out.Rules.RoleAssignments = append(out.Rules.RoleAssignments, msp.RoleAssignment{Role: name, Identities: ra.ids})
 	}
 	sort.Slice(out.Rules.Roles, func(i, j int) bool { return out.Rules.Roles[i].Name < out.Rules.Roles[j].Name })
 	sort.Slice(out.Rules.RoleAssignments, func(i, j int) bool {
@@ -378,7 +377,7 @@ func pathSlug(p string) string {
 	return "root"
 }
 
-func identSlug(id securechannel.Identity) string {
+func identSlug(id msp.Identity) string {
 	var parts []string
 	if id.ExePath != "" {
 		parts = append(parts, slug(path.Base(id.ExePath)))
@@ -398,9 +397,9 @@ func identSlug(id securechannel.Identity) string {
 
 // localDoc is the agent's local rules file.
 type localDoc struct {
-	ID            string               `json:"id,omitempty"`
-	DefaultAccess string               `json:"defaultAccess"`
-	Rules         *securechannel.Rules `json:"rules"`
+	ID            string     `json:"id,omitempty"`
+	DefaultAccess string     `json:"defaultAccess"`
+	Rules         *msp.Rules `json:"rules"`
 }
 
 // LocalJSON returns the document as the agent's local rules file
@@ -417,15 +416,15 @@ type profileDoc struct {
 }
 
 type profileProps struct {
-	Mode          string               `json:"mode"`
-	DefaultAccess string               `json:"defaultAccess"`
-	Rules         *securechannel.Rules `json:"rules"`
+	Mode          string     `json:"mode"`
+	DefaultAccess string     `json:"defaultAccess"`
+	Rules         *msp.Rules `json:"rules"`
 }
 
 // ProfileJSON returns the document as an inVMAccessControlProfile
 // version ({"properties": {mode, defaultAccess, rules}}) with the given
 // mode, indented, with a final line feed.
-func (s *Suggestion) ProfileJSON(mode securechannel.Mode) ([]byte, error) {
+func (s *Suggestion) ProfileJSON(mode msp.Mode) ([]byte, error) {
 	access := "Deny"
 	if s.DefaultAccess == "allow" {
 		access = "Allow"
@@ -442,22 +441,22 @@ func (s *Suggestion) Verify() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs, err := authz.CompileDocument(doc, securechannel.ModeEnforce)
+	rs, err := authz.CompileDocument(doc, msp.ModeEnforce)
 	if err != nil {
 		return nil, fmt.Errorf("suggested document does not compile: %w", err)
 	}
 	var ws, imds, hga *authz.RuleSet
 	for _, svc := range s.covers {
 		switch svc {
-		case authz.WireServer:
+		case msp.WireServer:
 			ws = rs
-		case authz.IMDS:
+		case msp.IMDS:
 			imds = rs
-		case authz.HostGA:
+		case msp.HostGAPlugin:
 			hga = rs
 		}
 	}
-	snap := authz.NewSnapshot(authz.DefaultDestinations(), ws, imds, hga)
+	snap := authz.NewSnapshot(ws, imds, hga)
 	var bad []string
 	for _, req := range s.samples {
 		if d := snap.Authorize(req); d.Result != authz.Allow {

@@ -13,8 +13,7 @@ import (
 	"time"
 	"unicode/utf16"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // maxBodyBytes bounds a secure-channel response body; real ones are a few
@@ -42,31 +41,23 @@ type response struct {
 
 // do sends one request and reads the whole answer, all within c.timeout.
 // key, when not nil, signs the request (attestation).
-func (c *hostClient) do(ctx context.Context, method, target, contentType string, body []byte, key *signing.Key) (*response, error) {
+func (c *hostClient) do(ctx context.Context, method, target, contentType string, body []byte, key *msp.Key) (*response, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 
-	fields := []signing.Field{
-		{Name: signing.HeaderDate, Value: signing.FormatDate(c.now())},
+	req := msp.Request{Method: method, Target: target, Body: body, Fields: []msp.Field{
+		{Name: msp.HeaderDate, Value: msp.FormatDate(c.now())},
 		{Name: "host", Value: c.host},
-		{Name: signing.HeaderClaims, Value: signing.ClaimsValue(true)},
-		{Name: "metadata", Value: securechannel.MetadataHeaderValue},
-	}
+		{Name: msp.HeaderClaims, Value: msp.ClaimsValue(true)},
+		{Name: "metadata", Value: msp.MetadataHeaderValue},
+	}}
 	if contentType != "" {
-		fields = append(fields, signing.Field{Name: "content-type", Value: contentType})
+		req.Fields = append(req.Fields, msp.Field{Name: "content-type", Value: contentType})
 	}
-	fields = append(fields, signing.Field{Name: "content-length", Value: strconv.Itoa(len(body))})
+	req.Fields = append(req.Fields, msp.Field{Name: "content-length", Value: strconv.Itoa(len(body))})
 	if key != nil {
-		msg := signing.StringToSign(method, target, fields, body)
-		fields = append(fields, signing.Field{Name: signing.HeaderAuthorization, Value: key.Authorization(msg)})
+		req.Sign(key)
 	}
-
-	var b strings.Builder
-	b.WriteString(method + " " + target + " HTTP/1.1\r\n")
-	for _, f := range fields {
-		b.WriteString(f.Name + ": " + f.Value + "\r\n")
-	}
-	b.WriteString("\r\n")
 
 	conn, err := c.dial(ctx, "tcp", c.addr)
 	if err != nil {
@@ -80,16 +71,10 @@ func (c *hostClient) do(ctx context.Context, method, target, contentType string,
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	if _, err := io.WriteString(conn, b.String()); err != nil {
+	if err := req.Write(bufio.NewWriter(conn)); err != nil {
 		return nil, fmt.Errorf("send %s %s: %w", method, target, err)
 	}
-	if len(body) > 0 {
-		if _, err := conn.Write(body); err != nil {
-			return nil, fmt.Errorf("send %s %s: %w", method, target, err)
-		}
-	}
-	req := &http.Request{Method: method}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
 	if err != nil {
 		return nil, fmt.Errorf("read response to %s %s: %w", method, target, err)
 	}
@@ -106,36 +91,36 @@ func (c *hostClient) do(ctx context.Context, method, target, contentType string,
 
 // status performs GET /secure-channel/status: any 2xx is success.
 func (c *hostClient) status(ctx context.Context) (*response, error) {
-	r, err := c.do(ctx, http.MethodGet, securechannel.StatusPath, "", nil, nil)
+	r, err := c.do(ctx, http.MethodGet, msp.StatusPath, "", nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	if r.code < 200 || r.code > 299 {
-		return nil, fmt.Errorf("GET %s returned status %d", securechannel.StatusPath, r.code)
+		return nil, fmt.Errorf("GET %s returned status %d", msp.StatusPath, r.code)
 	}
 	return r, nil
 }
 
 // acquire performs POST /secure-channel/key: exactly 200 is success.
-func (c *hostClient) acquire(ctx context.Context) (*securechannel.Key, error) {
-	r, err := c.do(ctx, http.MethodPost, securechannel.KeyPath, "application/json", []byte(securechannel.KeyRequestBody), nil)
+func (c *hostClient) acquire(ctx context.Context) (*msp.IssuedKey, error) {
+	r, err := c.do(ctx, http.MethodPost, msp.KeyPath, "application/json", []byte(msp.KeyRequestBody), nil)
 	if err != nil {
 		return nil, err
 	}
 	if r.code != http.StatusOK {
-		return nil, fmt.Errorf("POST %s returned status %d", securechannel.KeyPath, r.code)
+		return nil, fmt.Errorf("POST %s returned status %d", msp.KeyPath, r.code)
 	}
 	body, err := decodeBody(r.header.Get("Content-Type"), r.body)
 	if err != nil {
 		return nil, err
 	}
-	return securechannel.ParseKey(body)
+	return msp.ParseIssuedKey(body)
 }
 
 // attest performs the signed POST /secure-channel/key/<guid>/key-attestation:
 // exactly 200 is success; the body is ignored.
-func (c *hostClient) attest(ctx context.Context, key *signing.Key) error {
-	target := fmt.Sprintf(securechannel.AttestationPathFormat, key.GUID)
+func (c *hostClient) attest(ctx context.Context, key *msp.Key) error {
+	target := fmt.Sprintf(msp.AttestationPathFormat, key.GUID)
 	r, err := c.do(ctx, http.MethodPost, target, "", nil, key)
 	if err != nil {
 		return err

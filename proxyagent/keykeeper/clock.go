@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // DefaultClockResync is how old the last host-clock sync must be before a
@@ -58,14 +58,14 @@ func (c *HostClock) SyncFromHeaders(h http.Header, maxAge time.Duration) bool {
 		return false
 	}
 	var text string
-	if v, ok := h[http.CanonicalHeaderKey(signing.HeaderDate)]; ok && len(v) > 0 {
+	if v, ok := h[http.CanonicalHeaderKey(msp.HeaderDate)]; ok && len(v) > 0 {
 		text = v[0]
 	} else if v := h.Get("Date"); v != "" {
 		text = v
 	} else {
 		return false
 	}
-	t, err := signing.ParseDate(text)
+	t, err := msp.ParseDate(text)
 	if err != nil {
 		return false
 	}

@@ -9,8 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -24,12 +23,12 @@ func TestV1States(t *testing.T) {
 	cases := []struct {
 		state     string
 		wantState string
-		ws, imds  securechannel.Mode
+		ws, imds  msp.Mode
 		redirect  [3]bool
 	}{
-		{"Wireserver", "wireserver", securechannel.ModeEnforce, securechannel.ModeAudit, [3]bool{true, true, true}},
-		{"WireserverAndImds", "wireserverandimds", securechannel.ModeEnforce, securechannel.ModeEnforce, [3]bool{true, true, true}},
-		{"Disabled", "disabled", securechannel.ModeDisabled, securechannel.ModeDisabled, [3]bool{false, false, false}},
+		{"Wireserver", "wireserver", msp.ModeEnforce, msp.ModeAudit, [3]bool{true, true, true}},
+		{"WireserverAndImds", "wireserverandimds", msp.ModeEnforce, msp.ModeEnforce, [3]bool{true, true, true}},
+		{"Disabled", "disabled", msp.ModeDisabled, msp.ModeDisabled, [3]bool{false, false, false}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.state, func(t *testing.T) {
@@ -284,7 +283,7 @@ func TestHostCallTimeout(t *testing.T) {
 	eventually(t, "timeout failure", func() bool {
 		return strings.HasPrefix(h.kk.Status().Message, "Failed to get key status - ")
 	})
-	if h.kk.State() != securechannel.StateUnknown {
+	if h.kk.State() != msp.StateUnknown {
 		t.Errorf("state %q", h.kk.State())
 	}
 }
@@ -364,10 +363,10 @@ func TestSyncFromHeaders(t *testing.T) {
 		synced bool
 		want   time.Time
 	}{
-		{"custom preferred", http.Header{"X-Ms-Azure-Host-Date": {signing.FormatDate(custom)}, "Date": {signing.FormatDate(std)}}, true, custom},
-		{"date fallback", http.Header{"Date": {signing.FormatDate(std)}}, true, std},
-		{"invalid custom, valid date", http.Header{"X-Ms-Azure-Host-Date": {"yesterday"}, "Date": {signing.FormatDate(std)}}, false, time.Time{}},
-		{"empty custom", http.Header{"X-Ms-Azure-Host-Date": {""}, "Date": {signing.FormatDate(std)}}, false, time.Time{}},
+		{"custom preferred", http.Header{"X-Ms-Azure-Host-Date": {msp.FormatDate(custom)}, "Date": {msp.FormatDate(std)}}, true, custom},
+		{"date fallback", http.Header{"Date": {msp.FormatDate(std)}}, true, std},
+		{"invalid custom, valid date", http.Header{"X-Ms-Azure-Host-Date": {"yesterday"}, "Date": {msp.FormatDate(std)}}, false, time.Time{}},
+		{"empty custom", http.Header{"X-Ms-Azure-Host-Date": {""}, "Date": {msp.FormatDate(std)}}, false, time.Time{}},
 		{"invalid date", http.Header{"Date": {"2024-01-02T03:04:05Z"}}, false, time.Time{}},
 		{"none", http.Header{}, false, time.Time{}},
 	}
@@ -399,16 +398,16 @@ func TestSyncOnlyAfterResyncInterval(t *testing.T) {
 	c := NewHostClock()
 	c.localNow = func() time.Time { return local }
 	t1 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	if !c.SyncFromHeaders(http.Header{"Date": {signing.FormatDate(t1)}}, 15*time.Minute) {
+	if !c.SyncFromHeaders(http.Header{"Date": {msp.FormatDate(t1)}}, 15*time.Minute) {
 		t.Fatal("first sync refused")
 	}
 	local = local.Add(time.Minute)
-	if c.SyncFromHeaders(http.Header{"Date": {signing.FormatDate(t1.Add(time.Hour))}}, 15*time.Minute) {
+	if c.SyncFromHeaders(http.Header{"Date": {msp.FormatDate(t1.Add(time.Hour))}}, 15*time.Minute) {
 		t.Error("re-synced within 15 minutes")
 	}
 	local = local.Add(15 * time.Minute)
 	t2 := t1.Add(2 * time.Hour)
-	if !c.SyncFromHeaders(http.Header{"Date": {signing.FormatDate(t2)}}, 15*time.Minute) || !c.Now().Equal(t2) {
+	if !c.SyncFromHeaders(http.Header{"Date": {msp.FormatDate(t2)}}, 15*time.Minute) || !c.Now().Equal(t2) {
 		t.Errorf("no re-sync after 16 minutes: %v", c.Now())
 	}
 }
@@ -420,7 +419,7 @@ func TestKeeperUsesHostTime(t *testing.T) {
 	hostTime := time.Now().Add(3 * time.Hour).UTC().Truncate(time.Second)
 	ws.set(func(f *fakeWS) {
 		f.statusFn = func() (int, map[string]string, string) {
-			return 200, map[string]string{"X-Ms-Azure-Host-Date": signing.FormatDate(hostTime), "Date": signing.FormatDate(time.Now())}, v1Body("Wireserver")
+			return 200, map[string]string{"X-Ms-Azure-Host-Date": msp.FormatDate(hostTime), "Date": msp.FormatDate(time.Now())}, v1Body("Wireserver")
 		}
 	})
 	h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), nil)
@@ -430,7 +429,7 @@ func TestKeeperUsesHostTime(t *testing.T) {
 	}
 	var hdr http.Header
 	ws.get(func(f *fakeWS) { hdr = f.attestHdrs[0] })
-	sent, err := signing.ParseDate(hdr.Get(signing.HeaderDate))
+	sent, err := msp.ParseDate(hdr.Get(msp.HeaderDate))
 	if err != nil {
 		t.Fatal(err)
 	}

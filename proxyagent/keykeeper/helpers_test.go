@@ -19,8 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // fakeProv records provisioning callbacks.
@@ -68,17 +67,17 @@ func (r *fakeRedir) last() ([3]bool, int) {
 // fakeRules records the rules documents it is given.
 type fakeRules struct {
 	mu    sync.Mutex
-	calls []*securechannel.AuthorizationRules
+	calls []*msp.AuthorizationRules
 }
 
-func (f *fakeRules) Apply(r *securechannel.AuthorizationRules) (bool, error) {
+func (f *fakeRules) Apply(r *msp.AuthorizationRules) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, r)
 	return true, nil
 }
 
-func (f *fakeRules) lastCall() (*securechannel.AuthorizationRules, int) {
+func (f *fakeRules) lastCall() (*msp.AuthorizationRules, int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.calls) == 0 {
@@ -194,7 +193,7 @@ type fakeWS struct {
 	keyCode    int     // status of POST /secure-channel/key (0 = 200)
 	issueGUID  string  // GUID of issued keys ("" = random)
 	attestCode int     // status of attestation (0 = 200)
-	issued     map[string]*signing.Key
+	issued     map[string]*msp.Key
 	hexes      []string
 	attested   []string
 	verified   []bool
@@ -204,7 +203,7 @@ type fakeWS struct {
 }
 
 func newFakeWS(t *testing.T, state string) *fakeWS {
-	f := &fakeWS{state: state, issued: map[string]*signing.Key{}}
+	f := &fakeWS{state: state, issued: map[string]*msp.Key{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -231,7 +230,7 @@ func (f *fakeWS) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch {
-	case r.Method == http.MethodGet && r.URL.Path == securechannel.StatusPath:
+	case r.Method == http.MethodGet && r.URL.Path == msp.StatusPath:
 		f.statusN++
 		if f.statusFn != nil {
 			code, hdr, b := f.statusFn()
@@ -253,7 +252,7 @@ func (f *fakeWS) serve(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		fmt.Fprintf(w, `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","keyGuid":%s,`+
 			`"requiredClaimsHeaderPairs":["isRoot"],"secureChannelState":%q,"version":"1.0"}`, guid, f.state)
-	case r.Method == http.MethodPost && r.URL.Path == securechannel.KeyPath:
+	case r.Method == http.MethodPost && r.URL.Path == msp.KeyPath:
 		f.keyN++
 		if f.keyCode != 0 && f.keyCode != 200 {
 			w.WriteHeader(f.keyCode)
@@ -265,24 +264,24 @@ func (f *fakeWS) serve(w http.ResponseWriter, r *http.Request) {
 			guid = g[0:8] + "-" + g[8:12] + "-" + g[12:16] + "-" + g[16:20] + "-" + g[20:32]
 		}
 		keyHex := strings.ToUpper(randomHex(32))
-		sk, _ := signing.NewKey(guid, keyHex)
+		sk, _ := msp.NewKey(guid, keyHex)
 		f.issued[guid] = sk
 		f.hexes = append(f.hexes, keyHex)
 		inc := uint32(3)
-		json.NewEncoder(w).Encode(securechannel.Key{AuthorizationScheme: signing.Scheme, IncarnationID: &inc,
+		json.NewEncoder(w).Encode(msp.IssuedKey{AuthorizationScheme: msp.Scheme, IncarnationID: &inc,
 			GUID: guid, Issued: "2021-05-05T 12:00:00Z", Key: keyHex})
 	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/key-attestation"):
-		guid := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, securechannel.KeyPath+"/"), "/key-attestation")
+		guid := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, msp.KeyPath+"/"), "/key-attestation")
 		ok := false
 		if sk := f.issued[guid]; sk != nil {
-			fields := []signing.Field{{Name: "host", Value: r.Host}}
+			fields := []msp.Field{{Name: "host", Value: r.Host}}
 			for name, vs := range r.Header {
 				for _, v := range vs {
-					fields = append(fields, signing.Field{Name: name, Value: v})
+					fields = append(fields, msp.Field{Name: name, Value: v})
 				}
 			}
-			g, sig, parsed := signing.ParseAuthorization(r.Header.Get(signing.HeaderAuthorization))
-			ok = parsed && g == guid && sk.Verify(signing.StringToSign(r.Method, r.RequestURI, fields, body), sig)
+			g, sig, parsed := msp.ParseAuthorization(r.Header.Get(msp.HeaderAuthorization))
+			ok = parsed && g == guid && sk.Verify(msp.StringToSign(r.Method, r.RequestURI, fields, body), sig)
 		}
 		f.verified = append(f.verified, ok)
 		f.attestHdrs = append(f.attestHdrs, r.Header.Clone())

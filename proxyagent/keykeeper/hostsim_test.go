@@ -9,8 +9,7 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/hostsim"
-	"github.com/opengpa/gpa/proxyagent/securechannel"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -51,7 +50,7 @@ func disable(t *testing.T, sim *hostsim.Sim) {
 func secureChannelCalls(sim *hostsim.Sim) (keys, attests []hostsim.Entry) {
 	for _, e := range sim.Journal().Entries() {
 		switch {
-		case e.Method == "POST" && e.Target == securechannel.KeyPath:
+		case e.Method == "POST" && e.Target == msp.KeyPath:
 			keys = append(keys, e)
 		case e.Method == "POST" && strings.HasSuffix(e.Target, "/key-attestation"):
 			attests = append(attests, e)
@@ -78,7 +77,7 @@ func TestDisabledThenEnforceLatchesOneKey(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keys")
 	h := startKeeper(t, sim.Addrs().WireServer, dir, nil)
 
-	eventually(t, "disabled state", func() bool { return h.kk.State() == securechannel.StateDisabled })
+	eventually(t, "disabled state", func() bool { return h.kk.State() == msp.StateDisabled })
 	eventually(t, "key_latched for disabled", func() bool { l, _, _ := h.prov.counts(); return l >= 1 })
 	if h.kk.Key() != nil {
 		t.Fatal("key in memory while disabled")
@@ -131,12 +130,12 @@ func TestDisabledThenEnforceLatchesOneKey(t *testing.T) {
 		got[n] = f.Value
 	}
 	sort.Strings(names)
-	want := []string{"content-length", "host", "metadata", signing.HeaderAuthorization, signing.HeaderClaims, signing.HeaderDate}
+	want := []string{"content-length", "host", "metadata", msp.HeaderAuthorization, msp.HeaderClaims, msp.HeaderDate}
 	sort.Strings(want)
 	if strings.Join(names, ",") != strings.Join(want, ",") {
 		t.Errorf("attestation headers %v, want exactly %v", names, want)
 	}
-	if got[signing.HeaderClaims] != `{ "isRoot": "true"}` || got["content-length"] != "0" ||
+	if got[msp.HeaderClaims] != `{ "isRoot": "true"}` || got["content-length"] != "0" ||
 		strings.TrimSpace(got["metadata"]) != "True" || strings.Contains(got["host"], ":") {
 		t.Errorf("attestation header values %v", got)
 	}
@@ -153,7 +152,7 @@ func TestDisabledThenEnforceLatchesOneKey(t *testing.T) {
 			t.Fatalf("key file not pretty JSON in upstream order:\n%s", text)
 		}
 	}
-	sk, err := securechannel.ParseKey(data)
+	sk, err := msp.ParseIssuedKey(data)
 	if err != nil || sk.GUID != guid {
 		t.Fatalf("key file: %v", err)
 	}
@@ -256,7 +255,7 @@ func TestDisabledClearsKeyKeepsFiles(t *testing.T) {
 	files := keyFiles(t, dir)
 
 	disable(t, sim)
-	eventually(t, "key cleared", func() bool { return h.kk.Key() == nil && h.kk.State() == securechannel.StateDisabled })
+	eventually(t, "key cleared", func() bool { return h.kk.Key() == nil && h.kk.State() == msp.StateDisabled })
 	if got := keyFiles(t, dir); len(got) != 1 || got[0] != files[0] {
 		t.Errorf("key files after disable %v, want %v", got, files)
 	}
@@ -282,7 +281,7 @@ func TestV2StateAndRuleIDs(t *testing.T) {
 	const want = "WireServer Enforce -  IMDS Enforce - HostGA Enforce"
 	eventually(t, "v2 state", func() bool { return h.kk.State() == want })
 	m := h.kk.Modes()
-	if m.WireServer != securechannel.ModeEnforce || m.IMDS != securechannel.ModeEnforce || m.HostGA != securechannel.ModeEnforce {
+	if m.WireServer != msp.ModeEnforce || m.IMDS != msp.ModeEnforce || m.HostGA != msp.ModeEnforce {
 		t.Errorf("modes %+v", m)
 	}
 	hs := sim.Status()

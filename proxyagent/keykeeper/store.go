@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/opengpa/gpa/proxyagent/securechannel"
+	"github.com/opengpa/gpa/internal/atomicfile"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // safeGUID reports whether g can name a key file: 1–64 characters of hex
@@ -39,7 +41,7 @@ func keyPath(dir, guid string) (string, error) {
 
 // saveKey writes k to <dir>/<guid>.key as pretty JSON in upstream's field
 // order, through <guid>.tmp and a rename, with mode 0600 from creation on.
-func saveKey(dir string, k *securechannel.Key) error {
+func saveKey(dir string, k *msp.IssuedKey) error {
 	path, err := keyPath(dir, k.GUID)
 	if err != nil {
 		return err
@@ -51,34 +53,12 @@ func saveKey(dir string, k *securechannel.Key) error {
 	if err != nil {
 		return errors.New("encode key")
 	}
-	tmp := filepath.Join(dir, k.GUID+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Chmod(tmp, 0o600)
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return werr
-	}
-	return os.Chmod(path, 0o600)
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // loadKey reads <dir>/<guid>.key. The file must parse and name the same
 // GUID; errors never contain key material.
-func loadKey(dir, guid string) (*securechannel.Key, error) {
+func loadKey(dir, guid string) (*msp.IssuedKey, error) {
 	path, err := keyPath(dir, guid)
 	if err != nil {
 		return nil, err
@@ -87,7 +67,7 @@ func loadKey(dir, guid string) (*securechannel.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := securechannel.ParseKey(data)
+	k, err := msp.ParseIssuedKey(data)
 	if err != nil {
 		return nil, err
 	}

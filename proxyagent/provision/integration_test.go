@@ -39,8 +39,8 @@ func (r *policyRecorder) last() [3]bool {
 
 // The key keeper, provisioning and status wired as the agent wires them,
 // against a v1 host: provisioning finishes, the tags and status.json say
-// so, --status exits 0, and the ALL_READY re-sync keeps the v1 redirects
-// (the deliberate fix of upstream quirk 14).
+// so, --status exits 0, and the v1 redirects are in place when it finishes
+// and stay after a notify (the deliberate fix of upstream quirk 14).
 func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	on := true
 	sim, err := hostsim.New(hostsim.Config{StatusVersion: hostsim.StatusV1,
@@ -69,7 +69,6 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 		Registry: reg,
 		State:    func() string { return kk.State() },
 		Notify:   func() { kk.Notify() },
-		Resync:   func() error { return kk.ResyncRedirect() },
 		OnFinished: func() {
 			wg.Add(1)
 			go func() { defer wg.Done(); writer.Run(ctx) }()
@@ -78,13 +77,13 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	kk, err = keykeeper.New(keykeeper.Options{
 		WireServer: sim.Addrs().WireServer, KeyDir: keyDir,
 		PollInterval: 20 * time.Millisecond, FastPollInterval: 10 * time.Millisecond,
-		Redirector: redir, Provisioning: prov, OnChange: reg.Touch,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Redirector: redir, Provisioning: prov,
+		OnChange: func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) },
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg.Bind(status.KeyLatch, kk.Status)
 	wg.Add(1)
 	go func() { defer wg.Done(); kk.Run(ctx) }()
 
@@ -94,8 +93,10 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	reg.Set(status.ProxyListener, status.Running, "Started proxy listener, ready to accept request - 6")
 	prov.ListenerReady()
 
+	// Finished means ALL_READY and the tags written (they are written after
+	// the flags are set).
 	deadline := time.Now().Add(5 * time.Second)
-	for prov.Flags() != AllReady {
+	for prov.Flags() != AllReady || !exists(filepath.Join(keyDir, StatusTag)) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not all ready: flags %d, key latch %q", prov.Flags(), reg.Get(status.KeyLatch).Message)
 		}
@@ -129,30 +130,28 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 		}
 	}
 
-	// A notify in the latched state calls key_latched, which re-syncs the
-	// redirect: upstream would remove the v1 redirects here (quirk 14).
-	redir.mu.Lock()
-	before := len(redir.calls)
-	redir.mu.Unlock()
+	// A notify in the latched state calls key_latched (the finish time
+	// moves on); upstream would then remove the v1 redirects (quirk 14),
+	// here the key keeper alone owns them and they stay.
+	before := prov.FinishedTimeTick()
 	kk.Notify()
-	for {
-		redir.mu.Lock()
-		n := len(redir.calls)
-		redir.mu.Unlock()
-		if n > before {
-			break
-		}
+	for prov.FinishedTimeTick() == before {
 		if time.Now().After(deadline) {
-			t.Fatal("notify did not re-sync the redirect policy")
+			t.Fatal("notify did not reach provisioning")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	if p := redir.last(); p != [3]bool{true, true, true} {
-		t.Errorf("redirect policy after notify re-sync %v", p)
+		t.Errorf("redirect policy after notify %v, want the v1 redirects kept", p)
 	}
 
 	// A status query after the finish, with the channel latched, is finished.
 	if fin, msg := prov.Query(time.Now().UnixNano(), true); !fin || msg != "" {
 		t.Errorf("query finished=%v msg=%q", fin, msg)
 	}
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // benchRoundTrips sends b.N keep-alive GETs on one connection c.
@@ -73,9 +73,9 @@ func BenchmarkSignRequest(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		f := outHeaders(r)
-		f = append(f, signing.Field{Name: signing.HeaderClaims, Value: signing.ClaimsValue(false)},
-			signing.Field{Name: signing.HeaderDate, Value: signing.FormatDate(testNow)})
-		sts := signing.StringToSign(r.Method, r.RequestURI, f, nil)
+		f = append(f, msp.Field{Name: msp.HeaderClaims, Value: msp.ClaimsValue(false)},
+			msp.Field{Name: msp.HeaderDate, Value: msp.FormatDate(testNow)})
+		sts := msp.StringToSign(r.Method, r.RequestURI, f, nil)
 		_ = key.Authorization(sts)
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // FuzzRawRequest sends arbitrary bytes from a redirected non-root caller and
@@ -43,14 +43,14 @@ func FuzzRawRequest(f *testing.F) {
 		c.(*net.TCPConn).CloseWrite()
 		io.Copy(io.Discard, c) // until the proxy closes
 		for _, r := range e.up.requests()[before:] {
-			if v := r.values(signing.HeaderClaims); len(v) != 1 || v[0] != signing.ClaimsValue(false) {
+			if v := r.values(msp.HeaderClaims); len(v) != 1 || v[0] != msp.ClaimsValue(false) {
 				t.Errorf("claims %q reached the host", v)
 			}
-			if v := r.values(signing.HeaderDate); len(v) != 1 || v[0] != signing.FormatDate(testNow) {
+			if v := r.values(msp.HeaderDate); len(v) != 1 || v[0] != msp.FormatDate(testNow) {
 				t.Errorf("date %q reached the host", v)
 			}
-			auth := r.values(signing.HeaderAuthorization)
-			if signing.Exempt(r.method, r.target) {
+			auth := r.values(msp.HeaderAuthorization)
+			if msp.Exempt(r.method, r.target) {
 				if len(auth) != 0 {
 					t.Errorf("exempt request carries authorization %q", auth)
 				}

@@ -12,21 +12,16 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/provision"
 )
 
-// Paths of the agent's local endpoints.
-const (
-	ProvisionPath       = "/provision"
-	AggregateStatusPath = "/gpa-aggregated-status"
-)
+// AggregateStatusPath is the agent's local status endpoint; the other
+// local endpoint is provision.Path.
+const AggregateStatusPath = "/gpa-aggregated-status"
 
-// Headers read by the local endpoints.
-const (
-	headerMetadata = "Metadata"
-	headerTimeTick = "x-ms-azure-time-tick"
-	headerNotify   = "x-ms-azure-notify"
-)
+// headerMetadata is required by the local endpoints.
+const headerMetadata = "Metadata"
 
 // allowedMethods is the method allow-list of protocol.md §4.5 step 2; the
 // value is the Allow header of a 405.
@@ -64,11 +59,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.Caller = st.caller
 	if st.redirected {
-		ev.Dest = st.dest
+		ev.Dest, ev.Service = st.dest, st.service
 	}
 
 	// 413 first, for every request (quirk 18).
-	exempt := signing.Exempt(r.Method, r.RequestURI)
+	exempt := msp.Exempt(r.Method, r.RequestURI)
 	limit := s.opts.MaxSignedBody
 	if exempt {
 		limit = s.opts.MaxExemptBody
@@ -98,14 +93,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("Method Not Allowed"))
 		return
 	}
-	if traversal(r.RequestURI) {
-		ev.Status, ev.Error = http.StatusForbidden, "path traversal blocked"
+	if terr := msp.CheckTarget(r.RequestURI); terr != nil {
+		ev.Status, ev.Error = terr.Status, terr.Reason
 		reply(w, ev.Status, true)
 		return
 	}
 	switch localTarget(r.RequestURI) {
-	case ProvisionPath:
-		s.provision(w, r, &ev)
+	case provision.Path:
+		if s.opts.Local == nil {
+			ev.Status, ev.Error = http.StatusInternalServerError, "provisioning state unavailable"
+			reply(w, ev.Status, false)
+			return
+		}
+		ev.Status, ev.Error = provision.Serve(w, r, s.opts.Local)
 		return
 	case AggregateStatusPath:
 		s.aggregateStatus(w, r, st, &ev)
@@ -124,7 +124,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(w, ev.Status, true)
 		return
 	}
-	d := s.opts.Authorizer.Authorize(authz.Request{Dest: st.dest, Method: r.Method, Target: r.RequestURI, Caller: st.caller})
+	d := s.opts.Authorizer.Authorize(authz.Request{Service: st.service, Method: r.Method, Target: r.RequestURI, Caller: st.caller})
 	ev.Authorized, ev.Decision = true, d
 	if d.Result == authz.Deny {
 		ev.Status = http.StatusForbidden
@@ -197,12 +197,12 @@ func invalidHeader(r *http.Request) string {
 			return "request target"
 		}
 	}
-	if !signing.ValidHeaderValue(r.Host) {
+	if !msp.ValidHeaderValue(r.Host) {
 		return "header Host"
 	}
 	for name, vv := range r.Header {
 		for _, v := range vv {
-			if !signing.ValidHeaderValue(v) {
+			if !msp.ValidHeaderValue(v) {
 				return "header " + name
 			}
 		}
@@ -210,82 +210,14 @@ func invalidHeader(r *http.Request) string {
 	return ""
 }
 
-// traversal reports whether the raw path of target contains "//" or its
-// single, lossy percent-decode contains ".." (protocol.md §4.5 step 3).
-func traversal(target string) bool {
-	path, _ := signing.SplitTarget(target)
-	if strings.Contains(path, "//") {
-		return true
-	}
-	if strings.IndexByte(path, '%') < 0 {
-		return strings.Contains(path, "..")
-	}
-	return bytes.Contains(percentDecode(path), []byte(".."))
-}
-
-// percentDecode decodes valid %XX escapes once and keeps everything else.
-func percentDecode(s string) []byte {
-	b := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
-			b = append(b, unhex(s[i+1])<<4|unhex(s[i+2]))
-			i += 2
-			continue
-		}
-		b = append(b, s[i])
-	}
-	return b
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-func unhex(c byte) byte {
-	switch {
-	case c <= '9':
-		return c - '0'
-	case c <= 'F':
-		return c - 'A' + 10
-	}
-	return c - 'a' + 10
-}
-
 // localTarget returns the local endpoint path a request-target names: the
 // origin-form path alone, or followed by a bare "?". Anything else ("").
 func localTarget(target string) string {
 	t := strings.TrimSuffix(target, "?")
-	if t == ProvisionPath || t == AggregateStatusPath {
+	if t == provision.Path || t == AggregateStatusPath {
 		return t
 	}
 	return ""
-}
-
-func (s *Server) provision(w http.ResponseWriter, r *http.Request, ev *audit.Event) {
-	if _, ok := r.Header[headerMetadata]; !ok {
-		ev.Status, ev.Error = http.StatusBadRequest, "missing Metadata header"
-		reply(w, ev.Status, true)
-		return
-	}
-	if s.opts.Local == nil {
-		ev.Status, ev.Error = http.StatusInternalServerError, "provisioning state unavailable"
-		reply(w, ev.Status, false)
-		return
-	}
-	tick := parseTimeTick(r.Header.Get(headerTimeTick))
-	_, notify := r.Header[http.CanonicalHeaderKey(headerNotify)]
-	finished, msg := s.opts.Local.Provision(tick, notify)
-	body, err := marshalJSON(struct {
-		Finished     bool   `json:"finished"`
-		ErrorMessage string `json:"errorMessage"`
-	}{finished, msg})
-	if err != nil {
-		ev.Status, ev.Error = http.StatusInternalServerError, "encode provision state: "+err.Error()
-		reply(w, ev.Status, false)
-		return
-	}
-	ev.Status = http.StatusOK
-	writeJSON(w, body)
 }
 
 func (s *Server) aggregateStatus(w http.ResponseWriter, r *http.Request, st *connState, ev *audit.Event) {
@@ -330,19 +262,4 @@ func marshalJSON(v any) ([]byte, error) {
 		return nil, err
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
-}
-
-// parseTimeTick parses the caller's start time (an i128 upstream). Missing
-// or invalid text is 0; values beyond int64 saturate, which keeps the
-// comparison with the finish time correct.
-func parseTimeTick(v string) int64 {
-	v = strings.TrimSpace(v)
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err == nil {
-		return n
-	}
-	if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
-		return n // ParseInt returns the saturated value on overflow
-	}
-	return 0
 }

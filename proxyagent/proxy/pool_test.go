@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // pooled returns how many idle upstream connections the server keeps for
@@ -50,8 +50,8 @@ func TestUpstreamPoolReuseAcrossClients(t *testing.T) {
 		t.Fatalf("upstream requests %+v", reqs)
 	}
 	for i, elevated := range []bool{true, false} {
-		if !reqs[i].sigOK || reqs[i].value(signing.HeaderClaims) != signing.ClaimsValue(elevated) {
-			t.Errorf("request %d: signed=%v claims %q", i, reqs[i].sigOK, reqs[i].value(signing.HeaderClaims))
+		if !reqs[i].sigOK || reqs[i].value(msp.HeaderClaims) != msp.ClaimsValue(elevated) {
+			t.Errorf("request %d: signed=%v claims %q", i, reqs[i].sigOK, reqs[i].value(msp.HeaderClaims))
 		}
 	}
 }

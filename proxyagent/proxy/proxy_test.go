@@ -17,7 +17,8 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/identity"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/provision"
 )
 
 // §8 item 5: a direct connection has no destination.
@@ -59,38 +60,53 @@ func TestNoClaimsIs421(t *testing.T) {
 	}
 }
 
-// §8 item 6: traversal guard.
-func TestTraversal(t *testing.T) {
-	e := newEnv(t, nil)
+// §8 item 6: traversal guard (403, upstream), and the ambiguous targets
+// msp.CheckTarget refuses (400): nothing reaches the host, the refusal is
+// audited with its reason.
+func TestTraversalAndAmbiguousTargets(t *testing.T) {
 	for _, tc := range []struct {
-		target  string
-		blocked bool
+		target string
+		want   int
 	}{
-		{"/test/../", true},
-		{"//metadata/instance", true},
-		{"/foo/%2e%2E/bar", true},
-		{"/a/%2E./b", true},
-		{"http://168.63.129.16//machine", true},
-		{"/gpa-aggregated-status/..", true},
-		{"/metadata/./instance", false},
-		{"/a;b=c", false},
-		{"/metadata/instance?x=..", false},
-		{"/%2Fmetadata", false},
+		{"/test/../", http.StatusForbidden},
+		{"//metadata/instance", http.StatusForbidden},
+		{"/foo/%2e%2E/bar", http.StatusForbidden},
+		{"/a/%2E./b", http.StatusForbidden},
+		{"http://168.63.129.16//machine", http.StatusForbidden},
+		{"/gpa-aggregated-status/..", http.StatusForbidden},
+		{"/metadata/instance#/../identity/oauth2/token", http.StatusBadRequest},
+		{"/metadata/instance/%252E%252E/identity/oauth2/token", http.StatusBadRequest},
+		{"/metadata/%2e/instance", http.StatusBadRequest},
+		{"/metadata/./instance", http.StatusBadRequest},
+		{"/a;b=c", http.StatusBadRequest},
+		{"/%2Fmetadata", http.StatusBadRequest},
+		{"/metadata/instance?x=..", http.StatusOK},
+		{"/metadata/instance?resource=https%3A%2F%2Fx%2F", http.StatusOK},
+		{"/machine/a/49c242ba%2Dc18a%5Fzpeng?comp=config", http.StatusOK},
 	} {
 		t.Run(tc.target, func(t *testing.T) {
+			e := newEnv(t, nil)
 			c := e.connect(rootRec(wsDest))
 			resp, body := c.do(req("GET", tc.target))
-			if tc.blocked {
-				if resp.StatusCode != http.StatusForbidden || body != "" || !resp.Close {
-					t.Fatalf("got %d close=%v body %q, want 403 close", resp.StatusCode, resp.Close, body)
-				}
-				if resp.Header.Get(signing.HeaderAuthorization) != "" {
-					t.Error("a proxy-generated 403 carries the upstream marker")
+			if tc.want == http.StatusOK {
+				if resp.StatusCode != http.StatusOK || body != "ok "+tc.target {
+					t.Fatalf("got %d %q, want forwarded 200", resp.StatusCode, body)
 				}
 				return
 			}
-			if resp.StatusCode != http.StatusOK || body != "ok "+tc.target {
-				t.Fatalf("got %d %q, want forwarded 200", resp.StatusCode, body)
+			if resp.StatusCode != tc.want || body != "" || !resp.Close {
+				t.Fatalf("got %d close=%v body %q, want %d close", resp.StatusCode, resp.Close, body, tc.want)
+			}
+			if resp.Header.Get(msp.HeaderAuthorization) != "" {
+				t.Error("a proxy-generated refusal carries the upstream marker")
+			}
+			if n := len(e.up.requests()); n != 0 {
+				t.Errorf("forwarded %d requests", n)
+			}
+			ev := e.rec.wait(t, 1)[0]
+			if ev.Status != tc.want || ev.Authorized || ev.Target != tc.target || ev.Error == "" ||
+				(tc.want == http.StatusBadRequest && !strings.HasPrefix(ev.Error, "ambiguous request target: ")) {
+				t.Errorf("audit event %+v", ev)
 			}
 		})
 	}
@@ -283,7 +299,7 @@ func TestResponseMarker(t *testing.T) {
 	if resp.StatusCode != 200 || body != "<html>sniff me</html>" {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
-	if got := resp.Header.Values(signing.HeaderAuthorization); len(got) != 1 || got[0] != signing.ResponseMarker {
+	if got := resp.Header.Values(msp.HeaderAuthorization); len(got) != 1 || got[0] != msp.ResponseMarker {
 		t.Errorf("marker %q", got)
 	}
 	if _, ok := resp.Header["Date"]; ok {
@@ -297,8 +313,8 @@ func TestResponseMarker(t *testing.T) {
 	if resp.StatusCode != 404 || body != "nf" {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
-	if got := resp.Header.Values(signing.HeaderAuthorization); len(got) != 1 || got[0] != signing.ResponseMarker {
-		t.Errorf("marker %q, want only %q", got, signing.ResponseMarker)
+	if got := resp.Header.Values(msp.HeaderAuthorization); len(got) != 1 || got[0] != msp.ResponseMarker {
+		t.Errorf("marker %q, want only %q", got, msp.ResponseMarker)
 	}
 	if resp.Header.Get("Date") != "Wed, 23 Apr 2025 12:00:00 GMT" {
 		t.Errorf("host Date not relayed: %q", resp.Header.Get("Date"))
@@ -308,7 +324,7 @@ func TestResponseMarker(t *testing.T) {
 	if resp.StatusCode != 200 || body != `{"a":1}` || resp.Header.Get("Content-Type") != "application/json" {
 		t.Fatalf("chunked relay: %d %q %v", resp.StatusCode, body, resp.Header)
 	}
-	if resp.Header.Get(signing.HeaderAuthorization) != signing.ResponseMarker {
+	if resp.Header.Get(msp.HeaderAuthorization) != msp.ResponseMarker {
 		t.Error("no marker on chunked response")
 	}
 
@@ -369,13 +385,13 @@ func TestForgedHeadersNeverReachUpstream(t *testing.T) {
 					t.Errorf("%s reached upstream: %q", name, v)
 				}
 			}
-			if v := r.values(signing.HeaderClaims); len(v) != 1 || v[0] != `{ "isRoot": "false"}` {
+			if v := r.values(msp.HeaderClaims); len(v) != 1 || v[0] != `{ "isRoot": "false"}` {
 				t.Errorf("claims %q", v)
 			}
-			if v := r.values(signing.HeaderDate); len(v) != 1 || v[0] != "Wed, 23 Apr 2025 12:00:00 GMT" {
+			if v := r.values(msp.HeaderDate); len(v) != 1 || v[0] != "Wed, 23 Apr 2025 12:00:00 GMT" {
 				t.Errorf("date %q", v)
 			}
-			auth := r.values(signing.HeaderAuthorization)
+			auth := r.values(msp.HeaderAuthorization)
 			signed := !tc.noKey && tc.method != "PUT"
 			if signed {
 				if len(auth) != 1 || !r.sigOK {
@@ -409,7 +425,7 @@ func TestConnectionHeaderCannotStripProxyHeaders(t *testing.T) {
 			t.Errorf("hop-by-hop %s forwarded: %q", name, v)
 		}
 	}
-	if r.value(signing.HeaderClaims) != `{ "isRoot": "true"}` || r.value(signing.HeaderDate) == "" || !r.sigOK {
+	if r.value(msp.HeaderClaims) != `{ "isRoot": "true"}` || r.value(msp.HeaderDate) == "" || !r.sigOK {
 		t.Errorf("proxy headers stripped or signature invalid: %+v", r.fields)
 	}
 	if r.value("Host") != "168.63.129.16" || r.value("x-ms-version") != "2012-11-30" {
@@ -456,7 +472,7 @@ func TestSignatureOverReceivedBytes(t *testing.T) {
 	}
 	// Worked example A (protocol.md §2.8): same headers, same signature.
 	want := "Azure-HMAC-SHA256 9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf 7c28efe8da50f19c9c38ab150b0cf9c71d09673f2bd6e061fd426044a5ca212c"
-	if got := e.up.requests()[0].value(signing.HeaderAuthorization); got != want {
+	if got := e.up.requests()[0].value(msp.HeaderAuthorization); got != want {
 		t.Errorf("example A authorization\n got %s\nwant %s", got, want)
 	}
 	if e.up.requests()[0].values("Content-Length") != nil {
@@ -489,7 +505,7 @@ func TestExemptStreamedUnsigned(t *testing.T) {
 		if string(r.body) != body {
 			t.Errorf("request %d: body of %d bytes", i, len(r.body))
 		}
-		if r.value(signing.HeaderClaims) == "" || r.value(signing.HeaderDate) == "" {
+		if r.value(msp.HeaderClaims) == "" || r.value(msp.HeaderDate) == "" {
 			t.Errorf("request %d: claims/date missing", i)
 		}
 	}
@@ -515,7 +531,7 @@ func TestAbsoluteFormTarget(t *testing.T) {
 	if hv := r.values("Host"); len(hv) != 1 || hv[0] != "168.63.129.16" {
 		t.Errorf("Host %q", hv)
 	}
-	if az := e.az.requests(); len(az) != 1 || az[0].Target != target || az[0].Dest != wsDest {
+	if az := e.az.requests(); len(az) != 1 || az[0].Target != target || az[0].Service != msp.WireServer {
 		t.Errorf("authorizer saw %+v", az)
 	}
 }
@@ -897,20 +913,9 @@ func TestNewRequiresDependencies(t *testing.T) {
 	}
 }
 
-func TestTraversalAndLocalTargetRules(t *testing.T) {
-	for _, tc := range []struct {
-		target string
-		want   bool
-	}{
-		{"/a/b", false}, {"/a/../b", true}, {"/a//b", true}, {"/%2e%2e", true}, {"/%2e%2", false},
-		{"/%252e%252e", false}, {"/a?b=..", false}, {"/a?b=//", false}, {"/..", true},
-	} {
-		if got := traversal(tc.target); got != tc.want {
-			t.Errorf("traversal(%q) = %v", tc.target, got)
-		}
-	}
+func TestLocalTargetRules(t *testing.T) {
 	for _, tc := range []struct{ target, want string }{
-		{"/provision", ProvisionPath}, {"/provision?", ProvisionPath}, {"/provision?a", ""},
+		{"/provision", provision.Path}, {"/provision?", provision.Path}, {"/provision?a", ""},
 		{"/gpa-aggregated-status", AggregateStatusPath}, {"http://127.0.0.1:3080/provision", ""}, {"/Provision", ""},
 	} {
 		if got := localTarget(tc.target); got != tc.want {
@@ -1041,7 +1046,7 @@ func TestOptionsAsterisk(t *testing.T) {
 	e := newEnv(t, nil)
 	c := e.connect(userRec(imdsDest))
 	resp, _ := c.do(req("OPTIONS", "*"))
-	if resp.StatusCode != 200 || resp.Header.Get(signing.HeaderAuthorization) != signing.ResponseMarker {
+	if resp.StatusCode != 200 || resp.Header.Get(msp.HeaderAuthorization) != msp.ResponseMarker {
 		t.Fatalf("got %d %v", resp.StatusCode, resp.Header)
 	}
 	if r := e.up.requests(); len(r) != 1 || r[0].target != "*" || !r[0].sigOK {

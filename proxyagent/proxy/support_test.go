@@ -22,14 +22,14 @@ import (
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/identity"
-	"github.com/opengpa/gpa/proxyagent/signing"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Destinations as the kernel would report them. Tests never dial them: the
 // Upstream option maps every destination to a loopback fake.
 var (
-	wsDest   = netip.MustParseAddrPort("168.63.129.16:80")
-	imdsDest = netip.MustParseAddrPort("169.254.169.254:80")
+	wsDest   = msp.WireServerAddr
+	imdsDest = msp.IMDSAddr
 )
 
 const (
@@ -108,7 +108,7 @@ func (a *fakeAuthz) Authorize(r authz.Request) authz.Decision {
 	a.mu.Lock()
 	a.seen = append(a.seen, r)
 	a.mu.Unlock()
-	d := authz.Decision{Result: authz.Allow, Service: authz.WireServer, RuleID: "rules-1", Epoch: 3}
+	d := authz.Decision{Result: authz.Allow, Service: r.Service, RuleID: "rules-1", Epoch: 3}
 	if strings.Contains(r.Target, "deny") {
 		d.Result, d.Reason = authz.Deny, "denied by test"
 	}
@@ -122,10 +122,10 @@ func (a *fakeAuthz) requests() []authz.Request {
 }
 
 // fakeKeys holds a swappable key and a fixed clock.
-type fakeKeys struct{ key atomic.Pointer[signing.Key] }
+type fakeKeys struct{ key atomic.Pointer[msp.Key] }
 
-func (k *fakeKeys) Key() *signing.Key { return k.key.Load() }
-func (k *fakeKeys) Now() time.Time    { return testNow }
+func (k *fakeKeys) Key() *msp.Key  { return k.key.Load() }
+func (k *fakeKeys) Now() time.Time { return testNow }
 
 // recorder collects audit events.
 type recorder struct {
@@ -169,7 +169,7 @@ type fakeLocal struct {
 	calls []provisionCall
 }
 
-func (l *fakeLocal) Provision(tick int64, notify bool) (bool, string) {
+func (l *fakeLocal) Query(tick int64, notify bool) (bool, string) {
 	l.mu.Lock()
 	l.calls = append(l.calls, provisionCall{tick, notify})
 	l.mu.Unlock()
@@ -185,7 +185,7 @@ type seenRequest struct {
 	conn           int
 	method, target string
 	proto          string
-	fields         []signing.Field
+	fields         []msp.Field
 	body           []byte
 	chunked        bool
 	sigPresent     bool
@@ -228,7 +228,7 @@ type upReply struct {
 type fakeUpstream struct {
 	t     testing.TB
 	ln    net.Listener
-	key   *signing.Key
+	key   *msp.Key
 	conns atomic.Int64
 
 	mu     sync.Mutex
@@ -241,7 +241,7 @@ func newFakeUpstream(t testing.TB) *fakeUpstream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := signing.NewKey(testKeyGUID, testKeyHex)
+	key, err := msp.NewKey(testKeyGUID, testKeyHex)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,10 +285,10 @@ func (u *fakeUpstream) serveConn(c net.Conn, id int) {
 			return
 		}
 		req.conn = id
-		if auth := req.value(signing.HeaderAuthorization); auth != "" {
+		if auth := req.value(msp.HeaderAuthorization); auth != "" {
 			req.sigPresent = true
-			guid, sig, ok := signing.ParseAuthorization(auth)
-			sts := signing.StringToSign(req.method, req.target, req.fields, req.body)
+			guid, sig, ok := msp.ParseAuthorization(auth)
+			sts := msp.StringToSign(req.method, req.target, req.fields, req.body)
 			req.sigOK = ok && guid == testKeyGUID && u.key.Verify(sts, sig)
 		}
 		u.mu.Lock()
@@ -349,7 +349,7 @@ func readRawRequest(br *bufio.Reader) (seenRequest, error) {
 		if !ok {
 			return r, fmt.Errorf("bad header line %q", line)
 		}
-		r.fields = append(r.fields, signing.Field{Name: name, Value: strings.TrimLeft(value, " ")})
+		r.fields = append(r.fields, msp.Field{Name: name, Value: strings.TrimLeft(value, " ")})
 	}
 	switch {
 	case strings.EqualFold(r.value("Transfer-Encoding"), "chunked"):

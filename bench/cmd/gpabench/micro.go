@@ -15,7 +15,7 @@ import (
 // microPackages are the packages whose benchmarks the suite folds in.
 var microPackages = []string{
 	"./proxyagent/authz",      // rule load (1k), canonicalisation + match
-	"./proxyagent/signing",    // signing per request
+	"./proxyagent/msp",        // signing per request
 	"./proxyagent/proxy",      // proxied request in-process, signing with header work
 	"./proxyagent/audit",      // audit-record write
 	"./proxyagent/claims",     // caller claims from /proc

@@ -1,5 +1,4 @@
-// Package signing implements the Metadata Security Protocol's request
-// endorsement: the canonical form of a request (method, body, headers, path
+// Request endorsement: the canonical form of a request (method, body, headers, path
 // and query), its HMAC-SHA256 signature under the latched key, and the
 // x-ms-azure-host-authorization header that carries it.
 //
@@ -8,7 +7,8 @@
 // The canonical form follows shared/spec/protocol.md §2 byte for byte,
 // including upstream's quirks (last header value wins, query entries keyed
 // by key+value).
-package signing
+
+package msp
 
 import (
 	"crypto/hmac"
@@ -140,28 +140,6 @@ func CanonicalQuery(rawQuery string) string {
 		}
 	}
 	return b.String()
-}
-
-// SplitTarget splits an HTTP request-target into its raw path and raw query
-// without decoding either. An absolute-form target ("http://host/p?q")
-// yields its path ("/" when empty); a fragment is dropped.
-func SplitTarget(target string) (path, query string) {
-	if i := strings.IndexByte(target, '#'); i >= 0 {
-		target = target[:i]
-	}
-	if i := strings.Index(target, "://"); i >= 0 && !strings.HasPrefix(target, "/") {
-		rest := target[i+3:]
-		j := strings.IndexAny(rest, "/?")
-		if j < 0 {
-			return "/", ""
-		}
-		target = rest[j:]
-		if target[0] == '?' {
-			target = "/" + target
-		}
-	}
-	path, query, _ = strings.Cut(target, "?")
-	return path, query
 }
 
 // StringToSign builds the exact bytes that are signed:

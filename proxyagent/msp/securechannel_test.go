@@ -1,4 +1,4 @@
-package securechannel
+package msp
 
 import (
 	"encoding/json"
@@ -97,7 +97,7 @@ func TestParseKeyStatusRequiredFields(t *testing.T) {
 
 func TestParseKeyNeverEchoesTheKey(t *testing.T) {
 	const secret = "4A404E635266556A586E3272357538782F413F4428472B4B6250645367566B59"
-	k, err := ParseKey([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","guid":"g","issued":"2021-05-05T 12:00:00Z","key":"` + secret + `"}`))
+	k, err := ParseIssuedKey([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","guid":"g","issued":"2021-05-05T 12:00:00Z","key":"` + secret + `"}`))
 	if err != nil || k.GUID != "g" || k.Key != secret {
 		t.Fatalf("ParseKey = %v, %v", k, err)
 	}
@@ -108,9 +108,9 @@ func TestParseKeyNeverEchoesTheKey(t *testing.T) {
 	}
 	for _, body := range []string{`{"guid":"g","issued":"i","key":"` + secret + `"}`, `{"authorizationScheme":"a","issued":"i","key":"` + secret + `"}`,
 		`{"authorizationScheme":"a","guid":"g","key":"` + secret + `"}`, `{"authorizationScheme":"a","guid":"g","issued":"i"}`, `{"key":"` + secret + `",`} {
-		_, err := ParseKey([]byte(body))
+		_, err := ParseIssuedKey([]byte(body))
 		if err == nil || strings.Contains(err.Error(), secret) {
-			t.Errorf("ParseKey(%q) error %v", body, err)
+			t.Errorf("ParseIssuedKey(%q) error %v", body, err)
 		}
 	}
 }

@@ -1,10 +1,10 @@
-// Package securechannel holds the wire types of the Metadata Security
-// Protocol's secure channel, in one place: the key status the WireServer
+// The secure channel's wire types: the key status the WireServer
 // reports (GET /secure-channel/status), the key it issues (POST
 // /secure-channel/key, also the on-disk key file), and the authorization
 // rules documents carried inside the status (shared/spec/protocol.md §1.2,
 // §1.4, §3.1). Field names and JSON spellings are upstream's.
-package securechannel
+
+package msp
 
 import (
 	"encoding/json"
@@ -74,151 +74,6 @@ type KeyStatus struct {
 	SecureChannelEnabled      *bool               `json:"secureChannelEnabled,omitempty"`
 	Version                   string              `json:"version"`
 	AuthorizationRules        *AuthorizationRules `json:"authorizationRules,omitempty"`
-}
-
-// AuthorizationRules holds one rules item per service.
-type AuthorizationRules struct {
-	IMDS       *AuthorizationItem `json:"imds,omitempty"`
-	WireServer *AuthorizationItem `json:"wireserver,omitempty"`
-	HostGA     *AuthorizationItem `json:"hostga,omitempty"`
-}
-
-// AuthorizationItem is one service's rule set: its default, mode, id and
-// optional rules (protocol.md §3.1). defaultAccess, mode and id are
-// required on the wire.
-type AuthorizationItem struct {
-	DefaultAccess string `json:"defaultAccess"`
-	Mode          string `json:"mode"`
-	ID            string `json:"id"`
-	Rules         *Rules `json:"rules,omitempty"`
-}
-
-// Rules is the RBAC body of an AuthorizationItem, also the body of an
-// inVMAccessControlProfile version.
-type Rules struct {
-	Privileges      []Privilege      `json:"privileges,omitempty"`
-	Roles           []Role           `json:"roles,omitempty"`
-	Identities      []Identity       `json:"identities,omitempty"`
-	RoleAssignments []RoleAssignment `json:"roleAssignments,omitempty"`
-}
-
-// Privilege names a path prefix and optional required query parameters.
-type Privilege struct {
-	Name            string            `json:"name"`
-	Path            string            `json:"path"`
-	QueryParameters map[string]string `json:"queryParameters,omitempty"`
-}
-
-// Role groups privileges by name.
-type Role struct {
-	Name       string   `json:"name"`
-	Privileges []string `json:"privileges"`
-}
-
-// Identity selects callers; every specified selector must match. A
-// selector is specified when it is non-empty or when the document named it,
-// even with an empty value (upstream then requires the claim to be empty),
-// so a decoded "userName": "" survives a round trip.
-type Identity struct {
-	Name        string
-	UserName    string
-	GroupName   string
-	ExePath     string
-	ProcessName string
-	// named records selectors the decoded document named with an empty
-	// value, so they are not mistaken for wildcards.
-	named emptySelectors
-}
-
-// emptySelectors is a set of selectors named with an empty value.
-type emptySelectors uint8
-
-const (
-	emptyUserName emptySelectors = 1 << iota
-	emptyGroupName
-	emptyExePath
-	emptyProcessName
-)
-
-// identityJSON is the wire form of Identity; a nil selector is absent.
-type identityJSON struct {
-	Name        string  `json:"name"`
-	UserName    *string `json:"userName,omitempty"`
-	GroupName   *string `json:"groupName,omitempty"`
-	ExePath     *string `json:"exePath,omitempty"`
-	ProcessName *string `json:"processName,omitempty"`
-}
-
-// Selectors returns the specified selectors; nil means absent (a wildcard).
-func (id Identity) Selectors() (userName, groupName, exePath, processName *string) {
-	sel := func(v string, bit emptySelectors) *string {
-		if v == "" && id.named&bit == 0 {
-			return nil
-		}
-		return &v
-	}
-	return sel(id.UserName, emptyUserName), sel(id.GroupName, emptyGroupName), sel(id.ExePath, emptyExePath),
-		sel(id.ProcessName, emptyProcessName)
-}
-
-// MarshalJSON writes the specified selectors, empty ones included.
-func (id Identity) MarshalJSON() ([]byte, error) {
-	u, g, e, p := id.Selectors()
-	return json.Marshal(identityJSON{Name: id.Name, UserName: u, GroupName: g, ExePath: e, ProcessName: p})
-}
-
-// UnmarshalJSON reads an identity, remembering selectors named with an
-// empty value.
-func (id *Identity) UnmarshalJSON(b []byte) error {
-	var w identityJSON
-	if err := json.Unmarshal(b, &w); err != nil {
-		return err
-	}
-	*id = Identity{Name: w.Name}
-	for _, f := range []struct {
-		src *string
-		dst *string
-		bit emptySelectors
-	}{{w.UserName, &id.UserName, emptyUserName}, {w.GroupName, &id.GroupName, emptyGroupName},
-		{w.ExePath, &id.ExePath, emptyExePath}, {w.ProcessName, &id.ProcessName, emptyProcessName}} {
-		if f.src != nil {
-			*f.dst = *f.src
-			if *f.src == "" {
-				id.named |= f.bit
-			}
-		}
-	}
-	return nil
-}
-
-// RoleAssignment grants a role to identities.
-type RoleAssignment struct {
-	Role       string   `json:"role"`
-	Identities []string `json:"identities"`
-}
-
-// UnmarshalJSON enforces the required fields of an item, as upstream's
-// deserializer does: a missing defaultAccess, mode or id fails the parse.
-func (a *AuthorizationItem) UnmarshalJSON(b []byte) error {
-	var raw struct {
-		DefaultAccess *string `json:"defaultAccess"`
-		Mode          *string `json:"mode"`
-		ID            *string `json:"id"`
-		Rules         *Rules  `json:"rules"`
-	}
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return err
-	}
-	switch {
-	case raw.DefaultAccess == nil:
-		return errors.New("authorization item: missing field `defaultAccess`")
-	case raw.Mode == nil:
-		return errors.New("authorization item: missing field `mode`")
-	case raw.ID == nil:
-		return errors.New("authorization item: missing field `id`")
-	}
-	*a = AuthorizationItem{DefaultAccess: *raw.DefaultAccess, Mode: *raw.Mode, ID: *raw.ID, Rules: raw.Rules}
-	return nil
 }
 
 // ParseKeyStatus decodes a status body (a leading UTF-8 BOM is accepted)
@@ -335,9 +190,9 @@ func itemMode(it *AuthorizationItem) string {
 	return strings.ToLower(it.Mode)
 }
 
-// Key is the body of POST /secure-channel/key and the content of a
+// IssuedKey is the body of POST /secure-channel/key and the content of a
 // <guid>.key file. Key is hex text; never log a Key value.
-type Key struct {
+type IssuedKey struct {
 	AuthorizationScheme string  `json:"authorizationScheme"`
 	IncarnationID       *uint32 `json:"incarnationId,omitempty"`
 	GUID                string  `json:"guid"`
@@ -345,15 +200,15 @@ type Key struct {
 	Key                 string  `json:"key"`
 }
 
-// String names the key by GUID only, so printing a Key never leaks it.
-func (k Key) String() string { return "secure-channel key " + k.GUID }
+// String names the key by GUID only, so printing an IssuedKey never leaks it.
+func (k IssuedKey) String() string { return "secure-channel key " + k.GUID }
 
 // GoString names the key by GUID only.
-func (k Key) GoString() string { return k.String() }
+func (k IssuedKey) GoString() string { return k.String() }
 
-// ParseKey decodes a Key (a leading UTF-8 BOM is accepted) and requires
+// ParseIssuedKey decodes an IssuedKey (a leading UTF-8 BOM is accepted) and requires
 // authorizationScheme, guid, issued and key. Errors never contain the key.
-func ParseKey(body []byte) (*Key, error) {
+func ParseIssuedKey(body []byte) (*IssuedKey, error) {
 	body = trimBOM(body)
 	var raw struct {
 		AuthorizationScheme *string `json:"authorizationScheme"`
@@ -379,7 +234,7 @@ func ParseKey(body []byte) (*Key, error) {
 	case raw.Key == nil:
 		return nil, errors.New("key: missing field `key`")
 	}
-	return &Key{AuthorizationScheme: *raw.AuthorizationScheme, IncarnationID: raw.IncarnationID,
+	return &IssuedKey{AuthorizationScheme: *raw.AuthorizationScheme, IncarnationID: raw.IncarnationID,
 		GUID: *raw.GUID, Issued: *raw.Issued, Key: *raw.Key}, nil
 }
 
