@@ -234,19 +234,26 @@ func (x *Extension) AgentLogFolder() string { return x.Layout.LogDir() }
 
 // Processes returns the running processes whose executable lives under
 // Root (monitor, supervisor, agent).
-func (x *Extension) Processes() []handler.Proc {
+func (x *Extension) Processes() []handler.Proc { return procsUnder(x.Root) }
+
+// Pins returns the names of the entries in PinDir (nil when it is gone).
+func (x *Extension) Pins() []string { return entries(x.PinDir) }
+
+// procsUnder returns the running processes whose executable lives under
+// root.
+func procsUnder(root string) []handler.Proc {
 	var out []handler.Proc
 	for _, p := range handler.ListProcs() {
-		if strings.HasPrefix(p.Exe, x.Root+"/") {
+		if strings.HasPrefix(p.Exe, root+"/") {
 			out = append(out, p)
 		}
 	}
 	return out
 }
 
-// Pins returns the names of the entries in PinDir (nil when it is gone).
-func (x *Extension) Pins() []string {
-	ents, err := os.ReadDir(x.PinDir)
+// entries returns the names in dir (nil when it is missing).
+func entries(dir string) []string {
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil
 	}

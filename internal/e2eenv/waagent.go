@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -250,28 +249,10 @@ func (w *Waagent) HandlerDir(version string) string {
 
 // Processes returns the running processes whose executable lives under
 // Root (monitor, supervisor, agent).
-func (w *Waagent) Processes() []handler.Proc {
-	var out []handler.Proc
-	for _, p := range handler.ListProcs() {
-		if strings.HasPrefix(p.Exe, w.Root+"/") {
-			out = append(out, p)
-		}
-	}
-	return out
-}
+func (w *Waagent) Processes() []handler.Proc { return procsUnder(w.Root) }
 
 // Pins returns the names of the entries in PinDir (nil when it is gone).
-func (w *Waagent) Pins() []string {
-	ents, err := os.ReadDir(w.PinDir)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	return out
-}
+func (w *Waagent) Pins() []string { return entries(w.PinDir) }
 
 // PublishPackage publishes an extension zip on the host simulator as
 // version of the ProxyAgent handler.
@@ -280,7 +261,7 @@ func (e *Env) PublishPackage(ctx context.Context, version, zipPath string) error
 	if err != nil {
 		return fmt.Errorf("e2eenv: %w", err)
 	}
-	_, err = e.controlRaw(ctx, http.MethodPut, "/packages/"+handler.HandlerName+"/"+version, data)
+	_, err = e.Control(ctx, http.MethodPut, "/packages/"+handler.HandlerName+"/"+version, data)
 	return err
 }
 
@@ -326,26 +307,6 @@ func (e *Env) WaitInstanceView(ctx context.Context, ok func(hostsim.InstanceView
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
-}
-
-// controlRaw sends a raw body to the host simulator's control endpoint.
-func (e *Env) controlRaw(ctx context.Context, method, path string, body []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+ControlAddr+path, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	client := *e.control
-	client.Timeout = time.Minute
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("e2eenv: control %s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode/100 != 2 {
-		return nil, fmt.Errorf("e2eenv: control %s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(out))
-	}
-	return out, nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
