@@ -72,6 +72,10 @@ func appendClaimsJSON(dst []byte, c *claims.Claims) []byte {
 	dst = append(dst, `{"userId":`...)
 	dst = strconv.AppendUint(dst, c.UserID, 10)
 	dst = appendField(dst, "userName", c.UserName)
+	if c.GroupID != 0 {
+		dst = append(dst, `,"groupId":`...)
+		dst = strconv.AppendUint(dst, c.GroupID, 10)
+	}
 	dst = append(dst, `,"userGroups":`...)
 	if c.UserGroups == nil {
 		dst = append(dst, "null"...)
