@@ -509,7 +509,42 @@ func (e *Env) send(name string, p *proc, sig syscall.Signal) error {
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		return fmt.Errorf("e2eenv: signal %s: %w", name, err)
 	}
+	if sig == syscall.SIGSTOP {
+		// A signal is delivered asynchronously: return once the process
+		// is stopped, so what the caller does next happens while it is.
+		return waitStopped(name, p.cmd.Process.Pid)
+	}
 	return nil
+}
+
+// waitStopped waits (up to 5 s) until every thread of pid is in the
+// stopped state (T in /proc/<pid>/task/<tid>/stat).
+func waitStopped(name string, pid int) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return fmt.Errorf("e2eenv: %s: %w", name, err)
+		}
+		stopped := len(tasks) > 0
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+			if err != nil {
+				continue // the thread ended
+			}
+			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("e2eenv: %s did not stop", name)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (e *Env) signalAgent(sig syscall.Signal) error {

@@ -502,7 +502,8 @@ func eventMessage(ev *Event) string {
 // upstreamClaimsJSON is c as upstream serialises claims (no ancestry).
 func upstreamClaimsJSON(c *claims.Claims) string {
 	u := *c
-	u.Ancestry = nil
+	// Only upstream's fields.
+	u.Ancestry, u.GroupID, u.Workload, u.OtherNetns = nil, 0, claims.Workload{}, false
 	if u.UserGroups == nil {
 		u.UserGroups = []string{}
 	}

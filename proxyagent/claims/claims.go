@@ -6,8 +6,11 @@ package claims
 // Claims is the caller identity used for authorization, audit records and
 // logs. Its JSON form is upstream's; only IsRoot is ever sent to the host.
 type Claims struct {
-	UserID          uint64   `json:"userId"`
-	UserName        string   `json:"userName"`
+	UserID   uint64 `json:"userId"`
+	UserName string `json:"userName"`
+	// GroupID is the caller's real group at connect time, as the kernel
+	// recorded it (not part of upstream's claims).
+	GroupID         uint64   `json:"groupId,omitempty"`
 	UserGroups      []string `json:"userGroups"`
 	ProcessID       uint32   `json:"processId"`
 	ProcessName     string   `json:"processName"`

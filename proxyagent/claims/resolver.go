@@ -82,6 +82,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	u := r.users.lookup(r, rec.UID)
 	c := &Claims{
 		UserID:        uint64(rec.UID),
+		GroupID:       uint64(rec.GID),
 		UserName:      u.name,
 		UserGroups:    append([]string{}, u.groups...),
 		ProcessID:     rec.PID,

@@ -67,6 +67,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	limit := s.opts.MaxSignedBody
 	if exempt {
 		limit = s.opts.MaxExemptBody
+	} else if isUpload(r.Method, r.RequestURI) {
+		limit = s.opts.MaxUploadBody
 	}
 	if r.ContentLength > limit {
 		ev.Status, ev.Error = http.StatusRequestEntityTooLarge, "request body exceeds "+strconv.FormatInt(limit, 10)+" bytes"
@@ -134,6 +136,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Error = "Block unauthorized request: " + callerJSON(st)
 		reply(w, ev.Status, true)
 		return
+	}
+	if !exempt {
+		release, ok := s.reserveUpload(r, limit)
+		if !ok {
+			ev.Status, ev.Error = http.StatusServiceUnavailable, "upload buffer budget spent"
+			w.Header().Set("Retry-After", "5")
+			reply(w, ev.Status, true)
+			return
+		}
+		defer release()
 	}
 	s.forward(w, r, st, exempt, limit, &ev)
 }

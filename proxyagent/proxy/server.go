@@ -208,6 +208,12 @@ type Options struct {
 	// signature-exempt requests.
 	MaxSignedBody int64
 	MaxExemptBody int64
+	// MaxUploadBody is the body limit of waagent's signed uploads (see
+	// isUpload; default DefaultMaxUploadBody) and UploadBudget the bytes
+	// all such bodies above MaxSignedBody may hold at once (default
+	// DefaultUploadBudget).
+	MaxUploadBody int64
+	UploadBudget  int64
 	// DialTimeout bounds the upstream connect; ResponseTimeout bounds every
 	// single read or write on the upstream connection.
 	DialTimeout     time.Duration
@@ -229,7 +235,8 @@ type Server struct {
 	log  *slog.Logger
 	hs   *http.Server
 
-	pool upstreamPool // idle upstream connections shared by client connections
+	pool    upstreamPool // idle upstream connections shared by client connections
+	uploads byteBudget   // buffers of large signed uploads (reserveUpload)
 
 	requests atomic.Uint64 // proxyConnectionsCount and HTTP ids
 	tcpIDs   atomic.Uint64
@@ -283,6 +290,12 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxExemptBody <= 0 {
 		opts.MaxExemptBody = DefaultMaxExemptBody
 	}
+	if opts.MaxUploadBody <= 0 {
+		opts.MaxUploadBody = DefaultMaxUploadBody
+	}
+	if opts.UploadBudget <= 0 {
+		opts.UploadBudget = DefaultUploadBudget
+	}
 	if opts.DialUpstream == nil {
 		d := &net.Dialer{}
 		opts.DialUpstream = d.DialContext
@@ -293,6 +306,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy")}
 	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
+	s.uploads.free = opts.UploadBudget
 	s.hs = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,

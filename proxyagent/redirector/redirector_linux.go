@@ -454,7 +454,6 @@ func toIdentity(rec bpf.RedirectConnRecord, agentNetns uint64) identity.Record {
 	}
 	return identity.Record{
 		PID:        rec.Pid,
-		TID:        rec.Tid,
 		UID:        rec.Uid,
 		GID:        rec.Gid,
 		CgroupID:   rec.CgroupId,
