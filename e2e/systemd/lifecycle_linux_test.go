@@ -175,16 +175,38 @@ func TestSystemdLifecycle(t *testing.T) {
 	// down no request reaches the host unsigned.
 	step = time.Now()
 	pid := v.mainPID(ctx)
+	clientLog := filepath.Join(share, "client.log")
 	v.run(ctx, "systemd-run", "--unit=gpa-test-client", "--collect", "--quiet", "sh", "-c",
-		`while [ ! -e /run/gpa-test-stop ]; do curl -s -o /dev/null --max-time 5 -H '`+wsVersion+`' '`+goalStateURL+`'; done`)
+		`while [ ! -e /run/gpa-test-stop ]; do curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' -H '`+wsVersion+`' '`+goalStateURL+`' >> `+clientLog+`; done`)
 	v.run(ctx, "sh", "-c", "kill -9 "+strconv.Itoa(pid))
 	newPID := v.waitRestarted(ctx, pid)
 	code, marked = v.curl(ctx, goalStateURL, wsVersion)
 	if code != http.StatusOK || !marked {
 		t.Errorf("after the restart: HTTP %d marked %v, want 200 through the agent", code, marked)
 	}
+	// Stop the loop once it, too, has been served by the new agent.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if b, _ := os.ReadFile(clientLog); strings.Contains(string(b), "200\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client loop got no answer from the restarted agent")
+		}
+	}
 	v.run(ctx, "touch", "/run/gpa-test-stop")
+	v.waitInactive(ctx, "gpa-test-client.service")
 	t.Logf("agent pid %d killed, pid %d started by systemd and serving %v later", pid, newPID, time.Since(step).Round(time.Millisecond))
+	// The loop called WireServer while the agent was down (refused: curl
+	// reports 000) and got only the agent's answers otherwise.
+	b, _ := os.ReadFile(clientLog)
+	outcomes := map[string]int{}
+	for _, c := range strings.Fields(string(b)) {
+		outcomes[c]++
+	}
+	if outcomes["000"] == 0 || outcomes["200"] == 0 || len(outcomes) != 2 {
+		t.Errorf("client loop outcomes %v, want refused connections (000) while the agent was down and 200 otherwise", outcomes)
+	}
+	t.Logf("client loop across the restart: %v", outcomes)
 	v.checkJournal(ctx)
 
 	// Upgrade 1.0.0 -> 1.0.1 in waagent's order.
@@ -395,6 +417,22 @@ func (v *vm) unitState(ctx context.Context, unit string, props ...string) map[st
 		}
 	}
 	return got
+}
+
+// waitInactive waits until unit no longer runs.
+func (v *vm) waitInactive(ctx context.Context, unit string) {
+	v.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := v.unitState(ctx, unit, "ActiveState")
+		if st["ActiveState"] != "active" && st["ActiveState"] != "deactivating" {
+			return
+		}
+		if time.Now().After(deadline) {
+			v.t.Fatalf("%s still %s", unit, st["ActiveState"])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func (v *vm) mainPID(ctx context.Context) int {
