@@ -22,6 +22,7 @@ import (
 	"github.com/opengpa/gpa/internal/nspawn"
 	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/internal/waagentsim"
+	"github.com/opengpa/gpa/manifest"
 	"github.com/opengpa/gpa/proxyagent/audit"
 )
 
@@ -50,9 +51,10 @@ type vm struct {
 }
 
 // TestSystemdLifecycle runs the extension's whole life under a real
-// systemd: install and enable (the agent unit active and enabled, the
-// monitor a transient unit that got the handler's GPA_* environment, so
-// the configuration overlay reached the installed agent), a signed request
+// systemd: install and enable (the agent unit active, enabled and under
+// its CPU quota, the monitor a transient unit that got the handler's
+// GPA_* environment, so the configuration overlay reached the installed
+// agent), a signed request
 // whose caller the agent identifies inside the machine's PID namespace,
 // the agent killed with SIGKILL and restarted by systemd without a single
 // unsigned request reaching the host, an upgrade in waagent's order,
@@ -140,6 +142,19 @@ func TestSystemdLifecycle(t *testing.T) {
 
 	if got := v.unitState(ctx, agentUnit, "ActiveState", "UnitFileState"); got["ActiveState"] != "active" || got["UnitFileState"] != "enabled" {
 		t.Errorf("%s: %v, want active and enabled", agentUnit, got)
+	}
+	// The agent puts the manifest's CPU quota on its own unit (n % is n*10
+	// ms of CPU per second).
+	wantQuota := fmt.Sprintf("%dms", manifest.AgentCPUQuotaPercentage*10)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		got := v.unitState(ctx, agentUnit, "CPUQuotaPerSecUSec")["CPUQuotaPerSecUSec"]
+		if got == wantQuota {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s CPUQuotaPerSecUSec %q, want %s (CPUQuota=%d%%)", agentUnit, got, wantQuota, manifest.AgentCPUQuotaPercentage)
+			break
+		}
 	}
 	mon := v.unitState(ctx, monitorUnit, "ActiveState", "Transient", "Environment", "ExecStart")
 	if mon["ActiveState"] != "active" || mon["Transient"] != "yes" {
