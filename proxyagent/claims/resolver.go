@@ -58,8 +58,9 @@ const Undefined = "undefined"
 // image: an execve changes the key, and so does a new process with the same
 // pid. What is cached is what the first connection of the image saw: a
 // command line the process rewrites later, or an ancestor that exits, is
-// not re-read (the kernel-proven parts, uid and executable, cannot change
-// within an image).
+// not re-read. The user (uid, gid, names) still comes from each
+// connection's record, and the executable of an image does not change
+// (short of the privileged PR_SET_MM_EXE_FILE).
 //
 // A process that has already exited (or whose stat cannot be read to
 // verify it) keeps the kernel's uid and pid, with ProcessFullPath empty,
