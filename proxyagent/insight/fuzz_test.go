@@ -1,6 +1,8 @@
 package insight
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"os"
 	"path/filepath"
@@ -15,13 +17,19 @@ import (
 // input must give warnings or errors, never a panic.
 func FuzzScan(f *testing.F) {
 	dir := f.TempDir()
-	log := writeLog(f, dir, fixture, 0)
-	real, err := os.ReadFile(log)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(real)
-	f.Add(real[:len(real)/2])
+	// Small records, not a day of the agent's full ones: the engine
+	// minimizes every input that finds new coverage by running it again
+	// for each subset of its bytes, so a seed of kilobytes would spend the
+	// fuzzing time there. TestScanRegressions runs the real log.
+	alice := `{"v":1,"time":"2026-11-20T10:00:00Z","seq":1,"caller":{"userId":1000,"userName":"alice","userGroups":["users"],` +
+		`"processName":"curl","processFullPath":"/usr/bin/curl"},"destination":{"service":"IMDS"},"method":"GET",` +
+		`"target":"/metadata/instance?api-version=2021-02-01","decision":"allow","status":200}`
+	prev := sha256.Sum256([]byte(alice))
+	bob := `{"v":1,"time":"2026-11-20T11:00:00Z","seq":2,"caller":{"userId":1001,"userName":"bob","userGroups":["data"],` +
+		`"processName":"python3","processFullPath":"/usr/bin/python3"},"destination":{"service":"WireServer"},"method":"GET",` +
+		`"target":"/machine?comp=goalstate","decision":"audit-deny","status":200,"prev":"` + hex.EncodeToString(prev[:]) + `"}`
+	f.Add([]byte(alice + "\n" + bob + "\n"))
+	f.Add([]byte(alice + "\n" + bob[:len(bob)/2]))
 	f.Add([]byte(`{"v":1,"caller":null,"destination":{"service":"IMDS"},"decision":"deny","target":"%zz/%3F?=&a=%"}` + "\n"))
 	f.Add([]byte(`{"v":1,"caller":{"userGroups":null,"ancestry":[{}]},"destination":{"service":"WireServer"},"decision":"allow","target":"http://x"}` + "\n"))
 	f.Add([]byte("\n\n{}\n\xff\xfe\n"))
@@ -29,11 +37,28 @@ func FuzzScan(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		path := filepath.Join(t.TempDir(), "audit.jsonl")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
+	// One file, kept open and rewritten in place for each input: making
+	// and removing a directory, or truncating and closing a file, per input
+	// would cost more than everything Scan does.
+	input, err := os.Create(filepath.Join(dir, "fuzz.jsonl"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { input.Close() })
+	f.Fuzz(func(t *testing.T, data []byte) { scanEverything(t, rules, input, data) })
+}
+
+// scanEverything is FuzzScan's body: data, written to input, goes through
+// Scan and every consumer.
+func scanEverything(t testing.TB, rules *Rules, input *os.File, data []byte) {
+	if _, err := input.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := input.Truncate(int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	path := input.Name()
+	{
 		rb := NewReportBuilder(ReportOptions{Rules: rules, PathDepth: 2})
 		rp := NewReplayer(rules)
 		var sgs []*Suggester
@@ -88,7 +113,40 @@ func FuzzScan(f *testing.F) {
 				t.Fatalf("Verify: %v %q\n%s", err, bad, doc)
 			}
 		}
-	})
+	}
+}
+
+// TestScanRegressions runs FuzzScan's body on inputs too large for its
+// seed corpus: a day of the agent's own records, and each input that once
+// failed it (testdata/scan).
+func TestScanRegressions(t *testing.T) {
+	dir := t.TempDir()
+	day, err := os.ReadFile(writeLog(t, dir, fixture, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inputs := map[string][]byte{"fixture": day, "fixture cut in half": day[:len(day)/2]}
+	found, err := filepath.Glob(filepath.Join("testdata", "scan", "*.jsonl"))
+	if err != nil || len(found) == 0 {
+		t.Fatalf("no regression inputs in testdata/scan: %v", err)
+	}
+	for _, name := range found {
+		if inputs[name], err = os.ReadFile(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rules, err := ParseRules([]byte(aliceOnlyIMDS), authz.IMDSRulesFile, RulesOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	input, err := os.Create(filepath.Join(dir, "input.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer input.Close()
+	for name, data := range inputs {
+		t.Run(name, func(t *testing.T) { scanEverything(t, rules, input, data) })
+	}
 }
 
 // FuzzParseRules checks that no rules document crashes the loader.
