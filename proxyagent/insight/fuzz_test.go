@@ -58,60 +58,58 @@ func scanEverything(t testing.TB, rules *Rules, input *os.File, data []byte) {
 		t.Fatal(err)
 	}
 	path := input.Name()
-	{
-		rb := NewReportBuilder(ReportOptions{Rules: rules, PathDepth: 2})
-		rp := NewReplayer(rules)
-		var sgs []*Suggester
-		for _, o := range []SuggestOptions{
-			{Service: authz.IMDS, Query: QueryObserved},
-			{Service: authz.WireServer, Identity: ByGroup, IncludeHostGA: true, IncludeDenied: true},
-		} {
-			sg, err := NewSuggester(o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sgs = append(sgs, sg)
-		}
-		st, err := Scan(Source{Path: path}, func(e Entry) error {
-			rb.Add(e)
-			rp.Add(e)
-			for _, sg := range sgs {
-				sg.Add(e)
-			}
-			return nil
-		})
+	rb := NewReportBuilder(ReportOptions{Rules: rules, PathDepth: 2})
+	rp := NewReplayer(rules)
+	var sgs []*Suggester
+	for _, o := range []SuggestOptions{
+		{Service: authz.IMDS, Query: QueryObserved},
+		{Service: authz.WireServer, Identity: ByGroup, IncludeHostGA: true, IncludeDenied: true},
+	} {
+		sg, err := NewSuggester(o)
 		if err != nil {
-			if _, ok := err.(*InputError); !ok {
-				t.Fatalf("Scan error of type %T: %v", err, err)
-			}
-			return
-		}
-		rep := rb.Report(st)
-		if err := rep.WriteTable(io.Discard); err != nil {
 			t.Fatal(err)
 		}
-		if err := rep.WriteJSON(io.Discard); err != nil {
-			t.Fatal(err)
-		}
-		if err := rp.Result(st).WriteText(io.Discard); err != nil {
-			t.Fatal(err)
-		}
+		sgs = append(sgs, sg)
+	}
+	st, err := Scan(Source{Path: path}, func(e Entry) error {
+		rb.Add(e)
+		rp.Add(e)
 		for _, sg := range sgs {
-			s, err := sg.Suggest()
-			if err != nil {
-				continue
-			}
-			doc, err := s.LocalJSON()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := authz.ValidateLocalRules(doc); err != nil {
-				t.Fatalf("suggestion does not validate: %v\n%s", err, doc)
-			}
-			// Every observed legitimate request must be allowed.
-			if bad, err := s.Verify(); err != nil || len(bad) > 0 {
-				t.Fatalf("Verify: %v %q\n%s", err, bad, doc)
-			}
+			sg.Add(e)
+		}
+		return nil
+	})
+	if err != nil {
+		if _, ok := err.(*InputError); !ok {
+			t.Fatalf("Scan error of type %T: %v", err, err)
+		}
+		return
+	}
+	rep := rb.Report(st)
+	if err := rep.WriteTable(io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.WriteJSON(io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if err := rp.Result(st).WriteText(io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, sg := range sgs {
+		s, err := sg.Suggest()
+		if err != nil {
+			continue
+		}
+		doc, err := s.LocalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := authz.ValidateLocalRules(doc); err != nil {
+			t.Fatalf("suggestion does not validate: %v\n%s", err, doc)
+		}
+		// Every observed legitimate request must be allowed.
+		if bad, err := s.Verify(); err != nil || len(bad) > 0 {
+			t.Fatalf("Verify: %v %q\n%s", err, bad, doc)
 		}
 	}
 }
