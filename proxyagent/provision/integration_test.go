@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/keykeeper"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
@@ -58,6 +59,7 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	reg := status.NewRegistry()
 	redir := &policyRecorder{}
 	var kk *keykeeper.KeyKeeper
+	finished := make(chan struct{})
 	writer := &status.Writer{Reporter: &status.Reporter{Registry: reg, Version: "1.2.3"},
 		Path: filepath.Join(root, "status", "status.json"), Interval: time.Hour, MinGap: time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -73,6 +75,7 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 		OnFinished: func() {
 			wg.Add(1)
 			go func() { defer wg.Done(); writer.Run(ctx) }()
+			close(finished)
 		},
 	})
 	kk, err = keykeeper.New(keykeeper.Options{
@@ -94,12 +97,15 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	reg.Set(status.ProxyListener, status.Running, "Started proxy listener, ready to accept request - 6")
 	prov.ListenerReady()
 
-	deadline := time.Now().Add(5 * time.Second)
-	for prov.Flags() != AllReady {
-		if time.Now().After(deadline) {
-			t.Fatalf("not all ready: flags %d, key latch %q", prov.Flags(), reg.Get(status.KeyLatch).Message)
-		}
-		time.Sleep(5 * time.Millisecond)
+	// Provisioning has finished once it called OnFinished: the ALL_READY
+	// re-sync and the tag files come first.
+	select {
+	case <-finished:
+	case <-time.After(testsupport.Deadline):
+		t.Fatalf("provisioning did not finish: flags %d, key latch %q", prov.Flags(), reg.Get(status.KeyLatch).Message)
+	}
+	if prov.Flags() != AllReady {
+		t.Fatalf("finished with flags %d", prov.Flags())
 	}
 	if kk.Key() == nil || kk.State() != "wireserver" {
 		t.Fatalf("key %v state %q", kk.Key(), kk.State())
@@ -113,16 +119,10 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 
 	// status.json appears once provisioning finished, with SUCCESS.
 	var data []byte
-	for {
+	testsupport.WaitFor(t, "status.json with SUCCESS", func() bool {
 		data, _ = os.ReadFile(writer.Path)
-		if strings.Contains(string(data), `"status":"SUCCESS"`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status.json: %s", data)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return strings.Contains(string(data), `"status":"SUCCESS"`)
+	})
 	for _, want := range []string{`"version":"1.2.3"`, `"secureChannelState":"wireserver"`, `"keyGuid":"` + kk.Key().GUID + `"`} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("status.json lacks %s: %s", want, data)
@@ -135,18 +135,11 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	before := len(redir.calls)
 	redir.mu.Unlock()
 	kk.Notify()
-	for {
+	testsupport.WaitFor(t, "the notify's re-sync of the redirect policy", func() bool {
 		redir.mu.Lock()
-		n := len(redir.calls)
-		redir.mu.Unlock()
-		if n > before {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("notify did not re-sync the redirect policy")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		defer redir.mu.Unlock()
+		return len(redir.calls) > before
+	})
 	if p := redir.last(); p != [3]bool{true, true, true} {
 		t.Errorf("redirect policy after notify re-sync %v", p)
 	}
