@@ -4,6 +4,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Environment variables that tune the handler. Production leaves them
@@ -25,7 +27,7 @@ const (
 
 // DefaultAggregateURL is where the monitor asks the agent for its
 // aggregate status; the agent's eBPF redirect delivers it to the agent.
-const DefaultAggregateURL = "http://168.63.129.16:80/gpa-aggregated-status"
+var DefaultAggregateURL = "http://" + msp.WireServerAddr.String() + "/gpa-aggregated-status"
 
 // Options are the handler's tunables.
 type Options struct {

@@ -101,20 +101,22 @@ func (q rawReq) signed(key *msp.Key, date string) rawReq {
 		msp.Field{Name: msp.HeaderClaims, Value: msp.ClaimsValue(true)},
 		msp.Field{Name: msp.HeaderDate, Value: date})
 	if key != nil {
-		sts := msp.StringToSign(out.method, out.target, out.headers, []byte(out.body))
-		out.headers = append(out.headers, msp.Field{Name: msp.HeaderAuthorization, Value: key.Authorization(sts)})
+		req := q.request()
+		req.Fields = out.headers
+		req.Sign(key)
+		out.headers = req.Fields
 	}
 	return out
 }
 
+func (q rawReq) request() msp.Request {
+	return msp.Request{Method: q.method, Target: q.target, Fields: q.headers, Body: []byte(q.body)}
+}
+
 func (q rawReq) bytes() []byte {
 	var b bytes.Buffer
-	b.WriteString(q.method + " " + q.target + " HTTP/1.1\r\n")
-	for _, h := range q.headers {
-		b.WriteString(h.Name + ": " + h.Value + "\r\n")
-	}
-	b.WriteString("\r\n")
-	b.WriteString(q.body)
+	req := q.request()
+	req.Write(bufio.NewWriter(&b))
 	return b.Bytes()
 }
 

@@ -19,13 +19,6 @@ import (
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
-// Production addresses of the simulated services.
-const (
-	ProductionWireServerAddr = "168.63.129.16:80"
-	ProductionIMDSAddr       = "169.254.169.254:80"
-	ProductionHostGAAddr     = "168.63.129.16:32526"
-)
-
 // Defaults used when the matching Config field is zero.
 const (
 	DefaultDateSkew      = 5 * time.Minute
@@ -509,40 +502,17 @@ func requestFields(r *http.Request) []msp.Field {
 // verify judges the signature of a received request under key. guid is the
 // key GUID the header names ("" when none).
 func verify(r *http.Request, fields []msp.Field, body []byte, key *msp.Key, now time.Time, skew time.Duration) (v Verdict, guid string) {
-	auths := r.Header.Values(msp.HeaderAuthorization)
-	if len(auths) == 0 {
-		return VerdictUnsigned, ""
-	}
-	if len(auths) > 1 {
-		return VerdictInvalid, ""
-	}
-	guid, sig, ok := msp.ParseAuthorization(auths[0])
-	if !ok {
-		return VerdictInvalid, ""
-	}
-	if key == nil || guid != key.GUID {
-		return VerdictInvalid, guid
-	}
-	for _, f := range fields {
-		if !msp.ValidHeaderValue(f.Value) {
-			return VerdictInvalid, guid
-		}
-	}
-	if !key.Verify(msp.StringToSign(r.Method, r.RequestURI, fields, body), sig) {
-		return VerdictInvalid, guid
-	}
-	dates := r.Header.Values(msp.HeaderDate)
-	if len(dates) != 1 {
+	req := msp.Request{Method: r.Method, Target: r.RequestURI, Fields: fields, Body: body}
+	guid, err := req.Verify(key, now, skew)
+	switch {
+	case err == nil:
+		return VerdictValid, guid
+	case errors.Is(err, msp.ErrUnsigned):
+		return VerdictUnsigned, guid
+	case errors.Is(err, msp.ErrBadDate):
 		return VerdictBadDate, guid
 	}
-	t, err := msp.ParseDate(dates[0])
-	if err != nil {
-		return VerdictBadDate, guid
-	}
-	if d := now.Sub(t); d > skew || d < -skew {
-		return VerdictBadDate, guid
-	}
-	return VerdictValid, guid
+	return VerdictInvalid, guid
 }
 
 // statusWriter records the status code a handler wrote.

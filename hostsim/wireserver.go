@@ -127,7 +127,7 @@ const versionsXML = `<?xml version="1.0" encoding="utf-8"?>
 // client asked for, so they lead back to this WireServer.
 func goalStateXML(host string) string {
 	if host == "" {
-		host = "168.63.129.16"
+		host = msp.WireServerAddr.Addr().String()
 	}
 	base := html.EscapeString(fmt.Sprintf("http://%s/machine/%s/%s?comp=config", host, ContainerID, RoleInstanceID))
 	amp := "&amp;"

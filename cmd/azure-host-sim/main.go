@@ -42,9 +42,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("azure-host-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		wireServer  = fs.String("wireserver", hostsim.ProductionWireServerAddr, "WireServer listen address")
-		imds        = fs.String("imds", hostsim.ProductionIMDSAddr, "IMDS listen address")
-		hostGA      = fs.String("hostga", hostsim.ProductionHostGAAddr, "HostGAPlugin listen address")
+		wireServer  = fs.String("wireserver", msp.WireServerAddr.String(), "WireServer listen address")
+		imds        = fs.String("imds", msp.IMDSAddr.String(), "IMDS listen address")
+		hostGA      = fs.String("hostga", msp.HostGAPluginAddr.String(), "HostGAPlugin listen address")
 		controlAddr = fs.String("control", "127.0.0.1:8930", "control endpoint listen address (loopback only)")
 		settings    = fs.String("settings", "", "proxyAgentSettings JSON file (bare, or a VM model holding securityProfile.proxyAgentSettings)")
 		profiles    = fs.String("profiles", "", "inVMAccessControlProfile versions: a directory of *.json or one JSON file")

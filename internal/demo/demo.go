@@ -29,6 +29,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opengpa/gpa/proxyagent/msp"
+
 	"github.com/opengpa/gpa/extension"
 	"github.com/opengpa/gpa/handler"
 	"github.com/opengpa/gpa/hostsim"
@@ -78,9 +80,9 @@ func settings(imdsMode string) string {
 
 // Service URLs the clients call; each gets &demo=<n> so the host's journal
 // and the agent's audit log can be matched to the request.
-const (
-	imdsURL       = "http://169.254.169.254/metadata/instance?api-version=2021-02-01"
-	wireServerURL = "http://168.63.129.16/machine?comp=goalstate"
+var (
+	imdsURL       = "http://" + msp.IMDSAddr.Addr().String() + "/metadata/instance?api-version=2021-02-01"
+	wireServerURL = "http://" + msp.WireServerAddr.Addr().String() + "/machine?comp=goalstate"
 )
 
 type run struct {

@@ -26,7 +26,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,15 +43,19 @@ import (
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
 // Service addresses as the VM sees them; inside the namespace they are
 // served by the host simulator on loopback.
+var (
+	WireServerAddr = msp.WireServerAddr.String()
+	IMDSAddr       = msp.IMDSAddr.String()
+	HostGAAddr     = msp.HostGAPluginAddr.String()
+)
+
 const (
-	WireServerAddr = "168.63.129.16:80"
-	IMDSAddr       = "169.254.169.254:80"
-	HostGAAddr     = "168.63.129.16:32526"
 	// ControlAddr is the host simulator's control endpoint inside the
 	// namespace.
 	ControlAddr = "127.0.0.1:8930"
@@ -209,8 +212,8 @@ func Setup(ctx context.Context, cfg Config) (_ *Env, err error) {
 		e.removeDir = true
 	}
 	name := fmt.Sprintf("gpa-e2e-%d-%d", os.Getpid(), seq.Add(1))
-	ws := netip.MustParseAddrPort(WireServerAddr).Addr()
-	im := netip.MustParseAddrPort(IMDSAddr).Addr()
+	ws := msp.WireServerAddr.Addr()
+	im := msp.IMDSAddr.Addr()
 	if e.Netns, err = testenv.CreateNetns(name, ws, im); err != nil {
 		return nil, err
 	}

@@ -36,6 +36,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opengpa/gpa/proxyagent/msp"
+
 	"github.com/opengpa/gpa/extension"
 )
 
@@ -262,7 +264,7 @@ func (a *Agent) Run(ctx context.Context, extDir, verb string, seq int, extra map
 	env = append(append([]string{}, env...),
 		extension.EnvExtensionPath+"="+extDir,
 		extension.EnvExtensionVersion+"="+version,
-		extension.EnvWireProtocolAddress+"=168.63.129.16",
+		extension.EnvWireProtocolAddress+"="+msp.WireServerAddr.Addr().String(),
 		extension.EnvSequenceNumber+"="+strconv.Itoa(seq),
 		extension.EnvSupportedFeatures+`=[{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]`,
 	)

@@ -29,6 +29,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/keykeeper"
 	"github.com/opengpa/gpa/proxyagent/logfile"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/provision"
 	"github.com/opengpa/gpa/proxyagent/proxy"
 	"github.com/opengpa/gpa/proxyagent/redirector"
@@ -68,7 +69,7 @@ func Run(ctx context.Context, opts Options) error {
 	log.Info("GuestProxyAgent is starting", "version", opts.Version, "pid", os.Getpid())
 	tuneGC()
 
-	dest, err := destinations(cfg)
+	dest, err := cfg.Endpoints()
 	if err != nil {
 		return err
 	}
@@ -81,7 +82,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	reg := status.NewRegistry()
-	store := authz.NewStore(authz.StoreConfig{Destinations: dest, RulesDir: cfg.RulesFolder(),
+	store := authz.NewStore(authz.StoreConfig{RulesDir: cfg.RulesFolder(),
 		SnapshotDir: cfg.StatusFolder, Logger: log.With("module", "authz")})
 	if err := authz.PrepareRulesDir(cfg.RulesFolder()); err != nil {
 		log.Error("rules folder", "error", err)
@@ -153,7 +154,7 @@ func Run(ctx context.Context, opts Options) error {
 
 	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: rec}
 	srv, err := proxy.New(proxy.Options{
-		Addr: cfg.ListenAddress, Identity: source, Claims: &claims.Resolver{}, Authorizer: store, Keys: kk,
+		Addr: cfg.ListenAddress, Endpoints: dest, Identity: source, Claims: &claims.Resolver{}, Authorizer: store, Keys: kk,
 		Recorder: rec, Local: local{prov, reporter},
 		Logger: log.With("module", "proxy"),
 		ListenerStatus: func(running bool, msg string) {
@@ -252,34 +253,16 @@ func openLogs(cfg config.Config, stderr io.Writer) (*slog.Logger, func(), error)
 	return slog.New(fanout(handlers)), closeFn, nil
 }
 
-func destinations(cfg config.Config) (authz.Destinations, error) {
-	var d authz.Destinations
-	for _, f := range []struct {
-		dst  *netip.AddrPort
-		addr string
-	}{{&d.WireServer, cfg.WireServerAddress}, {&d.IMDS, cfg.IMDSAddress}, {&d.HostGA, cfg.HostGAPluginAddress},
-		{&d.Listener, cfg.ListenAddress}} {
-		ap, err := netip.ParseAddrPort(f.addr)
-		if err != nil {
-			return d, fmt.Errorf("agent: address %q: %w", f.addr, err)
-		}
-		*f.dst = ap
-	}
-	return d, nil
-}
-
 // loadRedirector loads the eBPF programs, retrying briefly as upstream does
 // (5 attempts, 10 ms apart).
-func loadRedirector(cfg config.Config, d authz.Destinations, start time.Time, log *slog.Logger) (*redirector.Redirector, error) {
+func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *slog.Logger) (*redirector.Redirector, error) {
 	rc := redirector.Config{
 		CgroupPath: cgroupPath(cfg.CgroupRoot),
 		PinDir:     cfg.BpfPinPath,
-		Listener:   d.Listener,
-		Destinations: redirector.Destinations{WireServer: d.WireServer, IMDS: d.IMDS,
-			HostGAPlugin: d.HostGA},
-		Mark:    cfg.SocketMark,
-		Logger:  log.With("module", "redirector"),
-		Started: start,
+		Endpoints:  d,
+		Mark:       cfg.SocketMark,
+		Logger:     log.With("module", "redirector"),
+		Started:    start,
 	}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {

@@ -39,9 +39,9 @@ func rootClaims() *claims.Claims {
 }
 
 func allowEvent() Event {
-	return Event{Time: t0, HTTPID: 7, TCPID: 3, Caller: rootClaims(), Client: client, Dest: ws,
+	return Event{Time: t0, HTTPID: 7, TCPID: 3, Caller: rootClaims(), Client: client, Dest: ws, Service: msp.WireServer,
 		Method: "GET", Target: "/machine?comp=goalstate", Authorized: true,
-		Decision: authz.Decision{Result: authz.Allow, Service: authz.WireServer, Mode: msp.ModeEnforce,
+		Decision: authz.Decision{Result: authz.Allow, Service: msp.WireServer, Mode: msp.ModeEnforce,
 			RuleID: "r1", Epoch: 5, Privilege: "goalstate", Identity: "root-py", Reason: "privilege matched"},
 		Status: 200, Latency: 12345 * time.Microsecond}
 }
@@ -137,7 +137,7 @@ func TestRoute(t *testing.T) {
 	blockJSON := `Block unauthorized request: {"userId":0,"userName":"root","userGroups":["root"],"processId":42,` +
 		`"processName":"python3","processFullPath":"/usr/bin/python3","processCmdLine":"python3 -u agent.py",` +
 		`"runAsElevated":true,"clientIp":"127.0.0.1","clientPort":51234}`
-	noClaims := Event{HTTPID: 1, Client: client, Dest: imdsEP, Method: "GET", Target: "/metadata", Status: 421, Error: "no claims"}
+	noClaims := Event{HTTPID: 1, Client: client, Dest: imdsEP, Service: msp.IMDS, Method: "GET", Target: "/metadata", Status: 421, Error: "no claims"}
 	direct := Event{HTTPID: 2, Client: client, Method: "GET", Target: "/x", Status: 421, Error: "no original destination"}
 	notAllowedMethod := allowEvent()
 	notAllowedMethod.Authorized, notAllowedMethod.Decision, notAllowedMethod.Status = false, authz.Decision{}, 405

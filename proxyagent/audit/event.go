@@ -10,6 +10,7 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Event is one request outcome as the proxy reports it.
@@ -21,9 +22,12 @@ type Event struct {
 	Caller *claims.Claims
 	Client netip.AddrPort
 	// Dest is the original destination; invalid (zero) when unknown.
-	Dest   netip.AddrPort
-	Method string
-	Target string
+	Dest netip.AddrPort
+	// Service is what Dest is, as classified when the connection was
+	// accepted ("" when Dest is unknown).
+	Service msp.Service
+	Method  string
+	Target  string
 	// Authorized is false when the request never reached authorization
 	// (405, traversal, 421, local endpoints); Decision is then zero.
 	Authorized bool

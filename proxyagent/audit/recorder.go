@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/logfile"
 )
@@ -419,44 +417,14 @@ func NewRecord(ev *Event) Record {
 		rec.Client = ev.Client.String()
 	}
 	if ev.Dest.IsValid() {
-		rec.Destination = Destination{Service: string(ServiceOf(ev.Dest)), Addr: ev.Dest.String()}
+		rec.Destination = Destination{Service: string(ev.Service), Addr: ev.Dest.String()}
 	}
 	if ev.Authorized {
 		d := ev.Decision
 		rec.Decision, rec.Mode, rec.RuleID, rec.Epoch = d.Result.String(), string(d.Mode), d.RuleID, d.Epoch
 		rec.Privilege, rec.Identity, rec.Reason = d.Privilege, d.Identity, d.Reason
-		if d.Service != "" {
-			rec.Destination.Service = string(d.Service)
-		}
 	}
 	return rec
-}
-
-// Well-known destinations (protocol.md §0).
-var (
-	wireServer = netip.MustParseAddr("168.63.129.16")
-	imds       = netip.MustParseAddr("169.254.169.254")
-	loopback   = netip.MustParseAddr("127.0.0.1")
-)
-
-// ServiceOf names the service at dest (protocol.md §3.4); "" when dest is
-// not valid.
-func ServiceOf(dest netip.AddrPort) authz.Service {
-	if !dest.IsValid() {
-		return ""
-	}
-	a, p := dest.Addr().Unmap(), dest.Port()
-	switch {
-	case a == wireServer && p == 80:
-		return authz.WireServer
-	case a == wireServer && p == 32526:
-		return authz.HostGA
-	case a == imds && p == 80:
-		return authz.IMDS
-	case a == loopback && p == 3080:
-		return authz.ProxyAgent
-	}
-	return authz.Other
 }
 
 // appendConnLine formats "<header>{httpID}[{tcpID}] - {message}\n".
@@ -481,7 +449,7 @@ func eventMessage(ev *Event) string {
 	b.WriteString(ev.Target)
 	if ev.Dest.IsValid() {
 		b.WriteString(" to ")
-		b.WriteString(string(ServiceOf(ev.Dest)))
+		b.WriteString(string(ev.Service))
 		b.WriteByte(' ')
 		b.WriteString(ev.Dest.String())
 	}

@@ -1,96 +1,35 @@
 package authz
 
 import (
-	"net/netip"
-
-	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
-// Destinations are the addresses that select a per-destination authorizer
-// (protocol.md §3.4). Production uses DefaultDestinations; tests may use
-// any addresses.
-type Destinations struct {
-	WireServer netip.AddrPort // 168.63.129.16:80
-	HostGA     netip.AddrPort // 168.63.129.16:32526
-	IMDS       netip.AddrPort // 169.254.169.254:80
-	// Listener is the proxy's own listener, always forbidden as a
-	// destination; the zero value means 127.0.0.1:3080.
-	Listener netip.AddrPort
-}
-
-// DefaultDestinations returns the production addresses.
-func DefaultDestinations() Destinations {
-	return Destinations{
-		WireServer: netip.MustParseAddrPort("168.63.129.16:80"),
-		HostGA:     netip.MustParseAddrPort("168.63.129.16:32526"),
-		IMDS:       netip.MustParseAddrPort("169.254.169.254:80"),
-		Listener:   netip.MustParseAddrPort("127.0.0.1:3080"),
-	}
-}
-
-var defaultListener = netip.MustParseAddrPort("127.0.0.1:3080")
-
-// Service returns the authorizer a destination selects. Addresses are
-// compared as exact ip:port after unmapping IPv4-mapped IPv6, so
-// [::ffff:168.63.129.16]:80 is the WireServer too.
-func (d Destinations) Service(dest netip.AddrPort) Service {
-	dest = unmap(dest)
-	listener := d.Listener
-	if !listener.IsValid() {
-		listener = defaultListener
-	}
-	switch {
-	case !dest.IsValid():
-		return Other
-	case dest == unmap(d.WireServer):
-		return WireServer
-	case dest == unmap(d.HostGA):
-		return HostGA
-	case dest == unmap(d.IMDS):
-		return IMDS
-	case dest == unmap(listener):
-		return ProxyAgent
-	}
-	return Other
-}
-
-func unmap(a netip.AddrPort) netip.AddrPort {
-	if !a.IsValid() {
-		return a
-	}
-	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
-}
-
-// Snapshot is one immutable version of the installed rule sets together
-// with the destination table. Every decision made from one Snapshot uses
+// Snapshot is one immutable version of the installed rule sets. Every
+// decision made from one Snapshot uses
 // the same rule sets; its Epoch identifies the version.
 type Snapshot struct {
-	dests                 Destinations
 	epoch                 uint64
 	wireServer, imds, hga *RuleSet
-	wsInput, imdsInput    *item // effective items (post local merge)
-	hgaInput              *item
 }
 
 // NewSnapshot builds a standalone snapshot from compiled rule sets (nil =
 // no rule set installed for that service), for example to replay audit
 // history against a candidate rules document. Its Epoch is 0.
-func NewSnapshot(dests Destinations, wireServer, imds, hostGA *RuleSet) *Snapshot {
-	return &Snapshot{dests: dests, wireServer: wireServer, imds: imds, hga: hostGA}
+func NewSnapshot(wireServer, imds, hostGA *RuleSet) *Snapshot {
+	return &Snapshot{wireServer: wireServer, imds: imds, hga: hostGA}
 }
 
 // Epoch returns the snapshot's version; each Store change increments it.
 func (s *Snapshot) Epoch() uint64 { return s.epoch }
 
 // RuleSet returns the rule set installed for a service, or nil.
-func (s *Snapshot) RuleSet(svc Service) *RuleSet {
+func (s *Snapshot) RuleSet(svc msp.Service) *RuleSet {
 	switch svc {
-	case WireServer:
+	case msp.WireServer:
 		return s.wireServer
-	case IMDS:
+	case msp.IMDS:
 		return s.imds
-	case HostGA:
+	case msp.HostGAPlugin:
 		return s.hga
 	}
 	return nil
@@ -116,7 +55,7 @@ func (s *Snapshot) RuleSet(svc Service) *RuleSet {
 // set is installed for the service, its id and compiled mode (both empty
 // otherwise); Privilege and Identity come from the matcher.
 func (s *Snapshot) Authorize(req Request) Decision {
-	svc := s.dests.Service(req.Dest)
+	svc := req.Service
 	d := Decision{Service: svc, Epoch: s.epoch}
 	rs := s.RuleSet(svc)
 	if rs != nil {
@@ -130,14 +69,17 @@ func (s *Snapshot) Authorize(req Request) Decision {
 		return allow(d, "exempt upload from an elevated caller")
 	}
 	switch svc {
-	case ProxyAgent:
+	case "":
+		return deny(d, "destination not classified")
+	case msp.ProxyAgent:
 		return deny(d, "requests to the proxy agent's own listener are forbidden")
-	case Other:
-		return allow(d, "destination is not a metadata service")
-	case WireServer, HostGA:
+	case msp.WireServer, msp.HostGAPlugin:
 		if !c.RunAsElevated {
 			return deny(d, string(svc)+" requires root")
 		}
+	}
+	if !svc.IsMetadata() {
+		return allow(d, "destination is not a metadata service")
 	}
 	if rs == nil {
 		return allow(d, "no rules installed")
@@ -166,14 +108,4 @@ func allow(d Decision, reason string) Decision {
 func deny(d Decision, reason string) Decision {
 	d.Result, d.Reason = Deny, reason
 	return d
-}
-
-// IsAllowed reports upstream's is_allowed for a rule set: true in mode
-// Disabled (and for a nil rule set, which means none installed),
-// otherwise the matcher's verdict.
-func (rs *RuleSet) IsAllowed(target string, c *claims.Claims) bool {
-	if rs == nil || rs.mode == msp.ModeDisabled {
-		return true
-	}
-	return rs.Match(target, c).Allowed
 }

@@ -1,7 +1,6 @@
 package authz
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -79,13 +78,13 @@ func BenchmarkStoreUpdate1k(b *testing.B) {
 	if err := json.Unmarshal(doc1k(1000), &it); err != nil {
 		b.Fatal(err)
 	}
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
+	s := NewStore(StoreConfig{Logger: quietLogger()})
 	n := 0
 	b.ReportAllocs()
 	for b.Loop() {
 		n++
 		it.ID = fmt.Sprint(n)
-		s.Update(context.Background(), &msp.AuthorizationRules{WireServer: &it})
+		update(s, &msp.AuthorizationRules{WireServer: &it})
 	}
 }
 
@@ -95,8 +94,8 @@ func BenchmarkAuthorize(b *testing.B) {
 	if err := json.Unmarshal(doc1k(1000), &it); err != nil {
 		b.Fatal(err)
 	}
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
-	s.Update(context.Background(), &msp.AuthorizationRules{IMDS: &it, WireServer: &it})
+	s := NewStore(StoreConfig{Logger: quietLogger()})
+	update(s, &msp.AuthorizationRules{IMDS: &it, WireServer: &it})
 	c := user()
 	c.UserName, c.ProcessFullPath = "user50", "/usr/bin/app50"
 	for _, bc := range []struct{ name, target string }{
@@ -106,7 +105,7 @@ func BenchmarkAuthorize(b *testing.B) {
 		{"encoded", "/metadata/path501%2Fsub%3Fx=1"},
 	} {
 		b.Run("imds-1k/"+bc.name, func(b *testing.B) {
-			req := Request{Dest: testDests.IMDS, Method: "GET", Target: bc.target, Caller: c}
+			req := Request{Service: msp.IMDS, Method: "GET", Target: bc.target, Caller: c}
 			b.ReportAllocs()
 			for b.Loop() {
 				_ = s.Authorize(req)
@@ -114,16 +113,16 @@ func BenchmarkAuthorize(b *testing.B) {
 		})
 	}
 	b.Run("wireserver-root-only", func(b *testing.B) {
-		req := Request{Dest: testDests.WireServer, Method: "GET", Target: "/machine?comp=goalstate", Caller: c}
+		req := Request{Service: msp.WireServer, Method: "GET", Target: "/machine?comp=goalstate", Caller: c}
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = s.Authorize(req)
 		}
 	})
-	small := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
-	small.Update(context.Background(), &msp.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
+	small := NewStore(StoreConfig{Logger: quietLogger()})
+	update(small, &msp.AuthorizationRules{IMDS: wireItem(b, testIdentityItem)})
 	b.Run("imds-1rule", func(b *testing.B) {
-		req := Request{Dest: testDests.IMDS, Method: "GET", Target: "/metadata/instance?api-version=2021-02-01", Caller: c}
+		req := Request{Service: msp.IMDS, Method: "GET", Target: "/metadata/instance?api-version=2021-02-01", Caller: c}
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = small.Authorize(req)

@@ -1,16 +1,15 @@
 package authz
 
 import (
-	"net/netip"
-
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Request is what the authorizer decides on.
 type Request struct {
-	// Dest is the original destination recovered from the redirect.
-	Dest netip.AddrPort
+	// Service is what the connection's original destination is, as
+	// msp.Endpoints.Classify named it when the connection was accepted.
+	Service msp.Service
 	// Method and Target are the request line as received (raw target).
 	Method string
 	Target string
@@ -42,23 +41,11 @@ func (r Result) String() string {
 	return "deny"
 }
 
-// Service names the destination a request was for.
-type Service string
-
-// Services by destination (protocol.md §3.4).
-const (
-	WireServer Service = "WireServer"
-	IMDS       Service = "IMDS"
-	HostGA     Service = "HostGAPlugin"
-	ProxyAgent Service = "ProxyAgent"
-	Other      Service = "Default"
-)
-
 // Decision says what was decided and why: which service and mode, which
 // rule set (id and epoch), and which privilege and identity matched.
 type Decision struct {
 	Result  Result
-	Service Service
+	Service msp.Service
 	Mode    msp.Mode
 	// RuleID is the effective rule-set id ("" when no rules are installed).
 	RuleID string

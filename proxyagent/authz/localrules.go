@@ -118,11 +118,11 @@ func decodeDescriptor(b []byte) (descriptor, bool) {
 }
 
 // normalize rewrites the item's id to the descriptor's display id.
-func normalize(it *item, d descriptor) *item {
+func normalize(it *msp.AuthorizationItem, d descriptor) *msp.AuthorizationItem {
 	if it == nil {
 		return nil
 	}
-	out := it.clone()
+	out := it.Clone()
 	if !d.empty() {
 		out.ID = d.displayID()
 	}
@@ -134,7 +134,7 @@ func normalize(it *item, d descriptor) *item {
 type localFile struct {
 	DefaultAccess *string    `json:"defaultAccess"`
 	ID            *string    `json:"id"`
-	Rules         *itemRules `json:"rules"`
+	Rules         *msp.Rules `json:"rules"`
 }
 
 // Problem is one validation failure: where (a JSON path such as
@@ -383,7 +383,7 @@ func validateLocal(lf *localFile) error {
 	return nil
 }
 
-func blank(s *string) bool { return s == nil || strings.TrimSpace(*s) == "" }
+func blank(s string) bool { return strings.TrimSpace(s) == "" }
 
 // CompileDocument validates a standalone local-rules-format document
 // (as ValidateLocalRules does) and compiles it as a rule set with the
@@ -395,14 +395,14 @@ func CompileDocument(data []byte, mode msp.Mode) (*RuleSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	it := &item{DefaultAccess: "deny", Mode: string(mode), Rules: lf.Rules}
+	it := &msp.AuthorizationItem{DefaultAccess: "deny", Mode: string(mode), Rules: lf.Rules}
 	if lf.ID != nil {
 		it.ID = *lf.ID
 	}
 	if lf.DefaultAccess != nil {
 		it.DefaultAccess = *lf.DefaultAccess
 	}
-	return compile(it), nil
+	return Compile(it), nil
 }
 
 // merge combines the (normalized) host item with a valid local file
@@ -411,10 +411,10 @@ func CompileDocument(data []byte, mode msp.Mode) (*RuleSet, error) {
 // when both sides have rules, local names and references are prefixed
 // with LocalRulePrefix (even if already prefixed) and each list is the
 // host list followed by the local one.
-func merge(remote *item, lf *localFile, d descriptor) *item {
-	out := remote.clone()
+func merge(remote *msp.AuthorizationItem, lf *localFile, d descriptor) *msp.AuthorizationItem {
+	out := remote.Clone()
 	if out == nil {
-		out = &item{DefaultAccess: "deny", Mode: string(msp.ModeDisabled), ID: d.displayID()}
+		out = &msp.AuthorizationItem{DefaultAccess: "deny", Mode: string(msp.ModeDisabled), ID: d.displayID()}
 	}
 	if !d.empty() {
 		out.ID = d.displayID()
@@ -425,7 +425,7 @@ func merge(remote *item, lf *localFile, d descriptor) *item {
 	if lf.DefaultAccess != nil {
 		out.DefaultAccess = *lf.DefaultAccess
 	}
-	local := (&item{Rules: lf.Rules}).clone().Rules
+	local := (&msp.AuthorizationItem{Rules: lf.Rules}).Clone().Rules
 	switch {
 	case out.Rules == nil:
 		out.Rules = local
@@ -439,7 +439,7 @@ func merge(remote *item, lf *localFile, d descriptor) *item {
 	return out
 }
 
-func prefixLocal(r *itemRules) {
+func prefixLocal(r *msp.Rules) {
 	for i := range r.Privileges {
 		r.Privileges[i].Name = LocalRulePrefix + r.Privileges[i].Name
 	}
@@ -475,10 +475,10 @@ func mergeList[T any](remote, local []T) []T {
 // (§3.7): the host item (or {deny, enforce} when there is none) with
 // defaultAccess forced to deny and its rules removed. Quirk 13: the host
 // mode is kept, so under Audit a broken local file is only audited.
-func failClosed(remote *item, d descriptor) *item {
-	out := remote.clone()
+func failClosed(remote *msp.AuthorizationItem, d descriptor) *msp.AuthorizationItem {
+	out := remote.Clone()
 	if out == nil {
-		out = &item{DefaultAccess: "deny", Mode: string(msp.ModeEnforce), ID: d.displayID()}
+		out = &msp.AuthorizationItem{DefaultAccess: "deny", Mode: string(msp.ModeEnforce), ID: d.displayID()}
 	}
 	if !d.empty() {
 		out.ID = d.displayID()
@@ -524,7 +524,7 @@ type localTracker struct {
 	useLocal    bool
 	state       fileState
 	parseFailed bool
-	effective   *item
+	effective   *msp.AuthorizationItem
 }
 
 // target is a service that can have a local rules file.

@@ -46,7 +46,7 @@ func newLocalStore(t *testing.T, dir string, log *slog.Logger) *Store {
 	if log == nil {
 		log = quietLogger()
 	}
-	return NewStore(StoreConfig{Destinations: testDests, RulesDir: dir, Logger: log, ParseRetryDelay: time.Millisecond})
+	return NewStore(StoreConfig{RulesDir: dir, Logger: log, ParseRetryDelay: time.Millisecond})
 }
 
 // TestLocalRulesFailClosed is the fail-closed half of the local-rules
@@ -94,10 +94,10 @@ func TestLocalRulesFailClosed(t *testing.T) {
 			}
 			for _, mode := range []string{"enforce", "audit"} {
 				s := newLocalStore(t, dir, nil)
-				if !s.Update(context.Background(), rulesOf(t, remoteWS(mode), "", "")) {
+				if !update(s, rulesOf(t, remoteWS(mode), "", "")) {
 					t.Fatal("no change")
 				}
-				d := s.Authorize(Request{Dest: testDests.WireServer, Method: "GET", Target: "/remote", Caller: root()})
+				d := s.Authorize(Request{Service: msp.WireServer, Method: "GET", Target: "/remote", Caller: root()})
 				want := Deny
 				if mode == "audit" {
 					want = AllowAudited // quirk 13: fail-closed keeps the host mode
@@ -116,8 +116,8 @@ func TestLocalRulesMetadataErrorFailsClosed(t *testing.T) {
 	notDir := filepath.Join(t.TempDir(), "file")
 	writeFile(t, notDir, "x")
 	s := newLocalStore(t, notDir, nil)
-	s.Update(context.Background(), rulesOf(t, remoteWS("enforce"), "", ""))
-	if d := authorize(s, WireServer); d.Result != Deny || d.RuleID != "decoded-id-useLocalFileRules-true" {
+	update(s, rulesOf(t, remoteWS("enforce"), "", ""))
+	if d := authorize(s, msp.WireServer); d.Result != Deny || d.RuleID != "decoded-id-useLocalFileRules-true" {
 		t.Fatalf("got %+v", d)
 	}
 }
@@ -157,9 +157,9 @@ func TestLocalRulesApplied(t *testing.T) {
 				writeFile(t, filepath.Join(dir, WireServerRulesFile), tc.file)
 			}
 			s := newLocalStore(t, dir, nil)
-			s.Update(context.Background(), rulesOf(t, tc.remote, "", ""))
+			update(s, rulesOf(t, tc.remote, "", ""))
 			for target, want := range tc.checks {
-				d := s.Authorize(Request{Dest: testDests.WireServer, Method: "GET", Target: target, Caller: root()})
+				d := s.Authorize(Request{Service: msp.WireServer, Method: "GET", Target: target, Caller: root()})
 				if d.Result != want || d.RuleID != tc.wantID {
 					t.Errorf("%s: got %v id %q (%s), want %v id %q", target, d.Result, d.RuleID, d.Reason, want, tc.wantID)
 				}
@@ -168,7 +168,7 @@ func TestLocalRulesApplied(t *testing.T) {
 				}
 			}
 			// The local mode key is ignored: the host mode stays.
-			if m, _ := s.Mode(WireServer); m != msp.ModeEnforce {
+			if m, _ := s.Mode(msp.WireServer); m != msp.ModeEnforce {
 				t.Errorf("mode %v", m)
 			}
 		})
@@ -178,7 +178,7 @@ func TestLocalRulesApplied(t *testing.T) {
 // Local names are prefixed even when they already carry the prefix, and
 // local rules cannot reach host names.
 func TestMergePrefixesLocalNames(t *testing.T) {
-	remote := fromWire(wireItem(t, `{"defaultAccess":"deny","mode":"audit","id":"r","rules":{
+	remote := (wireItem(t, `{"defaultAccess":"deny","mode":"audit","id":"r","rules":{
 	 "privileges":[{"name":"p","path":"/a"}],"roles":[{"name":"r","privileges":["p"]}],
 	 "identities":[{"name":"i","userName":"u"}],"roleAssignments":[{"role":"r","identities":["i"]}]}}`))
 	lf, err := parseLocal([]byte(`{"rules":{"privileges":[{"name":"LocalFileRules_p","path":"/b"}],
@@ -192,7 +192,7 @@ func TestMergePrefixesLocalNames(t *testing.T) {
 	if m.ID != "x-useLocalFileRules-true" || len(r.Privileges) != 2 || r.Privileges[0].Name != "p" ||
 		r.Privileges[1].Name != "LocalFileRules_LocalFileRules_p" || r.Roles[1].Privileges[0] != "LocalFileRules_LocalFileRules_p" ||
 		r.Identities[1].Name != "LocalFileRules_i" || r.RoleAssignments[1].Role != "LocalFileRules_r" ||
-		r.RoleAssignments[1].Identities[0] != "LocalFileRules_i" || *r.Identities[1].UserName != "v" {
+		r.RoleAssignments[1].Identities[0] != "LocalFileRules_i" || r.Identities[1].UserName != "v" {
 		t.Fatalf("merged: %+v", r)
 	}
 	if remote.Rules.Privileges[0].Name != "p" || len(remote.Rules.Privileges) != 1 {
@@ -263,17 +263,16 @@ func TestParseDescriptor(t *testing.T) {
 // Change detection (§3.7): re-evaluated when the file appears, changes,
 // disappears, the descriptor flips, or the previous attempt failed.
 func TestLocalRulesChangeDetection(t *testing.T) {
-	ctx := context.Background()
 	dir := t.TempDir()
 	path := filepath.Join(dir, WireServerRulesFile)
 	s := newLocalStore(t, dir, nil)
 	remote := rulesOf(t, remoteWS("enforce"), "", "")
 	step := func(name string, wantChange bool, wantID string) {
 		t.Helper()
-		if got := s.Update(ctx, remote); got != wantChange {
+		if got := update(s, remote); got != wantChange {
 			t.Fatalf("%s: changed = %v, want %v", name, got, wantChange)
 		}
-		if d := authorize(s, WireServer); d.RuleID != wantID {
+		if d := authorize(s, msp.WireServer); d.RuleID != wantID {
 			t.Fatalf("%s: rule id %q, want %q", name, d.RuleID, wantID)
 		}
 	}
@@ -297,7 +296,7 @@ func TestLocalRulesChangeDetection(t *testing.T) {
 	os.Remove(path)
 	step("file removed", true, base)
 	off := rulesOf(t, fmt.Sprintf(`{"defaultAccess":"allow","mode":"enforce","id":%q}`, descriptorID("decoded-id", false)), "", "")
-	if !s.Update(ctx, off) {
+	if !update(s, off) {
 		t.Fatal("descriptor flip not a change")
 	}
 }
@@ -316,7 +315,7 @@ func TestLocalRulesRetry(t *testing.T) {
 		writeFile(t, filepath.Join(dir, WireServerRulesFile), tc.content)
 		rec := &recorder{}
 		s := newLocalStore(t, dir, slog.New(rec))
-		s.Update(context.Background(), rulesOf(t, remoteWS("enforce"), "", ""))
+		update(s, rulesOf(t, remoteWS("enforce"), "", ""))
 		if got := rec.count("local rules file parse attempt failed"); got != tc.attempts {
 			t.Errorf("%s: %d failed attempts, want %d", tc.content, got, tc.attempts)
 		}

@@ -17,16 +17,27 @@ type RuleSet struct {
 	defaultAllowed bool
 	mode           msp.Mode
 	privs          []*compiledPrivilege // sorted by name
-	identities     map[string]*identitySel
+	identities     map[string]*selector
 	warnings       []string
 }
 
 type compiledPrivilege struct {
-	privilege // path, query keys and values lower-cased
-	query     []queryRule
+	msp.Privilege // path, query keys and values lower-cased
+	query         []queryRule
 	// assigned is nil when no role assignment reached this privilege and
 	// empty when one did but named no known identity.
-	assigned []*identitySel // sorted by name
+	assigned []*selector // sorted by name
+}
+
+// selector is a compiled identity: a nil selector is a wildcard.
+type selector struct {
+	def                                    msp.Identity // as defined, for snapshots
+	userName, groupName, exePath, procName *string
+}
+
+func newSelector(id msp.Identity) *selector {
+	u, g, e, p := id.Selectors()
+	return &selector{def: id, userName: u, groupName: g, exePath: e, procName: p}
 }
 
 type queryRule struct{ key, value string }
@@ -36,20 +47,16 @@ type queryRule struct{ key, value string }
 // Compilation never fails: unknown roles, privileges and identities are
 // skipped and reported by Warnings.
 func Compile(it *msp.AuthorizationItem) *RuleSet {
-	return compile(fromWire(it))
-}
-
-func compile(it *item) *RuleSet {
 	if it == nil {
 		return nil
 	}
-	rs := &RuleSet{id: it.ID, identities: map[string]*identitySel{}}
+	rs := &RuleSet{id: it.ID, identities: map[string]*selector{}}
 	// defaultAccess is lower-cased but not trimmed: " allow" is deny.
-	rs.defaultAllowed = lower(it.DefaultAccess) == "allow"
+	rs.defaultAllowed = msp.Lower(it.DefaultAccess) == "allow"
 	// Quirk 20: a mode that is not one of the three names compiles to
 	// Disabled (allow all; the root check of WireServer and HostGAPlugin
 	// still applies). Upstream lower-cases without trimming.
-	switch msp.Mode(lower(it.Mode)) {
+	switch msp.Mode(msp.Lower(it.Mode)) {
 	case msp.ModeAudit:
 		rs.mode = msp.ModeAudit
 	case msp.ModeEnforce:
@@ -68,21 +75,20 @@ func compile(it *item) *RuleSet {
 		return rs
 	}
 	// Duplicate names: the last definition wins.
-	roles := make(map[string]role, len(r.Roles))
+	roles := make(map[string]msp.Role, len(r.Roles))
 	for _, ro := range r.Roles {
 		roles[ro.Name] = ro
 	}
-	for i := range r.Identities {
-		id := r.Identities[i]
-		rs.identities[id.Name] = &id
+	for _, id := range r.Identities {
+		rs.identities[id.Name] = newSelector(id)
 	}
 	privs := make(map[string]*compiledPrivilege, len(r.Privileges))
 	for _, p := range r.Privileges {
-		cp := &compiledPrivilege{privilege: privilege{Name: p.Name, Path: lower(p.Path)}}
+		cp := &compiledPrivilege{Privilege: msp.Privilege{Name: p.Name, Path: msp.Lower(p.Path)}}
 		if p.QueryParameters != nil {
 			cp.QueryParameters = make(map[string]string, len(p.QueryParameters))
 			for k, v := range p.QueryParameters {
-				cp.QueryParameters[lower(k)] = lower(v)
+				cp.QueryParameters[msp.Lower(k)] = msp.Lower(v)
 			}
 			for k, v := range cp.QueryParameters {
 				cp.query = append(cp.query, queryRule{k, v})
@@ -116,11 +122,11 @@ func compile(it *item) *RuleSet {
 	}
 	for name, cp := range privs {
 		if set, ok := assigned[name]; ok {
-			cp.assigned = make([]*identitySel, 0, len(set))
+			cp.assigned = make([]*selector, 0, len(set))
 			for in := range set {
 				cp.assigned = append(cp.assigned, rs.identities[in])
 			}
-			sort.Slice(cp.assigned, func(i, j int) bool { return cp.assigned[i].Name < cp.assigned[j].Name })
+			sort.Slice(cp.assigned, func(i, j int) bool { return cp.assigned[i].def.Name < cp.assigned[j].def.Name })
 		}
 		rs.privs = append(rs.privs, cp)
 	}
@@ -190,7 +196,7 @@ func (rs *RuleSet) Match(target string, c *claims.Claims) Match {
 		c = &e
 	}
 	rawPath, rawQuery := msp.SplitTarget(target)
-	decoded := lower(percentDecode(rawPath))
+	decoded := msp.Lower(msp.PercentDecode(rawPath))
 	path, embedded, hasEmbedded := strings.Cut(decoded, "?")
 	var pairs []queryPair
 	pairsDone := false
@@ -216,8 +222,8 @@ func (rs *RuleSet) Match(target string, c *claims.Claims) Match {
 		}
 		for _, id := range p.assigned {
 			if id.matches(c) {
-				return Match{Allowed: true, PrivilegeMatched: true, Privilege: p.Name, Identity: id.Name,
-					Reason: fmt.Sprintf("privilege %q granted to identity %q", p.Name, id.Name)}
+				return Match{Allowed: true, PrivilegeMatched: true, Privilege: p.Name, Identity: id.def.Name,
+					Reason: fmt.Sprintf("privilege %q granted to identity %q", p.Name, id.def.Name)}
 			}
 		}
 	}
@@ -248,7 +254,7 @@ func parsePairs(q string, pairs []queryPair) []queryPair {
 		if k == "" {
 			continue
 		}
-		pairs = append(pairs, queryPair{key: lower(percentDecode(k)), rawValue: v})
+		pairs = append(pairs, queryPair{key: msp.Lower(msp.PercentDecode(k)), rawValue: v})
 	}
 	return pairs
 }
@@ -260,7 +266,7 @@ func queryMatches(rules []queryRule, pairs []queryPair) bool {
 			if p.key != qr.key {
 				continue
 			}
-			if lower(percentDecode(p.rawValue)) != qr.value {
+			if msp.Lower(msp.PercentDecode(p.rawValue)) != qr.value {
 				return false
 			}
 			found = true
@@ -273,19 +279,19 @@ func queryMatches(rules []queryRule, pairs []queryPair) bool {
 	return true
 }
 
-func (id *identitySel) matches(c *claims.Claims) bool {
-	if id.UserName != nil && *id.UserName != c.UserName {
+func (id *selector) matches(c *claims.Claims) bool {
+	if id.userName != nil && *id.userName != c.UserName {
 		return false
 	}
-	if id.ProcessName != nil && *id.ProcessName != c.ProcessName {
+	if id.procName != nil && *id.procName != c.ProcessName {
 		return false
 	}
-	if id.ExePath != nil && !samePath(*id.ExePath, c.ProcessFullPath) {
+	if id.exePath != nil && !samePath(*id.exePath, c.ProcessFullPath) {
 		return false
 	}
-	if id.GroupName != nil {
+	if id.groupName != nil {
 		for _, g := range c.UserGroups {
-			if g == *id.GroupName {
+			if g == *id.groupName {
 				return true
 			}
 		}

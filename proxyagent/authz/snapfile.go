@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // DefaultSnapshotDir is where upstream writes AuthorizationRules_*.json
@@ -19,12 +21,12 @@ const SnapshotFilePrefix = "AuthorizationRules_"
 
 // computedJSON is upstream's ComputedAuthorizationItem serialisation.
 type computedJSON struct {
-	ID                   string                 `json:"id"`
-	DefaultAllowed       bool                   `json:"defaultAllowed"`
-	Mode                 string                 `json:"mode"`
-	Privileges           map[string]privilege   `json:"privileges"`
-	PrivilegeAssignments map[string][]string    `json:"privilegeAssignments"`
-	Identities           map[string]identitySel `json:"identities"`
+	ID                   string                   `json:"id"`
+	DefaultAllowed       bool                     `json:"defaultAllowed"`
+	Mode                 string                   `json:"mode"`
+	Privileges           map[string]msp.Privilege `json:"privileges"`
+	PrivilegeAssignments map[string][]string      `json:"privilegeAssignments"`
+	Identities           map[string]msp.Identity  `json:"identities"`
 }
 
 // MarshalJSON writes the compiled rule set in upstream's snapshot form:
@@ -34,28 +36,21 @@ type computedJSON struct {
 // and query parameters.
 func (rs *RuleSet) MarshalJSON() ([]byte, error) {
 	c := computedJSON{ID: rs.id, DefaultAllowed: rs.defaultAllowed, Mode: rs.mode.Title(),
-		Privileges: map[string]privilege{}, PrivilegeAssignments: map[string][]string{}, Identities: map[string]identitySel{}}
+		Privileges: map[string]msp.Privilege{}, PrivilegeAssignments: map[string][]string{}, Identities: map[string]msp.Identity{}}
 	for _, p := range rs.privs {
-		c.Privileges[p.Name] = p.privilege
+		c.Privileges[p.Name] = p.Privilege
 		if p.assigned != nil {
 			names := make([]string, len(p.assigned))
 			for i, id := range p.assigned {
-				names[i] = id.Name
+				names[i] = id.def.Name
 			}
 			c.PrivilegeAssignments[p.Name] = names
 		}
 	}
 	for name, id := range rs.identities {
-		c.Identities[name] = *id
+		c.Identities[name] = id.def
 	}
 	return json.Marshal(c)
-}
-
-// inputRules is upstream's AuthorizationRules serialisation.
-type inputRules struct {
-	IMDS       *item `json:"imds,omitempty"`
-	WireServer *item `json:"wireserver,omitempty"`
-	HostGA     *item `json:"hostga,omitempty"`
 }
 
 type computedRules struct {
@@ -65,8 +60,8 @@ type computedRules struct {
 }
 
 type snapshotDoc struct {
-	InputRules    inputRules    `json:"inputRules"`
-	ComputedRules computedRules `json:"computedRules"`
+	InputRules    msp.AuthorizationRules `json:"inputRules"`
+	ComputedRules computedRules          `json:"computedRules"`
 }
 
 // SnapshotFileName returns the name upstream gives a snapshot written at
@@ -80,7 +75,7 @@ func SnapshotFileName(t time.Time) string {
 // writeSnapshotFile prunes old snapshot files so that at most max remain
 // after writing, then writes the new one (pretty JSON, via a temporary
 // file and rename).
-func writeSnapshotFile(dir string, max int, now time.Time, in inputRules, s *Snapshot) error {
+func writeSnapshotFile(dir string, max int, now time.Time, in msp.AuthorizationRules, s *Snapshot) error {
 	if err := pruneSnapshots(dir, max); err != nil {
 		return err
 	}

@@ -12,12 +12,9 @@ import (
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
-// StoreConfig configures a Store. The zero value works: production
-// destinations, no local rules, no snapshot files.
+// StoreConfig configures a Store. The zero value works: no local rules,
+// no snapshot files.
 type StoreConfig struct {
-	// Destinations selects the per-destination authorizers; the zero
-	// value means DefaultDestinations().
-	Destinations Destinations
 	// RulesDir holds WireServer_Rules.json and IMDS_Rules.json
 	// (production: DefaultRulesDir). Empty: local files are treated as
 	// missing.
@@ -67,9 +64,6 @@ type Store struct {
 // NewStore returns a Store with no rule sets installed (epoch 0): the
 // WireServer and HostGAPlugin are root-only and IMDS is open.
 func NewStore(cfg StoreConfig) *Store {
-	if cfg.Destinations == (Destinations{}) {
-		cfg.Destinations = DefaultDestinations()
-	}
 	if cfg.MaxSnapshots <= 0 {
 		cfg.MaxSnapshots = 5
 	}
@@ -87,7 +81,7 @@ func NewStore(cfg StoreConfig) *Store {
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("component", "authz")
-	s.cur.Store(&Snapshot{dests: cfg.Destinations})
+	s.cur.Store(&Snapshot{})
 	return s
 }
 
@@ -109,7 +103,7 @@ func (s *Store) RuleIDs() RuleIDs {
 // false when none is installed. Quirk 19: this is the mode of the last
 // compiled item, which only changes with the rule id, so it can differ
 // from the mode in the latest status.
-func (s *Store) Mode(svc Service) (m msp.Mode, ok bool) {
+func (s *Store) Mode(svc msp.Service) (m msp.Mode, ok bool) {
 	rs := s.cur.Load().RuleSet(svc)
 	if rs == nil {
 		return "", false
@@ -117,7 +111,7 @@ func (s *Store) Mode(svc Service) (m msp.Mode, ok bool) {
 	return rs.mode, true
 }
 
-// Update installs the rules of one key-status poll (nil when the status
+// Apply installs the rules of one key-status poll (nil when the status
 // has none) and reports whether any rule set changed. Following
 // protocol.md §3.6:
 //
@@ -131,19 +125,11 @@ func (s *Store) Mode(svc Service) (m msp.Mode, ok bool) {
 // On a change the new snapshot (with the next epoch) is published
 // atomically, a snapshot file is written, and the change is logged.
 // Reading a local file that is not valid JSON is retried and may take
-// ParseAttempts×ParseRetryDelay; ctx cancels that wait.
-func (s *Store) Update(ctx context.Context, rules *msp.AuthorizationRules) bool {
-	changed, err := s.update(ctx, rules)
-	if err != nil {
-		s.log.Error("writing authorization rules snapshot failed", "dir", s.cfg.SnapshotDir, "err", err)
-	}
-	return changed
-}
-
-// Apply is Update for the key keeper's RulesApplier interface: it reports
-// whether a rule set changed and returns (instead of logging) the error of
-// writing the snapshot file. The rules are installed even when that
-// write fails.
+// ParseAttempts×ParseRetryDelay.
+//
+// Apply reports whether a rule set changed and returns the error of
+// writing the snapshot file; the rules are installed even when that write
+// fails.
 func (s *Store) Apply(rules *msp.AuthorizationRules) (changed bool, err error) {
 	return s.update(context.Background(), rules)
 }
@@ -162,16 +148,16 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 	wsIDChanged, imdsIDChanged, hgaIDChanged := ids.WireServer != old.WireServer, ids.IMDS != old.IMDS, ids.HostGA != old.HostGA
 	s.ids = ids
 	for _, c := range []struct {
-		svc      Service
+		svc      msp.Service
 		changed  bool
 		from, to string
-	}{{WireServer, wsIDChanged, old.WireServer, ids.WireServer}, {IMDS, imdsIDChanged, old.IMDS, ids.IMDS}, {HostGA, hgaIDChanged, old.HostGA, ids.HostGA}} {
+	}{{msp.WireServer, wsIDChanged, old.WireServer, ids.WireServer}, {msp.IMDS, imdsIDChanged, old.IMDS, ids.IMDS}, {msp.HostGAPlugin, hgaIDChanged, old.HostGA, ids.HostGA}} {
 		if c.changed {
 			s.log.Info("rule id changed", "service", c.svc, "from", c.from, "to", c.to)
 		}
 	}
 
-	wsRaw, imdsRaw := fromWire(wsWire), fromWire(imdsWire)
+	wsRaw, imdsRaw := wsWire.Clone(), imdsWire.Clone()
 	wsEff, wsLocalChanged := s.resolve(ctx, wsRaw, wsTarget, &s.wsLocal, wsIDChanged)
 	imdsEff, imdsLocalChanged := s.resolve(ctx, imdsRaw, imdsTarget, &s.imdsLocal, imdsIDChanged)
 
@@ -179,15 +165,15 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 	next := *cur
 	changed := false
 	if wsIDChanged || wsLocalChanged {
-		next.wireServer = s.compileLogged(WireServer, wsEff)
+		next.wireServer = s.compileLogged(msp.WireServer, wsEff)
 		changed = true
 	}
 	if imdsIDChanged || imdsLocalChanged {
-		next.imds = s.compileLogged(IMDS, imdsEff)
+		next.imds = s.compileLogged(msp.IMDS, imdsEff)
 		changed = true
 	}
 	if hgaIDChanged {
-		next.hga = s.compileLogged(HostGA, wsRaw)
+		next.hga = s.compileLogged(msp.HostGAPlugin, wsRaw)
 		changed = true
 	}
 	if !changed {
@@ -200,7 +186,7 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 	if s.cfg.SnapshotDir != "" {
 		// The snapshot file carries this poll's effective items, as
 		// upstream writes them.
-		in := inputRules{WireServer: wsEff, IMDS: imdsEff, HostGA: wsRaw}
+		in := msp.AuthorizationRules{WireServer: wsEff, IMDS: imdsEff, HostGA: wsRaw}
 		if err := writeSnapshotFile(s.cfg.SnapshotDir, s.cfg.MaxSnapshots, s.cfg.Now(), in, &next); err != nil {
 			return true, err
 		}
@@ -222,8 +208,8 @@ func ruleID(rs *RuleSet) any {
 	return rs.id
 }
 
-func (s *Store) compileLogged(svc Service, it *item) *RuleSet {
-	rs := compile(it)
+func (s *Store) compileLogged(svc msp.Service, it *msp.AuthorizationItem) *RuleSet {
+	rs := Compile(it)
 	if rs == nil {
 		s.log.Info("rule set removed", "service", svc)
 		return nil
@@ -238,7 +224,7 @@ func (s *Store) compileLogged(svc Service, it *item) *RuleSet {
 
 // resolve computes a service's effective item from the host item and its
 // local rules file, and whether the local-rules side changed (§3.7).
-func (s *Store) resolve(ctx context.Context, remote *item, t target, tr *localTracker, remoteChanged bool) (*item, bool) {
+func (s *Store) resolve(ctx context.Context, remote *msp.AuthorizationItem, t target, tr *localTracker, remoteChanged bool) (*msp.AuthorizationItem, bool) {
 	log := s.log.With("module", t.module)
 	d := parseDescriptor(itemID(remote))
 	norm := normalize(remote, d)
@@ -306,7 +292,7 @@ func (s *Store) resolve(ctx context.Context, remote *item, t target, tr *localTr
 	return eff, useChanged || stateChanged || prevFailed
 }
 
-func itemID(it *item) string {
+func itemID(it *msp.AuthorizationItem) string {
 	if it == nil {
 		return ""
 	}

@@ -36,59 +36,65 @@ func item3(id, access, mode string) string {
 	return fmt.Sprintf(`{"defaultAccess":%q,"mode":%q,"id":%q}`, access, mode, id)
 }
 
-func authorize(s *Store, svc Service) Decision {
-	return s.Authorize(Request{Dest: destOf(svc), Method: "GET", Target: "/x", Caller: root()})
+// update installs rules as the key keeper does; a snapshot-file error is
+// ignored here (tests that care call Apply).
+func update(s *Store, r *msp.AuthorizationRules) bool {
+	changed, _ := s.Apply(r)
+	return changed
+}
+
+func authorize(s *Store, svc msp.Service) Decision {
+	return s.Authorize(Request{Service: svc, Method: "GET", Target: "/x", Caller: root()})
 }
 
 func TestStoreStartsWithoutRules(t *testing.T) {
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
-	if d := authorize(s, WireServer); d.Result != Allow || d.Epoch != 0 || d.RuleID != "" {
+	s := NewStore(StoreConfig{Logger: quietLogger()})
+	if d := authorize(s, msp.WireServer); d.Result != Allow || d.Epoch != 0 || d.RuleID != "" {
 		t.Fatalf("got %+v", d)
 	}
-	if _, ok := s.Mode(WireServer); ok {
+	if _, ok := s.Mode(msp.WireServer); ok {
 		t.Fatal("mode reported without rules")
 	}
 	// A v1 status has no rules: nothing changes.
-	if s.Update(context.Background(), nil) {
+	if update(s, nil) {
 		t.Fatal("nil rules reported as a change")
 	}
 }
 
 // Quirks 4 and 19: a rule set is recompiled only when its raw id changes.
 func TestStoreRecompilesOnlyOnIDChange(t *testing.T) {
-	ctx := context.Background()
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
-	if !s.Update(ctx, rulesOf(t, item3("A", "deny", "enforce"), item3("I", "allow", "audit"), "")) {
+	s := NewStore(StoreConfig{Logger: quietLogger()})
+	if !update(s, rulesOf(t, item3("A", "deny", "enforce"), item3("I", "allow", "audit"), "")) {
 		t.Fatal("first rules not installed")
 	}
-	if d := authorize(s, WireServer); d.Result != Deny || d.Epoch != 1 || d.RuleID != "A-useLocalFileRules-false" {
+	if d := authorize(s, msp.WireServer); d.Result != Deny || d.Epoch != 1 || d.RuleID != "A-useLocalFileRules-false" {
 		t.Fatalf("after install: %+v", d)
 	}
 	// Same id, new content and mode: ignored.
-	if s.Update(ctx, rulesOf(t, item3("A", "allow", "audit"), item3("I", "allow", "audit"), "")) {
+	if update(s, rulesOf(t, item3("A", "allow", "audit"), item3("I", "allow", "audit"), "")) {
 		t.Fatal("same id reported as a change")
 	}
-	if d := authorize(s, WireServer); d.Result != Deny || d.Mode != msp.ModeEnforce || d.Epoch != 1 {
+	if d := authorize(s, msp.WireServer); d.Result != Deny || d.Mode != msp.ModeEnforce || d.Epoch != 1 {
 		t.Fatalf("same id changed the decision: %+v", d)
 	}
-	if m, _ := s.Mode(WireServer); m != msp.ModeEnforce {
+	if m, _ := s.Mode(msp.WireServer); m != msp.ModeEnforce {
 		t.Fatalf("mode = %v, want the compiled enforce", m)
 	}
 	// New id: recompiled.
-	if !s.Update(ctx, rulesOf(t, item3("B", "allow", "audit"), item3("I", "allow", "audit"), "")) {
+	if !update(s, rulesOf(t, item3("B", "allow", "audit"), item3("I", "allow", "audit"), "")) {
 		t.Fatal("new id not installed")
 	}
-	if d := authorize(s, WireServer); d.Result != Allow || d.Mode != msp.ModeAudit || d.Epoch != 2 {
+	if d := authorize(s, msp.WireServer); d.Result != Allow || d.Mode != msp.ModeAudit || d.Epoch != 2 {
 		t.Fatalf("after id change: %+v", d)
 	}
 	if ids := s.RuleIDs(); ids != (RuleIDs{WireServer: "B", IMDS: "I", HostGA: "B"}) {
 		t.Fatalf("ids = %+v", ids)
 	}
 	// Rules removed: back to no rules.
-	if !s.Update(ctx, nil) {
+	if !update(s, nil) {
 		t.Fatal("removal not a change")
 	}
-	if d := authorize(s, IMDS); d.RuleID != "" || d.Result != Allow {
+	if d := authorize(s, msp.IMDS); d.RuleID != "" || d.Result != Allow {
 		t.Fatalf("after removal: %+v", d)
 	}
 	if ids := s.RuleIDs(); ids != (RuleIDs{}) {
@@ -101,14 +107,14 @@ func TestStoreRecompilesOnlyOnIDChange(t *testing.T) {
 func TestStoreHostGAMirrorsWireServer(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, WireServerRulesFile), `{"defaultAccess":"allow","id":"loc"}`)
-	s := NewStore(StoreConfig{Destinations: testDests, RulesDir: dir, Logger: quietLogger()})
+	s := NewStore(StoreConfig{RulesDir: dir, Logger: quietLogger()})
 	ws := fmt.Sprintf(`{"defaultAccess":"deny","mode":"enforce","id":%q}`, descriptorID("ws", true))
-	s.Update(context.Background(), rulesOf(t, ws, "", item3("H", "allow", "disabled")))
-	h := authorize(s, HostGA)
+	update(s, rulesOf(t, ws, "", item3("H", "allow", "disabled")))
+	h := authorize(s, msp.HostGAPlugin)
 	if h.Result != Deny || h.RuleID != descriptorID("ws", true) || h.Mode != msp.ModeEnforce {
 		t.Fatalf("hostga: %+v", h)
 	}
-	w := authorize(s, WireServer)
+	w := authorize(s, msp.WireServer)
 	if w.Result != Allow || w.RuleID != "ws-useLocalFileRules-true_loc" {
 		t.Fatalf("wireserver: %+v", w)
 	}
@@ -118,14 +124,14 @@ func TestStoreHostGAMirrorsWireServer(t *testing.T) {
 func TestStoreSnapshotFiles(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Date(2025, 4, 23, 12, 0, 0, 0, time.UTC)
-	s := NewStore(StoreConfig{Destinations: testDests, SnapshotDir: dir, Logger: quietLogger(),
+	s := NewStore(StoreConfig{SnapshotDir: dir, Logger: quietLogger(),
 		Now: func() time.Time { now = now.Add(1500 * time.Microsecond); return now }})
 	ws := `{"defaultAccess":"Allow","mode":"Audit","id":"%d","rules":{
 	 "privileges":[{"name":"P","path":"/Machine","queryParameters":{"Comp":"GoalState"}}],
 	 "roles":[{"name":"r","privileges":["P"]}],"identities":[{"name":"i","userName":"root"}],
 	 "roleAssignments":[{"role":"r","identities":["i"]}]}}`
 	for i := range 10 {
-		if !s.Update(context.Background(), rulesOf(t, fmt.Sprintf(ws, i), item3("imds", "deny", "enforce"), "")) {
+		if !update(s, rulesOf(t, fmt.Sprintf(ws, i), item3("imds", "deny", "enforce"), "")) {
 			t.Fatalf("update %d not a change", i)
 		}
 	}
@@ -197,7 +203,7 @@ func TestStoreSnapshotFiles(t *testing.T) {
 // snapshot: rule set "allow-N" allows and "deny-N" denies, the WireServer
 // and IMDS rule sets of one epoch share N, and epochs never go back.
 func TestStoreConsistentSnapshots(t *testing.T) {
-	s := NewStore(StoreConfig{Destinations: testDests, Logger: quietLogger()})
+	s := NewStore(StoreConfig{Logger: quietLogger()})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	errs := make(chan string, 8)
@@ -208,9 +214,9 @@ func TestStoreConsistentSnapshots(t *testing.T) {
 			var last uint64
 			for ctx.Err() == nil {
 				snap := s.Snapshot()
-				w := snap.Authorize(Request{Dest: testDests.WireServer, Method: "GET", Target: "/", Caller: root()})
-				i := snap.Authorize(Request{Dest: testDests.IMDS, Method: "GET", Target: "/", Caller: root()})
-				d := s.Authorize(Request{Dest: testDests.WireServer, Method: "GET", Target: "/", Caller: root()})
+				w := snap.Authorize(Request{Service: msp.WireServer, Method: "GET", Target: "/", Caller: root()})
+				i := snap.Authorize(Request{Service: msp.IMDS, Method: "GET", Target: "/", Caller: root()})
+				d := s.Authorize(Request{Service: msp.WireServer, Method: "GET", Target: "/", Caller: root()})
 				bad := ""
 				switch {
 				case w.Epoch != i.Epoch || w.Epoch < last || d.Epoch < w.Epoch:
@@ -237,7 +243,7 @@ func TestStoreConsistentSnapshots(t *testing.T) {
 			access = "deny"
 		}
 		id := fmt.Sprintf("%s-%d", access, n)
-		s.Update(context.Background(), rulesOf(t,
+		update(s, rulesOf(t,
 			fmt.Sprintf(`{"defaultAccess":%q,"mode":"enforce","id":%q}`, access, descriptorID(id, false)),
 			fmt.Sprintf(`{"defaultAccess":"allow","mode":"enforce","id":%q}`, descriptorID("imds-"+id, false)), ""))
 	}
@@ -254,12 +260,12 @@ func TestStoreConsistentSnapshots(t *testing.T) {
 
 func TestStoreApplyReportsSnapshotError(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
-	s := NewStore(StoreConfig{Destinations: testDests, SnapshotDir: missing, Logger: quietLogger()})
+	s := NewStore(StoreConfig{SnapshotDir: missing, Logger: quietLogger()})
 	changed, err := s.Apply(rulesOf(t, item3("A", "deny", "enforce"), "", ""))
 	if !changed || err == nil {
 		t.Fatalf("changed=%v err=%v, want a change and the write error", changed, err)
 	}
-	if d := authorize(s, WireServer); d.Result != Deny {
+	if d := authorize(s, msp.WireServer); d.Result != Deny {
 		t.Fatalf("rules not installed despite the write error: %+v", d)
 	}
 	if changed, err := s.Apply(rulesOf(t, item3("A", "deny", "enforce"), "", "")); changed || err != nil {

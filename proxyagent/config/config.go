@@ -52,6 +52,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -59,6 +60,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/proxyagent/hostconn"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // DefaultPath is where the service reads its configuration.
@@ -119,10 +121,10 @@ func Default() Config {
 		CgroupRoot:                  "/sys/fs/cgroup",
 		FileLogLevel:                "Info",
 		CanonicalRequestMode:        "off",
-		ListenAddress:               "127.0.0.1:3080",
-		WireServerAddress:           "168.63.129.16:80",
-		IMDSAddress:                 "169.254.169.254:80",
-		HostGAPluginAddress:         "168.63.129.16:32526",
+		ListenAddress:               msp.ListenerAddr.String(),
+		WireServerAddress:           msp.WireServerAddr.String(),
+		IMDSAddress:                 msp.IMDSAddr.String(),
+		HostGAPluginAddress:         msp.HostGAPluginAddr.String(),
 		StatusFolder:                "/var/log/azure-proxy-agent",
 		HostRequestTimeoutInSeconds: 10,
 		ProvisionTimeoutInSeconds:   120,
@@ -348,6 +350,24 @@ func Parse(data []byte) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// Endpoints returns the four address keys as msp.Endpoints. Each must be
+// a literal ip:port (the kernel redirect compares addresses, not names).
+func (c Config) Endpoints() (msp.Endpoints, error) {
+	var e msp.Endpoints
+	for _, f := range []struct {
+		dst       *netip.AddrPort
+		key, addr string
+	}{{&e.WireServer, "wireServerAddress", c.WireServerAddress}, {&e.IMDS, "imdsAddress", c.IMDSAddress},
+		{&e.HostGAPlugin, "hostGAPluginAddress", c.HostGAPluginAddress}, {&e.Listener, "listenAddress", c.ListenAddress}} {
+		ap, err := netip.ParseAddrPort(f.addr)
+		if err != nil {
+			return e, fmt.Errorf("config: %s %q is not ip:port: %w", f.key, f.addr, err)
+		}
+		*f.dst = ap
+	}
+	return e, nil
 }
 
 func checkAddress(s string) error {

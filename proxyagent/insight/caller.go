@@ -2,7 +2,6 @@ package insight
 
 import (
 	"fmt"
-	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
@@ -99,26 +98,13 @@ func clean(s string) string {
 
 // ServiceOf returns the service a record's request was for ("" when the
 // connection had no original destination).
-func ServiceOf(rec *audit.Record) authz.Service { return authz.Service(rec.Destination.Service) }
+func ServiceOf(rec *audit.Record) msp.Service { return msp.Service(rec.Destination.Service) }
 
-// RequestOf rebuilds the authorization request of a record for replay
-// against a snapshot built on authz.DefaultDestinations. The destination
-// is the recorded service's production address, so replays do not depend
-// on the addresses the agent was configured with.
+// RequestOf rebuilds the authorization request of a record for replay:
+// the service the agent classified when it accepted the connection, the
+// request line and the caller.
 func RequestOf(rec *audit.Record) authz.Request {
-	d := authz.DefaultDestinations()
-	var dest netip.AddrPort
-	switch ServiceOf(rec) {
-	case authz.WireServer:
-		dest = d.WireServer
-	case authz.IMDS:
-		dest = d.IMDS
-	case authz.HostGA:
-		dest = d.HostGA
-	case authz.ProxyAgent:
-		dest = d.Listener
-	}
-	return authz.Request{Dest: dest, Method: rec.Method, Target: rec.Target, Caller: rec.Caller}
+	return authz.Request{Service: ServiceOf(rec), Method: rec.Method, Target: rec.Target, Caller: rec.Caller}
 }
 
 // replayable reports whether a record's request reached authorization
@@ -140,7 +126,7 @@ type queryPair struct{ Key, Value string }
 // first occurrence of each decoded, lower-cased key, sorted by key.
 func splitTarget(target string) (string, []queryPair) {
 	rawPath, rawQuery := msp.SplitTarget(target)
-	path, _, _ := strings.Cut(percentDecode(rawPath), "?")
+	path, _, _ := strings.Cut(msp.PercentDecode(rawPath), "?")
 	path = asciiLower(path)
 	var pairs []queryPair
 	seen := map[string]bool{}
@@ -149,12 +135,12 @@ func splitTarget(target string) (string, []queryPair) {
 		if k == "" {
 			continue
 		}
-		k = asciiLower(percentDecode(k))
+		k = asciiLower(msp.PercentDecode(k))
 		if seen[k] {
 			continue
 		}
 		seen[k] = true
-		pairs = append(pairs, queryPair{k, asciiLower(percentDecode(v))})
+		pairs = append(pairs, queryPair{k, asciiLower(msp.PercentDecode(v))})
 	}
 	sort.Slice(pairs, func(i, j int) bool { return pairs[i].Key < pairs[j].Key })
 	return path, pairs
@@ -179,29 +165,4 @@ func asciiLower(s string) string {
 		}
 	}
 	return strings.ToLower(s)
-}
-
-// percentDecode decodes every "%XY" with two hex digits, keeps any other
-// '%', leaves '+' alone and replaces invalid UTF-8, as the agent's
-// matcher does.
-func percentDecode(s string) string {
-	if strings.IndexByte(s, '%') < 0 {
-		return strings.ToValidUTF8(s, "\uFFFD")
-	}
-	buf := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) {
-			if h, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil && isHex(s[i+1]) && isHex(s[i+2]) {
-				buf = append(buf, byte(h))
-				i += 2
-				continue
-			}
-		}
-		buf = append(buf, s[i])
-	}
-	return strings.ToValidUTF8(string(buf), "\uFFFD")
-}
-
-func isHex(c byte) bool {
-	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // FuzzScan feeds arbitrary log contents through every consumer: bad
@@ -62,8 +63,8 @@ func scanEverything(t testing.TB, rules *Rules, input *os.File, data []byte) {
 	rp := NewReplayer(rules)
 	var sgs []*Suggester
 	for _, o := range []SuggestOptions{
-		{Service: authz.IMDS, Query: QueryObserved},
-		{Service: authz.WireServer, Identity: ByGroup, IncludeHostGA: true, IncludeDenied: true},
+		{Service: msp.IMDS, Query: QueryObserved},
+		{Service: msp.WireServer, Identity: ByGroup, IncludeHostGA: true, IncludeDenied: true},
 	} {
 		sg, err := NewSuggester(o)
 		if err != nil {
@@ -154,7 +155,7 @@ func FuzzParseRules(f *testing.F) {
 	f.Add([]byte(`{"authorizationRules": {"imds": {"mode": "x"}}}`))
 	f.Add([]byte(`{"mode": "enforce", "id": "i", "defaultAccess": "allow", "rules": {"roles": [{"privileges": null}]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, o := range []RulesOptions{{Service: authz.IMDS}, {Service: authz.WireServer, Mode: "enforce"}, {}} {
+		for _, o := range []RulesOptions{{Service: msp.IMDS}, {Service: msp.WireServer, Mode: "enforce"}, {}} {
 			r, err := ParseRules(data, "rules.json", o)
 			if err != nil {
 				if _, ok := err.(*InputError); !ok {
@@ -181,14 +182,14 @@ func FuzzSuggestVerify(f *testing.F) {
 		if group != "" {
 			c.UserGroups = []string{group}
 		}
-		rec := audit.Record{V: 1, Destination: audit.Destination{Service: string(authz.IMDS)}, Decision: "allow",
+		rec := audit.Record{V: 1, Destination: audit.Destination{Service: string(msp.IMDS)}, Decision: "allow",
 			Method: "GET", Target: target, Caller: c}
 		q := QueryNone
 		if observed {
 			q = QueryObserved
 		}
 		for _, id := range []string{ByExe, ByUser, ByGroup, ByExeUser} {
-			sg, err := NewSuggester(SuggestOptions{Service: authz.IMDS, Identity: id, Query: q, PathDepth: int(depth % 8)})
+			sg, err := NewSuggester(SuggestOptions{Service: msp.IMDS, Identity: id, Query: q, PathDepth: int(depth % 8)})
 			if err != nil {
 				t.Fatal(err)
 			}

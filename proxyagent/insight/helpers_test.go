@@ -22,7 +22,7 @@ var t0 = time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
 // call is one request to put in a test audit log.
 type call struct {
 	at     time.Duration // after t0
-	svc    authz.Service
+	svc    msp.Service
 	who    *claims.Claims
 	method string
 	target string
@@ -46,39 +46,33 @@ var (
 	mallory = person("mallory", 1003, "/usr/bin/curl", "mallory")
 )
 
-func destOf(svc authz.Service) netip.AddrPort {
-	d := authz.DefaultDestinations()
-	switch svc {
-	case authz.WireServer:
-		return d.WireServer
-	case authz.HostGA:
-		return d.HostGA
-	case authz.IMDS:
-		return d.IMDS
+func destOf(svc msp.Service) netip.AddrPort {
+	if a := msp.DefaultEndpoints().Addr(svc); a.IsValid() {
+		return a
 	}
 	return netip.MustParseAddrPort("10.1.1.1:443")
 }
 
 // fixture is a realistic day of audit-mode traffic.
 var fixture = []call{
-	{at: 0, svc: authz.IMDS, who: alice, method: "GET", target: "/metadata/instance?api-version=2021-02-01"},
-	{at: time.Hour, svc: authz.IMDS, who: alice, method: "GET", target: "/metadata/instance?api-version=2021-02-01"},
-	{at: 2 * time.Hour, svc: authz.IMDS, who: alice, method: "GET", target: "/metadata/instance?api-version=2021-02-01&format=json"},
-	{at: 30 * time.Minute, svc: authz.IMDS, who: bob, method: "GET", target: "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F", result: authz.AllowAudited},
-	{at: 3 * time.Hour, svc: authz.IMDS, who: bob, method: "GET", target: "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F", result: authz.AllowAudited},
-	{at: 4 * time.Hour, svc: authz.IMDS, who: carol, method: "GET", target: "/metadata/instance/compute?api-version=2021-02-01&format=json"},
-	{at: 5 * time.Hour, svc: authz.IMDS, who: nil, method: "GET", target: "/metadata/instance", unauthorized: true},
-	{at: 10 * time.Minute, svc: authz.WireServer, who: waagent, method: "GET", target: "/machine/?comp=goalstate"},
-	{at: 70 * time.Minute, svc: authz.WireServer, who: waagent, method: "GET", target: "/machine/?comp=goalstate"},
-	{at: 80 * time.Minute, svc: authz.WireServer, who: waagent, method: "POST", target: "/machine/?comp=telemetrydata"},
-	{at: 90 * time.Minute, svc: authz.HostGA, who: waagent, method: "GET", target: "/vmSettings"},
-	{at: 6 * time.Hour, svc: authz.WireServer, who: mallory, method: "GET", target: "/machine/?comp=goalstate", result: authz.Deny},
+	{at: 0, svc: msp.IMDS, who: alice, method: "GET", target: "/metadata/instance?api-version=2021-02-01"},
+	{at: time.Hour, svc: msp.IMDS, who: alice, method: "GET", target: "/metadata/instance?api-version=2021-02-01"},
+	{at: 2 * time.Hour, svc: msp.IMDS, who: alice, method: "GET", target: "/metadata/instance?api-version=2021-02-01&format=json"},
+	{at: 30 * time.Minute, svc: msp.IMDS, who: bob, method: "GET", target: "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F", result: authz.AllowAudited},
+	{at: 3 * time.Hour, svc: msp.IMDS, who: bob, method: "GET", target: "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F", result: authz.AllowAudited},
+	{at: 4 * time.Hour, svc: msp.IMDS, who: carol, method: "GET", target: "/metadata/instance/compute?api-version=2021-02-01&format=json"},
+	{at: 5 * time.Hour, svc: msp.IMDS, who: nil, method: "GET", target: "/metadata/instance", unauthorized: true},
+	{at: 10 * time.Minute, svc: msp.WireServer, who: waagent, method: "GET", target: "/machine/?comp=goalstate"},
+	{at: 70 * time.Minute, svc: msp.WireServer, who: waagent, method: "GET", target: "/machine/?comp=goalstate"},
+	{at: 80 * time.Minute, svc: msp.WireServer, who: waagent, method: "POST", target: "/machine/?comp=telemetrydata"},
+	{at: 90 * time.Minute, svc: msp.HostGAPlugin, who: waagent, method: "GET", target: "/vmSettings"},
+	{at: 6 * time.Hour, svc: msp.WireServer, who: mallory, method: "GET", target: "/machine/?comp=goalstate", result: authz.Deny},
 }
 
 // eventOf turns a call into the event the proxy would record.
 func eventOf(c call) audit.Event {
 	ev := audit.Event{Time: t0.Add(c.at), HTTPID: 1, TCPID: 1, Caller: c.who,
-		Client: netip.MustParseAddrPort("10.0.0.4:50000"), Dest: destOf(c.svc), Method: c.method, Target: c.target,
+		Client: netip.MustParseAddrPort("10.0.0.4:50000"), Dest: destOf(c.svc), Service: c.svc, Method: c.method, Target: c.target,
 		Status: 200, Latency: 3 * time.Millisecond}
 	if c.unauthorized {
 		ev.Status = 421

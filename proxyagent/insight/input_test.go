@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/proxyagent/audit"
-	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func appendTo(t *testing.T, path, s string) {
@@ -169,7 +169,7 @@ func TestUnknownRulesFieldsAreWarnings(t *testing.T) {
 	}
 	// The same keys in a profile's free-form ARM envelope are fine.
 	prof := `{"id": "/x", "location": "westus", "properties": {"provisioningState": "Succeeded", "mode": "Audit", "defaultAccess": "Deny"}}`
-	r, err = ParseRules([]byte(prof), "p.json", RulesOptions{Service: authz.IMDS})
+	r, err = ParseRules([]byte(prof), "p.json", RulesOptions{Service: msp.IMDS})
 	if err != nil || len(r.Warnings) != 0 || r.Format != FormatProfile {
 		t.Errorf("profile: %v %v %q", err, r.Warnings, r.Format)
 	}

@@ -102,7 +102,7 @@ func TestRulesTestAuthorizationRules(t *testing.T) {
 func TestRequestOfUsesRecordedService(t *testing.T) {
 	dir := t.TempDir()
 	writeLog(t, dir, fixture, 0)
-	snap := authz.NewSnapshot(authz.DefaultDestinations(), nil, nil, nil)
+	snap := authz.NewSnapshot(nil, nil, nil)
 	_, err := Scan(Source{Dir: dir}, func(e Entry) error {
 		if !replayable(&e.Record) {
 			return nil

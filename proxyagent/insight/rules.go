@@ -37,7 +37,7 @@ type RulesOptions struct {
 	// profile) is for. "" infers it from a local file's name
 	// (WireServer_Rules.json, IMDS_Rules.json). For an authorizationRules
 	// document it restricts the replay to that service.
-	Service authz.Service
+	Service msp.Service
 	// Mode overrides the document's mode; "" keeps it (a local file,
 	// which has no mode, then compiles as Enforce).
 	Mode msp.Mode
@@ -60,16 +60,16 @@ type Rules struct {
 	// Warnings are problems that do not stop the document from compiling
 	// (unknown fields, references the agent skips).
 	Warnings []Warning
-	covered  map[authz.Service]bool
+	covered  map[msp.Service]bool
 }
 
 // Covers reports whether the document has rules for svc, so that a
 // replayed request to svc is judged by it.
-func (r *Rules) Covers(svc authz.Service) bool { return r.covered[svc] }
+func (r *Rules) Covers(svc msp.Service) bool { return r.covered[svc] }
 
 // Services lists the covered services, sorted.
-func (r *Rules) Services() []authz.Service {
-	out := make([]authz.Service, 0, len(r.covered))
+func (r *Rules) Services() []msp.Service {
+	out := make([]msp.Service, 0, len(r.covered))
 	for s := range r.covered {
 		out = append(out, s)
 	}
@@ -79,14 +79,14 @@ func (r *Rules) Services() []authz.Service {
 
 // ParseService reads a --service value: wireserver, imds or hostga (any
 // case; "hostgaplugin" also works).
-func ParseService(s string) (authz.Service, error) {
+func ParseService(s string) (msp.Service, error) {
 	switch strings.ToLower(s) {
 	case "wireserver":
-		return authz.WireServer, nil
+		return msp.WireServer, nil
 	case "imds":
-		return authz.IMDS, nil
+		return msp.IMDS, nil
 	case "hostga", "hostgaplugin":
-		return authz.HostGA, nil
+		return msp.HostGAPlugin, nil
 	}
 	return "", fmt.Errorf("unknown service %q: want wireserver, imds or hostga", s)
 }
@@ -117,7 +117,7 @@ func ParseRules(data []byte, name string, opts RulesOptions) (*Rules, error) {
 	if top == nil {
 		return nil, inputErrorf("%s: rules document must be a JSON object", name)
 	}
-	r := &Rules{Path: name, covered: map[authz.Service]bool{}}
+	r := &Rules{Path: name, covered: map[msp.Service]bool{}}
 	has := func(k string) bool { _, ok := top[k]; return ok }
 	var ws, imds, hga *authz.RuleSet
 	format := opts.Format
@@ -155,10 +155,10 @@ func ParseRules(data []byte, name string, opts RulesOptions) (*Rules, error) {
 			return nil, jsonInputError(name, data, err)
 		}
 		for _, e := range []struct {
-			svc authz.Service
+			svc msp.Service
 			raw *json.RawMessage
 			out **authz.RuleSet
-		}{{authz.WireServer, ar.WireServer, &ws}, {authz.IMDS, ar.IMDS, &imds}, {authz.HostGA, ar.HostGA, &hga}} {
+		}{{msp.WireServer, ar.WireServer, &ws}, {msp.IMDS, ar.IMDS, &imds}, {msp.HostGAPlugin, ar.HostGA, &hga}} {
 			if e.raw == nil || (opts.Service != "" && opts.Service != e.svc) {
 				continue
 			}
@@ -193,15 +193,15 @@ func ParseRules(data []byte, name string, opts RulesOptions) (*Rules, error) {
 		}
 		r.Warnings = append(r.Warnings, warns...)
 		switch svc {
-		case authz.WireServer: // the host applies WireServer rules to HostGAPlugin too
+		case msp.WireServer: // the host applies WireServer rules to HostGAPlugin too
 			ws, hga = rs, rs
-			r.covered[authz.WireServer], r.covered[authz.HostGA] = true, true
-		case authz.IMDS:
+			r.covered[msp.WireServer], r.covered[msp.HostGAPlugin] = true, true
+		case msp.IMDS:
 			imds = rs
-			r.covered[authz.IMDS] = true
-		case authz.HostGA:
+			r.covered[msp.IMDS] = true
+		case msp.HostGAPlugin:
 			hga = rs
-			r.covered[authz.HostGA] = true
+			r.covered[msp.HostGAPlugin] = true
 		}
 	case FormatLocal:
 		r.Format = FormatLocal
@@ -209,15 +209,15 @@ func ParseRules(data []byte, name string, opts RulesOptions) (*Rules, error) {
 		if svc == "" {
 			switch strings.ToLower(filepath.Base(name)) {
 			case strings.ToLower(authz.WireServerRulesFile):
-				svc = authz.WireServer
+				svc = msp.WireServer
 			case strings.ToLower(authz.IMDSRulesFile):
-				svc = authz.IMDS
+				svc = msp.IMDS
 			}
 		}
 		if svc == "" {
 			return nil, inputErrorf("%s: a local rules file is for one service; name it with --service wireserver|imds", name)
 		}
-		if svc != authz.WireServer && svc != authz.IMDS {
+		if svc != msp.WireServer && svc != msp.IMDS {
 			return nil, inputErrorf("%s: %s has no local rules file; use a profile or authorization item", name, svc)
 		}
 		r.Warnings = append(r.Warnings, unknownFields(data, name, "local")...)
@@ -229,7 +229,7 @@ func ParseRules(data []byte, name string, opts RulesOptions) (*Rules, error) {
 		if err != nil {
 			return nil, rulesInputError(name, err)
 		}
-		if svc == authz.WireServer {
+		if svc == msp.WireServer {
 			ws = rs
 		} else {
 			imds = rs
@@ -238,18 +238,18 @@ func ParseRules(data []byte, name string, opts RulesOptions) (*Rules, error) {
 	default:
 		return nil, inputErrorf("%s: unknown rules format %q: want local, item, authorizationRules or profile", name, format)
 	}
-	r.Snapshot = authz.NewSnapshot(authz.DefaultDestinations(), ws, imds, hga)
+	r.Snapshot = authz.NewSnapshot(ws, imds, hga)
 	return r, nil
 }
 
-func serviceList(svc authz.Service) string {
+func serviceList(svc msp.Service) string {
 	if svc != "" {
 		return string(svc)
 	}
 	return "any service"
 }
 
-func singleService(svc authz.Service, name, format string) (authz.Service, error) {
+func singleService(svc msp.Service, name, format string) (msp.Service, error) {
 	if svc == "" {
 		return "", inputErrorf("%s: a %s document is for one service; name it with --service wireserver|imds|hostga", name, format)
 	}

@@ -31,7 +31,7 @@ const (
 // SuggestOptions configures a Suggester.
 type SuggestOptions struct {
 	// Service is WireServer or IMDS: one document per service.
-	Service authz.Service
+	Service msp.Service
 	// IncludeHostGA also uses HostGAPlugin requests for a WireServer
 	// document (the host applies a WireServer profile to both; a local
 	// WireServer file does not apply to HostGAPlugin).
@@ -56,7 +56,7 @@ type SuggestOptions struct {
 
 func (o *SuggestOptions) normalize() error {
 	switch o.Service {
-	case authz.WireServer, authz.IMDS:
+	case msp.WireServer, msp.IMDS:
 	default:
 		return fmt.Errorf("suggest: service must be wireserver or imds, not %q", o.Service)
 	}
@@ -120,7 +120,7 @@ func NewSuggester(opts SuggestOptions) (*Suggester, error) {
 func (s *Suggester) Add(e Entry) {
 	rec := &e.Record
 	svc := ServiceOf(rec)
-	if svc != s.opts.Service && !(svc == authz.HostGA && s.opts.Service == authz.WireServer && s.opts.IncludeHostGA) {
+	if svc != s.opts.Service && !(svc == msp.HostGAPlugin && s.opts.Service == msp.WireServer && s.opts.IncludeHostGA) {
 		return
 	}
 	switch {
@@ -137,7 +137,7 @@ func (s *Suggester) Add(e Entry) {
 		s.notes["requests without caller identity left out"]++
 		return
 	}
-	if (svc == authz.WireServer || svc == authz.HostGA) && !c.RunAsElevated {
+	if (svc == msp.WireServer || svc == msp.HostGAPlugin) && !c.RunAsElevated {
 		s.notes[string(svc)+" requests from non-root callers left out (always denied)"]++
 		return
 	}
@@ -246,7 +246,7 @@ func privKey(p msp.Privilege) string {
 
 // Suggestion is a least-privilege rules document for one service.
 type Suggestion struct {
-	Service       authz.Service
+	Service       msp.Service
 	ID            string
 	DefaultAccess string
 	Rules         msp.Rules
@@ -255,7 +255,7 @@ type Suggestion struct {
 	// Notes say which requests were left out and why, with counts.
 	Notes []string
 	// covers are the services the requests came from.
-	covers  []authz.Service
+	covers  []msp.Service
 	samples []authz.Request
 }
 
@@ -265,9 +265,9 @@ type Suggestion struct {
 // returned even then, so its Notes can say what was left out.
 func (s *Suggester) Suggest() (*Suggestion, error) {
 	out := &Suggestion{Service: s.opts.Service, ID: s.opts.ID, DefaultAccess: s.opts.DefaultAccess, Used: s.used,
-		covers: []authz.Service{s.opts.Service}}
-	if s.opts.IncludeHostGA && s.opts.Service == authz.WireServer {
-		out.covers = append(out.covers, authz.HostGA)
+		covers: []msp.Service{s.opts.Service}}
+	if s.opts.IncludeHostGA && s.opts.Service == msp.WireServer {
+		out.covers = append(out.covers, msp.HostGAPlugin)
 	}
 	for msg, n := range s.notes {
 		out.Notes = append(out.Notes, fmt.Sprintf("%s: %d", msg, n))
@@ -448,15 +448,15 @@ func (s *Suggestion) Verify() ([]string, error) {
 	var ws, imds, hga *authz.RuleSet
 	for _, svc := range s.covers {
 		switch svc {
-		case authz.WireServer:
+		case msp.WireServer:
 			ws = rs
-		case authz.IMDS:
+		case msp.IMDS:
 			imds = rs
-		case authz.HostGA:
+		case msp.HostGAPlugin:
 			hga = rs
 		}
 	}
-	snap := authz.NewSnapshot(authz.DefaultDestinations(), ws, imds, hga)
+	snap := authz.NewSnapshot(ws, imds, hga)
 	var bad []string
 	for _, req := range s.samples {
 		if d := snap.Authorize(req); d.Result != authz.Allow {

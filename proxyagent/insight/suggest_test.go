@@ -30,7 +30,7 @@ func suggestFrom(t *testing.T, dir string, opts SuggestOptions) *Suggestion {
 }
 
 // legitimate are the fixture's forwarded requests with an identity.
-func legitimate(svcs ...authz.Service) []call {
+func legitimate(svcs ...msp.Service) []call {
 	var out []call
 	for _, c := range fixture {
 		if c.who != nil && !c.unauthorized && c.result != authz.Deny && (len(svcs) == 0 || slicesContains(svcs, c.svc)) {
@@ -40,7 +40,7 @@ func legitimate(svcs ...authz.Service) []call {
 	return out
 }
 
-func slicesContains(s []authz.Service, v authz.Service) bool {
+func slicesContains(s []msp.Service, v msp.Service) bool {
 	for _, x := range s {
 		if x == v {
 			return true
@@ -49,8 +49,8 @@ func slicesContains(s []authz.Service, v authz.Service) bool {
 	return false
 }
 
-func authorize(snap *authz.Snapshot, svc authz.Service, who *claims.Claims, method, target string) authz.Decision {
-	return snap.Authorize(authz.Request{Dest: destOf(svc), Method: method, Target: target, Caller: who})
+func authorize(snap *authz.Snapshot, svc msp.Service, who *claims.Claims, method, target string) authz.Decision {
+	return snap.Authorize(authz.Request{Service: svc, Method: method, Target: target, Caller: who})
 }
 
 func TestSuggestLocalIsLeastPrivilege(t *testing.T) {
@@ -67,34 +67,34 @@ func TestSuggestLocalIsLeastPrivilege(t *testing.T) {
 		denied []call
 	}{
 		{ByExeUser, QueryNone, 0, []call{
-			{svc: authz.IMDS, who: dave, method: "GET", target: "/metadata/instance"},      // unobserved exe and user
-			{svc: authz.IMDS, who: aliceWget, method: "GET", target: "/metadata/instance"}, // observed user, unobserved exe
-			{svc: authz.IMDS, who: daveCurl, method: "GET", target: "/metadata/instance"},  // observed exe, unobserved user
-			{svc: authz.IMDS, who: alice, method: "GET", target: "/metadata/identity/oauth2/token?resource=x"},
-			{svc: authz.IMDS, who: alice, method: "GET", target: "/metadata/scheduledevents"}, // unobserved path
+			{svc: msp.IMDS, who: dave, method: "GET", target: "/metadata/instance"},      // unobserved exe and user
+			{svc: msp.IMDS, who: aliceWget, method: "GET", target: "/metadata/instance"}, // observed user, unobserved exe
+			{svc: msp.IMDS, who: daveCurl, method: "GET", target: "/metadata/instance"},  // observed exe, unobserved user
+			{svc: msp.IMDS, who: alice, method: "GET", target: "/metadata/identity/oauth2/token?resource=x"},
+			{svc: msp.IMDS, who: alice, method: "GET", target: "/metadata/scheduledevents"}, // unobserved path
 		}},
 		{ByExe, QueryNone, 0, []call{
-			{svc: authz.IMDS, who: dave, method: "GET", target: "/metadata/instance"},
-			{svc: authz.IMDS, who: aliceWget, method: "GET", target: "/metadata/instance"},
+			{svc: msp.IMDS, who: dave, method: "GET", target: "/metadata/instance"},
+			{svc: msp.IMDS, who: aliceWget, method: "GET", target: "/metadata/instance"},
 		}},
 		{ByUser, QueryNone, 0, []call{
-			{svc: authz.IMDS, who: daveCurl, method: "GET", target: "/metadata/instance"},
+			{svc: msp.IMDS, who: daveCurl, method: "GET", target: "/metadata/instance"},
 		}},
 		{ByGroup, QueryNone, 0, []call{
-			{svc: authz.IMDS, who: daveCurl, method: "GET", target: "/metadata/instance"},
+			{svc: msp.IMDS, who: daveCurl, method: "GET", target: "/metadata/instance"},
 		}},
 		{ByExeUser, QueryObserved, 0, []call{
-			{svc: authz.IMDS, who: alice, method: "GET", target: "/metadata/instance?api-version=2017-01-01"},
-			{svc: authz.IMDS, who: alice, method: "GET", target: "/metadata/instance"},
+			{svc: msp.IMDS, who: alice, method: "GET", target: "/metadata/instance?api-version=2017-01-01"},
+			{svc: msp.IMDS, who: alice, method: "GET", target: "/metadata/instance"},
 		}},
 		{ByExeUser, QueryNone, 2, []call{
-			{svc: authz.IMDS, who: dave, method: "GET", target: "/metadata/instance/network"},
-			{svc: authz.IMDS, who: alice, method: "GET", target: "/metadata/versions"},
+			{svc: msp.IMDS, who: dave, method: "GET", target: "/metadata/instance/network"},
+			{svc: msp.IMDS, who: alice, method: "GET", target: "/metadata/versions"},
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.identity+"/"+tt.query, func(t *testing.T) {
-			s := suggestFrom(t, dir, SuggestOptions{Service: authz.IMDS, Identity: tt.identity, Query: tt.query, PathDepth: tt.depth})
+			s := suggestFrom(t, dir, SuggestOptions{Service: msp.IMDS, Identity: tt.identity, Query: tt.query, PathDepth: tt.depth})
 			doc, err := s.LocalJSON()
 			if err != nil {
 				t.Fatal(err)
@@ -109,8 +109,8 @@ func TestSuggestLocalIsLeastPrivilege(t *testing.T) {
 			if rs.Privileges() == 0 {
 				t.Fatalf("no privileges compiled:\n%s", doc)
 			}
-			snap := authz.NewSnapshot(authz.DefaultDestinations(), nil, rs, nil)
-			for _, c := range legitimate(authz.IMDS) {
+			snap := authz.NewSnapshot(nil, rs, nil)
+			for _, c := range legitimate(msp.IMDS) {
 				if d := authorize(snap, c.svc, c.who, c.method, c.target); d.Result != authz.Allow {
 					t.Errorf("observed %s %s by %s denied: %s\n%s", c.method, c.target, c.who.UserName, d.Reason, doc)
 				}
@@ -153,15 +153,15 @@ func TestSuggestWireServerProfile(t *testing.T) {
 	// items; compile it as the agent does.
 	item := &msp.AuthorizationItem{DefaultAccess: strings.ToLower(p.Properties.DefaultAccess), Mode: "enforce", ID: "x", Rules: p.Properties.Rules}
 	rs := authz.Compile(item)
-	snap := authz.NewSnapshot(authz.DefaultDestinations(), rs, nil, rs)
-	for _, c := range legitimate(authz.WireServer, authz.HostGA) {
+	snap := authz.NewSnapshot(rs, nil, rs)
+	for _, c := range legitimate(msp.WireServer, msp.HostGAPlugin) {
 		if d := authorize(snap, c.svc, c.who, c.method, c.target); d.Result != authz.Allow {
 			t.Errorf("observed %s %s %s denied: %s", c.svc, c.method, c.target, d.Reason)
 		}
 	}
 	// root running another program is not allowed.
 	other := person("root", 0, "/usr/bin/curl", "root")
-	if d := authorize(snap, authz.WireServer, other, "GET", "/machine/?comp=goalstate"); d.Result != authz.Deny {
+	if d := authorize(snap, msp.WireServer, other, "GET", "/machine/?comp=goalstate"); d.Result != authz.Deny {
 		t.Errorf("root curl allowed: %s", d.Reason)
 	}
 	var paths []string
@@ -172,7 +172,7 @@ func TestSuggestWireServerProfile(t *testing.T) {
 		t.Errorf("privilege paths %v, want /machine/ and /vmsettings", paths)
 	}
 	// Exempt uploads from root are always allowed and need no privilege.
-	s := suggestFrom(t, dir, SuggestOptions{Service: authz.WireServer, Query: QueryObserved})
+	s := suggestFrom(t, dir, SuggestOptions{Service: msp.WireServer, Query: QueryObserved})
 	for _, pr := range s.Rules.Privileges {
 		if pr.QueryParameters["comp"] == "telemetrydata" {
 			t.Errorf("privilege for an exempt upload: %+v", pr)
@@ -227,10 +227,10 @@ func TestSuggestSkipsUnnamedCallers(t *testing.T) {
 	dir := t.TempDir()
 	gone := &claims.Claims{UserID: 1000, UserName: "alice", UserGroups: []string{"alice"}, ProcessName: "curl", ProcessCmdLine: "undefined"}
 	writeLog(t, dir, []call{
-		{svc: authz.IMDS, who: gone, method: "GET", target: "/metadata/instance"},
-		{svc: authz.IMDS, who: carol, method: "GET", target: "/metadata/instance/compute"},
+		{svc: msp.IMDS, who: gone, method: "GET", target: "/metadata/instance"},
+		{svc: msp.IMDS, who: carol, method: "GET", target: "/metadata/instance/compute"},
 	}, 0)
-	s := suggestFrom(t, dir, SuggestOptions{Service: authz.IMDS, Identity: ByExe})
+	s := suggestFrom(t, dir, SuggestOptions{Service: msp.IMDS, Identity: ByExe})
 	if len(s.Rules.Identities) != 1 || s.Rules.Identities[0].ExePath != "/opt/app/bin/agent" {
 		t.Errorf("identities %+v", s.Rules.Identities)
 	}

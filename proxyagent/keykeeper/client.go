@@ -45,27 +45,19 @@ func (c *hostClient) do(ctx context.Context, method, target, contentType string,
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 
-	fields := []msp.Field{
+	req := msp.Request{Method: method, Target: target, Body: body, Fields: []msp.Field{
 		{Name: msp.HeaderDate, Value: msp.FormatDate(c.now())},
 		{Name: "host", Value: c.host},
 		{Name: msp.HeaderClaims, Value: msp.ClaimsValue(true)},
 		{Name: "metadata", Value: msp.MetadataHeaderValue},
-	}
+	}}
 	if contentType != "" {
-		fields = append(fields, msp.Field{Name: "content-type", Value: contentType})
+		req.Fields = append(req.Fields, msp.Field{Name: "content-type", Value: contentType})
 	}
-	fields = append(fields, msp.Field{Name: "content-length", Value: strconv.Itoa(len(body))})
+	req.Fields = append(req.Fields, msp.Field{Name: "content-length", Value: strconv.Itoa(len(body))})
 	if key != nil {
-		msg := msp.StringToSign(method, target, fields, body)
-		fields = append(fields, msp.Field{Name: msp.HeaderAuthorization, Value: key.Authorization(msg)})
+		req.Sign(key)
 	}
-
-	var b strings.Builder
-	b.WriteString(method + " " + target + " HTTP/1.1\r\n")
-	for _, f := range fields {
-		b.WriteString(f.Name + ": " + f.Value + "\r\n")
-	}
-	b.WriteString("\r\n")
 
 	conn, err := c.dial(ctx, "tcp", c.addr)
 	if err != nil {
@@ -79,16 +71,10 @@ func (c *hostClient) do(ctx context.Context, method, target, contentType string,
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	if _, err := io.WriteString(conn, b.String()); err != nil {
+	if err := req.Write(bufio.NewWriter(conn)); err != nil {
 		return nil, fmt.Errorf("send %s %s: %w", method, target, err)
 	}
-	if len(body) > 0 {
-		if _, err := conn.Write(body); err != nil {
-			return nil, fmt.Errorf("send %s %s: %w", method, target, err)
-		}
-	}
-	req := &http.Request{Method: method}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
 	if err != nil {
 		return nil, fmt.Errorf("read response to %s %s: %w", method, target, err)
 	}

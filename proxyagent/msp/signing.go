@@ -142,28 +142,6 @@ func CanonicalQuery(rawQuery string) string {
 	return b.String()
 }
 
-// SplitTarget splits an HTTP request-target into its raw path and raw query
-// without decoding either. An absolute-form target ("http://host/p?q")
-// yields its path ("/" when empty); a fragment is dropped.
-func SplitTarget(target string) (path, query string) {
-	if i := strings.IndexByte(target, '#'); i >= 0 {
-		target = target[:i]
-	}
-	if i := strings.Index(target, "://"); i >= 0 && !strings.HasPrefix(target, "/") {
-		rest := target[i+3:]
-		j := strings.IndexAny(rest, "/?")
-		if j < 0 {
-			return "/", ""
-		}
-		target = rest[j:]
-		if target[0] == '?' {
-			target = "/" + target
-		}
-	}
-	path, query, _ = strings.Cut(target, "?")
-	return path, query
-}
-
 // StringToSign builds the exact bytes that are signed:
 //
 //	METHOD "\n" BODY "\n" CANONICAL_HEADERS PATH "\n" CANONICAL_QUERY

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // limitListener accepts at most cap(sem) connections at once. A connection
@@ -93,6 +94,7 @@ type connState struct {
 	ready      chan struct{} // identity and claims known
 	redirected bool
 	dest       netip.AddrPort
+	service    msp.Service // dest classified once, at accept
 	caller     *claims.Claims
 	claimsErr  error
 
@@ -137,6 +139,10 @@ func (st *connState) setup(ctx context.Context) {
 	if ok && rec.OrigDst.IsValid() {
 		st.redirected = true
 		st.dest = rec.OrigDst
+		st.service = s.opts.Endpoints.Classify(rec.OrigDst)
+		if s.isSelf(rec.OrigDst) {
+			st.service = msp.ProxyAgent
+		}
 		c, err := s.opts.Claims.Resolve(rec, st.client)
 		switch {
 		case err != nil:
@@ -152,7 +158,7 @@ func (st *connState) setup(ctx context.Context) {
 	if st.caller == nil {
 		return
 	}
-	if s.isSelf(st.dest) {
+	if st.service == msp.ProxyAgent {
 		st.dialErr = errors.New("destination is the proxy listener itself")
 		return
 	}

@@ -80,13 +80,12 @@ func outHeaders(r *http.Request) []msp.Field {
 	return fields
 }
 
-// outRequest is one request as written upstream.
+// outRequest is one request as written upstream: the signed request
+// (buffered body) or, for exempt uploads, its head and a streamed body.
 type outRequest struct {
-	method, target string
-	fields         []msp.Field
-	body           []byte     // buffered body (signed requests)
-	stream         *bodyGuard // streamed body (exempt requests), or nil
-	streamLen      int64      // -1: chunked
+	msp.Request
+	stream    *bodyGuard // streamed body (exempt requests), or nil
+	streamLen int64      // -1: chunked
 }
 
 // bodyGuard reads the client body up to a limit and remembers whether a
@@ -129,7 +128,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 		// background read), so it does not cut short a slow host.
 		http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.opts.BodyReadTimeout))
 	}
-	out := &outRequest{method: r.Method, target: r.RequestURI, fields: outHeaders(r)}
+	out := &outRequest{Request: msp.Request{Method: r.Method, Target: r.RequestURI, Fields: outHeaders(r)}}
 	_, sentLength := r.Header["Content-Length"]
 	guard := &bodyGuard{r: r.Body, left: limit}
 	if !exempt {
@@ -144,27 +143,26 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 			ev.Error = "read request body: " + err.Error()
 			panic(http.ErrAbortHandler)
 		}
-		out.body = body
+		out.Body = body
 		if sentLength || r.ContentLength != 0 || len(body) > 0 {
-			out.fields = append(out.fields, msp.Field{Name: "Content-Length", Value: strconv.Itoa(len(body))})
+			out.Fields = append(out.Fields, msp.Field{Name: "Content-Length", Value: strconv.Itoa(len(body))})
 		}
 	} else {
 		switch {
 		case r.ContentLength < 0:
 			out.stream, out.streamLen = guard, -1
-			out.fields = append(out.fields, msp.Field{Name: "Transfer-Encoding", Value: "chunked"})
+			out.Fields = append(out.Fields, msp.Field{Name: "Transfer-Encoding", Value: "chunked"})
 		case r.ContentLength > 0 || sentLength:
 			out.stream, out.streamLen = guard, r.ContentLength
-			out.fields = append(out.fields, msp.Field{Name: "Content-Length", Value: strconv.FormatInt(r.ContentLength, 10)})
+			out.Fields = append(out.Fields, msp.Field{Name: "Content-Length", Value: strconv.FormatInt(r.ContentLength, 10)})
 		}
 	}
-	out.fields = append(out.fields,
+	out.Fields = append(out.Fields,
 		msp.Field{Name: msp.HeaderClaims, Value: msp.ClaimsValue(st.caller.RunAsElevated)},
 		msp.Field{Name: msp.HeaderDate, Value: msp.FormatDate(s.opts.Keys.Now())})
 	if !exempt {
 		if key := s.opts.Keys.Key(); key != nil {
-			sts := msp.StringToSign(out.method, out.target, out.fields, out.body)
-			out.fields = append(out.fields, msp.Field{Name: msp.HeaderAuthorization, Value: key.Authorization(sts)})
+			out.Sign(key)
 		}
 	}
 
@@ -201,7 +199,7 @@ func (s *Server) roundTrip(ctx context.Context, st *connState, out *outRequest) 
 		var resp *http.Response
 		var rerr error
 		if werr == nil {
-			resp, rerr = readResponse(up.br, out.method)
+			resp, rerr = readResponse(up.br, out.Method)
 		}
 		if !stop() {
 			// The client went away: the upstream connection is closed.
@@ -220,7 +218,7 @@ func (s *Server) roundTrip(ctx context.Context, st *connState, out *outRequest) 
 		}
 		var nr noResponse
 		replayable := out.stream == nil &&
-			(werr != nil && connGone(werr) || errors.As(rerr, &nr) && idempotent(out.method))
+			(werr != nil && connGone(werr) || errors.As(rerr, &nr) && idempotent(out.Method))
 		if attempt == 0 && reused && replayable {
 			s.log.Debug("upstream kept-alive connection closed, reconnecting once", "tcpId", st.tcpID, "error", err)
 			continue
@@ -252,22 +250,15 @@ func connGone(err error) bool {
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
-// writeRequest writes out as raw HTTP/1.1: request line with the raw
-// target, the header lines exactly as signed, and the body.
+// writeRequest writes out as raw HTTP/1.1 (msp.Request: the header lines
+// exactly as signed) followed by its buffered or streamed body.
 func writeRequest(bw *bufio.Writer, out *outRequest) error {
-	bw.WriteString(out.method)
-	bw.WriteByte(' ')
-	bw.WriteString(out.target)
-	bw.WriteString(" HTTP/1.1\r\n")
-	for _, f := range out.fields {
-		bw.WriteString(f.Name)
-		bw.WriteString(": ")
-		bw.WriteString(f.Value)
-		bw.WriteString("\r\n")
+	if out.stream == nil {
+		return out.Write(bw)
 	}
-	bw.WriteString("\r\n")
+	out.WriteHead(bw)
 	switch {
-	case out.stream != nil && out.streamLen < 0:
+	case out.streamLen < 0:
 		cw := httputil.NewChunkedWriter(bw)
 		if err := copyBody(cw, out.stream); err != nil {
 			return err
@@ -276,12 +267,10 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 			return err
 		}
 		bw.WriteString("\r\n")
-	case out.stream != nil:
+	default:
 		if err := copyBody(bw, out.stream); err != nil {
 			return err
 		}
-	default:
-		bw.Write(out.body)
 	}
 	return bw.Flush()
 }

@@ -64,7 +64,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.Caller = st.caller
 	if st.redirected {
-		ev.Dest = st.dest
+		ev.Dest, ev.Service = st.dest, st.service
 	}
 
 	// 413 first, for every request (quirk 18).
@@ -96,8 +96,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("Method Not Allowed"))
 		return
 	}
-	if traversal(r.RequestURI) {
-		ev.Status, ev.Error = http.StatusForbidden, "path traversal blocked"
+	if terr := msp.CheckTarget(r.RequestURI); terr != nil {
+		ev.Status, ev.Error = terr.Status, terr.Reason
 		reply(w, ev.Status, true)
 		return
 	}
@@ -122,7 +122,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(w, ev.Status, true)
 		return
 	}
-	d := s.opts.Authorizer.Authorize(authz.Request{Dest: st.dest, Method: r.Method, Target: r.RequestURI, Caller: st.caller})
+	d := s.opts.Authorizer.Authorize(authz.Request{Service: st.service, Method: r.Method, Target: r.RequestURI, Caller: st.caller})
 	ev.Authorized, ev.Decision = true, d
 	if d.Result == authz.Deny {
 		ev.Status = http.StatusForbidden
@@ -196,47 +196,6 @@ func invalidHeader(r *http.Request) string {
 		}
 	}
 	return ""
-}
-
-// traversal reports whether the raw path of target contains "//" or its
-// single, lossy percent-decode contains ".." (protocol.md §4.5 step 3).
-func traversal(target string) bool {
-	path, _ := msp.SplitTarget(target)
-	if strings.Contains(path, "//") {
-		return true
-	}
-	if strings.IndexByte(path, '%') < 0 {
-		return strings.Contains(path, "..")
-	}
-	return bytes.Contains(percentDecode(path), []byte(".."))
-}
-
-// percentDecode decodes valid %XX escapes once and keeps everything else.
-func percentDecode(s string) []byte {
-	b := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
-			b = append(b, unhex(s[i+1])<<4|unhex(s[i+2]))
-			i += 2
-			continue
-		}
-		b = append(b, s[i])
-	}
-	return b
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-func unhex(c byte) byte {
-	switch {
-	case c <= '9':
-		return c - '0'
-	case c <= 'F':
-		return c - 'A' + 10
-	}
-	return c - 'a' + 10
 }
 
 // localTarget returns the local endpoint path a request-target names: the

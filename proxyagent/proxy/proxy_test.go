@@ -59,38 +59,53 @@ func TestNoClaimsIs421(t *testing.T) {
 	}
 }
 
-// §8 item 6: traversal guard.
-func TestTraversal(t *testing.T) {
-	e := newEnv(t, nil)
+// §8 item 6: traversal guard (403, upstream), and the ambiguous targets
+// msp.CheckTarget refuses (400): nothing reaches the host, the refusal is
+// audited with its reason.
+func TestTraversalAndAmbiguousTargets(t *testing.T) {
 	for _, tc := range []struct {
-		target  string
-		blocked bool
+		target string
+		want   int
 	}{
-		{"/test/../", true},
-		{"//metadata/instance", true},
-		{"/foo/%2e%2E/bar", true},
-		{"/a/%2E./b", true},
-		{"http://168.63.129.16//machine", true},
-		{"/gpa-aggregated-status/..", true},
-		{"/metadata/./instance", false},
-		{"/a;b=c", false},
-		{"/metadata/instance?x=..", false},
-		{"/%2Fmetadata", false},
+		{"/test/../", http.StatusForbidden},
+		{"//metadata/instance", http.StatusForbidden},
+		{"/foo/%2e%2E/bar", http.StatusForbidden},
+		{"/a/%2E./b", http.StatusForbidden},
+		{"http://168.63.129.16//machine", http.StatusForbidden},
+		{"/gpa-aggregated-status/..", http.StatusForbidden},
+		{"/metadata/instance#/../identity/oauth2/token", http.StatusBadRequest},
+		{"/metadata/instance/%252E%252E/identity/oauth2/token", http.StatusBadRequest},
+		{"/metadata/%2e/instance", http.StatusBadRequest},
+		{"/metadata/./instance", http.StatusBadRequest},
+		{"/a;b=c", http.StatusBadRequest},
+		{"/%2Fmetadata", http.StatusBadRequest},
+		{"/metadata/instance?x=..", http.StatusOK},
+		{"/metadata/instance?resource=https%3A%2F%2Fx%2F", http.StatusOK},
+		{"/machine/a/49c242ba%2Dc18a%5Fzpeng?comp=config", http.StatusOK},
 	} {
 		t.Run(tc.target, func(t *testing.T) {
+			e := newEnv(t, nil)
 			c := e.connect(rootRec(wsDest))
 			resp, body := c.do(req("GET", tc.target))
-			if tc.blocked {
-				if resp.StatusCode != http.StatusForbidden || body != "" || !resp.Close {
-					t.Fatalf("got %d close=%v body %q, want 403 close", resp.StatusCode, resp.Close, body)
-				}
-				if resp.Header.Get(msp.HeaderAuthorization) != "" {
-					t.Error("a proxy-generated 403 carries the upstream marker")
+			if tc.want == http.StatusOK {
+				if resp.StatusCode != http.StatusOK || body != "ok "+tc.target {
+					t.Fatalf("got %d %q, want forwarded 200", resp.StatusCode, body)
 				}
 				return
 			}
-			if resp.StatusCode != http.StatusOK || body != "ok "+tc.target {
-				t.Fatalf("got %d %q, want forwarded 200", resp.StatusCode, body)
+			if resp.StatusCode != tc.want || body != "" || !resp.Close {
+				t.Fatalf("got %d close=%v body %q, want %d close", resp.StatusCode, resp.Close, body, tc.want)
+			}
+			if resp.Header.Get(msp.HeaderAuthorization) != "" {
+				t.Error("a proxy-generated refusal carries the upstream marker")
+			}
+			if n := len(e.up.requests()); n != 0 {
+				t.Errorf("forwarded %d requests", n)
+			}
+			ev := e.rec.wait(t, 1)[0]
+			if ev.Status != tc.want || ev.Authorized || ev.Target != tc.target || ev.Error == "" ||
+				(tc.want == http.StatusBadRequest && !strings.HasPrefix(ev.Error, "ambiguous request target: ")) {
+				t.Errorf("audit event %+v", ev)
 			}
 		})
 	}
@@ -515,7 +530,7 @@ func TestAbsoluteFormTarget(t *testing.T) {
 	if hv := r.values("Host"); len(hv) != 1 || hv[0] != "168.63.129.16" {
 		t.Errorf("Host %q", hv)
 	}
-	if az := e.az.requests(); len(az) != 1 || az[0].Target != target || az[0].Dest != wsDest {
+	if az := e.az.requests(); len(az) != 1 || az[0].Target != target || az[0].Service != msp.WireServer {
 		t.Errorf("authorizer saw %+v", az)
 	}
 }
@@ -897,18 +912,7 @@ func TestNewRequiresDependencies(t *testing.T) {
 	}
 }
 
-func TestTraversalAndLocalTargetRules(t *testing.T) {
-	for _, tc := range []struct {
-		target string
-		want   bool
-	}{
-		{"/a/b", false}, {"/a/../b", true}, {"/a//b", true}, {"/%2e%2e", true}, {"/%2e%2", false},
-		{"/%252e%252e", false}, {"/a?b=..", false}, {"/a?b=//", false}, {"/..", true},
-	} {
-		if got := traversal(tc.target); got != tc.want {
-			t.Errorf("traversal(%q) = %v", tc.target, got)
-		}
-	}
+func TestLocalTargetRules(t *testing.T) {
 	for _, tc := range []struct{ target, want string }{
 		{"/provision", ProvisionPath}, {"/provision?", ProvisionPath}, {"/provision?a", ""},
 		{"/gpa-aggregated-status", AggregateStatusPath}, {"http://127.0.0.1:3080/provision", ""}, {"/Provision", ""},

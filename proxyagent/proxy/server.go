@@ -147,6 +147,9 @@ const (
 type Options struct {
 	// Addr is the listen address (IPv4), default 127.0.0.1:3080.
 	Addr string
+	// Endpoints classify each connection's original destination; zero
+	// fields take the production addresses.
+	Endpoints msp.Endpoints
 
 	Identity   identity.Source
 	Claims     ClaimsResolver
@@ -229,6 +232,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Identity == nil || opts.Claims == nil || opts.Authorizer == nil || opts.Keys == nil {
 		return nil, errors.New("proxy: Identity, Claims, Authorizer and Keys are required")
 	}
+	opts.Endpoints = opts.Endpoints.WithDefaults()
 	if opts.Addr == "" {
 		opts.Addr = DefaultAddr
 	}

@@ -28,8 +28,8 @@ import (
 // Destinations as the kernel would report them. Tests never dial them: the
 // Upstream option maps every destination to a loopback fake.
 var (
-	wsDest   = netip.MustParseAddrPort("168.63.129.16:80")
-	imdsDest = netip.MustParseAddrPort("169.254.169.254:80")
+	wsDest   = msp.WireServerAddr
+	imdsDest = msp.IMDSAddr
 )
 
 const (
@@ -108,7 +108,7 @@ func (a *fakeAuthz) Authorize(r authz.Request) authz.Decision {
 	a.mu.Lock()
 	a.seen = append(a.seen, r)
 	a.mu.Unlock()
-	d := authz.Decision{Result: authz.Allow, Service: authz.WireServer, RuleID: "rules-1", Epoch: 3}
+	d := authz.Decision{Result: authz.Allow, Service: r.Service, RuleID: "rules-1", Epoch: 3}
 	if strings.Contains(r.Target, "deny") {
 		d.Result, d.Reason = authz.Deny, "denied by test"
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/opengpa/gpa/bpf"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Defaults for Config.
@@ -28,28 +29,6 @@ const (
 	// DefaultPinDir holds the pinned links and maps.
 	DefaultPinDir = DefaultBPFFS + "/azure-proxy-agent"
 )
-
-// DefaultListener is the proxy listener redirected connections go to.
-var DefaultListener = netip.MustParseAddrPort("127.0.0.1:3080")
-
-// Destinations are the endpoints whose connections may be redirected. All
-// must be IPv4.
-type Destinations struct {
-	WireServer   netip.AddrPort
-	IMDS         netip.AddrPort
-	HostGAPlugin netip.AddrPort
-}
-
-// DefaultDestinations returns the production endpoints: WireServer
-// 168.63.129.16:80, IMDS 169.254.169.254:80, HostGAPlugin
-// 168.63.129.16:32526.
-func DefaultDestinations() Destinations {
-	return Destinations{
-		WireServer:   netip.MustParseAddrPort("168.63.129.16:80"),
-		IMDS:         netip.MustParseAddrPort("169.254.169.254:80"),
-		HostGAPlugin: netip.MustParseAddrPort("168.63.129.16:32526"),
-	}
-}
 
 // Config says where and how the programs are attached. The zero value is
 // the production configuration.
@@ -62,12 +41,10 @@ type Config struct {
 	// DefaultPinDir. Load mounts bpffs on DefaultBPFFS when PinDir lies
 	// under it and nothing is mounted there.
 	PinDir string
-	// Listener is where redirected connections go; must be IPv4. Zero:
-	// DefaultListener.
-	Listener netip.AddrPort
-	// Destinations are the redirectable endpoints; zero fields take
-	// DefaultDestinations' values.
-	Destinations Destinations
+	// Endpoints are the redirectable services and the listener redirected
+	// connections go to; all must be IPv4. Zero fields take the production
+	// addresses.
+	Endpoints msp.Endpoints
 	// Mark is the SO_MARK of the agent's own sockets, which are never
 	// redirected. 0: hostconn.Mark.
 	Mark uint32
@@ -139,34 +116,22 @@ func (c *Config) setDefaults() error {
 	if !filepath.IsAbs(c.PinDir) {
 		return fmt.Errorf("pin dir %q is not absolute", c.PinDir)
 	}
-	if !c.Listener.IsValid() {
-		c.Listener = DefaultListener
-	}
-	def := DefaultDestinations()
-	if !c.Destinations.WireServer.IsValid() {
-		c.Destinations.WireServer = def.WireServer
-	}
-	if !c.Destinations.IMDS.IsValid() {
-		c.Destinations.IMDS = def.IMDS
-	}
-	if !c.Destinations.HostGAPlugin.IsValid() {
-		c.Destinations.HostGAPlugin = def.HostGAPlugin
-	}
+	c.Endpoints = c.Endpoints.WithDefaults()
 	if c.Mark == 0 {
 		c.Mark = hostconn.Mark
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if !c.Listener.Addr().Is4() {
-		return fmt.Errorf("listener %s is not an IPv4 address", c.Listener)
+	d := c.Endpoints
+	if !d.Listener.Addr().Is4() {
+		return fmt.Errorf("listener %s is not an IPv4 address", d.Listener)
 	}
-	d := c.Destinations
 	for _, ap := range []netip.AddrPort{d.WireServer, d.IMDS, d.HostGAPlugin} {
 		if !ap.Addr().Is4() {
 			return fmt.Errorf("destination %s is not an IPv4 address", ap)
 		}
-		if ap == c.Listener {
+		if ap == d.Listener {
 			return fmt.Errorf("destination %s is the listener", ap)
 		}
 	}
@@ -241,7 +206,7 @@ func Load(cfg Config) (*Redirector, error) {
 	ms := time.Since(cfg.Started).Milliseconds()
 	r.status = Status{State: Running, Message: fmt.Sprintf("Started Redirector with eBPF maps - %d", ms)}
 	r.log.Info("redirector started", "cgroup", r.cfg.CgroupPath, "pinDir", cfg.PinDir,
-		"listener", cfg.Listener.String(), "tookOverPinned", takeover, "loadMillis", time.Since(start).Milliseconds())
+		"listener", cfg.Endpoints.Listener.String(), "tookOverPinned", takeover, "loadMillis", time.Since(start).Milliseconds())
 	return r, nil
 }
 
@@ -359,8 +324,8 @@ func (r *Redirector) SetPolicy(ws, imds, hgap bool) error {
 	if r.objs == nil {
 		return errors.New("redirector: closed")
 	}
-	to := bpf.RedirectPolicyValue{Addr: r.cfg.Listener.Addr().As4(), Port: r.cfg.Listener.Port()}
-	d := r.cfg.Destinations
+	to := bpf.RedirectPolicyValue{Addr: r.cfg.Endpoints.Listener.Addr().As4(), Port: r.cfg.Endpoints.Listener.Port()}
+	d := r.cfg.Endpoints
 	for _, e := range []struct {
 		dst netip.AddrPort
 		on  bool
@@ -388,7 +353,7 @@ func (r *Redirector) Policy() (ws, imds, hgap bool, err error) {
 	if r.objs == nil {
 		return false, false, false, errors.New("redirector: closed")
 	}
-	want := bpf.RedirectPolicyValue{Addr: r.cfg.Listener.Addr().As4(), Port: r.cfg.Listener.Port()}
+	want := bpf.RedirectPolicyValue{Addr: r.cfg.Endpoints.Listener.Addr().As4(), Port: r.cfg.Endpoints.Listener.Port()}
 	on := func(dst netip.AddrPort) (bool, error) {
 		var v bpf.RedirectPolicyValue
 		err := r.objs.PolicyMap.Lookup(policyKey(dst), &v)
@@ -397,7 +362,7 @@ func (r *Redirector) Policy() (ws, imds, hgap bool, err error) {
 		}
 		return err == nil && v == want, err
 	}
-	d := r.cfg.Destinations
+	d := r.cfg.Endpoints
 	if ws, err = on(d.WireServer); err != nil {
 		return
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // The test binary doubles as a client process: with GPA_REDIRECTOR_HELPER
@@ -85,7 +86,7 @@ func helperMain(mode string) int {
 var (
 	imdsAddr = netip.MustParseAddr("169.254.169.254")
 	wsAddr   = netip.MustParseAddr("168.63.129.16")
-	dests    = DefaultDestinations()
+	dests    = msp.DefaultEndpoints()
 )
 
 // env is one test's world: a netns with the service addresses on its
@@ -187,7 +188,7 @@ type listener struct {
 
 func (e *env) listen(r *Redirector) *listener {
 	e.t.Helper()
-	l, err := e.ns.Listen("tcp", DefaultListener.String())
+	l, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -469,7 +470,7 @@ print(s.recv(1000).decode().split("\r\n\r\n")[-1], end="")
 		// The process connects, reports its own start time and exits before
 		// the listener accepts.
 		tl.close()
-		raw, err := e.ns.Listen("tcp", DefaultListener.String())
+		raw, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -544,10 +545,10 @@ func TestConfigErrors(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"ipv6 listener", Config{Listener: netip.MustParseAddrPort("[::1]:3080")}, "listener [::1]:3080 is not an IPv4"},
-		{"ipv6 destination", Config{Destinations: Destinations{IMDS: netip.MustParseAddrPort("[fd00:ec2::254]:80")}}, "not an IPv4"},
-		{"same destinations", Config{Destinations: Destinations{IMDS: dests.WireServer}}, "not distinct"},
-		{"listener is a destination", Config{Listener: dests.IMDS}, "is the listener"},
+		{"ipv6 listener", Config{Endpoints: msp.Endpoints{Listener: netip.MustParseAddrPort("[::1]:3080")}}, "listener [::1]:3080 is not an IPv4"},
+		{"ipv6 destination", Config{Endpoints: msp.Endpoints{IMDS: netip.MustParseAddrPort("[fd00:ec2::254]:80")}}, "not an IPv4"},
+		{"same destinations", Config{Endpoints: msp.Endpoints{IMDS: dests.WireServer}}, "not distinct"},
+		{"listener is a destination", Config{Endpoints: msp.Endpoints{Listener: dests.IMDS}}, "is the listener"},
 		{"relative pin dir", Config{PinDir: "pins"}, "not absolute"},
 		{"not a cgroup", Config{CgroupPath: "/proc"}, "not on a cgroup v2"},
 	} {
@@ -782,7 +783,7 @@ func BenchmarkConnect(b *testing.B) {
 	}
 	b.Run("attached", func(b *testing.B) { run(b, target.Addr().String()) })
 
-	l, err := e.ns.Listen("tcp", DefaultListener.String())
+	l, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
 	if err != nil {
 		b.Fatal(err)
 	}

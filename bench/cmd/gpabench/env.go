@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opengpa/gpa/proxyagent/msp"
+
 	"github.com/opengpa/gpa/bench/load"
 	"github.com/opengpa/gpa/bench/procstat"
 	"github.com/opengpa/gpa/hostsim"
@@ -238,7 +240,7 @@ http {
     fastcgi_temp_path %[1]s/fastcgi;
     uwsgi_temp_path %[1]s/uwsgi;
     scgi_temp_path %[1]s/scgi;
-    upstream imds { server 169.254.169.254:80; keepalive 64; }
+    upstream imds { server %[3]s; keepalive 64; }
     server {
         listen %[2]s;
         keepalive_requests 1000000;
@@ -246,7 +248,7 @@ http {
             proxy_pass http://imds;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host 169.254.169.254;
+            proxy_set_header Host %[4]s;
         }
     }
 }
@@ -260,7 +262,7 @@ func (b *benchEnv) startNginx(ctx context.Context, bin string) error {
 		return err
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, nginxAddr), 0o600); err != nil {
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, nginxAddr, msp.IMDSAddr, msp.IMDSAddr.Addr()), 0o600); err != nil {
 		return err
 	}
 	logf, err := os.Create(filepath.Join(dir, "nginx.out"))
