@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/internal/testsupport"
 )
 
 func requireWaagent(t *testing.T) {
@@ -144,17 +145,10 @@ func TestRunLikeLaunchCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := strings.TrimSpace(string(b))
-	deadline := time.Now().Add(2 * time.Second)
-	for {
+	testsupport.WaitFor(t, "child "+pid+" of the timed-out command to end", func() bool {
 		st, err := os.ReadFile("/proc/" + pid + "/stat")
-		if err != nil || strings.Contains(string(st), ") Z ") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child %s of the timed-out command still runs", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err != nil || strings.Contains(string(st), ") Z ")
+	})
 	if _, err := a.Run(ctx, base, "reset", 0, nil); err == nil {
 		t.Error("a verb the manifest lacks ran")
 	}
