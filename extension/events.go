@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/opengpa/gpa/internal/atomicfile"
 )
 
 // Limits waagent applies to extension telemetry events
@@ -114,7 +116,7 @@ func (w *EventWriter) Write(level, task, operationID, message string) error {
 		}
 		n++
 	}
-	if err := WriteFileAtomic(path, data, 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, data, 0o644); err != nil {
 		return err
 	}
 	w.prune()

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/opengpa/gpa/internal/atomicfile"
 )
 
 // Heartbeat status values. waagent copies the heartbeat status verbatim
@@ -47,7 +49,7 @@ func WriteHeartbeat(path string, hb Heartbeat) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("extension: heartbeat folder: %w", err)
 	}
-	return WriteFileAtomic(path, append(data, '\n'), 0o644)
+	return atomicfile.WriteFile(path, append(data, '\n'), 0o644)
 }
 
 // ReadHeartbeat parses a heartbeat file.

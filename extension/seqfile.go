@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+
+	"github.com/opengpa/gpa/internal/atomicfile"
 )
 
 // SequenceFile is the handler's record of the last sequence number enable
@@ -33,7 +35,7 @@ func (f SequenceFile) Update(seq int) (changed bool, err error) {
 	if cur, ok := f.Read(); ok && cur == seq {
 		return false, nil
 	}
-	if err := WriteFileAtomic(string(f), []byte(strconv.Itoa(seq)), 0o600); err != nil {
+	if err := atomicfile.WriteFile(string(f), []byte(strconv.Itoa(seq)), 0o600); err != nil {
 		return false, fmt.Errorf("extension: record sequence number: %w", err)
 	}
 	return true, nil

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/opengpa/gpa/internal/atomicfile"
 )
 
 // Status values waagent accepts for a status and every substatus. Anything
@@ -139,7 +141,7 @@ func WriteStatus(statusFolder string, seq int, s Status, now time.Time) (string,
 		return "", fmt.Errorf("extension: create status folder: %w", err)
 	}
 	p := StatusPath(statusFolder, seq)
-	if err := WriteFileAtomic(p, data, 0o644); err != nil {
+	if err := atomicfile.WriteFile(p, data, 0o644); err != nil {
 		return "", err
 	}
 	return p, nil

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opengpa/gpa/internal/atomicfile"
+
 	"github.com/opengpa/gpa/extension"
 )
 
@@ -220,7 +222,7 @@ func runUpdate(ctx context.Context, e *Env) (string, error) {
 			case <-time.After(e.Opts.RetryInterval):
 			}
 		}
-		if err = extension.WriteFileAtomic(e.UpdateTag(), []byte(time.Now().UTC().Format(time.RFC3339)), 0o644); err == nil {
+		if err = atomicfile.WriteFile(e.UpdateTag(), []byte(time.Now().UTC().Format(time.RFC3339)), 0o644); err == nil {
 			return fmt.Sprintf("update: tag %s written (from %s to %s)", e.UpdateTag(),
 				os.Getenv(extension.EnvUpdatingFromVersion), os.Getenv(extension.EnvVersion)), nil
 		}

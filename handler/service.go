@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/internal/atomicfile"
 )
 
 // Service controls the installed agent service. Two implementations exist:
@@ -187,7 +187,7 @@ func (s *Supervisor) Enable() error {
 	if err := os.MkdirAll(s.dir(), 0o755); err != nil {
 		return err
 	}
-	return extension.WriteFileAtomic(s.enabledFile(), []byte("enabled\n"), 0o644)
+	return atomicfile.WriteFile(s.enabledFile(), []byte("enabled\n"), 0o644)
 }
 
 // Disable removes the enabled mark.

@@ -14,7 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/internal/atomicfile"
+
 	"github.com/opengpa/gpa/proxyagent/config"
 	"github.com/opengpa/gpa/proxyagent/redirector"
 )
@@ -74,7 +75,7 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	return extension.WriteFileAtomic(dst, data, mode)
+	return atomicfile.WriteFile(dst, data, mode)
 }
 
 // RenderConfig returns the agent config to install: the bundled config
@@ -166,7 +167,7 @@ func (s *Setup) Install(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(s.Layout.AgentConfig()), 0o755); err != nil {
 		return err
 	}
-	if err := extension.WriteFileAtomic(s.Layout.AgentConfig(), cfg, 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.Layout.AgentConfig(), cfg, 0o644); err != nil {
 		return fmt.Errorf("setup install: config: %w", err)
 	}
 	if _, err := os.Stat(s.ext(BundledEBPF)); err == nil {
@@ -188,7 +189,7 @@ func (s *Setup) Install(ctx context.Context) error {
 	if err := os.MkdirAll(s.Layout.UnitDir(), 0o755); err != nil {
 		return err
 	}
-	if err := extension.WriteFileAtomic(s.Layout.UnitFile(), RenderUnit(tmpl, s.Layout), 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.Layout.UnitFile(), RenderUnit(tmpl, s.Layout), 0o644); err != nil {
 		return fmt.Errorf("setup install: unit: %w", err)
 	}
 	for _, d := range []string{s.Layout.LogDir(), s.Layout.StateDir()} {

@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/internal/atomicfile"
 )
 
 // Supervise is the supervisor process's main loop: it runs the ExecStart
@@ -34,7 +34,7 @@ func Supervise(ctx context.Context, unitPath, pidFile, agentPIDFile string, log 
 			return nil
 		}
 		announced = true
-		return extension.WriteFileAtomic(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644)
+		return atomicfile.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644)
 	}
 	for {
 		delay := 5 * time.Second
@@ -53,7 +53,7 @@ func Supervise(ctx context.Context, unitPath, pidFile, agentPIDFile string, log 
 			if err := cmd.Start(); err != nil {
 				log.Error("supervisor cannot start agent", "exec", u.Argv[0], "err", err)
 			} else {
-				extension.WriteFileAtomic(agentPIDFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+				atomicfile.WriteFile(agentPIDFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
 				log.Info("agent started", "pid", cmd.Process.Pid, "exec", u.Argv[0])
 				done := make(chan error, 1)
 				go func() { done <- cmd.Wait() }()

@@ -101,7 +101,6 @@ func Run(ctx context.Context, opts Options) error {
 		Dir: cfg.LatchKeyFolder, Registry: reg,
 		State:   func() string { return kk.State() },
 		Notify:  func() { kk.Notify() },
-		Resync:  func() error { return kk.ResyncRedirect() },
 		Console: func(msg string) { log.Info(msg, "module", "provision") },
 		OnFinished: func() {
 			go releaseStartupMemory()
@@ -132,10 +131,8 @@ func Run(ctx context.Context, opts Options) error {
 		} else {
 			defer redir.Close()
 			source, policer = redir, redir
-			reg.Bind(status.EbpfProgram, func() status.ModuleStatus {
-				st := redir.Status()
-				return status.ModuleStatus{Status: status.ModuleState(st.State), Message: st.Message}
-			})
+			st := redir.Status()
+			reg.Set(status.EbpfProgram, status.ModuleState(st.State), st.Message)
 			prov.RedirectorReady()
 		}
 	}
@@ -144,13 +141,14 @@ func Run(ctx context.Context, opts Options) error {
 		WireServer: cfg.WireServerAddress, KeyDir: cfg.LatchKeyFolder, Mark: cfg.SocketMark,
 		PollInterval: cfg.PollInterval(), ProvisionTimeout: cfg.ProvisionTimeout(),
 		RequestTimeout: cfg.HostRequestTimeout(),
-		Rules:          store, Redirector: policer, Provisioning: prov, OnChange: reg.Touch,
-		Start: start, Logger: log.With("module", "keykeeper"),
+		Rules:          store, Redirector: policer, Provisioning: prov,
+		OnChange: func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) },
+		Start:    start, Logger: log.With("module", "keykeeper"),
 	})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	reg.Bind(status.KeyLatch, kk.Status)
+	reg.SetStatus(status.KeyLatch, kk.Status())
 
 	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: rec}
 	srv, err := proxy.New(proxy.Options{
@@ -212,6 +210,8 @@ func Run(ctx context.Context, opts Options) error {
 	wg.Wait()
 	if redir != nil {
 		reg.Set(status.EbpfProgram, status.Stopped, "Agent stopped; redirect programs stay pinned")
+	} else {
+		reg.SetState(status.EbpfProgram, status.Stopped)
 	}
 	_ = writer.WriteOnce()
 	log.Info("GuestProxyAgent stopped")
@@ -317,7 +317,7 @@ type local struct {
 	reporter *status.Reporter
 }
 
-func (l local) Provision(timeTick int64, notify bool) (bool, string) {
+func (l local) Query(timeTick int64, notify bool) (bool, string) {
 	return l.prov.Query(timeTick, notify)
 }
 

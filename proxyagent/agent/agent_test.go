@@ -65,7 +65,6 @@ func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings) *harness {
 	h := &harness{t: t, sim: sim, ids: &identity.MapSource{}, dir: t.TempDir()}
 	cfg := config.Default()
 	cfg.LogFolder = filepath.Join(h.dir, "log")
-	cfg.EventFolder = filepath.Join(h.dir, "log", "events")
 	cfg.LatchKeyFolder = filepath.Join(h.dir, "lib", "keys")
 	cfg.StatusFolder = filepath.Join(h.dir, "log")
 	cfg.PollKeyStatusIntervalInSecs = 0.05

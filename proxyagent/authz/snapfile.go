@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opengpa/gpa/internal/atomicfile"
+
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -84,16 +86,7 @@ func writeSnapshotFile(dir string, max int, now time.Time, in msp.AuthorizationR
 	if err != nil {
 		return err
 	}
-	name := filepath.Join(dir, SnapshotFileName(now))
-	tmp := strings.TrimSuffix(name, ".json") + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, name); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
+	return atomicfile.WriteFile(filepath.Join(dir, SnapshotFileName(now)), b, 0o640)
 }
 
 // pruneSnapshots deletes the oldest (by name) snapshot files when max or

@@ -35,16 +35,17 @@ type StoreConfig struct {
 	Now func() time.Time
 }
 
-// RuleIDs are the raw rule ids the host sent, before local-rule rewriting
-// (keyLatchStatus.states wireServerRuleId, imdsRuleId, hostGARuleId). The
-// HostGA id is the WireServer item's id (quirk 3).
-type RuleIDs struct {
+// ruleIDs are the raw rule ids of the last Apply, before local-rule
+// rewriting: the store's own change detection (quirk 4). The ids reported
+// in keyLatchStatus are the key keeper's. The HostGA id is the WireServer
+// item's id (quirk 3).
+type ruleIDs struct {
 	WireServer string
 	IMDS       string
 	HostGA     string
 }
 
-// Store holds the installed rule sets. Update is called by the key keeper
+// Store holds the installed rule sets. Apply is called by the key keeper
 // on every poll; Authorize and Snapshot may be called from any goroutine
 // at any time. Each Authorize uses one immutable Snapshot, so a request is
 // judged against one version from start to end.
@@ -54,8 +55,8 @@ type Store struct {
 	cfg StoreConfig
 	log *slog.Logger
 
-	mu            sync.Mutex // serializes Update; guards the fields below
-	ids           RuleIDs
+	mu            sync.Mutex // serializes Apply; guards the fields below
+	ids           ruleIDs
 	wsLocal       localTracker
 	imdsLocal     localTracker
 	snapshotCount uint64
@@ -91,13 +92,6 @@ func (s *Store) Snapshot() *Snapshot { return s.cur.Load() }
 // Authorize decides a request against the current snapshot (see
 // Snapshot.Authorize).
 func (s *Store) Authorize(req Request) Decision { return s.cur.Load().Authorize(req) }
-
-// RuleIDs returns the raw rule ids of the last Update.
-func (s *Store) RuleIDs() RuleIDs {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ids
-}
 
 // Mode returns the compiled mode of a service's installed rule set; ok is
 // false when none is installed. Quirk 19: this is the mode of the last
@@ -142,7 +136,7 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 	if rules != nil {
 		wsWire, imdsWire = rules.WireServer, rules.IMDS
 	}
-	ids := RuleIDs{WireServer: idOf(wsWire), IMDS: idOf(imdsWire)}
+	ids := ruleIDs{WireServer: idOf(wsWire), IMDS: idOf(imdsWire)}
 	ids.HostGA = ids.WireServer
 	old := s.ids
 	wsIDChanged, imdsIDChanged, hgaIDChanged := ids.WireServer != old.WireServer, ids.IMDS != old.IMDS, ids.HostGA != old.HostGA

@@ -87,7 +87,7 @@ func TestStoreRecompilesOnlyOnIDChange(t *testing.T) {
 	if d := authorize(s, msp.WireServer); d.Result != Allow || d.Mode != msp.ModeAudit || d.Epoch != 2 {
 		t.Fatalf("after id change: %+v", d)
 	}
-	if ids := s.RuleIDs(); ids != (RuleIDs{WireServer: "B", IMDS: "I", HostGA: "B"}) {
+	if ids := s.ids; ids != (ruleIDs{WireServer: "B", IMDS: "I", HostGA: "B"}) {
 		t.Fatalf("ids = %+v", ids)
 	}
 	// Rules removed: back to no rules.
@@ -97,7 +97,7 @@ func TestStoreRecompilesOnlyOnIDChange(t *testing.T) {
 	if d := authorize(s, msp.IMDS); d.RuleID != "" || d.Result != Allow {
 		t.Fatalf("after removal: %+v", d)
 	}
-	if ids := s.RuleIDs(); ids != (RuleIDs{}) {
+	if ids := s.ids; ids != (ruleIDs{}) {
 		t.Fatalf("ids after removal = %+v", ids)
 	}
 }

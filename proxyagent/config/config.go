@@ -11,20 +11,12 @@
 //
 //	Key                            Type    Default                              Use
 //	logFolder                      string  /var/log/azure-proxy-agent           ProxyAgent.log, Connection.log ("" = no file logs); %VAR% expanded
-//	eventFolder                    string  /var/log/azure-proxy-agent/events    telemetry overflow files; %VAR% expanded
 //	latchKeyFolder                 string  /var/lib/azure-proxy-agent/keys      <guid>.key, provisioned.tag, status.tag; rules dir = sibling "rules"; %VAR% expanded
 //	monitorIntervalInSeconds       number  60                                   status.json write interval (upstream parses it but hard-codes 60 s)
 //	pollKeyStatusIntervalInSeconds number  15                                   key keeper poll interval
-//	ebpfProgramName                string  ebpf_cgroup.o                        eBPF object file name
-//	maxEventFileCount              int     30                                   telemetry overflow file cap
-//	ebpfFileFullPath               string  ""                                   explicit eBPF object path
 //	cgroupRoot                     string  /sys/fs/cgroup                       fallback cgroup2 attach point
 //	fileLogLevel                   string  Info                                 Error|Warn|Info|Debug|Trace (unknown ⇒ Info, as upstream)
-//	fileLogLevelForEvents          string  "" (no mirroring)                    log→telemetry mirroring level
 //	fileLogLevelForSystemEvents    string  "" (Error only)                      log→stdout/stderr level
-//	enableHttpProxyTrace           bool    false                                per-request stage trace
-//	canonicalRequestMode           string  off                                  off|shadow|enforce (unknown ⇒ off, as upstream)
-//	hostGAPluginSupport            any     —                                    ignored, as upstream
 //	--- keys added by this project ---
 //	listenAddress                  string  127.0.0.1:3080                       proxy listener address
 //	wireServerAddress              string  168.63.129.16:80                     WireServer (secure-channel calls, forwarding)
@@ -40,9 +32,16 @@
 //	maxConnections                 int     500                                  listener: concurrent connections (alias: upstream's maxActiveTcpConnections)
 //	bpfPinPath                     string  /sys/fs/bpf/azure-proxy-agent        bpffs directory for pinned maps and links
 //
+// Accepted and ignored (any JSON value): upstream's eventFolder,
+// maxEventFileCount and fileLogLevelForEvents (this agent writes no
+// telemetry event files), ebpfProgramName and ebpfFileFullPath (the eBPF
+// programs are built into the binary), enableHttpProxyTrace (requests are
+// logged at Debug level through fileLogLevel), canonicalRequestMode (the
+// request-target checks of msp.CheckTarget always apply) and
+// hostGAPluginSupport (ignored upstream too).
+//
 // Durations are JSON numbers of seconds; fractions are allowed (tests use
-// short intervals) and must be positive. /work/notes/config.md mirrors this
-// table.
+// short intervals) and must be positive.
 package config
 
 import (
@@ -74,19 +73,12 @@ const FileName = "proxy-agent.json"
 // references expanded. Field comments name the JSON key.
 type Config struct {
 	LogFolder                   string  // logFolder
-	EventFolder                 string  // eventFolder
 	LatchKeyFolder              string  // latchKeyFolder
 	MonitorIntervalInSeconds    float64 // monitorIntervalInSeconds
 	PollKeyStatusIntervalInSecs float64 // pollKeyStatusIntervalInSeconds
-	EbpfProgramName             string  // ebpfProgramName
-	MaxEventFileCount           int     // maxEventFileCount
-	EbpfFileFullPath            string  // ebpfFileFullPath
 	CgroupRoot                  string  // cgroupRoot
 	FileLogLevel                string  // fileLogLevel, normalised: Error|Warn|Info|Debug|Trace
-	FileLogLevelForEvents       string  // fileLogLevelForEvents, "" when absent
 	FileLogLevelForSystemEvents string  // fileLogLevelForSystemEvents, "" when absent
-	EnableHTTPProxyTrace        bool    // enableHttpProxyTrace
-	CanonicalRequestMode        string  // canonicalRequestMode, normalised: off|shadow|enforce
 
 	ListenAddress               string  // listenAddress
 	WireServerAddress           string  // wireServerAddress
@@ -112,15 +104,11 @@ type Config struct {
 func Default() Config {
 	return Config{
 		LogFolder:                   "/var/log/azure-proxy-agent",
-		EventFolder:                 "/var/log/azure-proxy-agent/events",
 		LatchKeyFolder:              "/var/lib/azure-proxy-agent/keys",
 		MonitorIntervalInSeconds:    60,
 		PollKeyStatusIntervalInSecs: 15,
-		EbpfProgramName:             "ebpf_cgroup.o",
-		MaxEventFileCount:           30,
 		CgroupRoot:                  "/sys/fs/cgroup",
 		FileLogLevel:                "Info",
-		CanonicalRequestMode:        "off",
 		ListenAddress:               msp.ListenerAddr.String(),
 		WireServerAddress:           msp.WireServerAddr.String(),
 		IMDSAddress:                 msp.IMDSAddr.String(),
@@ -140,19 +128,12 @@ func Default() Config {
 // file is the on-disk shape; pointers tell absent from zero.
 type file struct {
 	LogFolder                   *string  `json:"logFolder"`
-	EventFolder                 *string  `json:"eventFolder"`
 	LatchKeyFolder              *string  `json:"latchKeyFolder"`
 	MonitorIntervalInSeconds    *float64 `json:"monitorIntervalInSeconds"`
 	PollKeyStatusInterval       *float64 `json:"pollKeyStatusIntervalInSeconds"`
-	EbpfProgramName             *string  `json:"ebpfProgramName"`
-	MaxEventFileCount           *int     `json:"maxEventFileCount"`
-	EbpfFileFullPath            *string  `json:"ebpfFileFullPath"`
 	CgroupRoot                  *string  `json:"cgroupRoot"`
 	FileLogLevel                *string  `json:"fileLogLevel"`
-	FileLogLevelForEvents       *string  `json:"fileLogLevelForEvents"`
 	FileLogLevelForSystemEvents *string  `json:"fileLogLevelForSystemEvents"`
-	EnableHTTPProxyTrace        *bool    `json:"enableHttpProxyTrace"`
-	CanonicalRequestMode        *string  `json:"canonicalRequestMode"`
 	MaxActiveTCPConnections     *int     `json:"maxActiveTcpConnections"`
 
 	ListenAddress               *string  `json:"listenAddress"`
@@ -225,10 +206,7 @@ func Parse(data []byte) (Config, error) {
 		}
 	}
 	str(&c.LogFolder, f.LogFolder)
-	str(&c.EventFolder, f.EventFolder)
 	str(&c.LatchKeyFolder, f.LatchKeyFolder)
-	str(&c.EbpfProgramName, f.EbpfProgramName)
-	str(&c.EbpfFileFullPath, f.EbpfFileFullPath)
 	str(&c.CgroupRoot, f.CgroupRoot)
 	str(&c.ListenAddress, f.ListenAddress)
 	str(&c.WireServerAddress, f.WireServerAddress)
@@ -236,15 +214,11 @@ func Parse(data []byte) (Config, error) {
 	str(&c.HostGAPluginAddress, f.HostGAPluginAddress)
 	str(&c.StatusFolder, f.StatusFolder)
 	str(&c.BpfPinPath, f.BpfPinPath)
-	if f.EnableHTTPProxyTrace != nil {
-		c.EnableHTTPProxyTrace = *f.EnableHTTPProxyTrace
-	}
 	if f.SocketMark != nil {
 		c.SocketMark = *f.SocketMark
 	}
 
 	c.LogFolder = ExpandEnv(c.LogFolder)
-	c.EventFolder = ExpandEnv(c.EventFolder)
 	c.LatchKeyFolder = ExpandEnv(c.LatchKeyFolder)
 	c.StatusFolder = ExpandEnv(c.StatusFolder)
 
@@ -277,7 +251,6 @@ func Parse(data []byte) (Config, error) {
 		src *int
 		min int
 	}{
-		{"maxEventFileCount", &c.MaxEventFileCount, f.MaxEventFileCount, 1},
 		{"maxActiveTcpConnections", &c.MaxConnections, f.MaxActiveTCPConnections, 1},
 		{"maxConnections", &c.MaxConnections, f.MaxConnections, 1},
 		{"maxHeaderBytes", &c.MaxHeaderBytes, f.MaxHeaderBytes, 1024},
@@ -328,7 +301,6 @@ func Parse(data []byte) (Config, error) {
 		dst *string
 		src *string
 	}{
-		{"fileLogLevelForEvents", &c.FileLogLevelForEvents, f.FileLogLevelForEvents},
 		{"fileLogLevelForSystemEvents", &c.FileLogLevelForSystemEvents, f.FileLogLevelForSystemEvents},
 	} {
 		if l.src == nil {
@@ -340,14 +312,6 @@ func Parse(data []byte) (Config, error) {
 			lvl = "Info"
 		}
 		*l.dst = lvl
-	}
-	if f.CanonicalRequestMode != nil {
-		switch m := strings.ToLower(strings.TrimSpace(*f.CanonicalRequestMode)); m {
-		case "off", "shadow", "enforce":
-			c.CanonicalRequestMode = m
-		default:
-			c.Warnings = append(c.Warnings, fmt.Sprintf("canonicalRequestMode %q is unknown; using off", *f.CanonicalRequestMode))
-		}
 	}
 	return c, nil
 }

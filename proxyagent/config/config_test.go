@@ -48,8 +48,6 @@ func TestLoadShippedConfig(t *testing.T) {
 		{"poll", c.PollInterval(), 15 * time.Second},
 		{"status interval", c.StatusInterval(), 60 * time.Second},
 		{"fileLogLevel", c.FileLogLevel, "Trace"},
-		{"events level", c.FileLogLevelForEvents, "Info"},
-		{"canonical", c.CanonicalRequestMode, "shadow"},
 		{"cgroupRoot default", c.CgroupRoot, "/sys/fs/cgroup"},
 		{"listen default", c.ListenAddress, "127.0.0.1:3080"},
 		{"ws default", c.WireServerAddress, "168.63.129.16:80"},
@@ -105,12 +103,27 @@ func TestLoadOverrides(t *testing.T) {
 }
 
 func TestLoadTolerated(t *testing.T) {
-	c, err := Parse([]byte(`{"fileLogLevel":"Verbose","canonicalRequestMode":"bogus"}`))
+	c, err := Parse([]byte(`{"fileLogLevel":"Verbose"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.FileLogLevel != "Info" || c.CanonicalRequestMode != "off" || len(c.Warnings) != 2 {
-		t.Errorf("got level %q mode %q warnings %v", c.FileLogLevel, c.CanonicalRequestMode, c.Warnings)
+	if c.FileLogLevel != "Info" || len(c.Warnings) != 1 {
+		t.Errorf("got level %q warnings %v", c.FileLogLevel, c.Warnings)
+	}
+}
+
+// Upstream keys this agent does not use are accepted with any value and
+// change nothing (package documentation: "Accepted and ignored").
+func TestIgnoredKeysAccepted(t *testing.T) {
+	c, err := Parse([]byte(`{"eventFolder":7,"maxEventFileCount":"x","fileLogLevelForEvents":null,
+		"ebpfProgramName":{"a":1},"ebpfFileFullPath":[],"enableHttpProxyTrace":"yes",
+		"canonicalRequestMode":"bogus","hostGAPluginSupport":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if c.LogFolder != d.LogFolder || c.FileLogLevel != d.FileLogLevel || len(c.Warnings) != 0 {
+		t.Errorf("ignored keys changed the config: %+v", c)
 	}
 }
 

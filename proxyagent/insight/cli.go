@@ -5,9 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/opengpa/gpa/internal/atomicfile"
 
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
@@ -252,7 +252,7 @@ func runSuggest(args []string, stdout, stderr io.Writer) int {
 	}
 	if err == nil {
 		if *out != "" {
-			err = writeFile(*out, doc)
+			err = atomicfile.WriteFile(*out, doc, 0o644)
 		} else {
 			_, err = stdout.Write(doc)
 		}
@@ -275,30 +275,6 @@ func runSuggest(args []string, stdout, stderr io.Writer) int {
 		return ExitFindings
 	}
 	return ExitOK
-}
-
-// writeFile replaces path with data through a temporary file in the same
-// folder, so a reader (the agent polling its rules folder) never sees a
-// half-written document.
-func writeFile(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
 }
 
 func runTest(args []string, stdout, stderr io.Writer) int {

@@ -99,9 +99,10 @@ type Options struct {
 	Redirector   Redirector   // may be nil: redirect updates then succeed trivially
 	Provisioning Provisioning // may be nil
 
-	// OnChange is called (outside any lock) after the reported status
-	// changes, e.g. status.Registry.Touch.
-	OnChange func()
+	// OnChange is called on Run's goroutine after every change of the
+	// published state, with that state; the agent copies its keyLatchStatus
+	// into the status registry.
+	OnChange func(*State)
 	// Start is the process start time for uptime; zero means New's time.
 	Start  time.Time
 	Logger *slog.Logger
@@ -111,15 +112,46 @@ type Options struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// latched is the in-memory key with the parts status reports.
-type latched struct {
-	key         *msp.Key
-	incarnation *uint32
+// State is one immutable version of what the key keeper knows and
+// reports. Run's goroutine publishes a new State on every change; readers
+// on any goroutine get a consistent whole.
+type State struct {
+	// Modes are derived from the last valid key status (state "Unknown"
+	// and every mode disabled before the first).
+	Modes msp.Modes
+	// Key is the latched key, nil when the proxy must not sign;
+	// KeyIncarnation is the host's incarnation of it, when given.
+	Key            *msp.Key
+	KeyIncarnation *uint32
+	// WireServerRuleID and IMDSRuleID are the raw rule ids of the last
+	// key status (HostGAPlugin reports the WireServer's, quirk 3).
+	WireServerRuleID, IMDSRuleID string
+	// Module and Message are keyLatchStatus' state and message.
+	Module  status.ModuleState
+	Message string
 }
 
-// KeyKeeper is the poll loop and its published state. The published key,
-// modes and status are safe to read from any goroutine; Run's goroutine is
-// the only writer.
+// ModuleStatus returns the keyLatchStatus block (§1.10): module state,
+// message (truncated at 1024 bytes) and the states map.
+func (s *State) ModuleStatus() status.ModuleStatus {
+	states := map[string]string{
+		"secureChannelState": s.Modes.State,
+		"wireServerRuleId":   s.WireServerRuleID,
+		"imdsRuleId":         s.IMDSRuleID,
+		"hostGARuleId":       s.WireServerRuleID,
+	}
+	if s.Key != nil {
+		states["keyGuid"] = s.Key.GUID
+		if s.KeyIncarnation != nil {
+			states["keyIncarnationId"] = strconv.FormatUint(uint64(*s.KeyIncarnation), 10)
+		}
+	}
+	return status.ModuleStatus{Status: s.Module, Message: status.Truncate(s.Message), States: states}
+}
+
+// KeyKeeper is the poll loop and its published State. Run's goroutine is
+// the only writer: it owns the loop fields below and publishes State;
+// every method other than Run only reads the published State.
 type KeyKeeper struct {
 	opts   Options
 	log    *slog.Logger
@@ -127,15 +159,10 @@ type KeyKeeper struct {
 	clock  *HostClock
 	notify chan struct{}
 
-	key   atomic.Pointer[latched]
-	modes atomic.Pointer[msp.Modes]
+	cur atomic.Pointer[State]
 
-	mu       sync.Mutex // guards the fields below
-	state    status.ModuleState
-	message  string
-	wsRuleID string
-	imRuleID string
-	summary  string // last logged status summary
+	// Owned by Run's goroutine.
+	summary string // last logged status summary
 	// applied is the redirect policy last installed successfully (nil
 	// before the first).
 	applied *[3]bool
@@ -183,28 +210,39 @@ func New(opts Options) (*KeyKeeper, error) {
 		dial = hostconn.Dialer(opts.Mark, opts.RequestTimeout).DialContext
 	}
 	k := &KeyKeeper{
-		opts:    opts,
-		log:     opts.Logger.With("module", "key_keeper"),
-		clock:   opts.Clock,
-		notify:  make(chan struct{}, 1),
-		polled:  make(chan struct{}),
-		state:   status.Unknown,
-		message: status.InitialMessage,
+		opts:   opts,
+		log:    opts.Logger.With("module", "key_keeper"),
+		clock:  opts.Clock,
+		notify: make(chan struct{}, 1),
+		polled: make(chan struct{}),
 	}
 	k.client = &hostClient{addr: opts.WireServer, host: host, timeout: opts.RequestTimeout, dial: dial, now: k.clock.Now}
-	k.modes.Store(&msp.Modes{State: msp.StateUnknown, WireServer: msp.ModeDisabled,
-		IMDS: msp.ModeDisabled, HostGA: msp.ModeDisabled})
+	k.cur.Store(&State{Module: status.Unknown, Message: status.InitialMessage,
+		Modes: msp.Modes{State: msp.StateUnknown, WireServer: msp.ModeDisabled, IMDS: msp.ModeDisabled, HostGA: msp.ModeDisabled}})
 	return k, nil
+}
+
+// Current returns the published state.
+func (k *KeyKeeper) Current() *State { return k.cur.Load() }
+
+// publish stores a copy of the current state changed by edit, when edit
+// changed anything, and tells OnChange. Only Run's goroutine calls it.
+func (k *KeyKeeper) publish(edit func(*State)) {
+	old := k.cur.Load()
+	next := *old
+	edit(&next)
+	if next == *old {
+		return
+	}
+	k.cur.Store(&next)
+	if k.opts.OnChange != nil {
+		k.opts.OnChange(&next)
+	}
 }
 
 // Key returns the latched key, or nil when none is in memory (the proxy
 // then forwards unsigned).
-func (k *KeyKeeper) Key() *msp.Key {
-	if l := k.key.Load(); l != nil {
-		return l.key
-	}
-	return nil
-}
+func (k *KeyKeeper) Key() *msp.Key { return k.cur.Load().Key }
 
 // Now returns the host-synced time used for x-ms-azure-host-date.
 func (k *KeyKeeper) Now() time.Time { return k.clock.Now() }
@@ -224,41 +262,13 @@ func (k *KeyKeeper) Notify() {
 
 // Modes returns the modes derived from the last valid status (state
 // "Unknown" and all modes disabled before the first).
-func (k *KeyKeeper) Modes() msp.Modes { return *k.modes.Load() }
+func (k *KeyKeeper) Modes() msp.Modes { return k.cur.Load().Modes }
 
 // State returns the secure-channel state string (§1.5).
 func (k *KeyKeeper) State() string { return k.Modes().State }
 
-// Status returns the keyLatchStatus block (§1.10): module state, message
-// (truncated at 1024 bytes) and the states map.
-func (k *KeyKeeper) Status() status.ModuleStatus {
-	k.mu.Lock()
-	s := status.ModuleStatus{Status: k.state, Message: status.Truncate(k.message)}
-	ws, im := k.wsRuleID, k.imRuleID
-	k.mu.Unlock()
-	states := map[string]string{
-		"secureChannelState": k.State(),
-		"wireServerRuleId":   ws,
-		"imdsRuleId":         im,
-		"hostGARuleId":       ws,
-	}
-	if l := k.key.Load(); l != nil {
-		states["keyGuid"] = l.key.GUID
-		if l.incarnation != nil {
-			states["keyIncarnationId"] = strconv.FormatUint(uint64(*l.incarnation), 10)
-		}
-	}
-	s.States = states
-	return s
-}
-
-// ResyncRedirect installs the redirect policy of the current modes (WS,
-// IMDS, HGAP redirected iff their mode is not disabled). Provisioning calls
-// it on ALL_READY; unlike upstream (quirk 14) it uses the key keeper's
-// modes, so a v1 host's redirects are not removed.
-func (k *KeyKeeper) ResyncRedirect() error {
-	return k.applyRedirect(k.Modes())
-}
+// Status returns the keyLatchStatus block of the published state.
+func (k *KeyKeeper) Status() status.ModuleStatus { return k.cur.Load().ModuleStatus() }
 
 // policyOf returns the redirect policy {WS, IMDS, HGAP} of modes: a
 // destination is redirected iff its raw mode is not "disabled" (an unknown
@@ -276,33 +286,16 @@ func (k *KeyKeeper) applyRedirect(m msp.Modes) error {
 			return err
 		}
 	}
-	k.mu.Lock()
 	k.applied = &p
-	k.mu.Unlock()
 	return nil
 }
 
 func (k *KeyKeeper) setStatus(state status.ModuleState, msg string) {
-	k.mu.Lock()
-	changed := k.state != state || k.message != msg
-	k.state, k.message = state, msg
-	k.mu.Unlock()
-	if changed {
-		k.changed()
-	}
+	k.publish(func(s *State) { s.Module, s.Message = state, msg })
 }
 
 func (k *KeyKeeper) setMessage(msg string) {
-	k.mu.Lock()
-	state := k.state
-	k.mu.Unlock()
-	k.setStatus(state, msg)
-}
-
-func (k *KeyKeeper) changed() {
-	if k.opts.OnChange != nil {
-		k.opts.OnChange()
-	}
+	k.publish(func(s *State) { s.Message = msg })
 }
 
 func (k *KeyKeeper) uptimeMS() int64 { return time.Since(k.opts.Start).Milliseconds() }
@@ -362,10 +355,7 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 				if st == msp.StateDisabled || st == msp.StateUnknown {
 					k.log.Info("notified while not latched; polling now", "state", st)
 					k.provision().KeyLatchReset()
-					m := k.Modes()
-					m.State = msp.StateUnknown
-					k.modes.Store(&m)
-					k.changed()
+					k.publish(func(s *State) { s.Modes.State = msp.StateUnknown })
 					provStart, provTimedOut = time.Now(), false
 				} else {
 					k.provision().KeyLatched()
@@ -441,10 +431,8 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 	}
 	summary := fmt.Sprintf("version=%s state=%s keyGuid=%s ws=%s imds=%s", ks.Version, modes.State, guid,
 		modes.WireServerRaw, modes.IMDSRaw)
-	k.mu.Lock()
 	newSummary := summary != k.summary
 	k.summary = summary
-	k.mu.Unlock()
 	if newSummary {
 		k.log.Info("Got key status successfully", "version", ks.Version, "state", modes.State, "key_guid", guid,
 			"wireserver_mode", modes.WireServerRaw, "imds_mode", modes.IMDSRaw)
@@ -460,13 +448,7 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 			im = r.IMDS.ID
 		}
 	}
-	k.mu.Lock()
-	idsChanged := ws != k.wsRuleID || im != k.imRuleID
-	k.wsRuleID, k.imRuleID = ws, im
-	k.mu.Unlock()
-	if idsChanged {
-		k.changed()
-	}
+	k.publish(func(s *State) { s.WireServerRuleID, s.IMDSRuleID = ws, im })
 	if k.opts.Rules != nil {
 		if changed, err := k.opts.Rules.Apply(ks.AuthorizationRules); err != nil {
 			k.log.Error("failed to apply authorization rules", "err", err)
@@ -475,19 +457,17 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 		}
 	}
 
-	prev := k.Modes()
-	stateChanged := modes.State != prev.State
-	k.modes.Store(&modes)
-	if stateChanged || modes != prev {
-		k.changed()
-	}
+	stateChanged := modes.State != k.Modes().State
+	k.publish(func(s *State) { s.Modes = modes })
 
+	latchedNow := false
 	if modes.State != msp.StateDisabled {
-		cur := k.key.Load()
-		if ks.KeyGUID == nil || cur == nil || *ks.KeyGUID != cur.key.GUID {
+		cur := k.Key()
+		if ks.KeyGUID == nil || cur == nil || *ks.KeyGUID != cur.GUID {
 			if !k.acquireOrLoad(ctx, ks.KeyGUID) {
 				return
 			}
+			latchedNow = true
 		}
 	}
 
@@ -496,9 +476,7 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 	// update is retried; unlike upstream quirk 17 a change is never lost
 	// because the key acquisition of its poll failed).
 	want := policyOf(modes)
-	k.mu.Lock()
 	stale := k.applied == nil || *k.applied != want
-	k.mu.Unlock()
 	if stateChanged || stale {
 		if !stateChanged {
 			k.log.Info("redirect policy was not update successfully before, retrying now")
@@ -507,11 +485,14 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 			k.log.Warn("failed to update redirect policy", "err", err)
 		}
 	}
+	if latchedNow {
+		k.provision().KeyLatched()
+	}
 	if stateChanged && modes.State == msp.StateDisabled {
 		k.setMessage(fmt.Sprintf("Customer has not enforce the secure channel state. - %d", k.uptimeMS()))
-		if k.key.Swap(nil) != nil {
+		if k.Key() != nil {
+			k.publish(func(s *State) { s.Key, s.KeyIncarnation = nil, nil })
 			k.log.Info("secure channel disabled; key cleared from memory (files kept)")
-			k.changed()
 		}
 		k.provision().KeyLatched()
 	}
@@ -519,14 +500,14 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 
 // acquireOrLoad is §1.7: reload the host's key from disk, or acquire,
 // save, verify and attest a new one. It reports whether a key is now in
-// memory.
+// memory; the caller tells provisioning once the redirect policy is in
+// place too.
 func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 	if hostGUID != nil && *hostGUID != "" {
 		if sk, err := loadKey(k.opts.KeyDir, *hostGUID); err == nil {
 			if k.install(sk) {
 				k.setMessage(fmt.Sprintf("Found key details from local and ready to use. - %d", k.uptimeMS()))
 				k.log.Info("found key details locally", "key_guid", sk.GUID)
-				k.provision().KeyLatched()
 				return true
 			}
 		} else {
@@ -564,7 +545,6 @@ func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 	k.install(sk)
 	k.setMessage(fmt.Sprintf("Successfully attest the key and ready to use. - %d", k.uptimeMS()))
 	k.log.Info("key attested and latched", "key_guid", sk.GUID)
-	k.provision().KeyLatched()
 	return true
 }
 
@@ -586,7 +566,6 @@ func (k *KeyKeeper) install(sk *msp.IssuedKey) bool {
 		k.log.Warn("key has invalid hex", "key_guid", sk.GUID)
 		return false
 	}
-	k.key.Store(&latched{key: signer, incarnation: sk.IncarnationID})
-	k.changed()
+	k.publish(func(s *State) { s.Key, s.KeyIncarnation = signer, sk.IncarnationID })
 	return true
 }

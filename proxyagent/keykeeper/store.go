@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/opengpa/gpa/internal/atomicfile"
+
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -51,29 +53,7 @@ func saveKey(dir string, k *msp.IssuedKey) error {
 	if err != nil {
 		return errors.New("encode key")
 	}
-	tmp := filepath.Join(dir, k.GUID+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Chmod(tmp, 0o600)
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return werr
-	}
-	return os.Chmod(path, 0o600)
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // loadKey reads <dir>/<guid>.key. The file must parse and name the same

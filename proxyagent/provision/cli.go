@@ -96,28 +96,41 @@ func queryOnce(client *http.Client, addr string, tick int64, notify bool) (State
 	return st, nil
 }
 
-// Handler returns an http.Handler serving GET /provision from p, for the
-// proxy listener to mount or for tests: 400 with Connection: close without
-// a Metadata header, else 200 application/json; charset=utf-8 with State.
-func Handler(p *Provisioner) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, ok := r.Header["Metadata"]; !ok {
-			w.Header().Set("Connection", "close")
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		tick := ParseTimeTick(r.Header.Get(HeaderTimeTick))
-		_, notify := r.Header[http.CanonicalHeaderKey(HeaderNotify)]
-		finished, msg := p.Query(tick, notify)
-		// Like serde_json, leave < > & unescaped.
-		var buf bytes.Buffer
-		enc := json.NewEncoder(&buf)
-		enc.SetEscapeHTML(false)
-		if err := enc.Encode(State{Finished: finished, ErrorMessage: msg}); err != nil {
-			http.Error(w, "Failed to get provision state", http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json; charset=utf-8")
-		w.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
-	})
+// Querier answers a provisioning query for a caller that started at
+// timeTick (Unix nanoseconds, 0 when absent); notify asks the key keeper to
+// poll now. Provisioner implements it.
+type Querier interface {
+	Query(timeTick int64, notify bool) (finished bool, errorMessage string)
+}
+
+// Serve answers GET /provision (protocol.md §5.4): 400 with Connection:
+// close and an empty body without a Metadata header, else 200
+// application/json; charset=utf-8 with State (serde's escaping: < > & are
+// left as they are). It is the endpoint's one implementation; the proxy
+// listener calls it. It returns the status written and, for a failure, the
+// reason to audit.
+func Serve(w http.ResponseWriter, r *http.Request, q Querier) (status int, errText string) {
+	if _, ok := r.Header["Metadata"]; !ok {
+		w.Header().Set("Connection", "close")
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusBadRequest)
+		return http.StatusBadRequest, "missing Metadata header"
+	}
+	tick := ParseTimeTick(r.Header.Get(HeaderTimeTick))
+	_, notify := r.Header[http.CanonicalHeaderKey(HeaderNotify)]
+	finished, msg := q.Query(tick, notify)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(State{Finished: finished, ErrorMessage: msg}); err != nil {
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusInternalServerError)
+		return http.StatusInternalServerError, "encode provision state: " + err.Error()
+	}
+	body := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
+	return http.StatusOK, ""
 }

@@ -40,8 +40,8 @@ func (r *policyRecorder) last() [3]bool {
 
 // The key keeper, provisioning and status wired as the agent wires them,
 // against a v1 host: provisioning finishes, the tags and status.json say
-// so, --status exits 0, and the ALL_READY re-sync keeps the v1 redirects
-// (the deliberate fix of upstream quirk 14).
+// so, --status exits 0, and the v1 redirects are in place when it finishes
+// and stay after a notify (the deliberate fix of upstream quirk 14).
 func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	on := true
 	sim, err := hostsim.New(hostsim.Config{StatusVersion: hostsim.StatusV1,
@@ -71,7 +71,6 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 		Registry: reg,
 		State:    func() string { return kk.State() },
 		Notify:   func() { kk.Notify() },
-		Resync:   func() error { return kk.ResyncRedirect() },
 		OnFinished: func() {
 			wg.Add(1)
 			go func() { defer wg.Done(); writer.Run(ctx) }()
@@ -81,13 +80,13 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	kk, err = keykeeper.New(keykeeper.Options{
 		WireServer: sim.Addrs().WireServer, KeyDir: keyDir,
 		PollInterval: 20 * time.Millisecond, FastPollInterval: 10 * time.Millisecond,
-		Redirector: redir, Provisioning: prov, OnChange: reg.Touch,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Redirector: redir, Provisioning: prov,
+		OnChange: func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) },
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg.Bind(status.KeyLatch, kk.Status)
 	wg.Add(1)
 	go func() { defer wg.Done(); kk.Run(ctx) }()
 
@@ -98,12 +97,8 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	prov.ListenerReady()
 
 	// Provisioning has finished once it called OnFinished: the ALL_READY
-	// re-sync and the tag files come first.
-	select {
-	case <-finished:
-	case <-time.After(testsupport.Deadline):
-		t.Fatalf("provisioning did not finish: flags %d, key latch %q", prov.Flags(), reg.Get(status.KeyLatch).Message)
-	}
+	// flags and the tag files come first.
+	testsupport.Receive(t, "provisioning to finish", finished)
 	if prov.Flags() != AllReady {
 		t.Fatalf("finished with flags %d", prov.Flags())
 	}
@@ -129,19 +124,14 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 		}
 	}
 
-	// A notify in the latched state calls key_latched, which re-syncs the
-	// redirect: upstream would remove the v1 redirects here (quirk 14).
-	redir.mu.Lock()
-	before := len(redir.calls)
-	redir.mu.Unlock()
+	// A notify in the latched state calls key_latched (the finish time
+	// moves on); upstream would then remove the v1 redirects (quirk 14),
+	// here the key keeper alone owns them and they stay.
+	before := prov.FinishedTimeTick()
 	kk.Notify()
-	testsupport.WaitFor(t, "the notify's re-sync of the redirect policy", func() bool {
-		redir.mu.Lock()
-		defer redir.mu.Unlock()
-		return len(redir.calls) > before
-	})
+	testsupport.WaitFor(t, "the notify to reach provisioning", func() bool { return prov.FinishedTimeTick() != before })
 	if p := redir.last(); p != [3]bool{true, true, true} {
-		t.Errorf("redirect policy after notify re-sync %v", p)
+		t.Errorf("redirect policy after notify %v, want the v1 redirects kept", p)
 	}
 
 	// A status query after the finish, with the channel latched, is finished.

@@ -6,10 +6,9 @@
 //
 // Deliberate deviation (upstream quirk 14): on ALL_READY upstream recomputes
 // the redirect policy from the compiled rule sets, which removes the
-// redirects of a v1 host (no rules). Here the Resync hook is called instead;
-// the agent wires it to the key keeper's ResyncRedirect, which installs the
-// policy of the key keeper's current modes, so v1 hosts keep their
-// redirects.
+// redirects of a v1 host (no rules). Here provisioning only observes the
+// key keeper's state; the key keeper alone installs the redirect policy of
+// its current modes, so v1 hosts keep their redirects.
 package provision
 
 import (
@@ -22,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/opengpa/gpa/internal/atomicfile"
 
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
@@ -42,7 +43,6 @@ const (
 const (
 	ProvisionedTag = "provisioned.tag"
 	StatusTag      = "status.tag"
-	statusTagTmp   = "status.tag.tmp"
 )
 
 // SuccessConsoleMessage is written to the console when provisioning
@@ -59,9 +59,6 @@ type Options struct {
 	State func() string
 	// Notify wakes the key keeper (a /provision query with notify).
 	Notify func()
-	// Resync re-installs the redirect policy on ALL_READY (see the package
-	// comment); an error is logged.
-	Resync func() error
 	// OnFinished is called once, the first time provisioning finishes
 	// (ALL_READY or timeout): the agent starts its status writer there.
 	OnFinished func()
@@ -116,11 +113,6 @@ func (p *Provisioner) set(f Flags) {
 	p.mu.Unlock()
 	if !all {
 		return
-	}
-	if p.opts.Resync != nil {
-		if err := p.opts.Resync(); err != nil {
-			p.log.Warn("redirect policy re-sync failed", "err", err)
-		}
 	}
 	p.finish()
 }
@@ -276,23 +268,8 @@ func (p *Provisioner) writeTags() error {
 		return err
 	}
 	stamp := status.FormatTimestamp(p.opts.Now())
-	if err := writeFile(filepath.Join(dir, ProvisionedTag), []byte(stamp)); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, ProvisionedTag), []byte(stamp), 0o600); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, statusTagTmp)
-	if err := writeFile(tmp, []byte(XMLEscape(msg))); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, StatusTag)); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
-}
-
-func writeFile(path string, data []byte) error {
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return err
-	}
-	return os.Chmod(path, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, StatusTag), []byte(XMLEscape(msg)), 0o600)
 }

@@ -23,7 +23,6 @@ type env struct {
 	dir      string
 	state    atomic.Value
 	notified atomic.Int32
-	resynced atomic.Int32
 	finished atomic.Int32
 	mu       sync.Mutex
 	console  []string
@@ -37,7 +36,6 @@ func newEnv(t *testing.T) *env {
 		Registry:   e.reg,
 		State:      func() string { return e.state.Load().(string) },
 		Notify:     func() { e.notified.Add(1) },
-		Resync:     func() error { e.resynced.Add(1); return nil },
 		OnFinished: func() { e.finished.Add(1) },
 		Console: func(m string) {
 			e.mu.Lock()
@@ -76,8 +74,8 @@ func TestProvisionQuerySemantics(t *testing.T) {
 	if fin1 == 0 || e.p.Flags() != AllReady {
 		t.Fatalf("all ready: tick %d flags %d", fin1, e.p.Flags())
 	}
-	if e.resynced.Load() != 1 || e.finished.Load() != 1 {
-		t.Errorf("resync %d, onFinished %d", e.resynced.Load(), e.finished.Load())
+	if e.finished.Load() != 1 {
+		t.Errorf("onFinished %d", e.finished.Load())
 	}
 	query := fin1 + 1 // a query that started after the finish
 	if fin, msg := e.p.Query(query, false); fin || msg != "" {
@@ -91,8 +89,8 @@ func TestProvisionQuerySemantics(t *testing.T) {
 	if fin, _ := e.p.Query(query, false); !fin {
 		t.Error("after key_latched: not finished")
 	}
-	if e.resynced.Load() != 2 || e.finished.Load() != 1 {
-		t.Errorf("later key_latched: resync %d (want 2), onFinished %d (want 1)", e.resynced.Load(), e.finished.Load())
+	if e.finished.Load() != 1 {
+		t.Errorf("later key_latched: onFinished %d (want 1)", e.finished.Load())
 	}
 
 	e.p.KeyLatchReset()
@@ -169,8 +167,8 @@ func TestTagFiles(t *testing.T) {
 		if len(e.console) != 1 || e.console[0] != SuccessConsoleMessage {
 			t.Errorf("console %q", e.console)
 		}
-		if _, err := os.Stat(filepath.Join(e.dir, statusTagTmp)); !os.IsNotExist(err) {
-			t.Error("status.tag.tmp left behind")
+		if entries, _ := os.ReadDir(e.dir); len(entries) != 2 {
+			t.Errorf("tag folder holds %v, want the two tags only", entries)
 		}
 	})
 	t.Run("key latch failure escaped", func(t *testing.T) {
@@ -186,8 +184,8 @@ func TestTagFiles(t *testing.T) {
 		if _, msg := e.p.Query(0, false); msg != `keyLatchStatus - Failed to acquire key details: "boom" <a&b> 'x'`+"\r\n" {
 			t.Errorf("errorMessage %q (must be unescaped)", msg)
 		}
-		if e.p.FinishedTimeTick() == 0 || e.finished.Load() != 1 || e.resynced.Load() != 0 {
-			t.Errorf("timeout: tick %d onFinished %d resync %d", e.p.FinishedTimeTick(), e.finished.Load(), e.resynced.Load())
+		if e.p.FinishedTimeTick() == 0 || e.finished.Load() != 1 {
+			t.Errorf("timeout: tick %d onFinished %d", e.p.FinishedTimeTick(), e.finished.Load())
 		}
 	})
 	t.Run("all missing, in order", func(t *testing.T) {
@@ -246,7 +244,7 @@ func TestParseTimeTick(t *testing.T) {
 
 func TestHandler(t *testing.T) {
 	e := newEnv(t)
-	srv := httptest.NewServer(Handler(e.p))
+	srv := httptest.NewServer(serving(e.p))
 	defer srv.Close()
 
 	resp, err := http.Get(srv.URL + Path)
@@ -283,6 +281,11 @@ func TestHandler(t *testing.T) {
 	}
 }
 
+// serving is the production /provision endpoint over q, for httptest.
+func serving(q Querier) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { Serve(w, r, q) })
+}
+
 // recorder wraps the provisioning handler and records each query's headers.
 type recorder struct {
 	mu   sync.Mutex
@@ -301,7 +304,7 @@ func TestQueryStatusExitCodes(t *testing.T) {
 	t.Run("not finished, polls, notify once", func(t *testing.T) {
 		e := newEnv(t)
 		e.p.ListenerReady()
-		rec := &recorder{next: Handler(e.p)}
+		rec := &recorder{next: serving(e.p)}
 		srv := httptest.NewServer(rec)
 		defer srv.Close()
 		start := time.Now().UnixNano()
@@ -337,7 +340,7 @@ func TestQueryStatusExitCodes(t *testing.T) {
 		e.p.RedirectorReady()
 		e.p.KeyLatched()
 		e.p.ListenerReady()
-		srv := httptest.NewServer(Handler(e.p))
+		srv := httptest.NewServer(serving(e.p))
 		defer srv.Close()
 		if code, msg := QueryStatus(strings.TrimPrefix(srv.URL, "http://"), 0); code != 0 || msg != "" {
 			t.Errorf("exit %d msg %q, want 0", code, msg)
@@ -350,7 +353,7 @@ func TestQueryStatusExitCodes(t *testing.T) {
 		e.p.KeyLatched()
 		e.p.ProvisionTimeout()
 		e.state.Store("wireserver")
-		srv := httptest.NewServer(Handler(e.p))
+		srv := httptest.NewServer(serving(e.p))
 		defer srv.Close()
 		code, msg := QueryStatus(strings.TrimPrefix(srv.URL, "http://"), 0)
 		if code != 2 || msg != "ebpfProgramStatus - no BTF\r\n" {
@@ -365,7 +368,7 @@ func TestQueryStatusExitCodes(t *testing.T) {
 		// "not finished", so the second or a later one must see it.
 		var queries atomic.Int32
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			Handler(e.p).ServeHTTP(w, r)
+			serving(e.p).ServeHTTP(w, r)
 			if queries.Add(1) == 1 {
 				e.p.KeyLatched()
 			}

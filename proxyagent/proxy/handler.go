@@ -13,20 +13,15 @@ import (
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/provision"
 )
 
-// Paths of the agent's local endpoints.
-const (
-	ProvisionPath       = "/provision"
-	AggregateStatusPath = "/gpa-aggregated-status"
-)
+// AggregateStatusPath is the agent's local status endpoint; the other
+// local endpoint is provision.Path.
+const AggregateStatusPath = "/gpa-aggregated-status"
 
-// Headers read by the local endpoints.
-const (
-	headerMetadata = "Metadata"
-	headerTimeTick = "x-ms-azure-time-tick"
-	headerNotify   = "x-ms-azure-notify"
-)
+// headerMetadata is required by the local endpoints.
+const headerMetadata = "Metadata"
 
 // allowedMethods is the method allow-list of protocol.md §4.5 step 2; the
 // value is the Allow header of a 405.
@@ -102,8 +97,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch localTarget(r.RequestURI) {
-	case ProvisionPath:
-		s.provision(w, r, &ev)
+	case provision.Path:
+		if s.opts.Local == nil {
+			ev.Status, ev.Error = http.StatusInternalServerError, "provisioning state unavailable"
+			reply(w, ev.Status, false)
+			return
+		}
+		ev.Status, ev.Error = provision.Serve(w, r, s.opts.Local)
 		return
 	case AggregateStatusPath:
 		s.aggregateStatus(w, r, st, &ev)
@@ -202,37 +202,10 @@ func invalidHeader(r *http.Request) string {
 // origin-form path alone, or followed by a bare "?". Anything else ("").
 func localTarget(target string) string {
 	t := strings.TrimSuffix(target, "?")
-	if t == ProvisionPath || t == AggregateStatusPath {
+	if t == provision.Path || t == AggregateStatusPath {
 		return t
 	}
 	return ""
-}
-
-func (s *Server) provision(w http.ResponseWriter, r *http.Request, ev *audit.Event) {
-	if _, ok := r.Header[headerMetadata]; !ok {
-		ev.Status, ev.Error = http.StatusBadRequest, "missing Metadata header"
-		reply(w, ev.Status, true)
-		return
-	}
-	if s.opts.Local == nil {
-		ev.Status, ev.Error = http.StatusInternalServerError, "provisioning state unavailable"
-		reply(w, ev.Status, false)
-		return
-	}
-	tick := parseTimeTick(r.Header.Get(headerTimeTick))
-	_, notify := r.Header[http.CanonicalHeaderKey(headerNotify)]
-	finished, msg := s.opts.Local.Provision(tick, notify)
-	body, err := marshalJSON(struct {
-		Finished     bool   `json:"finished"`
-		ErrorMessage string `json:"errorMessage"`
-	}{finished, msg})
-	if err != nil {
-		ev.Status, ev.Error = http.StatusInternalServerError, "encode provision state: "+err.Error()
-		reply(w, ev.Status, false)
-		return
-	}
-	ev.Status = http.StatusOK
-	writeJSON(w, body)
 }
 
 func (s *Server) aggregateStatus(w http.ResponseWriter, r *http.Request, st *connState, ev *audit.Event) {
@@ -277,19 +250,4 @@ func marshalJSON(v any) ([]byte, error) {
 		return nil, err
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
-}
-
-// parseTimeTick parses the caller's start time (an i128 upstream). Missing
-// or invalid text is 0; values beyond int64 saturate, which keeps the
-// comparison with the finish time correct.
-func parseTimeTick(v string) int64 {
-	v = strings.TrimSpace(v)
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err == nil {
-		return n
-	}
-	if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
-		return n // ParseInt returns the saturated value on overflow
-	}
-	return 0
 }

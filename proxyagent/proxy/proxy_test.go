@@ -19,6 +19,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/provision"
 )
 
 // §8 item 5: a direct connection has no destination.
@@ -912,7 +913,7 @@ func TestNewRequiresDependencies(t *testing.T) {
 
 func TestLocalTargetRules(t *testing.T) {
 	for _, tc := range []struct{ target, want string }{
-		{"/provision", ProvisionPath}, {"/provision?", ProvisionPath}, {"/provision?a", ""},
+		{"/provision", provision.Path}, {"/provision?", provision.Path}, {"/provision?a", ""},
 		{"/gpa-aggregated-status", AggregateStatusPath}, {"http://127.0.0.1:3080/provision", ""}, {"/Provision", ""},
 	} {
 		if got := localTarget(tc.target); got != tc.want {

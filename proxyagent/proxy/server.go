@@ -87,6 +87,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/provision"
 )
 
 // Authorizer decides whether a request may be forwarded. It must be safe
@@ -116,10 +117,8 @@ type Recorder interface {
 
 // Local answers the agent's local endpoints (protocol.md §5.4, §5.5).
 type Local interface {
-	// Provision reports provisioning state for a caller that started at
-	// timeTick (Unix nanoseconds, 0 when absent); notify asks the key keeper
-	// to poll now.
-	Provision(timeTick int64, notify bool) (finished bool, errorMessage string)
+	// Query answers /provision (provision.Serve).
+	provision.Querier
 	// AggregateStatus returns the §5.1 JSON document.
 	AggregateStatus() ([]byte, error)
 }
@@ -210,8 +209,8 @@ type Options struct {
 	UpstreamIdleTimeout time.Duration
 }
 
-// Server is the proxy listener. Create it with New, then Listen and Serve
-// (or Run). Safe for concurrent use.
+// Server is the proxy listener. Create it with New, then Listen and Serve.
+// Safe for concurrent use.
 type Server struct {
 	opts Options
 	log  *slog.Logger
@@ -382,26 +381,4 @@ func (s *Server) Close() error {
 	err := s.hs.Close()
 	s.pool.closeAll()
 	return err
-}
-
-// Run is Listen then Serve, shutting down (with a 5 s grace period) when
-// ctx ends.
-func (s *Server) Run(ctx context.Context) error {
-	if err := s.Listen(); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := s.Shutdown(sctx); err != nil {
-				s.Close()
-			}
-		case <-done:
-		}
-	}()
-	return s.Serve()
 }

@@ -170,7 +170,7 @@ type fakeLocal struct {
 	calls []provisionCall
 }
 
-func (l *fakeLocal) Provision(tick int64, notify bool) (bool, string) {
+func (l *fakeLocal) Query(tick int64, notify bool) (bool, string) {
 	l.mu.Lock()
 	l.calls = append(l.calls, provisionCall{tick, notify})
 	l.mu.Unlock()

@@ -6,6 +6,7 @@ package status
 
 import (
 	"encoding/json"
+	"maps"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -154,13 +155,12 @@ func (m Module) String() string {
 	return "unknown"
 }
 
-// Registry holds each module's current status. It is safe for concurrent
-// use; its mutex owns all entries. A module may instead be bound to a live
-// source (the key keeper reports its own status with states).
+// Registry holds each module's current status, set by the module's owner
+// (the key keeper's state is copied in by its change callback). It is
+// safe for concurrent use; its mutex owns all entries.
 type Registry struct {
 	mu      sync.Mutex
 	entries [numModules]ModuleStatus
-	sources [numModules]func() ModuleStatus
 	changed chan struct{}
 }
 
@@ -184,12 +184,26 @@ func (r *Registry) Set(m Module, state ModuleState, message string) {
 		return
 	}
 	r.mu.Lock()
+	s := r.entries[m]
+	s.Status, s.Message = state, message
+	r.mu.Unlock()
+	r.SetStatus(m, s)
+}
+
+// SetStatus records a module's whole status, its states map included (a
+// copy is kept). Changed is signalled as by Set.
+func (r *Registry) SetStatus(m Module, s ModuleStatus) {
+	if !valid(m) {
+		return
+	}
+	s.States = maps.Clone(s.States)
+	r.mu.Lock()
 	e := &r.entries[m]
-	diff := e.Status != state || e.Message != message
-	e.Status, e.Message = state, message
+	diff := e.Status != s.Status || e.Message != s.Message || !maps.Equal(e.States, s.States)
+	*e = s
 	r.mu.Unlock()
 	if diff && m != Monitor {
-		r.Touch()
+		r.touch()
 	}
 }
 
@@ -215,18 +229,6 @@ func (r *Registry) SetState(m Module, state ModuleState) {
 	r.Set(m, state, msg)
 }
 
-// Bind makes src the live source of module m's status; Get then calls it.
-// src must not call back into the registry.
-func (r *Registry) Bind(m Module, src func() ModuleStatus) {
-	if !valid(m) {
-		return
-	}
-	r.mu.Lock()
-	r.sources[m] = src
-	r.mu.Unlock()
-	r.Touch()
-}
-
 // Get returns module m's status with its message truncated per Truncate.
 // The states map is a copy.
 func (r *Registry) Get(m Module) ModuleStatus {
@@ -234,25 +236,14 @@ func (r *Registry) Get(m Module) ModuleStatus {
 		return ModuleStatus{Status: Unknown, Message: InitialMessage}
 	}
 	r.mu.Lock()
-	src := r.sources[m]
 	s := r.entries[m]
 	r.mu.Unlock()
-	if src != nil {
-		s = src()
-	}
 	s.Message = Truncate(s.Message)
-	if s.States != nil {
-		cp := make(map[string]string, len(s.States))
-		for k, v := range s.States {
-			cp[k] = v
-		}
-		s.States = cp
-	}
+	s.States = maps.Clone(s.States)
 	return s
 }
 
-// Touch signals Changed, for bound sources whose status changed.
-func (r *Registry) Touch() {
+func (r *Registry) touch() {
 	select {
 	case r.changed <- struct{}{}:
 	default:

@@ -20,17 +20,15 @@ func (f fakeSummaries) Summaries() (conn, failed []SummaryEntry) { return f.conn
 func goldenReporter() *Reporter {
 	reg := NewRegistry()
 	reg.Set(Monitor, Running, "Aggregate status written to status file: /var/log/azure-proxy-agent/status.json")
-	reg.Bind(KeyLatch, func() ModuleStatus {
-		return ModuleStatus{Status: Running, Message: "Successfully attest the key and ready to use. - 2345",
-			States: map[string]string{
-				"secureChannelState": "WireServer Enforce -  IMDS Enforce - HostGA Enforce",
-				"keyGuid":            "9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf",
-				"wireServerRuleId":   "ws-rules-id",
-				"imdsRuleId":         "imds-rules-id",
-				"hostGARuleId":       "ws-rules-id",
-				"keyIncarnationId":   "1",
-			}}
-	})
+	reg.SetStatus(KeyLatch, ModuleStatus{Status: Running, Message: "Successfully attest the key and ready to use. - 2345",
+		States: map[string]string{
+			"secureChannelState": "WireServer Enforce -  IMDS Enforce - HostGA Enforce",
+			"keyGuid":            "9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf",
+			"wireServerRuleId":   "ws-rules-id",
+			"imdsRuleId":         "imds-rules-id",
+			"hostGARuleId":       "ws-rules-id",
+			"keyIncarnationId":   "1",
+		}})
 	reg.Set(EbpfProgram, Running, "Started Redirector with eBPF maps - 812")
 	reg.Set(ProxyListener, Running, "Started proxy listener, ready to accept request - 640")
 	return &Reporter{

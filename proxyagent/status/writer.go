@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/opengpa/gpa/internal/atomicfile"
 )
 
 // Summarizer supplies the aggregated connection summaries: requests that
@@ -113,25 +115,8 @@ func (w *Writer) write() error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("status: create %s: %w", dir, err)
 	}
-	tmp := filepath.Join(dir, "status.tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
-	if err != nil {
+	if err := atomicfile.WriteFile(w.Path, data, 0o640); err != nil {
 		return fmt.Errorf("status: %w", err)
-	}
-	_, werr := f.Write(data)
-	cerr := f.Close()
-	if werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Chmod(tmp, 0o640)
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, w.Path)
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("status: write %s: %w", w.Path, werr)
 	}
 	return nil
 }
