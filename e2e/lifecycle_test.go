@@ -113,15 +113,7 @@ func TestKillAgentUnderLoad(t *testing.T) {
 
 	// The loops stop when the stop file appears; its directory is
 	// readable by nobody.
-	stopDir, err := os.MkdirTemp("", "gpa-e2e-stop-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(stopDir)
-	if err := os.Chmod(stopDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	stop := filepath.Join(stopDir, "stop")
+	stop := filepath.Join(sharedDir(t, "gpa-e2e-stop-", 0o755), "stop")
 	const format = `%{http_code} %{exitcode} %header{x-ms-azure-host-authorization}\n`
 	loop := func(url string, headers ...string) string {
 		h := ""
@@ -252,6 +244,21 @@ func TestKillAgentUnderLoad(t *testing.T) {
 	}
 }
 
+// sharedDir makes a directory with mode perm that the test's callers (root
+// and nobody) can reach, and removes it when the test ends.
+func sharedDir(t *testing.T, prefix string, perm os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, perm); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // loadServed waits until the host has served, from now on, several signed
 // requests of the load clients to each of IMDS and WireServer.
 func loadServed(ctx context.Context, t *testing.T, e *e2eenv.Env, what string) {
@@ -309,14 +316,7 @@ func killAndRestart(ctx context.Context, t *testing.T, e *e2eenv.Env, pauseHost 
 		out      *bytes.Buffer
 	}
 	// Each spinner leaves a mark after its first refused connect.
-	marks, err := os.MkdirTemp("", "gpa-e2e-spin-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(marks)
-	if err := os.Chmod(marks, 0o777); err != nil {
-		t.Fatal(err)
-	}
+	marks := sharedDir(t, "gpa-e2e-spin-", 0o777)
 	var spinners []spinner
 	for _, sp := range []struct {
 		name   string

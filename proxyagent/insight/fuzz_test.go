@@ -17,7 +17,6 @@ import (
 // FuzzScan feeds arbitrary log contents through every consumer: bad
 // input must give warnings or errors, never a panic.
 func FuzzScan(f *testing.F) {
-	dir := f.TempDir()
 	// Small records, not a day of the agent's full ones: the engine
 	// minimizes every input that finds new coverage by running it again
 	// for each subset of its bytes, so a seed of kilobytes would spend the
@@ -34,31 +33,43 @@ func FuzzScan(f *testing.F) {
 	f.Add([]byte(`{"v":1,"caller":null,"destination":{"service":"IMDS"},"decision":"deny","target":"%zz/%3F?=&a=%"}` + "\n"))
 	f.Add([]byte(`{"v":1,"caller":{"userGroups":null,"ancestry":[{}]},"destination":{"service":"WireServer"},"decision":"allow","target":"http://x"}` + "\n"))
 	f.Add([]byte("\n\n{}\n\xff\xfe\n"))
-	rules, err := ParseRules([]byte(aliceOnlyIMDS), authz.IMDSRulesFile, RulesOptions{})
-	if err != nil {
-		f.Fatal(err)
-	}
-	// One file, kept open and rewritten in place for each input: making
-	// and removing a directory, or truncating and closing a file, per input
-	// would cost more than everything Scan does.
-	input, err := os.Create(filepath.Join(dir, "fuzz.jsonl"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { input.Close() })
-	f.Fuzz(func(t *testing.T, data []byte) { scanEverything(t, rules, input, data) })
+	h := newScanHarness(f)
+	f.Fuzz(func(t *testing.T, data []byte) { h.run(t, data) })
 }
 
-// scanEverything is FuzzScan's body: data, written to input, goes through
-// Scan and every consumer.
-func scanEverything(t testing.TB, rules *Rules, input *os.File, data []byte) {
-	if _, err := input.WriteAt(data, 0); err != nil {
+// scanHarness is FuzzScan's body and what it needs, made once: the rules
+// the report and replay use, and one input file, kept open and rewritten
+// in place for each input (making and removing a directory, or truncating
+// and closing a file, per input would cost more than everything Scan does).
+type scanHarness struct {
+	rules *Rules
+	input *os.File
+}
+
+func newScanHarness(tb testing.TB) *scanHarness {
+	tb.Helper()
+	rules, err := ParseRules([]byte(aliceOnlyIMDS), authz.IMDSRulesFile, RulesOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	input, err := os.Create(filepath.Join(tb.TempDir(), "audit.jsonl"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { input.Close() })
+	return &scanHarness{rules: rules, input: input}
+}
+
+// run writes data to the input file and sends it through Scan and every
+// consumer.
+func (h *scanHarness) run(t testing.TB, data []byte) {
+	if _, err := h.input.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := input.Truncate(int64(len(data))); err != nil {
+	if err := h.input.Truncate(int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
-	path := input.Name()
+	rules, path := h.rules, h.input.Name()
 	rb := NewReportBuilder(ReportOptions{Rules: rules, PathDepth: 2})
 	rp := NewReplayer(rules)
 	var sgs []*Suggester
@@ -134,17 +145,9 @@ func TestScanRegressions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	rules, err := ParseRules([]byte(aliceOnlyIMDS), authz.IMDSRulesFile, RulesOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	input, err := os.Create(filepath.Join(dir, "input.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer input.Close()
+	h := newScanHarness(t)
 	for name, data := range inputs {
-		t.Run(name, func(t *testing.T) { scanEverything(t, rules, input, data) })
+		t.Run(name, func(t *testing.T) { h.run(t, data) })
 	}
 }
 
