@@ -45,8 +45,16 @@ unit:
 generate:
 	$(GO) generate ./bpf/... ./proxyagent/redirector/...
 
-## package: the extension zip and the agent .deb under dist/
+## package: the extension zip (amd64 and arm64 builds, the scripts run the one
+##          for `uname -m`) and an agent .deb per architecture under dist/
+ARCHES     := amd64 arm64
 package: build
+	@for a in $(ARCHES); do \
+		mkdir -p $(BIN)/linux-$$a; \
+		for b in azure-proxy-agent ProxyAgentExt; do \
+			GOOS=linux GOARCH=$$a $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/linux-$$a/$$b ./cmd/$$b || exit 1; \
+		done; \
+	done
 	bash packaging/package.sh $(VERSION) $(BIN) dist
 
 ## demo: the whole system on a simulated VM in a network namespace (root)

@@ -14,6 +14,16 @@
 //
 // Sockets whose SO_MARK equals agent_mark (the agent's own connections to
 // the host) are never redirected.
+//
+// Containers: a socket in another network namespace than the agent's
+// (agent_netns, a netns cookie) cannot reach 127.0.0.1 of the agent's
+// namespace, so it goes to the policy entry's container-facing listener
+// (an address the agent owns in its namespace and containers reach through
+// their default route). With no container listener configured (address
+// 0.0.0.0) such a connect is refused (EPERM), never let through. The record
+// carries the socket's netns cookie; a record whose key (client address and
+// port) is already taken by a pending record of another namespace marks
+// that record as a collision, and the agent then trusts neither.
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -42,11 +52,16 @@ struct policy_key {
 	__u16 pad;    // zero
 };
 
-// policy_value is where connections to a policy_key go instead.
+// policy_value is where connections to a policy_key go instead: the
+// agent's listener for sockets in its own network namespace, the
+// container-facing listener for sockets in any other (0.0.0.0: refuse).
 struct policy_value {
-	__u8 addr[4]; // IPv4 address, network byte order
-	__u16 port;   // host byte order
-	__u16 pad;    // zero
+	__u8 addr[4];    // IPv4 address, network byte order
+	__u16 port;      // host byte order
+	__u16 pad;       // zero
+	__u8 ns_addr[4]; // container-facing listener, IPv4 network byte order
+	__u16 ns_port;   // host byte order
+	__u16 pad2;      // zero
 };
 
 // conn_key identifies a redirected connection as the listener sees it: the
@@ -61,6 +76,7 @@ struct conn_key {
 // connect() time.
 struct conn_record {
 	__u64 cgroup_id;   // cgroup v2 id (inode number of the cgroup directory)
+	__u64 netns;       // network namespace cookie of the socket
 	__u64 start_time;  // process start, clock ticks since boot (/proc/<pid>/stat field 22)
 	__u32 pid;         // thread-group id
 	__u32 tid;         // id of the thread that called connect()
@@ -69,13 +85,17 @@ struct conn_record {
 	__u8 orig_addr[4]; // original destination, IPv4 network byte order
 	__u16 orig_port;   // original destination port, host byte order
 	__u8 family;       // AF_INET or AF_INET6 (v4-mapped) socket
-	__u8 pad;
+	__u8 collision;    // 1: another namespace's connect wrote the same key
 	__u8 comm[16];     // task comm, NUL padded
 };
 
 // agent_mark is the SO_MARK of the agent's own sockets; set at load time.
 // 0 disables the exemption (no socket is exempt).
 volatile const __u32 agent_mark = 0;
+
+// agent_netns is the agent's network namespace cookie; set at load time.
+// 0 (unknown) treats every socket as in the agent's namespace.
+volatile const __u64 agent_netns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -113,7 +133,7 @@ static __always_inline int is_agent(struct bpf_sock_addr *ctx)
 // record stores the caller's identity in the socket's local storage. A
 // failure leaves the socket without a record: the connection is still
 // redirected and the listener treats it as having no identity.
-static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u16 dst_port, __u8 family)
+static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u16 dst_port, __u8 family, __u64 netns)
 {
 	struct conn_record *rec;
 	struct task_struct *task;
@@ -135,8 +155,31 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	__builtin_memcpy(rec->orig_addr, &dst_ip4, 4);
 	rec->orig_port = dst_port;
 	rec->family = family;
-	rec->pad = 0;
+	rec->collision = 0;
+	rec->netns = netns;
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+}
+
+// redirect records the caller and rewrites the destination of a connect to
+// ip4:port, a policy entry: to the listener in the agent's namespace, to the
+// container-facing listener elsewhere. It returns the program's verdict: 0
+// refuses the connect (another namespace and no container listener).
+static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_value *to, __u32 ip4, __u16 port,
+				    __u8 family, __u32 *new_ip4, __u16 *new_port)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+
+	if (agent_netns != 0 && netns != agent_netns) {
+		__builtin_memcpy(new_ip4, to->ns_addr, 4);
+		if (*new_ip4 == 0)
+			return 0;
+		*new_port = to->ns_port;
+	} else {
+		__builtin_memcpy(new_ip4, to->addr, 4);
+		*new_port = to->port;
+	}
+	record(ctx, ip4, port, family, netns);
+	return 1;
 }
 
 // lookup returns the redirect target for ip:port, or NULL.
@@ -153,8 +196,8 @@ SEC("cgroup/connect4")
 int connect4(struct bpf_sock_addr *ctx)
 {
 	struct policy_value *to;
-	__u32 ip4, new_ip4;
-	__u16 port;
+	__u32 ip4, new_ip4 = 0;
+	__u16 port, new_port = 0;
 
 	if (ctx->type != SOCK_STREAM)
 		return 1;
@@ -164,10 +207,10 @@ int connect4(struct bpf_sock_addr *ctx)
 	if (!to || is_agent(ctx))
 		return 1;
 
-	record(ctx, ip4, port, AF_INET);
-	__builtin_memcpy(&new_ip4, to->addr, 4);
+	if (!redirect(ctx, to, ip4, port, AF_INET, &new_ip4, &new_port))
+		return 0;
 	ctx->user_ip4 = new_ip4;
-	ctx->user_port = bpf_htons(to->port);
+	ctx->user_port = bpf_htons(new_port);
 	return 1;
 }
 
@@ -177,8 +220,8 @@ SEC("cgroup/connect6")
 int connect6(struct bpf_sock_addr *ctx)
 {
 	struct policy_value *to;
-	__u32 ip4, new_ip4;
-	__u16 port;
+	__u32 ip4, new_ip4 = 0;
+	__u16 port, new_port = 0;
 
 	if (ctx->type != SOCK_STREAM)
 		return 1;
@@ -191,10 +234,10 @@ int connect6(struct bpf_sock_addr *ctx)
 	if (!to || is_agent(ctx))
 		return 1;
 
-	record(ctx, ip4, port, AF_INET6);
-	__builtin_memcpy(&new_ip4, to->addr, 4);
+	if (!redirect(ctx, to, ip4, port, AF_INET6, &new_ip4, &new_port))
+		return 0;
 	ctx->user_ip6[3] = new_ip4;
-	ctx->user_port = bpf_htons(to->port);
+	ctx->user_port = bpf_htons(new_port);
 	return 1;
 }
 
@@ -203,6 +246,14 @@ int connect6(struct bpf_sock_addr *ctx)
 // address and port. Any other socket clears a stale entry for its address
 // and port, so a record that was never consumed (listener down) can never be
 // claimed by a later, unredirected connection that reuses the port.
+//
+// Two namespaces can use the same client address and port (containers on
+// separate networks with the same address). A key can hold only one record:
+// when a pending record of another namespace holds it, that record is
+// marked as a collision and this one is dropped, so the agent refuses both
+// connections instead of handing one namespace's identity to the other. A
+// pending record of the same namespace is stale (the kernel keeps a
+// namespace's 4-tuples unique) and is replaced.
 SEC("sockops")
 int sockops_connect(struct bpf_sock_ops *ctx)
 {
@@ -226,7 +277,14 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 		bpf_map_delete_elem(&conn_records, &key);
 		return 1;
 	}
-	bpf_map_update_elem(&conn_records, &key, rec, BPF_ANY);
+	if (bpf_map_update_elem(&conn_records, &key, rec, BPF_NOEXIST) != 0) {
+		struct conn_record *old = bpf_map_lookup_elem(&conn_records, &key);
+
+		if (old && old->netns != rec->netns)
+			old->collision = 1;
+		else
+			bpf_map_update_elem(&conn_records, &key, rec, BPF_ANY);
+	}
 	bpf_sk_storage_delete(&sk_records, sk);
 	return 1;
 }

@@ -23,6 +23,7 @@ type RedirectConnKey struct {
 type RedirectConnRecord struct {
 	_         structs.HostLayout
 	CgroupId  uint64
+	Netns     uint64
 	StartTime uint64
 	Pid       uint32
 	Tid       uint32
@@ -31,7 +32,7 @@ type RedirectConnRecord struct {
 	OrigAddr  [4]uint8
 	OrigPort  uint16
 	Family    uint8
-	Pad       uint8
+	Collision uint8
 	Comm      [16]uint8
 }
 
@@ -43,10 +44,13 @@ type RedirectPolicyKey struct {
 }
 
 type RedirectPolicyValue struct {
-	_    structs.HostLayout
-	Addr [4]uint8
-	Port uint16
-	Pad  uint16
+	_      structs.HostLayout
+	Addr   [4]uint8
+	Port   uint16
+	Pad    uint16
+	NsAddr [4]uint8
+	NsPort uint16
+	Pad2   uint16
 }
 
 // Names of all BPF objects in the ELF.
@@ -60,6 +64,7 @@ const (
 	RedirectProgConnect6       = "connect6"
 	RedirectProgSockopsConnect = "sockops_connect"
 	RedirectVarAgentMark       = "agent_mark"
+	RedirectVarAgentNetns      = "agent_netns"
 )
 
 // LoadRedirect returns the embedded CollectionSpec for Redirect.
@@ -122,7 +127,8 @@ type RedirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectVariableSpecs struct {
-	AgentMark *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentMark  *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentNetns *ebpf.VariableSpec `ebpf:"agent_netns"`
 }
 
 // RedirectObjects contains all objects after they have been loaded into the kernel.
@@ -162,7 +168,8 @@ func (m *RedirectMaps) Close() error {
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectVariables struct {
-	AgentMark *ebpf.Variable `ebpf:"agent_mark"`
+	AgentMark  *ebpf.Variable `ebpf:"agent_mark"`
+	AgentNetns *ebpf.Variable `ebpf:"agent_netns"`
 }
 
 // RedirectPrograms contains all programs after they have been loaded into the kernel.

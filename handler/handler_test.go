@@ -19,44 +19,6 @@ import (
 	"github.com/opengpa/gpa/extension"
 )
 
-func TestOSSupport(t *testing.T) {
-	tests := []struct {
-		name, id string
-		want     bool
-	}{
-		{"Ubuntu", "20.04", true},
-		{"Ubuntu", "22.04", true},
-		{"Ubuntu", "24.04", true},
-		{"Ubuntu", "18.04", false},
-		{"Common Base Linux Mariner", "2.0", true},
-		{"Common Base Linux Mariner", "1.0", false},
-		{"Microsoft Azure Linux", "3.0", true},
-		{"Red Hat Enterprise Linux", "9.4", true},
-		{"Red Hat Enterprise Linux", "8.10", false},
-		{"Rocky Linux", "9.3", true},
-		{"SLES", "15-SP4", true},
-		{"SLES", "15.5", true},
-		{"SLES", "15-SP3", false},
-		{"SUSE Linux Enterprise Server", "15.3", false},
-		{"Debian GNU/Linux", "12", false},
-		{"Ubuntu", "", false},
-		{"", "", false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name+" "+tc.id, func(t *testing.T) {
-			p := filepath.Join(t.TempDir(), "os-release")
-			os.WriteFile(p, []byte(fmt.Sprintf("PRETTY_NAME=\"x\"\nNAME=\"%s\"\nVERSION_ID=\"%s\"\nID=x\n", tc.name, tc.id)), 0o644)
-			info, err := ReadOSRelease(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := info.Supported(); got != tc.want {
-				t.Errorf("Supported(%v) = %v, want %v", info, got, tc.want)
-			}
-		})
-	}
-}
-
 func TestLayout(t *testing.T) {
 	tests := []struct {
 		root, in, want string

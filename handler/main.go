@@ -10,7 +10,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/opengpa/gpa/extension"
 	"github.com/opengpa/gpa/internal/version"
@@ -96,17 +95,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	env := &Env{ExtDir: extDir, Exe: exe, Version: version.Version, Handler: h, Seq: seq,
 		Layout: layout, Opts: OptionsFromEnv(os.Getenv), Log: log.With("mode", mode)}
 
-	osInfo, oerr := ReadOSRelease(layout.OSRelease())
-	if oerr != nil || !osInfo.Supported() {
-		msg := "OS version not supported: Linux:" + osInfo.String()
-		if oerr != nil {
-			msg += " (" + oerr.Error() + ")"
-		}
-		st := env.status(extension.StatusError, ExitUnsupportedOS, msg)
-		st.Operation = OperationOSCheck
-		extension.WriteStatus(h.StatusFolder, seq, st, time.Now())
-		log.Error("unsupported OS", "os", osInfo.String())
-		fmt.Fprintln(stderr, "ProxyAgentExt:", msg)
+	if !checkPrerequisites(env, os.Getenv, stderr) {
 		return ExitUnsupportedOS
 	}
 

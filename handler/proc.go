@@ -79,7 +79,7 @@ func FindMonitors(exe string) (own, others []Proc) {
 		switch {
 		case p.Exe == exe:
 			own = append(own, p)
-		case filepath.Base(p.Exe) == ExtBinaryName && filepath.Dir(filepath.Dir(p.Exe)) == lib:
+		case isExtBinary(filepath.Base(p.Exe)) && filepath.Dir(filepath.Dir(p.Exe)) == lib:
 			others = append(others, p)
 		}
 	}

@@ -57,7 +57,7 @@ func AgentVersion(ctx context.Context, path string) (string, error) {
 
 // BundledVersion is the version of the agent shipped in the extension.
 func (s *Setup) BundledVersion(ctx context.Context) (string, error) {
-	return AgentVersion(ctx, s.ext(BundledAgent))
+	return AgentVersion(ctx, s.ext(bundledAgent()))
 }
 
 // copyFile copies src to dst with mode through a temporary file and a
@@ -147,7 +147,7 @@ func (s *Setup) Install(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("setup install: bundled agent unusable: %w", err)
 	}
-	if err := copyFile(s.ext(BundledAgent), s.Layout.AgentBinary(), 0o755); err != nil {
+	if err := copyFile(s.ext(bundledAgent()), s.Layout.AgentBinary(), 0o755); err != nil {
 		return fmt.Errorf("setup install: agent binary: %w", err)
 	}
 	bundledCfg, err := os.ReadFile(s.ext(BundledConfig))

@@ -26,8 +26,10 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/internal/waagentsim"
+	"github.com/opengpa/gpa/proxyagent/prereq"
 	"golang.org/x/sys/unix"
 )
 
@@ -365,7 +367,7 @@ func (v *vm) monitors(base string) []Proc {
 }
 
 func bundledVersion(t *testing.T, base string) string {
-	out, err := exec.Command(filepath.Join(base, BundledAgent), "--version").Output()
+	out, err := exec.Command(filepath.Join(base, bundledAgent()), "--version").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -703,25 +705,63 @@ func TestWaagentUpgradeRestore(t *testing.T) {
 	}
 }
 
-// TestWaagentUnsupportedOS: every command refuses with exit 6 and an
-// error status waagent accepts.
-func TestWaagentUnsupportedOS(t *testing.T) {
+// TestWaagentMissingPrerequisite: on a machine without cgroup v2 every
+// command refuses with exit 6, and the error status waagent accepts names
+// the prerequisite and its fix, in the message and in ebpfProgramStatus.
+func TestWaagentMissingPrerequisite(t *testing.T) {
 	t.Parallel()
 	v := newVM(t, "standin", "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n")
+	sys := testenv.Debian12
+	sys.Mounts = testenv.MountsV1Only
+	env := map[string]string{EnvSystemRoot: testenv.NewSystemRoot(t, sys)}
 	base := v.download("1.0.0")
 	v.settings(base, 3, "")
 	for _, verb := range []string{"install", "enable"} {
-		if rc := v.run(base, verb, 3, nil); rc != ExitUnsupportedOS {
+		if rc := v.run(base, verb, 3, env); rc != ExitUnsupportedOS {
 			t.Errorf("%s exit %d, want %d", verb, rc, ExitUnsupportedOS)
 		}
 	}
+	const want = "cgroup v2 is not mounted: boot with systemd.unified_cgroup_hierarchy=1"
 	st := v.parseStatus(base, 3)
-	if st.Status != "error" || st.Code != ExitUnsupportedOS || st.Operation != OperationOSCheck || !strings.Contains(st.Message, "Debian GNU/Linux-12") {
+	if st.Status != "error" || st.Code != ExitUnsupportedOS || st.Operation != OperationOSCheck ||
+		!strings.Contains(st.Message, want) || !strings.Contains(st.Message, "Debian GNU/Linux-12") {
 		t.Errorf("status %+v", st)
 	}
-	if len(v.monitors(base)) != 0 {
-		t.Error("monitor started on an unsupported OS")
+	if len(st.Substatus) != 3 || st.Substatus[1].Name != SubAgentStatus {
+		t.Fatalf("substatus %+v", st.Substatus)
 	}
+	var agent struct {
+		Status string       `json:"status"`
+		Ebpf   ModuleStatus `json:"ebpfProgramStatus"`
+	}
+	if err := json.Unmarshal([]byte(st.Substatus[1].Message), &agent); err != nil {
+		t.Fatalf("ProxyAgentStatus substatus is not a proxyAgentStatus: %v", err)
+	}
+	if agent.Status != "ERROR" || agent.Ebpf.Status != "STOPPED" || !strings.Contains(agent.Ebpf.Message, want) {
+		t.Errorf("proxyAgentStatus %+v", agent)
+	}
+	if len(v.monitors(base)) != 0 {
+		t.Error("monitor started on a machine without cgroup v2")
+	}
+}
+
+// TestWaagentDebian12: Debian 12, refused by upstream's fixed list, passes
+// on a machine with the capabilities (this one's procfs and sysfs).
+func TestWaagentDebian12(t *testing.T) {
+	t.Parallel()
+	if r := prereq.Check(prereq.Paths{}); !r.OK() {
+		testenv.SkipOrFail(t, "this machine lacks prerequisites: %s", r.Message())
+	}
+	v := newVM(t, "standin", "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n")
+	base := v.download("1.0.0")
+	v.settings(base, 3, "")
+	if rc := v.run(base, "install", 3, nil); rc != 0 {
+		t.Errorf("install exit %d on Debian 12", rc)
+	}
+	if rc := v.run(base, "enable", 3, nil); rc != 0 {
+		t.Errorf("enable exit %d on Debian 12", rc)
+	}
+	v.waitStatus(base, 3, "success", healthyFor("1.0.0"))
 }
 
 // TestCommandExitCodes covers the prologue's failure exits.

@@ -1,4 +1,6 @@
 #!/bin/sh
-# waagent runs this from the handler root; it hands the command to ProxyAgentExt.
+# waagent runs this from the handler root; it hands the command to the
+# ProxyAgentExt built for this machine's architecture.
 dir=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd) || exit 1
-exec "$dir/ProxyAgentExt" enable
+. "$dir/select-arch.sh"
+exec "$ext" enable

@@ -1,19 +1,25 @@
 #!/bin/bash
-# Builds the publishable extension zip and a .deb of the agent alone from
-# already-built binaries.
+# Builds the publishable extension zip and a .deb of the agent per
+# architecture from already-built binaries.
 #
 #   packaging/package.sh VERSION BINDIR OUTDIR
 #
-# BINDIR must hold ProxyAgentExt and azure-proxy-agent (same architecture).
-# The eBPF object shipped as ebpf_cgroup.o is $EBPF_OBJECT, else
-# BINDIR/ebpf_cgroup.o, else bpf/redirect_bpfel.o. ARCH (amd64|arm64)
-# defaults to the host's.
+# BINDIR holds ProxyAgentExt and azure-proxy-agent either in linux-amd64/
+# and linux-arm64/ subdirectories (what `make package` builds), or directly,
+# built for ARCH (amd64|arm64, default the host's). The eBPF object shipped
+# as ebpf_cgroup.o is $EBPF_OBJECT, else BINDIR/ebpf_cgroup.o, else
+# bpf/redirect_bpfel.o: little-endian BPF, the same for both architectures.
+#
+# The zip keeps upstream's layout, with the amd64 build at upstream's paths
+# (ProxyAgentExt, ProxyAgent/ProxyAgent/azure-proxy-agent) and the arm64
+# build beside them with an -arm64 suffix; the waagent scripts run the one
+# for `uname -m` (select-arch.sh).
 #
 # Outputs:
 #   OUTDIR/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux-VERSION.zip
 #       (to install a dev build, copy it to /var/lib/waagent under the name
 #       waagent caches packages under: <Name>__<Version>.zip)
-#   OUTDIR/azure-proxy-agent_VERSION_ARCH.deb   (needs dpkg-deb)
+#   OUTDIR/azure-proxy-agent_VERSION_ARCH.deb per architecture (needs dpkg-deb)
 set -euo pipefail
 
 if [ $# -ne 3 ]; then
@@ -28,15 +34,25 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 name=Microsoft.CPlat.ProxyAgent.ProxyAgentLinux
 
-case "${ARCH:-$(uname -m)}" in
-x86_64 | amd64) arch=amd64 ;;
-aarch64 | arm64) arch=arm64 ;;
-*) echo "unsupported architecture ${ARCH:-$(uname -m)}" >&2; exit 2 ;;
-esac
-
-for b in ProxyAgentExt azure-proxy-agent; do
-	[ -x "$bindir/$b" ] || { echo "missing $bindir/$b" >&2; exit 1; }
+# archdir[amd64|arm64] is the directory of that architecture's binaries.
+declare -A archdir=()
+for a in amd64 arm64; do
+	[ -d "$bindir/linux-$a" ] && archdir[$a]=$bindir/linux-$a
 done
+if [ ${#archdir[@]} -eq 0 ]; then
+	case "${ARCH:-$(uname -m)}" in
+	x86_64 | amd64) archdir[amd64]=$bindir ;;
+	aarch64 | arm64) archdir[arm64]=$bindir ;;
+	*) echo "unsupported architecture ${ARCH:-$(uname -m)}" >&2; exit 2 ;;
+	esac
+fi
+for a in "${!archdir[@]}"; do
+	for b in ProxyAgentExt azure-proxy-agent; do
+		[ -x "${archdir[$a]}/$b" ] || { echo "missing ${archdir[$a]}/$b" >&2; exit 1; }
+	done
+done
+# suffix is what an architecture's files add to upstream's (amd64) names.
+suffix() { if [ "$1" = arm64 ]; then echo -arm64; fi; }
 ebpf=${EBPF_OBJECT:-}
 if [ -z "$ebpf" ]; then
 	for c in "$bindir/ebpf_cgroup.o" "$repo/bpf/redirect_bpfel.o"; do
@@ -55,10 +71,13 @@ install -m 0644 "$repo/HandlerManifest.json" "$ext/HandlerManifest.json"
 for c in install uninstall enable disable update reset; do
 	install -m 0755 "$here/$c.sh" "$ext/$c.sh"
 done
-install -m 0755 "$bindir/ProxyAgentExt" "$ext/ProxyAgentExt"
+install -m 0644 "$here/select-arch.sh" "$ext/select-arch.sh"
+for a in "${!archdir[@]}"; do
+	install -m 0755 "${archdir[$a]}/ProxyAgentExt" "$ext/ProxyAgentExt$(suffix "$a")"
+	install -m 0755 "${archdir[$a]}/azure-proxy-agent" "$ext/ProxyAgent/ProxyAgent/azure-proxy-agent$(suffix "$a")"
+done
 install -m 0644 "$here/azure-proxy-agent.service" "$ext/ProxyAgent/azure-proxy-agent.service"
 install -m 0644 "$here/azure-proxy-agent.8" "$ext/ProxyAgent/azure-proxy-agent.8"
-install -m 0755 "$bindir/azure-proxy-agent" "$ext/ProxyAgent/ProxyAgent/azure-proxy-agent"
 install -m 0644 "$here/proxy-agent.json" "$ext/ProxyAgent/ProxyAgent/proxy-agent.json"
 install -m 0644 "$ebpf" "$ext/ProxyAgent/ProxyAgent/ebpf_cgroup.o"
 zipfile=$outdir/${name}-${version}.zip
@@ -67,9 +86,10 @@ rm -f "$zipfile"
 echo "$zipfile"
 
 # --- agent .deb ---
-if command -v dpkg-deb >/dev/null; then
-	deb=$stage/deb
-	install -D -m 0755 "$bindir/azure-proxy-agent" "$deb/usr/sbin/azure-proxy-agent"
+for arch in "${!archdir[@]}"; do
+	command -v dpkg-deb >/dev/null || break
+	deb=$stage/deb-$arch
+	install -D -m 0755 "${archdir[$arch]}/azure-proxy-agent" "$deb/usr/sbin/azure-proxy-agent"
 	install -D -m 0644 "$here/proxy-agent.json" "$deb/etc/azure/proxy-agent.json"
 	install -D -m 0644 "$ebpf" "$deb/usr/lib/azure-proxy-agent/ebpf_cgroup.o"
 	install -D -m 0644 "$here/azure-proxy-agent.service" "$deb/usr/lib/systemd/system/azure-proxy-agent.service"
@@ -114,4 +134,4 @@ POSTRM
 	debfile=$outdir/azure-proxy-agent_${version}_${arch}.deb
 	dpkg-deb --root-owner-group --build "$deb" "$debfile" >/dev/null
 	echo "$debfile"
-fi
+done

@@ -9,6 +9,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v zip >/dev/null || need+=(zip)
 command -v unzip >/dev/null || need+=(unzip)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # go test -race needs cgo
 [ -d /usr/lib/python3/dist-packages/azurelinuxagent ] || need+=(waagent)
 /usr/bin/python3 -c 'import distro' 2>/dev/null || need+=(python3-distro)

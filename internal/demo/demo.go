@@ -272,6 +272,16 @@ func (r *run) main(ctx context.Context, dir string) error {
 		r.say("  %s", line)
 	}
 
+	r.say("azure-proxy-agent doctor --root %s (read-only checks, in the VM's network namespace):", x.Root)
+	doc, err := e.Run(ctx, e2eenv.Root, x.Layout.AgentBinary(), "doctor", "--root", x.Root)
+	if err != nil {
+		return fmt.Errorf("doctor: %w", err)
+	}
+	for _, line := range strings.Split(strings.TrimRight(string(doc.Stdout), "\n"), "\n") {
+		r.say("  %s", line)
+	}
+	r.say("doctor exit %d", doc.ExitCode)
+
 	r.step("6. waagent uninstalls the extension")
 	for _, verb := range []string{"disable", "uninstall"} {
 		if err := r.waagent(ctx, verb, nil); err != nil {

@@ -4,6 +4,7 @@ package mountinfo
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -13,7 +14,14 @@ import (
 // Find returns the mount point of the first file system of type fstype
 // (e.g. "cgroup2", "bpf") listed in /proc/self/mounts.
 func Find(fstype string) (string, error) {
-	f, err := os.Open("/proc/self/mounts")
+	return FindIn("/proc/self/mounts", fstype)
+}
+
+// FindIn is Find reading the mount table at path (a crafted one in tests,
+// or /proc/mounts under another root); an error wrapping fs.ErrNotExist
+// means path does not exist.
+func FindIn(path, fstype string) (string, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}
@@ -26,10 +34,14 @@ func Find(fstype string) (string, error) {
 		}
 	}
 	if err := s.Err(); err != nil {
-		return "", fmt.Errorf("read /proc/self/mounts: %w", err)
+		return "", fmt.Errorf("read %s: %w", path, err)
 	}
-	return "", fmt.Errorf("no %s file system in /proc/self/mounts", fstype)
+	return "", fmt.Errorf("%w: no %s file system in %s", ErrNotMounted, fstype, path)
 }
+
+// ErrNotMounted is the error FindIn wraps when the table lists no file
+// system of the type.
+var ErrNotMounted = errors.New("not mounted")
 
 // Unescape undoes the octal escapes (\040 for a space) the kernel writes
 // in mount paths; anything that is not a three-digit octal escape stays.

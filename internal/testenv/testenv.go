@@ -2,7 +2,8 @@
 // creates network namespaces with addresses on their loopback, cgroup v2
 // groups and private bpffs mounts, runs commands and Go functions inside
 // them (optionally as another user), and removes everything it created,
-// also when a test fails.
+// also when a test fails. NewSystemRoot crafts a procfs/sysfs/os-release
+// root for code that checks what a machine has.
 //
 // Tests that need root call RequirePrivileged first. Outside CI such a test
 // skips with a reason; with CI=true in the environment a skip becomes a

@@ -124,8 +124,7 @@ func Run(ctx context.Context, opts Options) error {
 			// Without the kernel hooks nothing is redirected; the listener
 			// still answers local endpoints and every other connection is
 			// direct (421). The status says why.
-			st := redirector.ErrorStatus(err)
-			reg.Set(status.EbpfProgram, status.Stopped, st.Message)
+			reg.Set(status.EbpfProgram, status.Stopped, redirectorFailure(err))
 			log.Error("redirector", "error", err)
 			source = identity.SourceFunc(func(netip.AddrPort) (identity.Record, bool) { return identity.Record{}, false })
 		} else {

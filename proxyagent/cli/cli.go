@@ -1,6 +1,6 @@
 // Package cli is the azure-proxy-agent command line (protocol.md §5.6):
 // run as a service, run in the console, print the version, query
-// provisioning, and the audit and rules tools.
+// provisioning, the audit and rules tools, and doctor.
 package cli
 
 import (
@@ -36,12 +36,14 @@ Commands:
   audit report [flags]   who called the metadata services (see --help)
   rules suggest [flags]  least-privilege rules from the audit log
   rules test RULES       decisions that RULES would change
+  doctor [--json]        check prerequisites and the installation (read-only);
+                         exit 1 when a check fails
   -h, --help             this text
 `
 
 // Main runs the command line and returns the process exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	cfgPath := DefaultConfigPath
+	cfgPath, cfgGiven := DefaultConfigPath, ""
 	var rest []string
 	for i := 0; i < len(args); i++ {
 		switch a := args[i]; a {
@@ -50,7 +52,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				fmt.Fprintln(stderr, "--config needs a path")
 				return 2
 			}
-			cfgPath = args[i+1]
+			cfgPath, cfgGiven = args[i+1], args[i+1]
 			i++
 		default:
 			rest = append(rest, a)
@@ -74,6 +76,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runAudit(rest[1:], stdout, stderr)
 	case "rules":
 		return runRules(rest[1:], stdout, stderr)
+	case "doctor":
+		return runDoctor(cfgGiven, rest[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "unknown command %q\n\n%s", rest[0], usage)
 	return 2

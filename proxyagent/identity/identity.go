@@ -17,6 +17,10 @@ type Record struct {
 	UID      uint32
 	GID      uint32
 	CgroupID uint64
+	// Netns is the cookie of the connecting socket's network namespace;
+	// OtherNetns is true when that is not the agent's (a container).
+	Netns      uint64
+	OtherNetns bool
 	// StartTime is the process start time in clock ticks since boot, as in
 	// field 22 of /proc/<pid>/stat; 0 when unknown. A /proc read whose start
 	// time differs belongs to another process (pid reuse).

@@ -45,6 +45,15 @@ type Config struct {
 	// connections go to; all must be IPv4. Zero fields take the production
 	// addresses.
 	Endpoints msp.Endpoints
+	// ContainerListener is where connects from sockets in other network
+	// namespaces go (IPv4, a local address of the agent's namespace that
+	// containers reach through their default route). Zero: such connects
+	// are refused (EPERM), never sent to the endpoint.
+	ContainerListener netip.AddrPort
+	// Netns is the agent's network namespace cookie; 0 reads it at Load
+	// (NetnsCookie). When it cannot be read every socket counts as the
+	// agent's namespace, as before container support.
+	Netns uint64
 	// Mark is the SO_MARK of the agent's own sockets, which are never
 	// redirected. 0: hostconn.Mark.
 	Mark uint32
@@ -127,6 +136,9 @@ func (c *Config) setDefaults() error {
 	if !d.Listener.Addr().Is4() {
 		return fmt.Errorf("listener %s is not an IPv4 address", d.Listener)
 	}
+	if c.ContainerListener.IsValid() && !c.ContainerListener.Addr().Is4() {
+		return fmt.Errorf("container listener %s is not an IPv4 address", c.ContainerListener)
+	}
 	for _, ap := range []netip.AddrPort{d.WireServer, d.IMDS, d.HostGAPlugin} {
 		if !ap.Addr().Is4() {
 			return fmt.Errorf("destination %s is not an IPv4 address", ap)
@@ -177,7 +189,16 @@ func Load(cfg Config) (*Redirector, error) {
 		return nil, fmt.Errorf("redirector: %w", err)
 	}
 
-	objs, migrated, err := loadObjects(cfg.PinDir, cfg.Mark, r.log)
+	var netnsNote string
+	if r.cfg.Netns == 0 {
+		c, err := NetnsCookie()
+		if err != nil {
+			netnsNote = "; network namespaces not told apart: " + err.Error()
+			r.log.Warn("containers cannot be told apart from the agent's namespace", "err", err)
+		}
+		r.cfg.Netns = c
+	}
+	objs, migrated, err := loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, r.log)
 	if err != nil {
 		return nil, fmt.Errorf("redirector: %w", err)
 	}
@@ -204,7 +225,7 @@ func Load(cfg Config) (*Redirector, error) {
 	}
 
 	ms := time.Since(cfg.Started).Milliseconds()
-	r.status = Status{State: Running, Message: fmt.Sprintf("Started Redirector with eBPF maps - %d", ms)}
+	r.status = Status{State: Running, Message: fmt.Sprintf("Started Redirector with eBPF maps - %d", ms) + netnsNote}
 	r.log.Info("redirector started", "cgroup", r.cfg.CgroupPath, "pinDir", cfg.PinDir,
 		"listener", cfg.Endpoints.Listener.String(), "tookOverPinned", takeover, "loadMillis", time.Since(start).Milliseconds())
 	return r, nil
@@ -213,13 +234,16 @@ func Load(cfg Config) (*Redirector, error) {
 // loadObjects loads the collection with its maps pinned by name in pinDir,
 // reusing compatible pinned maps. Incompatible pinned maps (another layout)
 // are unpinned and recreated; migrated reports that.
-func loadObjects(pinDir string, mark uint32, log *slog.Logger) (objs *bpf.RedirectObjects, migrated bool, err error) {
+func loadObjects(pinDir string, mark uint32, netns uint64, log *slog.Logger) (objs *bpf.RedirectObjects, migrated bool, err error) {
 	spec, err := bpf.LoadRedirect()
 	if err != nil {
 		return nil, false, err
 	}
 	if err := spec.Variables[bpf.RedirectVarAgentMark].Set(mark); err != nil {
 		return nil, false, fmt.Errorf("set agent mark: %w", err)
+	}
+	if err := spec.Variables[bpf.RedirectVarAgentNetns].Set(netns); err != nil {
+		return nil, false, fmt.Errorf("set agent netns: %w", err)
 	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
 	objs = new(bpf.RedirectObjects)
@@ -324,7 +348,7 @@ func (r *Redirector) SetPolicy(ws, imds, hgap bool) error {
 	if r.objs == nil {
 		return errors.New("redirector: closed")
 	}
-	to := bpf.RedirectPolicyValue{Addr: r.cfg.Endpoints.Listener.Addr().As4(), Port: r.cfg.Endpoints.Listener.Port()}
+	to := r.policyValue()
 	d := r.cfg.Endpoints
 	for _, e := range []struct {
 		dst netip.AddrPort
@@ -345,6 +369,17 @@ func (r *Redirector) SetPolicy(ws, imds, hgap bool) error {
 	return nil
 }
 
+// policyValue is where a redirected destination's connects go: the
+// listener, or from other namespaces the container listener (zero when
+// there is none: refused).
+func (r *Redirector) policyValue() bpf.RedirectPolicyValue {
+	v := bpf.RedirectPolicyValue{Addr: r.cfg.Endpoints.Listener.Addr().As4(), Port: r.cfg.Endpoints.Listener.Port()}
+	if c := r.cfg.ContainerListener; c.IsValid() {
+		v.NsAddr, v.NsPort = c.Addr().As4(), c.Port()
+	}
+	return v
+}
+
 // Policy reports which destinations are redirected to the configured
 // listener right now (as pinned in the kernel, so it survives restarts).
 func (r *Redirector) Policy() (ws, imds, hgap bool, err error) {
@@ -353,7 +388,7 @@ func (r *Redirector) Policy() (ws, imds, hgap bool, err error) {
 	if r.objs == nil {
 		return false, false, false, errors.New("redirector: closed")
 	}
-	want := bpf.RedirectPolicyValue{Addr: r.cfg.Endpoints.Listener.Addr().As4(), Port: r.cfg.Endpoints.Listener.Port()}
+	want := r.policyValue()
 	on := func(dst netip.AddrPort) (bool, error) {
 		var v bpf.RedirectPolicyValue
 		err := r.objs.PolicyMap.Lookup(policyKey(dst), &v)
@@ -377,29 +412,41 @@ func (r *Redirector) Policy() (ws, imds, hgap bool, err error) {
 // kernel filed for the redirected connection whose client (peer) address
 // is client. ok is false for a connection that was not redirected, whose
 // record was evicted, or after Close.
+//
+// A record marked as a collision (another network namespace's connect used
+// the same client address and port before this one was accepted) is
+// consumed and refused: the kernel cannot tell which namespace this
+// connection came from.
 func (r *Redirector) Lookup(client netip.AddrPort) (identity.Record, bool) {
 	rec, ok := r.take(client)
 	if !ok {
 		return identity.Record{}, false
 	}
-	return toIdentity(rec), true
+	if rec.Collision != 0 {
+		r.log.Warn("connection record claimed by two network namespaces; refusing the connection", "client", client.String())
+		return identity.Record{}, false
+	}
+	return toIdentity(rec, r.cfg.Netns), true
 }
 
-// toIdentity converts the kernel's record.
-func toIdentity(rec bpf.RedirectConnRecord) identity.Record {
+// toIdentity converts the kernel's record; agentNetns is the agent's
+// namespace cookie (0: unknown).
+func toIdentity(rec bpf.RedirectConnRecord, agentNetns uint64) identity.Record {
 	comm := rec.Comm[:]
 	if i := bytes.IndexByte(comm, 0); i >= 0 {
 		comm = comm[:i]
 	}
 	return identity.Record{
-		PID:       rec.Pid,
-		TID:       rec.Tid,
-		UID:       rec.Uid,
-		GID:       rec.Gid,
-		CgroupID:  rec.CgroupId,
-		StartTime: rec.StartTime,
-		Comm:      string(comm),
-		OrigDst:   netip.AddrPortFrom(netip.AddrFrom4(rec.OrigAddr), rec.OrigPort),
+		PID:        rec.Pid,
+		TID:        rec.Tid,
+		UID:        rec.Uid,
+		GID:        rec.Gid,
+		CgroupID:   rec.CgroupId,
+		Netns:      rec.Netns,
+		OtherNetns: agentNetns != 0 && rec.Netns != agentNetns,
+		StartTime:  rec.StartTime,
+		Comm:       string(comm),
+		OrigDst:    netip.AddrPortFrom(netip.AddrFrom4(rec.OrigAddr), rec.OrigPort),
 	}
 }
 

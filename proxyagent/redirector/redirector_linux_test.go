@@ -112,6 +112,10 @@ func newEnv(t testing.TB) *env {
 		PinDir:     filepath.Join(testenv.NewBPFFS(t), "azure-proxy-agent"),
 		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
+	// The stand-in listener lives in e.ns: that is the agent's namespace.
+	if err := e.ns.Do(func() (err error) { e.cfg.Netns, err = NetnsCookie(); return err }); err != nil {
+		t.Fatal(err)
+	}
 	for _, d := range []netip.AddrPort{dests.WireServer, dests.IMDS, dests.HostGAPlugin} {
 		l, err := e.ns.Listen("tcp", d.String())
 		if err != nil {
@@ -357,10 +361,10 @@ func TestRedirect(t *testing.T) {
 			if a.again {
 				t.Error("record not consumed by the lookup")
 			}
-			got := toIdentity(a.rec)
+			got := toIdentity(a.rec, e.cfg.Netns)
 			want := identity.Record{
 				PID: uint32(pid), TID: uint32(pid), UID: tc.wantUID, GID: tc.wantUID,
-				CgroupID: e.cg.ID, StartTime: a.procStart, Comm: tc.wantComm, OrigDst: tc.wantDst,
+				CgroupID: e.cg.ID, Netns: e.cfg.Netns, StartTime: a.procStart, Comm: tc.wantComm, OrigDst: tc.wantDst,
 			}
 			if a.procErr != nil {
 				t.Errorf("read /proc/%d/stat: %v", pid, a.procErr)
