@@ -220,16 +220,20 @@ func (v *vm) dumpLogsOnFailure(t *testing.T) {
 
 const ubuntu2204 = "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\n"
 
-// killAll kills every process whose executable lives under the VM root.
+// killAll kills every process whose executable lives under the VM root,
+// again until none is left (a supervisor may start one in between).
 func (v *vm) killAll() {
-	for round := 0; round < 3; round++ {
+	v.t.Helper()
+	testsupport.WaitFor(v.t, "every process under the VM root to end", func() bool {
+		left := false
 		for _, p := range ListProcs() {
 			if strings.HasPrefix(p.Exe, v.root+"/") {
 				syscall.Kill(p.PID, syscall.SIGKILL)
+				left = true
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return !left
+	})
 }
 
 func (v *vm) zipPath(ver string) string {
