@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opengpa/gpa/proxyagent/status"
+
 	"github.com/opengpa/gpa/internal/e2eenv"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/doctor"
 )
 
@@ -59,6 +62,11 @@ func TestDoctorRunningAgent(t *testing.T) {
 		return res.ExitCode, m
 	}
 
+	// status.json follows the agent's state a moment after provisioning.
+	testsupport.WaitForCtx(t, ctx, "status.json to show SUCCESS", func() bool {
+		st, err := e.StatusFile()
+		return err == nil && st.ProxyAgentStatus.Status == status.Success
+	})
 	code, got := run()
 	if code != 0 {
 		t.Errorf("doctor exit %d with a running agent", code)

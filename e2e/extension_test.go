@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,6 +155,18 @@ func TestExtensionEndToEnd(t *testing.T) {
 		checkSigned(t, e, oneEntry(t, e, id), true)
 	})
 
+	loAddrs := func() string {
+		out, err := e.Run(ctx, e2eenv.Root.Outside(), "ip", "-o", "addr", "show", "dev", "lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out.Stdout)
+	}
+	ca := msp.ContainerListenerAddr.Addr().String() + "/"
+	if !strings.Contains(loAddrs(), ca) {
+		t.Errorf("the running agent has not added its container listener address %s to lo", ca)
+	}
+
 	// Uninstall as waagent does it when the extension is removed.
 	for _, verb := range []string{"disable", "uninstall"} {
 		res, err := x.Run(ctx, verb, 0, nil)
@@ -181,6 +194,10 @@ func TestExtensionEndToEnd(t *testing.T) {
 	// unsigned request 401) instead of being refused forever.
 	if pins := x.Pins(); len(pins) != 0 {
 		t.Fatalf("uninstall left pinned eBPF objects: %v", pins)
+	}
+	// ... and the container listener's address on lo.
+	if lo := loAddrs(); strings.Contains(lo, ca) {
+		t.Errorf("uninstall left the container listener address %s on lo: %s", ca, lo)
 	}
 	id := newID(t)
 	r, err := e.Curl(ctx, e2eenv.Root, goalStateURL, wsVersion, idHeader(id))

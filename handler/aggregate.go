@@ -33,13 +33,19 @@ const (
 const (
 	MaxConnectionSummaries = 100
 	MaxFailedAuthSummaries = 50
-	// MaxSummaryBytes bounds substatus [0] + [2] messages together.
-	MaxSummaryBytes = 80 * 1024
+	// MaxSummaryBytes bounds substatus [0] + [2] messages together, as
+	// waagent re-encodes them in the VM status blob (WaagentEncodedLen):
+	// with the other fields our whole status stays under about 46 KiB
+	// there, at most 64 KiB of waagent's HostGAPlugin PUT /status (the
+	// blob in base64, about 1.34x): below even the 100 KiB signed-body
+	// limit of proxies without a larger upload limit, with room for other
+	// extensions.
+	MaxSummaryBytes = 24 * 1024
 	// MaxStatusMessage bounds the top-level message.
 	MaxStatusMessage = 1024
 	// MaxAgentStatusBytes bounds the ProxyAgentStatus message, so the
 	// whole status file stays under waagent's 128 KiB limit.
-	MaxAgentStatusBytes = 40 * 1024
+	MaxAgentStatusBytes = 8 * 1024
 	// maxErrorShapeMessage bounds each error-shape substatus message.
 	maxErrorShapeMessage = 8 * 1024
 )
@@ -119,10 +125,15 @@ type Fetcher interface {
 	Fetch(ctx context.Context) ([]byte, error)
 }
 
-// AggregateFetcher asks the agent over HTTP first (GET URL with
-// "Metadata: true", bounded by Timeout) and falls back to reading File
-// when the request fails or answers anything but 200. When both fail the
-// error names both causes.
+// AggregateFetcher reads the agent's status file first and asks the agent
+// over HTTP (GET URL with "Metadata: true", bounded by Timeout) only when
+// that file reports the WireServer redirect in place (WireServerRedirected):
+// the URL is the WireServer address, which reaches the agent only through
+// the redirect, so before the agent reports it (a fresh install, an agent
+// still starting) or when the secure channel leaves WireServer unprotected,
+// no request leaves for the real WireServer. When HTTP is not asked, fails
+// or answers anything but 200, the file's contents are the result; when
+// both fail the error names both causes.
 type AggregateFetcher struct {
 	URL     string
 	File    func() string
@@ -132,16 +143,43 @@ type AggregateFetcher struct {
 
 // Fetch implements Fetcher.
 func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
+	path := f.File()
+	data, ferr := os.ReadFile(path)
+	if ferr == nil && !WireServerRedirected(data) {
+		return data, nil
+	}
+	if ferr != nil && !errors.Is(ferr, os.ErrNotExist) {
+		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v", path, ferr)
+	}
+	if ferr != nil {
+		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v (%s not asked before the agent reports its WireServer redirect)", path, ferr, f.URL)
+	}
 	body, herr := f.fetchHTTP(ctx)
 	if herr == nil {
 		return body, nil
 	}
-	path := f.File()
-	data, ferr := os.ReadFile(path)
-	if ferr == nil {
-		return data, nil
+	return data, nil
+}
+
+// WireServerRedirected reports whether an aggregate status document says
+// a connection to the WireServer address reaches the agent: eBPF program
+// and proxy listener RUNNING, and a secure-channel state that protects
+// WireServer (Audit or Enforce; the redirect is removed while it is
+// Disabled).
+func WireServerRedirected(data []byte) bool {
+	agg, st, err := ParseAggregate(data)
+	if err != nil {
+		return false
 	}
-	return nil, fmt.Errorf("aggregate status unavailable: server: %v; file %s: %v", herr, path, ferr)
+	var key struct {
+		KeyLatchStatus struct {
+			States map[string]string `json:"states"`
+		} `json:"keyLatchStatus"`
+	}
+	json.Unmarshal(agg.ProxyAgentStatus, &key)
+	state := key.KeyLatchStatus.States["secureChannelState"]
+	protected := strings.HasPrefix(state, "WireServer Audit") || strings.HasPrefix(state, "WireServer Enforce")
+	return protected && st.Modules["ebpfProgramStatus"].Status == "RUNNING" && st.Modules["proxyListenerStatus"].Status == "RUNNING"
 }
 
 func (f *AggregateFetcher) fetchHTTP(ctx context.Context) ([]byte, error) {
@@ -328,13 +366,52 @@ func summaryMessage(list []ConnectionSummary, max int, empty string) string {
 }
 
 // TrimSummaries keeps the connection-summary and failed-auth messages
-// within MaxSummaryBytes together: above that, the connection summary is
-// replaced by a short note and the failed-auth message is cut to
-// MaxSummaryBytes (at a UTF-8 boundary).
+// within MaxSummaryBytes together, counted with WaagentEncodedLen: above
+// that, the connection summary is replaced by a short note and the
+// failed-auth message is cut to the rest (at a character boundary).
 func TrimSummaries(conn, failed string) (string, string) {
-	if len(conn)+len(failed) <= MaxSummaryBytes {
+	if WaagentEncodedLen(conn)+WaagentEncodedLen(failed) <= MaxSummaryBytes {
 		return conn, failed
 	}
 	note := fmt.Sprintf("Proxy connection summary (%d bytes) was dropped because the connection and failed authentication summaries exceed %d bytes.", len(conn), MaxSummaryBytes)
-	return note, extension.TruncateUTF8(failed, MaxSummaryBytes-len(note))
+	return note, truncateEncoded(failed, MaxSummaryBytes-WaagentEncodedLen(note))
+}
+
+// WaagentEncodedLen is the length of s inside the quotes of Python's
+// json.dumps, which waagent uses for the VM status blob: quotes,
+// backslashes and control characters are escaped and every non-ASCII
+// character is written as \uXXXX (two of them beyond the BMP).
+func WaagentEncodedLen(s string) int {
+	n := 0
+	for _, r := range s {
+		n += encodedRuneLen(r)
+	}
+	return n
+}
+
+func encodedRuneLen(r rune) int {
+	switch {
+	case r == '"' || r == '\\' || r == '\b' || r == '\f' || r == '\n' || r == '\r' || r == '\t':
+		return 2
+	case r < 0x20:
+		return 6
+	case r < 0x80:
+		return 1
+	case r > 0xffff:
+		return 12
+	}
+	return 6
+}
+
+// truncateEncoded cuts s at a character boundary so that its
+// WaagentEncodedLen is at most max.
+func truncateEncoded(s string, max int) string {
+	n := 0
+	for i, r := range s {
+		n += encodedRuneLen(r)
+		if n > max {
+			return s[:i]
+		}
+	}
+	return s
 }

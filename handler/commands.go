@@ -121,10 +121,29 @@ func runEnable(ctx context.Context, e *Env) (string, error) {
 	if err := ensureMonitor(ctx, e); err != nil {
 		return "", &ExitError{ExitMonitorSpawn, err}
 	}
+	ensureHeartbeat(e)
 	if err := os.Remove(e.UpdateTag()); err == nil {
 		e.Log.Info("update tag removed", "path", e.UpdateTag())
 	}
 	return fmt.Sprintf("enabled (seq %d, new=%v)", e.Seq, changed), nil
+}
+
+// enabledHeartbeat is the heartbeat enable writes when there is none yet
+// (a fresh install or an upgrade, whose directory is new): waagent reads
+// the heartbeat soon after enable exits and reports a missing one as an
+// error (code -1) until the next enable. The monitor replaces it with its
+// own view at start and whenever that view changes.
+const enabledHeartbeat = "ProxyAgent extension enabled; its monitor is checking the agent's status."
+
+// ensureHeartbeat writes enabledHeartbeat when the heartbeat file is
+// missing; an existing one is the running monitor's and stays.
+func ensureHeartbeat(e *Env) {
+	if _, err := os.Stat(e.Handler.HeartbeatFile); err == nil || e.Handler.HeartbeatFile == "" {
+		return
+	}
+	if err := WriteHeartbeat(e, enabledHeartbeat); err != nil {
+		e.Log.Error("write heartbeat", "err", err)
+	}
 }
 
 // useSystemdMonitor: where systemd runs (and paths are not relocated) the

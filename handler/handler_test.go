@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -325,14 +326,14 @@ func TestSummariesTopNAndTrim(t *testing.T) {
 	}{
 		{"empty", 0, 0, 5, 0, 0},
 		{"top 100 and 50", 150, 80, 5, 100, 50},
-		{"over 80 KiB drops connection summary", 100, 50, 1000, -1, -1},
+		{"over the limit drops connection summary", 100, 50, 1000, -1, -1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ev := Evaluate(aggregateDoc("2025-04-23T11:59:59.000", "1.0.0", "SUCCESS", tc.conn, tc.failed, tc.cmd), nil, "1.0.0", now, 5*time.Minute)
 			c, f := ev.Substatus[0].FormattedMessage.Message, ev.Substatus[2].FormattedMessage.Message
-			if len(c)+len(f) > MaxSummaryBytes {
-				t.Errorf("summaries %d bytes > %d", len(c)+len(f), MaxSummaryBytes)
+			if n := WaagentEncodedLen(c) + WaagentEncodedLen(f); n > MaxSummaryBytes {
+				t.Errorf("summaries %d bytes as waagent encodes them > %d", n, MaxSummaryBytes)
 			}
 			check := func(msg, empty string, want int) {
 				switch want {
@@ -375,53 +376,68 @@ func TestSummariesTopNAndTrim(t *testing.T) {
 
 func TestAggregateFetcher(t *testing.T) {
 	body := aggregateDoc("2025-04-23T11:59:59.000", "1.0.0", "SUCCESS", 0, 0, 1)
-	fileBody := []byte(`{"from":"file"}`)
+	// The agent's status file: redirect running (HTTP may be asked) or not.
+	running := aggregateDoc("2025-04-23T11:59:58.000", "1.0.0", "SUCCESS", 0, 0, 2)
+	starting := aggregateDoc("2025-04-23T11:59:58.000", "1.0.0", "ERROR", 0, 0, 2)
+	unprotected := []byte(strings.Replace(string(running), "WireServer Enforce", "WireServer Disabled", 1))
+	ok := func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Metadata") != "true" || r.URL.Path != "/gpa-aggregated-status" {
+			http.Error(w, "bad", 400)
+			return
+		}
+		w.Write(body)
+	}
 	tests := []struct {
-		name     string
-		handler  http.HandlerFunc
-		file     bool
-		wantBody string
-		wantErr  string
+		name      string
+		handler   http.HandlerFunc
+		file      []byte
+		wantBody  []byte
+		wantHTTP  bool
+		wantInErr string
 	}{
-		{"http ok", func(w http.ResponseWriter, r *http.Request) {
-			if r.Header.Get("Metadata") != "true" || r.URL.Path != "/gpa-aggregated-status" {
-				http.Error(w, "bad", 400)
-				return
-			}
-			w.Write(body)
-		}, true, string(body), ""},
-		{"403 falls back to file", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 403) }, true, string(fileBody), ""},
-		{"400 falls back to file", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 400) }, true, string(fileBody), ""},
-		{"hang times out to file", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, true, string(fileBody), ""},
-		{"both fail", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 403) }, false, "", "403"},
+		{"redirect running: http", ok, running, body, true, ""},
+		{"403 falls back to file", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 403) }, running, running, true, ""},
+		{"400 falls back to file", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 400) }, running, running, true, ""},
+		{"hang times out to file", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, running, running, true, ""},
+		{"redirect not running: file only", ok, starting, starting, false, ""},
+		{"WireServer not protected: file only", ok, unprotected, unprotected, false, ""},
+		{"unparseable file: file only", ok, []byte(`{"from":"file"}`), []byte(`{"from":"file"}`), false, ""},
+		{"no file: nothing asked", ok, nil, nil, false, "not asked"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := httptest.NewServer(tc.handler)
+			var hits atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				tc.handler(w, r)
+			}))
 			defer srv.Close()
 			path := filepath.Join(t.TempDir(), "status.json")
-			if tc.file {
-				os.WriteFile(path, fileBody, 0o640)
+			if tc.file != nil {
+				os.WriteFile(path, tc.file, 0o640)
 			}
 			f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return path }, Timeout: 300 * time.Millisecond}
 			got, err := f.Fetch(context.Background())
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), path) {
-					t.Fatalf("err = %v, want both causes", err)
+			if asked := hits.Load() > 0; asked != tc.wantHTTP {
+				t.Errorf("HTTP asked = %v, want %v", asked, tc.wantHTTP)
+			}
+			if tc.wantInErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantInErr) || !strings.Contains(err.Error(), path) {
+					t.Fatalf("err = %v, want %q and the file", err, tc.wantInErr)
 				}
 				return
 			}
-			if err != nil || string(got) != tc.wantBody {
-				t.Fatalf("got %.40q, %v", got, err)
+			if err != nil || string(got) != string(tc.wantBody) {
+				t.Fatalf("got %.60q, %v", got, err)
 			}
 		})
 	}
 	// Connection refused also falls back.
 	path := filepath.Join(t.TempDir(), "status.json")
-	os.WriteFile(path, fileBody, 0o640)
+	os.WriteFile(path, running, 0o640)
 	f := &AggregateFetcher{URL: "http://127.0.0.1:1/gpa-aggregated-status", File: func() string { return path }, Timeout: time.Second}
-	if got, err := f.Fetch(context.Background()); err != nil || string(got) != string(fileBody) {
-		t.Errorf("refused: %q %v", got, err)
+	if got, err := f.Fetch(context.Background()); err != nil || string(got) != string(running) {
+		t.Errorf("refused: %.40q %v", got, err)
 	}
 }
 

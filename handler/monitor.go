@@ -90,7 +90,10 @@ type Monitor struct {
 	bundled          string
 	restorePurgeDone bool
 	lastHeartbeat    time.Time
-	lastReported     string
+	lastHeartbeatMsg string
+	// lastStatus and lastMessage are what the status file says now.
+	lastStatus, lastMessage string
+	lastReported            string
 	// updateFailures counts consecutive failed upgrades; retryAt is when
 	// the next attempt is due (zero: none scheduled).
 	updateFailures int
@@ -161,6 +164,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	m.init()
 	m.Env.Log.Info("monitor started", "version", m.Env.Version, "exe", m.Env.Exe, "pid", os.Getpid())
 	m.Events.Write(extension.EventInformational, "monitor", "start", "ProxyAgent extension monitor started, version "+m.Env.Version)
+	m.writeHeartbeat(monitorStartedMessage)
 	for {
 		m.Tick(ctx)
 		select {
@@ -282,7 +286,7 @@ func (m *Monitor) checkUpdate(ctx context.Context) bool {
 		// Installed and running, but not yet heard from: not success yet.
 		st = m.baseStatus(extension.StatusTransitioning, 0, setupInstallOK)
 	}
-	m.Events.Write(levelFor(st.Status), "setup", "install", st.FormattedMessage.Message)
+	m.Events.Write(levelFor(st.Status, false), "setup", "install", st.FormattedMessage.Message)
 	if st.Status == extension.StatusError {
 		m.state.Failure(st.FormattedMessage.Message)
 		if m.Setup.HasBackup() {
@@ -346,11 +350,15 @@ func (m *Monitor) restoreOrPurge(ctx context.Context) {
 	}
 }
 
-func levelFor(status string) string {
-	switch status {
-	case extension.StatusError:
+// levelFor is the telemetry level of a status report: Error for error,
+// Warning for warning or for a transitioning status that records a failed
+// observation, Informational for success and for progress (transitioning
+// after a successful step).
+func levelFor(status string, failed bool) string {
+	switch {
+	case status == extension.StatusError:
 		return extension.EventError
-	case extension.StatusTransitioning, extension.StatusWarning:
+	case status == extension.StatusWarning, status == extension.StatusTransitioning && failed:
 		return extension.EventWarning
 	}
 	return extension.EventInformational
@@ -412,29 +420,53 @@ func (m *Monitor) writeStatus(st extension.Status) {
 		m.Env.Log.Error("write status", "err", err)
 		return
 	}
+	m.lastStatus, m.lastMessage = st.Status, st.FormattedMessage.Message
 	key := st.Status + "|" + st.FormattedMessage.Message
 	if key != m.lastReported {
 		m.lastReported = key
 		m.Env.Log.Info("status reported", "seq", m.seq, "status", st.Status, "code", st.Code, "message", st.FormattedMessage.Message)
-		m.Events.Write(levelFor(st.Status), "monitor", "status", st.Status+": "+st.FormattedMessage.Message)
+		m.Events.Write(levelFor(st.Status, m.state.Failures() > 0), "monitor", "status", st.Status+": "+st.FormattedMessage.Message)
 	}
 }
 
-// heartbeat rewrites the heartbeat file when HeartbeatInterval has passed.
+// Heartbeat messages. waagent copies the heartbeat's status (and, from
+// 2.14, its message) into the handler status it reports to Azure, so the
+// message always says what is known now.
+const (
+	monitorStartedMessage = "ProxyAgent extension monitor started; checking the agent's status."
+	heartbeatPrefix       = "ProxyAgent extension monitor is running. Agent status "
+)
+
+// heartbeat rewrites the heartbeat file whenever the monitor's view (its
+// status and message) changes, and at least every HeartbeatInterval so
+// waagent sees the monitor responsive.
 func (m *Monitor) heartbeat() {
-	if time.Since(m.lastHeartbeat) < m.Env.Opts.HeartbeatInterval {
+	text := monitorStartedMessage
+	if m.lastStatus != "" {
+		text = heartbeatPrefix + m.lastStatus + ": " + m.lastMessage
+	}
+	if text == m.lastHeartbeatMsg && time.Since(m.lastHeartbeat) < m.Env.Opts.HeartbeatInterval {
 		return
 	}
-	status, _, msg := m.state.Status()
-	hb := extension.Heartbeat{
-		Status: extension.HeartbeatReady,
-		Code:   0,
-		FormattedMessage: extension.FormattedMessage{Lang: extension.DefaultLanguage,
-			Message: extension.TruncateUTF8("Extension monitor is running. Agent status "+status+": "+msg, 512)},
-	}
-	if err := extension.WriteHeartbeat(m.Env.Handler.HeartbeatFile, hb); err != nil {
+	m.writeHeartbeat(text)
+}
+
+func (m *Monitor) writeHeartbeat(text string) {
+	if err := WriteHeartbeat(m.Env, text); err != nil {
 		m.Env.Log.Error("write heartbeat", "err", err)
 		return
 	}
-	m.lastHeartbeat = time.Now()
+	m.lastHeartbeat, m.lastHeartbeatMsg = time.Now(), text
+}
+
+// WriteHeartbeat writes e's heartbeat file: Ready, code 0 and text (cut
+// to 512 bytes). The handler is ready whenever it runs; the agent's
+// health is in the status file and the message.
+func WriteHeartbeat(e *Env, text string) error {
+	return extension.WriteHeartbeat(e.Handler.HeartbeatFile, extension.Heartbeat{
+		Status: extension.HeartbeatReady,
+		Code:   0,
+		FormattedMessage: extension.FormattedMessage{Lang: extension.DefaultLanguage,
+			Message: extension.TruncateUTF8(text, 512)},
+	})
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/opengpa/gpa/internal/atomicfile"
 
 	"github.com/opengpa/gpa/proxyagent/config"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/redirector"
 )
 
@@ -332,7 +333,22 @@ func (s *Setup) Uninstall() error {
 	// metadata connection from now on: detach and remove it. (While the
 	// agent is only restarting, the pins stay, so nothing goes direct.)
 	errs = append(errs, redirector.RemovePinned(s.pinDir()))
+	// The container listener's address goes too (the agent leaves it on lo
+	// across restarts, so containers are refused rather than let through).
+	if e, err := s.endpoints(); err == nil && e.ContainerListener.IsValid() {
+		errs = append(errs, redirector.RemoveLoopbackAddr(e.ContainerListener.Addr()))
+	}
 	return errors.Join(errs...)
+}
+
+// endpoints are the installed agent's addresses: from its config, else the
+// defaults.
+func (s *Setup) endpoints() (msp.Endpoints, error) {
+	cfg, err := config.Load(s.Layout.AgentConfig())
+	if err != nil {
+		cfg = config.Default()
+	}
+	return cfg.Endpoints()
 }
 
 // pinDir is the bpffs directory the installed agent pins its redirect

@@ -412,8 +412,18 @@ func TestWaagentLifecycle(t *testing.T) {
 			t.Fatalf("enable exit %d", rc)
 		}
 		t.Logf("enable took %v", time.Since(start))
-		// enable leaves a parseable status behind at once.
+		// enable leaves a parseable status and a heartbeat behind at once:
+		// waagent reads the heartbeat right after enable and would report
+		// a missing one as an error (code -1) until the next enable.
 		first := v.parseStatus(old, 0)
+		hb0, err := waagentsim.ReadHeartbeat(filepath.Join(old, "heartbeat.log"))
+		if err != nil {
+			t.Fatalf("no heartbeat when enable exits: %v", err)
+		}
+		msg, _ := hb0.Heartbeat["formattedMessage"].(map[string]any)["message"].(string)
+		if !hb0.Responsive || hb0.Heartbeat["status"] != "Ready" || hb0.Heartbeat["code"] != 0.0 || msg == "" {
+			t.Errorf("heartbeat when enable exits: %+v", hb0)
+		}
 		if !realAgnt && first.Status != "transitioning" && first.Status != "success" {
 			t.Errorf("first status %s", first.Status)
 		}

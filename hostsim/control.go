@@ -84,6 +84,9 @@ func controlError(w http.ResponseWriter, code int, err string) {
 }
 
 func (s *Sim) serveControl(w http.ResponseWriter, r *http.Request) {
+	if s.serveFabricControl(w, r) {
+		return
+	}
 	path := r.URL.Path
 	var body []byte
 	if r.Method == http.MethodPut || r.Method == http.MethodPost {

@@ -10,7 +10,17 @@
 //     /metadata/identity/oauth2/token with Azure's request rules (Metadata:
 //     true required, X-Forwarded-For refused, duplicate query names
 //     refused, a per-client rate limit);
-//   - HostGAPlugin (168.63.129.16:32526): /health and /status.
+//   - HostGAPlugin (168.63.129.16:32526): /health, /status, /versions,
+//     /extensionArtifact and PUT /status;
+//   - a storage account (StorageHandler) holding extension manifests and
+//     packages and the VM status blob.
+//
+// It speaks the fabric protocol a guest agent's extension handler uses
+// (fabric.go): the VM model's extension resources (VMModel, SetVMModel)
+// become a goal state with an ExtensionsConfig, published packages
+// (PublishPackage) are what waagent downloads, and every status blob the
+// guest uploads becomes the InstanceView a user reads with
+// `az vm get-instance-view`.
 //
 // Each service runs on its own listener, and the listener that received a
 // request decides which service it belongs to. The host's half of the
@@ -37,13 +47,15 @@
 //   - One VM, one latched key; the key is not bound to a vTPM and the status
 //     always reports keyDeliveryMethod "http".
 //   - Response bodies are plausible but static (fixed fake VM identity,
-//     obviously fake tokens); no real extension or certificate handling.
+//     obviously fake tokens); no certificates, so extension settings are
+//     public only; no Fast Track (/vmSettings is 404); no guest agent
+//     self-update (no GAFamilies).
 //   - A mode or defaultAccess change is reported immediately with a new rule
 //     id (an id is a hash of the item), not after Azure's propagation delay.
 //   - The v1.0 status shape cannot express Audit: a WireServer in Audit is
 //     reported as "Disabled", and the host then enforces what it reported.
 //   - The HostGAPlugin follows the WireServer's mode, as upstream's agent
-//     assumes; it serves only status endpoints.
+//     assumes.
 //   - The rate limit is a sliding one-second window per client IP on the
 //     simulator's clock (Config.Now), so tests with a fixed clock are
 //     deterministic.

@@ -259,6 +259,9 @@ func (s *Sim) serveToken(q *served, params map[string]string) {
 }
 
 func (s *Sim) serveHostGA(q *served) {
+	if s.serveFabricHostGA(q) {
+		return
+	}
 	r, w := q.r, q.w
 	path, _ := msp.SplitTarget(r.RequestURI)
 	if r.Method != http.MethodGet {

@@ -28,7 +28,7 @@ const (
 // Body limits: a signed request's body is buffered to be verified; an
 // exempt upload is counted and discarded.
 const (
-	maxSignedBody = 1 << 20
+	maxSignedBody = 16 << 20 // waagent's PUT /status carries the whole VM status
 	maxExemptBody = 100 << 20
 	maxPending    = 32
 )
@@ -40,6 +40,9 @@ type Config struct {
 	// Listen addresses; "" means "127.0.0.1:0". ControlAddr must be a
 	// loopback address.
 	WireServerAddr, IMDSAddr, HostGAAddr, ControlAddr string
+	// StorageAddr is the simulated storage account (extension packages,
+	// status blob; see StorageHandler).
+	StorageAddr string
 	// Settings and Profiles (keyed by resource id) are the initial
 	// configuration.
 	Settings ProxyAgentSettings
@@ -67,7 +70,7 @@ type Config struct {
 
 // Addrs are the bound addresses of a started Sim.
 type Addrs struct {
-	WireServer, IMDS, HostGA, Control string
+	WireServer, IMDS, HostGA, Control, Storage string
 }
 
 // Sim is a running (or ready to run) simulated host. All methods are safe
@@ -95,6 +98,8 @@ type Sim struct {
 	servers []*http.Server
 	addrs   Addrs
 	started bool
+
+	fab *fabric // extensions, goal state and status blob (own lock)
 }
 
 // New validates cfg and returns a Sim that is not yet listening.
@@ -125,6 +130,7 @@ func New(cfg Config) (*Sim, error) {
 		skew:          cfg.DateSkew,
 		pending:       map[string]*msp.Key{},
 	}
+	s.fab = newFabric(time.Now)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -189,6 +195,7 @@ func (s *Sim) Start() error {
 		{s.cfg.IMDSAddr, s.Handler(IMDS), &s.addrs.IMDS},
 		{s.cfg.HostGAAddr, s.Handler(HostGA), &s.addrs.HostGA},
 		{s.cfg.ControlAddr, s.ControlHandler(), &s.addrs.Control},
+		{s.cfg.StorageAddr, s.StorageHandler(), &s.addrs.Storage},
 	}
 	var lns []net.Listener
 	for _, v := range list {
@@ -212,8 +219,11 @@ func (s *Sim) Start() error {
 		go srv.Serve(lns[i])
 	}
 	s.started = true
+	s.fab.mu.Lock()
+	s.fab.storageBase = "http://" + s.addrs.Storage
+	s.fab.mu.Unlock()
 	s.log.Info("hostsim started", "wireserver", s.addrs.WireServer, "imds", s.addrs.IMDS,
-		"hostga", s.addrs.HostGA, "control", s.addrs.Control)
+		"hostga", s.addrs.HostGA, "control", s.addrs.Control, "storage", s.addrs.Storage)
 	return nil
 }
 

@@ -2,7 +2,6 @@ package hostsim
 
 import (
 	"encoding/json"
-	"fmt"
 	"html"
 	"io"
 	"net/http"
@@ -21,6 +20,9 @@ const (
 )
 
 func (s *Sim) serveWireServer(q *served) {
+	if s.serveFabricWireServer(q) {
+		return
+	}
 	r, w := q.r, q.w
 	path, query := msp.SplitTarget(r.RequestURI)
 	comp := queryValue(query, "comp")
@@ -39,8 +41,6 @@ func (s *Sim) serveWireServer(q *served) {
 		w.WriteHeader(http.StatusOK)
 	case (path == "/" || path == "") && comp == "versions" && r.Method == http.MethodGet:
 		writeXML(w, http.StatusOK, versionsXML)
-	case (path == "/machine" || path == "/machine/") && comp == "goalstate" && r.Method == http.MethodGet:
-		writeXML(w, http.StatusOK, goalStateXML(r.Host))
 	case (path == "/machine" || path == "/machine/") && comp == "health" && r.Method == http.MethodPost:
 		w.WriteHeader(http.StatusOK)
 	case (path == "/machine" || path == "/machine/") && comp == "telemetrydata" && r.Method == http.MethodPost:
@@ -122,46 +122,6 @@ const versionsXML = `<?xml version="1.0" encoding="utf-8"?>
   <Supported><Version>2015-04-05</Version><Version>2012-11-30</Version><Version>2012-09-15</Version></Supported>
 </Versions>
 `
-
-// goalStateXML renders the goal state; its config URLs name the host the
-// client asked for, so they lead back to this WireServer.
-func goalStateXML(host string) string {
-	if host == "" {
-		host = msp.WireServerAddr.Addr().String()
-	}
-	base := html.EscapeString(fmt.Sprintf("http://%s/machine/%s/%s?comp=config", host, ContainerID, RoleInstanceID))
-	amp := "&amp;"
-	return fmt.Sprintf(`<?xml version="1.0" encoding="utf-8"?>
-<GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="goalstate10.xsd">
-  <Version>2015-04-05</Version>
-  <Incarnation>%d</Incarnation>
-  <Machine>
-    <ExpectedState>Started</ExpectedState>
-    <StopRolesDeadlineHint>300000</StopRolesDeadlineHint>
-    <LBProbePorts><Port>16001</Port></LBProbePorts>
-    <ExpectHealthReport>FALSE</ExpectHealthReport>
-  </Machine>
-  <Container>
-    <ContainerId>%s</ContainerId>
-    <RoleInstanceList>
-      <RoleInstance>
-        <InstanceId>%s</InstanceId>
-        <State>Started</State>
-        <Configuration>
-          <HostingEnvironmentConfig>%s%stype=hostingEnvironmentConfig%sincarnation=%d</HostingEnvironmentConfig>
-          <SharedConfig>%s%stype=sharedConfig%sincarnation=%d</SharedConfig>
-          <ExtensionsConfig>%s%stype=extensionsConfig%sincarnation=%d</ExtensionsConfig>
-          <FullConfig>%s%stype=fullConfig%sincarnation=%d</FullConfig>
-          <ConfigName>%s.%s.%d.xml</ConfigName>
-        </Configuration>
-      </RoleInstance>
-    </RoleInstanceList>
-  </Container>
-</GoalState>
-`, Incarnation, ContainerID, RoleInstanceID,
-		base, amp, amp, Incarnation, base, amp, amp, Incarnation, base, amp, amp, Incarnation, base, amp, amp, Incarnation,
-		ContainerID, RoleInstanceID, Incarnation)
-}
 
 const sharedConfigXML = `<?xml version="1.0" encoding="utf-8"?>
 <SharedConfig version="1.0.0.0" goalStateIncarnation="1">

@@ -5,7 +5,9 @@
 //
 //	azure-host-sim -settings proxyagent.json -profiles profiles/ \
 //	    -wireserver 168.63.129.16:80 -imds 169.254.169.254:80 \
-//	    -hostga 168.63.129.16:32526 -control 127.0.0.1:8930
+//	    -hostga 168.63.129.16:32526 -control 127.0.0.1:8930 \
+//	    [-storage 127.0.0.1:8931 -packages dist/ -vm vm.json]
+//	azure-host-sim instance-view [-control 127.0.0.1:8930]
 package main
 
 import (
@@ -28,6 +30,16 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "instance-view" {
+		fs := flag.NewFlagSet("instance-view", flag.ExitOnError)
+		addr := fs.String("control", "127.0.0.1:8930", "the simulator's control endpoint")
+		fs.Parse(os.Args[2:])
+		if err := instanceView(ctx, *addr, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "azure-host-sim instance-view:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
@@ -54,6 +66,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		journalSize = fs.Int("journal-size", hostsim.DefaultJournalSize, "journal capacity (entries)")
 		presetKey   = fs.String("preset-key-file", "", "Key JSON file latched at start (tests only)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		storage     = fs.String("storage", "127.0.0.1:8931", "storage account listen address (extension packages, status blob)")
+		packages    = fs.String("packages", "", "directory of extension packages <publisher>.<type>-<version>.zip to publish")
+		vmModel     = fs.String("vm", "", "VM model JSON (extension resources, securityProfile) to apply at start")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -70,7 +85,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg := hostsim.Config{
 		WireServerAddr: *wireServer, IMDSAddr: *imds, HostGAAddr: *hostGA, ControlAddr: *controlAddr,
 		StatusVersion: *statusVer, DateSkew: *skew, JournalSize: *journalSize, Logger: log,
-		IMDSRateLimit: *rateLimit,
+		IMDSRateLimit: *rateLimit, StorageAddr: *storage,
 	}
 	if *rateLimit <= 0 {
 		cfg.IMDSRateLimit = -1
@@ -103,6 +118,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if err := sim.Start(); err != nil {
+		return err
+	}
+	if err := loadFabric(sim, *packages, *vmModel); err != nil {
+		sim.Close()
 		return err
 	}
 	log.Info("azure-host-sim running", "version", version.Version, "statusVersion", *statusVer,

@@ -26,7 +26,7 @@ func TestRunServesAndStopsOnCancel(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-wireserver", "127.0.0.1:0", "-imds", "127.0.0.1:0", "-hostga", "127.0.0.1:0",
-			"-control", "127.0.0.1:0", "-settings", settings, "-imds-rate-limit", "0"}, &logs)
+			"-control", "127.0.0.1:0", "-storage", "127.0.0.1:0", "-settings", settings, "-imds-rate-limit", "0"}, &logs)
 	}()
 	var control string
 	for deadline := time.Now().Add(10 * time.Second); control == "" && time.Now().Before(deadline); {

@@ -1,11 +1,14 @@
 // Package demo runs the whole Guest Proxy Agent system on a simulated VM
 // and narrates it (what `make demo` shows): azure-host-sim plays Azure's
-// WireServer and IMDS inside a private network namespace, waagent (played by
-// internal/waagentsim) installs and enables the real VM extension package,
-// the extension installs and starts the real agent, and clients inside and
+// WireServer, IMDS, HostGAPlugin and storage inside a private network
+// namespace, and the VM model it is given carries the ProxyAgent extension.
+// The real Azure Linux Agent (Debian's waagent, in a private mount
+// namespace) reads the goal state, downloads, installs and enables the real
+// VM extension package, which installs and starts the real agent; the
+// instance view is shown as the portal would, then clients inside and
 // outside the attached cgroup call the services as root and as nobody.
-// Then IMDS moves from Audit to Enforce at the host, the instance view and
-// the audit summary are shown, and the extension is uninstalled.
+// Then IMDS moves from Audit to Enforce at the host, the audit summary is
+// shown, and ARM removes the extension through a new goal state.
 //
 // Every component logs to files in the demo's directory; the narration is
 // a line per step. Run removes everything it created (namespace, cgroup,
@@ -29,14 +32,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opengpa/gpa/proxyagent/msp"
-
-	"github.com/opengpa/gpa/extension"
 	"github.com/opengpa/gpa/handler"
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/e2eenv"
-	"github.com/opengpa/gpa/internal/waagentsim"
 	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -65,17 +65,35 @@ const imdsProfile = `{"id": "` + IMDSProfileID + `", "name": "1.0.0",
   "identities": [{"name": "rootCurl", "userName": "root", "processName": "curl"}],
   "roleAssignments": [{"role": "metadataReader", "identities": ["rootCurl"]}]}}}`
 
-// settings is the VM model's securityProfile with proxyAgentSettings, as
-// an ARM template sets it.
-func settings(imdsMode string) string {
-	doc := map[string]any{"securityProfile": map[string]any{"proxyAgentSettings": map[string]any{
+// proxyAgentSettings is the VM model's securityProfile.proxyAgentSettings.
+func proxyAgentSettings(wireServerMode, imdsMode string) map[string]any {
+	return map[string]any{
 		"enabled":          true,
 		"keyIncarnationId": 1,
-		"wireServer":       map[string]any{"mode": "Enforce"},
+		"wireServer":       map[string]any{"mode": wireServerMode},
 		"imds":             map[string]any{"mode": imdsMode, "inVMAccessControlProfileReferenceId": IMDSProfileID},
-	}}}
+	}
+}
+
+// settings is the VM model's securityProfile with proxyAgentSettings, as
+// an ARM template sets it.
+func settings(wireServerMode, imdsMode string) string {
+	doc := map[string]any{"securityProfile": map[string]any{"proxyAgentSettings": proxyAgentSettings(wireServerMode, imdsMode)}}
 	b, _ := json.MarshalIndent(doc, "  ", "  ")
 	return string(b)
+}
+
+// vmModel is the ARM VM model: the proxyAgentSettings and, when version is
+// set, the ProxyAgent extension resource (typeHandlerVersion version).
+func vmModel(ps any, version string) map[string]any {
+	m := map[string]any{"properties": map[string]any{"securityProfile": map[string]any{"proxyAgentSettings": ps}},
+		"resources": []any{}}
+	if version != "" {
+		m["resources"] = []any{map[string]any{"name": "ProxyAgentLinux", "type": hostsim.ExtensionResourceType,
+			"properties": map[string]any{"publisher": "Microsoft.CPlat.ProxyAgent", "type": "ProxyAgentLinux",
+				"typeHandlerVersion": version, "autoUpgradeMinorVersion": true, "settings": map[string]any{}}}}
+	}
+	return m
 }
 
 // Service URLs the clients call; each gets &demo=<n> so the host's journal
@@ -86,12 +104,14 @@ var (
 )
 
 type run struct {
-	o     Options
-	out   io.Writer
-	env   *e2eenv.Env
-	ext   *e2eenv.Extension
-	n     int
-	start time.Time
+	o   Options
+	out io.Writer
+	env *e2eenv.Env
+	wa  *e2eenv.Waagent
+	// agentLogs is the installed agent's log folder (audit log).
+	agentLogs string
+	n         int
+	start     time.Time
 }
 
 // Run runs the demo. The error says which step failed.
@@ -146,8 +166,8 @@ func preflight(o Options) error {
 			return fmt.Errorf("%s not installed: run `make deps`", tool)
 		}
 	}
-	if err := waagentsim.Available(); err != nil {
-		return fmt.Errorf("%v: run `make deps` (Debian package waagent)", err)
+	if err := e2eenv.WaagentAvailable(); err != nil {
+		return fmt.Errorf("%v: run `make deps`", err)
 	}
 	return nil
 }
@@ -167,6 +187,9 @@ func (r *run) cleanup() error {
 	if r.env == nil {
 		return nil
 	}
+	if r.wa != nil {
+		r.wa.Stop()
+	}
 	return r.env.Close()
 }
 
@@ -177,14 +200,14 @@ func (r *run) step(title string) { r.say("\n== %s", title) }
 func (r *run) main(ctx context.Context, dir string) error {
 	o := r.o
 	bin := e2eenv.Binaries{Agent: filepath.Join(o.BinDir, "azure-proxy-agent"), HostSim: filepath.Join(o.BinDir, "azure-host-sim")}
-	r.step("1. A simulated Azure VM")
+	r.step("1. A simulated Azure VM whose model carries the ProxyAgent extension")
 	zip, err := e2eenv.PackageExtension(ctx, o.ModuleDir, o.Version, bin.Agent, filepath.Join(o.BinDir, "ProxyAgentExt"), filepath.Join(dir, "pkg"))
 	if err != nil {
 		return fmt.Errorf("package the extension: %w", err)
 	}
 	r.say("packaging/package.sh %s %s -> %s", o.Version, o.BinDir, filepath.Base(zip))
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	r.env, err = e2eenv.Setup(setupCtx, e2eenv.Config{Bin: bin, Settings: settings("Audit"), NoAgent: true, Dir: dir})
+	r.env, err = e2eenv.Setup(setupCtx, e2eenv.Config{Bin: bin, Settings: settings("Audit", "Audit"), NoAgent: true, Dir: dir})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("start the simulated VM: %w", err)
@@ -193,41 +216,84 @@ func (r *run) main(ctx context.Context, dir string) error {
 	if _, err := e.Control(ctx, http.MethodPut, "/profiles/"+url.PathEscape(IMDSProfileID), imdsProfile); err != nil {
 		return fmt.Errorf("give the host the IMDS profile: %w", err)
 	}
-	r.say("network namespace %s; azure-host-sim serves WireServer %s and IMDS %s there", e.Netns.Name, e2eenv.WireServerAddr, e2eenv.IMDSAddr)
-	r.say("cgroup %s (the eBPF programs attach here), private bpffs %s", e.Cgroup.Path, e.BPFFS)
-	r.say("VM model (ARM): WireServer Enforce, IMDS Audit with a profile allowing only root's curl:")
-	r.say("  %s", settings("Audit"))
-
-	r.step("2. waagent installs and enables the extension")
-	x, err := e.InstallExtension(e2eenv.ExtensionConfig{Zip: zip, Version: o.Version})
-	if err != nil {
-		return fmt.Errorf("waagent download: %w", err)
+	if err := e.PublishPackage(ctx, o.Version, zip); err != nil {
+		return fmt.Errorf("publish the extension package: %w", err)
 	}
-	r.ext = x
-	r.say("waagent: download %s -> %s (HandlerEnvironment.json, 0.settings)", filepath.Base(zip), x.Dir)
-	fresh := map[string]string{extension.EnvUninstallExitCode: "NOT_RUN"}
-	for _, verb := range []string{"install", "enable"} {
-		if err := r.waagent(ctx, verb, fresh); err != nil {
-			return err
+	r.say("network namespace %s; azure-host-sim serves WireServer %s, HostGAPlugin %s, IMDS %s and storage %s there",
+		e.Netns.Name, e2eenv.WireServerAddr, e2eenv.HostGAAddr, e2eenv.IMDSAddr, e2eenv.StorageAddr)
+	r.say("cgroup %s (the eBPF programs attach here), private bpffs %s", e.Cgroup.Path, e.BPFFS)
+	// The extension arrives with the host in Audit: waagent fetches it
+	// unsigned, as no key is latched yet.
+	model := vmModel(proxyAgentSettings("Audit", "Audit"), majorMinor(o.Version))
+	incarnation, err := e.SetVM(ctx, model)
+	if err != nil {
+		return fmt.Errorf("apply the VM model: %w", err)
+	}
+	b, _ := json.MarshalIndent(model, "  ", "  ")
+	r.say("VM model (ARM), IMDS with a profile allowing only root's curl:\n  %s", b)
+	gs, err := e.Control(ctx, http.MethodGet, "/goalstate", nil)
+	if err != nil {
+		return err
+	}
+	var goal struct {
+		ExtensionsConfig string `json:"extensionsConfig"`
+	}
+	json.Unmarshal(gs, &goal)
+	r.say("goal state incarnation %d, ExtensionsConfig:", incarnation)
+	for _, line := range strings.Split(strings.TrimSpace(goal.ExtensionsConfig), "\n") {
+		if strings.Contains(line, "<Plugin ") || strings.Contains(line, "<RuntimeSettings") || strings.Contains(line, "<StatusUploadBlob") {
+			r.say("  %s", strings.TrimSpace(line))
 		}
 	}
-	enabled := time.Now()
-	waitCtx, cancel := context.WithTimeout(ctx, 40*time.Second)
-	st, err := x.WaitStatus(waitCtx, 0, "success", 3)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("wait for the extension status: %w", err)
-	}
-	r.say("waagent: status file 0.status parsed: status=%s code=%d operation=%s message=%q (%.1fs after enable)",
-		st.Status, st.Code, st.Operation, st.Message, time.Since(enabled).Seconds())
 
-	r.step("3. Requests (IMDS in Audit)")
+	r.step("2. waagent installs and enables the extension")
+	ver, err := e2eenv.WaagentVersion()
+	if err != nil {
+		return err
+	}
+	if r.wa, err = e.NewWaagent(e2eenv.WaagentConfig{}); err != nil {
+		return err
+	}
+	started := time.Now()
+	if err := r.wa.Start(); err != nil {
+		return err
+	}
+	r.say("waagent %s -run-exthandlers (private waagent.conf, Lib.Dir and log in a private mount namespace)", ver)
+	iv, err := r.waitHealthy(ctx)
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(r.wa.Log(), "\n") {
+		if strings.Contains(line, handler.HandlerName) && !strings.Contains(line, "Executing command") &&
+			(strings.Contains(line, "install") || strings.Contains(line, "nable") || strings.Contains(line, "Download")) {
+			r.say("  %s", strings.TrimSpace(line))
+		}
+	}
+	r.say("instance view (az vm get-instance-view), %.1fs after waagent started:", time.Since(started).Seconds())
+	r.instanceView(iv)
+	r.agentLogs = handler.Layout{Root: r.wa.Root}.LogDir()
+
+	r.step("3. Requests (WireServer Enforce, IMDS in Audit)")
+	if err := e.SetSettings(ctx, settings("Enforce", "Audit")); err != nil {
+		return fmt.Errorf("switch WireServer to Enforce: %w", err)
+	}
+	if _, err := r.waitAgentState(ctx, "WireServer Enforce"); err != nil {
+		return err
+	}
+	k, err := e.AddContainer(0)
+	if err != nil {
+		return fmt.Errorf("create a container: %w", err)
+	}
+	r.say("a container like Docker's bridge network makes: its own network namespace (%s, address %s behind a veth),\n"+
+		"its own cgroup %s; it reaches the agent at its container listener", k.Netns.Name, k.Addr, k.CgroupPath)
 	r.header()
 	calls := []call{
 		{"root", e2eenv.Root, "IMDS", imdsURL, "Metadata: true"},
 		{"nobody", e2eenv.Nobody, "IMDS", imdsURL, "Metadata: true"},
+		{"nobody, in a container", e2eenv.Nobody.In(k), "IMDS", imdsURL, "Metadata: true"},
 		{"root", e2eenv.Root, "WireServer", wireServerURL, "x-ms-version: 2012-11-30"},
 		{"nobody", e2eenv.Nobody, "WireServer", wireServerURL, "x-ms-version: 2012-11-30"},
+		{"root, in a container", e2eenv.Root.In(k), "WireServer", wireServerURL, "x-ms-version: 2012-11-30"},
 		{"root, outside the cgroup (bypass)", e2eenv.Root.Outside(), "WireServer", wireServerURL, "x-ms-version: 2012-11-30"},
 	}
 	if err := r.calls(ctx, calls); err != nil {
@@ -235,7 +301,7 @@ func (r *run) main(ctx context.Context, dir string) error {
 	}
 
 	r.step("4. The host switches IMDS to Enforce (same profile)")
-	if err := e.SetSettings(ctx, settings("Enforce")); err != nil {
+	if err := e.SetSettings(ctx, settings("Enforce", "Enforce")); err != nil {
 		return fmt.Errorf("switch IMDS to Enforce: %w", err)
 	}
 	state, err := r.waitAgentState(ctx, "IMDS Enforce")
@@ -244,27 +310,17 @@ func (r *run) main(ctx context.Context, dir string) error {
 	}
 	r.say("agent's secureChannelState: %s", state)
 	r.header()
-	if err := r.calls(ctx, calls[:2]); err != nil {
+	if err := r.calls(ctx, calls[:3]); err != nil {
 		return err
 	}
 
 	r.step("5. Instance view and audit summary")
-	st, err = waagentsim.ParseStatus(x.StatusPath(0))
-	if err == nil {
-		err = st.Rejected()
-	}
-	if err != nil {
-		return fmt.Errorf("read the instance view: %w", err)
-	}
-	as, err := e2eenv.AgentStatus(st)
-	if err != nil {
+	if iv, err = r.waitHealthy(ctx); err != nil {
 		return err
 	}
-	r.say("extension status: %s (code %d) %q", st.Status, st.Code, st.Message)
-	r.say("  keyLatchStatus:    %s %s", as.KeyLatchStatus.Status, keyStates(as.KeyLatchStatus))
-	r.say("  ebpfProgramStatus: %s %q", as.EbpfProgramStatus.Status, as.EbpfProgramStatus.Message)
-	r.say("azure-proxy-agent audit report --dir %s:", x.AgentLogFolder())
-	rep, err := exec.CommandContext(ctx, x.Layout.AgentBinary(), "audit", "report", "--dir", x.AgentLogFolder()).CombinedOutput()
+	r.instanceView(iv)
+	r.say("azure-proxy-agent audit report --dir %s:", r.agentLogs)
+	rep, err := exec.CommandContext(ctx, handler.Layout{Root: r.wa.Root}.AgentBinary(), "audit", "report", "--dir", r.agentLogs).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("audit report: %w: %s", err, rep)
 	}
@@ -272,8 +328,8 @@ func (r *run) main(ctx context.Context, dir string) error {
 		r.say("  %s", line)
 	}
 
-	r.say("azure-proxy-agent doctor --root %s (read-only checks, in the VM's network namespace):", x.Root)
-	doc, err := e.Run(ctx, e2eenv.Root, x.Layout.AgentBinary(), "doctor", "--root", x.Root)
+	r.say("azure-proxy-agent doctor --root %s (read-only checks, in the VM's network namespace):", r.wa.Root)
+	doc, err := e.Run(ctx, e2eenv.Root, handler.Layout{Root: r.wa.Root}.AgentBinary(), "doctor", "--root", r.wa.Root)
 	if err != nil {
 		return fmt.Errorf("doctor: %w", err)
 	}
@@ -282,24 +338,83 @@ func (r *run) main(ctx context.Context, dir string) error {
 	}
 	r.say("doctor exit %d", doc.ExitCode)
 
-	r.step("6. waagent uninstalls the extension")
-	for _, verb := range []string{"disable", "uninstall"} {
-		if err := r.waagent(ctx, verb, nil); err != nil {
-			return err
+	r.step("6. ARM removes the extension (and disables proxyAgentSettings)")
+	if _, err := e.SetVM(ctx, vmModel(map[string]any{"enabled": false}, "")); err != nil {
+		return fmt.Errorf("remove the extension: %w", err)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer rcancel()
+	if _, err := e.WaitInstanceView(rctx, func(iv hostsim.InstanceView) bool {
+		return len(iv.Extensions) == 0 && len(r.wa.Processes()) == 0 && len(r.wa.Pins()) == 0
+	}); err != nil {
+		return fmt.Errorf("removal: %w; still running: %+v", err, r.wa.Processes())
+	}
+	for _, line := range strings.Split(r.wa.Log(), "\n") {
+		if strings.Contains(line, handler.HandlerName) && !strings.Contains(line, "Executing command") &&
+			(strings.Contains(line, "isable") || strings.Contains(line, "ninstall")) {
+			r.say("  %s", strings.TrimSpace(line))
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(x.Processes()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if left := x.Processes(); len(left) > 0 {
-		return fmt.Errorf("processes left after uninstall: %+v", left)
-	}
-	if pins := x.Pins(); len(pins) > 0 {
-		return fmt.Errorf("pinned eBPF objects left after uninstall: %s", strings.Join(pins, " "))
-	}
-	r.say("agent, supervisor and monitor stopped; service unit and pinned eBPF redirect removed")
+	r.say("waagent disabled and uninstalled it: agent, supervisor and monitor stopped, service unit and pinned eBPF redirect removed")
 	return nil
+}
+
+// majorMinor is "1.2" of "1.2.3", the typeHandlerVersion ARM takes.
+func majorMinor(v string) string {
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return v
+	}
+	return parts[0] + "." + parts[1]
+}
+
+// waitHealthy waits until the instance view shows the extension
+// succeeded with the agent's three substatuses.
+func (r *run) waitHealthy(ctx context.Context) (hostsim.InstanceView, error) {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	iv, err := r.env.WaitInstanceView(ctx, func(iv hostsim.InstanceView) bool {
+		for _, x := range iv.Extensions {
+			if x.Type == handler.HandlerName && len(x.Statuses) == 1 && x.Statuses[0].Code == "ProvisioningState/succeeded" && len(x.Substatuses) == 3 {
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		return iv, fmt.Errorf("wait for the extension in the instance view: %w", err)
+	}
+	return iv, nil
+}
+
+// instanceView narrates an instance view as the portal shows it.
+func (r *run) instanceView(iv hostsim.InstanceView) {
+	if a := iv.VMAgent; a != nil {
+		for _, st := range a.Statuses {
+			r.say("  VM agent %s: %s (%s) %q", a.VMAgentVersion, st.DisplayStatus, st.Code, st.Message)
+		}
+		for _, h := range a.ExtensionHandlers {
+			r.say("  handler %s %s: %s (%s) %q", h.Type, h.TypeHandlerVersion, h.Status.DisplayStatus, h.Status.Code, h.Status.Message)
+		}
+	}
+	for _, x := range iv.Extensions {
+		for _, st := range x.Statuses {
+			r.say("  extension %s %s: %s (%s) %q", x.Name, x.TypeHandlerVersion, st.DisplayStatus, st.Code, st.Message)
+		}
+		for _, sub := range x.Substatuses {
+			msg := sub.Message
+			if sub.Code == "ComponentStatus/"+handler.SubAgentStatus+"/succeeded" {
+				var as status.AgentStatus
+				if json.Unmarshal([]byte(sub.Message), &as) == nil {
+					msg = fmt.Sprintf("keyLatchStatus %s %s; ebpfProgramStatus %s", as.KeyLatchStatus.Status, keyStates(as.KeyLatchStatus), as.EbpfProgramStatus.Status)
+				}
+			}
+			if len(msg) > 100 {
+				msg = msg[:100] + "..."
+			}
+			r.say("    %s: %s", sub.Code, msg)
+		}
+	}
 }
 
 func keyStates(m status.ModuleStatus) string {
@@ -312,25 +427,12 @@ func keyStates(m status.ModuleStatus) string {
 	return strings.Join(parts, " ")
 }
 
-// waagent runs one handler command and narrates it.
-func (r *run) waagent(ctx context.Context, verb string, extra map[string]string) error {
-	res, err := r.ext.Run(ctx, verb, 0, extra)
-	if err != nil {
-		return fmt.Errorf("waagent %s: %w", verb, err)
-	}
-	r.say("waagent: %-9s exit %d (%v)", verb, res.ExitCode, res.Elapsed.Round(time.Millisecond))
-	if res.ExitCode != 0 {
-		return fmt.Errorf("waagent %s: exit %d: %s", verb, res.ExitCode, res.Output)
-	}
-	return nil
-}
-
 // waitAgentState waits until the agent's status.json reports a secure
 // channel state containing want.
 func (r *run) waitAgentState(ctx context.Context, want string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	path := handler.StatusJSONPath(r.ext.Layout)
+	path := handler.StatusJSONPath(handler.Layout{Root: r.wa.Root})
 	var last string
 	for {
 		if b, err := os.ReadFile(path); err == nil {
@@ -397,7 +499,7 @@ func (r *run) calls(ctx context.Context, calls []call) error {
 	auditCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for len(recs) < want {
-		all, _ := readAudit(r.ext.AgentLogFolder())
+		all, _ := readAudit(r.agentLogs)
 		for _, rec := range all {
 			for _, d := range results {
 				if strings.HasSuffix(rec.Target, "&"+d.tag) {

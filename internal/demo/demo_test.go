@@ -2,18 +2,20 @@ package demo
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"os"
 	"strings"
 	"testing"
 
+	"github.com/opengpa/gpa/handler"
 	"github.com/opengpa/gpa/hostsim"
 )
 
 // The host accepts the settings the demo prints, with the modes it says.
 func TestSettingsAcceptedByHost(t *testing.T) {
 	for _, mode := range []string{"Audit", "Enforce"} {
-		s, err := hostsim.ParseSettings([]byte(settings(mode)))
+		s, err := hostsim.ParseSettings([]byte(settings("Enforce", mode)))
 		if err != nil {
 			t.Fatalf("%s: %v", mode, err)
 		}
@@ -38,6 +40,19 @@ func TestIMDSProfile(t *testing.T) {
 	ids := p.Properties.Rules.Identities
 	if len(ids) != 1 || ids[0].UserName != "root" || ids[0].ProcessName != "curl" {
 		t.Errorf("identities %+v, want only root's curl", ids)
+	}
+}
+
+// The VM model the demo gives the host is valid and carries the extension
+// at the package's version.
+func TestVMModelAcceptedByHost(t *testing.T) {
+	b, _ := json.Marshal(vmModel(proxyAgentSettings("Audit", "Audit"), majorMinor("0.1.0")))
+	m, err := hostsim.ParseVMModel(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Resources) != 1 || m.Resources[0].Properties.HandlerName() != handler.HandlerName || m.Resources[0].Properties.TypeHandlerVersion != "0.1" {
+		t.Errorf("resources %+v", m.Resources)
 	}
 }
 

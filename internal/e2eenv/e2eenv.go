@@ -26,6 +26,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -162,11 +163,13 @@ type Env struct {
 	removeDir bool
 	control   *http.Client
 
-	mu     sync.Mutex
-	agent  *proc
-	host   *proc
-	closed bool
-	starts int
+	mu sync.Mutex
+	// containers made by AddContainer, removed by Close; guarded by mu.
+	containers []*testenv.Container
+	agent      *proc
+	host       *proc
+	closed     bool
+	starts     int
 }
 
 // proc is a started daemon with its log file.
@@ -506,7 +509,42 @@ func (e *Env) send(name string, p *proc, sig syscall.Signal) error {
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		return fmt.Errorf("e2eenv: signal %s: %w", name, err)
 	}
+	if sig == syscall.SIGSTOP {
+		// A signal is delivered asynchronously: return once the process
+		// is stopped, so what the caller does next happens while it is.
+		return waitStopped(name, p.cmd.Process.Pid)
+	}
 	return nil
+}
+
+// waitStopped waits (up to 5 s) until every thread of pid is in the
+// stopped state (T in /proc/<pid>/task/<tid>/stat).
+func waitStopped(name string, pid int) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return fmt.Errorf("e2eenv: %s: %w", name, err)
+		}
+		stopped := len(tasks) > 0
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+			if err != nil {
+				continue // the thread ended
+			}
+			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("e2eenv: %s did not stop", name)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (e *Env) signalAgent(sig syscall.Signal) error {
@@ -563,9 +601,15 @@ func (e *Env) Close() error {
 		return nil
 	}
 	e.closed = true
-	agent, host := e.agent, e.host
+	agent, host, containers := e.agent, e.host, e.containers
 	e.mu.Unlock()
 	var errs []error
+	// Containers first: their groups are children of the attached one.
+	for _, k := range containers {
+		if err := k.Delete(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, p := range []*proc{agent, host} {
 		if p == nil {
 			continue
@@ -771,6 +815,10 @@ type Caller struct {
 	// Bypass runs the process in the namespace but outside the attached
 	// group, so nothing redirects it.
 	Bypass bool
+	// Container runs the process in that container (its network namespace
+	// and, unless Bypass, its group, a child of the attached one) instead
+	// of the VM's.
+	Container *testenv.Container
 }
 
 // Root and Nobody are the two callers the tests use.
@@ -782,6 +830,41 @@ var (
 // Outside returns c running outside the attached group.
 func (c Caller) Outside() Caller { c.Bypass = true; return c }
 
+// In returns c running in container k.
+func (c Caller) In(k *testenv.Container) Caller { c.Container = k; return c }
+
+// AddContainer wires a container to the environment's namespace below its
+// attached group (testenv.CreateContainer); Close removes it. The n-th
+// container (0 ≤ n < 60) gets 169.254.231.(4n+2)/30 behind
+// 169.254.231.(4n+1), link-local addresses that exist only on its veth
+// pair.
+func (e *Env) AddContainer(n int) (*testenv.Container, error) {
+	if n < 0 || n >= 60 {
+		return nil, fmt.Errorf("e2eenv: container number %d out of range", n)
+	}
+	base := byte(4 * n)
+	gw := netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 231, base + 1}), 30)
+	addr := netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 231, base + 2}), 30)
+	k, err := testenv.CreateContainer(e.Netns, e.Cgroup, fmt.Sprintf("gpc%d", n), gw, addr)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.containers = append(e.containers, k)
+	e.mu.Unlock()
+	return k, nil
+}
+
+// NewContainer is AddContainer for a test: a failure fails the test.
+func (e *Env) NewContainer(t testing.TB, n int) *testenv.Container {
+	t.Helper()
+	k, err := e.AddContainer(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // Start starts cmd as c says, inside the namespace. The process enters the
 // group (unless c.Bypass) before its first instruction. The caller waits
 // for cmd.
@@ -792,6 +875,12 @@ func (e *Env) Start(cmd *exec.Cmd, c Caller) error {
 	o := testenv.Options{Netns: e.Netns, Credential: c.Credential}
 	if !c.Bypass {
 		o.Cgroup = e.Cgroup
+	}
+	if k := c.Container; k != nil {
+		o.Netns, o.Cgroup = k.Netns, nil
+		if !c.Bypass {
+			o.Cgroup = k.Cgroup
+		}
 	}
 	return testenv.Start(cmd, o)
 }

@@ -92,41 +92,11 @@ func (e *Env) InstallExtension(cfg ExtensionConfig) (*Extension, error) {
 	if mon <= 0 {
 		mon = 500 * time.Millisecond
 	}
-	overlay := map[string]any{
-		"cgroupRoot":                     e.Cgroup.Path,
-		"bpfPinPath":                     x.PinDir,
-		"pollKeyStatusIntervalInSeconds": poll.Seconds(),
-		"monitorIntervalInSeconds":       1,
-		"hostRequestTimeoutInSeconds":    5,
+	var err error
+	if x.OverlayPath, err = e.writeOverlay(x.PinDir, poll, cfg.Overlay); err != nil {
+		return nil, err
 	}
-	for k, v := range cfg.Overlay {
-		overlay[k] = v
-	}
-	b, err := json.MarshalIndent(overlay, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("e2eenv: overlay: %w", err)
-	}
-	x.OverlayPath = filepath.Join(e.Dir, "config-overlay.json")
-	if err := os.WriteFile(x.OverlayPath, b, 0o600); err != nil {
-		return nil, fmt.Errorf("e2eenv: %w", err)
-	}
-	// The caller's own GPA_* settings do not leak into the handler.
-	var env []string
-	for _, kv := range cleanEnv() {
-		if !strings.HasPrefix(kv, "GPA_") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env,
-		handler.EnvRoot+"="+root,
-		handler.EnvConfigOverlay+"="+x.OverlayPath,
-		handler.EnvServiceManager+"=supervisor",
-		handler.EnvMonitorInterval+"="+mon.String(),
-		handler.EnvHeartbeatInterval+"=5s",
-		handler.EnvRetryInterval+"=200ms",
-		handler.EnvServiceSettle+"=1s",
-		handler.EnvHTTPTimeout+"=2s",
-	)
+	env := handlerEnv(root, x.OverlayPath, mon)
 	x.Waagent = &waagentsim.Agent{
 		LibDir: x.Layout.WaagentDir(),
 		LogDir: x.Layout.Path(filepath.Join("/var/log/azure", handler.HandlerName)),
@@ -140,6 +110,54 @@ func (e *Env) InstallExtension(cfg ExtensionConfig) (*Extension, error) {
 		return nil, err
 	}
 	return x, nil
+}
+
+// writeOverlay writes Dir/config-overlay.json, the configuration overlay
+// (GPA_CONFIG_OVERLAY) that makes the installed agent attach to the Env's
+// group, pin below pinDir and poll every poll, with extra keys over it,
+// and returns its path.
+func (e *Env) writeOverlay(pinDir string, poll time.Duration, extra map[string]any) (string, error) {
+	overlay := map[string]any{
+		"cgroupRoot":                     e.Cgroup.Path,
+		"bpfPinPath":                     pinDir,
+		"pollKeyStatusIntervalInSeconds": poll.Seconds(),
+		"monitorIntervalInSeconds":       1,
+		"hostRequestTimeoutInSeconds":    5,
+	}
+	for k, v := range extra {
+		overlay[k] = v
+	}
+	b, err := json.MarshalIndent(overlay, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("e2eenv: overlay: %w", err)
+	}
+	path := filepath.Join(e.Dir, "config-overlay.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("e2eenv: %w", err)
+	}
+	return path, nil
+}
+
+// handlerEnv is the handler's environment: the caller's without proxy
+// and GPA_* variables, then GPA_ROOT=root, the agent configuration overlay,
+// the supervisor as service manager and short intervals.
+func handlerEnv(root, overlay string, monitorInterval time.Duration) []string {
+	var env []string
+	for _, kv := range cleanEnv() {
+		if !strings.HasPrefix(kv, "GPA_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env,
+		handler.EnvRoot+"="+root,
+		handler.EnvConfigOverlay+"="+overlay,
+		handler.EnvServiceManager+"=supervisor",
+		handler.EnvMonitorInterval+"="+monitorInterval.String(),
+		handler.EnvHeartbeatInterval+"=5s",
+		handler.EnvRetryInterval+"=200ms",
+		handler.EnvServiceSettle+"=1s",
+		handler.EnvHTTPTimeout+"=2s",
+	)
 }
 
 // Run runs one handler command as waagent's launch_command does, inside
@@ -216,19 +234,26 @@ func (x *Extension) AgentLogFolder() string { return x.Layout.LogDir() }
 
 // Processes returns the running processes whose executable lives under
 // Root (monitor, supervisor, agent).
-func (x *Extension) Processes() []handler.Proc {
+func (x *Extension) Processes() []handler.Proc { return procsUnder(x.Root) }
+
+// Pins returns the names of the entries in PinDir (nil when it is gone).
+func (x *Extension) Pins() []string { return entries(x.PinDir) }
+
+// procsUnder returns the running processes whose executable lives under
+// root.
+func procsUnder(root string) []handler.Proc {
 	var out []handler.Proc
 	for _, p := range handler.ListProcs() {
-		if strings.HasPrefix(p.Exe, x.Root+"/") {
+		if strings.HasPrefix(p.Exe, root+"/") {
 			out = append(out, p)
 		}
 	}
 	return out
 }
 
-// Pins returns the names of the entries in PinDir (nil when it is gone).
-func (x *Extension) Pins() []string {
-	ents, err := os.ReadDir(x.PinDir)
+// entries returns the names in dir (nil when it is missing).
+func entries(dir string) []string {
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil
 	}

@@ -17,6 +17,14 @@
 // package, azurelinuxagent, imported by Python = /usr/bin/python3) through
 // an embedded shim fed to the interpreter on standard input, so no file is
 // left behind. Available says whether that code can be imported.
+//
+// The real waagent drives the extension end to end in e2e.TestRealWaagent
+// (internal/e2eenv's Waagent against hostsim's fabric). This package stays
+// for what the real agent cannot do in a test: run one handler command on
+// demand and observe it (exit codes, timings), force waagent's command
+// time-outs and kill the process group, replay an interrupted upgrade in
+// waagent's exact order, and judge a handler's files with waagent's parser
+// without a whole VM.
 package waagentsim
 
 import (

@@ -83,12 +83,16 @@ func Run(ctx context.Context, opts Options) error {
 
 	reg := status.NewRegistry()
 	store := authz.NewStore(authz.StoreConfig{RulesDir: cfg.RulesFolder(),
-		SnapshotDir: cfg.StatusFolder, Logger: log.With("module", "authz")})
+		RootContainersToWireServer: cfg.AllowRootContainersToWireServer,
+		SnapshotDir:                cfg.StatusFolder, Logger: log.With("module", "authz")})
 	if err := authz.PrepareRulesDir(cfg.RulesFolder()); err != nil {
 		log.Error("rules folder", "error", err)
 	}
 	connLevel, _ := logfile.ParseLevel(cfg.FileLogLevel)
-	rec, err := audit.New(audit.Options{Dir: cfg.LogFolder, ConnLogLevel: connLevel, Logger: log.With("module", "audit")})
+	sysw := openSyslog(cfg, log)
+	defer sysw.Close()
+	rec, err := audit.New(audit.Options{Dir: cfg.LogFolder, ConnLogLevel: connLevel, Logger: log.With("module", "audit"),
+		Sink: sysw.sink()})
 	if err != nil {
 		return fmt.Errorf("agent: audit log: %w", err)
 	}
@@ -114,11 +118,16 @@ func Run(ctx context.Context, opts Options) error {
 		redir   *redirector.Redirector
 		policer keykeeper.Redirector
 	)
+	var cgroupRoot string
 	if opts.Identity != nil {
 		source = opts.Identity
+		// No kernel redirect, so no container listener either (and no
+		// address added to the caller's namespace).
+		dest.ContainerListener = netip.AddrPort{}
 		reg.Set(status.EbpfProgram, status.Running, "Identity source supplied by the caller; eBPF redirector not loaded")
 		prov.RedirectorReady()
 	} else {
+		containerNote := setUpContainerListener(&dest, log)
 		redir, err = loadRedirector(cfg, dest, start, log)
 		if err != nil {
 			// Without the kernel hooks nothing is redirected; the listener
@@ -131,18 +140,20 @@ func Run(ctx context.Context, opts Options) error {
 			defer redir.Close()
 			source, policer = redir, redir
 			st := redir.Status()
-			reg.Set(status.EbpfProgram, status.ModuleState(st.State), st.Message)
+			reg.Set(status.EbpfProgram, status.ModuleState(st.State), st.Message+containerNote)
 			prov.RedirectorReady()
+			cgroupRoot, _ = redirector.Cgroup2Root()
 		}
 	}
 
+	mx := newMetrics(cfg, opts.Version, &kk, store, rec, sysw, reg, redir)
 	kk, err = keykeeper.New(keykeeper.Options{
 		WireServer: cfg.WireServerAddress, KeyDir: cfg.LatchKeyFolder, Mark: cfg.SocketMark,
 		PollInterval: cfg.PollInterval(), ProvisionTimeout: cfg.ProvisionTimeout(),
 		RequestTimeout: cfg.HostRequestTimeout(),
 		Rules:          store, Redirector: policer, Provisioning: prov,
-		OnChange: func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) },
-		Start:    start, Logger: log.With("module", "keykeeper"),
+		OnChange: mx.onChange(func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) }),
+		OnPoll:   mx.onPoll(), Start: start, Logger: log.With("module", "keykeeper"),
 	})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -151,8 +162,8 @@ func Run(ctx context.Context, opts Options) error {
 
 	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: rec}
 	srv, err := proxy.New(proxy.Options{
-		Addr: cfg.ListenAddress, Endpoints: dest, Identity: source, Claims: &claims.Resolver{}, Authorizer: store, Keys: kk,
-		Recorder: rec, Local: local{prov, reporter},
+		Addr: cfg.ListenAddress, Endpoints: dest, Identity: source, Claims: &claims.Resolver{CgroupRoot: cgroupRoot}, Authorizer: store, Keys: kk,
+		Recorder: rec, Local: local{prov, reporter}, Metrics: mx.proxy(),
 		Logger: log.With("module", "proxy"),
 		ListenerStatus: func(running bool, msg string) {
 			if running {
@@ -180,7 +191,8 @@ func Run(ctx context.Context, opts Options) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
-	wg.Add(4)
+	wg.Add(5)
+	go func() { defer wg.Done(); mx.serve(ctx, cfg, log) }()
 	go func() { defer wg.Done(); kk.Run(ctx) }()
 	go func() { defer wg.Done(); releaseWhenIdle(ctx, srv.RequestCount, IdleRelease, debug.FreeOSMemory) }()
 	// status.json is written from the start, not only once provisioning
@@ -272,6 +284,24 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *sl
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil, err
+}
+
+// setUpContainerListener adds the container listener's address to the
+// loopback device of the agent's namespace. When that fails the listener is
+// dropped from dest, so the kernel refuses connects from other namespaces
+// instead of sending them anywhere, and the returned note (for
+// ebpfProgramStatus) says why.
+func setUpContainerListener(dest *msp.Endpoints, log *slog.Logger) string {
+	ca := dest.ContainerListener
+	if !ca.IsValid() {
+		return "; containers (other network namespaces) refused: no containerListenAddress"
+	}
+	if err := redirector.AddLoopbackAddr(ca.Addr()); err != nil {
+		dest.ContainerListener = netip.AddrPort{}
+		log.Error("container listener address could not be set up; connects from containers are refused", "addr", ca.String(), "error", err)
+		return fmt.Sprintf("; containers (other network namespaces) refused: cannot add %s to lo: %v", ca.Addr(), err)
+	}
+	return ""
 }
 
 // cgroupPath chooses where the programs attach: cgroupRoot from the config

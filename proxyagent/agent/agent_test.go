@@ -67,6 +67,7 @@ func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings) *harness {
 	cfg.LogFolder = filepath.Join(h.dir, "log")
 	cfg.LatchKeyFolder = filepath.Join(h.dir, "lib", "keys")
 	cfg.StatusFolder = filepath.Join(h.dir, "log")
+	cfg.MetricsListen = "unix:" + filepath.Join(cfg.StatusFolder, config.MetricsSocketName)
 	cfg.PollKeyStatusIntervalInSecs = 0.05
 	cfg.MonitorIntervalInSeconds = 0.2
 	cfg.SocketMark = 0

@@ -72,6 +72,9 @@ type Options struct {
 	OnNewSummary func(s Summary, failedTable bool)
 	// Logger receives the recorder's own problems (write errors, drops).
 	Logger *slog.Logger
+	// Sink, when set, also receives every audit record (syslog). It runs
+	// on the writer goroutine and must not block.
+	Sink Sink
 }
 
 // Recorder records request outcomes: it keeps the two summary tables and
@@ -86,6 +89,7 @@ type Recorder struct {
 	conn    *table
 	failed  *table
 	dropped atomic.Uint64 // events not written since start
+	written atomic.Uint64 // audit records written since start
 	lost    atomic.Uint64 // events not written since the last audit record
 
 	qmu     sync.Mutex // guards closed, pending and spare
@@ -383,10 +387,10 @@ func (r *Recorder) handle(j *job) {
 			r.report(err)
 		}
 	}
-	if r.connLog == nil {
+	if r.connLog == nil && r.opts.Sink == nil {
 		return
 	}
-	if lvl := eventLevel(ev); lvl <= r.opts.ConnLogLevel {
+	if lvl := eventLevel(ev); r.connLog != nil && lvl <= r.opts.ConnLogLevel {
 		r.lineBuf = appendConnLine(r.lineBuf[:0], ev.Time, lvl, ev.HTTPID, ev.TCPID, eventMessage(ev))
 		_, err := r.connLog.Write(r.lineBuf)
 		r.report(err)
@@ -400,8 +404,17 @@ func (r *Recorder) handle(j *job) {
 		return
 	}
 	r.prev = chainHash(b)
+	if r.opts.Sink != nil {
+		r.opts.Sink.WriteRecord(b, &rec)
+	}
+	if r.auditLog == nil {
+		return
+	}
 	_, err = r.auditLog.Write(append(b, '\n'))
 	r.report(err)
+	if err == nil {
+		r.written.Add(1)
+	}
 }
 
 // NewRecord returns the audit record for ev, without Seq, Prev and
@@ -453,6 +466,18 @@ func eventMessage(ev *Event) string {
 		b.WriteByte(' ')
 		b.WriteString(ev.Dest.String())
 	}
+	if c := ev.Caller; c != nil && (c.OtherNetns || c.ContainerID != "") {
+		b.WriteString(" from container")
+		if c.ContainerID != "" {
+			b.WriteString(" " + c.ContainerID[:min(12, len(c.ContainerID))])
+		}
+		if c.PodUID != "" {
+			b.WriteString(" pod " + c.PodUID)
+		}
+		if c.CgroupPath != "" {
+			b.WriteString(" cgroup " + c.CgroupPath)
+		}
+	}
 	b.WriteString(" - ")
 	b.WriteString(ResponseStatus(ev.Status))
 	if ev.Authorized {
@@ -477,7 +502,8 @@ func eventMessage(ev *Event) string {
 // upstreamClaimsJSON is c as upstream serialises claims (no ancestry).
 func upstreamClaimsJSON(c *claims.Claims) string {
 	u := *c
-	u.Ancestry = nil
+	// Only upstream's fields.
+	u.Ancestry, u.GroupID, u.Workload, u.OtherNetns = nil, 0, claims.Workload{}, false
 	if u.UserGroups == nil {
 		u.UserGroups = []string{}
 	}

@@ -8,6 +8,9 @@ import (
 // decision made from one Snapshot uses
 // the same rule sets; its Epoch identifies the version.
 type Snapshot struct {
+	// rootContainers lets elevated callers in other network namespaces
+	// reach the WireServer and HostGAPlugin (StoreConfig).
+	rootContainers        bool
 	epoch                 uint64
 	wireServer, imds, hga *RuleSet
 }
@@ -39,6 +42,10 @@ func (s *Snapshot) RuleSet(svc msp.Service) *RuleSet {
 //
 //  1. No caller identity ⇒ Deny. (The proxy answers 421 before asking;
 //     this only keeps the authorizer closed on its own.)
+//     1a. The WireServer or HostGAPlugin from another network namespace (a
+//     container) ⇒ Deny, even as uid 0, unless the store lets elevated
+//     containers through (this project's default; upstream cannot tell
+//     containers apart).
 //  2. An exempt upload (msp.Exempt) from an elevated caller ⇒ Allow,
 //     whatever the destination and rules.
 //  3. The proxy's own listener ⇒ Deny; a destination that is none of the
@@ -64,6 +71,9 @@ func (s *Snapshot) Authorize(req Request) Decision {
 	c := req.Caller
 	if c == nil {
 		return deny(d, "no caller identity")
+	}
+	if (svc == msp.WireServer || svc == msp.HostGAPlugin) && c.OtherNetns && !(s.rootContainers && c.RunAsElevated) {
+		return deny(d, string(svc)+" is the platform's channel: denied to callers in other network namespaces (containers)")
 	}
 	if c.RunAsElevated && msp.Exempt(req.Method, req.Target) {
 		return allow(d, "exempt upload from an elevated caller")

@@ -362,7 +362,8 @@ func validateLocal(lf *localFile) error {
 		for i, id := range r.Identities {
 			at := fmt.Sprintf("rules.identities[%d]", i)
 			checkName(add, at, "identity", id.Name, idNames)
-			if blank(id.UserName) && blank(id.GroupName) && blank(id.ExePath) && blank(id.ProcessName) {
+			if blank(id.UserName) && blank(id.GroupName) && blank(id.ExePath) && blank(id.ProcessName) &&
+				blank(id.CgroupPath) && blank(id.ContainerID) {
 				add(at, "must set at least one of userName, groupName, exePath, processName")
 			}
 		}

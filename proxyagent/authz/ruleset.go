@@ -29,15 +29,18 @@ type compiledPrivilege struct {
 	assigned []*selector // sorted by name
 }
 
-// selector is a compiled identity: a nil selector is a wildcard.
+// selector is a compiled identity: a nil (or, for the workload
+// selectors, empty) selector is a wildcard.
 type selector struct {
 	def                                    msp.Identity // as defined, for snapshots
 	userName, groupName, exePath, procName *string
+	cgroupPath, containerID                string
 }
 
 func newSelector(id msp.Identity) *selector {
 	u, g, e, p := id.Selectors()
-	return &selector{def: id, userName: u, groupName: g, exePath: e, procName: p}
+	return &selector{def: id, userName: u, groupName: g, exePath: e, procName: p,
+		cgroupPath: strings.TrimSuffix(id.CgroupPath, "/"), containerID: id.ContainerID}
 }
 
 type queryRule struct{ key, value string }
@@ -289,6 +292,12 @@ func (id *selector) matches(c *claims.Claims) bool {
 	if id.exePath != nil && !samePath(*id.exePath, c.ProcessFullPath) {
 		return false
 	}
+	if id.def.CgroupPath != "" && !underCgroup(c.CgroupPath, id.cgroupPath) {
+		return false
+	}
+	if id.containerID != "" && !sameContainer(c.ContainerID, id.containerID) {
+		return false
+	}
 	if id.groupName != nil {
 		for _, g := range c.UserGroups {
 			if g == *id.groupName {
@@ -298,4 +307,20 @@ func (id *selector) matches(c *claims.Claims) bool {
 		return false
 	}
 	return true
+}
+
+// underCgroup reports whether path is prefix or below it, whole segments
+// compared ("/a" covers "/a" and "/a/b", not "/ab"; "/" covers every
+// known path). An unknown path ("") is under nothing.
+func underCgroup(path, prefix string) bool {
+	if path == "" {
+		return false
+	}
+	return prefix == "" || path == prefix || strings.HasPrefix(path, prefix+"/")
+}
+
+// sameContainer matches a full id, or an abbreviated one of at least 12
+// digits (as docker ps shows them).
+func sameContainer(id, sel string) bool {
+	return id != "" && (id == sel || len(sel) >= 12 && strings.HasPrefix(id, sel))
 }

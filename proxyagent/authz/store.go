@@ -13,8 +13,12 @@ import (
 )
 
 // StoreConfig configures a Store. The zero value works: no local rules,
-// no snapshot files.
+// no snapshot files, containers kept off the WireServer and HostGAPlugin.
 type StoreConfig struct {
+	// RootContainersToWireServer lets elevated callers in other network
+	// namespaces (containers) reach the WireServer and HostGAPlugin, the
+	// platform's own channels, which are otherwise denied to them.
+	RootContainersToWireServer bool
 	// RulesDir holds WireServer_Rules.json and IMDS_Rules.json
 	// (production: DefaultRulesDir). Empty: local files are treated as
 	// missing.
@@ -82,7 +86,7 @@ func NewStore(cfg StoreConfig) *Store {
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("component", "authz")
-	s.cur.Store(&Snapshot{})
+	s.cur.Store(&Snapshot{rootContainers: cfg.RootContainersToWireServer})
 	return s
 }
 
@@ -152,6 +156,13 @@ func (s *Store) update(ctx context.Context, rules *msp.AuthorizationRules) (bool
 	}
 
 	wsRaw, imdsRaw := wsWire.Clone(), imdsWire.Clone()
+	// Host-delivered rules keep upstream's schema: the workload selectors
+	// of local rules files mean nothing there (upstream ignores them).
+	for _, it := range []*msp.AuthorizationItem{wsRaw, imdsRaw} {
+		if it != nil && it.Rules.StripLocalSelectors() {
+			s.log.Warn("host rules name cgroupPath or containerId selectors; ignored as upstream does", "ruleId", it.ID)
+		}
+	}
 	wsEff, wsLocalChanged := s.resolve(ctx, wsRaw, wsTarget, &s.wsLocal, wsIDChanged)
 	imdsEff, imdsLocalChanged := s.resolve(ctx, imdsRaw, imdsTarget, &s.imdsLocal, imdsIDChanged)
 

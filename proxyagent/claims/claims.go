@@ -6,8 +6,11 @@ package claims
 // Claims is the caller identity used for authorization, audit records and
 // logs. Its JSON form is upstream's; only IsRoot is ever sent to the host.
 type Claims struct {
-	UserID          uint64   `json:"userId"`
-	UserName        string   `json:"userName"`
+	UserID   uint64 `json:"userId"`
+	UserName string `json:"userName"`
+	// GroupID is the caller's real group at connect time, as the kernel
+	// recorded it (not part of upstream's claims).
+	GroupID         uint64   `json:"groupId,omitempty"`
 	UserGroups      []string `json:"userGroups"`
 	ProcessID       uint32   `json:"processId"`
 	ProcessName     string   `json:"processName"`
@@ -20,6 +23,11 @@ type Claims struct {
 	// Ancestry is the caller's parent chain, nearest first (at most four
 	// levels). It is not part of upstream's claims and is omitted when empty.
 	Ancestry []Process `json:"ancestry,omitempty"`
+	// Workload is where the caller runs (cgroup, container, pod).
+	Workload
+	// OtherNetns is true for a caller in another network namespace than
+	// the agent's: a container with its own network. Not upstream's.
+	OtherNetns bool `json:"otherNetns,omitempty"`
 }
 
 // Process is one ancestor of the caller.

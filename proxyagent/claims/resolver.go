@@ -69,6 +69,9 @@ type Resolver struct {
 	// UserCacheTTL is how long a uid's name and groups are cached; 0
 	// means DefaultUserCacheTTL.
 	UserCacheTTL time.Duration
+	// CgroupRoot is the cgroup v2 mount the caller's cgroup path is
+	// checked against; "" leaves the path out.
+	CgroupRoot string
 
 	users userCache
 }
@@ -79,23 +82,26 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	u := r.users.lookup(r, rec.UID)
 	c := &Claims{
 		UserID:        uint64(rec.UID),
+		GroupID:       uint64(rec.GID),
 		UserName:      u.name,
 		UserGroups:    append([]string{}, u.groups...),
 		ProcessID:     rec.PID,
 		RunAsElevated: rec.UID == 0,
 		ClientPort:    client.Port(),
+		OtherNetns:    rec.OtherNetns,
 	}
 	if client.IsValid() {
 		c.ClientIP = client.Addr().Unmap().String()
 	}
 	exe, exeErr := os.Readlink(r.procPath(rec.PID, "exe"))
 	cmd, cmdErr := r.readCmdLine(rec.PID)
+	cg := r.cgroupPath(rec.PID, rec.CgroupID)
 	st, stErr := r.readStat(rec.PID)
 	if rec.StartTime != 0 {
 		if stErr != nil {
 			// Gone (or unverifiable): what was read may belong to a
 			// later process with the same pid.
-			exeErr, cmdErr = stErr, stErr
+			exeErr, cmdErr, cg = stErr, stErr, ""
 		} else if st.StartTime != rec.StartTime {
 			return nil, fmt.Errorf("%w: pid %d started at tick %d, record says %d",
 				ErrPIDReused, rec.PID, st.StartTime, rec.StartTime)
@@ -114,6 +120,9 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	}
 	if stErr == nil {
 		c.Ancestry = r.ancestry(st)
+	}
+	if cg != "" {
+		c.Workload = ParseWorkload(cg)
 	}
 	return c, nil
 }

@@ -136,7 +136,7 @@ func TestResolveFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Claims{
-		UserID: 1000, UserName: "alice", UserGroups: []string{"alice", "adm", "sudo", "docker"},
+		UserID: 1000, UserName: "alice", GroupID: 1000, UserGroups: []string{"alice", "adm", "sudo", "docker"},
 		ProcessID: 500, ProcessName: "curl", ProcessFullPath: "/usr/bin/curl",
 		ProcessCmdLine: "curl -H [REDACTED]",
 		ClientIP:       "127.0.0.1", ClientPort: 51234,

@@ -34,6 +34,7 @@ Commands:
                          query provisioning: exit 0 finished, 2 finished
                          with an error (printed), 1 not finished
   audit report [flags]   who called the metadata services (see --help)
+  audit top [flags]      live view of callers and decisions, every second
   rules suggest [flags]  least-privilege rules from the audit log
   rules test RULES       decisions that RULES would change
   doctor [--json]        check prerequisites and the installation (read-only);

@@ -31,6 +31,10 @@
 //	maxHeaderBytes                 int     409600                               listener: request header size limit
 //	maxConnections                 int     500                                  listener: concurrent connections (alias: upstream's maxActiveTcpConnections)
 //	bpfPinPath                     string  /sys/fs/bpf/azure-proxy-agent        bpffs directory for pinned maps and links
+//	containerListenAddress         string  169.254.100.254:3080                 listener for containers (other network namespaces), added to lo; "" = containers refused
+//	allowRootContainersToWireServer bool   false                                let uid 0 in containers reach WireServer and HostGAPlugin
+//	metricsListen                  string  unix:<statusFolder>/metrics.sock     Prometheus /metrics: unix:PATH (root-only socket), loopback IP:PORT, or "" (off)
+//	auditSyslog                    string  "" (off)                             also send each audit record to this syslog datagram socket, e.g. /dev/log (journald)
 //
 // Accepted and ignored (any JSON value): upstream's eventFolder,
 // maxEventFileCount and fileLogLevelForEvents (this agent writes no
@@ -93,6 +97,12 @@ type Config struct {
 	MaxHeaderBytes              int     // maxHeaderBytes
 	MaxConnections              int     // maxConnections (or maxActiveTcpConnections)
 	BpfPinPath                  string  // bpfPinPath
+	// ContainerListenAddress is containerListenAddress; "" turns the
+	// container listener off (connects from containers are refused).
+	ContainerListenAddress          string
+	AllowRootContainersToWireServer bool   // allowRootContainersToWireServer
+	MetricsListen                   string // metricsListen, "" when off (see MetricsEndpoint)
+	AuditSyslog                     string // auditSyslog, "" when off
 
 	// Warnings lists tolerated oddities (unknown log level or canonical
 	// mode) that upstream also tolerates; callers log them.
@@ -122,6 +132,8 @@ func Default() Config {
 		MaxHeaderBytes:              400 * 1024,
 		MaxConnections:              500,
 		BpfPinPath:                  "/sys/fs/bpf/azure-proxy-agent",
+		ContainerListenAddress:      msp.ContainerListenerAddr.String(),
+		MetricsListen:               "unix:/var/log/azure-proxy-agent/" + MetricsSocketName,
 	}
 }
 
@@ -149,6 +161,10 @@ type file struct {
 	MaxHeaderBytes              *int     `json:"maxHeaderBytes"`
 	MaxConnections              *int     `json:"maxConnections"`
 	BpfPinPath                  *string  `json:"bpfPinPath"`
+	ContainerListenAddress      *string  `json:"containerListenAddress"`
+	AllowRootContainersToWS     *bool    `json:"allowRootContainersToWireServer"`
+	MetricsListen               *string  `json:"metricsListen"`
+	AuditSyslog                 *string  `json:"auditSyslog"`
 }
 
 // Locate returns DefaultPath when it exists, else FileName next to the
@@ -214,6 +230,10 @@ func Parse(data []byte) (Config, error) {
 	str(&c.HostGAPluginAddress, f.HostGAPluginAddress)
 	str(&c.StatusFolder, f.StatusFolder)
 	str(&c.BpfPinPath, f.BpfPinPath)
+	str(&c.ContainerListenAddress, f.ContainerListenAddress)
+	if f.AllowRootContainersToWS != nil {
+		c.AllowRootContainersToWireServer = *f.AllowRootContainersToWS
+	}
 	if f.SocketMark != nil {
 		c.SocketMark = *f.SocketMark
 	}
@@ -277,6 +297,9 @@ func Parse(data []byte) (Config, error) {
 			return Config{}, fmt.Errorf("key %q: %w", a.key, err)
 		}
 	}
+	if _, err := c.Endpoints(); err != nil {
+		return Config{}, err
+	}
 	for _, p := range []struct {
 		key string
 		val string
@@ -287,6 +310,10 @@ func Parse(data []byte) (Config, error) {
 		if p.val == "" {
 			return Config{}, fmt.Errorf("key %q: must not be empty", p.key)
 		}
+	}
+
+	if err := c.setObservability(f.MetricsListen, f.AuditSyslog); err != nil {
+		return Config{}, err
 	}
 
 	if f.FileLogLevel != nil {
@@ -330,6 +357,18 @@ func (c Config) Endpoints() (msp.Endpoints, error) {
 			return e, fmt.Errorf("config: %s %q is not ip:port: %w", f.key, f.addr, err)
 		}
 		*f.dst = ap
+	}
+	if c.ContainerListenAddress != "" {
+		ap, err := netip.ParseAddrPort(c.ContainerListenAddress)
+		if err != nil || !ap.Addr().Is4() || ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() {
+			return e, fmt.Errorf("config: containerListenAddress %q is not a non-loopback IPv4 ip:port", c.ContainerListenAddress)
+		}
+		for _, svc := range []netip.AddrPort{e.WireServer, e.IMDS, e.HostGAPlugin} {
+			if ap.Addr() == svc.Addr() {
+				return e, fmt.Errorf("config: containerListenAddress %q is a metadata service's address", c.ContainerListenAddress)
+			}
+		}
+		e.ContainerListener = ap
 	}
 	return e, nil
 }

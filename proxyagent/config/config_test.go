@@ -175,3 +175,29 @@ func TestExpandEnv(t *testing.T) {
 		}
 	}
 }
+
+func TestContainerKeys(t *testing.T) {
+	c, err := Parse([]byte(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := c.Endpoints()
+	if e.ContainerListener.String() != "169.254.100.254:3080" || c.AllowRootContainersToWireServer {
+		t.Errorf("defaults: container listener %v, root containers %v", e.ContainerListener, c.AllowRootContainersToWireServer)
+	}
+	c, err = Parse([]byte(`{"containerListenAddress":"","allowRootContainersToWireServer":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := c.Endpoints(); e.ContainerListener.IsValid() || !c.AllowRootContainersToWireServer {
+		t.Errorf("off: %v %v", e.ContainerListener, c.AllowRootContainersToWireServer)
+	}
+	for _, bad := range []string{`"127.0.0.1:3081"`, `"[fe80::1]:3080"`, `"169.254.169.254:3080"`, `"nonsense"`, `"0.0.0.0:3080"`, `7`} {
+		if _, err := Parse([]byte(`{"containerListenAddress":` + bad + `}`)); err == nil {
+			t.Errorf("containerListenAddress %s accepted", bad)
+		}
+	}
+	if _, err := Parse([]byte(`{"allowRootContainersToWireServer":"yes"}`)); err == nil {
+		t.Error("allowRootContainersToWireServer as a string accepted")
+	}
+}

@@ -194,12 +194,19 @@ func (c *checker) listener() {
 		c.add("listener.loopback", Unknown, err.Error(), "run doctor where /proc is mounted")
 		return
 	}
+	// The container listener (containerListenAddress) is the agent's too:
+	// a link-local address on lo that only the VM's containers reach, and
+	// it answers nothing but redirected connections.
+	var container netip.AddrPort
+	if e, err := c.cfg.Endpoints(); err == nil {
+		container = e.ContainerListener
+	}
 	var found, exposed []string
 	for _, l := range ls {
-		if l.Port() != want.Port() {
+		if l.Port() != want.Port() && l != container {
 			continue
 		}
-		if l.Addr().IsLoopback() {
+		if l.Addr().IsLoopback() || (container.IsValid() && l == container) {
 			found = append(found, l.String())
 		} else {
 			exposed = append(exposed, l.String())
@@ -213,7 +220,7 @@ func (c *checker) listener() {
 		c.add("listener.loopback", Fail, "nothing listens on "+want.String()+" in this network namespace; the agent is not serving",
 			"start the agent: systemctl start azure-proxy-agent (journalctl -u azure-proxy-agent says why it stopped)")
 	default:
-		c.add("listener.loopback", OK, "listening on "+strings.Join(found, ", ")+" only", "")
+		c.add("listener.loopback", OK, "listening on "+strings.Join(found, ", ")+" only (loopback and the container listener)", "")
 	}
 }
 

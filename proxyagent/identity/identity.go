@@ -12,8 +12,8 @@ import (
 // Record is what the kernel captured at connect() time for one redirected
 // connection.
 type Record struct {
-	PID      uint32 // thread-group id (the process id users see)
-	TID      uint32 // thread id that called connect
+	PID uint32 // thread-group id (the process id users see)
+	// UID and GID are the caller's real user and group at connect time.
 	UID      uint32
 	GID      uint32
 	CgroupID uint64

@@ -30,6 +30,10 @@ type Caller struct {
 	Ancestry []string `json:"ancestry,omitempty"`
 	// NoIdentity marks requests that carried no caller identity.
 	NoIdentity bool `json:"noIdentity,omitempty"`
+	// Container is where a containerised caller runs (another network
+	// namespace, or a runtime's cgroup): one program in two containers is
+	// two callers. Nil for the VM's own processes.
+	Container *claims.Workload `json:"container,omitempty"`
 }
 
 // CallerOf returns the Caller of a record's claims (nil: no identity).
@@ -42,6 +46,10 @@ func CallerOf(c *claims.Claims) Caller {
 	for _, p := range c.Ancestry {
 		out.Ancestry = append(out.Ancestry, p.Exe)
 	}
+	if c.OtherNetns || c.ContainerID != "" {
+		w := c.Workload
+		out.Container = &w
+	}
 	return out
 }
 
@@ -50,8 +58,13 @@ func (c Caller) key() string {
 	if c.NoIdentity {
 		return "\x00none"
 	}
+	var w claims.Workload
+	if c.Container != nil {
+		w = *c.Container
+	}
 	return strings.Join([]string{c.User, strconv.FormatUint(c.UID, 10), strings.Join(c.Groups, ","), c.Exe,
-		c.ProcessName, strconv.FormatBool(c.Elevated), strings.Join(c.Ancestry, "\x01")}, "\x00")
+		c.ProcessName, strconv.FormatBool(c.Elevated), strings.Join(c.Ancestry, "\x01"),
+		strconv.FormatBool(c.Container != nil), w.CgroupPath, w.ContainerID, w.PodUID}, "\x00")
 }
 
 // String describes the caller on one line, with control characters
@@ -75,6 +88,20 @@ func (c Caller) String() string {
 			parts[i] = clean(a)
 		}
 		b.WriteString(" via " + strings.Join(parts, " < "))
+	}
+	if w := c.Container; w != nil {
+		b.WriteString(" in container")
+		if w.ContainerID != "" {
+			b.WriteString(" " + clean(w.ContainerID[:min(12, len(w.ContainerID))]))
+		}
+		if w.PodUID != "" {
+			b.WriteString(" pod=" + clean(w.PodUID))
+		}
+		cg := w.CgroupPath
+		if cg == "" {
+			cg = "(unknown)"
+		}
+		b.WriteString(" cgroup=" + clean(cg))
 	}
 	return b.String()
 }

@@ -34,7 +34,7 @@ var now = time.Now
 // ExitFindings, ExitBadInput). It never panics on bad input.
 func RunAudit(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || isHelp(args[0]) {
-		fmt.Fprintf(stderr, "usage: %s audit report [flags]\n\nSubcommands:\n  report   who called what, and what Enforce would deny\n", Program)
+		fmt.Fprintf(stderr, "usage: %s audit report|top [flags]\n\nSubcommands:\n  report   who called what, and what Enforce would deny\n%s\n", Program, topUsage)
 		if len(args) == 0 {
 			return ExitBadInput
 		}
@@ -43,8 +43,10 @@ func RunAudit(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "report":
 		return runReport(args[1:], stdout, stderr)
+	case "top":
+		return runTop(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "%s audit: unknown subcommand %q (want report)\n", Program, args[0])
+	fmt.Fprintf(stderr, "%s audit: unknown subcommand %q (want report or top)\n", Program, args[0])
 	return ExitBadInput
 }
 

@@ -103,6 +103,9 @@ type Options struct {
 	// published state, with that state; the agent copies its keyLatchStatus
 	// into the status registry.
 	OnChange func(*State)
+	// OnPoll, when set, is told each key-status poll's outcome (nil:
+	// the host answered a valid status), on Run's goroutine (metrics).
+	OnPoll func(err error)
 	// Start is the process start time for uptime; zero means New's time.
 	Start  time.Time
 	Logger *slog.Logger
@@ -418,6 +421,9 @@ func (k *KeyKeeper) fetchStatus(ctx context.Context) (*msp.KeyStatus, error) {
 // poll is one iteration of §1.6 after the sleep.
 func (k *KeyKeeper) poll(ctx context.Context) {
 	ks, err := k.fetchStatus(ctx)
+	if k.opts.OnPoll != nil {
+		k.opts.OnPoll(err)
+	}
 	if err != nil {
 		msg := "Failed to get key status - " + err.Error()
 		k.setMessage(msg)

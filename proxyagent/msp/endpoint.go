@@ -37,6 +37,17 @@ var (
 	HostGAPluginAddr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{168, 63, 129, 16}), 32526)
 	// ListenerAddr is the agent's own listener, 127.0.0.1:3080.
 	ListenerAddr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 3080)
+	// ContainerListenerAddr is the agent's listener for callers in other
+	// network namespaces (containers), 169.254.100.254:3080: an address the
+	// agent adds to the loopback device of its namespace, which containers
+	// reach through their default route. It is link-local, so never routed
+	// off the VM, and none of the addresses the platform or the usual
+	// container stacks use: Azure's 169.254.169.254 and 168.63.129.16,
+	// other clouds' metadata, DNS and credential addresses in
+	// 169.254.169.0/24 and 169.254.170.0/24, Docker's bridges
+	// (172.17.0.0/16 and the pools after it), Kubernetes node-local DNS
+	// (169.254.20.10), Calico's and the AWS CNI's gateway 169.254.1.1.
+	ContainerListenerAddr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{169, 254, 100, 254}), 3080)
 )
 
 // Endpoints are the addresses of the three services and of the agent's
@@ -46,6 +57,10 @@ type Endpoints struct {
 	IMDS         netip.AddrPort
 	HostGAPlugin netip.AddrPort
 	Listener     netip.AddrPort
+	// ContainerListener is the listener for other network namespaces; the
+	// zero value means there is none (containers' connects are refused).
+	// WithDefaults leaves it as it is.
+	ContainerListener netip.AddrPort
 }
 
 // DefaultEndpoints returns the production addresses.
@@ -102,6 +117,9 @@ func (e Endpoints) Classify(dest netip.AddrPort) Service {
 	case unmap(e.IMDS):
 		return IMDS
 	case unmap(e.Listener):
+		return ProxyAgent
+	}
+	if e.ContainerListener.IsValid() && dest == unmap(e.ContainerListener) {
 		return ProxyAgent
 	}
 	return Other

@@ -65,6 +65,13 @@ type Identity struct {
 	GroupName   string
 	ExePath     string
 	ProcessName string
+	// CgroupPath (a cgroup v2 path prefix, whole segments) and ContainerID
+	// (a container id, or a prefix of at least 12 digits) select callers
+	// by workload. They are this project's extension of the schema, read
+	// from local rules files only: host-delivered rules keep upstream's
+	// schema (StripLocalSelectors). Empty means absent.
+	CgroupPath  string
+	ContainerID string
 	// named records selectors the decoded document named with an empty
 	// value, so they are not mistaken for wildcards.
 	named emptySelectors
@@ -87,6 +94,8 @@ type identityJSON struct {
 	GroupName   *string `json:"groupName,omitempty"`
 	ExePath     *string `json:"exePath,omitempty"`
 	ProcessName *string `json:"processName,omitempty"`
+	CgroupPath  string  `json:"cgroupPath,omitempty"`
+	ContainerID string  `json:"containerId,omitempty"`
 }
 
 // Selectors returns the specified selectors; nil means absent (a wildcard).
@@ -104,7 +113,8 @@ func (id Identity) Selectors() (userName, groupName, exePath, processName *strin
 // MarshalJSON writes the specified selectors, empty ones included.
 func (id Identity) MarshalJSON() ([]byte, error) {
 	u, g, e, p := id.Selectors()
-	return json.Marshal(identityJSON{Name: id.Name, UserName: u, GroupName: g, ExePath: e, ProcessName: p})
+	return json.Marshal(identityJSON{Name: id.Name, UserName: u, GroupName: g, ExePath: e, ProcessName: p,
+		CgroupPath: id.CgroupPath, ContainerID: id.ContainerID})
 }
 
 // UnmarshalJSON reads an identity, remembering selectors named with an
@@ -114,7 +124,7 @@ func (id *Identity) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	*id = Identity{Name: w.Name}
+	*id = Identity{Name: w.Name, CgroupPath: w.CgroupPath, ContainerID: w.ContainerID}
 	for _, f := range []struct {
 		src *string
 		dst *string
@@ -262,4 +272,22 @@ func (r *Rules) Clone() *Rules {
 		out.RoleAssignments[i].Identities = slices.Clone(out.RoleAssignments[i].Identities)
 	}
 	return &out
+}
+
+// StripLocalSelectors removes the selectors only local rules files may
+// use (CgroupPath, ContainerID), as upstream's schema ignores them; it
+// reports whether any was present.
+func (r *Rules) StripLocalSelectors() bool {
+	if r == nil {
+		return false
+	}
+	found := false
+	for i := range r.Identities {
+		id := &r.Identities[i]
+		if id.CgroupPath != "" || id.ContainerID != "" {
+			found = true
+			id.CgroupPath, id.ContainerID = "", ""
+		}
+	}
+	return found
 }

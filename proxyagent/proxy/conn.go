@@ -19,10 +19,11 @@ import (
 // hold the accept queue or goroutines.
 type limitListener struct {
 	net.Listener
-	s        *Server
-	sem      chan struct{}
-	refused  atomic.Uint64
-	lastWarn atomic.Int64 // unix nanos of the last "too many" warning
+	s         *Server
+	sem       chan struct{} // shared by the listeners of one Server
+	container bool          // the container listener
+	refused   atomic.Uint64
+	lastWarn  atomic.Int64 // unix nanos of the last "too many" warning
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -44,7 +45,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		st := l.s.newConnState(c)
+		st := l.s.newConnState(c, l.container)
 		return &clientConn{Conn: c, st: st, release: func() { <-l.sem }}, nil
 	}
 }
@@ -90,6 +91,9 @@ type connState struct {
 	s      *Server
 	tcpID  uint64
 	client netip.AddrPort
+	// viaContainer: accepted on the container listener, where nothing
+	// without a kernel record is answered.
+	viaContainer bool
 
 	ready      chan struct{} // identity and claims known
 	redirected bool
@@ -108,15 +112,16 @@ type connState struct {
 	closed bool
 }
 
-func (s *Server) newConnState(c net.Conn) *connState {
+func (s *Server) newConnState(c net.Conn, viaContainer bool) *connState {
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &connState{
-		s:       s,
-		tcpID:   s.tcpIDs.Add(1),
-		client:  addrPort(c.RemoteAddr()),
-		ready:   make(chan struct{}),
-		upReady: make(chan struct{}),
-		cancel:  cancel,
+		s:            s,
+		tcpID:        s.tcpIDs.Add(1),
+		client:       addrPort(c.RemoteAddr()),
+		viaContainer: viaContainer,
+		ready:        make(chan struct{}),
+		upReady:      make(chan struct{}),
+		cancel:       cancel,
 	}
 	go st.setup(ctx)
 	return st

@@ -118,6 +118,24 @@ func (g *bodyGuard) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// readBody reads a signed request's body; a known length (already
+// checked against the limit) is allocated once instead of by doubling.
+func readBody(g *bodyGuard, length int64) ([]byte, error) {
+	if length <= 0 {
+		return io.ReadAll(g)
+	}
+	body := make([]byte, length)
+	n, err := io.ReadFull(g, body)
+	if err != nil {
+		if g.err != nil {
+			return nil, g.err
+		}
+		return nil, err
+	}
+	// Content-Length bytes read: anything more is Go's server's business.
+	return body[:n], nil
+}
+
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // forward runs protocol.md §4.5 steps 10–13 for an authorized request.
@@ -135,7 +153,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 		var body []byte
 		var err error
 		if r.Body != http.NoBody {
-			body, err = io.ReadAll(guard)
+			body, err = readBody(guard, r.ContentLength)
 		}
 		if err != nil {
 			// A chunked body over the limit or a broken body: close without
@@ -173,6 +191,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 			panic(http.ErrAbortHandler)
 		}
 		ev.Status, ev.Error = status, "upstream: "+err.Error()
+		if s.opts.Metrics != nil {
+			s.opts.Metrics.UpstreamFailure(ev, err)
+		}
 		s.log.Warn("upstream request failed", "httpId", ev.HTTPID, "tcpId", st.tcpID, "dest", st.dest.String(),
 			"status", status, "error", err)
 		reply(w, status, true)
@@ -349,6 +370,9 @@ func (s *Server) relay(w http.ResponseWriter, st *connState, up *upstream, resp 
 			ev.Error = "read upstream response body: " + rerr.Error()
 			if errors.Is(rerr, os.ErrDeadlineExceeded) {
 				ev.Error = "upstream response timed out"
+			}
+			if s.opts.Metrics != nil {
+				s.opts.Metrics.UpstreamFailure(ev, rerr)
 			}
 			// The client has a partial response; closing is the only honest
 			// way to end it.

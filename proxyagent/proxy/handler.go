@@ -67,6 +67,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	limit := s.opts.MaxSignedBody
 	if exempt {
 		limit = s.opts.MaxExemptBody
+	} else if isUpload(r.Method, r.RequestURI) {
+		limit = s.opts.MaxUploadBody
 	}
 	if r.ContentLength > limit {
 		ev.Status, ev.Error = http.StatusRequestEntityTooLarge, "request body exceeds "+strconv.FormatInt(limit, 10)+" bytes"
@@ -89,6 +91,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Connection", "close")
 		w.WriteHeader(ev.Status)
 		w.Write([]byte("Method Not Allowed"))
+		return
+	}
+	if st.viaContainer && !st.redirected {
+		ev.Status, ev.Error = http.StatusMisdirectedRequest, "container listener: no kernel record (not a redirected connection)"
+		reply(w, ev.Status, true)
 		return
 	}
 	if terr := msp.CheckTarget(r.RequestURI); terr != nil {
@@ -130,6 +137,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(w, ev.Status, true)
 		return
 	}
+	if !exempt {
+		release, ok := s.reserveUpload(r, limit)
+		if !ok {
+			ev.Status, ev.Error = http.StatusServiceUnavailable, "upload buffer budget spent"
+			w.Header().Set("Retry-After", "5")
+			reply(w, ev.Status, true)
+			return
+		}
+		defer release()
+	}
 	s.forward(w, r, st, exempt, limit, &ev)
 }
 
@@ -137,6 +154,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) finish(ev *audit.Event) {
 	if s.opts.Recorder != nil {
 		s.opts.Recorder.Record(*ev)
+	}
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.Request(ev)
 	}
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
@@ -214,8 +234,8 @@ func (s *Server) aggregateStatus(w http.ResponseWriter, r *http.Request, st *con
 		reply(w, ev.Status, true)
 		return
 	}
-	if st.caller == nil || !st.caller.RunAsElevated {
-		ev.Status, ev.Error = http.StatusForbidden, "aggregate status requires a redirected elevated caller"
+	if st.caller == nil || !st.caller.RunAsElevated || st.caller.OtherNetns {
+		ev.Status, ev.Error = http.StatusForbidden, "aggregate status requires a redirected elevated caller in the agent's network namespace"
 		reply(w, ev.Status, true)
 		return
 	}

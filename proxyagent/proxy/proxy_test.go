@@ -122,11 +122,11 @@ func TestBodyLimit(t *testing.T) {
 		name, raw string
 		want      int
 	}{
-		{"signed over limit", req("POST", "/machine?comp=health", "Content-Length: 102401") + big, 413},
+		{"signed over limit", req("POST", "/machine/x?restype=role", "Content-Length: 102401") + big, 413},
 		{"traversal path", req("POST", "/test/../", "Content-Length: 102401") + big, 413},
 		{"bad method", req("WIDGET", "/", "Content-Length: 102401") + big, 413},
 		{"local endpoint", req("POST", "/provision", "Content-Length: 102401", "Metadata: true") + big, 413},
-		{"signed at limit", req("POST", "/machine?comp=health", "Content-Length: 102400") + big[:102400], 200},
+		{"signed at limit", req("POST", "/machine/x?restype=role", "Content-Length: 102400") + big[:102400], 200},
 		{"exempt over signed limit", req("PUT", "/vmAgentLog", "Content-Length: 102401") + big, 200},
 		{"exempt over exempt limit", req("PUT", "/vmAgentLog", "Content-Length: 204801"), 413},
 	}
@@ -147,7 +147,7 @@ func TestBodyLimit(t *testing.T) {
 	t.Run("chunked over limit", func(t *testing.T) {
 		before := len(e.up.requests())
 		c := e.connect(rootRec(wsDest))
-		c.send(req("POST", "/machine?comp=health", "Transfer-Encoding: chunked"))
+		c.send(req("POST", "/machine/x?restype=role", "Transfer-Encoding: chunked"))
 		chunk := strings.Repeat("y", 60000)
 		c.send(fmt.Sprintf("%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n", len(chunk), chunk, len(chunk), chunk))
 		if !c.closedByServer() {

@@ -115,6 +115,14 @@ type Recorder interface {
 	Record(audit.Event)
 }
 
+// Metrics is told about every request outcome and every failed upstream
+// exchange (package metrics). Its methods run on the request's goroutine
+// and must not block.
+type Metrics interface {
+	Request(ev *audit.Event)
+	UpstreamFailure(ev *audit.Event, err error)
+}
+
 // Local answers the agent's local endpoints (protocol.md §5.4, §5.5).
 type Local interface {
 	// Query answers /provision (provision.Serve).
@@ -147,7 +155,10 @@ type Options struct {
 	// Addr is the listen address (IPv4), default 127.0.0.1:3080.
 	Addr string
 	// Endpoints classify each connection's original destination; zero
-	// fields take the production addresses.
+	// fields take the production addresses. A valid ContainerListener is
+	// a second listen address, for callers in other network namespaces
+	// (containers): a connection accepted there without a kernel record is
+	// refused (421), whatever it asks.
 	Endpoints msp.Endpoints
 
 	Identity   identity.Source
@@ -156,6 +167,8 @@ type Options struct {
 	Keys       KeySource
 	// Recorder receives audit events; nil discards them.
 	Recorder Recorder
+	// Metrics counts requests and upstream failures; nil counts nothing.
+	Metrics Metrics
 	// Local answers /provision and /gpa-aggregated-status; nil answers 500.
 	Local  Local
 	Logger *slog.Logger
@@ -195,6 +208,12 @@ type Options struct {
 	// signature-exempt requests.
 	MaxSignedBody int64
 	MaxExemptBody int64
+	// MaxUploadBody is the body limit of waagent's signed uploads (see
+	// isUpload; default DefaultMaxUploadBody) and UploadBudget the bytes
+	// all such bodies above MaxSignedBody may hold at once (default
+	// DefaultUploadBudget).
+	MaxUploadBody int64
+	UploadBudget  int64
 	// DialTimeout bounds the upstream connect; ResponseTimeout bounds every
 	// single read or write on the upstream connection.
 	DialTimeout     time.Duration
@@ -216,13 +235,15 @@ type Server struct {
 	log  *slog.Logger
 	hs   *http.Server
 
-	pool upstreamPool // idle upstream connections shared by client connections
+	pool    upstreamPool // idle upstream connections shared by client connections
+	uploads byteBudget   // buffers of large signed uploads (reserveUpload)
 
 	requests atomic.Uint64 // proxyConnectionsCount and HTTP ids
 	tcpIDs   atomic.Uint64
 
-	mu sync.Mutex   // guards ln
-	ln net.Listener // set by Listen
+	mu  sync.Mutex   // guards ln and cln
+	ln  net.Listener // set by Listen
+	cln net.Listener // container listener, set by Listen when configured
 }
 
 // New validates opts, fills defaults and returns a Server that is not yet
@@ -269,6 +290,12 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxExemptBody <= 0 {
 		opts.MaxExemptBody = DefaultMaxExemptBody
 	}
+	if opts.MaxUploadBody <= 0 {
+		opts.MaxUploadBody = DefaultMaxUploadBody
+	}
+	if opts.UploadBudget <= 0 {
+		opts.UploadBudget = DefaultUploadBudget
+	}
 	if opts.DialUpstream == nil {
 		d := &net.Dialer{}
 		opts.DialUpstream = d.DialContext
@@ -279,6 +306,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy")}
 	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
+	s.uploads.free = opts.UploadBudget
 	s.hs = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
@@ -309,36 +337,54 @@ func (s *Server) Addr() net.Addr {
 
 // Listen binds the listener, retrying on EADDRINUSE as protocol.md §4.1
 // describes, and reports RUNNING or STOPPED through Options.ListenerStatus.
+//
+// The container listener, when configured, is bound too; if it cannot be,
+// the listener still starts and its message says so: connects from
+// containers are then refused (nothing listens where the kernel sends
+// them).
 func (s *Server) Listen() error {
-	ln, err := s.bind()
+	ln, err := s.bind(s.opts.Addr)
 	if err != nil {
 		err = fmt.Errorf("proxy: listen on %s: %w", s.opts.Addr, err)
 		s.log.Error("proxy listener failed to start", "addr", s.opts.Addr, "error", err)
 		s.status(false, err.Error())
 		return err
 	}
+	sem := make(chan struct{}, s.opts.MaxConns)
+	var cln net.Listener
+	note := ""
+	if ca := s.opts.Endpoints.ContainerListener; ca.IsValid() {
+		raw, err := s.bind(ca.String())
+		if err != nil {
+			note = fmt.Sprintf("; container listener %s failed, containers are refused: %v", ca, err)
+			s.log.Error("container listener failed to start; connects from containers are refused", "addr", ca.String(), "error", err)
+		} else {
+			cln = &limitListener{Listener: raw, s: s, sem: sem, container: true}
+		}
+	}
 	s.mu.Lock()
-	s.ln = &limitListener{Listener: ln, s: s, sem: make(chan struct{}, s.opts.MaxConns)}
+	s.ln = &limitListener{Listener: ln, s: s, sem: sem}
+	s.cln = cln
 	s.mu.Unlock()
-	msg := fmt.Sprintf("Started proxy listener, ready to accept request - %d", time.Since(s.opts.Start).Milliseconds())
+	msg := fmt.Sprintf("Started proxy listener, ready to accept request - %d", time.Since(s.opts.Start).Milliseconds()) + note
 	s.log.Info(msg, "addr", ln.Addr().String())
 	s.status(true, msg)
 	return nil
 }
 
-func (s *Server) bind() (net.Listener, error) {
+func (s *Server) bind(addr string) (net.Listener, error) {
 	for i := 0; i < s.opts.BindRetries; i++ {
-		ln, err := net.Listen("tcp4", s.opts.Addr)
+		ln, err := net.Listen("tcp4", addr)
 		if err == nil {
 			return ln, nil
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) {
 			return nil, err
 		}
-		s.log.Warn("proxy listen address in use, retrying", "addr", s.opts.Addr, "attempt", i+1)
+		s.log.Warn("proxy listen address in use, retrying", "addr", addr, "attempt", i+1)
 		time.Sleep(s.opts.BindRetryInterval)
 	}
-	return net.Listen("tcp4", s.opts.Addr)
+	return net.Listen("tcp4", addr)
 }
 
 func (s *Server) status(running bool, msg string) {
@@ -351,10 +397,17 @@ func (s *Server) status(running bool, msg string) {
 // returns nil; any other error is returned and reported as STOPPED.
 func (s *Server) Serve() error {
 	s.mu.Lock()
-	ln := s.ln
+	ln, cln := s.ln, s.cln
 	s.mu.Unlock()
 	if ln == nil {
 		return errors.New("proxy: Serve called before Listen")
+	}
+	if cln != nil {
+		go func() {
+			if err := s.hs.Serve(cln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("container listener stopped", "error", err)
+			}
+		}()
 	}
 	err := s.hs.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {

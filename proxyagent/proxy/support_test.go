@@ -101,7 +101,8 @@ func (fakeClaims) Resolve(rec identity.Record, client netip.AddrPort) (*claims.C
 		return nil, errors.New("process vanished")
 	}
 	return &claims.Claims{UserID: uint64(rec.UID), UserName: "u" + strconv.Itoa(int(rec.UID)), ProcessID: rec.PID,
-		ProcessName: rec.Comm, RunAsElevated: rec.UID == 0, ClientIP: client.Addr().String(), ClientPort: client.Port()}, nil
+		ProcessName: rec.Comm, RunAsElevated: rec.UID == 0, ClientIP: client.Addr().String(), ClientPort: client.Port(),
+		OtherNetns: rec.OtherNetns}, nil
 }
 
 // fakeAuthz denies targets containing "deny" and records what it saw.

@@ -11,18 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultContainerListener is where connects from other network
-// namespaces (containers) go: an address the agent adds to the loopback
-// device of its own namespace, port 3080. 169.254.100.254 is link-local, so
-// it is never routed off the VM, and it is none of the addresses the
-// platform or the usual container stacks use: Azure's 169.254.169.254 and
-// 168.63.129.16, Docker's bridges (172.17.0.0/16 and the pools after it),
-// Kubernetes node-local DNS (169.254.20.10), Calico's and the AWS CNI's
-// gateway 169.254.1.1, cloud-init's and other clouds' metadata addresses in
-// 169.254.169.0/24 and 169.254.170.0/24. Containers reach it through their
-// default route into the VM's namespace, where it is a local address.
-var DefaultContainerListener = netip.AddrPortFrom(netip.AddrFrom4([4]byte{169, 254, 100, 254}), 3080)
-
 // NetnsCookie returns the cookie of the calling thread's network namespace
 // (SO_NETNS_COOKIE, Linux 5.14), the value bpf_get_netns_cookie reports
 // for sockets in it.

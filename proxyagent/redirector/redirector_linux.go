@@ -43,13 +43,10 @@ type Config struct {
 	PinDir string
 	// Endpoints are the redirectable services and the listener redirected
 	// connections go to; all must be IPv4. Zero fields take the production
-	// addresses.
+	// addresses, except ContainerListener: where connects from sockets in
+	// other network namespaces go (a local address of the agent's
+	// namespace); zero refuses them (EPERM), never sends them on.
 	Endpoints msp.Endpoints
-	// ContainerListener is where connects from sockets in other network
-	// namespaces go (IPv4, a local address of the agent's namespace that
-	// containers reach through their default route). Zero: such connects
-	// are refused (EPERM), never sent to the endpoint.
-	ContainerListener netip.AddrPort
 	// Netns is the agent's network namespace cookie; 0 reads it at Load
 	// (NetnsCookie). When it cannot be read every socket counts as the
 	// agent's namespace, as before container support.
@@ -136,8 +133,8 @@ func (c *Config) setDefaults() error {
 	if !d.Listener.Addr().Is4() {
 		return fmt.Errorf("listener %s is not an IPv4 address", d.Listener)
 	}
-	if c.ContainerListener.IsValid() && !c.ContainerListener.Addr().Is4() {
-		return fmt.Errorf("container listener %s is not an IPv4 address", c.ContainerListener)
+	if d.ContainerListener.IsValid() && !d.ContainerListener.Addr().Is4() {
+		return fmt.Errorf("container listener %s is not an IPv4 address", d.ContainerListener)
 	}
 	for _, ap := range []netip.AddrPort{d.WireServer, d.IMDS, d.HostGAPlugin} {
 		if !ap.Addr().Is4() {
@@ -374,7 +371,7 @@ func (r *Redirector) SetPolicy(ws, imds, hgap bool) error {
 // there is none: refused).
 func (r *Redirector) policyValue() bpf.RedirectPolicyValue {
 	v := bpf.RedirectPolicyValue{Addr: r.cfg.Endpoints.Listener.Addr().As4(), Port: r.cfg.Endpoints.Listener.Port()}
-	if c := r.cfg.ContainerListener; c.IsValid() {
+	if c := r.cfg.Endpoints.ContainerListener; c.IsValid() {
 		v.NsAddr, v.NsPort = c.Addr().As4(), c.Port()
 	}
 	return v
@@ -438,7 +435,6 @@ func toIdentity(rec bpf.RedirectConnRecord, agentNetns uint64) identity.Record {
 	}
 	return identity.Record{
 		PID:        rec.Pid,
-		TID:        rec.Tid,
 		UID:        rec.Uid,
 		GID:        rec.Gid,
 		CgroupID:   rec.CgroupId,

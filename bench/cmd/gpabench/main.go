@@ -45,6 +45,7 @@ type options struct {
 	skipNginx  bool
 	perfDir    string
 	moduleRoot string
+	syslog     bool
 }
 
 func main() {
@@ -66,6 +67,7 @@ func run() int {
 	flag.BoolVar(&o.skipNginx, "no-nginx", false, "skip the nginx reference path")
 	flag.StringVar(&o.perfDir, "perf", "", "also record the agent with perf(1) during extra c=1 Enforce runs and write reports into this directory")
 	flag.StringVar(&o.moduleRoot, "module", ".", "a directory inside the gpa module")
+	flag.BoolVar(&o.syslog, "syslog", true, "send the agent's audit records to a local syslog socket as well")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -136,8 +138,19 @@ func suite(ctx context.Context, o options, log *slog.Logger) (*Report, error) {
 	// The namespace's clients run as root; the binaries must be reachable.
 	_ = os.Chmod(binDir, 0o755)
 
+	// The agent runs as in production with its metrics endpoint (the
+	// default unix socket) and, with -syslog, audit records to syslog too.
+	agentCfg := map[string]any{}
+	if o.syslog {
+		sink, err := startSyslogSink(binDir)
+		if err != nil {
+			return rep, err
+		}
+		defer func() { sink.close(); log.Info("syslog sink", "messages", sink.Received.Load()) }()
+		agentCfg["auditSyslog"] = sink.Path
+	}
 	setupCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	env, err := e2eenv.Setup(setupCtx, e2eenv.Config{Bin: bins, Settings: e2eenv.EnforceSettings})
+	env, err := e2eenv.Setup(setupCtx, e2eenv.Config{Bin: bins, Settings: e2eenv.EnforceSettings, AgentConfig: agentCfg})
 	cancel()
 	if err != nil {
 		return rep, err

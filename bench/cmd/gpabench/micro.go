@@ -20,6 +20,8 @@ var microPackages = []string{
 	"./proxyagent/audit",      // audit-record write
 	"./proxyagent/claims",     // caller claims from /proc
 	"./proxyagent/redirector", // connect() attached/detached, Load
+	"./proxyagent/metrics",    // per-request metric update
+	"./proxyagent/syslog",     // audit record to syslog (writer goroutine)
 }
 
 // runMicro runs `go test -run '^$' -bench . -benchtime T -p 1` over the

@@ -116,8 +116,11 @@ var (
 
 // baseline is the direct path a path's added latency is measured against.
 func baseline(path string) string {
-	if strings.HasSuffix(path, "-token") {
+	switch {
+	case strings.HasSuffix(path, "-token"):
 		return "direct-token"
+	case strings.HasSuffix(path, "-container"):
+		return "direct-container"
 	}
 	return "direct"
 }
@@ -150,6 +153,16 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 		}
 	}
 	paths = append(paths, pathAudit, pathAuditToken, pathEnforce, pathEnforceToken)
+	// The container path: a client in its own network namespace and cgroup
+	// (veth into the VM), through the agent's container listener, against
+	// the same client going direct (outside the attached group).
+	if k, err := b.AddContainer(0); err != nil {
+		rep.Notes = append(rep.Notes, "container path not measured: "+err.Error())
+	} else {
+		url := "http://169.254.169.254" + instancePath
+		paths = append([]pathSpec{{"direct-container", "Disabled", url, e2eenv.Root.In(k).Outside(), true}}, paths...)
+		paths = append(paths, pathSpec{"agent-audit-container", "Audit", url, e2eenv.Root.In(k), true})
+	}
 
 	cells := map[string]*Cell{}
 	var order []string

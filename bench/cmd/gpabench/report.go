@@ -152,7 +152,7 @@ func newReport(o options) *Report {
 		Started: time.Now().UTC(),
 		Machine: Machine{Kernel: kernel(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version(), GOMAXPROCS: "2"},
 		Options: map[string]any{"runs": o.runs, "cell": o.cell.String(), "warmup": o.warmup.String(), "soak": o.soak.String(),
-			"idle": o.idle.String(), "starts": o.starts, "micro_benchtime": o.microTime, "cpu_quota_pct": o.quota},
+			"idle": o.idle.String(), "starts": o.starts, "micro_benchtime": o.microTime, "cpu_quota_pct": o.quota, "audit_syslog": o.syslog},
 	}
 	r.Notes = append(r.Notes,
 		"agent, host simulator and load generator run with GOMAXPROCS=2 on the same machine; the load generator competes with them for the CPUs",
@@ -270,6 +270,22 @@ func (r *Report) evaluate() {
 		add("B-lat "+p+" p50 added, c=1 keep-alive", fmt.Sprintf("%.0f µs", p50), "≤ 100 µs", verdict(p50 <= 100))
 		add("B-lat "+p+" p99 added, c=1 keep-alive", fmt.Sprintf("%.0f µs", p99), "≤ 400 µs (upstream ≤ 1 ms)", verdict(p99 <= 400))
 	}
+	// The container path costs what the host path costs (issue 11: within
+	// 10 %), each against its own direct baseline.
+	for _, ka := range []bool{true, false} {
+		d, a := r.cell("direct", 1, ka), r.cell("agent-audit", 1, ka)
+		dc, ac := r.cell("direct-container", 1, ka), r.cell("agent-audit-container", 1, ka)
+		if d == nil || a == nil || dc == nil || ac == nil {
+			continue
+		}
+		host, ctr := a.Median.P50-d.Median.P50, ac.Median.P50-dc.Median.P50
+		conn := "keep-alive"
+		if !ka {
+			conn = "new connection"
+		}
+		add("B-lat container path p50 added, c=1 "+conn, fmt.Sprintf("%.0f µs (host path %.0f µs)", ctr, host),
+			"≤ host path + 10 %", verdict(ctr <= host*1.1))
+	}
 	if q := r.Quota; q != nil && q.Error == "" {
 		ok := q.Paced20.RPS >= 19 && q.Paced20.P99 < 10000 && q.Paced20.Failed == 0
 		add(fmt.Sprintf("B-rps 20 req/s within CPUQuota=%d%%", q.Percent),
@@ -306,6 +322,12 @@ func (r *Report) evaluate() {
 	}
 	if v, ok := r.micro("BenchmarkAuthorize/imds-1rule", "ns/op"); ok {
 		add("B-authz canonicalise + match, 1 rule", fmt.Sprintf("%.2f µs", v/1e3), "≤ 1 µs (mean; plan 2.1 ≤ 1/5 µs)", verdict(v/1e3 <= 1))
+	}
+	if v, ok := r.micro("BenchmarkMetricsRequest", "ns/op"); ok {
+		add("metrics update per request (counter + histogram)", fmt.Sprintf("%.0f ns", v), "≤ 1 µs (no measurable latency)", verdict(v <= 1000))
+	}
+	if v, ok := r.micro("BenchmarkSyslogWriteRecord", "ns/op"); ok {
+		add("syslog per audit record (audit writer goroutine, not the request path)", fmt.Sprintf("%.2f µs", v/1e3), "measured", "n/a")
 	}
 }
 

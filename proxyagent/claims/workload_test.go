@@ -1,0 +1,93 @@
+package claims
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/opengpa/gpa/proxyagent/identity"
+)
+
+const (
+	cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	pod = "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901"
+)
+
+func TestParseWorkload(t *testing.T) {
+	podSys := "kubepods-burstable-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901.slice"
+	for _, tc := range []struct {
+		path         string
+		wantID, wPod string
+	}{
+		{"/system.slice/docker-" + cid + ".scope", cid, ""},
+		{"/docker/" + cid, cid, ""},
+		{"/system.slice/containerd.service/kubepods-besteffort-pod" + "x.slice", "", ""},
+		{"/kubepods.slice/kubepods-burstable.slice/" + podSys + "/cri-containerd-" + cid + ".scope", cid, pod},
+		{"/kubepods.slice/" + podSys + "/crio-" + cid + ".scope", cid, pod},
+		{"/kubepods/burstable/pod" + pod + "/" + cid, cid, pod},
+		{"/kubepods/pod" + pod, "", pod},
+		{"/machine.slice/libpod-" + cid + ".scope/container", cid, ""},
+		{"/user.slice/user-1000.slice/session-3.scope", "", ""},
+		{"/docker/short", "", ""},
+		{"/", "", ""},
+	} {
+		w := ParseWorkload(tc.path)
+		if w.CgroupPath != tc.path || w.ContainerID != tc.wantID || w.PodUID != tc.wPod {
+			t.Errorf("ParseWorkload(%q) = %+v, want id %q pod %q", tc.path, w, tc.wantID, tc.wPod)
+		}
+	}
+}
+
+// The cgroup path comes from /proc/<pid>/cgroup and is kept only while it
+// names the cgroup the kernel recorded (same inode number).
+func TestResolveCgroupPath(t *testing.T) {
+	root := t.TempDir()
+	proc := filepath.Join(root, "proc")
+	cg := filepath.Join(root, "cgroup")
+	dir := filepath.Join(cg, "system.slice", "docker-"+cid+".scope")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	pid := os.Getpid()
+	pdir := filepath.Join(proc, strconv.Itoa(pid))
+	if err := os.MkdirAll(pdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{
+		"cgroup":  "0::/system.slice/docker-" + cid + ".scope\n",
+		"cmdline": "curl\x00-s\x00",
+		"stat":    statLine(pid, "curl", 1, 100),
+	} {
+		if err := os.WriteFile(filepath.Join(pdir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/usr/bin/curl", filepath.Join(pdir, "exe")); err != nil {
+		t.Fatal(err)
+	}
+	r := &Resolver{ProcRoot: proc, CgroupRoot: cg, PasswdFile: "/dev/null", GroupFile: "/dev/null"}
+	client := netip.MustParseAddrPort("10.200.0.2:40000")
+	c, err := r.Resolve(identity.Record{PID: uint32(pid), UID: 0, CgroupID: st.Ino, StartTime: 100, OtherNetns: true}, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CgroupPath != "/system.slice/docker-"+cid+".scope" || c.ContainerID != cid || !c.OtherNetns {
+		t.Errorf("claims %+v", c)
+	}
+	// Another cgroup id (the process moved, or the pid is someone else's):
+	// no path, no container.
+	c, err = r.Resolve(identity.Record{PID: uint32(pid), CgroupID: st.Ino + 1, StartTime: 100}, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CgroupPath != "" || c.ContainerID != "" {
+		t.Errorf("claims for a mismatched cgroup id %+v", c)
+	}
+}

@@ -1,0 +1,82 @@
+package redirector
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/bpf"
+	"github.com/opengpa/gpa/internal/testenv"
+	"github.com/opengpa/gpa/proxyagent/msp"
+)
+
+// Connects from another network namespace go to the container listener,
+// and their records say so. Two namespaces that use the same client
+// address and port mark the pending record as a collision, and Lookup
+// refuses it instead of handing one namespace's identity to the other.
+func TestContainerRecordsAndCollision(t *testing.T) {
+	e := newEnv(t)
+	ca := msp.ContainerListenerAddr
+	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.Endpoints.ContainerListener = ca
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	// The container listener accepts nothing: records stay pending in the
+	// kernel until the test looks them up.
+	l, err := e.ns.Listen("tcp", ca.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	// Same container address in both; A's network is the more specific
+	// route in the VM, so the VM answers A, never B.
+	a := testenv.NewContainer(t, e.ns, e.cg, "gpcA", netip.MustParsePrefix("169.254.232.1/30"), netip.MustParsePrefix("169.254.232.2/30"))
+	b := testenv.NewContainer(t, e.ns, e.cg, "gpcB", netip.MustParsePrefix("169.254.232.5/29"), netip.MustParsePrefix("169.254.232.2/29"))
+	cookie := func(k *testenv.Container) uint64 {
+		var c uint64
+		if err := k.Netns.Do(func() (err error) { c, err = NetnsCookie(); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	connect := func(k *testenv.Container, port string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		// The answer does not matter (nothing accepts): the record is
+		// written when the connect starts.
+		_, _ = testenv.Run(ctx, testenv.Options{Netns: k.Netns, Cgroup: k.Cgroup}, "curl", "-s", "--noproxy", "*",
+			"--connect-timeout", "1", "--max-time", "1", "--local-port", port, "http://169.254.169.254/")
+	}
+	peer := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(a.Addr, port) }
+
+	// One container alone: its record names its namespace, not the agent's.
+	connect(a, "40001")
+	rec, ok := r.Lookup(peer(40001))
+	if !ok || !rec.OtherNetns || rec.Netns != cookie(a) || rec.OrigDst != msp.IMDSAddr || rec.CgroupID != a.Cgroup.ID {
+		t.Fatalf("container A's record %+v (found %v), want its netns, cgroup and IMDS", rec, ok)
+	}
+
+	// B, then A, from the same address and port.
+	connect(b, "40002")
+	connect(a, "40002")
+	var raw bpf.RedirectConnRecord
+	key := bpf.RedirectConnKey{Addr: a.Addr.As4(), Port: 40002}
+	if err := r.objs.ConnRecords.Lookup(key, &raw); err != nil {
+		t.Fatalf("no pending record for %s: %v", peer(40002), err)
+	}
+	if raw.Collision != 1 || raw.Netns != cookie(b) {
+		t.Errorf("pending record collision=%d netns=%d, want B's record (netns %d) marked", raw.Collision, raw.Netns, cookie(b))
+	}
+	if rec, ok := r.Lookup(peer(40002)); ok {
+		t.Errorf("a collided record was handed out: %+v", rec)
+	}
+	if _, ok := r.Lookup(peer(40002)); ok {
+		t.Error("the collided record was not consumed")
+	}
+}
