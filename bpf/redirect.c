@@ -97,6 +97,15 @@ volatile const __u32 agent_mark = 0;
 // 0 (unknown) treats every socket as in the agent's namespace.
 volatile const __u64 agent_netns = 0;
 
+// agent_pidns_dev and agent_pidns_ino identify the agent's PID namespace
+// (the device, in the kernel's encoding, and inode of /proc/self/ns/pid);
+// set at load time when the agent runs in a PID namespace other than the
+// initial one (a container, systemd-nspawn). The record then carries the
+// caller's pid as the agent's /proc shows it, and pid 0 (unknown) for a
+// caller outside that namespace. 0: record initial-namespace pids.
+volatile const __u64 agent_pidns_dev = 0;
+volatile const __u64 agent_pidns_ino = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16);
@@ -146,6 +155,17 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	id = bpf_get_current_pid_tgid();
 	rec->pid = id >> 32;
 	rec->tid = (__u32)id;
+	if (agent_pidns_ino != 0) {
+		struct bpf_pidns_info ns = {};
+
+		if (bpf_get_ns_current_pid_tgid(agent_pidns_dev, agent_pidns_ino, &ns, sizeof(ns)) == 0) {
+			rec->pid = ns.tgid;
+			rec->tid = ns.pid;
+		} else {
+			rec->pid = 0;
+			rec->tid = 0;
+		}
+	}
 	id = bpf_get_current_uid_gid();
 	rec->uid = (__u32)id;
 	rec->gid = id >> 32;

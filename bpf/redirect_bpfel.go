@@ -65,6 +65,8 @@ const (
 	RedirectProgSockopsConnect = "sockops_connect"
 	RedirectVarAgentMark       = "agent_mark"
 	RedirectVarAgentNetns      = "agent_netns"
+	RedirectVarAgentPidnsDev   = "agent_pidns_dev"
+	RedirectVarAgentPidnsIno   = "agent_pidns_ino"
 )
 
 // LoadRedirect returns the embedded CollectionSpec for Redirect.
@@ -127,8 +129,10 @@ type RedirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectVariableSpecs struct {
-	AgentMark  *ebpf.VariableSpec `ebpf:"agent_mark"`
-	AgentNetns *ebpf.VariableSpec `ebpf:"agent_netns"`
+	AgentMark     *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentNetns    *ebpf.VariableSpec `ebpf:"agent_netns"`
+	AgentPidnsDev *ebpf.VariableSpec `ebpf:"agent_pidns_dev"`
+	AgentPidnsIno *ebpf.VariableSpec `ebpf:"agent_pidns_ino"`
 }
 
 // RedirectObjects contains all objects after they have been loaded into the kernel.
@@ -168,8 +172,10 @@ func (m *RedirectMaps) Close() error {
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectVariables struct {
-	AgentMark  *ebpf.Variable `ebpf:"agent_mark"`
-	AgentNetns *ebpf.Variable `ebpf:"agent_netns"`
+	AgentMark     *ebpf.Variable `ebpf:"agent_mark"`
+	AgentNetns    *ebpf.Variable `ebpf:"agent_netns"`
+	AgentPidnsDev *ebpf.Variable `ebpf:"agent_pidns_dev"`
+	AgentPidnsIno *ebpf.Variable `ebpf:"agent_pidns_ino"`
 }
 
 // RedirectPrograms contains all programs after they have been loaded into the kernel.

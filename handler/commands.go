@@ -189,9 +189,7 @@ func startMonitor(e *Env) error {
 	if useSystemdMonitor(e) {
 		exec.Command("systemctl", "stop", MonitorUnitName).Run()
 		exec.Command("systemctl", "reset-failed", MonitorUnitName).Run()
-		out, err := exec.Command("systemd-run", "--unit="+MonitorUnitName, "--collect",
-			"--property=Restart=always", "--property=RestartSec=5",
-			"--property=WorkingDirectory="+e.ExtDir, e.Exe).CombinedOutput()
+		out, err := exec.Command("systemd-run", monitorUnitArgs(e, os.Environ())...).CombinedOutput()
 		if err == nil {
 			e.Log.Info("monitor started as transient unit", "unit", MonitorUnitName)
 			return nil
@@ -212,9 +210,15 @@ func startMonitor(e *Env) error {
 	return nil
 }
 
-// stopMonitors stops every monitor of this binary (and its transient unit).
+// stopMonitors stops every monitor of this binary (and its transient unit)
+// and returns how many ran: the transient unit, if it was active, counts
+// as one.
 func stopMonitors(e *Env) int {
+	n := 0
 	if useSystemdMonitor(e) {
+		if exec.Command("systemctl", "is-active", "--quiet", MonitorUnitName).Run() == nil {
+			n++
+		}
 		exec.Command("systemctl", "stop", MonitorUnitName).Run()
 	}
 	own, _ := FindMonitors(e.Exe)
@@ -223,7 +227,7 @@ func stopMonitors(e *Env) int {
 			e.Log.Error("stop monitor", "pid", p.PID, "err", err)
 		}
 	}
-	return len(own)
+	return n + len(own)
 }
 
 func runDisable(ctx context.Context, e *Env) (string, error) {

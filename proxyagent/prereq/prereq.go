@@ -7,7 +7,9 @@
 // extension handler can run it before installing anything and tests can
 // run it against a crafted root. Whether the programs really load and
 // attach is known only when the agent loads them; the agent reports that
-// in ebpfProgramStatus.
+// in ebpfProgramStatus, and BPFRefused turns a refused bpf() into what
+// refused it (a seccomp filter, missing capabilities, RLIMIT_MEMLOCK, a
+// security module) and how to fix it.
 //
 // The distributions the project tests are listed by Tested; any other
 // distribution that passes the checks is supported, and callers warn.

@@ -180,7 +180,7 @@ func Load(cfg Config) (*Redirector, error) {
 		return nil, fmt.Errorf("redirector: %w", err)
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("redirector: raise memlock limit: %w", err)
+		return nil, fmt.Errorf("redirector: %w", explainBPFRefusal(fmt.Errorf("raise memlock limit: %w", err)))
 	}
 	if err := ensureBPFFS(cfg.PinDir); err != nil {
 		return nil, fmt.Errorf("redirector: %w", err)
@@ -195,10 +195,21 @@ func Load(cfg Config) (*Redirector, error) {
 		}
 		r.cfg.Netns = c
 	}
-	objs, migrated, err := loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, r.log)
-	if err != nil {
-		return nil, fmt.Errorf("redirector: %w", err)
+	pidns, pidnsNote := agentPidNS(r.log)
+	objs, migrated, err := loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, pidns, r.log)
+	var ve *ebpf.VerifierError
+	if err != nil && !pidns.IsInitial() && errors.As(err, &ve) {
+		// Kernels before 6.10 do not offer bpf_get_ns_current_pid_tgid to
+		// cgroup programs: record initial-namespace pids, which the
+		// resolver's start-time check keeps from naming another process.
+		r.log.Warn("caller pids cannot be translated to the agent's PID namespace", "err", err)
+		pidnsNote = "; caller pids not translated to the agent's PID namespace (kernel 6.10 or later needed)"
+		objs, migrated, err = loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, PidNS{}, r.log)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("redirector: %w", explainBPFRefusal(err))
+	}
+	netnsNote += pidnsNote
 	r.objs = objs
 	if migrated {
 		// The pinned maps had another layout (upgrade). Until the agent sets
@@ -215,7 +226,7 @@ func Load(cfg Config) (*Redirector, error) {
 		l, replaced, err := attach(h, h.prog(objs), r.cfg.CgroupPath, cgID, filepath.Join(cfg.PinDir, h.pin))
 		if err != nil {
 			r.closeLocked()
-			return nil, fmt.Errorf("redirector: %w", err)
+			return nil, fmt.Errorf("redirector: %w", explainBPFRefusal(err))
 		}
 		takeover = takeover || replaced
 		r.links = append(r.links, l)
@@ -231,7 +242,7 @@ func Load(cfg Config) (*Redirector, error) {
 // loadObjects loads the collection with its maps pinned by name in pinDir,
 // reusing compatible pinned maps. Incompatible pinned maps (another layout)
 // are unpinned and recreated; migrated reports that.
-func loadObjects(pinDir string, mark uint32, netns uint64, log *slog.Logger) (objs *bpf.RedirectObjects, migrated bool, err error) {
+func loadObjects(pinDir string, mark uint32, netns uint64, pidns PidNS, log *slog.Logger) (objs *bpf.RedirectObjects, migrated bool, err error) {
 	spec, err := bpf.LoadRedirect()
 	if err != nil {
 		return nil, false, err
@@ -241,6 +252,14 @@ func loadObjects(pinDir string, mark uint32, netns uint64, log *slog.Logger) (ob
 	}
 	if err := spec.Variables[bpf.RedirectVarAgentNetns].Set(netns); err != nil {
 		return nil, false, fmt.Errorf("set agent netns: %w", err)
+	}
+	if !pidns.IsInitial() {
+		if err := spec.Variables[bpf.RedirectVarAgentPidnsDev].Set(pidns.Dev); err != nil {
+			return nil, false, fmt.Errorf("set agent pid namespace: %w", err)
+		}
+		if err := spec.Variables[bpf.RedirectVarAgentPidnsIno].Set(pidns.Ino); err != nil {
+			return nil, false, fmt.Errorf("set agent pid namespace: %w", err)
+		}
 	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
 	objs = new(bpf.RedirectObjects)

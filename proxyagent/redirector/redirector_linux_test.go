@@ -48,6 +48,10 @@ func TestMain(m *testing.M) {
 func helperMain(mode string) int {
 	addr := os.Getenv("GPA_HELPER_ADDR")
 	switch mode {
+	case "pidns-agent":
+		return pidnsAgent()
+	case "refused-seccomp", "refused-load":
+		return refusedHelper(mode)
 	case "dial":
 		mark, _ := strconv.ParseUint(os.Getenv("GPA_HELPER_MARK"), 0, 32)
 		c, err := hostconn.Dialer(uint32(mark), 5*time.Second).Dial("tcp", addr)
