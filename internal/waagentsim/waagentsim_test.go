@@ -114,7 +114,10 @@ func TestRunLikeLaunchCommand(t *testing.T) {
 	a, base := newAgent(t)
 	a.Env = append(os.Environ(), "EXTRA=base")
 	pidFile := filepath.Join(t.TempDir(), "child.pid")
-	a.Timeouts = map[string]time.Duration{"update": 300 * time.Millisecond}
+	// update.sh records its background child at once and then waits for
+	// it; the timeout must leave the shell time to do that even on a busy
+	// machine, since the test then checks that the child was killed.
+	a.Timeouts = map[string]time.Duration{"update": 2 * time.Second}
 	ctx := context.Background()
 	tests := []struct {
 		verb     string
