@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -158,7 +159,12 @@ func TestRunInNetnsCgroupAsUser(t *testing.T) {
 	}
 	root, _ := Cgroup2Mount()
 	rel, _ := filepath.Rel(root, cg.Path)
-	wantNS, err := os.Readlink("/proc/self/ns/net")
+	// This thread's namespace: /proc/self names the main thread, which a
+	// Netns.Do goroutine may have run on (the runtime then keeps the
+	// thread, wedged, in that namespace).
+	runtime.LockOSThread()
+	wantNS, err := os.Readlink("/proc/thread-self/ns/net")
+	runtime.UnlockOSThread()
 	if err != nil {
 		t.Fatal(err)
 	}
