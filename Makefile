@@ -30,9 +30,12 @@ deps:
 ## test: vet, then every test including the privileged end-to-end ones (run as root).
 ## One package at a time (-p 1): the end-to-end and extension tests start real
 ## services and time their supervision, and share the kernel's cgroups and bpffs.
+## Then the tests that need neither root nor the kernel again with the race
+## detector (which needs cgo, so CGO_ENABLED=1 for that step only).
 test: deps build
 	$(GO) vet ./...
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
+	CGO_ENABLED=1 $(GO) test -race -short -count=1 -timeout 30m ./...
 
 ## unit: the tests that need neither root nor the kernel
 unit:

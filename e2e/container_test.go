@@ -14,6 +14,7 @@ import (
 
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/e2eenv"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/insight"
 )
@@ -147,7 +148,7 @@ func TestContainers(t *testing.T) {
 			t.Fatal(err)
 		}
 		served := func() int { return strings.Count(out.String(), "200 value") }
-		waitFor(t, ctx, "container load served before the kill", func() bool { return served() > 0 })
+		testsupport.WaitForCtx(t, ctx, "container load served before the kill", func() bool { return served() > 0 })
 		if err := e.KillAgent(); err != nil {
 			t.Fatal(err)
 		}
@@ -162,7 +163,7 @@ func TestContainers(t *testing.T) {
 		if err := e.StartAgent(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, ctx, "container load served after the restart", func() bool { return served() > before })
+		testsupport.WaitForCtx(t, ctx, "container load served after the restart", func() bool { return served() > before })
 		if err := os.WriteFile(stop, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}

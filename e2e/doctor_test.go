@@ -11,6 +11,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/status"
 
 	"github.com/opengpa/gpa/internal/e2eenv"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/doctor"
 )
 
@@ -62,7 +63,7 @@ func TestDoctorRunningAgent(t *testing.T) {
 	}
 
 	// status.json follows the agent's state a moment after provisioning.
-	waitFor(t, ctx, "status.json to show SUCCESS", func() bool {
+	testsupport.WaitForCtx(t, ctx, "status.json to show SUCCESS", func() bool {
 		st, err := e.StatusFile()
 		return err == nil && st.ProxyAgentStatus.Status == status.Success
 	})

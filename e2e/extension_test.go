@@ -15,6 +15,7 @@ import (
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/e2eenv"
 	"github.com/opengpa/gpa/internal/testenv"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/internal/waagentsim"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
@@ -176,13 +177,7 @@ func TestExtensionEndToEnd(t *testing.T) {
 			t.Fatalf("%s exit %d: %s", verb, res.ExitCode, res.Output)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(x.Processes()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if left := x.Processes(); len(left) > 0 {
-		t.Errorf("processes left after uninstall: %+v", left)
-	}
+	testsupport.WaitFor(t, "every extension process to end after uninstall", func() bool { return len(x.Processes()) == 0 })
 	if left, _ := e.Cgroup.Procs(); len(left) > 0 {
 		t.Errorf("processes left in the attached group after uninstall: %v", left)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/internal/e2eenv"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/insight"
 )
@@ -114,7 +115,7 @@ func TestAuditToLeastPrivilege(t *testing.T) {
 	if err := e.SetSettings(ctx, string(settings)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, ctx, "agent to enforce the IMDS profile", func() bool {
+	testsupport.WaitForCtx(t, ctx, "agent to enforce the IMDS profile", func() bool {
 		st, err := e.StatusFile()
 		return err == nil && st.ProxyAgentStatus.KeyLatchStatus.States["imdsRuleId"] != "" &&
 			strings.Contains(st.ProxyAgentStatus.KeyLatchStatus.States["secureChannelState"], "IMDS Enforce")
@@ -155,15 +156,4 @@ func TestAuditToLeastPrivilege(t *testing.T) {
 
 func copyExecutable(src, dst string) error {
 	return exec.Command("install", "-m", "0755", src, dst).Run()
-}
-
-func waitFor(t *testing.T, ctx context.Context, what string, ok func() bool) {
-	t.Helper()
-	for !ok() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/e2eenv"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -112,15 +113,7 @@ func TestKillAgentUnderLoad(t *testing.T) {
 
 	// The loops stop when the stop file appears; its directory is
 	// readable by nobody.
-	stopDir, err := os.MkdirTemp("", "gpa-e2e-stop-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(stopDir)
-	if err := os.Chmod(stopDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	stop := filepath.Join(stopDir, "stop")
+	stop := filepath.Join(sharedDir(t, "gpa-e2e-stop-", 0o755), "stop")
 	const format = `%{http_code} %{exitcode} %header{x-ms-azure-host-authorization}\n`
 	loop := func(url string, headers ...string) string {
 		h := ""
@@ -174,14 +167,14 @@ func TestKillAgentUnderLoad(t *testing.T) {
 	}
 	defer stopClients()
 
-	time.Sleep(1500 * time.Millisecond)
+	loadServed(ctx, t, e, "the clients' load served before the first kill")
 	// Cycle 1: a plain kill and restart; the recovery time is logged.
 	killAndRestart(ctx, t, e, false)
-	time.Sleep(1000 * time.Millisecond)
+	loadServed(ctx, t, e, "the clients' load served after the first restart")
 	// Cycle 2: the host is stopped while the agent restarts, so the
 	// agent's first key status poll cannot finish before requests arrive.
 	killAndRestart(ctx, t, e, true)
-	time.Sleep(1500 * time.Millisecond)
+	loadServed(ctx, t, e, "the clients' load served after the second restart")
 	results := stopClients()
 
 	// Client side: every answer came through the agent (marker) with 200;
@@ -251,6 +244,44 @@ func TestKillAgentUnderLoad(t *testing.T) {
 	}
 }
 
+// sharedDir makes a directory with mode perm that the test's callers (root
+// and nobody) can reach, and removes it when the test ends.
+func sharedDir(t *testing.T, prefix string, perm os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, perm); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// loadServed waits until the host has served, from now on, several signed
+// requests of the load clients to each of IMDS and WireServer.
+func loadServed(ctx context.Context, t *testing.T, e *e2eenv.Env, what string) {
+	t.Helper()
+	seq, err := e.LastSeq(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testsupport.WaitForCtx(t, ctx, what, func() bool {
+		j, err := e.Journal(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := map[hostsim.Service]int{}
+		for _, en := range j {
+			if en.Verdict == hostsim.VerdictValid && en.Status == http.StatusOK && !strings.HasPrefix(en.Target, "/secure-channel/") {
+				served[en.Service]++
+			}
+		}
+		return served[hostsim.IMDS] >= 5 && served[hostsim.WireServer] >= 5
+	})
+}
+
 // killAndRestart kills the agent with SIGKILL, checks that a redirected
 // connect is refused while it is down, starts it again with the same
 // configuration and waits until it serves. Clients spinning on a refused
@@ -269,8 +300,8 @@ func killAndRestart(ctx context.Context, t *testing.T, e *e2eenv.Env, pauseHost 
 	killed := time.Now()
 	t.Logf("agent pid %d killed with SIGKILL (host paused during restart: %v)", oldPID, pauseHost)
 
-	// While the agent is down a redirected connection is refused.
-	time.Sleep(300 * time.Millisecond)
+	// While the agent is down (KillAgent returns once it has exited) a
+	// redirected connection is refused.
 	id := newID(t)
 	r, err := e.Curl(ctx, e2eenv.Root, imdsURL, metadataTrue, idHeader(id))
 	if err != nil {
@@ -284,6 +315,8 @@ func killAndRestart(ctx context.Context, t *testing.T, e *e2eenv.Env, pauseHost 
 		cmd      *exec.Cmd
 		out      *bytes.Buffer
 	}
+	// Each spinner leaves a mark after its first refused connect.
+	marks := sharedDir(t, "gpa-e2e-spin-", 0o777)
 	var spinners []spinner
 	for _, sp := range []struct {
 		name   string
@@ -299,9 +332,10 @@ func killAndRestart(ctx context.Context, t *testing.T, e *e2eenv.Env, pauseHost 
 	} {
 		sid := newID(t)
 		host, _, _ := strings.Cut(sp.addr, "/")
-		script := fmt.Sprintf(`until exec 3<>/dev/tcp/%s; do :; done 2>/dev/null
+		mark := filepath.Join(marks, sp.name)
+		script := fmt.Sprintf(`until exec 3<>/dev/tcp/%s; do [ -e %s ] || : >%s; done 2>/dev/null
 printf 'GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n%s\r\nConnection: close\r\n\r\n' >&3
-cat <&3`, sp.addr, sp.target, host, sp.header, idHeader(sid))
+cat <&3`, sp.addr, mark, mark, sp.target, host, sp.header, idHeader(sid))
 		cmd := exec.CommandContext(ctx, "bash", "-c", script)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
@@ -310,7 +344,12 @@ cat <&3`, sp.addr, sp.target, host, sp.header, idHeader(sid))
 		}
 		spinners = append(spinners, spinner{sp.name, sid, cmd, &out})
 	}
-	time.Sleep(300 * time.Millisecond)
+	for _, sp := range spinners {
+		testsupport.WaitForCtx(t, ctx, sp.name+" spinning on a refused connect", func() bool {
+			_, err := os.Stat(filepath.Join(marks, sp.name))
+			return err == nil
+		})
+	}
 
 	if pauseHost {
 		if err := e.PauseHost(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opengpa/gpa/extension"
@@ -267,37 +268,39 @@ func TestMonitorBundledVersionUnreadable(t *testing.T) {
 // per consecutive failure; a new seq or a healthy upgrade starts afresh.
 func TestMonitorRetriesFailedUpgrade(t *testing.T) {
 	t.Run("transient failure heals without a new goal state", func(t *testing.T) {
-		r := newMonitorRig(t, "1.0.1", "1.0.0")
-		r.m.Env.Opts.UpdateRetryInterval = time.Millisecond
-		r.healthy("1.0.0")
-		r.setupRC = 3
-		ctx := context.Background()
-		r.m.Tick(ctx)
-		if st := r.status(); st.Status != "error" || !strings.Contains(st.FormattedMessage.Message, "previous agent restored") {
-			t.Fatalf("failed install status = %+v", st)
-		}
-		r.setupRC = 0
-		time.Sleep(5 * time.Millisecond)
-		r.m.Tick(ctx)
-		if len(r.setups) != 2 {
-			t.Fatalf("setups = %v, want a retry", r.setups)
-		}
-		if st := r.status(); st.Status != "transitioning" || !strings.Contains(st.FormattedMessage.Message, setupInstallOK) {
-			t.Errorf("retry status = %+v", st)
-		}
-		r.healthy("1.0.1")
-		time.Sleep(5 * time.Millisecond)
-		r.m.Tick(ctx)
-		if st := r.status(); st.Status != "success" {
-			t.Errorf("after the retried upgrade: %s %q", st.Status, st.FormattedMessage.Message)
-		}
-		if r.m.Setup.HasBackup() {
-			t.Error("backup not purged after the retried upgrade succeeded")
-		}
-		r.m.Tick(ctx)
-		if len(r.setups) != 2 {
-			t.Errorf("setup ran again after success: %v", r.setups)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			r := newMonitorRig(t, "1.0.1", "1.0.0")
+			r.m.Env.Opts.UpdateRetryInterval = time.Millisecond
+			r.healthy("1.0.0")
+			r.setupRC = 3
+			ctx := context.Background()
+			r.m.Tick(ctx)
+			if st := r.status(); st.Status != "error" || !strings.Contains(st.FormattedMessage.Message, "previous agent restored") {
+				t.Fatalf("failed install status = %+v", st)
+			}
+			r.setupRC = 0
+			time.Sleep(time.Millisecond) // the retry interval, on the bubble's clock
+			r.m.Tick(ctx)
+			if len(r.setups) != 2 {
+				t.Fatalf("setups = %v, want a retry", r.setups)
+			}
+			if st := r.status(); st.Status != "transitioning" || !strings.Contains(st.FormattedMessage.Message, setupInstallOK) {
+				t.Errorf("retry status = %+v", st)
+			}
+			r.healthy("1.0.1")
+			time.Sleep(time.Millisecond) // the retry interval, on the bubble's clock
+			r.m.Tick(ctx)
+			if st := r.status(); st.Status != "success" {
+				t.Errorf("after the retried upgrade: %s %q", st.Status, st.FormattedMessage.Message)
+			}
+			if r.m.Setup.HasBackup() {
+				t.Error("backup not purged after the retried upgrade succeeded")
+			}
+			r.m.Tick(ctx)
+			if len(r.setups) != 2 {
+				t.Errorf("setup ran again after success: %v", r.setups)
+			}
+		})
 	})
 
 	t.Run("not before the interval", func(t *testing.T) {
@@ -313,22 +316,24 @@ func TestMonitorRetriesFailedUpgrade(t *testing.T) {
 	})
 
 	t.Run("new agent never healthy: restored, then retried", func(t *testing.T) {
-		r := newMonitorRig(t, "1.0.1", "1.0.0")
-		r.m.Env.Opts.UpdateRetryInterval = time.Millisecond
-		ctx := context.Background()
-		r.m.Tick(ctx) // install succeeds, agent silent
-		for i := 0; i < r.env.Opts.ErrorThreshold; i++ {
+		synctest.Test(t, func(t *testing.T) {
+			r := newMonitorRig(t, "1.0.1", "1.0.0")
+			r.m.Env.Opts.UpdateRetryInterval = time.Millisecond
+			ctx := context.Background()
+			r.m.Tick(ctx) // install succeeds, agent silent
+			for i := 0; i < r.env.Opts.ErrorThreshold; i++ {
+				r.m.Tick(ctx)
+			}
+			b, _ := os.ReadFile(r.env.Layout.AgentBinary())
+			if !strings.Contains(string(b), "1.0.0") {
+				t.Fatalf("previous agent not restored after error: %s", b)
+			}
+			time.Sleep(time.Millisecond) // the retry interval, on the bubble's clock
 			r.m.Tick(ctx)
-		}
-		b, _ := os.ReadFile(r.env.Layout.AgentBinary())
-		if !strings.Contains(string(b), "1.0.0") {
-			t.Fatalf("previous agent not restored after error: %s", b)
-		}
-		time.Sleep(5 * time.Millisecond)
-		r.m.Tick(ctx)
-		if len(r.setups) != 2 {
-			t.Errorf("setups = %v, want a retry after the restore", r.setups)
-		}
+			if len(r.setups) != 2 {
+				t.Errorf("setups = %v, want a retry after the restore", r.setups)
+			}
+		})
 	})
 
 	t.Run("backoff doubles, capped, and a new seq resets it", func(t *testing.T) {

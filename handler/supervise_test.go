@@ -7,18 +7,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+	"github.com/opengpa/gpa/internal/testsupport"
+)
 
 // TestSupervise: the supervisor restarts the agent after RestartSec, like
 // Restart=always, and stops it and cleans up when told to stop.
@@ -34,7 +25,7 @@ func TestSupervise(t *testing.T) {
 	// Supervisor.Start returns once the pid file appears and Setup then
 	// requires the agent to be running at once: the agent must already be
 	// recorded when the supervisor announces itself.
-	waitFor(t, "supervisor pid file", func() bool { return readPID(pidFile) != 0 })
+	testsupport.WaitFor(t, "supervisor pid file", func() bool { return readPID(pidFile) != 0 })
 	if !Alive(readPID(agentFile), "") {
 		t.Fatalf("supervisor announced itself before the agent ran (agent pid %d)", readPID(agentFile))
 	}
@@ -43,7 +34,7 @@ func TestSupervise(t *testing.T) {
 	}
 	first := readPID(agentFile)
 	syscall.Kill(first, syscall.SIGKILL)
-	waitFor(t, "restart", func() bool { p := readPID(agentFile); return p != first && Alive(p, "") })
+	testsupport.WaitFor(t, "restart", func() bool { p := readPID(agentFile); return p != first && Alive(p, "") })
 	second := readPID(agentFile)
 
 	cancel()
@@ -104,7 +95,7 @@ func TestSuperviseAnnouncesFailedStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Supervise(ctx, unit, pidFile, agentFile, discardLog()) }()
-	waitFor(t, "supervisor pid file", func() bool { return readPID(pidFile) != 0 })
+	testsupport.WaitFor(t, "supervisor pid file", func() bool { return readPID(pidFile) != 0 })
 	if _, err := os.Stat(agentFile); err == nil {
 		t.Error("agent pid recorded for an agent that could not start")
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/opengpa/gpa/extension"
 	"github.com/opengpa/gpa/internal/testenv"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/internal/waagentsim"
 	"github.com/opengpa/gpa/proxyagent/prereq"
 	"golang.org/x/sys/unix"
@@ -219,16 +220,20 @@ func (v *vm) dumpLogsOnFailure(t *testing.T) {
 
 const ubuntu2204 = "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\n"
 
-// killAll kills every process whose executable lives under the VM root.
+// killAll kills every process whose executable lives under the VM root,
+// again until none is left (a supervisor may start one in between).
 func (v *vm) killAll() {
-	for round := 0; round < 3; round++ {
+	v.t.Helper()
+	testsupport.WaitFor(v.t, "every process under the VM root to end", func() bool {
+		left := false
 		for _, p := range ListProcs() {
 			if strings.HasPrefix(p.Exe, v.root+"/") {
 				syscall.Kill(p.PID, syscall.SIGKILL)
+				left = true
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return !left
+	})
 }
 
 func (v *vm) zipPath(ver string) string {
@@ -480,25 +485,27 @@ func TestWaagentLifecycle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(1500 * time.Millisecond)
-			fi2, _ := os.Stat(filepath.Join(l.LogDir(), "status.json"))
-			if !fi2.ModTime().After(fi1.ModTime()) {
-				t.Error("status.json not refreshed")
-			}
+			testsupport.WaitFor(t, "status.json to be refreshed", func() bool {
+				fi2, err := os.Stat(filepath.Join(l.LogDir(), "status.json"))
+				return err == nil && fi2.ModTime().After(fi1.ModTime())
+			})
 		}
-		// Heartbeat and events as waagent reads them.
-		time.Sleep(1200 * time.Millisecond)
-		hb, err := waagentsim.ReadHeartbeat(filepath.Join(old, "heartbeat.log"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		// Heartbeat and events as waagent reads them, once written.
+		var hb waagentsim.Heartbeat
+		testsupport.WaitFor(t, "a Ready heartbeat", func() bool {
+			var err error
+			hb, err = waagentsim.ReadHeartbeat(filepath.Join(old, "heartbeat.log"))
+			return err == nil && hb.Heartbeat["status"] == "Ready"
+		})
 		if !hb.Responsive || hb.Heartbeat["status"] != "Ready" || hb.Heartbeat["code"] != 0.0 {
 			t.Errorf("heartbeat %+v", hb)
 		}
-		ev, err := waagentsim.CheckEvents(filepath.Join(v.logDir, "events"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		var ev waagentsim.Events
+		testsupport.WaitFor(t, "an event file", func() bool {
+			var err error
+			ev, err = waagentsim.CheckEvents(filepath.Join(v.logDir, "events"))
+			return err == nil && ev.Files > 0
+		})
 		if ev.Files == 0 || ev.Valid == 0 || len(ev.Invalid) != 0 || len(ev.BadNames) != 0 {
 			t.Errorf("events %+v", ev)
 		}
@@ -618,13 +625,9 @@ func TestWaagentLifecycle(t *testing.T) {
 			if err != nil || got != "1.0.1" {
 				t.Errorf("installed agent %q %v", got, err)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for (&Setup{ExtDir: newBase}).HasBackup() && time.Now().Before(deadline) {
-				time.Sleep(100 * time.Millisecond)
-			}
-			if (&Setup{ExtDir: newBase}).HasBackup() {
-				t.Error("backup not purged after the upgrade succeeded")
-			}
+			testsupport.WaitFor(t, "the backup to be purged after the upgrade succeeded", func() bool {
+				return !(&Setup{ExtDir: newBase}).HasBackup()
+			})
 		}
 	})
 
@@ -705,13 +708,7 @@ func TestWaagentUpgradeRestore(t *testing.T) {
 	if err != nil || got != "1.0.0" {
 		t.Errorf("installed agent after restore %q %v", got, err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !v.supervisor().Active() && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if !v.supervisor().Active() {
-		t.Error("restored agent not running")
-	}
+	testsupport.WaitFor(t, "the restored agent to run", func() bool { return v.supervisor().Active() })
 	// The monitor keeps telling the truth: the running agent is not the
 	// bundled version, so never success.
 	st = v.waitStatus(newBase, 1, "version mismatch", func(s extension.Status) bool {

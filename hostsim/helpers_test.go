@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,24 +25,6 @@ const (
 var vecTime = time.Date(2025, 4, 23, 12, 0, 0, 0, time.UTC)
 
 func ptr[T any](v T) *T { return &v }
-
-// clock is a settable test clock, shared by the test and the servers.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // enforceAll enables the secure channel with WireServer and IMDS in
 // Enforce.

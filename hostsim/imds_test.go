@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -101,8 +102,8 @@ func TestIMDSContent(t *testing.T) {
 }
 
 func TestIMDSRateLimit(t *testing.T) {
-	clk := &clock{t: vecTime}
-	s := startSim(t, Config{Now: clk.now})
+	clk := testsupport.NewClock(vecTime)
+	s := startSim(t, Config{Now: clk.Now})
 	req := imdsGet("/metadata/instance?api-version=2021-02-01").bytes()
 	for i := range DefaultIMDSRateLimit {
 		if code, body := send(t, s.Addrs().IMDS, req); code != 200 {
@@ -121,7 +122,7 @@ func TestIMDSRateLimit(t *testing.T) {
 			t.Fatalf("other client IP: HTTP %d, want 200", code)
 		}
 	}
-	clk.advance(time.Second)
+	clk.Advance(time.Second)
 	if code, _ := send(t, s.Addrs().IMDS, req); code != 200 {
 		t.Fatalf("after one second: HTTP %d, want 200", code)
 	}

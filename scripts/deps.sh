@@ -13,6 +13,7 @@ command -v unzip >/dev/null || need+=(unzip)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v promtool >/dev/null || need+=(prometheus) # promtool lints /metrics; the e2e test scrapes with the server
+command -v gcc >/dev/null || need+=(gcc libc6-dev) # go test -race needs cgo
 [ -d /usr/lib/python3/dist-packages/azurelinuxagent ] || need+=(waagent)
 /usr/bin/python3 -c 'import distro' 2>/dev/null || need+=(python3-distro)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -9,28 +8,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/opengpa/gpa/internal/testsupport"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 var controlRE = regexp.MustCompile(`control=(127\.0\.0\.1:\d+)`)
 
@@ -40,7 +22,7 @@ func TestRunServesAndStopsOnCancel(t *testing.T) {
 	os.WriteFile(settings, []byte(`{"enabled": true, "keyIncarnationId": 1, "wireServer": {"mode": "Enforce"}, "imds": {"mode": "Audit"}}`), 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs syncBuffer
+	var logs testsupport.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-wireserver", "127.0.0.1:0", "-imds", "127.0.0.1:0", "-hostga", "127.0.0.1:0",
@@ -104,7 +86,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{"extra-arg"},
 	}
 	for _, args := range tests {
-		var logs syncBuffer
+		var logs testsupport.SyncBuffer
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := run(ctx, append(append([]string{}, loop...), args...), &logs)
 		cancel()

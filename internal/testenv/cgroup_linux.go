@@ -40,7 +40,11 @@ func CreateCgroup(name string) (*Cgroup, error) {
 	if name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
 		return nil, fmt.Errorf("testenv: bad cgroup name %q", name)
 	}
-	p := filepath.Join(root, name)
+	return mkCgroup(filepath.Join(root, name))
+}
+
+// mkCgroup creates the group directory p and reads its id.
+func mkCgroup(p string) (*Cgroup, error) {
 	if err := os.Mkdir(p, 0o755); err != nil {
 		return nil, fmt.Errorf("testenv: create cgroup: %w", err)
 	}

@@ -4,12 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
 
 // Container is a network namespace wired to a VM's namespace as Docker's
@@ -102,14 +99,5 @@ func (c *Cgroup) CreateChild(name string) (*Cgroup, error) {
 	if name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
 		return nil, fmt.Errorf("testenv: bad cgroup name %q", name)
 	}
-	p := filepath.Join(c.Path, name)
-	if err := os.Mkdir(p, 0o755); err != nil {
-		return nil, fmt.Errorf("testenv: create cgroup: %w", err)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(p, &st); err != nil {
-		_ = os.Remove(p)
-		return nil, fmt.Errorf("testenv: stat cgroup: %w", err)
-	}
-	return &Cgroup{Path: p, ID: st.Ino}, nil
+	return mkCgroup(filepath.Join(c.Path, name))
 }

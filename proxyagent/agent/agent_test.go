@@ -16,9 +16,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/config"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
@@ -158,17 +160,13 @@ func (h *harness) imds() string { return h.sim.Addrs().IMDS }
 // the agent's status reports that key, and returns its GUID.
 func (h *harness) waitLatched(old string) string {
 	h.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if g, ok := h.sim.LatchedKeyGUID(); ok && g != old {
-			if st := h.aggregate(); st.ProxyAgentStatus.KeyLatchStatus.States["keyGuid"] == g {
-				return g
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	h.t.Fatalf("no new key latched (old %q)", old)
-	return ""
+	var guid string
+	testsupport.WaitFor(h.t, fmt.Sprintf("a new key latched (old %q)", old), func() bool {
+		g, ok := h.sim.LatchedKeyGUID()
+		guid = g
+		return ok && g != old && h.aggregate().ProxyAgentStatus.KeyLatchStatus.States["keyGuid"] == g
+	})
+	return guid
 }
 
 // aggregate fetches /gpa-aggregated-status as a redirected root caller.
@@ -215,10 +213,27 @@ func keyFiles(t *testing.T, dir string) []string {
 
 func TestDisabledToEnforceLatchesAndSigns(t *testing.T) {
 	h := newHarness(t, hostsim.ProxyAgentSettings{Enabled: boolPtr(false)})
-	// While disabled: no key, requests are forwarded unsigned and the host serves them.
-	time.Sleep(200 * time.Millisecond)
+	// While disabled: no key, requests are forwarded unsigned and the host
+	// serves them. The agent has seen the disabled state, and a key it
+	// would fetch on that poll is fetched before the next poll starts.
+	testsupport.WaitFor(t, "the agent to report the channel disabled", func() bool {
+		return h.aggregate().ProxyAgentStatus.KeyLatchStatus.States["secureChannelState"] == "disabled"
+	})
+	statusPolls := func() int {
+		return len(h.journal(func(e hostsim.Entry) bool { return strings.HasPrefix(e.Target, msp.StatusPath) }))
+	}
+	seen := statusPolls()
+	testsupport.WaitFor(t, "the next key status poll", func() bool { return statusPolls() > seen })
+	if got := h.journal(func(e hostsim.Entry) bool { return strings.HasPrefix(e.Target, msp.KeyPath) }); len(got) != 0 {
+		t.Fatalf("key requests while disabled: %+v", got)
+	}
 	if files := keyFiles(t, h.cfg.LatchKeyFolder); len(files) != 0 {
 		t.Fatalf("key files while disabled: %v", files)
+	}
+	resp := h.do(root, h.ws(), get("/machine?comp=goalstate&disabled=1", "168.63.129.16", "x-ms-version: 2012-11-30\r\n"))
+	got := h.journal(func(e hostsim.Entry) bool { return strings.Contains(e.Target, "disabled=1") })
+	if resp.StatusCode != 200 || len(got) != 1 || got[0].Verdict != hostsim.VerdictUnsigned || got[0].Status != 200 {
+		t.Fatalf("goal state while disabled: %s, host journal %+v", resp.Status, got)
 	}
 	if code, msg := provision.QueryStatus(h.addr, 10*time.Second); code != 0 {
 		t.Fatalf("--status while disabled: exit %d %q", code, msg)
@@ -233,11 +248,11 @@ func TestDisabledToEnforceLatchesAndSigns(t *testing.T) {
 	if fi, err := os.Stat(files[0]); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
 	}
-	resp := h.do(root, h.ws(), get("/machine?comp=goalstate", "168.63.129.16", "x-ms-version: 2012-11-30\r\n"))
+	resp = h.do(root, h.ws(), get("/machine?comp=goalstate", "168.63.129.16", "x-ms-version: 2012-11-30\r\n"))
 	if resp.StatusCode != 200 || resp.Header.Get(msp.HeaderAuthorization) != msp.ResponseMarker {
 		t.Fatalf("root goal state: %s marker %q", resp.Status, resp.Header.Get(msp.HeaderAuthorization))
 	}
-	got := h.journal(func(e hostsim.Entry) bool { return strings.HasPrefix(e.Target, "/machine?comp=goalstate") })
+	got = h.journal(func(e hostsim.Entry) bool { return e.Target == "/machine?comp=goalstate" })
 	if len(got) != 1 || got[0].Verdict != hostsim.VerdictValid || got[0].KeyGUID != guid {
 		t.Fatalf("host journal for goal state: %+v", got)
 	}
@@ -257,17 +272,10 @@ func TestRestartReloadsKeyWithoutAttesting(t *testing.T) {
 	h.stop()
 	h.sim.Journal().Clear()
 	h.start()
-	// The restarted agent signs with the same key and never asked for a new one.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp := h.do(root, h.ws(), get("/machine?comp=goalstate", "168.63.129.16"))
-		if resp.StatusCode == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restarted agent: %s", resp.Status)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// The restarted agent signs with the same key and never asked for a new
+	// one: its listener opens after the first poll, which reloaded the key.
+	if resp := h.do(root, h.ws(), get("/machine?comp=goalstate", "168.63.129.16")); resp.StatusCode != 200 {
+		t.Fatalf("restarted agent: %s", resp.Status)
 	}
 	if calls := h.journal(func(e hostsim.Entry) bool {
 		return e.Method == "POST" && strings.HasPrefix(e.Target, "/secure-channel/key")
@@ -338,32 +346,21 @@ func TestAuditForwardsAndRecordsFailedAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.waitLatched("")
-	deadline := time.Now().Add(10 * time.Second)
-	for h.aggregate().ProxyAgentStatus.KeyLatchStatus.States["secureChannelState"] != "WireServer Enforce -  IMDS Audit - HostGA Enforce" {
-		if time.Now().After(deadline) {
-			t.Fatal("agent never saw IMDS in Audit")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testsupport.WaitFor(t, "the agent to see IMDS in Audit", func() bool {
+		return h.aggregate().ProxyAgentStatus.KeyLatchStatus.States["secureChannelState"] == "WireServer Enforce -  IMDS Audit - HostGA Enforce"
+	})
 	resp := h.do(nobody, h.imds(), get("/metadata/instance?api-version=2021-02-01", "169.254.169.254", "Metadata: true\r\n"))
 	if resp.StatusCode != 200 {
 		t.Fatalf("audited IMDS request: %s, want it forwarded", resp.Status)
 	}
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		failed := h.aggregate().FailedAuthenticateSummary
-		var found bool
-		for _, e := range failed {
-			found = found || (e.ResponseStatus == "403 Forbidden" && e.UserName != "root" && strings.Contains(e.IP, "127.0.0.1"))
+	testsupport.WaitFor(t, "a failed-authentication summary for the audited request", func() bool {
+		for _, e := range h.aggregate().FailedAuthenticateSummary {
+			if e.ResponseStatus == "403 Forbidden" && e.UserName != "root" && strings.Contains(e.IP, "127.0.0.1") {
+				return true
+			}
 		}
-		if found {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no failed-authentication summary for the audited request: %+v", failed)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 func TestForgedClientHeadersNeverReachHost(t *testing.T) {
@@ -445,36 +442,43 @@ func hasHeader(e hostsim.Entry, name, value string) bool {
 }
 
 // Memory is released once when requests stop after activity, and not
-// while idle without activity or while requests keep coming.
+// while idle without activity or while requests keep coming. The bubble's
+// clock runs the ticker; the count changes at half-interval offsets so no
+// change coincides with a tick.
 func TestReleaseWhenIdle(t *testing.T) {
-	var count, releases atomic.Uint64
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		releaseWhenIdle(ctx, count.Load, 5*time.Millisecond, func() { releases.Add(1) })
-	}()
-	time.Sleep(50 * time.Millisecond)
-	if n := releases.Load(); n != 0 {
-		t.Fatalf("%d releases without any request", n)
-	}
-	for i := 0; i < 20; i++ { // busy: the count changes at every tick
-		count.Add(1)
-		time.Sleep(time.Millisecond)
-	}
-	count.Add(1)
-	deadline := time.Now().Add(5 * time.Second)
-	for releases.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	first := releases.Load()
-	time.Sleep(50 * time.Millisecond) // idle on: no further release
-	cancel()
-	<-done
-	if first == 0 {
-		t.Fatal("no release after requests stopped")
-	}
-	if n := releases.Load(); n != first {
-		t.Errorf("%d releases while idle after the first %d, want none", n-first, first)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		const interval = time.Second
+		var count, releases atomic.Uint64
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			releaseWhenIdle(ctx, count.Load, interval, func() { releases.Add(1) })
+		}()
+		time.Sleep(10*interval + interval/2)
+		synctest.Wait()
+		if n := releases.Load(); n != 0 {
+			t.Fatalf("%d releases without any request", n)
+		}
+		for range 20 { // busy: the count changes between every two ticks
+			count.Add(1)
+			time.Sleep(interval)
+		}
+		synctest.Wait()
+		if n := releases.Load(); n != 0 {
+			t.Fatalf("%d releases while requests kept coming", n)
+		}
+		time.Sleep(2 * interval) // a tick sees the last change, the next one sees none
+		synctest.Wait()
+		if n := releases.Load(); n != 1 {
+			t.Fatalf("%d releases after requests stopped, want 1", n)
+		}
+		time.Sleep(10 * interval) // idle on: no further release
+		synctest.Wait()
+		cancel()
+		<-done
+		if n := releases.Load(); n != 1 {
+			t.Errorf("%d releases while idle after the first, want none", n-1)
+		}
+	})
 }

@@ -14,8 +14,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/logfile"
@@ -189,17 +191,8 @@ func TestRouteTruncatesErrorDetails(t *testing.T) {
 	}
 }
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
-
 func TestSummaryBuckets(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := testsupport.NewClock(t0)
 	var mu sync.Mutex
 	var opened []Summary
 	r, err := New(Options{Now: clk.Now, OnNewSummary: func(s Summary, failed bool) {
@@ -482,11 +475,7 @@ func TestQueueFullDropsAndCounts(t *testing.T) {
 		t.Fatal("no events dropped with a stalled writer and a queue of 2")
 	}
 	close(release)
-	for deadline := time.Now().Add(5 * time.Second); r.queued() > 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("writer did not drain the queue")
-		}
-	}
+	testsupport.WaitFor(t, "the writer to drain the queue", func() bool { return r.queued() == 0 })
 	r.Record(allowEvent())
 	r.Close()
 	recs, err := readAll(t, dir)
@@ -580,42 +569,47 @@ func BenchmarkWrite(b *testing.B) {
 }
 
 // The writer goroutine takes queued events in batches: once BatchSize
-// are queued, or BatchDelay after the first, not only at Close.
+// are queued, or BatchDelay after the first, not only at Close. In a
+// synctest bubble, synctest.Wait returns when the writer is idle, and the
+// bubble's clock runs the delays.
 func TestRecorderBatching(t *testing.T) {
-	newRec := func(delay time.Duration) *Recorder {
-		r, err := New(Options{FlushInterval: time.Hour, BatchDelay: delay, BatchSize: 4,
-			Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Close() })
-		return r
-	}
-	drained := func(r *Recorder) bool {
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-			if r.queued() == 0 {
-				return true
+	synctest.Test(t, func(t *testing.T) {
+		newRec := func(delay time.Duration) *Recorder {
+			r, err := New(Options{FlushInterval: time.Hour, BatchDelay: delay, BatchSize: 4,
+				Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
 			}
+			t.Cleanup(func() { r.Close() })
+			return r
 		}
-		return false
-	}
 
-	r := newRec(time.Hour)
-	for i := 0; i < 3; i++ {
+		r := newRec(time.Hour)
+		for i := 0; i < 3; i++ {
+			r.Record(allowEvent())
+		}
+		time.Sleep(time.Hour - time.Second)
+		synctest.Wait()
+		if n := r.queued(); n != 3 {
+			t.Fatalf("%d queued before the batch was full, want 3 (writer woke early)", n)
+		}
 		r.Record(allowEvent())
-	}
-	time.Sleep(50 * time.Millisecond)
-	if n := r.queued(); n != 3 {
-		t.Fatalf("%d queued before the batch was full, want 3 (writer woke early)", n)
-	}
-	r.Record(allowEvent())
-	if !drained(r) {
-		t.Fatal("full batch not taken by the writer")
-	}
+		synctest.Wait()
+		if n := r.queued(); n != 0 {
+			t.Fatalf("full batch not taken by the writer: %d queued", n)
+		}
 
-	r = newRec(10 * time.Millisecond)
-	r.Record(allowEvent())
-	if !drained(r) {
-		t.Fatal("a single event was not taken after BatchDelay")
-	}
+		r = newRec(10 * time.Millisecond)
+		r.Record(allowEvent())
+		time.Sleep(10*time.Millisecond - time.Nanosecond)
+		synctest.Wait()
+		if n := r.queued(); n != 1 {
+			t.Fatalf("%d queued before BatchDelay, want 1", n)
+		}
+		time.Sleep(time.Nanosecond)
+		synctest.Wait()
+		if n := r.queued(); n != 0 {
+			t.Fatal("a single event was not taken after BatchDelay")
+		}
+	})
 }

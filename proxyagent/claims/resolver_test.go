@@ -10,8 +10,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/identity"
 )
 
@@ -259,17 +261,20 @@ func TestUserCacheExpires(t *testing.T) {
 	}
 }
 
+// The bubble's clock moves the cache past its TTL.
 func TestUserCacheRefreshesAfterTTL(t *testing.T) {
-	passwd, group := writeUserDB(t)
-	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, UserCacheTTL: time.Nanosecond}
-	if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client); c.UserName != Undefined {
-		t.Fatalf("user %q before creation", c.UserName)
-	}
-	must(t, os.WriteFile(passwd, []byte("carol:x:1002:1002::/home/carol:/bin/sh\n"), 0o644))
-	time.Sleep(time.Millisecond)
-	if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client); c.UserName != "carol" {
-		t.Errorf("expired entry not refreshed: %q", c.UserName)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		passwd, group := writeUserDB(t)
+		r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, UserCacheTTL: time.Minute}
+		if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client); c.UserName != Undefined {
+			t.Fatalf("user %q before creation", c.UserName)
+		}
+		must(t, os.WriteFile(passwd, []byte("carol:x:1002:1002::/home/carol:/bin/sh\n"), 0o644))
+		time.Sleep(time.Minute + time.Nanosecond)
+		if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client); c.UserName != "carol" {
+			t.Errorf("expired entry not refreshed: %q", c.UserName)
+		}
+	})
 }
 
 // startChild runs sh with a secret in its arguments and returns it with
@@ -281,20 +286,16 @@ func startChild(t *testing.T) (*exec.Cmd, uint64) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	var r Resolver
 	// Wait for the exec to complete (cmdline switches from the Go binary).
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		// comm changes early in exec, the new command line a little
-		// later; wait for both.
+	// comm changes early in exec, the new command line a little later;
+	// wait for both.
+	var start uint64
+	testsupport.WaitFor(t, "the child's exec of sh", func() bool {
 		st, err := r.readStat(uint32(cmd.Process.Pid))
 		cl, _ := r.readCmdLine(uint32(cmd.Process.Pid))
-		if err == nil && st.Comm == "sh" && strings.HasPrefix(cl, "sh ") {
-			return cmd, st.StartTime
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child did not start: %+v %v", st, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		start = st.StartTime
+		return err == nil && st.Comm == "sh" && strings.HasPrefix(cl, "sh ")
+	})
+	return cmd, start
 }
 
 func TestResolveRealProc(t *testing.T) {

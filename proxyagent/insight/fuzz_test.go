@@ -15,81 +15,139 @@ import (
 // FuzzScan feeds arbitrary log contents through every consumer: bad
 // input must give warnings or errors, never a panic.
 func FuzzScan(f *testing.F) {
-	dir := f.TempDir()
-	log := writeLog(f, dir, fixture, 0)
-	real, err := os.ReadFile(log)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(real)
-	f.Add(real[:len(real)/2])
+	// One small record per seed, not a day of the agent's full ones: the
+	// engine minimizes every input that finds new coverage by running it
+	// again for each subset of its bytes. A candidate that breaks the only
+	// record is cheap (Scan refuses it); one that leaves another record
+	// intact runs every consumer, so a seed of several records, or of
+	// kilobytes, would spend the fuzzing time there. TestScanRegressions
+	// runs the real log.
+	f.Add([]byte(`{"v":1,"time":"2026-11-20T10:00:00Z","seq":1,"caller":{"userId":1000,"userName":"alice",` +
+		`"userGroups":["users"],"processName":"curl","processFullPath":"/usr/bin/curl"},"destination":{"service":"IMDS"},` +
+		`"method":"GET","target":"/metadata/instance?api-version=2021-02-01","decision":"allow","status":200}` + "\n"))
+	f.Add([]byte(`{"v":1,"time":"2026-11-20T11:00:00Z","seq":2,"caller":{"userName":"bob","userGroups":["data"],` +
+		`"processFullPath":"/usr/bin/python3"},"destination":{"service":"WireServer"},"method":"GET",` +
+		`"target":"/machine?comp=goalstate","decision":"audit-deny","status":200}` + "\n"))
+	f.Add([]byte(`{"v":1,"time":"2026-11-20T10:00:00Z","seq":1,"caller":{"userName":"alice","processFullPath":"/us`))
 	f.Add([]byte(`{"v":1,"caller":null,"destination":{"service":"IMDS"},"decision":"deny","target":"%zz/%3F?=&a=%"}` + "\n"))
 	f.Add([]byte(`{"v":1,"caller":{"userGroups":null,"ancestry":[{}]},"destination":{"service":"WireServer"},"decision":"allow","target":"http://x"}` + "\n"))
 	f.Add([]byte("\n\n{}\n\xff\xfe\n"))
+	h := newScanHarness(f)
+	f.Fuzz(func(t *testing.T, data []byte) { h.run(t, data) })
+}
+
+// scanHarness is FuzzScan's body and what it needs, made once: the rules
+// the report and replay use, and one input file, kept open and rewritten
+// in place for each input (making and removing a directory, or truncating
+// and closing a file, per input would cost more than everything Scan does).
+type scanHarness struct {
+	rules *Rules
+	input *os.File
+}
+
+func newScanHarness(tb testing.TB) *scanHarness {
+	tb.Helper()
 	rules, err := ParseRules([]byte(aliceOnlyIMDS), authz.IMDSRulesFile, RulesOptions{})
 	if err != nil {
-		f.Fatal(err)
+		tb.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		path := filepath.Join(t.TempDir(), "audit.jsonl")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		rb := NewReportBuilder(ReportOptions{Rules: rules, PathDepth: 2})
-		rp := NewReplayer(rules)
-		var sgs []*Suggester
-		for _, o := range []SuggestOptions{
-			{Service: msp.IMDS, Query: QueryObserved},
-			{Service: msp.WireServer, Identity: ByGroup, IncludeHostGA: true, IncludeDenied: true},
-		} {
-			sg, err := NewSuggester(o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sgs = append(sgs, sg)
-		}
-		st, err := Scan(Source{Path: path}, func(e Entry) error {
-			rb.Add(e)
-			rp.Add(e)
-			for _, sg := range sgs {
-				sg.Add(e)
-			}
-			return nil
-		})
+	input, err := os.Create(filepath.Join(tb.TempDir(), "audit.jsonl"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { input.Close() })
+	return &scanHarness{rules: rules, input: input}
+}
+
+// run writes data to the input file and sends it through Scan and every
+// consumer.
+func (h *scanHarness) run(t testing.TB, data []byte) {
+	if _, err := h.input.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.input.Truncate(int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	rules, path := h.rules, h.input.Name()
+	rb := NewReportBuilder(ReportOptions{Rules: rules, PathDepth: 2})
+	rp := NewReplayer(rules)
+	var sgs []*Suggester
+	for _, o := range []SuggestOptions{
+		{Service: msp.IMDS, Query: QueryObserved},
+		{Service: msp.WireServer, Identity: ByGroup, IncludeHostGA: true, IncludeDenied: true},
+	} {
+		sg, err := NewSuggester(o)
 		if err != nil {
-			if _, ok := err.(*InputError); !ok {
-				t.Fatalf("Scan error of type %T: %v", err, err)
-			}
-			return
-		}
-		rep := rb.Report(st)
-		if err := rep.WriteTable(io.Discard); err != nil {
 			t.Fatal(err)
 		}
-		if err := rep.WriteJSON(io.Discard); err != nil {
-			t.Fatal(err)
-		}
-		if err := rp.Result(st).WriteText(io.Discard); err != nil {
-			t.Fatal(err)
-		}
+		sgs = append(sgs, sg)
+	}
+	st, err := Scan(Source{Path: path}, func(e Entry) error {
+		rb.Add(e)
+		rp.Add(e)
 		for _, sg := range sgs {
-			s, err := sg.Suggest()
-			if err != nil {
-				continue
-			}
-			doc, err := s.LocalJSON()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := authz.ValidateLocalRules(doc); err != nil {
-				t.Fatalf("suggestion does not validate: %v\n%s", err, doc)
-			}
-			// Every observed legitimate request must be allowed.
-			if bad, err := s.Verify(); err != nil || len(bad) > 0 {
-				t.Fatalf("Verify: %v %q\n%s", err, bad, doc)
-			}
+			sg.Add(e)
 		}
+		return nil
 	})
+	if err != nil {
+		if _, ok := err.(*InputError); !ok {
+			t.Fatalf("Scan error of type %T: %v", err, err)
+		}
+		return
+	}
+	rep := rb.Report(st)
+	if err := rep.WriteTable(io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.WriteJSON(io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if err := rp.Result(st).WriteText(io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, sg := range sgs {
+		s, err := sg.Suggest()
+		if err != nil {
+			continue
+		}
+		doc, err := s.LocalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := authz.ValidateLocalRules(doc); err != nil {
+			t.Fatalf("suggestion does not validate: %v\n%s", err, doc)
+		}
+		// Every observed legitimate request must be allowed.
+		if bad, err := s.Verify(); err != nil || len(bad) > 0 {
+			t.Fatalf("Verify: %v %q\n%s", err, bad, doc)
+		}
+	}
+}
+
+// TestScanRegressions runs FuzzScan's body on inputs too large for its
+// seed corpus: a day of the agent's own records, and each input that once
+// failed it (testdata/scan).
+func TestScanRegressions(t *testing.T) {
+	dir := t.TempDir()
+	day, err := os.ReadFile(writeLog(t, dir, fixture, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inputs := map[string][]byte{"fixture": day, "fixture cut in half": day[:len(day)/2]}
+	found, err := filepath.Glob(filepath.Join("testdata", "scan", "*.jsonl"))
+	if err != nil || len(found) == 0 {
+		t.Fatalf("no regression inputs in testdata/scan: %v", err)
+	}
+	for _, name := range found {
+		if inputs[name], err = os.ReadFile(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := newScanHarness(t)
+	for name, data := range inputs {
+		t.Run(name, func(t *testing.T) { h.run(t, data) })
+	}
 }
 
 // FuzzParseRules checks that no rules document crashes the loader.

@@ -172,23 +172,26 @@ func TestTopRunRefreshesOnEveryTick(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- top.Run(ctx, tick) }()
+	// A send on the unbuffered tick returns once Run took it, that is once
+	// the frame of the tick before is written.
 	tick <- topNow
+	tick <- topNow.Add(time.Second) // the first frame is written
 	appendFile(t, path, topRecord(t, "root", 0, "IMDS", "allow", 200, topNow))
-	tick <- topNow.Add(time.Second)
-	tick <- topNow.Add(2 * time.Second) // returns once the second frame is written
+	tick <- topNow.Add(2 * time.Second) // the second frame is written
+	tick <- topNow.Add(3 * time.Second) // the third frame is written
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	frames := strings.Split(out.String(), clearScreen)[1:]
-	if len(frames) != 3 {
-		t.Fatalf("%d frames, want 3:\n%s", len(frames), out.String())
+	if len(frames) != 4 {
+		t.Fatalf("%d frames, want 4:\n%s", len(frames), out.String())
 	}
 	if !strings.Contains(frames[0], "12:00:00") || !strings.Contains(frames[0], "(no requests yet)") {
 		t.Errorf("first frame:\n%s", frames[0])
 	}
-	if !strings.Contains(frames[1], "12:00:01") || row(frames[1], "IMDS", "root") == nil {
-		t.Errorf("second frame:\n%s", frames[1])
+	if !strings.Contains(frames[2], "12:00:02") || row(frames[2], "IMDS", "root") == nil {
+		t.Errorf("frame after the record:\n%s", frames[2])
 	}
 }
 

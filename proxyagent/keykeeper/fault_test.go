@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
@@ -34,9 +36,9 @@ func TestV1States(t *testing.T) {
 		t.Run(tc.state, func(t *testing.T) {
 			ws := newFakeWS(t, tc.state)
 			h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), nil)
-			eventually(t, "state", func() bool { return h.kk.State() == tc.wantState })
+			testsupport.WaitFor(t, "state", func() bool { return h.kk.State() == tc.wantState })
 			if tc.wantState != "disabled" {
-				eventually(t, "key", func() bool { return h.kk.Key() != nil })
+				testsupport.WaitFor(t, "key", func() bool { return h.kk.Key() != nil })
 			}
 			m := h.kk.Modes()
 			if m.WireServer != tc.ws || m.IMDS != tc.imds || m.HostGA != tc.ws {
@@ -46,7 +48,7 @@ func TestV1States(t *testing.T) {
 			if st["wireServerRuleId"] != "" || st["imdsRuleId"] != "" || st["hostGARuleId"] != "" {
 				t.Errorf("v1 rule ids %v, want empty", st)
 			}
-			eventually(t, "redirect", func() bool { p, n := h.redir.last(); return n > 0 && p == tc.redirect })
+			testsupport.WaitFor(t, "redirect", func() bool { p, n := h.redir.last(); return n > 0 && p == tc.redirect })
 		})
 	}
 }
@@ -58,7 +60,7 @@ func TestNullKeyGUIDReacquiresEveryPoll(t *testing.T) {
 	ws.set(func(f *fakeWS) { f.nullGUID = true })
 	dir := filepath.Join(t.TempDir(), "keys")
 	h := startKeeper(t, ws.addr(), dir, nil)
-	eventually(t, "three attestations", func() bool {
+	testsupport.WaitFor(t, "three attestations", func() bool {
 		n := 0
 		ws.get(func(f *fakeWS) { n = len(f.attested) })
 		return n >= 3
@@ -103,14 +105,15 @@ func TestBadStatusKeepsPreviousState(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ws := newFakeWS(t, "Wireserver")
 			h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), nil)
-			eventually(t, "latched", func() bool { return h.kk.Key() != nil && h.kk.State() == "wireserver" })
-			eventually(t, "host reports guid", func() bool {
+			testsupport.WaitFor(t, "latched", func() bool { return h.kk.Key() != nil && h.kk.State() == "wireserver" })
+			// The poll that latched is over once the next one has asked
+			// for the status (its redirect update included).
+			latchedAt := 0
+			ws.get(func(f *fakeWS) { latchedAt = f.statusN })
+			testsupport.WaitFor(t, "the poll after the latch", func() bool {
 				n := 0
 				ws.get(func(f *fakeWS) { n = f.statusN })
-				before := n
-				time.Sleep(30 * time.Millisecond)
-				ws.get(func(f *fakeWS) { n = f.statusN })
-				return n > before
+				return n > latchedAt
 			})
 			guid := h.kk.Key().GUID
 			_, nRedirect := h.redir.last()
@@ -123,7 +126,7 @@ func TestBadStatusKeepsPreviousState(t *testing.T) {
 					return tc.code, hdr, tc.body
 				}
 			})
-			eventually(t, "failure message", func() bool {
+			testsupport.WaitFor(t, "failure message", func() bool {
 				return strings.HasPrefix(h.kk.Status().Message, "Failed to get key status - ")
 			})
 			msg := h.kk.Status().Message
@@ -158,7 +161,7 @@ func TestAcquisitionFailures(t *testing.T) {
 			root := t.TempDir()
 			dir := filepath.Join(root, "a", "keys")
 			h := startKeeper(t, ws.addr(), dir, func(o *Options) { o.PollInterval = time.Hour; o.FastPollWindow = time.Nanosecond })
-			eventually(t, "failure message", func() bool { return strings.HasPrefix(h.kk.Status().Message, tc.wantPrefix) })
+			testsupport.WaitFor(t, "failure message", func() bool { return strings.HasPrefix(h.kk.Status().Message, tc.wantPrefix) })
 			if h.kk.Key() != nil {
 				t.Error("key installed after failure")
 			}
@@ -182,7 +185,7 @@ func TestUnsafeHostGUIDNotLoaded(t *testing.T) {
 	bad := "../../../../etc/passwd"
 	ws.set(func(f *fakeWS) { f.keyGUID = &bad })
 	h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), nil)
-	eventually(t, "acquired", func() bool { return h.kk.Key() != nil })
+	testsupport.WaitFor(t, "acquired", func() bool { return h.kk.Key() != nil })
 	if h.kk.Key().GUID == bad {
 		t.Error("key loaded from a path outside the key dir")
 	}
@@ -198,7 +201,7 @@ func TestCorruptLocalKeyReacquired(t *testing.T) {
 	os.MkdirAll(dir, 0o700)
 	os.WriteFile(filepath.Join(dir, guid+".key"), []byte("{corrupt"), 0o600)
 	h := startKeeper(t, ws.addr(), dir, func(o *Options) { o.PollInterval = time.Hour; o.FastPollWindow = time.Nanosecond })
-	eventually(t, "acquired", func() bool { return h.kk.Key() != nil })
+	testsupport.WaitFor(t, "acquired", func() bool { return h.kk.Key() != nil })
 	n := 0
 	ws.get(func(f *fakeWS) { n = f.keyN })
 	if n != 1 {
@@ -206,60 +209,90 @@ func TestCorruptLocalKeyReacquired(t *testing.T) {
 	}
 }
 
+// The poll loop's reaction to Notify, in a synctest bubble: the poll
+// interval is an hour, so any poll after the first is the notify's doing,
+// and synctest.Wait returns once the keeper is idle again.
 func TestNotify(t *testing.T) {
+	hourly := func(o *Options) {
+		o.PollInterval = time.Hour
+		o.FastPollWindow = time.Nanosecond
+	}
 	t.Run("disabled resets and polls now", func(t *testing.T) {
-		ws := newFakeWS(t, "Disabled")
-		h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), func(o *Options) {
-			o.PollInterval = time.Hour
-			o.FastPollWindow = time.Nanosecond
+		synctest.Test(t, func(t *testing.T) {
+			ws := newBubbleWS(t, "Disabled")
+			h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), withPipe(ws, hourly))
+			<-h.kk.FirstPoll()
+			synctest.Wait()
+			if st := h.kk.State(); st != "disabled" {
+				t.Fatalf("state %q after the first poll", st)
+			}
+			var before int
+			ws.get(func(f *fakeWS) { before = f.statusN })
+			h.kk.Notify()
+			synctest.Wait()
+			var after int
+			ws.get(func(f *fakeWS) { after = f.statusN })
+			if after != before+1 {
+				t.Errorf("notify while disabled: %d polls, want 1", after-before)
+			}
+			if _, r, _ := h.prov.counts(); r != 1 {
+				t.Errorf("KeyLatchReset called %d times", r)
+			}
+			if st := h.kk.State(); st != "disabled" {
+				t.Errorf("state %q after the notify's poll", st)
+			}
 		})
-		eventually(t, "disabled", func() bool { return h.kk.State() == "disabled" })
-		var before int
-		ws.get(func(f *fakeWS) { before = f.statusN })
-		h.kk.Notify()
-		eventually(t, "re-poll", func() bool {
-			n := 0
-			ws.get(func(f *fakeWS) { n = f.statusN })
-			return n > before
-		})
-		if _, r, _ := h.prov.counts(); r != 1 {
-			t.Errorf("KeyLatchReset called %d times", r)
-		}
-		eventually(t, "disabled again", func() bool { return h.kk.State() == "disabled" })
 	})
 	t.Run("latched refreshes without polling", func(t *testing.T) {
-		ws := newFakeWS(t, "Wireserver")
-		h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), func(o *Options) {
-			o.PollInterval = time.Hour
-			o.FastPollWindow = time.Nanosecond
+		synctest.Test(t, func(t *testing.T) {
+			ws := newBubbleWS(t, "Wireserver")
+			h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), withPipe(ws, hourly))
+			<-h.kk.FirstPoll()
+			synctest.Wait()
+			if h.kk.Key() == nil {
+				t.Fatal("no key after the first poll")
+			}
+			l0, _, _ := h.prov.counts()
+			var before int
+			ws.get(func(f *fakeWS) { before = f.statusN })
+			h.kk.Notify()
+			time.Sleep(time.Minute) // well within the hour
+			synctest.Wait()
+			if l, _, _ := h.prov.counts(); l != l0+1 {
+				t.Errorf("key_latched called %d times after the notify, want 1", l-l0)
+			}
+			var after int
+			ws.get(func(f *fakeWS) { after = f.statusN })
+			if after != before {
+				t.Errorf("notify in a latched state polled (%d → %d)", before, after)
+			}
+			if _, r, _ := h.prov.counts(); r != 0 {
+				t.Errorf("KeyLatchReset called %d times", r)
+			}
 		})
-		eventually(t, "latched", func() bool { return h.kk.Key() != nil })
-		l0, _, _ := h.prov.counts()
-		var before int
-		ws.get(func(f *fakeWS) { before = f.statusN })
-		h.kk.Notify()
-		eventually(t, "key_latched", func() bool { l, _, _ := h.prov.counts(); return l == l0+1 })
-		time.Sleep(50 * time.Millisecond)
-		var after int
-		ws.get(func(f *fakeWS) { after = f.statusN })
-		if after != before {
-			t.Errorf("notify in a latched state polled (%d → %d)", before, after)
-		}
-		if _, r, _ := h.prov.counts(); r != 0 {
-			t.Errorf("KeyLatchReset called %d times", r)
-		}
 	})
 }
 
+// The provisioning timeout fires once, however long the polls keep failing
+// after it (synctest: the bubble's clock runs the polls of 50 intervals).
 func TestProvisionTimeoutOnce(t *testing.T) {
-	ws := newFakeWS(t, "Wireserver")
-	ws.set(func(f *fakeWS) { f.statusFn = func() (int, map[string]string, string) { return 500, nil, "" } })
-	h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), func(o *Options) { o.ProvisionTimeout = 50 * time.Millisecond })
-	eventually(t, "timeout", func() bool { _, _, n := h.prov.counts(); return n == 1 })
-	time.Sleep(100 * time.Millisecond)
-	if _, _, n := h.prov.counts(); n != 1 {
-		t.Errorf("ProvisionTimeout called %d times", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		ws := newBubbleWS(t, "Wireserver")
+		ws.set(func(f *fakeWS) { f.statusFn = func() (int, map[string]string, string) { return 500, nil, "" } })
+		h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), withPipe(ws, func(o *Options) {
+			o.ProvisionTimeout = 50 * time.Millisecond
+		}))
+		time.Sleep(50*20*time.Millisecond + time.Millisecond)
+		synctest.Wait()
+		if _, _, n := h.prov.counts(); n != 1 {
+			t.Errorf("ProvisionTimeout called %d times, want 1", n)
+		}
+		var polls int
+		ws.get(func(f *fakeWS) { polls = f.statusN })
+		if polls < 40 {
+			t.Errorf("%d polls in 50 poll intervals", polls)
+		}
+	})
 }
 
 // Every host call has a timeout: a WireServer that never answers yields a
@@ -280,7 +313,7 @@ func TestHostCallTimeout(t *testing.T) {
 		}
 	}()
 	h := startKeeper(t, ln.Addr().String(), filepath.Join(t.TempDir(), "keys"), func(o *Options) { o.RequestTimeout = 50 * time.Millisecond })
-	eventually(t, "timeout failure", func() bool {
+	testsupport.WaitFor(t, "timeout failure", func() bool {
 		return strings.HasPrefix(h.kk.Status().Message, "Failed to get key status - ")
 	})
 	if h.kk.State() != msp.StateUnknown {
@@ -288,22 +321,22 @@ func TestHostCallTimeout(t *testing.T) {
 	}
 }
 
+// A failed redirect update is retried on every poll until it succeeds, and
+// not after (synctest: the bubble's clock runs 20 polls).
 func TestRedirectRetriedUntilSuccess(t *testing.T) {
-	ws := newFakeWS(t, "Wireserver")
-	redir := &fakeRedir{fail: 3}
-	startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), func(o *Options) { o.Redirector = redir })
-	eventually(t, "redirect succeeded", func() bool {
+	synctest.Test(t, func(t *testing.T) {
+		ws := newBubbleWS(t, "Wireserver")
+		redir := &fakeRedir{fail: 3}
+		startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), withPipe(ws, func(o *Options) { o.Redirector = redir }))
+		time.Sleep(20*20*time.Millisecond + time.Millisecond)
+		synctest.Wait()
 		redir.mu.Lock()
-		defer redir.mu.Unlock()
-		return len(redir.calls) >= 4 && redir.fail == 0
+		n, fail := len(redir.calls), redir.fail
+		redir.mu.Unlock()
+		if n != 4 || fail != 0 {
+			t.Errorf("%d redirect calls (%d failures pending), want 3 failures and 1 success then none", n, fail)
+		}
 	})
-	time.Sleep(60 * time.Millisecond)
-	redir.mu.Lock()
-	n := len(redir.calls)
-	redir.mu.Unlock()
-	if n != 4 {
-		t.Errorf("%d redirect calls, want 3 failures and 1 success then none", n)
-	}
 }
 
 func TestDecodeBody(t *testing.T) {
@@ -333,7 +366,7 @@ func TestCancelReportsStopped(t *testing.T) {
 	if s := h.kk.Status(); s.Status != status.Running && s.Status != status.Unknown {
 		t.Errorf("initial status %+v", s)
 	}
-	eventually(t, "running", func() bool { return h.kk.Status().Status == status.Running })
+	testsupport.WaitFor(t, "running", func() bool { return h.kk.Status().Status == status.Running })
 	h.stop()
 	if s := h.kk.Status(); s.Status != status.Stopped || s.Message != "poll_secure_channel_status task cancelled." {
 		t.Errorf("after cancel %+v", s)
@@ -346,7 +379,7 @@ func TestStatusMessageTruncated(t *testing.T) {
 		f.statusFn = func() (int, map[string]string, string) { return 200, nil, v1Body(strings.Repeat("x", 3000)) }
 	})
 	h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), nil)
-	eventually(t, "failure", func() bool { return strings.HasPrefix(h.kk.Status().Message, "Failed to get key status") })
+	testsupport.WaitFor(t, "failure", func() bool { return strings.HasPrefix(h.kk.Status().Message, "Failed to get key status") })
 	if m := h.kk.Status().Message; len(m) != 1027 || !strings.HasSuffix(m, "...") {
 		t.Errorf("message length %d", len(m))
 	}
@@ -423,7 +456,7 @@ func TestKeeperUsesHostTime(t *testing.T) {
 		}
 	})
 	h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), nil)
-	eventually(t, "latched", func() bool { return h.kk.Key() != nil })
+	testsupport.WaitFor(t, "latched", func() bool { return h.kk.Key() != nil })
 	if d := h.kk.Now().Sub(hostTime); d < 0 || d > time.Minute {
 		t.Errorf("keeper clock %v, host %v", h.kk.Now(), hostTime)
 	}
@@ -453,13 +486,13 @@ func TestRedirectAppliedAfterFailedAcquisition(t *testing.T) {
 	ws := newFakeWS(t, "Wireserver")
 	ws.set(func(f *fakeWS) { f.keyCode = 503 })
 	h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), nil)
-	eventually(t, "acquisition failure", func() bool {
+	testsupport.WaitFor(t, "acquisition failure", func() bool {
 		return strings.HasPrefix(h.kk.Status().Message, "Failed to acquire key details: ")
 	})
 	if _, n := h.redir.last(); n != 0 {
 		t.Fatalf("redirect installed without a key")
 	}
 	ws.set(func(f *fakeWS) { f.keyCode = 0 })
-	eventually(t, "latched", func() bool { return h.kk.Key() != nil })
-	eventually(t, "redirect installed", func() bool { p, _ := h.redir.last(); return p == [3]bool{true, true, true} })
+	testsupport.WaitFor(t, "latched", func() bool { return h.kk.Key() != nil })
+	testsupport.WaitFor(t, "redirect installed", func() bool { p, _ := h.redir.last(); return p == [3]bool{true, true, true} })
 }

@@ -1,7 +1,6 @@
 package keykeeper
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -86,31 +86,13 @@ func (f *fakeRules) lastCall() (*msp.AuthorizationRules, int) {
 	return f.calls[len(f.calls)-1], len(f.calls)
 }
 
-// syncBuffer is a concurrency-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness runs a KeyKeeper against a WireServer address.
 type harness struct {
 	kk     *KeyKeeper
 	prov   *fakeProv
 	redir  *fakeRedir
 	rules  *fakeRules
-	logs   *syncBuffer
+	logs   *testsupport.SyncBuffer
 	dir    string
 	cancel context.CancelFunc
 	done   chan error
@@ -118,7 +100,7 @@ type harness struct {
 
 func startKeeper(t *testing.T, wsAddr, keyDir string, mod func(*Options)) *harness {
 	t.Helper()
-	h := &harness{prov: &fakeProv{}, redir: &fakeRedir{}, rules: &fakeRules{}, logs: &syncBuffer{}, dir: keyDir}
+	h := &harness{prov: &fakeProv{}, redir: &fakeRedir{}, rules: &fakeRules{}, logs: &testsupport.SyncBuffer{}, dir: keyDir}
 	opts := Options{
 		WireServer:       wsAddr,
 		KeyDir:           keyDir,
@@ -155,17 +137,6 @@ func (h *harness) stop() {
 	h.cancel = nil
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // keyFiles lists the *.key files of dir, sorted.
 func keyFiles(t *testing.T, dir string) []string {
 	t.Helper()
@@ -181,7 +152,8 @@ func keyFiles(t *testing.T, dir string) []string {
 // status call answers; keys are issued fresh and attestations verified
 // against them.
 type fakeWS struct {
-	srv *httptest.Server
+	srv  *httptest.Server
+	pipe *testsupport.PipeListener // instead of srv, in a synctest bubble
 
 	mu sync.Mutex
 	// statusFn builds the status answer; nil answers v1 with state and the
@@ -209,7 +181,33 @@ func newFakeWS(t *testing.T, state string) *fakeWS {
 	return f
 }
 
-func (f *fakeWS) addr() string { return strings.TrimPrefix(f.srv.URL, "http://") }
+// newBubbleWS is newFakeWS served over in-memory pipes, for tests that
+// run the keeper inside a testing/synctest bubble: start the keeper with
+// withPipe(ws) so it dials the pipes.
+func newBubbleWS(t *testing.T, state string) *fakeWS {
+	f := &fakeWS{state: state, issued: map[string]*msp.Key{}, pipe: testsupport.NewPipeListener()}
+	srv := &http.Server{Handler: http.HandlerFunc(f.serve)}
+	go srv.Serve(f.pipe)
+	t.Cleanup(func() { srv.Close() })
+	return f
+}
+
+// withPipe makes the keeper dial ws's pipes (see newBubbleWS).
+func withPipe(ws *fakeWS, mod func(*Options)) func(*Options) {
+	return func(o *Options) {
+		o.Dial = ws.pipe.Dial
+		if mod != nil {
+			mod(o)
+		}
+	}
+}
+
+func (f *fakeWS) addr() string {
+	if f.pipe != nil {
+		return "wireserver.test:80"
+	}
+	return strings.TrimPrefix(f.srv.URL, "http://")
+}
 
 func (f *fakeWS) set(fn func(f *fakeWS)) {
 	f.mu.Lock()

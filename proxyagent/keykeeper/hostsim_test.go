@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
@@ -63,7 +64,7 @@ func secureChannelCalls(sim *hostsim.Sim) (keys, attests []hostsim.Entry) {
 func latch(t *testing.T, sim *hostsim.Sim, dir string) *harness {
 	t.Helper()
 	h := startKeeper(t, sim.Addrs().WireServer, dir, nil)
-	eventually(t, "key latched", func() bool {
+	testsupport.WaitFor(t, "key latched", func() bool {
 		g, ok := sim.LatchedKeyGUID()
 		return ok && h.kk.Key() != nil && h.kk.Key().GUID == g
 	})
@@ -77,8 +78,8 @@ func TestDisabledThenEnforceLatchesOneKey(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keys")
 	h := startKeeper(t, sim.Addrs().WireServer, dir, nil)
 
-	eventually(t, "disabled state", func() bool { return h.kk.State() == msp.StateDisabled })
-	eventually(t, "key_latched for disabled", func() bool { l, _, _ := h.prov.counts(); return l >= 1 })
+	testsupport.WaitFor(t, "disabled state", func() bool { return h.kk.State() == msp.StateDisabled })
+	testsupport.WaitFor(t, "key_latched for disabled", func() bool { l, _, _ := h.prov.counts(); return l >= 1 })
 	if h.kk.Key() != nil {
 		t.Fatal("key in memory while disabled")
 	}
@@ -96,11 +97,11 @@ func TestDisabledThenEnforceLatchesOneKey(t *testing.T) {
 	}
 
 	enforce(t, sim, "Enforce", "")
-	eventually(t, "key latched", func() bool {
+	testsupport.WaitFor(t, "key latched", func() bool {
 		g, ok := sim.LatchedKeyGUID()
 		return ok && h.kk.Key() != nil && h.kk.Key().GUID == g
 	})
-	eventually(t, "state wireserver", func() bool { return h.kk.State() == "wireserver" })
+	testsupport.WaitFor(t, "state wireserver", func() bool { return h.kk.State() == "wireserver" })
 	guid := h.kk.Key().GUID
 
 	files := keyFiles(t, dir)
@@ -170,7 +171,7 @@ func TestDisabledThenEnforceLatchesOneKey(t *testing.T) {
 	}
 	// Once the host reports the GUID, no further key requests are made.
 	n := len(sim.Journal().Entries())
-	eventually(t, "more polls", func() bool { return len(sim.Journal().Entries()) > n+5 })
+	testsupport.WaitFor(t, "more polls", func() bool { return len(sim.Journal().Entries()) > n+5 })
 	if keys, _ := secureChannelCalls(sim); len(keys) != 1 {
 		t.Errorf("%d key requests after latch, want 1", len(keys))
 	}
@@ -196,7 +197,7 @@ func TestRestartReloadsLocalKey(t *testing.T) {
 	keysBefore, attestsBefore := secureChannelCalls(sim)
 
 	h2 := startKeeper(t, sim.Addrs().WireServer, dir, nil)
-	eventually(t, "key reloaded", func() bool { return h2.kk.Key() != nil })
+	testsupport.WaitFor(t, "key reloaded", func() bool { return h2.kk.Key() != nil })
 	if h2.kk.Key().GUID != guid {
 		t.Fatalf("reloaded %s, want %s", h2.kk.Key().GUID, guid)
 	}
@@ -204,7 +205,7 @@ func TestRestartReloadsLocalKey(t *testing.T) {
 		t.Errorf("message %q", h2.kk.Status().Message)
 	}
 	n := len(sim.Journal().Entries())
-	eventually(t, "more polls", func() bool { return len(sim.Journal().Entries()) > n+3 })
+	testsupport.WaitFor(t, "more polls", func() bool { return len(sim.Journal().Entries()) > n+3 })
 	keys, attests := secureChannelCalls(sim)
 	if len(keys) != len(keysBefore) || len(attests) != len(attestsBefore) {
 		t.Errorf("restart made %d key and %d attestation calls", len(keys)-len(keysBefore), len(attests)-len(attestsBefore))
@@ -227,7 +228,7 @@ func TestRotation(t *testing.T) {
 	old := h.kk.Key().GUID
 
 	sim.Rotate()
-	eventually(t, "new key latched", func() bool {
+	testsupport.WaitFor(t, "new key latched", func() bool {
 		g, ok := sim.LatchedKeyGUID()
 		k := h.kk.Key()
 		return ok && k != nil && k.GUID == g && g != old
@@ -255,7 +256,7 @@ func TestDisabledClearsKeyKeepsFiles(t *testing.T) {
 	files := keyFiles(t, dir)
 
 	disable(t, sim)
-	eventually(t, "key cleared", func() bool { return h.kk.Key() == nil && h.kk.State() == msp.StateDisabled })
+	testsupport.WaitFor(t, "key cleared", func() bool { return h.kk.Key() == nil && h.kk.State() == msp.StateDisabled })
 	if got := keyFiles(t, dir); len(got) != 1 || got[0] != files[0] {
 		t.Errorf("key files after disable %v, want %v", got, files)
 	}
@@ -279,7 +280,7 @@ func TestV2StateAndRuleIDs(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keys")
 	h := latch(t, sim, dir)
 	const want = "WireServer Enforce -  IMDS Enforce - HostGA Enforce"
-	eventually(t, "v2 state", func() bool { return h.kk.State() == want })
+	testsupport.WaitFor(t, "v2 state", func() bool { return h.kk.State() == want })
 	m := h.kk.Modes()
 	if m.WireServer != msp.ModeEnforce || m.IMDS != msp.ModeEnforce || m.HostGA != msp.ModeEnforce {
 		t.Errorf("modes %+v", m)
@@ -301,8 +302,8 @@ func TestV2StateAndRuleIDs(t *testing.T) {
 	}
 	// A mode change shows in the state string at once.
 	enforce(t, sim, "Audit", "Disabled")
-	eventually(t, "audit state", func() bool {
+	testsupport.WaitFor(t, "audit state", func() bool {
 		return h.kk.State() == "WireServer Audit -  IMDS Disabled - HostGA Audit"
 	})
-	eventually(t, "redirect updated", func() bool { p, _ := h.redir.last(); return p == [3]bool{true, false, true} })
+	testsupport.WaitFor(t, "redirect updated", func() bool { p, _ := h.redir.last(); return p == [3]bool{true, false, true} })
 }

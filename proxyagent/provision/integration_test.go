@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/keykeeper"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
@@ -58,6 +59,7 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	reg := status.NewRegistry()
 	redir := &policyRecorder{}
 	var kk *keykeeper.KeyKeeper
+	finished := make(chan struct{})
 	writer := &status.Writer{Reporter: &status.Reporter{Registry: reg, Version: "1.2.3"},
 		Path: filepath.Join(root, "status", "status.json"), Interval: time.Hour, MinGap: time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -72,6 +74,7 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 		OnFinished: func() {
 			wg.Add(1)
 			go func() { defer wg.Done(); writer.Run(ctx) }()
+			close(finished)
 		},
 	})
 	kk, err = keykeeper.New(keykeeper.Options{
@@ -93,14 +96,11 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	reg.Set(status.ProxyListener, status.Running, "Started proxy listener, ready to accept request - 6")
 	prov.ListenerReady()
 
-	// Finished means ALL_READY and the tags written (they are written after
-	// the flags are set).
-	deadline := time.Now().Add(5 * time.Second)
-	for prov.Flags() != AllReady || !exists(filepath.Join(keyDir, StatusTag)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not all ready: flags %d, key latch %q", prov.Flags(), reg.Get(status.KeyLatch).Message)
-		}
-		time.Sleep(5 * time.Millisecond)
+	// Provisioning has finished once it called OnFinished: the ALL_READY
+	// flags and the tag files come first.
+	testsupport.Receive(t, "provisioning to finish", finished)
+	if prov.Flags() != AllReady {
+		t.Fatalf("finished with flags %d", prov.Flags())
 	}
 	if kk.Key() == nil || kk.State() != "wireserver" {
 		t.Fatalf("key %v state %q", kk.Key(), kk.State())
@@ -114,16 +114,10 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 
 	// status.json appears once provisioning finished, with SUCCESS.
 	var data []byte
-	for {
+	testsupport.WaitFor(t, "status.json with SUCCESS", func() bool {
 		data, _ = os.ReadFile(writer.Path)
-		if strings.Contains(string(data), `"status":"SUCCESS"`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status.json: %s", data)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return strings.Contains(string(data), `"status":"SUCCESS"`)
+	})
 	for _, want := range []string{`"version":"1.2.3"`, `"secureChannelState":"wireserver"`, `"keyGuid":"` + kk.Key().GUID + `"`} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("status.json lacks %s: %s", want, data)
@@ -135,12 +129,7 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	// here the key keeper alone owns them and they stay.
 	before := prov.FinishedTimeTick()
 	kk.Notify()
-	for prov.FinishedTimeTick() == before {
-		if time.Now().After(deadline) {
-			t.Fatal("notify did not reach provisioning")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testsupport.WaitFor(t, "the notify to reach provisioning", func() bool { return prov.FinishedTimeTick() != before })
 	if p := redir.last(); p != [3]bool{true, true, true} {
 		t.Errorf("redirect policy after notify %v, want the v1 redirects kept", p)
 	}
@@ -149,9 +138,4 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	if fin, msg := prov.Query(time.Now().UnixNano(), true); !fin || msg != "" {
 		t.Errorf("query finished=%v msg=%q", fin, msg)
 	}
-}
-
-func exists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

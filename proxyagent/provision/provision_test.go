@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -59,6 +60,8 @@ func (e *env) read(t *testing.T, name string) (string, os.FileMode) {
 // Conformance item 18.
 func TestProvisionQuerySemantics(t *testing.T) {
 	e := newEnv(t)
+	clock := testsupport.NewClock(time.Now())
+	e.p.opts.Now = clock.Now
 	e.p.ListenerReady()
 	if fin, _ := e.p.Query(time.Now().UnixNano(), false); fin {
 		t.Fatal("listener only: finished")
@@ -78,7 +81,7 @@ func TestProvisionQuerySemantics(t *testing.T) {
 	if fin, msg := e.p.Query(query, false); fin || msg != "" {
 		t.Errorf("disabled, finish older than query: finished=%v msg=%q", fin, msg)
 	}
-	time.Sleep(time.Millisecond)
+	clock.Advance(time.Millisecond)
 	e.p.KeyLatched()
 	if e.p.FinishedTimeTick() <= query {
 		t.Fatal("key_latched did not refresh the finish time")
@@ -361,14 +364,21 @@ func TestQueryStatusExitCodes(t *testing.T) {
 		e := newEnv(t)
 		e.p.RedirectorReady()
 		e.p.ListenerReady()
-		srv := httptest.NewServer(serving(e.p))
+		// Provisioning finishes once the first query has been answered
+		// "not finished", so the second or a later one must see it.
+		var queries atomic.Int32
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			serving(e.p).ServeHTTP(w, r)
+			if queries.Add(1) == 1 {
+				e.p.KeyLatched()
+			}
+		}))
 		defer srv.Close()
-		go func() {
-			time.Sleep(150 * time.Millisecond)
-			e.p.KeyLatched()
-		}()
 		if code, _ := QueryStatus(strings.TrimPrefix(srv.URL, "http://"), 5*time.Second); code != 0 {
 			t.Errorf("exit %d, want 0", code)
+		}
+		if n := queries.Load(); n < 2 {
+			t.Errorf("%d queries, want the wait to query again", n)
 		}
 	})
 	t.Run("no listener", func(t *testing.T) {

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"fmt"
 	"net/netip"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -20,10 +22,16 @@ func (e *env) pooled(dest netip.AddrPort) int {
 // waitPooled waits until the pool holds n connections for dest.
 func (e *env) waitPooled(dest netip.AddrPort, n int) {
 	e.t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); e.pooled(dest) != n; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("pooled upstream connections %d, want %d", e.pooled(dest), n)
-		}
+	testsupport.WaitFor(e.t, fmt.Sprintf("%d pooled upstream connections", n), func() bool { return e.pooled(dest) == n })
+}
+
+// agePool makes the idle connections pooled for dest older by d, as if
+// that much time had passed.
+func (e *env) agePool(dest netip.AddrPort, d time.Duration) {
+	e.srv.pool.mu.Lock()
+	defer e.srv.pool.mu.Unlock()
+	for i := range e.srv.pool.idle[dest] {
+		e.srv.pool.idle[dest][i].since = e.srv.pool.idle[dest][i].since.Add(-d)
 	}
 }
 
@@ -79,7 +87,7 @@ func TestUpstreamPoolNotReused(t *testing.T) {
 				t.Fatalf("first client: %d", resp.StatusCode)
 			}
 			a.c.Close()
-			time.Sleep(50 * time.Millisecond) // let the server see the close
+			e.waitClientsClosed() // the server has seen the close
 			b := e.connect(rootRec(imdsDest))
 			if resp, _ := b.do(req("GET", "/b")); resp.StatusCode != 200 {
 				t.Fatalf("second client: %d", resp.StatusCode)
@@ -106,9 +114,9 @@ func TestUpstreamPoolBounds(t *testing.T) {
 	for _, c := range cs {
 		c.c.Close()
 	}
-	time.Sleep(50 * time.Millisecond)
+	e.waitClientsClosed()
 	e.waitPooled(imdsDest, 2)
-	time.Sleep(150 * time.Millisecond) // both pooled connections expire
+	e.agePool(imdsDest, 150*time.Millisecond) // both pooled connections expire
 	before := e.up.conns.Load()
 	c := e.connect(rootRec(imdsDest))
 	if resp, _ := c.do(req("GET", "/late")); resp.StatusCode != 200 {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
@@ -699,19 +700,11 @@ func TestMaxConns(t *testing.T) {
 		t.Fatal("connection over the limit was served")
 	}
 	a.c.Close()
-	var served bool
-	for i := 0; i < 50 && !served; i++ { // the slot frees once the server sees the close
-		c := e.connect(rootRec(wsDest))
-		c.send(req("GET", "/x"))
-		c.c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		resp, err := http.ReadResponse(c.br, nil)
-		served = err == nil && resp.StatusCode == 200
-		if !served {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	if !served {
-		t.Error("no connection served after one closed")
+	// The slot frees once the server has seen the close.
+	testsupport.WaitFor(t, "a's slot to free", func() bool { return e.openClients() == 1 })
+	c := e.connect(rootRec(wsDest))
+	if resp, _ := c.do(req("GET", "/x")); resp.StatusCode != 200 {
+		t.Errorf("connection after one closed: status %d", resp.StatusCode)
 	}
 }
 
@@ -779,6 +772,7 @@ func TestUpstreamSilentCloseReconnect(t *testing.T) {
 	defer ln.Close()
 	var conns int
 	var mu sync.Mutex
+	closed := make(chan struct{}, 8)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -789,11 +783,12 @@ func TestUpstreamSilentCloseReconnect(t *testing.T) {
 			conns++
 			mu.Unlock()
 			go func() {
-				defer c.Close()
 				buf := make([]byte, 4096)
 				c.Read(buf)
 				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
 				// close after one response, without Connection: close
+				c.Close()
+				closed <- struct{}{}
 			}()
 		}
 	}()
@@ -804,7 +799,7 @@ func TestUpstreamSilentCloseReconnect(t *testing.T) {
 		if resp.StatusCode != 200 || body != "ok" {
 			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
 		}
-		time.Sleep(20 * time.Millisecond) // let the host's close arrive
+		testsupport.Receive(t, "the host's close", closed)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -831,10 +826,13 @@ func TestOneAuditEventPerRequest(t *testing.T) {
 	for _, r := range raws {
 		c := e.connect(r.rec)
 		c.do(r.raw)
+		c.c.Close()
 	}
-	evs := e.rec.wait(t, len(raws))
-	time.Sleep(50 * time.Millisecond)
-	if n := len(e.rec.wait(t, 0)); n != len(raws) {
+	// Every handler has returned, and recorded its event, once the server
+	// released the connections.
+	e.waitClientsClosed()
+	evs := e.rec.wait(t, 0)
+	if n := len(evs); n != len(raws) {
 		t.Errorf("%d events for %d requests", n, len(raws))
 	}
 	wantStatus := map[string]int{"GET /": 421, "WIDGET /": 405, "GET /a/../b": 403, "GET /deny": 403, "GET /ok": 200,
@@ -954,15 +952,18 @@ func TestBodyReadTimeout(t *testing.T) {
 func TestEagerUpstreamDial(t *testing.T) {
 	e := newEnv(t, nil)
 	e.connect(rootRec(wsDest))
-	deadline := time.Now().Add(5 * time.Second)
-	for e.up.conns.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
+	testsupport.WaitFor(t, "an upstream connection opened at accept", func() bool { return e.up.conns.Load() == 1 })
+	// Direct: no dial. The setup a connection gets at accept runs here in
+	// the test's goroutine, so its outcome is known when it returns.
+	direct := e.connect(nil)
+	st := &connState{s: e.srv, client: addrPort(direct.c.LocalAddr()), ready: make(chan struct{}),
+		upReady: make(chan struct{}), cancel: func() {}}
+	st.setup(context.Background())
+	if st.up != nil || st.dialErr != nil {
+		t.Errorf("direct connection: upstream %v, dial error %v", st.up, st.dialErr)
 	}
-	if e.up.conns.Load() != 1 {
-		t.Fatal("no upstream connection opened at accept")
-	}
-	e.connect(nil) // direct: no dial
-	time.Sleep(50 * time.Millisecond)
+	direct.c.Close()
+	testsupport.WaitFor(t, "the server to release the direct connection", func() bool { return e.openClients() == 1 })
 	if n := e.up.conns.Load(); n != 1 {
 		t.Errorf("upstream connections %d after a direct connection, want 1", n)
 	}
@@ -1001,6 +1002,7 @@ func TestUpstreamClosedFoundOnUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	closed := make(chan struct{}, 8)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -1008,9 +1010,10 @@ func TestUpstreamClosedFoundOnUse(t *testing.T) {
 				return
 			}
 			go func() {
-				defer c.Close()
 				c.Read(make([]byte, 4096))
 				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+				c.Close()
+				closed <- struct{}{}
 			}()
 		}
 	}()
@@ -1029,11 +1032,11 @@ func TestUpstreamClosedFoundOnUse(t *testing.T) {
 	if resp, _ := c.do(req("GET", "/1")); resp.StatusCode != 200 {
 		t.Fatalf("first: %d", resp.StatusCode)
 	}
-	time.Sleep(20 * time.Millisecond)
+	testsupport.Receive(t, "the host's close", closed)
 	if resp, body := c.do(req("GET", "/2")); resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("idempotent request on a closed kept-alive connection: %d %q", resp.StatusCode, body)
 	}
-	time.Sleep(20 * time.Millisecond)
+	testsupport.Receive(t, "the host's close", closed)
 	resp, _ := c.do(req("POST", "/3", "Content-Length: 1") + "x")
 	if resp.StatusCode != http.StatusBadGateway || !resp.Close {
 		t.Fatalf("POST on a closed kept-alive connection: %d close=%v, want 502 close", resp.StatusCode, resp.Close)
@@ -1074,11 +1077,12 @@ func TestEagerConnectionClosedBeforeFirstRequest(t *testing.T) {
 					if err != nil {
 						return
 					}
-					accepted <- struct{}{}
 					if n == 0 {
 						c.Close() // the eager connection dies unused
+						accepted <- struct{}{}
 						continue
 					}
+					accepted <- struct{}{}
 					go func() {
 						defer c.Close()
 						c.Read(make([]byte, 4096))
@@ -1100,8 +1104,7 @@ func TestEagerConnectionClosedBeforeFirstRequest(t *testing.T) {
 				}
 			})
 			c := e.connect(rootRec(wsDest))
-			<-accepted
-			time.Sleep(20 * time.Millisecond)
+			testsupport.Receive(t, "the host to close the eager connection", accepted)
 			if resp, body := c.do(req("GET", "/first")); resp.StatusCode != 200 || body != "ok" {
 				t.Fatalf("got %d %q", resp.StatusCode, body)
 			}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
@@ -76,12 +77,17 @@ func (g *gateSource) set(client netip.AddrPort, rec *identity.Record) {
 
 func (g *gateSource) Lookup(client netip.AddrPort) (identity.Record, bool) {
 	g.lookups.Add(1)
-	deadline := time.Now().Add(5 * time.Second)
-	g.mu.Lock()
-	for !g.known[client] && time.Now().Before(deadline) {
-		g.mu.Unlock()
-		time.Sleep(time.Millisecond)
+	var expired bool
+	timer := time.AfterFunc(testsupport.Deadline, func() {
 		g.mu.Lock()
+		expired = true
+		g.mu.Unlock()
+		g.cond.Broadcast()
+	})
+	defer timer.Stop()
+	g.mu.Lock()
+	for !g.known[client] && !expired {
+		g.cond.Wait()
 	}
 	g.mu.Unlock()
 	return g.m.Lookup(client)
@@ -145,19 +151,14 @@ func (r *recorder) Record(ev audit.Event) {
 // response).
 func (r *recorder) wait(t testing.TB, n int) []audit.Event {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var evs []audit.Event
+	testsupport.WaitFor(t, fmt.Sprintf("%d audit events", n), func() bool {
 		r.mu.Lock()
-		evs := append([]audit.Event(nil), r.evs...)
+		evs = append([]audit.Event(nil), r.evs...)
 		r.mu.Unlock()
-		if len(evs) >= n || time.Now().After(deadline) {
-			if len(evs) < n {
-				t.Fatalf("got %d audit events, want %d", len(evs), n)
-			}
-			return evs
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return len(evs) >= n
+	})
+	return evs
 }
 
 type provisionCall struct {
@@ -463,6 +464,23 @@ func (e *env) connect(rec *identity.Record) *client {
 	e.t.Cleanup(func() { c.Close() })
 	e.ids.set(addrPort(c.LocalAddr()), rec)
 	return &client{t: e.t, c: c, br: bufio.NewReader(c)}
+}
+
+// openClients returns how many client connections hold a connection slot:
+// a slot is released after the connection's handlers returned and its
+// upstream connection was pooled or closed.
+func (e *env) openClients() int {
+	e.srv.mu.Lock()
+	l := e.srv.ln.(*limitListener)
+	e.srv.mu.Unlock()
+	return len(l.sem)
+}
+
+// waitClientsClosed waits until the server is done with every client
+// connection the test closed.
+func (e *env) waitClientsClosed() {
+	e.t.Helper()
+	testsupport.WaitFor(e.t, "the server to release every client connection", func() bool { return e.openClients() == 0 })
 }
 
 func (c *client) send(raw string) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opengpa/gpa/internal/testsupport"
 )
 
 type fakeSummaries struct{ conn, failed []SummaryEntry }
@@ -164,7 +166,7 @@ func TestWriter(t *testing.T) {
 		}
 		return a
 	}
-	waitFor(t, func() bool { _, err := os.Stat(w.Path); return err == nil })
+	testsupport.WaitFor(t, "status.json", func() bool { _, err := os.Stat(w.Path); return err == nil })
 	fi, err := os.Stat(w.Path)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +186,9 @@ func TestWriter(t *testing.T) {
 	}
 	// A change is written without waiting for the hour-long interval.
 	r.Registry.Set(ProxyListener, Stopped, "listener stopped")
-	waitFor(t, func() bool { return read().ProxyAgentStatus.ProxyListenerStatus.Status == Stopped })
+	testsupport.WaitFor(t, "status.json with the listener stopped", func() bool {
+		return read().ProxyAgentStatus.ProxyListenerStatus.Status == Stopped
+	})
 	if got := read().ProxyAgentStatus; got.Status != Error {
 		t.Errorf("overall %s after listener stopped", got.Status)
 	}
@@ -203,16 +207,5 @@ func TestWriterError(t *testing.T) {
 	}
 	if m := reg.Get(Monitor); m.Status != Running || !strings.HasPrefix(m.Message, "Error writing aggregate status to status file: ") {
 		t.Errorf("monitor = %+v", m)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
@@ -129,7 +130,7 @@ func TestAuditRecordsReachSyslog(t *testing.T) {
 		t.Errorf("redacted command line missing from %s", got[0])
 	}
 	// The count follows the send the daemon already saw.
-	waitFor(t, "4 records counted as written", func() bool { return w.Written() == 4 })
+	testsupport.WaitFor(t, "4 records counted as written", func() bool { return w.Written() == 4 })
 	if w.Dropped() != 0 {
 		t.Errorf("dropped %d, want 0", w.Dropped())
 	}
@@ -162,17 +163,19 @@ func TestDaemonAbsentThenBack(t *testing.T) {
 	defer w.Close()
 	r := &audit.Record{Decision: "deny"}
 	w.WriteRecord([]byte(`{"n":1}`), r)
-	waitFor(t, "the record without a socket to be dropped", func() bool { return w.Dropped() == 1 })
+	testsupport.WaitFor(t, "the record without a socket to be dropped", func() bool { return w.Dropped() == 1 })
 
 	d := listen(t, path)
-	// Each record is tried once; keep writing until the redial happened.
+	// Each record is tried once; keep writing, one record at a time, until
+	// the redial happened.
 	deadline := time.Now().Add(10 * time.Second)
 	for w.Written() == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no record delivered after the socket appeared (dropped %d)", w.Dropped())
 		}
+		before := w.Written() + w.Dropped()
 		w.WriteRecord([]byte(`{"n":2}`), r)
-		waitFor(t, "the record to be handled", func() bool { return w.Written() > 0 || w.Dropped() > 1 })
+		testsupport.WaitFor(t, "the record to be handled", func() bool { return w.Written()+w.Dropped() > before })
 	}
 	_, _, _, body := parse(t, d.next())
 	if body != `{"n":2}` {
@@ -183,14 +186,15 @@ func TestDaemonAbsentThenBack(t *testing.T) {
 	d.conn.Close()
 	os.Remove(path)
 	d2 := listen(t, path)
+	written := w.Written() // every earlier record has been handled
 	for {
 		if time.Now().After(deadline) {
 			t.Fatal("no record delivered after the daemon restarted")
 		}
 		before := w.Written() + w.Dropped()
 		w.WriteRecord([]byte(`{"n":3}`), r)
-		waitFor(t, "the record to be handled", func() bool { return w.Written()+w.Dropped() > before })
-		if w.Written() >= 2 {
+		testsupport.WaitFor(t, "the record to be handled", func() bool { return w.Written()+w.Dropped() > before })
+		if w.Written() > written {
 			break
 		}
 	}
@@ -206,18 +210,6 @@ func TestWriteAfterCloseDrops(t *testing.T) {
 	w.WriteRecord([]byte(`{}`), &audit.Record{})
 	if w.Dropped() != 1 {
 		t.Errorf("dropped %d, want 1", w.Dropped())
-	}
-}
-
-// waitFor polls cond until it holds, failing after a deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
