@@ -43,6 +43,7 @@
 struct task_struct {
 	struct task_struct *group_leader;
 	__u64 start_boottime; // ns since boot, including suspend (Linux >= 5.5)
+	__u64 self_exec_id;   // incremented by every execve (u64 since Linux 5.7)
 } __attribute__((preserve_access_index));
 
 // policy_key is a redirected destination.
@@ -78,6 +79,7 @@ struct conn_record {
 	__u64 cgroup_id;   // cgroup v2 id (inode number of the cgroup directory)
 	__u64 netns;       // network namespace cookie of the socket
 	__u64 start_time;  // process start, clock ticks since boot (/proc/<pid>/stat field 22)
+	__u64 exec_id;     // the process's execve count (group leader's self_exec_id)
 	__u32 pid;         // thread-group id
 	__u32 tid;         // id of the thread that called connect()
 	__u32 uid;         // real uid
@@ -172,6 +174,11 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	rec->cgroup_id = bpf_get_current_cgroup_id();
 	task = (struct task_struct *)bpf_get_current_task();
 	rec->start_time = BPF_CORE_READ(task, group_leader, start_boottime) / NSEC_PER_TICK;
+	// Every thread of a process image has the leader's value (threads copy
+	// it at clone; execve ends all other threads and increments it in the
+	// thread that becomes the leader), so pid, start time and exec_id name
+	// one process image.
+	rec->exec_id = BPF_CORE_READ(task, group_leader, self_exec_id);
 	__builtin_memcpy(rec->orig_addr, &dst_ip4, 4);
 	rec->orig_port = dst_port;
 	rec->family = family;

@@ -25,6 +25,7 @@ type RedirectConnRecord struct {
 	CgroupId  uint64
 	Netns     uint64
 	StartTime uint64
+	ExecId    uint64
 	Pid       uint32
 	Tid       uint32
 	Uid       uint32

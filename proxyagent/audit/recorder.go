@@ -107,6 +107,7 @@ type Recorder struct {
 	seq      uint64
 	prev     string
 	lineBuf  []byte
+	recBuf   []byte // the audit line being written
 	errLimit time.Time
 }
 
@@ -398,11 +399,8 @@ func (r *Recorder) handle(j *job) {
 	r.seq++
 	rec := NewRecord(ev)
 	rec.Seq, rec.Prev, rec.Dropped = r.seq, r.prev, r.lost.Swap(0)
-	b, err := json.Marshal(&rec)
-	if err != nil { // not reachable with these field types
-		r.report(err)
-		return
-	}
+	r.recBuf = appendRecordJSON(r.recBuf[:0], &rec)
+	b := r.recBuf
 	r.prev = chainHash(b)
 	if r.opts.Sink != nil {
 		r.opts.Sink.WriteRecord(b, &rec)
@@ -410,7 +408,8 @@ func (r *Recorder) handle(j *job) {
 	if r.auditLog == nil {
 		return
 	}
-	_, err = r.auditLog.Write(append(b, '\n'))
+	r.recBuf = append(b, '\n')
+	_, err := r.auditLog.Write(r.recBuf)
 	r.report(err)
 	if err == nil {
 		r.written.Add(1)

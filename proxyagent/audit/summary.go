@@ -56,6 +56,21 @@ const (
 // ResponseStatus returns "<code> <reason phrase>" (e.g. "421 Misdirected
 // Request"), or just the code when it has no standard phrase.
 func ResponseStatus(code int) string {
+	if code >= 100 && code < 600 {
+		return responseStatuses[code-100]
+	}
+	return responseStatus(code)
+}
+
+// responseStatuses holds ResponseStatus of 100–599, built once.
+var responseStatuses = func() (t [500]string) {
+	for i := range t {
+		t[i] = responseStatus(100 + i)
+	}
+	return t
+}()
+
+func responseStatus(code int) string {
 	if text := http.StatusText(code); text != "" {
 		return strconv.Itoa(code) + " " + text
 	}
@@ -80,19 +95,20 @@ func route(ev *Event) (normal, failed *Summary) {
 	c := ev.Caller
 	if c == nil {
 		if ev.Dest.IsValid() && !ev.Authorized && ev.Status == http.StatusMisdirectedRequest {
-			s := baseSummary(ev, claims.Empty(clientIP(ev), ev.Client.Port()))
+			e := claims.Empty(clientIP(ev), ev.Client.Port())
+			s := baseSummary(ev, &e)
 			s.ResponseStatus, s.ErrorDetails = ResponseStatus(ev.Status), truncate(ev.Error)
 			return nil, &s
 		}
 		e := claims.Empty(clientIP(ev), ev.Client.Port())
 		c = &e
 	}
-	n := baseSummary(ev, *c)
+	n := baseSummary(ev, c)
 	n.ResponseStatus, n.ErrorDetails = ResponseStatus(ev.Status), truncate(ev.Error)
 	if !ev.Authorized || ev.Decision.Result == authz.Allow {
 		return &n, nil
 	}
-	f := baseSummary(ev, *c)
+	f := baseSummary(ev, c)
 	f.ResponseStatus, f.ErrorDetails = ResponseStatus(http.StatusForbidden), AuthorizeFailed
 	if ev.Decision.Result == authz.Deny {
 		n.ResponseStatus = ResponseStatus(http.StatusForbidden)
@@ -103,7 +119,7 @@ func route(ev *Event) (normal, failed *Summary) {
 	return &n, &f
 }
 
-func baseSummary(ev *Event, c claims.Claims) Summary {
+func baseSummary(ev *Event, c *claims.Claims) Summary {
 	s := Summary{
 		ID: ev.HTTPID, Method: ev.Method, URL: ev.Target,
 		ClientIP: clientIP(ev), ClientPort: ev.Client.Port(),
@@ -140,10 +156,21 @@ func truncate(s string) string {
 	return s[:cut]
 }
 
-// key is upstream's aggregation key.
-func (s *Summary) key() string {
-	return s.UserName + " " + s.ClientIP + " " + s.IP + " " + strconv.Itoa(int(s.Port)) + " " +
-		s.ProcessFullPath + " " + s.ProcessCmdLine + " " + s.ResponseStatus
+// appendKey appends upstream's aggregation key to dst.
+func (s *Summary) appendKey(dst []byte) []byte {
+	for i, part := range [...]string{s.UserName, s.ClientIP, s.IP} {
+		if i > 0 {
+			dst = append(dst, ' ')
+		}
+		dst = append(dst, part...)
+	}
+	dst = append(dst, ' ')
+	dst = strconv.AppendUint(dst, uint64(s.Port), 10)
+	for _, part := range [...]string{s.ProcessFullPath, s.ProcessCmdLine, s.ResponseStatus} {
+		dst = append(dst, ' ')
+		dst = append(dst, part...)
+	}
+	return dst
 }
 
 // bucket counts the adds of one key in [start, start+BucketDuration).
@@ -177,6 +204,7 @@ type table struct {
 	maxAge  time.Duration
 	maxKeys int
 	evicted uint64
+	keyBuf  []byte // scratch for add
 }
 
 func newTable(bucketDur, maxAge time.Duration, maxKeys int) *table {
@@ -187,9 +215,10 @@ func newTable(bucketDur, maxAge time.Duration, maxKeys int) *table {
 // key, or the first add of a key in a new bucket). Upstream's buckets
 // start at their first add, not at clock boundaries.
 func (t *table) add(now time.Time, s *Summary) bool {
-	k := s.key()
-	it := t.items[k]
+	t.keyBuf = s.appendKey(t.keyBuf[:0])
+	it := t.items[string(t.keyBuf)] // no allocation for a known key
 	if it == nil {
+		k := string(t.keyBuf)
 		if len(t.items) >= t.maxKeys {
 			t.makeRoom(now)
 		}

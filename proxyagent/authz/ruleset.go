@@ -17,6 +17,7 @@ type RuleSet struct {
 	defaultAllowed bool
 	mode           msp.Mode
 	privs          []*compiledPrivilege // sorted by name
+	byPath         pathIndex            // privs by path prefix
 	identities     map[string]*selector
 	warnings       []string
 }
@@ -134,6 +135,9 @@ func Compile(it *msp.AuthorizationItem) *RuleSet {
 		rs.privs = append(rs.privs, cp)
 	}
 	sort.Slice(rs.privs, func(i, j int) bool { return rs.privs[i].Name < rs.privs[j].Name })
+	for i, p := range rs.privs {
+		rs.byPath.add(p.Path, i)
+	}
 	return rs
 }
 
@@ -204,10 +208,9 @@ func (rs *RuleSet) Match(target string, c *claims.Claims) Match {
 	var pairs []queryPair
 	pairsDone := false
 	var first *compiledPrivilege
-	for _, p := range rs.privs {
-		if !strings.HasPrefix(path, p.Path) {
-			continue
-		}
+	var scratch [16]int
+	for _, i := range rs.byPath.prefixesOf(path, scratch[:0]) {
+		p := rs.privs[i]
 		if p.QueryParameters != nil {
 			if !pairsDone {
 				pairs = parsePairs(rawQuery, nil)

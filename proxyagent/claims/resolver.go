@@ -48,6 +48,20 @@ const Undefined = "undefined"
 // so the recorded process held the pid at the check and therefore at the
 // earlier reads.
 //
+// Image cache: a record from the kernel hook names a process image (pid,
+// start time, execve count; see identity.Record). The executable, command
+// line, ancestry and workload read for an image are kept in a bounded LRU
+// and reused for the image's later connections, after one read of
+// /proc/<pid>/stat shows the process still alive with the recorded start
+// time; otherwise the entry is dropped and the connection resolved afresh
+// (so the rules below apply unchanged). An entry never serves another
+// image: an execve changes the key, and so does a new process with the same
+// pid. What is cached is what the first connection of the image saw: a
+// command line the process rewrites later, or an ancestor that exits, is
+// not re-read. The user (uid, gid, names) still comes from each
+// connection's record, and the executable of an image does not change
+// (short of the privileged PR_SET_MM_EXE_FILE).
+//
 // A process that has already exited (or whose stat cannot be read to
 // verify it) keeps the kernel's uid and pid, with ProcessFullPath empty,
 // ProcessName set to the kernel's comm as a hint, ProcessCmdLine
@@ -72,8 +86,12 @@ type Resolver struct {
 	// CgroupRoot is the cgroup v2 mount the caller's cgroup path is
 	// checked against; "" leaves the path out.
 	CgroupRoot string
+	// ImageCacheSize is how many process images' claims are remembered;
+	// 0 means DefaultImageCacheSize, negative means none.
+	ImageCacheSize int
 
-	users userCache
+	users  userCache
+	images imageCache
 }
 
 // Resolve derives the claims for the connection from client described by
@@ -92,6 +110,18 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	}
 	if client.IsValid() {
 		c.ClientIP = client.Addr().Unmap().String()
+	}
+	key, cacheable := imageKeyOf(rec)
+	cacheable = cacheable && r.ImageCacheSize >= 0
+	if cacheable {
+		if img := r.images.get(key); img != nil {
+			if st, err := r.readStat(rec.PID); err == nil && st.StartTime == rec.StartTime {
+				c.ProcessFullPath, c.ProcessName, c.ProcessCmdLine = img.fullPath, img.name, img.cmdLine
+				c.Ancestry, c.Workload = img.ancestry, img.workload
+				return c, nil
+			}
+			r.images.drop(key)
+		}
 	}
 	exe, exeErr := os.Readlink(r.procPath(rec.PID, "exe"))
 	cmd, cmdErr := r.readCmdLine(rec.PID)
@@ -123,6 +153,14 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	}
 	if cg != "" {
 		c.Workload = ParseWorkload(cg)
+	}
+	if cacheable && exeErr == nil && cmdErr == nil && stErr == nil {
+		size := r.ImageCacheSize
+		if size == 0 {
+			size = DefaultImageCacheSize
+		}
+		r.images.put(key, &image{fullPath: c.ProcessFullPath, name: c.ProcessName, cmdLine: c.ProcessCmdLine,
+			ancestry: c.Ancestry, workload: c.Workload}, size)
 	}
 	return c, nil
 }

@@ -25,7 +25,12 @@ type Record struct {
 	// field 22 of /proc/<pid>/stat; 0 when unknown. A /proc read whose start
 	// time differs belongs to another process (pid reuse).
 	StartTime uint64
-	Comm      string
+	// ExecID is the process's execve count as the kernel keeps it
+	// (task_struct.self_exec_id of the thread-group leader); with PID and
+	// StartTime it names one process image: it changes on every execve.
+	// Meaningful only together with a non-zero StartTime.
+	ExecID uint64
+	Comm   string
 	// OrigDst is the destination the process asked for before the redirect.
 	OrigDst netip.AddrPort
 }

@@ -23,8 +23,12 @@ type Request struct {
 // Sign appends HeaderAuthorization computed over the request as it
 // stands; call it after every other field is in place.
 func (r *Request) Sign(k *Key) {
-	sts := StringToSign(r.Method, r.Target, r.Fields, r.Body)
-	r.Fields = append(r.Fields, Field{Name: HeaderAuthorization, Value: k.Authorization(sts)})
+	buf := stsBuffers.Get().(*[]byte)
+	*buf = AppendStringToSign((*buf)[:0], r.Method, r.Target, r.Fields, r.Body)
+	r.Fields = append(r.Fields, Field{Name: HeaderAuthorization, Value: k.Authorization(*buf)})
+	if cap(*buf) <= 64<<10 { // a large signed body's buffer is not kept
+		stsBuffers.Put(buf)
+	}
 }
 
 // WriteHead writes the request line and the header block, ending with the

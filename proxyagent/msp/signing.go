@@ -149,19 +149,7 @@ func CanonicalQuery(rawQuery string) string {
 // target is the request-target as sent (origin or absolute form) and
 // fields every header of the request as sent, Host included.
 func StringToSign(method, target string, fields []Field, body []byte) []byte {
-	path, query := SplitTarget(target)
-	headers := CanonicalHeaders(fields)
-	cq := CanonicalQuery(query)
-	b := make([]byte, 0, len(method)+len(body)+len(headers)+len(path)+len(cq)+3)
-	b = append(b, method...)
-	b = append(b, '\n')
-	b = append(b, body...)
-	b = append(b, '\n')
-	b = append(b, headers...)
-	b = append(b, path...)
-	b = append(b, '\n')
-	b = append(b, cq...)
-	return b
+	return AppendStringToSign(make([]byte, 0, len(method)+len(body)+len(target)+64*len(fields)+2), method, target, fields, body)
 }
 
 // Exempt reports whether a request is one of the two uploads that upstream
@@ -185,6 +173,7 @@ func Exempt(method, target string) bool {
 type Key struct {
 	GUID   string
 	secret []byte
+	macs   *macs // reusable HMAC states of secret
 }
 
 // ErrInvalidKey is returned when the key text is not valid hex.
@@ -197,7 +186,7 @@ func NewKey(guid, hexKey string) (*Key, error) {
 	if err != nil || len(secret) == 0 {
 		return nil, ErrInvalidKey
 	}
-	return &Key{GUID: guid, secret: secret}, nil
+	return &Key{GUID: guid, secret: secret, macs: newMACs(secret)}, nil
 }
 
 // String names the key by GUID only.
@@ -208,15 +197,19 @@ func (k Key) GoString() string { return k.String() }
 
 // Sign returns the lower-case hex HMAC-SHA256 of msg under the key.
 func (k *Key) Sign(msg []byte) string {
-	m := hmac.New(sha256.New, k.secret)
-	m.Write(msg)
-	return hex.EncodeToString(m.Sum(nil))
+	var buf [2 * sha256.Size]byte
+	return string(k.appendSignature(buf[:0], msg))
 }
 
 // Authorization returns the full HeaderAuthorization value for msg:
 // "Azure-HMAC-SHA256 <guid> <signature>".
 func (k *Key) Authorization(msg []byte) string {
-	return Scheme + " " + k.GUID + " " + k.Sign(msg)
+	var buf [160]byte
+	b := append(buf[:0], Scheme...)
+	b = append(b, ' ')
+	b = append(b, k.GUID...)
+	b = append(b, ' ')
+	return string(k.appendSignature(b, msg))
 }
 
 // Verify reports, in constant time, whether sigHex is the signature of msg.

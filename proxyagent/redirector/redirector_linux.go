@@ -460,6 +460,7 @@ func toIdentity(rec bpf.RedirectConnRecord, agentNetns uint64) identity.Record {
 		Netns:      rec.Netns,
 		OtherNetns: agentNetns != 0 && rec.Netns != agentNetns,
 		StartTime:  rec.StartTime,
+		ExecID:     rec.ExecId,
 		Comm:       string(comm),
 		OrigDst:    netip.AddrPortFrom(netip.AddrFrom4(rec.OrigAddr), rec.OrigPort),
 	}

@@ -373,6 +373,10 @@ func TestRedirect(t *testing.T) {
 			if a.procErr != nil {
 				t.Errorf("read /proc/%d/stat: %v", pid, a.procErr)
 			}
+			if got.ExecID == 0 {
+				t.Error("exec count 0") // its value: TestRecordFollowsExec
+			}
+			want.ExecID = got.ExecID
 			if got != want {
 				t.Errorf("record\n got %+v\nwant %+v", got, want)
 			}

@@ -286,6 +286,7 @@ func (r *Report) evaluate() {
 		add("B-lat container path p50 added, c=1 "+conn, fmt.Sprintf("%.0f µs (host path %.0f µs)", ctr, host),
 			"≤ host path + 10 %", verdict(ctr <= host*1.1))
 	}
+	r.evaluateNginxParity(add)
 	if q := r.Quota; q != nil && q.Error == "" {
 		ok := q.Paced20.RPS >= 19 && q.Paced20.P99 < 10000 && q.Paced20.Failed == 0
 		add(fmt.Sprintf("B-rps 20 req/s within CPUQuota=%d%%", q.Percent),

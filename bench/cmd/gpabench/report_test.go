@@ -133,3 +133,41 @@ func TestReportOutputs(t *testing.T) {
 		t.Errorf("JSON round trip lost figures: %+v", back)
 	}
 }
+
+// Issue 13's verdicts compare the agent with nginx in the same run.
+func TestNginxParityVerdicts(t *testing.T) {
+	mk := func(agentCPU, agentAdded, agentRPS, quotaRPS, signNs float64) map[string]string {
+		r := &Report{Options: map[string]any{}}
+		for _, ka := range []bool{true, false} {
+			r.Latency = append(r.Latency,
+				Cell{Path: "direct", Concurrency: 1, KeepAlive: ka, Median: Summary{P50: 100, P99: 200}},
+				Cell{Path: "nginx", Concurrency: 1, KeepAlive: ka, Median: Summary{P50: 150, P99: 300, NginxCPU: 1}},
+				Cell{Path: "agent-enforce", Concurrency: 1, KeepAlive: ka, Median: Summary{P50: 100 + agentAdded, P99: 200 + agentAdded, AgentCPU: agentCPU}})
+		}
+		r.Latency = append(r.Latency,
+			Cell{Path: "nginx", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 8000, NginxCPU: 0.2}},
+			Cell{Path: "agent-enforce", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: agentRPS, AgentCPU: agentCPU / 5}})
+		r.Quota = &Quota{Percent: 15, Saturated: Summary{RPS: quotaRPS}}
+		r.Micro = []gobench.Result{{Name: "BenchmarkRequestSign", Metrics: map[string]float64{"ns/op": signNs, "allocs/op": 1}}}
+		r.evaluate()
+		m := map[string]string{}
+		for _, tg := range r.Targets {
+			m[tg.Name] = tg.Verdict
+		}
+		return m
+	}
+	good, bad := mk(0.9, 40, 9000, 250, 2000), mk(3, 120, 4000, 150, 7000)
+	for _, name := range []string{
+		"parity: agent CPU per request vs nginx, c=1 new connection",
+		"parity: agent CPU per request vs nginx, c=16 keep-alive",
+		"parity: added p50 vs nginx's, c=1 keep-alive",
+		"parity: added p99 vs nginx's, c=1 new connection",
+		"parity: throughput vs nginx, c=16 keep-alive",
+		"parity: sustained throughput within CPUQuota=15% (16 clients keep-alive)",
+		"parity: signing one request",
+	} {
+		if good[name] != "met" || bad[name] != "MISSED" {
+			t.Errorf("%s: good %q bad %q", name, good[name], bad[name])
+		}
+	}
+}

@@ -1,0 +1,102 @@
+package claims
+
+import (
+	"container/list"
+	"sync"
+
+	"github.com/opengpa/gpa/proxyagent/identity"
+)
+
+// DefaultImageCacheSize is how many process images a Resolver remembers.
+const DefaultImageCacheSize = 1024
+
+// imageKey names one process image as the kernel's connect-time record
+// proves it: the pid, the process start time (the pid is not reused while
+// the process lives) and the execve count (changes on every execve of the
+// process), plus the cgroup it connected from (a process can be moved
+// without exec).
+type imageKey struct {
+	pid      uint32
+	start    uint64
+	execID   uint64
+	cgroupID uint64
+}
+
+// image is what a Resolver reads from /proc for one process image: every
+// part of Claims that belongs to the process rather than to the
+// connection or the user. Its slices are shared by the Claims built from
+// it and never modified.
+type image struct {
+	fullPath, name, cmdLine string
+	ancestry                []Process
+	workload                Workload
+}
+
+// imageCache is a bounded LRU of process images. Safe for concurrent use.
+type imageCache struct {
+	mu    sync.Mutex
+	ll    *list.List // of *imageEntry, most recent first; guarded by mu
+	items map[imageKey]*list.Element
+}
+
+type imageEntry struct {
+	key imageKey
+	img *image
+}
+
+// imageKeyOf returns the cache key of rec, or false when the record
+// cannot name a process image (no start time or exec count: not from the
+// kernel hook).
+func imageKeyOf(rec identity.Record) (imageKey, bool) {
+	if rec.StartTime == 0 || rec.ExecID == 0 {
+		return imageKey{}, false
+	}
+	return imageKey{pid: rec.PID, start: rec.StartTime, execID: rec.ExecID, cgroupID: rec.CgroupID}, true
+}
+
+func (c *imageCache) get(k imageKey) *image {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.items[k]; ok {
+		c.ll.MoveToFront(e)
+		return e.Value.(*imageEntry).img
+	}
+	return nil
+}
+
+func (c *imageCache) put(k imageKey, img *image, size int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.items == nil {
+		c.items = make(map[imageKey]*list.Element)
+		c.ll = list.New()
+	}
+	if e, ok := c.items[k]; ok {
+		e.Value.(*imageEntry).img = img
+		c.ll.MoveToFront(e)
+		return
+	}
+	c.items[k] = c.ll.PushFront(&imageEntry{k, img})
+	for c.ll.Len() > size {
+		old := c.ll.Back()
+		c.ll.Remove(old)
+		delete(c.items, old.Value.(*imageEntry).key)
+	}
+}
+
+// drop forgets k (its process is gone).
+func (c *imageCache) drop(k imageKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.items[k]; ok {
+		c.ll.Remove(e)
+		delete(c.items, k)
+	}
+}
+
+// len returns the number of cached images.
+func (c *imageCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.items)
+}
