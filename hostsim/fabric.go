@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // The fabric protocol a guest agent's extension handler uses (waagent):
@@ -371,7 +373,7 @@ func (f *fabric) goalStateXML(host string) string {
 	n := f.incarnation
 	f.mu.Unlock()
 	if host == "" {
-		host = "168.63.129.16"
+		host = msp.WireServerAddr.Addr().String()
 	}
 	cfg := func(kind string) string {
 		return html.EscapeString(fmt.Sprintf("http://%s/machine/%s/%s?comp=config&type=%s&incarnation=%d", host, ContainerID, RoleInstanceID, kind, n))

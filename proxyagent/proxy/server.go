@@ -131,9 +131,11 @@ type Local interface {
 	AggregateStatus() ([]byte, error)
 }
 
+// DefaultAddr is the listen address when Options.Addr is empty.
+var DefaultAddr = msp.ListenerAddr.String()
+
 // Defaults for Options fields left zero.
 const (
-	DefaultAddr              = "127.0.0.1:3080"
 	DefaultBindRetries       = 5
 	DefaultBindRetryInterval = time.Second
 	DefaultReadHeaderTimeout = 10 * time.Second

@@ -28,9 +28,13 @@ import (
 
 // Addresses inside the benchmark namespace.
 const (
-	listenerAddr = "127.0.0.1:3080" // the agent's listener (config default)
 	nginxAddr    = "127.0.0.1:8081" // the reference reverse proxy
 	instancePath = "/metadata/instance?api-version=2021-02-01"
+)
+
+var (
+	listenerAddr = msp.ListenerAddr.String()                // the agent's listener (config default)
+	imdsBase     = "http://" + msp.IMDSAddr.Addr().String() // IMDS as clients call it
 )
 
 // benchEnv is an e2eenv.Env plus what the suite adds: the load generator
@@ -79,7 +83,7 @@ func (b *benchEnv) setIMDSMode(ctx context.Context, mode string) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		seq, _ := b.LastSeq(ctx)
-		r, err := b.Curl(ctx, e2eenv.Root, "http://169.254.169.254"+instancePath, "Metadata: true")
+		r, err := b.Curl(ctx, e2eenv.Root, imdsBase+instancePath, "Metadata: true")
 		if err == nil && r.Status == http.StatusOK && r.Marked() {
 			j, _ := b.Journal(ctx, seq)
 			if len(j) > 0 && strings.EqualFold(string(j[len(j)-1].Mode), want) {

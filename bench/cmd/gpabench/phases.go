@@ -105,13 +105,13 @@ type pathSpec struct {
 const tokenPath = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
 
 var (
-	pathDirect       = pathSpec{"direct", "Disabled", "http://169.254.169.254" + instancePath, e2eenv.Root.Outside(), false}
-	pathDirectToken  = pathSpec{"direct-token", "Disabled", "http://169.254.169.254" + tokenPath, e2eenv.Root.Outside(), true}
+	pathDirect       = pathSpec{"direct", "Disabled", imdsBase + instancePath, e2eenv.Root.Outside(), false}
+	pathDirectToken  = pathSpec{"direct-token", "Disabled", imdsBase + tokenPath, e2eenv.Root.Outside(), true}
 	pathNginx        = pathSpec{"nginx", "Disabled", "http://" + nginxAddr + instancePath, e2eenv.Root.Outside(), false}
-	pathAudit        = pathSpec{"agent-audit", "Audit", "http://169.254.169.254" + instancePath, e2eenv.Root, false}
-	pathAuditToken   = pathSpec{"agent-audit-token", "Audit", "http://169.254.169.254" + tokenPath, e2eenv.Root, true}
-	pathEnforce      = pathSpec{"agent-enforce", "Enforce", "http://169.254.169.254" + instancePath, e2eenv.Root, false}
-	pathEnforceToken = pathSpec{"agent-enforce-token", "Enforce", "http://169.254.169.254" + tokenPath, e2eenv.Root, true}
+	pathAudit        = pathSpec{"agent-audit", "Audit", imdsBase + instancePath, e2eenv.Root, false}
+	pathAuditToken   = pathSpec{"agent-audit-token", "Audit", imdsBase + tokenPath, e2eenv.Root, true}
+	pathEnforce      = pathSpec{"agent-enforce", "Enforce", imdsBase + instancePath, e2eenv.Root, false}
+	pathEnforceToken = pathSpec{"agent-enforce-token", "Enforce", imdsBase + tokenPath, e2eenv.Root, true}
 )
 
 // baseline is the direct path a path's added latency is measured against.
@@ -159,7 +159,7 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 	if k, err := b.AddContainer(0); err != nil {
 		rep.Notes = append(rep.Notes, "container path not measured: "+err.Error())
 	} else {
-		url := "http://169.254.169.254" + instancePath
+		url := imdsBase + instancePath
 		paths = append([]pathSpec{{"direct-container", "Disabled", url, e2eenv.Root.In(k).Outside(), true}}, paths...)
 		paths = append(paths, pathSpec{"agent-audit-container", "Audit", url, e2eenv.Root.In(k), true})
 	}
