@@ -242,22 +242,6 @@ func TestRealWaagent(t *testing.T) {
 	waitHealthy(t, "waagent restart", "0.1.1", func(iv hostsim.InstanceView) bool { return iv.StatusUploads >= uploads+2 })
 	checkAllSigned(t, e, since, true)
 
-	// The monitor never asked the WireServer address for the aggregate
-	// status while the agent had no WireServer redirect: nothing of it
-	// reached the host. (Once the secure channel is disabled below, the
-	// agent drops the redirect up to one status write before status.json
-	// says so, and a call in that window reaches the host, which then
-	// accepts anything.)
-	all, err := e.Journal(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, en := range all {
-		if strings.Contains(en.Target, "gpa-aggregated-status") {
-			t.Errorf("journal: %s %s reached the host (verdict %s, mode %s)", en.Method, en.Target, en.Verdict, en.Mode)
-		}
-	}
-
 	// 6. ARM removes the extension and disables the proxy agent settings.
 	if _, err := e.SetVM(ctx, vmModel(`{"enabled":false}`, "", nil)); err != nil {
 		t.Fatal(err)
@@ -273,6 +257,21 @@ func TestRealWaagent(t *testing.T) {
 	}
 	if len(handlerErrors) > 0 {
 		t.Errorf("the instance view showed handler errors for a healthy extension: %q", handlerErrors)
+	}
+
+	// The monitor never asked the WireServer address for the aggregate
+	// status while the agent had no WireServer redirect — before the first
+	// key latch, and at removal, when the agent drops the redirect before
+	// status.json says so (the monitor asks the kernel's pinned policy
+	// right before each call): nothing of it reached the host.
+	all, err := e.Journal(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range all {
+		if strings.Contains(en.Target, "gpa-aggregated-status") {
+			t.Errorf("journal: %s %s reached the host (verdict %s, mode %s)", en.Method, en.Target, en.Verdict, en.Mode)
+		}
 	}
 }
 

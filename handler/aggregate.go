@@ -134,11 +134,17 @@ type Fetcher interface {
 // no request leaves for the real WireServer. When HTTP is not asked, fails
 // or answers anything but 200, the file's contents are the result; when
 // both fail the error names both causes.
+//
+// Redirected, when set, is asked right before the HTTP request: the kernel's
+// own answer to whether the URL's address reaches the agent now. It closes
+// the window in which the agent has just removed the redirect (the channel
+// switched off) and the file does not say so yet.
 type AggregateFetcher struct {
-	URL     string
-	File    func() string
-	Timeout time.Duration
-	Client  *http.Client
+	URL        string
+	File       func() string
+	Timeout    time.Duration
+	Client     *http.Client
+	Redirected func() bool
 }
 
 // Fetch implements Fetcher.
@@ -153,6 +159,9 @@ func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
 	}
 	if ferr != nil {
 		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v (%s not asked before the agent reports its WireServer redirect)", path, ferr, f.URL)
+	}
+	if f.Redirected != nil && !f.Redirected() {
+		return data, nil
 	}
 	body, herr := f.fetchHTTP(ctx)
 	if herr == nil {

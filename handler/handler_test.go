@@ -432,6 +432,23 @@ func TestAggregateFetcher(t *testing.T) {
 			}
 		})
 	}
+	// The file still says redirected, but the kernel no longer redirects
+	// (the agent just removed it): nothing is asked, the file answers.
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1); ok(w, r) }))
+	defer srv.Close()
+	stale := filepath.Join(t.TempDir(), "status.json")
+	os.WriteFile(stale, running, 0o640)
+	for _, redirected := range []bool{false, true} {
+		f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return stale },
+			Timeout: time.Second, Redirected: func() bool { return redirected }}
+		before := hits.Load()
+		got, err := f.Fetch(context.Background())
+		if asked := hits.Load() > before; asked != redirected || err != nil {
+			t.Errorf("kernel redirect %v: HTTP asked %v (%.40q, %v)", redirected, asked, got, err)
+		}
+	}
+
 	// Connection refused also falls back.
 	path := filepath.Join(t.TempDir(), "status.json")
 	os.WriteFile(path, running, 0o640)

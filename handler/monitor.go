@@ -123,9 +123,10 @@ func NewMonitor(env *Env) *Monitor {
 		Env:   env,
 		Setup: setup,
 		Fetcher: &AggregateFetcher{
-			URL:     env.Opts.AggregateURL,
-			File:    func() string { return StatusJSONPath(env.Layout) },
-			Timeout: env.Opts.HTTPTimeout,
+			URL:        env.Opts.AggregateURL,
+			File:       func() string { return StatusJSONPath(env.Layout) },
+			Timeout:    env.Opts.HTTPTimeout,
+			Redirected: setup.urlRedirected(env.Opts.AggregateURL),
 		},
 		Events: &extension.EventWriter{Folder: env.Handler.EventsFolder, Version: env.Version},
 	}

@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -339,6 +342,33 @@ func (s *Setup) Uninstall() error {
 		errs = append(errs, redirector.RemoveLoopbackAddr(e.ContainerListener.Addr()))
 	}
 	return errors.Join(errs...)
+}
+
+// urlRedirected returns, for a URL naming the installed agent's WireServer
+// address, a check of the agent's pinned redirect for that address (true
+// while the kernel hands connections to it to the agent); for any other
+// URL (a test pointing the monitor at the listener itself) nil.
+func (s *Setup) urlRedirected(rawURL string) func() bool {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil
+	}
+	e, err := s.endpoints()
+	if err != nil {
+		return nil
+	}
+	host, port := u.Hostname(), u.Port()
+	if port == "" {
+		port = "80"
+	}
+	ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
+	if err != nil || ap != e.WireServer {
+		return nil
+	}
+	return func() bool {
+		ok, err := redirector.Redirects(s.pinDir(), ap)
+		return err == nil && ok
+	}
 }
 
 // endpoints are the installed agent's addresses: from its config, else the
