@@ -27,7 +27,7 @@ const (
 
 // DefaultAggregateURL is where the monitor asks the agent for its
 // aggregate status; the agent's eBPF redirect delivers it to the agent.
-var DefaultAggregateURL = "http://" + msp.WireServerAddr.String() + "/gpa-aggregated-status"
+var DefaultAggregateURL = "http://" + msp.WireServerAddr.String() + msp.AggregateStatusPath
 
 // Options are the handler's tunables.
 type Options struct {

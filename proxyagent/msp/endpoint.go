@@ -50,6 +50,12 @@ var (
 	ContainerListenerAddr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{169, 254, 100, 254}), 3080)
 )
 
+// AggregateStatusPath is the agent's local status endpoint
+// (/gpa-aggregated-status, protocol.md §5.5), answered by the agent itself
+// on any redirected WireServer connection; the extension's monitor asks it
+// at the WireServer address.
+const AggregateStatusPath = "/gpa-aggregated-status"
+
 // Endpoints are the addresses of the three services and of the agent's
 // listener. Production uses DefaultEndpoints; tests may move any of them.
 type Endpoints struct {

@@ -16,10 +16,6 @@ import (
 	"github.com/opengpa/gpa/proxyagent/provision"
 )
 
-// AggregateStatusPath is the agent's local status endpoint; the other
-// local endpoint is provision.Path.
-const AggregateStatusPath = "/gpa-aggregated-status"
-
 // headerMetadata is required by the local endpoints.
 const headerMetadata = "Metadata"
 
@@ -112,7 +108,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ev.Status, ev.Error = provision.Serve(w, r, s.opts.Local)
 		return
-	case AggregateStatusPath:
+	case msp.AggregateStatusPath:
 		s.aggregateStatus(w, r, st, &ev)
 		return
 	}
@@ -222,7 +218,7 @@ func invalidHeader(r *http.Request) string {
 // origin-form path alone, or followed by a bare "?". Anything else ("").
 func localTarget(target string) string {
 	t := strings.TrimSuffix(target, "?")
-	if t == provision.Path || t == AggregateStatusPath {
+	if t == provision.Path || t == msp.AggregateStatusPath {
 		return t
 	}
 	return ""

@@ -914,7 +914,7 @@ func TestNewRequiresDependencies(t *testing.T) {
 func TestLocalTargetRules(t *testing.T) {
 	for _, tc := range []struct{ target, want string }{
 		{"/provision", provision.Path}, {"/provision?", provision.Path}, {"/provision?a", ""},
-		{"/gpa-aggregated-status", AggregateStatusPath}, {"http://127.0.0.1:3080/provision", ""}, {"/Provision", ""},
+		{"/gpa-aggregated-status", msp.AggregateStatusPath}, {"http://127.0.0.1:3080/provision", ""}, {"/Provision", ""},
 	} {
 		if got := localTarget(tc.target); got != tc.want {
 			t.Errorf("localTarget(%q) = %q", tc.target, got)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opengpa/gpa/proxyagent/msp"
+
 	"github.com/opengpa/gpa/extension"
 	"github.com/opengpa/gpa/handler"
 	"github.com/opengpa/gpa/internal/e2eenv"
@@ -105,7 +107,7 @@ func extensionStart(ctx context.Context, b *benchEnv, moduleRoot string, res *Ex
 		handler.EnvRoot+"="+vmRoot,
 		handler.EnvConfigOverlay+"="+overlayPath,
 		handler.EnvServiceManager+"=supervisor",
-		handler.EnvAggregateURL+"=http://"+listenerAddr+"/gpa-aggregated-status",
+		handler.EnvAggregateURL+"=http://"+listenerAddr+msp.AggregateStatusPath,
 	)
 	wa := &waagentsim.Agent{
 		LibDir: filepath.Join(vmRoot, "var/lib/waagent"),
