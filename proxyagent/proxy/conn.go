@@ -68,23 +68,9 @@ func (c *clientConn) Close() error {
 	return err
 }
 
-type stateKey struct{}
-
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	if cc, ok := c.(*clientConn); ok {
-		return context.WithValue(ctx, stateKey{}, cc.st)
-	}
-	return ctx
-}
-
-func stateFrom(ctx context.Context) *connState {
-	st, _ := ctx.Value(stateKey{}).(*connState)
-	return st
-}
-
-// connState is what the proxy knows about one client TCP connection. The
-// setup goroutine writes the identity fields before closing ready and the
-// upstream fields before closing upReady; they are read-only afterwards
+// connState is what the proxy knows about one client TCP connection. setup
+// writes the identity and upstream fields before the first request is
+// read, on the connection's goroutine; they are read-only afterwards
 // except up, which mu guards (requests on a connection are sequential, but
 // Close may run concurrently).
 type connState struct {
@@ -95,17 +81,13 @@ type connState struct {
 	// without a kernel record is answered.
 	viaContainer bool
 
-	ready      chan struct{} // identity and claims known
 	redirected bool
 	dest       netip.AddrPort
 	service    msp.Service // dest classified once, at accept
 	caller     *claims.Claims
 	claimsErr  error
 
-	upReady chan struct{} // eager dial finished (or skipped)
-	dialErr error         // eager dial failure: every request gets 502
-
-	cancel context.CancelFunc // stops an eager dial still running
+	dialErr error // eager dial failure: every request gets 502
 
 	mu     sync.Mutex
 	up     *upstream // nil before the dial and after the upstream closed
@@ -113,18 +95,7 @@ type connState struct {
 }
 
 func (s *Server) newConnState(c net.Conn, viaContainer bool) *connState {
-	ctx, cancel := context.WithCancel(context.Background())
-	st := &connState{
-		s:            s,
-		tcpID:        s.tcpIDs.Add(1),
-		client:       addrPort(c.RemoteAddr()),
-		viaContainer: viaContainer,
-		ready:        make(chan struct{}),
-		upReady:      make(chan struct{}),
-		cancel:       cancel,
-	}
-	go st.setup(ctx)
-	return st
+	return &connState{s: s, tcpID: s.tcpIDs.Add(1), client: addrPort(c.RemoteAddr()), viaContainer: viaContainer}
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -136,8 +107,10 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return ap
 }
 
-// setup runs once per connection, right after accept: identity lookup (the
-// record is consumed), claims, and the eager upstream dial.
+// setup runs once per connection, right after accept and before the first
+// request is read: identity lookup (the record is consumed), claims, and
+// the upstream connection (an idle pooled one, else a new dial). ctx ends
+// a dial when the server closes.
 func (st *connState) setup(ctx context.Context) {
 	s := st.s
 	rec, ok := s.opts.Identity.Lookup(st.client)
@@ -158,8 +131,6 @@ func (st *connState) setup(ctx context.Context) {
 			st.caller = c
 		}
 	}
-	close(st.ready)
-	defer close(st.upReady)
 	if st.caller == nil {
 		return
 	}
@@ -212,11 +183,6 @@ func (s *Server) dial(ctx context.Context, dest netip.AddrPort) (*upstream, erro
 // new one is dialled. pooled says the connection was kept, not dialled for
 // this request. take fails with the eager dial's error when that failed.
 func (st *connState) take(ctx context.Context) (up *upstream, pooled bool, err error) {
-	select {
-	case <-st.upReady:
-	case <-ctx.Done():
-		return nil, false, ctx.Err()
-	}
 	if st.dialErr != nil {
 		return nil, false, st.dialErr
 	}
@@ -261,7 +227,6 @@ func (st *connState) put(up *upstream) {
 // (only ever one that finished a complete response, or the unused eager
 // one) goes to the server's idle pool.
 func (st *connState) close() {
-	st.cancel()
 	st.mu.Lock()
 	st.closed = true
 	up := st.up
@@ -375,24 +340,42 @@ type upstream struct {
 	dest netip.AddrPort // original destination (pool key)
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	seen time.Time // dialled or peeked open then, and unused since (zero: used)
 }
+
+// upstreamFresh is how long after a dial or a peek that found it open an
+// unused connection is trusted without another peek, so the connection a
+// client connection takes at accept costs no second peek for its first
+// request. A connection that has carried a response is always peeked
+// again: a host may close it after the response without saying so.
+const upstreamFresh = 100 * time.Millisecond
 
 func newUpstream(c net.Conn, dest netip.AddrPort, timeout time.Duration) *upstream {
 	dc := &deadlineConn{Conn: c, timeout: timeout}
 	// Small buffers: response bodies bypass br into the relay's buffer,
 	// and idle pooled connections keep theirs.
-	return &upstream{conn: c, dest: dest, br: bufio.NewReaderSize(dc, 4<<10), bw: bufio.NewWriterSize(dc, 4<<10)}
+	return &upstream{conn: c, dest: dest, br: bufio.NewReaderSize(dc, 4<<10), bw: bufio.NewWriterSize(dc, 4<<10),
+		seen: time.Now()}
 }
 
 func (u *upstream) close() { u.conn.Close() }
 
 // alive reports whether an idle connection can still be used: no pending
-// bytes and the peer has not closed it.
+// bytes and the peer has not closed it (seen by a non-blocking peek, or
+// trusted within upstreamFresh of the dial or peek while unused).
 func (u *upstream) alive() bool {
 	if u.br.Buffered() > 0 {
 		return false
 	}
-	return peerOpen(u.conn)
+	now := time.Now()
+	if now.Sub(u.seen) < upstreamFresh {
+		return true
+	}
+	if !peerOpen(u.conn) {
+		return false
+	}
+	u.seen = now
+	return true
 }
 
 // deadlineConn sets a fresh deadline before every read and write.

@@ -184,7 +184,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 		}
 	}
 
-	resp, up, status, err := s.roundTrip(r.Context(), st, out)
+	resp, up, status, err := s.roundTrip(s.ctx, st, out)
 	if err != nil {
 		if guard.err != nil {
 			ev.Error = "read request body: " + guard.err.Error()
@@ -384,6 +384,7 @@ func (s *Server) relay(w http.ResponseWriter, st *connState, up *upstream, resp 
 		up.close()
 		return
 	}
+	up.seen = time.Time{}
 	st.put(up)
 }
 

@@ -28,10 +28,9 @@ var allowedMethods = map[string]bool{
 
 const allowHeader = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 
-// ServeHTTP runs the per-request flow of protocol.md §4.5. It is exported
-// only because http.Server needs it; requests must arrive through Serve,
-// which attaches the connection's identity.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// serveRequest runs the per-request flow of protocol.md §4.5 for a request
+// on the client connection st.
+func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connState) {
 	start := time.Now()
 	httpID := s.requests.Add(1)
 	ev := audit.Event{Time: start, HTTPID: httpID, Method: r.Method, Target: r.RequestURI}
@@ -40,19 +39,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.finish(&ev)
 	}()
 
-	st := stateFrom(r.Context())
-	if st == nil {
-		ev.Status, ev.Error = http.StatusInternalServerError, "request without connection state"
-		reply(w, ev.Status, true)
-		return
-	}
 	ev.TCPID, ev.Client = st.tcpID, st.client
-	select {
-	case <-st.ready:
-	case <-r.Context().Done():
-		ev.Error = "client went away before identity was known"
-		return
-	}
 	ev.Caller = st.caller
 	if st.redirected {
 		ev.Dest, ev.Service = st.dest, st.service

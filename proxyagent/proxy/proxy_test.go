@@ -956,8 +956,7 @@ func TestEagerUpstreamDial(t *testing.T) {
 	// Direct: no dial. The setup a connection gets at accept runs here in
 	// the test's goroutine, so its outcome is known when it returns.
 	direct := e.connect(nil)
-	st := &connState{s: e.srv, client: addrPort(direct.c.LocalAddr()), ready: make(chan struct{}),
-		upReady: make(chan struct{}), cancel: func() {}}
+	st := &connState{s: e.srv, client: addrPort(direct.c.LocalAddr())}
 	st.setup(context.Background())
 	if st.up != nil || st.dialErr != nil {
 		t.Errorf("direct connection: upstream %v, dial error %v", st.up, st.dialErr)

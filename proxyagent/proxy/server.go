@@ -26,6 +26,14 @@
 //     (upstream crashes on them, quirk 15).
 //   - The 413 body-limit check runs before every other check (quirk 18).
 //
+// HTTP/1.1 (http1.go): each client connection is served by one goroutine
+// that finds the caller once, then reads its requests in order with
+// net/http's request parser and writes the responses with Go's server's
+// framing rules (a differential test and fuzzer compare the two). A client
+// that closes its connection while its request is with the host is
+// noticed when the answer is written, not before; the exchange is bounded
+// by ResponseTimeout.
+//
 // Upstream connection: one per client connection at a time, taken right
 // after accept for a connection with claims: an idle pooled connection to
 // the same original destination when there is one, else a new dial. If
@@ -56,14 +64,20 @@
 //     Upgrade, Proxy-*, Trailer) and Expect are not forwarded; the request
 //     is re-framed with Content-Length (chunked only for exempt streamed
 //     uploads), and always sent as HTTP/1.1.
-//   - For an absolute-form target Go's server, as RFC 9112 §3.2.2 requires
-//     of a proxy, takes Host from the target; that Host is forwarded.
-//   - Go's server accepts Content-Length together with
-//     Transfer-Encoding: chunked by decoding the chunked body and dropping
-//     Content-Length (RFC 9112 §6.3); the forwarded request carries only the
-//     proxy's own framing, so no desync reaches the host.
-//   - Requests Go's server itself rejects (malformed, headers over
-//     MaxHeaderBytes, control bytes) get Go's 400/431 and no audit event.
+//   - For an absolute-form target the request's Host is taken from the
+//     target, as RFC 9112 §3.2.2 requires of a proxy; that Host is
+//     forwarded.
+//   - Content-Length together with Transfer-Encoding: chunked is read as
+//     chunked and the Content-Length dropped (RFC 9112 §6.3); the forwarded
+//     request carries only the proxy's own framing, so no desync reaches
+//     the host.
+//   - Requests refused before the request flow (malformed, headers over
+//     MaxHeaderBytes, an unknown transfer coding, a protocol version other
+//     than 1.x, a missing or malformed Host, invalid header bytes, an
+//     Expect other than 100-continue) get the answer Go's server gives
+//     (400, 431, 501, 505, 417) and no audit event. An HTTP/1.1 request
+//     with an empty Host field is refused as missing (Go's server accepts
+//     it).
 //   - The reason phrase is Go's standard text for the host's status code.
 //   - A request closed without any response (chunked body over the limit,
 //     client body error) is audited with Status 0.
@@ -235,7 +249,14 @@ type Options struct {
 type Server struct {
 	opts Options
 	log  *slog.Logger
-	hs   *http.Server
+
+	// handle runs one request (serveRequest; tests put a plain handler
+	// here to compare the HTTP/1.1 framing with Go's server).
+	handle func(http.ResponseWriter, *http.Request, *connState)
+
+	ctx    context.Context // ends with Close: stops upstream dials and exchanges
+	cancel context.CancelFunc
+	conns  connSet // client connections being served
 
 	pool    upstreamPool // idle upstream connections shared by client connections
 	uploads byteBudget   // buffers of large signed uploads (reserveUpload)
@@ -309,17 +330,9 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy")}
 	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
 	s.uploads.free = opts.UploadBudget
-	s.hs = &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: opts.ReadHeaderTimeout,
-		IdleTimeout:       opts.IdleTimeout,
-		MaxHeaderBytes:    opts.MaxHeaderBytes,
-		ConnContext:       connContext,
-		// "OPTIONS *" goes through the handler (audit, authorization) like
-		// any other request instead of Go's built-in answer.
-		DisableGeneralOptionsHandler: true,
-		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
+	s.handle = s.serveRequest
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.conns.left = make(chan struct{}, 1)
 	return s, nil
 }
 
@@ -374,9 +387,13 @@ func (s *Server) Listen() error {
 	return nil
 }
 
+// bind listens on addr. Accepted connections get no TCP keep-alive probes
+// (four setsockopt calls per connection saved): a client connection idle
+// longer than IdleTimeout is closed anyway.
 func (s *Server) bind(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
 	for i := 0; i < s.opts.BindRetries; i++ {
-		ln, err := net.Listen("tcp4", addr)
+		ln, err := lc.Listen(context.Background(), "tcp4", addr)
 		if err == nil {
 			return ln, nil
 		}
@@ -386,7 +403,7 @@ func (s *Server) bind(addr string) (net.Listener, error) {
 		s.log.Warn("proxy listen address in use, retrying", "addr", addr, "attempt", i+1)
 		time.Sleep(s.opts.BindRetryInterval)
 	}
-	return net.Listen("tcp4", addr)
+	return lc.Listen(context.Background(), "tcp4", addr)
 }
 
 func (s *Server) status(running bool, msg string) {
@@ -406,13 +423,13 @@ func (s *Server) Serve() error {
 	}
 	if cln != nil {
 		go func() {
-			if err := s.hs.Serve(cln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := s.serveListener(cln); err != nil && !errors.Is(err, errServerClosed) {
 				s.log.Error("container listener stopped", "error", err)
 			}
 		}()
 	}
-	err := s.hs.Serve(ln)
-	if errors.Is(err, http.ErrServerClosed) {
+	err := s.serveListener(ln)
+	if errors.Is(err, errServerClosed) {
 		s.status(false, "proxy listener stopped")
 		return nil
 	}
@@ -421,19 +438,43 @@ func (s *Server) Serve() error {
 	return err
 }
 
-// Shutdown stops accepting, waits for in-flight requests until ctx ends,
-// and closes idle connections.
-// Idle pooled upstream connections are closed.
-func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.hs.Shutdown(ctx)
-	s.pool.closeAll()
-	return err
+// closeListeners stops accepting; later connections are refused.
+func (s *Server) closeListeners() {
+	s.conns.closing.Store(true)
+	s.mu.Lock()
+	ln, cln := s.ln, s.cln
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	if cln != nil {
+		cln.Close()
+	}
 }
 
-// Close closes the listener, every client connection and every idle
+// Shutdown stops accepting, closes idle client connections, lets requests
+// in flight finish (their connections close after the response) until ctx
+// ends, then closes the idle upstream connections. It returns ctx's error
+// when requests were still in flight.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	defer s.pool.closeAll()
+	for s.conns.closeConns(false) > 0 {
+		select {
+		case <-s.conns.left:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Close closes the listeners, every client connection and every idle
 // upstream connection at once.
 func (s *Server) Close() error {
-	err := s.hs.Close()
+	s.closeListeners()
+	s.cancel()
+	s.conns.closeConns(true)
 	s.pool.closeAll()
-	return err
+	return nil
 }

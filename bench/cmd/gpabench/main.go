@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"syscall"
 	"time"
@@ -44,6 +45,7 @@ type options struct {
 	quota      int
 	skipNginx  bool
 	perfDir    string
+	cells      *regexp.Regexp // nil: every latency/throughput cell
 	moduleRoot string
 	syslog     bool
 }
@@ -65,6 +67,11 @@ func run() int {
 	flag.StringVar(&o.microTime, "micro-benchtime", "300ms", "-benchtime of the micro-benchmarks")
 	flag.IntVar(&o.quota, "cpu-quota", 15, "CPU quota in percent for the B-rps quota check (0 = skip)")
 	flag.BoolVar(&o.skipNginx, "no-nginx", false, "skip the nginx reference path")
+	flag.Func("cells", "run only the latency/throughput cells whose key (path/concurrency/keep-alive, e.g. nginx/1/false) matches this regexp", func(v string) error {
+		re, err := regexp.Compile(v)
+		o.cells = re
+		return err
+	})
 	flag.StringVar(&o.perfDir, "perf", "", "also record the agent with perf(1) during extra c=1 Enforce runs and write reports into this directory")
 	flag.StringVar(&o.moduleRoot, "module", ".", "a directory inside the gpa module")
 	flag.BoolVar(&o.syslog, "syslog", true, "send the agent's audit records to a local syslog socket as well")

@@ -180,6 +180,9 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 				}
 				for _, ka := range keepAlives {
 					key := fmt.Sprintf("%s/%d/%v", p.name, c, ka)
+					if o.cells != nil && !o.cells.MatchString(key) {
+						continue
+					}
 					cell := cells[key]
 					if cell == nil {
 						cell = &Cell{Path: p.name, Concurrency: c, KeepAlive: ka}

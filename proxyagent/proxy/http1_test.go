@@ -1,0 +1,382 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/internal/testsupport"
+)
+
+// scriptedHandler answers by request path; it exercises the framing
+// decisions a response writer makes (length, chunking, connection reuse,
+// bodiless statuses, interim responses).
+func scriptedHandler(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	switch r.URL.Path {
+	case "/cl":
+		h.Set("Content-Length", "5")
+		w.Write([]byte("hello"))
+	case "/small":
+		w.Write([]byte("<html>small</html>"))
+	case "/empty":
+	case "/big":
+		h.Set("Content-Type", "application/octet-stream")
+		w.Write(bytes.Repeat([]byte("x"), 5000))
+	case "/flush":
+		h["Content-Type"] = nil
+		w.Write([]byte("part1"))
+		w.(http.Flusher).Flush()
+		w.Write([]byte("part2"))
+	case "/nocontent":
+		h.Set("Content-Length", "3")
+		w.WriteHeader(http.StatusNoContent)
+		w.Write([]byte("no"))
+	case "/notmodified":
+		h.Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusNotModified)
+	case "/close":
+		h.Set("Connection", "close")
+		w.Write([]byte("bye"))
+	case "/nodate":
+		h["Date"] = nil
+		h.Set("Content-Length", "0")
+		w.WriteHeader(http.StatusForbidden)
+	case "/echo":
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		h.Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "%d:%s", len(b), b)
+	case "/ignorebody":
+		h.Set("Content-Type", "text/plain")
+		w.Write([]byte("ignored"))
+	case "/short":
+		h.Set("Content-Length", "10")
+		w.Write([]byte("12345"))
+	case "/code":
+		w.WriteHeader(599)
+	case "/abort":
+		h.Set("Content-Length", "10")
+		w.Write([]byte("12345"))
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	case "/te-identity":
+		h.Set("Transfer-Encoding", "identity")
+		w.Write([]byte("identity body"))
+	default:
+		h.Set("Content-Type", "text/plain")
+		w.Write([]byte("path " + r.URL.Path))
+	}
+}
+
+// exchange sends raw on a new connection to addr and returns every byte
+// the server sent until it closed the connection.
+func exchange(t testing.TB, addr, raw string, dialled func(net.Conn)) []byte {
+	t.Helper()
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if dialled != nil {
+		dialled(c)
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	go func() { // a server may answer before reading it all
+		io.WriteString(c, raw)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	out, err := io.ReadAll(c)
+	if err != nil && !strings.Contains(err.Error(), "connection reset") {
+		out = append(out, "\n<read: "+err.Error()+">"...)
+	}
+	return out
+}
+
+// describe turns a stream of responses into comparable text: per response
+// the status line, the header lines sorted (Date's value elided), the
+// framing and the body as received; then whatever could not be parsed.
+func describe(methods []string, stream []byte) string {
+	var b strings.Builder
+	br := bufio.NewReader(bytes.NewReader(stream))
+	for i := 0; ; i++ {
+		method := methods[min(i, len(methods)-1)]
+		if _, err := br.Peek(1); err != nil {
+			break
+		}
+		line, err := br.ReadString('\n')
+		if err != nil {
+			fmt.Fprintf(&b, "unterminated %q\n", line)
+			break
+		}
+		b.WriteString(strings.TrimRight(line, "\r\n") + "\n")
+		code, _ := strconv.Atoi(strings.Fields(line + " x x")[1])
+		var headers []string
+		length, chunked := int64(-1), false
+		for {
+			l, err := br.ReadString('\n')
+			l = strings.TrimRight(l, "\r\n")
+			if err != nil || l == "" {
+				break
+			}
+			name, value, _ := strings.Cut(l, ":")
+			value = strings.TrimSpace(value)
+			switch strings.ToLower(name) {
+			case "date":
+				value = "<date>"
+			case "content-length":
+				length, _ = strconv.ParseInt(value, 10, 64)
+			case "transfer-encoding":
+				chunked = value == "chunked"
+			}
+			headers = append(headers, name+": "+value)
+		}
+		sort.Strings(headers)
+		for _, h := range headers {
+			b.WriteString("  " + h + "\n")
+		}
+		switch {
+		case code >= 100 && code < 200:
+			i--
+			continue
+		case method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified:
+		case chunked:
+			var body []byte
+			for {
+				sz, err := br.ReadString('\n')
+				if err != nil {
+					fmt.Fprintf(&b, "  broken chunk %q\n", sz)
+					break
+				}
+				n, _ := strconv.ParseInt(strings.TrimSpace(sz), 16, 64)
+				if n == 0 {
+					br.ReadString('\n')
+					break
+				}
+				chunk := make([]byte, n+2)
+				if _, err := io.ReadFull(br, chunk); err != nil {
+					fmt.Fprintf(&b, "  short chunk\n")
+					break
+				}
+				body = append(body, chunk[:n]...)
+			}
+			fmt.Fprintf(&b, "  chunked body %q\n", body)
+		case length >= 0:
+			body := make([]byte, length)
+			n, _ := io.ReadFull(br, body)
+			fmt.Fprintf(&b, "  body %q\n", body[:n])
+			if int64(n) < length {
+				b.WriteString("  truncated\n")
+			}
+		default:
+			rest, _ := io.ReadAll(br)
+			fmt.Fprintf(&b, "  body to close %q\n", rest)
+		}
+	}
+	return b.String()
+}
+
+// TestHTTP1FramingMatchesGoServer sends the same requests to the proxy's
+// HTTP/1.1 server and to Go's net/http server, both running the same
+// handler, and compares what comes back: status lines, headers (Date's
+// value aside), framing, bodies and when the connection is closed. Every
+// request is followed by a pipelined "Connection: close" request, so a
+// kept connection shows as a second answer.
+func TestHTTP1FramingMatchesGoServer(t *testing.T) {
+	p := newFramingPair(t)
+	const last = "GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+	r11 := func(method, path string, extra ...string) string {
+		return method + " " + path + " HTTP/1.1\r\nHost: h\r\n" + strings.Join(append(extra, ""), "\r\n") + "\r\n"
+	}
+	r10 := func(method, path string, extra ...string) string {
+		return method + " " + path + " HTTP/1.0\r\n" + strings.Join(append(extra, ""), "\r\n") + "\r\n"
+	}
+	var cases []string
+	for _, p := range []string{"/cl", "/small", "/empty", "/big", "/flush", "/nocontent", "/notmodified", "/close",
+		"/nodate", "/ignorebody", "/short", "/code", "/abort", "/te-identity", "/other"} {
+		cases = append(cases,
+			r11("GET", p)+last,
+			r11("HEAD", p)+last,
+			r10("GET", p),
+			r10("GET", p, "Connection: keep-alive")+last,
+			r10("HEAD", p, "Connection: keep-alive")+last,
+			r11("GET", p, "Connection: close")+last,
+		)
+	}
+	cases = append(cases,
+		// Bodies: read, ignored, chunked, and Expect: 100-continue.
+		r11("POST", "/echo", "Content-Length: 5")+"hello"+last,
+		r11("POST", "/ignorebody", "Content-Length: 5")+"hello"+last,
+		r11("POST", "/ignorebody", "Content-Length: 300000")+strings.Repeat("b", 300000)+last,
+		r11("POST", "/echo", "Transfer-Encoding: chunked")+"3\r\nabc\r\n0\r\n\r\n"+last,
+		r11("POST", "/echo", "Content-Length: 4", "Expect: 100-continue")+"body"+last,
+		r11("POST", "/ignorebody", "Content-Length: 4", "Expect: 100-continue")+"body"+last,
+		r11("POST", "/echo", "Content-Length: 4", "Expect: something")+"body"+last,
+		r11("POST", "/echo", "Content-Length: 5")+"hello\r\n"+last, // CRLF after a POST body
+		// Requests Go's server refuses before any handler.
+		"GET /x HTTP/1.1\r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: h\r\nName: v\x01\r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: h\r\nX: "+strings.Repeat("a", 8<<10)+"\r\n\r\n",
+		"GET /x HTTP/2.0\r\nHost: h\r\n\r\n",
+		"GET /x HTTP/0.9\r\nHost: h\r\n\r\n",
+		"GET /x\r\n\r\n",
+		"BAD\x01 /x HTTP/1.1\r\nHost: h\r\n\r\n",
+		r11("POST", "/echo", "Transfer-Encoding: gzip")+last,
+		r11("POST", "/echo", "Transfer-Encoding: chunked", "Content-Length: 3")+"3\r\nabc\r\n0\r\n\r\n"+last,
+		r11("POST", "/echo", "Content-Length: 3", "Content-Length: 4")+"abcd"+last,
+		r11("POST", "/echo", "Content-Length: -1")+last,
+		r11("POST", "/echo", "Transfer-Encoding: chunked")+"zz\r\nabc\r\n0\r\n\r\n"+last,
+		// Absolute form and HTTP/1.0 without Host.
+		"GET http://example/abs HTTP/1.1\r\nHost: other\r\n\r\n"+last,
+		"GET /x HTTP/1.0\r\n\r\n",
+		// Pipelined requests on one connection.
+		r11("GET", "/cl")+r11("GET", "/small")+r11("HEAD", "/big")+last,
+	)
+	for _, raw := range cases {
+		got, want := p.compare(t, raw)
+		if testing.Verbose() {
+			t.Logf("%.60q -> %.300q", raw, got)
+		}
+		if got != want {
+			t.Errorf("request %.80q\ngot:\n%s\nGo's server:\n%s", raw, got, want)
+		}
+	}
+}
+
+// framingPair is the proxy's server and Go's, both running
+// scriptedHandler.
+type framingPair struct {
+	e   *env
+	ref string
+}
+
+func newFramingPair(t testing.TB) *framingPair {
+	e := newEnv(t, func(o *Options) { o.MaxHeaderBytes = 1 << 10; o.ReadHeaderTimeout = 2 * time.Second })
+	e.srv.handle = func(w http.ResponseWriter, r *http.Request, _ *connState) { scriptedHandler(w, r) }
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := &http.Server{Handler: http.HandlerFunc(scriptedHandler), MaxHeaderBytes: 1 << 10,
+		ReadHeaderTimeout: 2 * time.Second, DisableGeneralOptionsHandler: true, ErrorLog: log.New(io.Discard, "", 0)}
+	go ref.Serve(ln)
+	t.Cleanup(func() { ref.Close() })
+	return &framingPair{e: e, ref: ln.Addr().String()}
+}
+
+// compare sends raw to both servers and describes what each answered.
+func (p *framingPair) compare(t testing.TB, raw string) (got, want string) {
+	var methods []string
+	for _, line := range strings.Split(raw, "\r\n") {
+		if m, rest, ok := strings.Cut(line, " "); ok && strings.Contains(rest, " HTTP/") {
+			methods = append(methods, m)
+		}
+	}
+	if len(methods) == 0 {
+		methods = []string{"GET"}
+	}
+	want = describe(methods, exchange(t, p.ref, raw, nil))
+	got = describe(methods, exchange(t, p.e.addr, raw, func(c net.Conn) { p.e.ids.set(addrPort(c.LocalAddr()), nil) }))
+	return got, want
+}
+
+// FuzzHTTP1MatchesGoServer compares the proxy's HTTP/1.1 server with Go's
+// on arbitrary input (the client half-closes after sending it).
+// Run longer with: go test -run '^$' -fuzz FuzzHTTP1MatchesGoServer -fuzztime 60s ./proxyagent/proxy
+func FuzzHTTP1MatchesGoServer(f *testing.F) {
+	for _, seed := range []string{
+		"GET /cl HTTP/1.1\r\nHost: h\r\n\r\n",
+		"HEAD /small HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /big HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"POST /ignorebody HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nbody",
+		"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"GET /flush HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+	} {
+		f.Add(seed)
+	}
+	p := newFramingPair(f)
+	f.Fuzz(func(t *testing.T, raw string) {
+		if emptyHost.MatchString(raw) {
+			t.Skip("an empty Host field is refused here, accepted by Go's server (a documented difference)")
+		}
+		if got, want := p.compare(t, raw); got != want {
+			t.Errorf("request %q\ngot:\n%s\nGo's server:\n%s", raw, got, want)
+		}
+	})
+}
+
+var emptyHost = regexp.MustCompile(`(?i)\nhost:[ \t]*\r?\n`)
+
+// Shutdown closes idle connections at once, lets a request in flight
+// finish (its connection then closes) and refuses new connections.
+func TestShutdown(t *testing.T) {
+	e := newEnv(t, nil)
+	release := make(chan struct{})
+	e.up.setHandler(func(r seenRequest) upReply {
+		if r.target == "/slow" {
+			<-release
+		}
+		return upReply{status: 200, body: "done"}
+	})
+	idle := e.connect(rootRec(wsDest))
+	if resp, _ := idle.do(req("GET", "/fast")); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	busy := e.connect(rootRec(wsDest))
+	busy.send(req("GET", "/slow"))
+	testsupport.WaitFor(t, "the slow request at the host", func() bool { return len(e.up.requests()) == 2 })
+
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Shutdown(context.Background()) }()
+	if !idle.closedByServer() {
+		t.Error("idle connection still open after Shutdown")
+	}
+	if _, err := net.Dial("tcp4", e.addr); err == nil {
+		t.Error("new connection accepted after Shutdown")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v with a request in flight", err)
+	default:
+	}
+	close(release)
+	if resp, body := busy.read("GET"); resp.StatusCode != 200 || body != "done" {
+		t.Fatalf("in-flight request: %d %q", resp.StatusCode, body)
+	}
+	if !busy.closedByServer() {
+		t.Error("connection kept after its in-flight request during Shutdown")
+	}
+	if err := testsupport.Receive(t, "Shutdown to return", done); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+// An HTTP/1.1 request with an empty Host field is refused as one without
+// Host (Go's server would accept it); nothing reaches the host.
+func TestEmptyHostRefused(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.connect(rootRec(imdsDest))
+	resp, body := c.do("GET /metadata/instance HTTP/1.1\r\nHost:\r\nMetadata: true\r\n\r\n")
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "missing required Host header") {
+		t.Fatalf("got %d %q, want 400 missing Host", resp.StatusCode, body)
+	}
+	if n := len(e.up.requests()); n != 0 {
+		t.Errorf("%d requests reached the host", n)
+	}
+}
