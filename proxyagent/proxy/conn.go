@@ -46,7 +46,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			continue
 		}
 		st := l.s.newConnState(c, l.container)
-		return &clientConn{Conn: c, st: st, release: func() { <-l.sem }}, nil
+		return &clientConn{Conn: rawIO(c), st: st, release: func() { <-l.sem }}, nil
 	}
 }
 
@@ -351,7 +351,7 @@ type upstream struct {
 const upstreamFresh = 100 * time.Millisecond
 
 func newUpstream(c net.Conn, dest netip.AddrPort, timeout time.Duration) *upstream {
-	dc := &deadlineConn{Conn: c, timeout: timeout}
+	dc := &deadlineConn{Conn: rawIO(c), timeout: timeout}
 	// Small buffers: response bodies bypass br into the relay's buffer,
 	// and idle pooled connections keep theirs.
 	return &upstream{conn: c, dest: dest, br: bufio.NewReaderSize(dc, 4<<10), bw: bufio.NewWriterSize(dc, 4<<10),

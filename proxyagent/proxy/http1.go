@@ -252,7 +252,9 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 			}
 		}
 	}
-	req.Body = &requestBody{rc: req.Body}
+	if req.Body != http.NoBody {
+		req.Body = &requestBody{rc: req.Body}
+	}
 	return req, nil
 }
 

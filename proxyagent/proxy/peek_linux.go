@@ -3,6 +3,9 @@ package proxy
 import (
 	"net"
 	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // peerOpen reports whether the peer of an idle connection has neither
@@ -23,8 +26,11 @@ func peerOpen(c net.Conn) bool {
 		// EAGAIN: nothing to read, still open. A result of 0 bytes is an
 		// orderly close; any byte is data nobody asked for; other errors
 		// (ECONNRESET) mean the connection is gone.
-		_, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		open = rerr == syscall.EAGAIN || rerr == syscall.EINTR
+		// A raw call (it cannot block) spares the runtime's system call
+		// bookkeeping, as rawIOConn does.
+		_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		open = errno == unix.EAGAIN || errno == unix.EINTR
 		return true
 	})
 	return err == nil && open

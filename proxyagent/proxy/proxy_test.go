@@ -957,6 +957,7 @@ func TestEagerUpstreamDial(t *testing.T) {
 	// the test's goroutine, so its outcome is known when it returns.
 	direct := e.connect(nil)
 	st := &connState{s: e.srv, client: addrPort(direct.c.LocalAddr())}
+	e.ids.set(st.client, nil)
 	st.setup(context.Background())
 	if st.up != nil || st.dialErr != nil {
 		t.Errorf("direct connection: upstream %v, dial error %v", st.up, st.dialErr)

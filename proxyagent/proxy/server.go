@@ -459,9 +459,17 @@ func (s *Server) closeListeners() {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
 	defer s.pool.closeAll()
+	// Look again when a connection ends, and at growing intervals (1 ms to
+	// 500 ms, as Go's server) for one that turned idle after a response.
+	poll := time.Millisecond
+	timer := time.NewTimer(poll)
+	defer timer.Stop()
 	for s.conns.closeConns(false) > 0 {
 		select {
 		case <-s.conns.left:
+		case <-timer.C:
+			poll = min(2*poll, 500*time.Millisecond)
+			timer.Reset(poll)
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -51,16 +51,17 @@ func userRec(dest netip.AddrPort) *identity.Record {
 // gateSource is an identity.Source over identity.MapSource whose Lookup
 // waits until the test has said what the connection is (redirected with a
 // record, or direct), so tests can register a client after dialing it.
+// Each set answers one Lookup.
 type gateSource struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
-	known   map[netip.AddrPort]bool
+	known   map[netip.AddrPort]int // sets not yet looked up
 	m       identity.MapSource
 	lookups atomic.Int64
 }
 
 func newGateSource() *gateSource {
-	g := &gateSource{known: map[netip.AddrPort]bool{}}
+	g := &gateSource{known: map[netip.AddrPort]int{}}
 	g.cond = sync.NewCond(&g.mu)
 	return g
 }
@@ -70,7 +71,7 @@ func (g *gateSource) set(client netip.AddrPort, rec *identity.Record) {
 		g.m.Add(client, *rec)
 	}
 	g.mu.Lock()
-	g.known[client] = true
+	g.known[client]++
 	g.mu.Unlock()
 	g.cond.Broadcast()
 }
@@ -86,8 +87,13 @@ func (g *gateSource) Lookup(client netip.AddrPort) (identity.Record, bool) {
 	})
 	defer timer.Stop()
 	g.mu.Lock()
-	for !g.known[client] && !expired {
+	for g.known[client] == 0 && !expired {
 		g.cond.Wait()
+	}
+	// Consumed, like the kernel's record: a later connection from the same
+	// port (reused by the client's kernel) waits for its own set.
+	if g.known[client]--; g.known[client] <= 0 {
+		delete(g.known, client)
 	}
 	g.mu.Unlock()
 	return g.m.Lookup(client)
