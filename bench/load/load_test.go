@@ -120,6 +120,8 @@ func TestRunCountsStatusesAndConnections(t *testing.T) {
 			}
 		})
 	}
+	mu.Lock() // a request a run cancelled may still be in the handler
+	defer mu.Unlock()
 	if !sawHeader {
 		t.Error("configured header not sent")
 	}
