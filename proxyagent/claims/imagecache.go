@@ -30,6 +30,10 @@ type image struct {
 	fullPath, name, cmdLine string
 	ancestry                []Process
 	workload                Workload
+	// pidfd pins the process the image was read from (openProcess), or
+	// -1. The cache owns it: closed when the entry is dropped, replaced
+	// or evicted.
+	pidfd int
 }
 
 // imageCache is a bounded LRU of process images. Safe for concurrent use.
@@ -54,14 +58,24 @@ func imageKeyOf(rec identity.Record) (imageKey, bool) {
 	return imageKey{pid: rec.PID, start: rec.StartTime, execID: rec.ExecID, cgroupID: rec.CgroupID}, true
 }
 
+// get returns the image cached under k, or nil. An image with a pidfd is
+// returned only while its process lives (checked under the lock, so the
+// pidfd cannot be closed meanwhile); otherwise it is dropped. An image
+// without one is returned as it is, for the caller to verify.
 func (c *imageCache) get(k imageKey) *image {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.items[k]; ok {
-		c.ll.MoveToFront(e)
-		return e.Value.(*imageEntry).img
+	e, ok := c.items[k]
+	if !ok {
+		return nil
 	}
-	return nil
+	img := e.Value.(*imageEntry).img
+	if img.pidfd >= 0 && !processAlive(img.pidfd) {
+		c.removeLocked(e)
+		return nil
+	}
+	c.ll.MoveToFront(e)
+	return img
 }
 
 func (c *imageCache) put(k imageKey, img *image, size int) {
@@ -72,15 +86,11 @@ func (c *imageCache) put(k imageKey, img *image, size int) {
 		c.ll = list.New()
 	}
 	if e, ok := c.items[k]; ok {
-		e.Value.(*imageEntry).img = img
-		c.ll.MoveToFront(e)
-		return
+		c.removeLocked(e)
 	}
 	c.items[k] = c.ll.PushFront(&imageEntry{k, img})
 	for c.ll.Len() > size {
-		old := c.ll.Back()
-		c.ll.Remove(old)
-		delete(c.items, old.Value.(*imageEntry).key)
+		c.removeLocked(c.ll.Back())
 	}
 }
 
@@ -89,8 +99,16 @@ func (c *imageCache) drop(k imageKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.items[k]; ok {
-		c.ll.Remove(e)
-		delete(c.items, k)
+		c.removeLocked(e)
+	}
+}
+
+func (c *imageCache) removeLocked(e *list.Element) {
+	ie := e.Value.(*imageEntry)
+	c.ll.Remove(e)
+	delete(c.items, ie.key)
+	if ie.img.pidfd >= 0 {
+		closeProcess(ie.img.pidfd)
 	}
 }
 

@@ -51,10 +51,14 @@ const Undefined = "undefined"
 // Image cache: a record from the kernel hook names a process image (pid,
 // start time, execve count; see identity.Record). The executable, command
 // line, ancestry and workload read for an image are kept in a bounded LRU
-// and reused for the image's later connections, after one read of
-// /proc/<pid>/stat shows the process still alive with the recorded start
-// time; otherwise the entry is dropped and the connection resolved afresh
-// (so the rules below apply unchanged). An entry never serves another
+// and reused for the image's later connections while the process is
+// alive: checked with one signal-0 call on a pidfd opened when the image
+// was read (a handle on that process, which no later process with the
+// pid can take over; Linux ≥ 5.3, the real /proc), else with one read of
+// /proc/<pid>/stat showing the recorded start time. Otherwise the entry
+// is dropped and the connection resolved afresh (so the rules below apply
+// unchanged). Each cached image holds its pidfd, so the cache holds up to
+// ImageCacheSize descriptors. An entry never serves another
 // image: an execve changes the key, and so does a new process with the same
 // pid. What is cached is what the first connection of the image saw: a
 // command line the process rewrites later, or an ancestor that exits, is
@@ -115,7 +119,12 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	cacheable = cacheable && r.ImageCacheSize >= 0
 	if cacheable {
 		if img := r.images.get(key); img != nil {
-			if st, err := r.readStat(rec.PID); err == nil && st.StartTime == rec.StartTime {
+			alive := img.pidfd >= 0 // checked on its pidfd by get
+			if !alive {
+				st, err := r.readStat(rec.PID)
+				alive = err == nil && st.StartTime == rec.StartTime
+			}
+			if alive {
 				c.ProcessFullPath, c.ProcessName, c.ProcessCmdLine = img.fullPath, img.name, img.cmdLine
 				c.Ancestry, c.Workload = img.ancestry, img.workload
 				return c, nil
@@ -126,6 +135,12 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	exe, exeErr := os.Readlink(r.procPath(rec.PID, "exe"))
 	cmd, cmdErr := r.readCmdLine(rec.PID)
 	cg := r.cgroupPath(rec.PID, rec.CgroupID)
+	// The pidfd is opened before the start-time check, so a match proves it
+	// names the recorded process.
+	pidfd := -1
+	if cacheable && r.realProc() {
+		pidfd = openProcess(rec.PID)
+	}
 	st, stErr := r.readStat(rec.PID)
 	if rec.StartTime != 0 {
 		if stErr != nil {
@@ -133,6 +148,9 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 			// later process with the same pid.
 			exeErr, cmdErr, cg = stErr, stErr, ""
 		} else if st.StartTime != rec.StartTime {
+			if pidfd >= 0 {
+				closeProcess(pidfd)
+			}
 			return nil, fmt.Errorf("%w: pid %d started at tick %d, record says %d",
 				ErrPIDReused, rec.PID, st.StartTime, rec.StartTime)
 		}
@@ -160,10 +178,16 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 			size = DefaultImageCacheSize
 		}
 		r.images.put(key, &image{fullPath: c.ProcessFullPath, name: c.ProcessName, cmdLine: c.ProcessCmdLine,
-			ancestry: c.Ancestry, workload: c.Workload}, size)
+			ancestry: c.Ancestry, workload: c.Workload, pidfd: pidfd}, size)
+	} else if pidfd >= 0 {
+		closeProcess(pidfd)
 	}
 	return c, nil
 }
+
+// realProc reports whether ProcRoot is the system's procfs, whose pids
+// the kernel's pidfds name (a test's fake root is not).
+func (r *Resolver) realProc() bool { return r.ProcRoot == "" || r.ProcRoot == "/proc" }
 
 // ancestry walks up from the process whose stat is child. Each ancestor's
 // stat is read after its exe and cmdline and must show a start time no
