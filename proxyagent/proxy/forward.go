@@ -45,7 +45,7 @@ func hasPrefixFold(s, prefix string) bool {
 
 // outHeaders returns the client's headers as they go upstream, before the
 // proxy adds its own: Host first (as the client sent it; for an
-// absolute-form target Go's server, like RFC 9112 §3.2.2 requires of a
+// absolute-form target http.ReadRequest, as RFC 9112 §3.2.2 requires of a
 // proxy, replaces it with the target's authority), then the remaining
 // headers sorted by name, each name's values in received order.
 func outHeaders(r *http.Request) []msp.Field {
@@ -132,7 +132,7 @@ func readBody(g *bodyGuard, length int64) ([]byte, error) {
 		}
 		return nil, err
 	}
-	// Content-Length bytes read: anything more is Go's server's business.
+	// Content-Length bytes read: the body reader stops there.
 	return body[:n], nil
 }
 
@@ -141,9 +141,9 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // forward runs protocol.md §4.5 steps 10–13 for an authorized request.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, exempt bool, limit int64, ev *audit.Event) {
 	if r.ContentLength != 0 {
-		// Bound the body read. Go's server clears the deadline when the
-		// body hits EOF (it then watches the idle client connection with a
-		// background read), so it does not cut short a slow host.
+		// Bound the body read. Nothing reads the client connection while
+		// the host answers, and the wait for the next request sets its own
+		// deadline, so this does not cut short a slow host.
 		http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.opts.BodyReadTimeout))
 	}
 	out := &outRequest{Request: msp.Request{Method: r.Method, Target: r.RequestURI, Fields: outHeaders(r)}}
@@ -340,8 +340,8 @@ func (s *Server) relay(w http.ResponseWriter, st *connState, up *upstream, resp 
 	if _, ok := resp.Header["Content-Type"]; !ok {
 		h["Content-Type"] = nil
 	}
-	// Trailers are not relayed; a declared Trailer would make Go's server
-	// promise fields that never come.
+	// Trailers are not relayed; a declared Trailer would promise fields
+	// that never come.
 	delete(h, "Trailer")
 	h.Del(msp.HeaderAuthorization)
 	h[msp.HeaderAuthorization] = []string{msp.ResponseMarker}
