@@ -91,6 +91,7 @@ type connState struct {
 
 	mu     sync.Mutex
 	up     *upstream // nil before the dial and after the upstream closed
+	busy   *upstream // in an exchange with the host: close ends it
 	closed bool
 }
 
@@ -209,6 +210,28 @@ func (st *connState) take(ctx context.Context) (up *upstream, pooled bool, err e
 	return up, false, err
 }
 
+// exchange marks up as in an exchange with the host, so closing the client
+// connection (Server.Close) ends it; false when the client connection is
+// closed already.
+func (st *connState) exchange(up *upstream) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.closed {
+		return false
+	}
+	st.busy = up
+	return true
+}
+
+// endExchange clears the mark and reports whether the client connection
+// is still open (if not, up was closed under the exchange).
+func (st *connState) endExchange() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.busy = nil
+	return !st.closed
+}
+
 // put returns a healthy upstream connection after a complete response:
 // to this client connection, or to the server's idle pool when the client
 // connection has closed meanwhile.
@@ -231,6 +254,9 @@ func (st *connState) close() {
 	st.closed = true
 	up := st.up
 	st.up = nil
+	if st.busy != nil {
+		st.busy.close()
+	}
 	st.mu.Unlock()
 	if up != nil {
 		st.s.pool.put(up)
@@ -340,6 +366,7 @@ type upstream struct {
 	dest netip.AddrPort // original destination (pool key)
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	peek *peeker   // nil: the connection cannot be peeked
 	seen time.Time // dialled or peeked open then, and unused since (zero: used)
 }
 
@@ -355,7 +382,7 @@ func newUpstream(c net.Conn, dest netip.AddrPort, timeout time.Duration) *upstre
 	// Small buffers: response bodies bypass br into the relay's buffer,
 	// and idle pooled connections keep theirs.
 	return &upstream{conn: c, dest: dest, br: bufio.NewReaderSize(dc, 4<<10), bw: bufio.NewWriterSize(dc, 4<<10),
-		seen: time.Now()}
+		peek: newPeeker(c), seen: time.Now()}
 }
 
 func (u *upstream) close() { u.conn.Close() }
@@ -371,7 +398,7 @@ func (u *upstream) alive() bool {
 	if now.Sub(u.seen) < upstreamFresh {
 		return true
 	}
-	if !peerOpen(u.conn) {
+	if !u.peek.peerOpen() {
 		return false
 	}
 	u.seen = now

@@ -215,19 +215,24 @@ func (s *Server) roundTrip(ctx context.Context, st *connState, out *outRequest) 
 		if err != nil {
 			return nil, nil, http.StatusBadGateway, err
 		}
-		stop := context.AfterFunc(ctx, up.close)
+		if !st.exchange(up) {
+			up.close()
+			return nil, nil, http.StatusBadGateway, net.ErrClosed
+		}
 		werr := writeRequest(up.bw, out)
 		var resp *http.Response
 		var rerr error
 		if werr == nil {
 			resp, rerr = readResponse(up.br, out.Method)
 		}
-		if !stop() {
-			// The client went away: the upstream connection is closed.
+		if !st.endExchange() {
+			// The server closed the client connection, and with it this
+			// upstream connection.
 			if resp != nil {
 				resp.Body.Close()
 			}
-			return nil, nil, http.StatusBadGateway, context.Cause(ctx)
+			up.close()
+			return nil, nil, http.StatusBadGateway, net.ErrClosed
 		}
 		if werr == nil && rerr == nil {
 			return resp, up, 0, nil

@@ -380,3 +380,27 @@ func TestEmptyHostRefused(t *testing.T) {
 		t.Errorf("%d requests reached the host", n)
 	}
 }
+
+// Close ends a request waiting on the host at once: the client connection
+// and the host connection are closed, the connection slot is released and
+// the request is audited, nothing waits for the host's answer.
+func TestCloseEndsExchangeInFlight(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.ResponseTimeout = time.Hour }) // only Close can end the wait
+	release := make(chan struct{})
+	defer close(release)
+	e.up.setHandler(func(r seenRequest) upReply {
+		<-release
+		return upReply{status: 200}
+	})
+	c := e.connect(rootRec(wsDest))
+	c.send(req("GET", "/slow"))
+	testsupport.WaitFor(t, "the request at the host", func() bool { return len(e.up.requests()) == 1 })
+	e.srv.Close()
+	if !c.closedByServer() {
+		t.Fatal("client connection open after Close")
+	}
+	e.waitClientsClosed()
+	if ev := e.rec.wait(t, 1)[0]; ev.Status != http.StatusBadGateway {
+		t.Errorf("audited status %d, want 502 (exchange ended by Close)", ev.Status)
+	}
+}
