@@ -431,7 +431,7 @@ func (e *Env) waitControl(ctx context.Context) error {
 			return nil
 		}
 		if e.host.exited() {
-			return fmt.Errorf("e2eenv: azure-host-sim exited: %v\n%s", e.host.err, e.tail("hostsim.log", 20))
+			return fmt.Errorf("e2eenv: azure-host-sim exited: %v\n%s", e.host.err, tailFiles(20, filepath.Join(e.Dir, "hostsim.log")))
 		}
 		select {
 		case <-ctx.Done():
@@ -652,19 +652,22 @@ func (e *Env) Close() error {
 // LogTails returns the last n lines of the agent's and the host
 // simulator's logs.
 func (e *Env) LogTails(n int) string {
-	return "--- agent.log\n" + e.tail("agent.log", n) + "\n--- hostsim.log\n" + e.tail("hostsim.log", n)
+	return tailFiles(n, filepath.Join(e.Dir, "agent.log"), filepath.Join(e.Dir, "hostsim.log"))
 }
 
-func (e *Env) tail(name string, n int) string {
-	b, err := os.ReadFile(filepath.Join(e.Dir, name))
-	if err != nil {
-		return err.Error()
+// tailFiles returns the last n lines of each file, each under a "--- path"
+// line (for test failure messages; an unreadable file shows empty).
+func tailFiles(n int, paths ...string) string {
+	var b bytes.Buffer
+	for _, p := range paths {
+		data, _ := os.ReadFile(p)
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > n {
+			lines = lines[len(lines)-n:]
+		}
+		fmt.Fprintf(&b, "--- %s\n%s\n", p, strings.Join(lines, "\n"))
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return b.String()
 }
 
 // AgentLog returns the agent's stdout and stderr so far (all runs).

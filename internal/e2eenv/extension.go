@@ -1,7 +1,6 @@
 package e2eenv
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -282,15 +281,4 @@ func (x *Extension) Logs() []string {
 }
 
 // LogTails returns the last n lines of each of Logs.
-func (x *Extension) LogTails(n int) string {
-	var b bytes.Buffer
-	for _, p := range x.Logs() {
-		data, _ := os.ReadFile(p)
-		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-		if len(lines) > n {
-			lines = lines[len(lines)-n:]
-		}
-		fmt.Fprintf(&b, "--- %s\n%s\n", p, strings.Join(lines, "\n"))
-	}
-	return b.String()
-}
+func (x *Extension) LogTails(n int) string { return tailFiles(n, x.Logs()...) }

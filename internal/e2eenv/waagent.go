@@ -229,16 +229,7 @@ func (w *Waagent) Log() string {
 
 // LogTail returns the last n lines of waagent's log and its output.
 func (w *Waagent) LogTail(n int) string {
-	var b bytes.Buffer
-	for _, p := range []string{w.LogPath, filepath.Join(w.Env.Dir, "waagent.out")} {
-		data, _ := os.ReadFile(p)
-		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-		if len(lines) > n {
-			lines = lines[len(lines)-n:]
-		}
-		fmt.Fprintf(&b, "--- %s\n%s\n", p, strings.Join(lines, "\n"))
-	}
-	return b.String()
+	return tailFiles(n, w.LogPath, filepath.Join(w.Env.Dir, "waagent.out"))
 }
 
 // HandlerDir is the directory waagent unpacks version of the extension

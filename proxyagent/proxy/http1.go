@@ -55,6 +55,7 @@ type httpConn struct {
 	lr   io.LimitedReader // under br: bounds the header block
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	w    respWriter  // the current request's, reused (respWriter)
 	idle atomic.Bool // waiting for a request: Shutdown may close it
 }
 
@@ -172,7 +173,9 @@ func (s *Server) serveConn(cc *clientConn) {
 			return
 		}
 		hc.idle.Store(false)
-		cc.SetReadDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
+		if !first { // the first request's header time counts from accept
+			cc.SetReadDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
+		}
 		req, err := hc.readRequest(lastPost)
 		if s.conns.closing.Load() {
 			return
@@ -182,7 +185,7 @@ func (s *Server) serveConn(cc *clientConn) {
 			return
 		}
 		lastPost = req.Method == http.MethodPost
-		w := newRespWriter(hc, req)
+		w := hc.respWriter(req)
 		if ex := req.Header["Expect"]; len(ex) > 0 && ex[0] != "" {
 			if !hasToken(ex[0], "100-continue") {
 				// Go's server: an expectation other than 100-continue is
@@ -399,8 +402,18 @@ type respWriter struct {
 	werr          error
 }
 
-func newRespWriter(hc *httpConn, req *http.Request) *respWriter {
-	return &respWriter{hc: hc, req: req, header: make(http.Header, 4), contentLength: -1}
+// respWriter returns the connection's response writer set up for req. Its
+// header map and body buffer are the previous request's, emptied: a
+// handler does not keep them past its return.
+func (hc *httpConn) respWriter(req *http.Request) *respWriter {
+	h, pending := hc.w.header, hc.w.pending[:0]
+	if h == nil {
+		h = make(http.Header, 4)
+	} else {
+		clear(h)
+	}
+	hc.w = respWriter{hc: hc, req: req, header: h, contentLength: -1, pending: pending}
+	return &hc.w
 }
 
 // Header implements http.ResponseWriter.
@@ -585,9 +598,8 @@ func (w *respWriter) commit() {
 	}
 	bw.WriteString("\r\n")
 	if len(w.pending) > 0 {
-		p := w.pending
-		w.pending = nil
-		w.writeBody(p)
+		w.writeBody(w.pending)
+		w.pending = w.pending[:0]
 	}
 }
 
