@@ -79,7 +79,13 @@ func TestObservability(t *testing.T) {
 		t.Fatalf("nobody's IMDS call: %d", r.Status)
 	}
 
+	// The service runs on one processor unless GOMAXPROCS says otherwise.
+	procs := "1"
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		procs = v
+	}
 	for _, q := range []struct{ query, want string }{
+		{`go_gomaxprocs`, procs},
 		{`sum(azure_proxy_agent_requests_total{service="WireServer",decision="deny",mode="enforce",status="403"})`, "3"},
 		{`sum(azure_proxy_agent_requests_total{decision="allow",status="200"})`, "2"},
 		{`sum(azure_proxy_agent_request_duration_seconds_count{service="WireServer"})`, "4"},

@@ -134,6 +134,9 @@ type Config struct {
 	PollInterval time.Duration
 	// AgentConfig overrides or adds keys of the agent's configuration file.
 	AgentConfig map[string]any
+	// AgentEnv is added to the agent's environment ("KEY=value"; a later
+	// entry wins, "KEY=" clears an inherited value).
+	AgentEnv []string
 	// Dir holds configs, logs, keys and the bpffs mount point; "" creates
 	// (and Close removes) a temporary directory.
 	Dir string
@@ -159,6 +162,8 @@ type Env struct {
 	LogFolder, StatusFolder, KeyFolder string
 	// Bin are the binaries the environment runs.
 	Bin Binaries
+	// AgentEnv is added to the agent's environment (Config.AgentEnv).
+	AgentEnv []string
 
 	removeDir bool
 	control   *http.Client
@@ -202,7 +207,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if cfg.Bin.Agent == "" || cfg.Bin.HostSim == "" {
 		return nil, errors.New("e2eenv: Config.Bin is required")
 	}
-	e := &Env{Dir: cfg.Dir, Bin: cfg.Bin}
+	e := &Env{Dir: cfg.Dir, Bin: cfg.Bin, AgentEnv: cfg.AgentEnv}
 	defer func() {
 		if err != nil {
 			_ = e.Close()
@@ -254,7 +259,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Env, err error) {
 	args := []string{"-settings", settingsPath, "-wireserver", WireServerAddr, "-imds", IMDSAddr,
 		"-hostga", HostGAAddr, "-control", ControlAddr, "-imds-rate-limit", strconv.Itoa(cfg.IMDSRateLimit)}
 	args = append(args, cfg.HostSimArgs...)
-	if e.host, err = e.startDaemon("hostsim.log", cfg.Bin.HostSim, args...); err != nil {
+	if e.host, err = e.startDaemon("hostsim.log", nil, cfg.Bin.HostSim, args...); err != nil {
 		return nil, err
 	}
 	if err = e.waitControl(ctx); err != nil {
@@ -384,16 +389,16 @@ func New(t testing.TB, cfg Config) *Env {
 }
 
 // startDaemon starts a long-running program inside the namespace, outside
-// the attached group, as root, with stdout and stderr appended to
-// Dir/logName.
-func (e *Env) startDaemon(logName, path string, args ...string) (*proc, error) {
+// the attached group, as root, with env added to its environment and
+// stdout and stderr appended to Dir/logName.
+func (e *Env) startDaemon(logName string, env []string, path string, args ...string) (*proc, error) {
 	f, err := os.OpenFile(filepath.Join(e.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("e2eenv: %w", err)
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), env...)
 	// No Pdeathsig: it fires when the forking thread ends, and Netns.Do
 	// discards that thread at once.
 	if err := testenv.Start(cmd, testenv.Options{Netns: e.Netns}); err != nil {
@@ -454,7 +459,7 @@ func (e *Env) StartAgent() error {
 		return errors.New("e2eenv: agent already running")
 	}
 	e.starts++
-	p, err := e.startDaemon("agent.log", e.Bin.Agent, "--config", e.AgentConfigPath)
+	p, err := e.startDaemon("agent.log", e.AgentEnv, e.Bin.Agent, "--config", e.AgentConfigPath)
 	if err != nil {
 		return err
 	}

@@ -229,11 +229,12 @@ func (b *benchEnv) imdsJournal(ctx context.Context, seq uint64) ([]hostsim.Entry
 }
 
 // nginxConf is the reference reverse proxy: plain proxy_pass with upstream
-// keep-alive, no logging, as many workers as the agent's GOMAXPROCS.
+// keep-alive, no logging; %[5]d worker processes (by default as many as the
+// agent's processors).
 const nginxConf = `daemon off;
 master_process on;
 user root;
-worker_processes 2;
+worker_processes %[5]d;
 pid %[1]s/nginx.pid;
 error_log %[1]s/nginx-error.log warn;
 events { worker_connections 4096; }
@@ -260,13 +261,13 @@ http {
 
 // startNginx writes the config and starts nginx (master in the
 // foreground) inside the namespace, outside the attached group.
-func (b *benchEnv) startNginx(ctx context.Context, bin string) error {
+func (b *benchEnv) startNginx(ctx context.Context, bin string, workers int) error {
 	dir := filepath.Join(b.Dir, "nginx")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, nginxAddr, msp.IMDSAddr, msp.IMDSAddr.Addr()), 0o600); err != nil {
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, nginxAddr, msp.IMDSAddr, msp.IMDSAddr.Addr(), workers), 0o600); err != nil {
 		return err
 	}
 	logf, err := os.Create(filepath.Join(dir, "nginx.out"))

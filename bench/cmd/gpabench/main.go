@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -48,6 +49,27 @@ type options struct {
 	cells      *regexp.Regexp // nil: every latency/throughput cell
 	moduleRoot string
 	syslog     bool
+	// agentProcs is the agent's GOMAXPROCS (0: the agent's own default,
+	// one processor); nginxWorkers nginx's worker_processes (0: as many as
+	// the agent's processors).
+	agentProcs   int
+	nginxWorkers int
+}
+
+// agentProcsOrDefault is the agent's GOMAXPROCS in the run.
+func (o options) agentProcsOrDefault() int {
+	if o.agentProcs > 0 {
+		return o.agentProcs
+	}
+	return 1 // the agent service's default (proxyagent/cli)
+}
+
+// nginxWorkersOrDefault is nginx's worker_processes in the run.
+func (o options) nginxWorkersOrDefault() int {
+	if o.nginxWorkers > 0 {
+		return o.nginxWorkers
+	}
+	return o.agentProcsOrDefault()
 }
 
 func main() {
@@ -75,6 +97,8 @@ func run() int {
 	flag.StringVar(&o.perfDir, "perf", "", "also record the agent with perf(1) during extra c=1 Enforce runs and write reports into this directory")
 	flag.StringVar(&o.moduleRoot, "module", ".", "a directory inside the gpa module")
 	flag.BoolVar(&o.syslog, "syslog", true, "send the agent's audit records to a local syslog socket as well")
+	flag.IntVar(&o.agentProcs, "agent-procs", 0, "the agent's GOMAXPROCS (0 = the agent's default, 1)")
+	flag.IntVar(&o.nginxWorkers, "nginx-workers", 0, "nginx worker processes (0 = as many as the agent's processors)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -114,7 +138,8 @@ func suite(ctx context.Context, o options, log *slog.Logger) (*Report, error) {
 	t0 := time.Now()
 	defer func() { rep.Seconds = time.Since(t0).Seconds() }()
 
-	// Fixed GOMAXPROCS for everything the suite starts (agent, host, load).
+	// Fixed GOMAXPROCS for what the suite starts (host, load; the agent:
+	// -agent-procs).
 	os.Setenv("GOMAXPROCS", "2")
 
 	if o.micro {
@@ -157,7 +182,13 @@ func suite(ctx context.Context, o options, log *slog.Logger) (*Report, error) {
 		agentCfg["auditSyslog"] = sink.Path
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	env, err := e2eenv.Setup(setupCtx, e2eenv.Config{Bin: bins, Settings: e2eenv.EnforceSettings, AgentConfig: agentCfg})
+	// The agent runs with its own default processors unless -agent-procs
+	// says; everything else the suite starts gets GOMAXPROCS=2.
+	agentEnv := []string{"GOMAXPROCS="}
+	if o.agentProcs > 0 {
+		agentEnv = []string{"GOMAXPROCS=" + strconv.Itoa(o.agentProcs)}
+	}
+	env, err := e2eenv.Setup(setupCtx, e2eenv.Config{Bin: bins, Settings: e2eenv.EnforceSettings, AgentConfig: agentCfg, AgentEnv: agentEnv})
 	cancel()
 	if err != nil {
 		return rep, err

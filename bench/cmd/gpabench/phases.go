@@ -143,7 +143,7 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 	if !o.skipNginx {
 		bin, err := ensureNginx(ctx)
 		if err == nil {
-			err = b.startNginx(ctx, bin)
+			err = b.startNginx(ctx, bin, o.nginxWorkersOrDefault())
 		}
 		if err != nil {
 			rep.Notes = append(rep.Notes, "nginx reference not measured: "+err.Error())

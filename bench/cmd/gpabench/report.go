@@ -150,12 +150,15 @@ type Target struct {
 func newReport(o options) *Report {
 	r := &Report{
 		Started: time.Now().UTC(),
-		Machine: Machine{Kernel: kernel(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version(), GOMAXPROCS: "2"},
+		Machine: Machine{Kernel: kernel(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version(),
+			GOMAXPROCS: fmt.Sprintf("agent %d, host and load 2", o.agentProcsOrDefault())},
 		Options: map[string]any{"runs": o.runs, "cell": o.cell.String(), "warmup": o.warmup.String(), "soak": o.soak.String(),
-			"idle": o.idle.String(), "starts": o.starts, "micro_benchtime": o.microTime, "cpu_quota_pct": o.quota, "audit_syslog": o.syslog},
+			"idle": o.idle.String(), "starts": o.starts, "micro_benchtime": o.microTime, "cpu_quota_pct": o.quota, "audit_syslog": o.syslog,
+			"agent_procs": o.agentProcsOrDefault(), "nginx_workers": o.nginxWorkersOrDefault()},
 	}
 	r.Notes = append(r.Notes,
-		"agent, host simulator and load generator run with GOMAXPROCS=2 on the same machine; the load generator competes with them for the CPUs",
+		fmt.Sprintf("the agent runs with GOMAXPROCS=%d (its service default is 1), nginx with %d worker processes; host simulator and load generator with GOMAXPROCS=2, all on the same machine; the load generator competes with them for the CPUs",
+			o.agentProcsOrDefault(), o.nginxWorkersOrDefault()),
 		"latency is measured in the client (gpaload, Go net/http) per request; medians of the per-run percentiles over -runs runs",
 		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
 		"CPU is utime+stime from /proc/<pid>/stat (10 ms ticks) per 10k successful requests; host = azure-host-sim",
@@ -335,8 +338,8 @@ func (r *Report) evaluate() {
 // printTable writes the human-readable report.
 func printTable(w io.Writer, r *Report) {
 	r.evaluate()
-	fmt.Fprintf(w, "\n== gpa benchmark suite  %s  (%s, %d CPUs, %s, kernel %s, GOMAXPROCS=2, %d runs × %s per cell, medians)\n",
-		r.Started.Format(time.RFC3339), r.Machine.CPUModel, r.Machine.CPUs, r.Machine.GoVersion, r.Machine.Kernel, r.Options["runs"], r.Options["cell"])
+	fmt.Fprintf(w, "\n== gpa benchmark suite  %s  (%s, %d CPUs, %s, kernel %s, GOMAXPROCS %s, %d runs × %s per cell, medians)\n",
+		r.Started.Format(time.RFC3339), r.Machine.CPUModel, r.Machine.CPUs, r.Machine.GoVersion, r.Machine.Kernel, r.Machine.GOMAXPROCS, r.Options["runs"], r.Options["cell"])
 
 	if len(r.Latency) > 0 {
 		fmt.Fprintln(w, "\n-- B-lat / B-rps: GET /metadata/instance (~1 KB; *-token: the managed-identity token path, c=1 only); latency in µs;")
