@@ -15,9 +15,12 @@ func openProcess(pid uint32) int {
 
 // processAlive reports whether the process of pidfd has not yet been
 // reaped (signal 0 checks without sending), as a readable /proc/<pid>/stat
-// would.
+// would. The call cannot block: it is made raw, without the runtime's
+// blocking-call bookkeeping, which on the agent's per-connection path
+// wakes the runtime's monitor thread (see the proxy's rawIOConn).
 func processAlive(pidfd int) bool {
-	return unix.PidfdSendSignal(pidfd, 0, nil, 0) == nil
+	_, _, e := unix.RawSyscall6(unix.SYS_PIDFD_SEND_SIGNAL, uintptr(pidfd), 0, 0, 0, 0, 0)
+	return e == 0
 }
 
 func closeProcess(pidfd int) { unix.Close(pidfd) }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -23,8 +25,8 @@ import (
 // bookkeeping cost more CPU than the calls themselves (perf, issue 13).
 // Deadlines, EAGAIN waits and Close work as on the wrapped connection.
 type rawIOConn struct {
-	*net.TCPConn
-	rc syscall.RawConn
+	net.Conn // a *net.TCPConn, or a fileConn from rawListener
+	rc       syscall.RawConn
 
 	// One read and one write may run at once; each has its own state,
 	// set before and read after the callback, which is bound once.
@@ -39,8 +41,8 @@ type rawIOConn struct {
 	writeFn func(fd uintptr) bool
 }
 
-// rawIO wraps c when it is a TCP connection; anything else is returned as
-// it is.
+// rawIO wraps c when it is a TCP connection; anything else (including a
+// connection already wrapped) is returned as it is.
 func rawIO(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
@@ -50,10 +52,32 @@ func rawIO(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	r := &rawIOConn{TCPConn: tc, rc: rc}
+	return newRawIOConn(tc, rc)
+}
+
+func newRawIOConn(c net.Conn, rc syscall.RawConn) *rawIOConn {
+	r := &rawIOConn{Conn: c, rc: rc}
 	r.readFn = r.read
 	r.writeFn = r.write
 	return r
+}
+
+// SyscallConn returns the socket's raw connection (the peeker uses it).
+func (c *rawIOConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
+// CloseWrite shuts down the sending side (the peer reads EOF).
+func (c *rawIOConn) CloseWrite() error {
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		return tc.CloseWrite()
+	}
+	var serr error
+	if err := c.rc.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) }); err != nil {
+		return opError("close", c, err)
+	}
+	if serr != nil {
+		return opError("close", c, os.NewSyscallError("shutdown", serr))
+	}
+	return nil
 }
 
 func (c *rawIOConn) read(fd uintptr) bool {
@@ -103,9 +127,9 @@ func (c *rawIOConn) Read(p []byte) (int, error) {
 	c.rbuf = nil
 	switch {
 	case err != nil:
-		return 0, opError("read", c.TCPConn, err)
+		return 0, opError("read", c, err)
 	case c.rerr != nil:
-		return 0, opError("read", c.TCPConn, os.NewSyscallError("read", c.rerr))
+		return 0, opError("read", c, os.NewSyscallError("read", c.rerr))
 	case c.rn == 0:
 		return 0, io.EOF
 	}
@@ -122,20 +146,156 @@ func (c *rawIOConn) Write(p []byte) (int, error) {
 	c.wbuf = nil
 	switch {
 	case err != nil:
-		return c.wn, opError("write", c.TCPConn, err)
+		return c.wn, opError("write", c, err)
 	case c.werr != nil:
-		return c.wn, opError("write", c.TCPConn, os.NewSyscallError("write", c.werr))
+		return c.wn, opError("write", c, os.NewSyscallError("write", c.werr))
 	}
 	return c.wn, nil
 }
 
-// opError is the error the wrapped connection would return: the poller's
-// own errors (deadline, closed) keep their cause under the plain
-// operation name.
-func opError(op string, c *net.TCPConn, err error) error {
+// opError is the error a *net.TCPConn would return: the poller's own
+// errors (deadline, closed) keep their cause under the plain operation
+// name, and a closed fileConn reports net.ErrClosed as a TCPConn does (its
+// poller says "use of closed file").
+func opError(op string, c *rawIOConn, err error) error {
 	var oe *net.OpError
 	if errors.As(err, &oe) {
 		err = oe.Err
 	}
+	if fc, ok := c.Conn.(*fileConn); ok && fc.closed.Load() && !errors.Is(err, os.ErrDeadlineExceeded) {
+		err = net.ErrClosed
+	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// rawListener is a TCP listener that accepts with a raw accept4 call inside
+// the poller's callback and hands out connections over an *os.File
+// registered with the poller. Go's own accept path makes three calls
+// through the syscall package's blocking path per connection (accept4,
+// getsockname, setsockopt TCP_NODELAY) plus the accept4 that finds the
+// queue empty; each such call from an idle process wakes the runtime's
+// monitor thread (rawIOConn). Here the peer address comes with accept4,
+// the local address is the listener's, and TCP_NODELAY is set once on the
+// listening socket, which accepted sockets inherit.
+//
+// The listening socket is held as an *os.File (a duplicate of the
+// listener's, which is closed): a *net.TCPListener's raw connection does
+// not offer Read.
+type rawListener struct {
+	f      *os.File
+	rc     syscall.RawConn
+	local  *net.TCPAddr
+	closed atomic.Bool
+
+	mu  sync.Mutex // one Accept at a time; guards the fields below
+	nfd int
+	sa  unix.RawSockaddrInet4
+	err error
+	fn  func(fd uintptr) bool
+}
+
+// rawListen replaces an IPv4 TCP listener by a rawListener on the same
+// socket; anything else is returned as it is. On error ln is left open.
+func rawListen(ln net.Listener) (net.Listener, error) {
+	tl, ok := ln.(*net.TCPListener)
+	local, _ := ln.Addr().(*net.TCPAddr)
+	if !ok || local == nil || local.IP.To4() == nil {
+		return ln, nil
+	}
+	f, err := tl.File()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}); err != nil || serr != nil {
+		f.Close()
+		return nil, errors.Join(err, serr)
+	}
+	tl.Close() // the duplicate keeps the socket listening
+	l := &rawListener{f: f, rc: rc, local: local}
+	l.fn = l.accept
+	return l, nil
+}
+
+// Addr implements net.Listener.
+func (l *rawListener) Addr() net.Addr { return l.local }
+
+// Close implements net.Listener; a pending Accept returns net.ErrClosed.
+func (l *rawListener) Close() error {
+	l.closed.Store(true)
+	return l.f.Close()
+}
+
+func (l *rawListener) accept(fd uintptr) bool {
+	for {
+		salen := uint32(unsafe.Sizeof(l.sa))
+		nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.sa)), uintptr(unsafe.Pointer(&salen)),
+			unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+		switch e {
+		case 0:
+			l.nfd = int(nfd)
+			return true
+		case unix.EINTR, unix.ECONNABORTED:
+			// ECONNABORTED: a connection closed while queued; as Go's
+			// accept, take the next one.
+			continue
+		case unix.EAGAIN:
+			return false // wait until a connection is queued
+		default:
+			l.err = os.NewSyscallError("accept4", e)
+			return true
+		}
+	}
+}
+
+// Accept waits for the next connection. Errors are *net.OpError as from
+// a *net.TCPListener (net.ErrClosed after Close).
+func (l *rawListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.nfd, l.err = -1, nil
+	err := l.rc.Read(l.fn)
+	if err == nil {
+		err = l.err
+	}
+	if err != nil {
+		if l.closed.Load() {
+			err = net.ErrClosed
+		}
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.local, Err: err}
+	}
+	// The descriptor is non-blocking: NewFile registers it with the poller
+	// (its flag check is the runtime's own raw fcntl).
+	f := os.NewFile(uintptr(l.nfd), "tcp")
+	frc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.local, Err: err}
+	}
+	port := uint16(l.sa.Port>>8) | uint16(l.sa.Port<<8) // network byte order
+	remote := &net.TCPAddr{IP: net.IPv4(l.sa.Addr[0], l.sa.Addr[1], l.sa.Addr[2], l.sa.Addr[3]).To4(), Port: int(port)}
+	return newRawIOConn(&fileConn{File: f, local: l.local, remote: remote}, frc), nil
+}
+
+// fileConn is an accepted socket held as an *os.File (poller-registered,
+// with deadlines) that rawIOConn reads and writes.
+type fileConn struct {
+	*os.File
+	local, remote net.Addr
+	closed        atomic.Bool
+}
+
+func (c *fileConn) LocalAddr() net.Addr  { return c.local }
+func (c *fileConn) RemoteAddr() net.Addr { return c.remote }
+
+func (c *fileConn) Close() error {
+	c.closed.Store(true)
+	return c.File.Close()
 }

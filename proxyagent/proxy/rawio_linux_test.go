@@ -9,39 +9,64 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// tcpPair returns a raw-I/O connection and its peer.
-func tcpPair(t *testing.T) (*rawIOConn, *net.TCPConn) {
+// tcpPair returns a raw-I/O connection and its peer: with accepted, the
+// connection is the one rawListener accepts, else the dialling side
+// wrapped by rawIO.
+func tcpPair(t *testing.T, accepted bool) (*rawIOConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	if accepted {
+		if ln, err = rawListen(ln); err != nil {
+			t.Fatal(err)
+		}
+	}
 	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
+	acc := make(chan net.Conn, 1)
 	go func() {
 		c, _ := ln.Accept()
-		accepted <- c
+		acc <- c
 	}()
 	c, err := net.Dial("tcp4", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	peer := (<-accepted).(*net.TCPConn)
-	r, ok := rawIO(c).(*rawIOConn)
-	if !ok {
-		t.Fatal("rawIO did not wrap a TCP connection")
+	a := <-acc
+	var r net.Conn
+	var peer net.Conn
+	if accepted {
+		r, peer = a, c
+	} else {
+		r, peer = rawIO(c), a
 	}
-	t.Cleanup(func() { r.Close(); peer.Close() })
-	return r, peer
+	rr, ok := r.(*rawIOConn)
+	if !ok {
+		t.Fatalf("%T is not a raw-I/O connection", r)
+	}
+	t.Cleanup(func() { rr.Close(); peer.Close() })
+	return rr, peer.(*net.TCPConn)
 }
 
-// The raw connection behaves as the wrapped one where the proxy relies on
-// it: whole writes past a full socket buffer, EOF, deadlines, resets.
+// The raw connection behaves as a *net.TCPConn where the proxy relies on
+// it: whole writes past a full socket buffer, half-close, EOF, deadlines,
+// resets, errors after Close; dialled and accepted alike.
 func TestRawIOConn(t *testing.T) {
+	for _, accepted := range []bool{false, true} {
+		t.Run(map[bool]string{false: "dialled", true: "accepted"}[accepted], func(t *testing.T) {
+			testRawIOConn(t, accepted)
+		})
+	}
+}
+
+func testRawIOConn(t *testing.T, accepted bool) {
 	t.Run("large write and read", func(t *testing.T) {
-		r, peer := tcpPair(t)
+		r, peer := tcpPair(t, accepted)
 		want := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB: the socket buffer fills
 		got := make(chan []byte, 1)
 		go func() {
@@ -68,7 +93,7 @@ func TestRawIOConn(t *testing.T) {
 		}
 	})
 	t.Run("read deadline", func(t *testing.T) {
-		r, _ := tcpPair(t)
+		r, _ := tcpPair(t, accepted)
 		r.SetReadDeadline(time.Now().Add(-time.Second))
 		_, err := r.Read(make([]byte, 1))
 		var ne net.Error
@@ -77,7 +102,7 @@ func TestRawIOConn(t *testing.T) {
 		}
 	})
 	t.Run("closed", func(t *testing.T) {
-		r, _ := tcpPair(t)
+		r, _ := tcpPair(t, accepted)
 		r.Close()
 		if _, err := r.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
 			t.Fatalf("Read after Close: %v, want net.ErrClosed", err)
@@ -87,7 +112,7 @@ func TestRawIOConn(t *testing.T) {
 		}
 	})
 	t.Run("reset", func(t *testing.T) {
-		r, peer := tcpPair(t)
+		r, peer := tcpPair(t, accepted)
 		peer.SetLinger(0) // close with RST, delivered on loopback before Close returns
 		peer.Close()
 		_, rerr := r.Read(make([]byte, 1))
@@ -99,4 +124,57 @@ func TestRawIOConn(t *testing.T) {
 			t.Fatalf("Write to a reset connection: %v, want EPIPE", err)
 		}
 	})
+}
+
+// rawListener's connections carry the addresses and options Go's accept
+// gives them, and its errors are those of a *net.TCPListener.
+func TestRawListener(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl, err := rawListen(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	for range 3 {
+		acc := make(chan net.Conn, 1)
+		go func() {
+			c, _ := rl.Accept()
+			acc <- c
+		}()
+		c, err := net.Dial("tcp4", rl.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := <-acc
+		if a == nil {
+			t.Fatal("Accept failed")
+		}
+		if a.RemoteAddr().String() != c.LocalAddr().String() || a.LocalAddr().String() != c.RemoteAddr().String() {
+			t.Errorf("accepted %v -> %v, dialled %v -> %v", a.RemoteAddr(), a.LocalAddr(), c.LocalAddr(), c.RemoteAddr())
+		}
+		// Responses written in pieces must not wait for ACKs (Nagle):
+		// the accepted socket has TCP_NODELAY, inherited from the listener.
+		rc, _ := a.(syscall.Conn).SyscallConn()
+		nodelay := -1
+		rc.Control(func(fd uintptr) { nodelay, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY) })
+		if nodelay != 1 {
+			t.Errorf("accepted socket's TCP_NODELAY = %d, want 1", nodelay)
+		}
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 8)
+		if n, err := a.Read(buf); err != nil || string(buf[:n]) != "ping" {
+			t.Fatalf("Read = %q, %v", buf[:n], err)
+		}
+		c.Close()
+		a.Close()
+	}
+	rl.Close()
+	if _, err := rl.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
+	}
 }

@@ -395,7 +395,7 @@ func (s *Server) bind(addr string) (net.Listener, error) {
 	for i := 0; i < s.opts.BindRetries; i++ {
 		ln, err := lc.Listen(context.Background(), "tcp4", addr)
 		if err == nil {
-			return ln, nil
+			return rawListenOrClose(ln)
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) {
 			return nil, err
@@ -403,7 +403,22 @@ func (s *Server) bind(addr string) (net.Listener, error) {
 		s.log.Warn("proxy listen address in use, retrying", "addr", addr, "attempt", i+1)
 		time.Sleep(s.opts.BindRetryInterval)
 	}
-	return lc.Listen(context.Background(), "tcp4", addr)
+	ln, err := lc.Listen(context.Background(), "tcp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	return rawListenOrClose(ln)
+}
+
+// rawListenOrClose makes ln accept with raw calls (rawListen), closing it
+// if that fails.
+func rawListenOrClose(ln net.Listener) (net.Listener, error) {
+	rl, err := rawListen(ln)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return rl, nil
 }
 
 func (s *Server) status(running bool, msg string) {

@@ -479,6 +479,12 @@ func (r *Redirector) take(client netip.AddrPort) (bpf.RedirectConnRecord, bool) 
 		return rec, false
 	}
 	key := bpf.RedirectConnKey{Addr: addr.As4(), Port: client.Port()}
+	switch takeRaw(r.objs.ConnRecords, &key, &rec) {
+	case rawTaken:
+		return rec, true
+	case rawMissing:
+		return rec, false
+	}
 	err := r.objs.ConnRecords.LookupAndDelete(key, &rec)
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		// Kernels before 5.14 cannot look up and delete in one step.

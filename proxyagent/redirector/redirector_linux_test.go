@@ -537,6 +537,21 @@ func TestLookup(t *testing.T) {
 	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:40001")); ok {
 		t.Error("record found twice")
 	}
+	// Lookup's raw call (not the library's fallback) takes the whole
+	// record and deletes it.
+	key.Port = 40002
+	want = bpf.RedirectConnRecord{CgroupId: 1, Netns: 2, StartTime: 3, ExecId: 4, Pid: 5, Tid: 6, Uid: 7, Gid: 8,
+		OrigAddr: [4]byte{168, 63, 129, 16}, OrigPort: 32526, Family: 2, Collision: 1, Comm: [16]byte{'a', 'b', 15: 'z'}}
+	if err := r.objs.ConnRecords.Put(key, want); err != nil {
+		t.Fatal(err)
+	}
+	var got bpf.RedirectConnRecord
+	if res := takeRaw(r.objs.ConnRecords, &key, &got); res != rawTaken || got != want {
+		t.Errorf("takeRaw = %d, %+v; want %d, %+v", res, got, rawTaken, want)
+	}
+	if res := takeRaw(r.objs.ConnRecords, &key, &got); res != rawMissing {
+		t.Errorf("takeRaw of a taken record = %d, want %d (missing)", res, rawMissing)
+	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
