@@ -61,11 +61,25 @@ type clientConn struct {
 
 func (c *clientConn) Close() error {
 	err := c.Conn.Close()
+	c.done()
+	return err
+}
+
+// closeOwned is Close for the connection's goroutine when it is finished
+// with the connection and nothing else reads or writes it: the socket is
+// closed at once, its descriptor may be given back in a batch
+// (fdReleaser).
+func (c *clientConn) closeOwned() {
+	closeOwned(c.Conn, &c.st.s.fds)
+	c.done()
+}
+
+// done releases the connection's slot and upstream, once.
+func (c *clientConn) done() {
 	c.once.Do(func() {
 		c.st.close()
 		c.release()
 	})
-	return err
 }
 
 // connState is what the proxy knows about one client TCP connection. setup

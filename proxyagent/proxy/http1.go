@@ -145,7 +145,7 @@ func (s *Server) serveConn(cc *clientConn) {
 	hc.bw = bufWriters.Get().(*bufio.Writer)
 	hc.bw.Reset(cc)
 	defer func() {
-		cc.Close()
+		cc.closeOwned()
 		s.conns.remove(hc)
 		hc.br.Reset(nil)
 		bufReaders.Put(hc.br)

@@ -299,3 +299,44 @@ func (c *fileConn) Close() error {
 	c.closed.Store(true)
 	return c.File.Close()
 }
+
+// devNull is a descriptor on /dev/null for closeOwned, opened once; -1
+// if it cannot be opened.
+var devNull = sync.OnceValue(func() int {
+	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+})
+
+// closeOwned closes c for its owner (clientConn.closeOwned). An accepted
+// connection's socket is closed with one raw dup3 that puts /dev/null on
+// its descriptor: the socket's last reference goes (FIN, or RST over
+// unread data, exactly as close), the kernel drops its poller
+// registration, and the number stays taken, so it cannot be reused while
+// the os.File still names it, until r closes the file. Anything else, or
+// when that fails, is closed at once.
+func closeOwned(c net.Conn, r *fdReleaser) {
+	rc, ok := c.(*rawIOConn)
+	if !ok {
+		c.Close()
+		return
+	}
+	fc, ok := rc.Conn.(*fileConn)
+	null := devNull()
+	if !ok || null < 0 {
+		c.Close()
+		return
+	}
+	var e syscall.Errno
+	err := rc.rc.Control(func(fd uintptr) {
+		_, _, e = unix.RawSyscall(unix.SYS_DUP3, uintptr(null), fd, unix.O_CLOEXEC)
+	})
+	if err != nil || e != 0 {
+		c.Close()
+		return
+	}
+	fc.closed.Store(true)
+	r.add(fc.File)
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -111,6 +112,30 @@ func testRawIOConn(t *testing.T, accepted bool) {
 			t.Fatalf("Write after Close: %v, want net.ErrClosed", err)
 		}
 	})
+	if accepted {
+		t.Run("closed by its owner", func(t *testing.T) {
+			// The socket closes at once (the peer reads EOF); the
+			// descriptor number stays taken, on /dev/null, until the
+			// releaser gives it back.
+			r, peer := tcpPair(t, accepted)
+			var fd uintptr
+			r.rc.Control(func(s uintptr) { fd = s })
+			link := "/proc/self/fd/" + strconv.Itoa(int(fd))
+			var rel fdReleaser
+			closeOwned(r, &rel)
+			peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("peer Read after closeOwned = %d, %v; want io.EOF", n, err)
+			}
+			if target, err := os.Readlink(link); err != nil || target != "/dev/null" {
+				t.Fatalf("descriptor %d before the release: %q, %v; want /dev/null", fd, target, err)
+			}
+			rel.flush()
+			if target, err := os.Readlink(link); err == nil && target == "/dev/null" {
+				t.Fatalf("descriptor %d still open after the release", fd)
+			}
+		})
+	}
 	t.Run("reset", func(t *testing.T) {
 		r, peer := tcpPair(t, accepted)
 		peer.SetLinger(0) // close with RST, delivered on loopback before Close returns

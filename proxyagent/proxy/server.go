@@ -256,7 +256,8 @@ type Server struct {
 
 	ctx    context.Context // ends with Close: stops upstream dials and exchanges
 	cancel context.CancelFunc
-	conns  connSet // client connections being served
+	conns  connSet    // client connections being served
+	fds    fdReleaser // descriptors of finished client connections
 
 	pool    upstreamPool // idle upstream connections shared by client connections
 	uploads byteBudget   // buffers of large signed uploads (reserveUpload)
@@ -473,6 +474,7 @@ func (s *Server) closeListeners() {
 // when requests were still in flight.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
+	defer s.fds.flush()
 	defer s.pool.closeAll()
 	// Look again when a connection ends, and at growing intervals (1 ms to
 	// 500 ms, as Go's server) for one that turned idle after a response.
@@ -499,5 +501,6 @@ func (s *Server) Close() error {
 	s.cancel()
 	s.conns.closeConns(true)
 	s.pool.closeAll()
+	s.fds.flush()
 	return nil
 }
