@@ -204,6 +204,11 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 		if err := profileAgent(ctx, b, o); err != nil {
 			rep.Notes = append(rep.Notes, "perf profile failed: "+err.Error())
 		}
+		if err := countPerRequest(ctx, b, o); err != nil {
+			rep.Notes = append(rep.Notes, "perf counts failed: "+err.Error())
+		} else {
+			rep.Notes = append(rep.Notes, "kernel events per request (perf stat): "+filepath.Join(o.perfDir, "counts.txt"))
+		}
 	}
 	for _, k := range order {
 		c := cells[k]
