@@ -194,10 +194,11 @@ func (s *Server) dial(ctx context.Context, dest netip.AddrPort) (*upstream, erro
 
 // take removes the upstream connection from the state for one request's
 // use. A kept connection (the eager one, or one kept after a response) is
-// checked first and replaced when the host has closed it; with none kept, a
-// new one is dialled. pooled says the connection was kept, not dialled for
+// checked first (upstream.alive; replayable: the request can be sent again
+// if the connection turns out closed) and replaced when the host has
+// closed it; with none kept, a new one is dialled. pooled says the connection was kept, not dialled for
 // this request. take fails with the eager dial's error when that failed.
-func (st *connState) take(ctx context.Context) (up *upstream, pooled bool, err error) {
+func (st *connState) take(ctx context.Context, replayable bool) (up *upstream, pooled bool, err error) {
 	if st.dialErr != nil {
 		return nil, false, st.dialErr
 	}
@@ -212,7 +213,7 @@ func (st *connState) take(ctx context.Context) (up *upstream, pooled bool, err e
 		}
 		return nil, false, net.ErrClosed
 	}
-	if up != nil && !up.alive() {
+	if up != nil && !up.alive(replayable) {
 		st.s.log.Debug("upstream closed the idle connection, reconnecting", "tcpId", st.tcpID)
 		up.close()
 		up = nil
@@ -321,7 +322,7 @@ func (p *upstreamPool) get(dest netip.AddrPort) *upstream {
 			p.idle[dest] = list
 		}
 		p.mu.Unlock()
-		if now.Sub(it.since) <= p.maxIdle && it.up.alive() {
+		if now.Sub(it.since) <= p.maxIdle && it.up.alive(false) {
 			return it.up
 		}
 		it.up.close()
@@ -403,10 +404,15 @@ func (u *upstream) close() { u.conn.Close() }
 
 // alive reports whether an idle connection can still be used: no pending
 // bytes and the peer has not closed it (seen by a non-blocking peek, or
-// trusted within upstreamFresh of the dial or peek while unused).
-func (u *upstream) alive() bool {
+// trusted within upstreamFresh of the dial or peek while unused). For a
+// replayable request the peek is skipped: if the host has closed the
+// connection, roundTrip sends the request again on a new one.
+func (u *upstream) alive(replayable bool) bool {
 	if u.br.Buffered() > 0 {
 		return false
+	}
+	if replayable {
+		return true
 	}
 	now := time.Now()
 	if now.Sub(u.seen) < upstreamFresh {

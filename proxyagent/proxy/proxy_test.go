@@ -765,6 +765,15 @@ func TestUpstreamReconnect(t *testing.T) {
 
 // A host that drops an idle kept-alive connection without saying so.
 func TestUpstreamSilentCloseReconnect(t *testing.T) {
+	// POST: not replayable, so the kept connection is peeked before use.
+	// GET: replayable, sent without a peek; the closed connection fails it
+	// and it is sent again on a new one.
+	for _, method := range []string{"POST", "GET"} {
+		t.Run(method, func(t *testing.T) { testUpstreamSilentClose(t, method) })
+	}
+}
+
+func testUpstreamSilentClose(t *testing.T, method string) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -795,7 +804,11 @@ func TestUpstreamSilentCloseReconnect(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.Upstream = func(netip.AddrPort) string { return ln.Addr().String() } })
 	c := e.connect(rootRec(wsDest))
 	for i := 0; i < 3; i++ {
-		resp, body := c.do(req("POST", "/p", "Content-Length: 1") + "x")
+		raw := req("POST", "/p", "Content-Length: 1") + "x"
+		if method == "GET" {
+			raw = req("GET", "/p")
+		}
+		resp, body := c.do(raw)
 		if resp.StatusCode != 200 || body != "ok" {
 			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
 		}
