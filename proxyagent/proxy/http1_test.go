@@ -404,3 +404,40 @@ func TestCloseEndsExchangeInFlight(t *testing.T) {
 		t.Errorf("audited status %d, want 502 (exchange ended by Close)", ev.Status)
 	}
 }
+
+// A goroutine that served a connection serves the next one; at most
+// maxIdleWorkers wait, and they end when the listeners close.
+func TestWorkersReused(t *testing.T) {
+	e := newEnv(t, nil)
+	idle := func(n int32) {
+		t.Helper()
+		testsupport.WaitFor(t, fmt.Sprintf("%d idle workers", n), func() bool { return e.srv.idleWorkers.Load() == n })
+	}
+	for i := range 10 {
+		c := e.connect(userRec(imdsDest))
+		if resp, _ := c.do(req("GET", "/ok")); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+		c.c.Close()
+		e.waitClientsClosed()
+		idle(1) // one goroutine serves them all in turn
+	}
+	var clients []*client
+	for range 3 * maxIdleWorkers {
+		c := e.connect(userRec(imdsDest))
+		if resp, _ := c.do(req("GET", "/ok")); resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		clients = append(clients, c)
+	}
+	idle(0)
+	for _, c := range clients {
+		c.c.Close()
+	}
+	e.waitClientsClosed()
+	idle(maxIdleWorkers)
+	if err := e.srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	idle(0)
+}

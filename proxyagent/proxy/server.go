@@ -256,8 +256,15 @@ type Server struct {
 
 	ctx    context.Context // ends with Close: stops upstream dials and exchanges
 	cancel context.CancelFunc
-	conns  connSet    // client connections being served
-	fds    fdReleaser // descriptors of finished client connections
+	conns  connSet // client connections being served
+	// handoff passes accepted connections to idle workers (dispatch);
+	// idleWorkers counts those waiting; noMoreConns, closed with the
+	// listeners, ends them.
+	handoff     chan *clientConn
+	idleWorkers atomic.Int32
+	noMoreConns chan struct{}
+	stopWorkers sync.Once
+	fds         fdReleaser // descriptors of finished client connections
 
 	pool    upstreamPool // idle upstream connections shared by client connections
 	uploads byteBudget   // buffers of large signed uploads (reserveUpload)
@@ -328,7 +335,7 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxIdleUpstream == 0 {
 		opts.MaxIdleUpstream = DefaultMaxIdleUpstream
 	}
-	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy")}
+	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy"), handoff: make(chan *clientConn), noMoreConns: make(chan struct{})}
 	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
 	s.uploads.free = opts.UploadBudget
 	s.handle = s.serveRequest
@@ -457,6 +464,7 @@ func (s *Server) Serve() error {
 // closeListeners stops accepting; later connections are refused.
 func (s *Server) closeListeners() {
 	s.conns.closing.Store(true)
+	s.stopWorkers.Do(func() { close(s.noMoreConns) })
 	s.mu.Lock()
 	ln, cln := s.ln, s.cln
 	s.mu.Unlock()
