@@ -425,18 +425,28 @@ func (u *upstream) alive(replayable bool) bool {
 	return true
 }
 
-// deadlineConn sets a fresh deadline before every read and write.
+// deadlineConn gives every read and write at least 7/8 of timeout: a
+// deadline is moved to now+timeout only when less than that is left, so a
+// busy connection re-arms its timers about once per timeout/8 instead of
+// on every call (each a timer update in the runtime poller).
 type deadlineConn struct {
 	net.Conn
 	timeout time.Duration
+	rd, wd  time.Time // the deadlines set; one user at a time
 }
 
 func (c *deadlineConn) Read(p []byte) (int, error) {
-	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	if now := time.Now(); c.rd.Sub(now) < c.timeout-c.timeout/8 {
+		c.rd = now.Add(c.timeout)
+		c.Conn.SetReadDeadline(c.rd)
+	}
 	return c.Conn.Read(p)
 }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	if now := time.Now(); c.wd.Sub(now) < c.timeout-c.timeout/8 {
+		c.wd = now.Add(c.timeout)
+		c.Conn.SetWriteDeadline(c.wd)
+	}
 	return c.Conn.Write(p)
 }

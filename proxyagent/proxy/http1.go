@@ -267,7 +267,12 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 		return nil, err
 	}
 	hc.lr.N = math.MaxInt64
-	hc.conn.SetReadDeadline(time.Time{})
+	if req.ContentLength != 0 {
+		// The body is read without the header deadline (forward bounds
+		// it). Without a body nothing reads the connection before the
+		// next request's wait, which sets its own.
+		hc.conn.SetReadDeadline(time.Time{})
+	}
 	if req.ProtoMajor != 1 {
 		return nil, statusError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
 	}
