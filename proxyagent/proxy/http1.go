@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -57,6 +58,33 @@ type httpConn struct {
 	bw   *bufio.Writer
 	w    respWriter  // the current request's, reused (respWriter)
 	idle atomic.Bool // waiting for a request: Shutdown may close it
+	rd   time.Time   // the read deadline set (setReadDeadline)
+}
+
+// setReadDeadline sets the client connection's read deadline.
+func (hc *httpConn) setReadDeadline(t time.Time) error {
+	hc.rd = t
+	return hc.conn.SetReadDeadline(t)
+}
+
+// readWithin gives the next reads between 7/8 of d and d: the deadline
+// set is kept when it falls in that window (a keep-alive connection
+// re-arms its idle timer about once per d/8, not per request).
+func (hc *httpConn) readWithin(d time.Duration) {
+	now := time.Now()
+	if left := hc.rd.Sub(now); left >= d-d/8 && left <= d {
+		return
+	}
+	hc.setReadDeadline(now.Add(d))
+}
+
+// headerBuffered reports whether the buffered bytes hold a whole request
+// head (a line, then the end of a header block), so reading it needs no
+// more network reads. Line ends tolerated before it (readRequest) do not
+// count.
+func (hc *httpConn) headerBuffered() bool {
+	b, _ := hc.br.Peek(hc.br.Buffered())
+	return bytes.Contains(bytes.TrimLeft(b, "\r\n"), []byte("\r\n\r\n"))
 }
 
 // connSet tracks the connections being served, for Shutdown and Close.
@@ -203,14 +231,22 @@ func (s *Server) serveConn(cc *clientConn) {
 		if first {
 			wait, atLeast = s.opts.ReadHeaderTimeout, 1
 		}
-		cc.SetReadDeadline(time.Now().Add(wait))
+		if first {
+			hc.setReadDeadline(time.Now().Add(wait))
+		} else {
+			hc.readWithin(wait)
+		}
 		hc.lr.N = int64(s.opts.MaxHeaderBytes) + 4096
 		if _, err := hc.br.Peek(atLeast); err != nil {
 			return
 		}
 		hc.idle.Store(false)
-		if !first { // the first request's header time counts from accept
-			cc.SetReadDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
+		// The first request's header time counts from accept. A later
+		// one's counts from its first byte, unless its whole header block
+		// has arrived already (usual for a small request), when reading
+		// it cannot wait on the client.
+		if !first && !hc.headerBuffered() {
+			hc.setReadDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
 		}
 		req, err := hc.readRequest(lastPost)
 		if s.conns.closing.Load() {
@@ -271,7 +307,7 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 		// The body is read without the header deadline (forward bounds
 		// it). Without a body nothing reads the connection before the
 		// next request's wait, which sets its own.
-		hc.conn.SetReadDeadline(time.Time{})
+		hc.setReadDeadline(time.Time{})
 	}
 	if req.ProtoMajor != 1 {
 		return nil, statusError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
@@ -545,7 +581,7 @@ func (w *respWriter) Flush() {
 
 // SetReadDeadline bounds reading the request body
 // (http.ResponseController).
-func (w *respWriter) SetReadDeadline(t time.Time) error { return w.hc.conn.SetReadDeadline(t) }
+func (w *respWriter) SetReadDeadline(t time.Time) error { return w.hc.setReadDeadline(t) }
 
 // commit writes the head into the connection's buffer, followed by the
 // held body.

@@ -674,13 +674,27 @@ func TestContentLengthAndTransferEncoding(t *testing.T) {
 	}
 }
 
-// Slowloris: a client that never finishes its headers is disconnected.
+// Slowloris: a client that never finishes its headers is disconnected,
+// on its first request and on a later one of a keep-alive connection
+// (whose idle timeout is far longer), also after line ends tolerated
+// after a POST body.
 func TestHeaderReadTimeout(t *testing.T) {
-	e := newEnv(t, func(o *Options) { o.ReadHeaderTimeout = 200 * time.Millisecond })
+	e := newEnv(t, func(o *Options) { o.ReadHeaderTimeout = 200 * time.Millisecond; o.IdleTimeout = time.Hour })
+	const slow = "GET /machine HTTP/1.1\r\nHost: 168.63.129.16\r\nX-Slow: "
 	c := e.connect(rootRec(wsDest))
-	c.send("GET /machine HTTP/1.1\r\nHost: 168.63.129.16\r\nX-Slow: ")
+	c.send(slow)
 	if !c.closedByServer() {
 		t.Fatal("slow client still connected")
+	}
+	for _, first := range []string{req("GET", "/x"), req("POST", "/x", "Content-Length: 1") + "x\r\n\r\n"} {
+		c = e.connect(rootRec(wsDest))
+		if resp, _ := c.do(first); resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		c.send(slow)
+		if !c.closedByServer() {
+			t.Fatalf("slow second request after %q: still connected", first)
+		}
 	}
 }
 
