@@ -100,7 +100,10 @@ const (
 	DefaultMaxFiles = 5
 	DefaultPerm     = 0o640
 	// bufferLimit is how much a Writer buffers before writing by itself.
-	bufferLimit = 64 << 10
+	// Each such write is a blocking-path system call, which in a busy
+	// agent wakes the runtime's monitor thread; at 256 KiB a busy proxy
+	// writes its logs about four times a second per 1 MB/s of lines.
+	bufferLimit = 256 << 10
 )
 
 // Options tunes a Writer; zero fields take the defaults.
@@ -118,7 +121,7 @@ type Options struct {
 }
 
 // Writer appends complete lines to a file, buffering them until Flush (or
-// until 64 KiB are pending). Before a line is added, if the file with the
+// until 256 KiB are pending). Before a line is added, if the file with the
 // pending lines has reached MaxSize, the file is renamed to
 // "<name>.<YYYY-MM-DDTHH.MM.SS.mmm>-<unixnanos><ext>" (ext being the
 // extension of name, e.g. "ProxyAgent.Connection.log.2025-04-23T12.00.00.123-1745409600123000000.log")
@@ -252,7 +255,7 @@ func (w *Writer) Close() error {
 }
 
 // flush writes buf. Without an open file, the pending lines are kept up
-// to 4×64 KiB and dropped beyond. Caller holds mu.
+// to 4×bufferLimit and dropped beyond. Caller holds mu.
 func (w *Writer) flush() error {
 	if len(w.buf) == 0 {
 		return nil
