@@ -32,7 +32,14 @@
 // framing rules (a differential test and fuzzer compare the two). A client
 // that closes its connection while its request is with the host is
 // noticed when the answer is written, not before; the exchange is bounded
-// by ResponseTimeout.
+// by ResponseTimeout. Goroutines that finished a connection take the next
+// one (dispatch).
+//
+// Sockets (rawio_linux.go): on Linux connections are accepted, read,
+// written and closed with raw system calls inside the runtime poller's
+// callbacks, and the descriptors of finished connections are given back
+// in batches (fdReleaser): the syscall package's blocking path would wake
+// the runtime's monitor thread on every connection.
 //
 // Upstream connection: one per client connection at a time, taken right
 // after accept for a connection with claims: an idle pooled connection to
