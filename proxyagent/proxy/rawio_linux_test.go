@@ -14,6 +14,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// acceptDialled dials ln and returns the accepted and the dialled side.
+func acceptDialled(t *testing.T, ln net.Listener) (accepted, dialled net.Conn) {
+	t.Helper()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := <-acc
+	if a == nil {
+		c.Close()
+		t.Fatal("Accept failed")
+	}
+	return a, c
+}
+
 // tcpPair returns a raw-I/O connection and its peer: with accepted, the
 // connection is the one rawListener accepts, else the dialling side
 // wrapped by rawIO.
@@ -29,16 +49,7 @@ func tcpPair(t *testing.T, accepted bool) (*rawIOConn, *net.TCPConn) {
 		}
 	}
 	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := <-acc
+	a, c := acceptDialled(t, ln)
 	var r net.Conn
 	var peer net.Conn
 	if accepted {
@@ -164,19 +175,7 @@ func TestRawListener(t *testing.T) {
 	}
 	defer rl.Close()
 	for range 3 {
-		acc := make(chan net.Conn, 1)
-		go func() {
-			c, _ := rl.Accept()
-			acc <- c
-		}()
-		c, err := net.Dial("tcp4", rl.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		a := <-acc
-		if a == nil {
-			t.Fatal("Accept failed")
-		}
+		a, c := acceptDialled(t, rl)
 		if a.RemoteAddr().String() != c.LocalAddr().String() || a.LocalAddr().String() != c.RemoteAddr().String() {
 			t.Errorf("accepted %v -> %v, dialled %v -> %v", a.RemoteAddr(), a.LocalAddr(), c.LocalAddr(), c.RemoteAddr())
 		}
