@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"testing"
 
+	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/identity"
 )
 
@@ -18,6 +19,12 @@ func TestImageCachePinnedByPidfd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
+	// Start returns during the exec, before the kernel has set the new
+	// command line; a process that connects is always past that point.
+	testsupport.WaitFor(t, "sleep's command line", func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+		return len(b) > 0
+	})
 	var r Resolver
 	pid := uint32(cmd.Process.Pid)
 	st, err := r.readStat(pid)
