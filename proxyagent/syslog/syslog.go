@@ -180,57 +180,94 @@ func (w *Writer) format(dst []byte, sev int, line []byte) []byte {
 	return append(dst, line...)
 }
 
-// run owns the connection: it sends every queued message, redialling a
-// lost socket at most once per RedialInterval.
+// maxBatch bounds the messages sent with one system call.
+const maxBatch = 64
+
+// run owns the connection: it sends the queued messages, as many at once
+// as are waiting (up to maxBatch).
 func (w *Writer) run() {
 	defer close(w.done)
-	var (
-		conn     net.Conn
-		nextDial time.Time
-		down     bool // an outage has been logged
-	)
-	defer func() {
-		if conn != nil {
-			conn.Close()
-		}
-	}()
+	s := sender{w: w}
+	defer s.close()
+	buf := make([][]byte, 0, maxBatch)
 	for msg := range w.queue {
-		if conn == nil && !time.Now().Before(nextDial) {
+		batch := append(buf[:0], msg)
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case m, ok := <-w.queue:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, m)
+			default:
+				break drain
+			}
+		}
+		s.send(batch)
+		clear(batch) // sent or dropped: garbage now
+	}
+}
+
+// sender is the run goroutine's connection to the daemon.
+type sender struct {
+	w        *Writer
+	conn     *net.UnixConn
+	nextDial time.Time
+	down     bool // an outage has been logged
+}
+
+func (s *sender) close() {
+	if s.conn != nil {
+		s.conn.Close()
+	}
+}
+
+// send sends batch in order, counting each message as written or
+// dropped; a lost socket is redialled at most once per RedialInterval.
+func (s *sender) send(batch [][]byte) {
+	w := s.w
+	for len(batch) > 0 {
+		if s.conn == nil && !time.Now().Before(s.nextDial) {
 			c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: w.opts.Path, Net: "unixgram"})
 			if err != nil {
-				nextDial = time.Now().Add(w.opts.RedialInterval)
-				if !down {
-					down = true
+				s.nextDial = time.Now().Add(w.opts.RedialInterval)
+				if !s.down {
+					s.down = true
 					w.opts.Logger.Warn("syslog socket unavailable; audit records are not sent to syslog until it is back",
 						"path", w.opts.Path, "err", err)
 				}
 			} else {
-				conn = c
+				s.conn = c
 			}
 		}
-		if conn == nil {
-			w.dropped.Add(1)
-			continue
+		if s.conn == nil {
+			w.dropped.Add(uint64(len(batch)))
+			return
 		}
-		_ = conn.SetWriteDeadline(time.Now().Add(w.opts.WriteTimeout))
-		if _, err := conn.Write(msg); err != nil {
-			w.dropped.Add(1)
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				// The daemon went away (ECONNREFUSED, ENOENT): redial.
-				conn.Close()
-				conn = nil
+		_ = s.conn.SetWriteDeadline(time.Now().Add(w.opts.WriteTimeout))
+		n, err := sendBatch(s.conn, batch)
+		w.written.Add(uint64(n))
+		batch = batch[n:]
+		if err == nil {
+			if s.down {
+				s.down = false
+				w.opts.Logger.Info("syslog audit output restored", "path", w.opts.Path)
 			}
-			if !down {
-				down = true
-				w.opts.Logger.Warn("syslog write failed; dropping audit records until it works again",
-					"path", w.opts.Path, "err", err)
-			}
-			continue
+			return
 		}
-		w.written.Add(1)
-		if down {
-			down = false
-			w.opts.Logger.Info("syslog audit output restored", "path", w.opts.Path)
+		// The first unsent message is dropped; the rest are tried again.
+		w.dropped.Add(1)
+		batch = batch[1:]
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			// The daemon went away (ECONNREFUSED, ENOENT): redial.
+			s.conn.Close()
+			s.conn = nil
+		}
+		if !s.down {
+			s.down = true
+			w.opts.Logger.Warn("syslog write failed; dropping audit records until it works again",
+				"path", w.opts.Path, "err", err)
 		}
 	}
 }

@@ -240,3 +240,26 @@ func BenchmarkSyslogWriteRecord(b *testing.B) {
 		w.WriteRecord(line, rec)
 	}
 }
+
+// Records queued faster than the daemon reads reach it in order, one
+// datagram each and none lost: they go out in batches, which wait while
+// the daemon's receive queue is full.
+func TestBurstInOrder(t *testing.T) {
+	d := listen(t, filepath.Join(t.TempDir(), "log"))
+	w := New(Options{Path: d.path, Logger: quiet})
+	defer w.Close()
+	const n = 500 // far more than the kernel queues unread (net.unix.max_dgram_qlen, 10 by default)
+	for i := range n {
+		w.WriteRecord([]byte(`{"seq":`+strconv.Itoa(i)+`}`), &audit.Record{Decision: "allow"})
+	}
+	for i := range n {
+		_, _, _, body := parse(t, d.next())
+		if want := `{"seq":` + strconv.Itoa(i) + `}`; body != want {
+			t.Fatalf("message %d: %q, want %q", i, body, want)
+		}
+	}
+	testsupport.WaitFor(t, "every record counted as written", func() bool { return w.Written() == n })
+	if w.Dropped() != 0 {
+		t.Errorf("dropped %d, want 0", w.Dropped())
+	}
+}

@@ -21,7 +21,7 @@ var countEvents = []string{
 	"syscalls:sys_enter_epoll_pwait", "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_ctl",
 	"syscalls:sys_enter_futex", "syscalls:sys_enter_nanosleep", "syscalls:sys_enter_sched_yield",
 	"syscalls:sys_enter_accept4", "syscalls:sys_enter_close", "syscalls:sys_enter_dup3",
-	"syscalls:sys_enter_read", "syscalls:sys_enter_recvfrom", "syscalls:sys_enter_write", "syscalls:sys_enter_writev",
+	"syscalls:sys_enter_read", "syscalls:sys_enter_recvfrom", "syscalls:sys_enter_write", "syscalls:sys_enter_writev", "syscalls:sys_enter_sendmmsg",
 	"syscalls:sys_enter_getsockname", "syscalls:sys_enter_setsockopt", "syscalls:sys_enter_fcntl",
 	"syscalls:sys_enter_bpf", "syscalls:sys_enter_pidfd_send_signal",
 }
