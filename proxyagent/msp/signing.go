@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -56,10 +57,25 @@ func ClaimsValue(isRoot bool) string {
 }
 
 // FormatDate renders t as the RFC 1123 GMT text used in HeaderDate, for
-// example "Wed, 23 Apr 2025 12:00:00 GMT".
+// example "Wed, 23 Apr 2025 12:00:00 GMT". The text of the last second
+// asked for is kept: the requests of one second share it.
 func FormatDate(t time.Time) string {
-	return t.UTC().Format(http.TimeFormat)
+	sec := t.Unix()
+	if d := lastDate.Load(); d != nil && d.sec == sec {
+		return d.text
+	}
+	text := t.UTC().Format(http.TimeFormat)
+	lastDate.Store(&formattedDate{sec: sec, text: text})
+	return text
 }
+
+// formattedDate is one FormatDate result.
+type formattedDate struct {
+	sec  int64
+	text string
+}
+
+var lastDate atomic.Pointer[formattedDate]
 
 // ParseDate parses a HeaderDate value written by FormatDate.
 func ParseDate(s string) (time.Time, error) {

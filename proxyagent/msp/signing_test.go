@@ -266,6 +266,22 @@ func TestDateRoundTrip(t *testing.T) {
 	if _, err := ParseDate("2025-04-23T12:00:00Z"); err == nil {
 		t.Fatal("ParseDate accepted a non-RFC1123 date")
 	}
+	// The kept text of the last second never answers for another one,
+	// nor for another zone's same instant wrongly.
+	for _, c := range []struct {
+		t    time.Time
+		want string
+	}{
+		{tm.Add(999 * time.Millisecond), testDate},
+		{tm.Add(time.Second), "Wed, 23 Apr 2025 12:00:01 GMT"},
+		{tm.In(time.FixedZone("X", 3600)).Add(time.Second), "Wed, 23 Apr 2025 12:00:01 GMT"},
+		{tm.Add(-time.Millisecond), "Wed, 23 Apr 2025 11:59:59 GMT"},
+		{tm, testDate},
+	} {
+		if got := FormatDate(c.t); got != c.want {
+			t.Errorf("FormatDate(%v) = %q, want %q", c.t, got, c.want)
+		}
+	}
 }
 
 // FuzzCanonical checks that canonicalisation never panics, is

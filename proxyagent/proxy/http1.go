@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // This file is the proxy's HTTP/1.1 server: one goroutine per client
@@ -630,7 +632,7 @@ func (w *respWriter) commit() {
 		}
 	}
 	if _, ok := h["Date"]; !ok {
-		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+		h.Set("Date", msp.FormatDate(time.Now()))
 	}
 	if hasCL && hasTE && te != "identity" {
 		h.Del("Content-Length")
