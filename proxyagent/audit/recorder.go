@@ -107,6 +107,7 @@ type Recorder struct {
 	seq      uint64
 	prev     string
 	lineBuf  []byte
+	msgBuf   []byte // the connection-log message being written
 	recBuf   []byte // the audit line being written
 	errLimit time.Time
 }
@@ -371,7 +372,9 @@ func (r *Recorder) report(err error) {
 
 func (r *Recorder) handle(j *job) {
 	if !j.hasEvent {
-		r.lineBuf = appendConnLine(r.lineBuf[:0], r.opts.Now(), j.level, j.httpID, j.tcpID, j.message)
+		r.msgBuf = appendConnPrefix(r.msgBuf[:0], j.httpID, j.tcpID)
+		r.msgBuf = append(r.msgBuf, j.message...)
+		r.lineBuf = logfile.AppendLine(r.lineBuf[:0], r.opts.Now(), j.level, r.msgBuf)
 		_, err := r.connLog.Write(r.lineBuf)
 		r.report(err)
 		return
@@ -392,7 +395,8 @@ func (r *Recorder) handle(j *job) {
 		return
 	}
 	if lvl := eventLevel(ev); r.connLog != nil && lvl <= r.opts.ConnLogLevel {
-		r.lineBuf = appendConnLine(r.lineBuf[:0], ev.Time, lvl, ev.HTTPID, ev.TCPID, eventMessage(ev))
+		r.msgBuf = appendEventMessage(appendConnPrefix(r.msgBuf[:0], ev.HTTPID, ev.TCPID), ev)
+		r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, lvl, r.msgBuf)
 		_, err := r.connLog.Write(r.lineBuf)
 		r.report(err)
 	}
@@ -439,10 +443,13 @@ func NewRecord(ev *Event) Record {
 	return rec
 }
 
-// appendConnLine formats "<header>{httpID}[{tcpID}] - {message}\n".
-func appendConnLine(dst []byte, t time.Time, l logfile.Level, httpID, tcpID uint64, msg string) []byte {
-	prefix := strconv.FormatUint(httpID, 10) + "[" + strconv.FormatUint(tcpID, 10) + "] - "
-	return logfile.AppendLine(dst, t, l, prefix+msg)
+// appendConnPrefix appends "{httpID}[{tcpID}] - ", which begins every
+// connection-log message after the line's header.
+func appendConnPrefix(dst []byte, httpID, tcpID uint64) []byte {
+	dst = strconv.AppendUint(dst, httpID, 10)
+	dst = append(dst, '[')
+	dst = strconv.AppendUint(dst, tcpID, 10)
+	return append(dst, "] - "...)
 }
 
 // eventLevel is Info for answered requests below 400, Warn otherwise.
@@ -453,49 +460,52 @@ func eventLevel(ev *Event) logfile.Level {
 	return logfile.Info
 }
 
-// eventMessage is the connection-log text of one request outcome.
-func eventMessage(ev *Event) string {
-	var b bytes.Buffer
-	b.WriteString(ev.Method)
-	b.WriteByte(' ')
-	b.WriteString(ev.Target)
+// appendEventMessage appends the connection-log text of one request
+// outcome.
+func appendEventMessage(b []byte, ev *Event) []byte {
+	b = append(b, ev.Method...)
+	b = append(b, ' ')
+	b = append(b, ev.Target...)
 	if ev.Dest.IsValid() {
-		b.WriteString(" to ")
-		b.WriteString(string(ev.Service))
-		b.WriteByte(' ')
-		b.WriteString(ev.Dest.String())
+		b = append(b, " to "...)
+		b = append(b, ev.Service...)
+		b = append(b, ' ')
+		b = ev.Dest.AppendTo(b)
 	}
 	if c := ev.Caller; c != nil && (c.OtherNetns || c.ContainerID != "") {
-		b.WriteString(" from container")
+		b = append(b, " from container"...)
 		if c.ContainerID != "" {
-			b.WriteString(" " + c.ContainerID[:min(12, len(c.ContainerID))])
+			b = append(b, ' ')
+			b = append(b, c.ContainerID[:min(12, len(c.ContainerID))]...)
 		}
 		if c.PodUID != "" {
-			b.WriteString(" pod " + c.PodUID)
+			b = append(b, " pod "...)
+			b = append(b, c.PodUID...)
 		}
 		if c.CgroupPath != "" {
-			b.WriteString(" cgroup " + c.CgroupPath)
+			b = append(b, " cgroup "...)
+			b = append(b, c.CgroupPath...)
 		}
 	}
-	b.WriteString(" - ")
-	b.WriteString(ResponseStatus(ev.Status))
+	b = append(b, " - "...)
+	b = append(b, ResponseStatus(ev.Status)...)
 	if ev.Authorized {
-		b.WriteString(" - decision ")
-		b.WriteString(ev.Decision.Result.String())
+		b = append(b, " - decision "...)
+		b = append(b, ev.Decision.Result.String()...)
 		if ev.Decision.Reason != "" {
-			b.WriteString(" (")
-			b.WriteString(ev.Decision.Reason)
-			b.WriteByte(')')
+			b = append(b, " ("...)
+			b = append(b, ev.Decision.Reason...)
+			b = append(b, ')')
 		}
 	}
-	b.WriteString(" - ")
-	b.WriteString(strconv.FormatInt(ev.Latency.Milliseconds(), 10))
-	b.WriteString(" ms")
+	b = append(b, " - "...)
+	b = strconv.AppendInt(b, ev.Latency.Milliseconds(), 10)
+	b = append(b, " ms"...)
 	if ev.Error != "" {
-		b.WriteString(" - ")
-		b.WriteString(ev.Error)
+		b = append(b, " - "...)
+		b = append(b, ev.Error...)
 	}
-	return b.String()
+	return b
 }
 
 // upstreamClaimsJSON is c as upstream serialises claims (no ancestry).

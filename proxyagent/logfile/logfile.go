@@ -79,7 +79,7 @@ func AppendHeader(dst []byte, t time.Time, l Level) []byte {
 // AppendLine appends one complete line: header, msg and "\n". Carriage
 // returns and line feeds inside msg are written as the two characters
 // `\r` and `\n`, so that no message can forge further lines.
-func AppendLine(dst []byte, t time.Time, l Level, msg string) []byte {
+func AppendLine[S ~string | ~[]byte](dst []byte, t time.Time, l Level, msg S) []byte {
 	dst = AppendHeader(dst, t, l)
 	for i := 0; i < len(msg); i++ {
 		switch c := msg[i]; c {
