@@ -279,8 +279,9 @@ func (l *rawListener) Accept() (net.Conn, error) {
 		f.Close()
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.local, Err: err}
 	}
-	port := uint16(l.sa.Port>>8) | uint16(l.sa.Port<<8) // network byte order
-	remote := &net.TCPAddr{IP: net.IPv4(l.sa.Addr[0], l.sa.Addr[1], l.sa.Addr[2], l.sa.Addr[3]).To4(), Port: int(port)}
+	p := (*[2]byte)(unsafe.Pointer(&l.sa.Port)) // network byte order
+	port := int(p[0])<<8 | int(p[1])
+	remote := &net.TCPAddr{IP: net.IPv4(l.sa.Addr[0], l.sa.Addr[1], l.sa.Addr[2], l.sa.Addr[3]).To4(), Port: port}
 	return newRawIOConn(&fileConn{File: f, local: l.local, remote: remote}, frc), nil
 }
 
