@@ -2,6 +2,7 @@ package load
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -52,15 +53,18 @@ func TestRunCountsStatusesAndConnections(t *testing.T) {
 	// Connections are counted per case: a request the previous case
 	// cancelled when its run ended can still reach the handler later.
 	var mu sync.Mutex
-	conns := map[string]map[string]bool{}
+	conns := map[string]map[net.Conn]bool{}
 	var sawHeader bool
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// A connection is told apart by its net.Conn, not its address: a
+	// client port is reused within a case when connections come fast.
+	type connKey struct{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		name := r.URL.Query().Get("case")
 		if conns[name] == nil {
-			conns[name] = map[string]bool{}
+			conns[name] = map[net.Conn]bool{}
 		}
-		conns[name][r.RemoteAddr] = true
+		conns[name][r.Context().Value(connKey{}).(net.Conn)] = true
 		if r.Header.Get("Metadata") == "true" {
 			sawHeader = true
 		}
@@ -71,6 +75,10 @@ func TestRunCountsStatusesAndConnections(t *testing.T) {
 		}
 		w.Write([]byte("ok"))
 	}))
+	srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, connKey{}, c)
+	}
+	srv.Start()
 	defer srv.Close()
 
 	for _, c := range []struct {
