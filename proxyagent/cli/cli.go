@@ -121,8 +121,9 @@ func runService(cfgPath string, console io.Reader, stderr io.Writer) int {
 }
 
 // serviceProcs is how many processors (GOMAXPROCS) the agent's service
-// takes: 1 unless the GOMAXPROCS environment variable, env here, sets it
-// (then 0: the runtime already applied it). The agent's work per request
+// takes: 1 unless the GOMAXPROCS environment variable, env here, sets a
+// positive number (then 0: the runtime already applied it; a value the
+// runtime ignores still gets 1). The agent's work per request
 // is a few microseconds between socket waits. On one processor the thread
 // that polls the network runs the goroutine it woke; with more, each
 // accepted connection and each host answer also wakes an idle thread to
@@ -131,7 +132,7 @@ func runService(cfgPath string, console io.Reader, stderr io.Writer) int {
 // 13), while one processor carries ~20k requests a second, far more than
 // the metadata services accept from a VM.
 func serviceProcs(env string) int {
-	if env != "" {
+	if n, err := strconv.Atoi(env); err == nil && n > 0 {
 		return 0
 	}
 	return 1

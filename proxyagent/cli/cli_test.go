@@ -66,3 +66,13 @@ func TestStatusWithoutAgent(t *testing.T) {
 		t.Fatalf("exit %d output %q", code, out)
 	}
 }
+
+// The service takes one processor unless GOMAXPROCS sets a number the
+// runtime applies.
+func TestServiceProcs(t *testing.T) {
+	for env, want := range map[string]int{"": 1, "0": 1, "-2": 1, "abc": 1, "1": 0, "4": 0} {
+		if got := serviceProcs(env); got != want {
+			t.Errorf("serviceProcs(%q) = %d, want %d", env, got, want)
+		}
+	}
+}

@@ -194,11 +194,10 @@ func (s *Server) dial(ctx context.Context, dest netip.AddrPort) (*upstream, erro
 
 // take removes the upstream connection from the state for one request's
 // use. A kept connection (the eager one, or one kept after a response) is
-// checked first (upstream.alive; replayable: the request can be sent again
-// if the connection turns out closed) and replaced when the host has
-// closed it; with none kept, a new one is dialled. pooled says the connection was kept, not dialled for
+// checked first and replaced when the host has closed it; with none kept, a
+// new one is dialled. pooled says the connection was kept, not dialled for
 // this request. take fails with the eager dial's error when that failed.
-func (st *connState) take(ctx context.Context, replayable bool) (up *upstream, pooled bool, err error) {
+func (st *connState) take(ctx context.Context) (up *upstream, pooled bool, err error) {
 	if st.dialErr != nil {
 		return nil, false, st.dialErr
 	}
@@ -213,7 +212,7 @@ func (st *connState) take(ctx context.Context, replayable bool) (up *upstream, p
 		}
 		return nil, false, net.ErrClosed
 	}
-	if up != nil && !up.alive(replayable) {
+	if up != nil && !up.alive() {
 		st.s.log.Debug("upstream closed the idle connection, reconnecting", "tcpId", st.tcpID)
 		up.close()
 		up = nil
@@ -322,7 +321,7 @@ func (p *upstreamPool) get(dest netip.AddrPort) *upstream {
 			p.idle[dest] = list
 		}
 		p.mu.Unlock()
-		if now.Sub(it.since) <= p.maxIdle && it.up.alive(false) {
+		if now.Sub(it.since) <= p.maxIdle && it.up.alive() {
 			return it.up
 		}
 		it.up.close()
@@ -404,15 +403,13 @@ func (u *upstream) close() { u.conn.Close() }
 
 // alive reports whether an idle connection can still be used: no pending
 // bytes and the peer has not closed it (seen by a non-blocking peek, or
-// trusted within upstreamFresh of the dial or peek while unused). For a
-// replayable request the peek is skipped: if the host has closed the
-// connection, roundTrip sends the request again on a new one.
-func (u *upstream) alive(replayable bool) bool {
+// trusted within upstreamFresh of the dial or peek while unused). The
+// peek also finds bytes the host sent unasked (a 408 before it closes),
+// which would otherwise be read as the next request's answer, so even a
+// request roundTrip could replay is not sent without it.
+func (u *upstream) alive() bool {
 	if u.br.Buffered() > 0 {
 		return false
-	}
-	if replayable {
-		return true
 	}
 	now := time.Now()
 	if now.Sub(u.seen) < upstreamFresh {

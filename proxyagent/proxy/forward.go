@@ -211,7 +211,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, st *connState, 
 // unavailable or closed and 503 for other failures.
 func (s *Server) roundTrip(ctx context.Context, st *connState, out *outRequest) (*http.Response, *upstream, int, error) {
 	for attempt := 0; ; attempt++ {
-		up, reused, err := st.take(ctx, attempt == 0 && out.stream == nil && idempotent(out.Method))
+		up, reused, err := st.take(ctx)
 		if err != nil {
 			return nil, nil, http.StatusBadGateway, err
 		}

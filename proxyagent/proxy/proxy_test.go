@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -832,6 +833,56 @@ func testUpstreamSilentClose(t *testing.T, method string) {
 	defer mu.Unlock()
 	if conns != 3 {
 		t.Errorf("upstream connections %d, want 3", conns)
+	}
+}
+
+// Bytes a host sends unasked on a kept connection (a 408 before it closes
+// an idle connection) are never taken for the next request's answer, not
+// even for a GET the proxy could send again: the connection is peeked and
+// replaced.
+func TestUpstreamUnaskedBytesNotAnAnswer(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	answered, unasked := make(chan struct{}), make(chan struct{}, 1)
+	go func() {
+		for n := 0; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn, n int) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				if n > 0 {
+					c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"))
+					return
+				}
+				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"))
+				// Once the client has the answer, the proxy has read all of
+				// it: the next bytes stay in the kernel, not in its buffer.
+				// On loopback the write returns once they are queued there.
+				<-answered
+				c.Write([]byte("HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+				unasked <- struct{}{}
+				br.ReadByte() // until the proxy closes the connection
+			}(c, n)
+		}
+	}()
+	e := newEnv(t, func(o *Options) { o.Upstream = func(netip.AddrPort) string { return ln.Addr().String() } })
+	c := e.connect(rootRec(wsDest))
+	if resp, body := c.do(req("GET", "/a")); resp.StatusCode != 200 || body != "first" {
+		t.Fatalf("first request: %d %q", resp.StatusCode, body)
+	}
+	close(answered)
+	testsupport.Receive(t, "the host's unasked 408", unasked)
+	if resp, body := c.do(req("GET", "/b")); resp.StatusCode != 200 || body != "second" {
+		t.Fatalf("second request: %d %q, want the new connection's 200", resp.StatusCode, body)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -105,6 +106,9 @@ var pinnedMaps = []string{bpf.RedirectMapPolicyMap, bpf.RedirectMapConnRecords, 
 type Redirector struct {
 	cfg Config
 	log *slog.Logger
+	// noRawTake: the raw lookup-and-delete failed once (an old kernel);
+	// records are taken through the library from then on.
+	noRawTake atomic.Bool
 
 	mu     sync.RWMutex // guards everything below; Lookup and SetPolicy hold it shared
 	objs   *bpf.RedirectObjects
@@ -479,11 +483,14 @@ func (r *Redirector) take(client netip.AddrPort) (bpf.RedirectConnRecord, bool) 
 		return rec, false
 	}
 	key := bpf.RedirectConnKey{Addr: addr.As4(), Port: client.Port()}
-	switch takeRaw(r.objs.ConnRecords, &key, &rec) {
-	case rawTaken:
-		return rec, true
-	case rawMissing:
-		return rec, false
+	if !r.noRawTake.Load() {
+		switch takeRaw(r.objs.ConnRecords, &key, &rec) {
+		case rawTaken:
+			return rec, true
+		case rawMissing:
+			return rec, false
+		}
+		r.noRawTake.Store(true)
 	}
 	err := r.objs.ConnRecords.LookupAndDelete(key, &rec)
 	if errors.Is(err, ebpf.ErrNotSupported) {

@@ -13,12 +13,15 @@ import (
 // bpfMapLookupAndDeleteElem is the bpf(2) command (uapi linux/bpf.h).
 const bpfMapLookupAndDeleteElem = 21
 
-// mapElemAttr is bpf(2)'s attribute for the map element commands.
+// mapElemAttr is bpf(2)'s attribute for the map element commands. The
+// key and value addresses are kept as pointers, so the garbage collector
+// keeps and never moves what they point at; the kernel's fields are 64
+// bits, as a pointer on 64-bit platforms (takeRaw is used there only).
 type mapElemAttr struct {
 	mapFD uint32
 	_     uint32
-	key   uint64
-	value uint64
+	key   unsafe.Pointer
+	value unsafe.Pointer
 	flags uint64
 }
 
@@ -38,15 +41,17 @@ const (
 // Map.LookupAndDelete makes the same call through the blocking path.
 //
 // The kernel copies ValueSize bytes into rec, so a map whose sizes are
-// not exactly those of the Go types is left to the library.
+// not exactly those of the Go types is left to the library, as is a
+// 32-bit platform.
 func takeRaw(m *ebpf.Map, key *bpf.RedirectConnKey, rec *bpf.RedirectConnRecord) rawTakeResult {
-	if m.KeySize() != uint32(unsafe.Sizeof(*key)) || m.ValueSize() != uint32(unsafe.Sizeof(*rec)) {
+	if unsafe.Sizeof(mapElemAttr{}) != 32 ||
+		m.KeySize() != uint32(unsafe.Sizeof(*key)) || m.ValueSize() != uint32(unsafe.Sizeof(*rec)) {
 		return rawUnsupported
 	}
 	attr := mapElemAttr{
 		mapFD: uint32(m.FD()),
-		key:   uint64(uintptr(unsafe.Pointer(key))),
-		value: uint64(uintptr(unsafe.Pointer(rec))),
+		key:   unsafe.Pointer(key),
+		value: unsafe.Pointer(rec),
 	}
 	_, _, e := unix.RawSyscall(unix.SYS_BPF, bpfMapLookupAndDeleteElem, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
 	runtime.KeepAlive(key)
