@@ -79,10 +79,10 @@ func TestObservability(t *testing.T) {
 		t.Fatalf("nobody's IMDS call: %d", r.Status)
 	}
 
-	// The service runs on one processor unless GOMAXPROCS says otherwise.
+	// The service runs on one processor unless GOMAXPROCS sets a number.
 	procs := "1"
-	if v := os.Getenv("GOMAXPROCS"); v != "" {
-		procs = v
+	if n, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && n > 0 {
+		procs = strconv.Itoa(n)
 	}
 	for _, q := range []struct{ query, want string }{
 		{`go_gomaxprocs`, procs},

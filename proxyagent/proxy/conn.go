@@ -422,10 +422,21 @@ func (u *upstream) alive() bool {
 	return true
 }
 
-// deadlineConn gives every read and write at least 7/8 of timeout: a
-// deadline is moved to now+timeout only when less than that is left, so a
-// busy connection re-arms its timers about once per timeout/8 instead of
-// on every call (each a timer update in the runtime poller).
+// renewDeadline returns the deadline that gives the next call between
+// 7/8 of d and d: set itself when it falls in that window (renew false:
+// nothing to set), else now+d. Keeping a deadline that is still good
+// re-arms a busy connection's timer about once per d/8 instead of on
+// every call (each a timer update in the runtime poller).
+func renewDeadline(set time.Time, d time.Duration) (t time.Time, renew bool) {
+	now := time.Now()
+	if left := set.Sub(now); left >= d-d/8 && left <= d {
+		return set, false
+	}
+	return now.Add(d), true
+}
+
+// deadlineConn gives every read and write at least 7/8 of timeout
+// (renewDeadline).
 type deadlineConn struct {
 	net.Conn
 	timeout time.Duration
@@ -433,17 +444,17 @@ type deadlineConn struct {
 }
 
 func (c *deadlineConn) Read(p []byte) (int, error) {
-	if now := time.Now(); c.rd.Sub(now) < c.timeout-c.timeout/8 {
-		c.rd = now.Add(c.timeout)
-		c.Conn.SetReadDeadline(c.rd)
+	if t, renew := renewDeadline(c.rd, c.timeout); renew {
+		c.rd = t
+		c.Conn.SetReadDeadline(t)
 	}
 	return c.Conn.Read(p)
 }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
-	if now := time.Now(); c.wd.Sub(now) < c.timeout-c.timeout/8 {
-		c.wd = now.Add(c.timeout)
-		c.Conn.SetWriteDeadline(c.wd)
+	if t, renew := renewDeadline(c.wd, c.timeout); renew {
+		c.wd = t
+		c.Conn.SetWriteDeadline(t)
 	}
 	return c.Conn.Write(p)
 }

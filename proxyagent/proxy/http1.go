@@ -69,15 +69,13 @@ func (hc *httpConn) setReadDeadline(t time.Time) error {
 	return hc.conn.SetReadDeadline(t)
 }
 
-// readWithin gives the next reads between 7/8 of d and d: the deadline
-// set is kept when it falls in that window (a keep-alive connection
-// re-arms its idle timer about once per d/8, not per request).
+// readWithin gives the next reads between 7/8 of d and d
+// (renewDeadline): a keep-alive connection re-arms its idle timer about
+// once per d/8, not per request.
 func (hc *httpConn) readWithin(d time.Duration) {
-	now := time.Now()
-	if left := hc.rd.Sub(now); left >= d-d/8 && left <= d {
-		return
+	if t, renew := renewDeadline(hc.rd, d); renew {
+		hc.setReadDeadline(t)
 	}
-	hc.setReadDeadline(now.Add(d))
 }
 
 // headerBuffered reports whether the buffered bytes hold a whole request

@@ -126,3 +126,31 @@ func TestUpstreamPoolBounds(t *testing.T) {
 		t.Errorf("upstream connections %d after expiry, want %d (a new dial)", n, before+1)
 	}
 }
+
+// A deadline is kept while it leaves between 7/8 of d and d, and renewed
+// to now+d otherwise.
+func TestRenewDeadline(t *testing.T) {
+	const d = time.Minute
+	now := time.Now()
+	for _, c := range []struct {
+		set   time.Time
+		renew bool
+	}{
+		{time.Time{}, true},           // none set
+		{now.Add(d - d/16), false},    // still good
+		{now.Add(d / 2), true},        // too close
+		{now.Add(-time.Second), true}, // passed
+		{now.Add(2 * d), true},        // further than d: another timeout's
+	} {
+		got, renew := renewDeadline(c.set, d)
+		if renew != c.renew {
+			t.Errorf("renewDeadline(now%+v) renews %v, want %v", c.set.Sub(now), renew, c.renew)
+		}
+		if !renew && !got.Equal(c.set) {
+			t.Errorf("kept deadline changed: %v, want %v", got, c.set)
+		}
+		if renew && (got.Before(now.Add(d)) || got.After(time.Now().Add(d))) {
+			t.Errorf("renewed to now%+v, want now+%v", got.Sub(now), d)
+		}
+	}
+}
