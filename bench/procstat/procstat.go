@@ -1,5 +1,5 @@
 // Package procstat reads the resource figures of a running process from
-// /proc: CPU time (utime+stime), resident memory (VmRSS, VmHWM), thread
+// /proc: CPU time (utime and stime), resident memory (VmRSS, VmHWM), thread
 // count and open file descriptors.
 package procstat
 
@@ -37,7 +37,7 @@ func Read(pid int) (Sample, error) {
 	if err != nil {
 		return Sample{}, fmt.Errorf("procstat: %w", err)
 	}
-	cpu, _, err := ParseStat(string(st))
+	t, _, err := ParseStat(string(st))
 	if err != nil {
 		return Sample{}, err
 	}
@@ -49,7 +49,7 @@ func Read(pid int) (Sample, error) {
 	if err != nil {
 		return Sample{}, err
 	}
-	s.CPU = cpu
+	s.CPU = t.Total()
 	fds, err := os.ReadDir(filepath.Join(dir, "fd"))
 	if err != nil {
 		return Sample{}, fmt.Errorf("procstat: %w", err)
@@ -60,12 +60,18 @@ func Read(pid int) (Sample, error) {
 
 // CPU returns the user+system time of pid.
 func CPU(pid int) (time.Duration, error) {
+	t, err := SplitCPU(pid)
+	return t.Total(), err
+}
+
+// SplitCPU returns the user and system time of pid.
+func SplitCPU(pid int) (Times, error) {
 	st, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
-		return 0, fmt.Errorf("procstat: %w", err)
+		return Times{}, fmt.Errorf("procstat: %w", err)
 	}
-	cpu, _, err := ParseStat(string(st))
-	return cpu, err
+	t, _, err := ParseStat(string(st))
+	return t, err
 }
 
 // TreeCPU returns the user+system time of pid and of its direct children
@@ -88,37 +94,46 @@ func TreeCPU(pid int) (time.Duration, error) {
 		if err != nil {
 			continue // gone meanwhile
 		}
-		cpu, ppid, err := ParseStat(string(st))
+		t, ppid, err := ParseStat(string(st))
 		if err != nil || ppid != pid || child == pid {
 			continue
 		}
-		total += cpu
+		total += t.Total()
 	}
 	return total, nil
 }
 
-// ParseStat parses a /proc/<pid>/stat line and returns utime+stime and the
-// parent pid. The command name may contain spaces and parentheses.
-func ParseStat(line string) (cpu time.Duration, ppid int, err error) {
+// Times is a process's CPU time, split into user space and kernel.
+type Times struct {
+	User, Sys time.Duration
+}
+
+// Total is user plus system time.
+func (t Times) Total() time.Duration { return t.User + t.Sys }
+
+// ParseStat parses a /proc/<pid>/stat line and returns utime and stime and
+// the parent pid. The command name may contain spaces and parentheses.
+func ParseStat(line string) (t Times, ppid int, err error) {
 	i := strings.LastIndexByte(line, ')')
 	if i < 0 {
-		return 0, 0, errors.New("procstat: stat line without ')'")
+		return Times{}, 0, errors.New("procstat: stat line without ')'")
 	}
 	// Fields after the name start at field 3 (state).
 	f := strings.Fields(line[i+1:])
 	if len(f) < 13 {
-		return 0, 0, fmt.Errorf("procstat: stat line has %d fields after the name", len(f))
+		return Times{}, 0, fmt.Errorf("procstat: stat line has %d fields after the name", len(f))
 	}
 	ppid, err = strconv.Atoi(f[1]) // field 4
 	if err != nil {
-		return 0, 0, fmt.Errorf("procstat: ppid: %w", err)
+		return Times{}, 0, fmt.Errorf("procstat: ppid: %w", err)
 	}
 	ut, err1 := strconv.ParseUint(f[11], 10, 64)  // field 14
 	stt, err2 := strconv.ParseUint(f[12], 10, 64) // field 15
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, 0, fmt.Errorf("procstat: utime/stime: %w", err)
+		return Times{}, 0, fmt.Errorf("procstat: utime/stime: %w", err)
 	}
-	return time.Duration(ut+stt) * time.Second / UserHZ, ppid, nil
+	tick := func(n uint64) time.Duration { return time.Duration(n) * time.Second / UserHZ }
+	return Times{User: tick(ut), Sys: tick(stt)}, ppid, nil
 }
 
 // ParseStatus reads VmRSS, VmHWM and Threads from a /proc/<pid>/status

@@ -9,15 +9,15 @@ import (
 func TestParseStat(t *testing.T) {
 	for _, c := range []struct {
 		name, line string
-		cpu        time.Duration
+		cpu        Times
 		ppid       int
 		bad        bool
 	}{
-		{"plain", "123 (azure-proxy-ag) S 7 123 123 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1000 1 2 3", 3 * time.Second, 7, false},
-		{"name with spaces and parens", "9 (a) b (c)) R 1 9 9 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0", 30 * time.Millisecond, 1, false},
-		{"no name", "123 S 7", 0, 0, true},
-		{"truncated", "123 (x) S 7 1 2", 0, 0, true},
-		{"non-numeric utime", "1 (x) S 0 1 1 0 -1 0 0 0 0 0 u 2 0 0 20 0 1 0", 0, 0, true},
+		{"plain", "123 (azure-proxy-ag) S 7 123 123 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1000 1 2 3", Times{User: 2500 * time.Millisecond, Sys: 500 * time.Millisecond}, 7, false},
+		{"name with spaces and parens", "9 (a) b (c)) R 1 9 9 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0", Times{User: 10 * time.Millisecond, Sys: 20 * time.Millisecond}, 1, false},
+		{"no name", "123 S 7", Times{}, 0, true},
+		{"truncated", "123 (x) S 7 1 2", Times{}, 0, true},
+		{"non-numeric utime", "1 (x) S 0 1 1 0 -1 0 0 0 0 0 u 2 0 0 20 0 1 0", Times{}, 0, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cpu, ppid, err := ParseStat(c.line)

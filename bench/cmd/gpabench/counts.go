@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/opengpa/gpa/bench/procstat"
 )
 
 // countEvents are the kernel events counted per request (perf stat): CPU,
@@ -59,10 +61,32 @@ type countRow struct {
 	name     string
 	requests int
 	counts   eventCounts
+	// cpu is the CPU time the processes spent in user space and in the
+	// kernel during the run (/proc/PID/stat).
+	cpu procstat.Times
 }
 
-// writeCountTable prints per request: CPU µs (task-clock), context
-// switches, all system calls, then each counted call that occurred.
+// procCPU sums the CPU times of the processes pids (comma-separated).
+func procCPU(pids string) (procstat.Times, error) {
+	var sum procstat.Times
+	for _, pid := range strings.Split(pids, ",") {
+		n, err := strconv.Atoi(pid)
+		if err != nil {
+			return procstat.Times{}, err
+		}
+		t, err := procstat.SplitCPU(n)
+		if err != nil {
+			return procstat.Times{}, err
+		}
+		sum.User += t.User
+		sum.Sys += t.Sys
+	}
+	return sum, nil
+}
+
+// writeCountTable prints per request: CPU µs (task-clock) and its user
+// and kernel parts, context switches, all system calls, then each counted
+// call that occurred.
 func writeCountTable(w io.Writer, rows []countRow) {
 	fmt.Fprintln(w, "# per request; perf stat of the server's processes during a 3 s gpaload run (countEvents)")
 	for _, r := range rows {
@@ -71,8 +95,9 @@ func writeCountTable(w io.Writer, rows []countRow) {
 			continue
 		}
 		per := func(ev string) float64 { return r.counts[ev] / float64(r.requests) }
-		fmt.Fprintf(w, "%-34s req %6d  cpu %6.1f µs  ctxsw %5.2f  syscalls %5.1f ", r.name, r.requests,
-			per("task-clock")*1000, per("context-switches"), per("raw_syscalls:sys_enter"))
+		us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(r.requests) }
+		fmt.Fprintf(w, "%-34s req %6d  cpu %6.1f µs (user %5.1f sys %5.1f)  ctxsw %5.2f  syscalls %5.1f ", r.name, r.requests,
+			per("task-clock")*1000, us(r.cpu.User), us(r.cpu.Sys), per("context-switches"), per("raw_syscalls:sys_enter"))
 		for _, ev := range countEvents {
 			name, ok := strings.CutPrefix(ev, "syscalls:sys_enter_")
 			if !ok || per(ev) < 0.005 {
@@ -113,12 +138,20 @@ func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 					return err
 				}
 				time.Sleep(300 * time.Millisecond) // perf attached
+				before, err := procCPU(pids)
+				if err != nil {
+					return err
+				}
 				run, lerr := b.runLoad(ctx, p.caller, "-url", p.url, "-H", "Metadata: true",
 					"-c", strconv.Itoa(c), "-d", "3s", "-warmup", "0s", "-keepalive="+strconv.FormatBool(ka))
+				after, perr := procCPU(pids)
 				_ = stat.Process.Signal(os.Interrupt)
 				_ = stat.Wait()
 				if lerr != nil {
 					return lerr
+				}
+				if perr != nil {
+					return perr
 				}
 				f, err := os.Open(file)
 				if err != nil {
@@ -133,7 +166,8 @@ func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 				if ka {
 					pattern = "keep-alive"
 				}
-				rows = append(rows, countRow{name: fmt.Sprintf("%s %s c=%d", p.name, pattern, c), requests: run.Result.OK, counts: counts})
+				rows = append(rows, countRow{name: fmt.Sprintf("%s %s c=%d", p.name, pattern, c), requests: run.Result.OK, counts: counts,
+					cpu: procstat.Times{User: after.User - before.User, Sys: after.Sys - before.Sys}})
 			}
 		}
 	}

@@ -3,6 +3,9 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/bench/procstat"
 )
 
 // perf stat -x, output as perf 6.x prints it, shortened.
@@ -33,14 +36,15 @@ func TestCountTable(t *testing.T) {
 		}
 	}
 	var sb strings.Builder
-	writeCountTable(&sb, []countRow{{name: "agent keep-alive c=1", requests: 15571, counts: counts}, {name: "nginx", requests: 0}})
+	writeCountTable(&sb, []countRow{{name: "agent keep-alive c=1", requests: 15571, counts: counts,
+		cpu: procstat.Times{User: 450 * time.Millisecond, Sys: 720 * time.Millisecond}}, {name: "nginx", requests: 0}})
 	lines := strings.Split(strings.TrimSpace(sb.String()), "\n")
 	if len(lines) != 3 {
 		t.Fatalf("table:\n%s", sb.String())
 	}
 	// 1167.17 ms / 15571 requests = 75.0 µs; 36850 / 15571 = 2.37; only
 	// calls that occurred are listed.
-	for _, part := range []string{"req  15571", "cpu   75.0 µs", "ctxsw  2.37", "syscalls   9.9", "epoll_pwait 3.14", "write 2.00"} {
+	for _, part := range []string{"req  15571", "cpu   75.0 µs", "user  28.9 sys  46.2", "ctxsw  2.37", "syscalls   9.9", "epoll_pwait 3.14", "write 2.00"} {
 		if !strings.Contains(lines[1], part) {
 			t.Errorf("row %q lacks %q", lines[1], part)
 		}

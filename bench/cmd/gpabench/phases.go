@@ -419,8 +419,8 @@ func benchRestart(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // profileAgent records the agent with perf(1) during extra (unreported)
-// c=1 Enforce runs, keep-alive and new connection, and writes
-// `perf report` text into o.perfDir.
+// Enforce runs — c=1 keep-alive and new connection, c=16 keep-alive — and
+// writes `perf report` text into o.perfDir.
 func profileAgent(ctx context.Context, b *benchEnv, o options) error {
 	if err := os.MkdirAll(o.perfDir, 0o755); err != nil {
 		return err
@@ -428,10 +428,13 @@ func profileAgent(ctx context.Context, b *benchEnv, o options) error {
 	if err := b.setIMDSMode(ctx, "Enforce"); err != nil {
 		return err
 	}
-	for _, ka := range keepAlives {
-		name := "agent-enforce-c1-keepalive"
-		if !ka {
-			name = "agent-enforce-c1-newconn"
+	for _, run := range []struct {
+		c  int
+		ka bool
+	}{{1, true}, {1, false}, {16, true}} {
+		name := fmt.Sprintf("agent-enforce-c%d-keepalive", run.c)
+		if !run.ka {
+			name = fmt.Sprintf("agent-enforce-c%d-newconn", run.c)
 		}
 		data := filepath.Join(o.perfDir, name+".data")
 		rec := exec.CommandContext(ctx, "perf", "record", "-F", "999", "-g", "-o", data, "-p", strconv.Itoa(b.AgentPID()))
@@ -440,7 +443,7 @@ func profileAgent(ctx context.Context, b *benchEnv, o options) error {
 		}
 		time.Sleep(300 * time.Millisecond)
 		_, lerr := b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
-			"-c", "1", "-d", "3s", "-warmup", "0s", "-keepalive="+strconv.FormatBool(ka))
+			"-c", strconv.Itoa(run.c), "-d", "3s", "-warmup", "0s", "-keepalive="+strconv.FormatBool(run.ka))
 		_ = rec.Process.Signal(os.Interrupt)
 		_ = rec.Wait()
 		if lerr != nil {
