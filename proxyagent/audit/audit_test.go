@@ -154,6 +154,8 @@ func TestRoute(t *testing.T) {
 			&out{"200 OK", "", "168.63.129.16", "root"}, &out{"403 Forbidden", "Authorize failed", "168.63.129.16", "root"}},
 		{"deny", withDecision(authz.Deny, 403, ""),
 			&out{"403 Forbidden", blockJSON, "168.63.129.16", "root"}, &out{"403 Forbidden", "Authorize failed", "168.63.129.16", "root"}},
+		{"deny, client gone before the answer", withDecision(authz.Deny, 0, ""),
+			&out{"403 Forbidden", blockJSON, "168.63.129.16", "root"}, &out{"403 Forbidden", "Authorize failed", "168.63.129.16", "root"}},
 		{"deny with proxy's text", withDecision(authz.Deny, 403, "Block unauthorized request: {}"),
 			&out{"403 Forbidden", "Block unauthorized request: {}", "168.63.129.16", "root"}, &out{"403 Forbidden", "Authorize failed", "168.63.129.16", "root"}},
 		{"no claims", noClaims, nil, &out{"421 Misdirected Request", "no claims", "169.254.169.254", "empty"}},
@@ -178,6 +180,13 @@ func TestRoute(t *testing.T) {
 			n, f := route(&tc.ev)
 			check(t, "normal", n, tc.normal)
 			check(t, "failed", f, tc.failed)
+			// The tables a Record counts in are the ones route fills.
+			k := count(&tc.ev)
+			if k.normal != (n != nil) || k.failed != (f != nil) ||
+				(n != nil && ResponseStatus(k.normalStatus) != n.ResponseStatus) ||
+				(f != nil && ResponseStatus(k.failedStatus) != f.ResponseStatus) {
+				t.Errorf("count %+v disagrees with route", k)
+			}
 		})
 	}
 }

@@ -203,17 +203,23 @@ func (r *Recorder) Record(ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = r.opts.Now()
 	}
-	normal, failed := route(&ev)
-	j := job{ev: ev, hasEvent: true}
+	k := count(&ev)
 	now := r.opts.Now()
 	r.mu.Lock()
-	if normal != nil && r.conn.add(now, normal) {
-		j.newSummaries, j.failedTable = append(j.newSummaries, normal), append(j.failedTable, false)
-	}
-	if failed != nil && r.failed.add(now, failed) {
-		j.newSummaries, j.failedTable = append(j.newSummaries, failed), append(j.failedTable, true)
-	}
+	newNormal := k.normal && r.conn.add(now, &ev, k.c, k.normalStatus)
+	newFailed := k.failed && r.failed.add(now, &ev, k.c, k.failedStatus)
 	r.mu.Unlock()
+	j := job{ev: ev, hasEvent: true}
+	if newNormal || newFailed {
+		// Rare (once per key and bucket): the whole summaries.
+		normal, failed := route(&ev)
+		if newNormal {
+			j.newSummaries, j.failedTable = append(j.newSummaries, normal), append(j.failedTable, false)
+		}
+		if newFailed {
+			j.newSummaries, j.failedTable = append(j.newSummaries, failed), append(j.failedTable, true)
+		}
+	}
 	r.enqueue(j)
 }
 

@@ -77,53 +77,78 @@ func responseStatus(code int) string {
 	return strconv.Itoa(code)
 }
 
-// route returns the summaries ev produces for the normal table and for the
-// failed-authenticate table (nil when none):
+// counted says which summary tables one request outcome is counted in,
+// with which claims and response status:
 //
 //   - decision Allow, or not authorized: normal, with ev's status;
-//   - AllowAudited: normal with ev's status, and failed "403 Forbidden",
-//     "Authorize failed";
-//   - Deny: normal "403 Forbidden" with error "Block unauthorized request:
-//     <claims JSON>" (ev.Error when it already says so), and failed as for
-//     AllowAudited;
+//   - AllowAudited: normal with ev's status, and failed "403 Forbidden";
+//   - Deny: normal "403 Forbidden", and failed as for AllowAudited;
 //   - no claims on a redirected connection (ev.Caller nil, ev.Dest valid,
-//     status 421, §4.5 step 7): failed only, with ev's status and error.
+//     status 421, §4.5 step 7): failed only, with ev's status.
 //
-// A request without claims that is recorded in the normal table (a direct
+// A request without claims that is counted in the normal table (a direct
 // connection) uses the empty claims.
-func route(ev *Event) (normal, failed *Summary) {
+type counted struct {
+	c                          *claims.Claims
+	normal, failed             bool
+	normalStatus, failedStatus int
+}
+
+// count returns where ev is counted; it allocates only for a request
+// without claims.
+func count(ev *Event) counted {
 	c := ev.Caller
 	if c == nil {
-		if ev.Dest.IsValid() && !ev.Authorized && ev.Status == http.StatusMisdirectedRequest {
-			e := claims.Empty(clientIP(ev), ev.Client.Port())
-			s := baseSummary(ev, &e)
-			s.ResponseStatus, s.ErrorDetails = ResponseStatus(ev.Status), truncate(ev.Error)
-			return nil, &s
-		}
 		e := claims.Empty(clientIP(ev), ev.Client.Port())
+		if ev.Dest.IsValid() && !ev.Authorized && ev.Status == http.StatusMisdirectedRequest {
+			return counted{c: &e, failed: true, failedStatus: ev.Status}
+		}
 		c = &e
 	}
-	n := baseSummary(ev, c)
-	n.ResponseStatus, n.ErrorDetails = ResponseStatus(ev.Status), truncate(ev.Error)
+	k := counted{c: c, normal: true, normalStatus: ev.Status}
 	if !ev.Authorized || ev.Decision.Result == authz.Allow {
-		return &n, nil
+		return k
 	}
-	f := baseSummary(ev, c)
-	f.ResponseStatus, f.ErrorDetails = ResponseStatus(http.StatusForbidden), AuthorizeFailed
+	k.failed, k.failedStatus = true, http.StatusForbidden
 	if ev.Decision.Result == authz.Deny {
-		n.ResponseStatus = ResponseStatus(http.StatusForbidden)
-		if !strings.HasPrefix(ev.Error, BlockPrefix) {
-			n.ErrorDetails = truncate(BlockPrefix + upstreamClaimsJSON(c))
-		}
+		k.normalStatus = http.StatusForbidden
 	}
-	return &n, &f
+	return k
+}
+
+// route returns the summaries ev produces for the normal table and for the
+// failed-authenticate table (nil when none), as count places them, with
+// their error details: ev's error in the normal entry, except that a Deny
+// says "Block unauthorized request: <claims JSON>" (ev.Error when it
+// already says so); "Authorize failed" in the failed entry of an
+// authorization outcome, ev's error in the failed entry of a request
+// without claims.
+func route(ev *Event) (normal, failed *Summary) {
+	k := count(ev)
+	if k.normal {
+		n := baseSummary(ev, k.c)
+		n.ResponseStatus, n.ErrorDetails = ResponseStatus(k.normalStatus), truncate(ev.Error)
+		if ev.Authorized && ev.Decision.Result == authz.Deny && !strings.HasPrefix(ev.Error, BlockPrefix) {
+			n.ErrorDetails = truncate(BlockPrefix + upstreamClaimsJSON(k.c))
+		}
+		normal = &n
+	}
+	if k.failed {
+		f := baseSummary(ev, k.c)
+		f.ResponseStatus, f.ErrorDetails = ResponseStatus(k.failedStatus), AuthorizeFailed
+		if !ev.Authorized {
+			f.ErrorDetails = truncate(ev.Error)
+		}
+		failed = &f
+	}
+	return normal, failed
 }
 
 func baseSummary(ev *Event, c *claims.Claims) Summary {
 	s := Summary{
 		ID: ev.HTTPID, Method: ev.Method, URL: ev.Target,
 		ClientIP: clientIP(ev), ClientPort: ev.Client.Port(),
-		IP:     "None",
+		IP:     destIP(ev),
 		UserID: c.UserID, UserName: c.UserName, UserGroups: c.UserGroups,
 		ProcessFullPath: c.ProcessFullPath, ProcessCmdLine: c.ProcessCmdLine,
 		RunAsElevated: c.RunAsElevated, ElapsedTime: uint64(ev.Latency.Milliseconds()),
@@ -132,9 +157,18 @@ func baseSummary(ev *Event, c *claims.Claims) Summary {
 		s.UserGroups = []string{}
 	}
 	if ev.Dest.IsValid() {
-		s.IP, s.Port = ev.Dest.Addr().Unmap().String(), ev.Dest.Port()
+		s.Port = ev.Dest.Port()
 	}
 	return s
+}
+
+// destIP is the summaries' "ip": the original destination's address, or
+// "None" without one.
+func destIP(ev *Event) string {
+	if !ev.Dest.IsValid() {
+		return "None"
+	}
+	return ev.Dest.Addr().Unmap().String()
 }
 
 func clientIP(ev *Event) string {
@@ -156,17 +190,27 @@ func truncate(s string) string {
 	return s[:cut]
 }
 
-// appendKey appends upstream's aggregation key to dst.
-func (s *Summary) appendKey(dst []byte) []byte {
-	for i, part := range [...]string{s.UserName, s.ClientIP, s.IP} {
-		if i > 0 {
-			dst = append(dst, ' ')
-		}
-		dst = append(dst, part...)
+// appendKey appends upstream's aggregation key of a summary of ev with
+// claims c and response status to dst: user name, client IP, destination
+// IP and port, process path, command line and status, space-separated.
+// It formats nothing into strings, so a known key costs no allocation.
+func appendKey(dst []byte, ev *Event, c *claims.Claims, status int) []byte {
+	dst = append(dst, c.UserName...)
+	dst = append(dst, ' ')
+	if ev.Client.IsValid() {
+		dst = ev.Client.Addr().Unmap().AppendTo(dst)
 	}
 	dst = append(dst, ' ')
-	dst = strconv.AppendUint(dst, uint64(s.Port), 10)
-	for _, part := range [...]string{s.ProcessFullPath, s.ProcessCmdLine, s.ResponseStatus} {
+	var port uint16
+	if ev.Dest.IsValid() {
+		dst = ev.Dest.Addr().Unmap().AppendTo(dst)
+		port = ev.Dest.Port()
+	} else {
+		dst = append(dst, "None"...)
+	}
+	dst = append(dst, ' ')
+	dst = strconv.AppendUint(dst, uint64(port), 10)
+	for _, part := range [...]string{c.ProcessFullPath, c.ProcessCmdLine, ResponseStatus(status)} {
 		dst = append(dst, ' ')
 		dst = append(dst, part...)
 	}
@@ -211,11 +255,12 @@ func newTable(bucketDur, maxAge time.Duration, maxKeys int) *table {
 	return &table{items: make(map[string]*item), bucket: bucketDur, maxAge: maxAge, maxKeys: maxKeys}
 }
 
-// add counts s at now and reports whether it opened a new bucket (a new
-// key, or the first add of a key in a new bucket). Upstream's buckets
-// start at their first add, not at clock boundaries.
-func (t *table) add(now time.Time, s *Summary) bool {
-	t.keyBuf = s.appendKey(t.keyBuf[:0])
+// add counts a summary of ev with claims c and response status at now,
+// and reports whether it opened a new bucket (a new key, or the first add
+// of a key in a new bucket). Upstream's buckets start at their first add,
+// not at clock boundaries.
+func (t *table) add(now time.Time, ev *Event, c *claims.Claims, status int) bool {
+	t.keyBuf = appendKey(t.keyBuf[:0], ev, c, status)
 	it := t.items[string(t.keyBuf)] // no allocation for a known key
 	if it == nil {
 		k := string(t.keyBuf)
@@ -223,8 +268,8 @@ func (t *table) add(now time.Time, s *Summary) bool {
 			t.makeRoom(now)
 		}
 		t.items[k] = &item{
-			entry: SummaryEntry{UserName: s.UserName, IP: s.IP, Port: s.Port, ProcessCmdLine: s.ProcessCmdLine,
-				ResponseStatus: s.ResponseStatus, UserGroups: s.UserGroups, ProcessFullPath: s.ProcessFullPath},
+			entry: SummaryEntry{UserName: c.UserName, IP: destIP(ev), Port: ev.Dest.Port(), ProcessCmdLine: c.ProcessCmdLine,
+				ResponseStatus: ResponseStatus(status), UserGroups: c.UserGroups, ProcessFullPath: c.ProcessFullPath},
 			buckets: []bucket{{start: now, n: 1}},
 		}
 		return true
