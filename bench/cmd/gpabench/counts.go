@@ -117,6 +117,9 @@ func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 	if b.nginx != nil && b.nginx.Process != nil {
 		paths = append(paths, pathNginx)
 	}
+	if b.relay != nil && b.relay.Process != nil {
+		paths = append(paths, pathGoRelay)
+	}
 	var rows []countRow
 	for _, p := range paths {
 		if err := b.setIMDSMode(ctx, p.imdsMode); err != nil {
@@ -125,6 +128,9 @@ func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 		for _, c := range []int{1, 16} {
 			for _, ka := range keepAlives {
 				pids := strconv.Itoa(b.AgentPID())
+				if p.name == pathGoRelay.name {
+					pids = strconv.Itoa(b.relay.Process.Pid)
+				}
 				if p.name == pathNginx.name {
 					out, err := exec.CommandContext(ctx, "pgrep", "-P", strconv.Itoa(b.nginx.Process.Pid)).Output()
 					if err != nil {

@@ -29,6 +29,7 @@ import (
 // Addresses inside the benchmark namespace.
 const (
 	nginxAddr    = "127.0.0.1:8081" // the reference reverse proxy
+	relayAddr    = "127.0.0.1:8082" // the Go floor (bench/cmd/gorelay)
 	instancePath = "/metadata/instance?api-version=2021-02-01"
 )
 
@@ -45,6 +46,9 @@ type benchEnv struct {
 
 	nginx     *exec.Cmd
 	nginxDone chan struct{}
+	gorelay   string // the Go floor's binary
+	relay     *exec.Cmd
+	relayDone chan struct{}
 	quotaDir  string // cgroup v1 cpu group holding the agent, "" if none
 }
 
@@ -98,9 +102,10 @@ func (b *benchEnv) setIMDSMode(ctx context.Context, mode string) error {
 	}
 }
 
-// sysctl sets a sysctl inside the benchmark namespace only.
+// sysctl sets a sysctl inside the benchmark namespace only (nsenter: the
+// network namespace alone, no remount of /sys as `ip netns exec` does).
 func (b *benchEnv) sysctl(key, value string) error {
-	out, err := exec.Command("ip", "netns", "exec", b.Netns.Name, "sysctl", "-q", "-w", key+"="+value).CombinedOutput()
+	out, err := exec.Command("nsenter", "--net="+b.Netns.Path, "sysctl", "-q", "-w", key+"="+value).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("sysctl %s in netns: %w: %s", key, err, bytes.TrimSpace(out))
 	}
@@ -113,15 +118,16 @@ type loadRun struct {
 	AgentCPU time.Duration `json:"agent_cpu_ns"`
 	HostCPU  time.Duration `json:"host_cpu_ns"`
 	NginxCPU time.Duration `json:"nginx_cpu_ns"`
+	RelayCPU time.Duration `json:"go_relay_cpu_ns"`
 }
 
-// runLoad runs gpaload with args as caller, measuring agent, host and
-// nginx CPU around it.
+// runLoad runs gpaload with args as caller, measuring agent, host, nginx
+// and Go relay CPU around it.
 func (b *benchEnv) runLoad(ctx context.Context, caller e2eenv.Caller, args ...string) (loadRun, error) {
 	agentPID, hostPID := b.AgentPID(), b.hostPID()
 	a0, _ := procstat.CPU(agentPID)
 	h0, _ := procstat.CPU(hostPID)
-	n0 := b.nginxCPU()
+	n0, g0 := b.nginxCPU(), b.relayCPU()
 	cmd := exec.CommandContext(ctx, b.gpaload, args...)
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
 	var stdout, stderr bytes.Buffer
@@ -144,6 +150,7 @@ func (b *benchEnv) runLoad(ctx context.Context, caller e2eenv.Caller, args ...st
 	h1, _ := procstat.CPU(hostPID)
 	r.HostCPU = h1 - h0
 	r.NginxCPU = b.nginxCPU() - n0
+	r.RelayCPU = b.relayCPU() - g0
 	return r, nil
 }
 
@@ -325,6 +332,60 @@ func (b *benchEnv) stopNginx() {
 	b.nginx = nil
 }
 
+// startRelay starts the Go floor (gorelay, GOMAXPROCS=procs) inside the
+// namespace, outside the attached group, relaying to IMDS.
+func (b *benchEnv) startRelay(ctx context.Context, procs int) error {
+	logf, err := os.Create(filepath.Join(b.Dir, "gorelay.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(b.gorelay, "-listen", relayAddr, "-upstream", msp.IMDSAddr.String())
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GOMAXPROCS=" + strconv.Itoa(procs)}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := b.Start(cmd, e2eenv.Root.Outside()); err != nil {
+		logf.Close()
+		return fmt.Errorf("start gorelay: %w", err)
+	}
+	b.relay, b.relayDone = cmd, make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(b.relayDone) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := b.Curl(ctx, e2eenv.Root.Outside(), "http://"+relayAddr+instancePath, "Metadata: true")
+		if err == nil && r.Status == http.StatusOK {
+			return nil
+		}
+		select {
+		case <-b.relayDone:
+			out, _ := os.ReadFile(filepath.Join(b.Dir, "gorelay.log"))
+			return fmt.Errorf("gorelay exited: %s", bytes.TrimSpace(out))
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("gorelay not answering 200 on %s (status %d, %v)", relayAddr, r.Status, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// relayCPU is the CPU used so far by the Go floor.
+func (b *benchEnv) relayCPU() time.Duration {
+	if b.relay == nil || b.relay.Process == nil {
+		return 0
+	}
+	d, _ := procstat.CPU(b.relay.Process.Pid)
+	return d
+}
+
+// stopRelay ends the Go floor.
+func (b *benchEnv) stopRelay() {
+	if b.relay == nil {
+		return
+	}
+	_ = b.relay.Process.Kill()
+	<-b.relayDone
+	b.relay = nil
+}
+
 // cpuV1 is the cgroup v1 cpu controller mount, where CFS quotas are set
 // on this machine (its cgroup2 mount carries no cpu controller).
 const cpuV1 = "/sys/fs/cgroup/cpu"
@@ -383,6 +444,7 @@ func (b *benchEnv) unquotaAgent() error {
 // close removes everything the suite added and then the environment.
 func (b *benchEnv) close() error {
 	b.stopNginx()
+	b.stopRelay()
 	err := b.unquotaAgent()
 	return errors.Join(err, b.Env.Close())
 }

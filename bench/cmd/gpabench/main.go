@@ -45,6 +45,7 @@ type options struct {
 	microTime  string
 	quota      int
 	skipNginx  bool
+	skipRelay  bool
 	perfDir    string
 	cells      *regexp.Regexp // nil: every latency/throughput cell
 	moduleRoot string
@@ -89,12 +90,13 @@ func run() int {
 	flag.StringVar(&o.microTime, "micro-benchtime", "300ms", "-benchtime of the micro-benchmarks")
 	flag.IntVar(&o.quota, "cpu-quota", 15, "CPU quota in percent for the B-rps quota check (0 = skip)")
 	flag.BoolVar(&o.skipNginx, "no-nginx", false, "skip the nginx reference path")
+	flag.BoolVar(&o.skipRelay, "no-go-relay", false, "skip the Go floor path (bench/cmd/gorelay: a bare Go relay)")
 	flag.Func("cells", "run only the latency/throughput cells whose key (path/concurrency/keep-alive, e.g. nginx/1/false) matches this regexp", func(v string) error {
 		re, err := regexp.Compile(v)
 		o.cells = re
 		return err
 	})
-	flag.StringVar(&o.perfDir, "perf", "", "also record the agent with perf(1) during extra c=1 Enforce runs, count kernel events per request (perf stat) for the agent and nginx, and write reports into this directory")
+	flag.StringVar(&o.perfDir, "perf", "", "also record the agent with perf(1) during extra c=1 Enforce runs, count kernel events per request (perf stat) for the agent, nginx and the Go floor, and write reports into this directory")
 	flag.StringVar(&o.moduleRoot, "module", ".", "a directory inside the gpa module")
 	flag.BoolVar(&o.syslog, "syslog", true, "send the agent's audit records to a local syslog socket as well")
 	flag.IntVar(&o.agentProcs, "agent-procs", 0, "the agent's GOMAXPROCS (0 = the agent's default, 1)")
@@ -167,6 +169,10 @@ func suite(ctx context.Context, o options, log *slog.Logger) (*Report, error) {
 	if out, err := goBuild(ctx, root, gpaload, "./bench/cmd/gpaload"); err != nil {
 		return rep, fmt.Errorf("build gpaload: %w: %s", err, out)
 	}
+	gorelay := filepath.Join(binDir, "gorelay")
+	if out, err := goBuild(ctx, root, gorelay, "./bench/cmd/gorelay"); err != nil {
+		return rep, fmt.Errorf("build gorelay: %w: %s", err, out)
+	}
 	// The namespace's clients run as root; the binaries must be reachable.
 	_ = os.Chmod(binDir, 0o755)
 
@@ -193,7 +199,7 @@ func suite(ctx context.Context, o options, log *slog.Logger) (*Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	b := &benchEnv{Env: env, gpaload: gpaload}
+	b := &benchEnv{Env: env, gpaload: gpaload, gorelay: gorelay}
 	defer func() {
 		if err := b.close(); err != nil {
 			log.Error("cleanup", "err", err)

@@ -108,6 +108,7 @@ var (
 	pathDirect       = pathSpec{"direct", "Disabled", imdsBase + instancePath, e2eenv.Root.Outside(), false}
 	pathDirectToken  = pathSpec{"direct-token", "Disabled", imdsBase + tokenPath, e2eenv.Root.Outside(), true}
 	pathNginx        = pathSpec{"nginx", "Disabled", "http://" + nginxAddr + instancePath, e2eenv.Root.Outside(), false}
+	pathGoRelay      = pathSpec{"go-relay", "Disabled", "http://" + relayAddr + instancePath, e2eenv.Root.Outside(), false}
 	pathAudit        = pathSpec{"agent-audit", "Audit", imdsBase + instancePath, e2eenv.Root, false}
 	pathAuditToken   = pathSpec{"agent-audit-token", "Audit", imdsBase + tokenPath, e2eenv.Root, true}
 	pathEnforce      = pathSpec{"agent-enforce", "Enforce", imdsBase + instancePath, e2eenv.Root, false}
@@ -150,6 +151,14 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 		} else {
 			paths = append(paths, pathNginx)
 			defer b.stopNginx()
+		}
+	}
+	if !o.skipRelay {
+		if err := b.startRelay(ctx, o.agentProcsOrDefault()); err != nil {
+			rep.Notes = append(rep.Notes, "Go floor not measured: "+err.Error())
+		} else {
+			paths = append(paths, pathGoRelay)
+			defer b.stopRelay()
 		}
 	}
 	paths = append(paths, pathAudit, pathAuditToken, pathEnforce, pathEnforceToken)

@@ -67,6 +67,7 @@ type Summary struct {
 	AgentCPU   float64 `json:"agent_cpu_s_per_10k"`
 	HostCPU    float64 `json:"host_cpu_s_per_10k"`
 	NginxCPU   float64 `json:"nginx_cpu_s_per_10k"`
+	RelayCPU   float64 `json:"go_relay_cpu_s_per_10k"`
 	Requests   int     `json:"requests"`
 	FirstError string  `json:"first_error,omitempty"`
 }
@@ -160,7 +161,7 @@ func newReport(o options) *Report {
 		fmt.Sprintf("the agent runs with GOMAXPROCS=%d (its service default is 1), nginx with %d worker processes; host simulator and load generator with GOMAXPROCS=2, all on the same machine; the load generator competes with them for the CPUs",
 			o.agentProcsOrDefault(), o.nginxWorkersOrDefault()),
 		"latency is measured in the client (gpaload, Go net/http) per request; medians of the per-run percentiles over -runs runs",
-		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
+		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; go-relay = the Go floor, a bare relay in Go with the agent's processors (bench/cmd/gorelay: no authorization, signing, audit or checks), outside the cgroup, host Disabled; agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
 		"CPU is utime+stime from /proc/<pid>/stat (10 ms ticks) per 10k successful requests; host = azure-host-sim",
 		"goroutine counts are not available (no debug endpoint); threads (/proc/<pid>/status) and FDs (/proc/<pid>/fd) are reported instead",
 		"B-flood and B-ebpf (b) audit-map capacity are not part of this suite; B-ebpf (a) connect cost and (c) load time come from the redirector micro-benchmarks",
@@ -199,7 +200,7 @@ func median(xs []float64) float64 {
 
 // summarize takes the median of every figure over runs.
 func summarize(runs []loadRun) Summary {
-	var p50, p90, p99, p999, rps, agent, host, ngx []float64
+	var p50, p90, p99, p999, rps, agent, host, ngx, relay []float64
 	var s Summary
 	per10k := func(d time.Duration, ok int) float64 {
 		if ok == 0 {
@@ -216,6 +217,7 @@ func summarize(runs []loadRun) Summary {
 		agent = append(agent, per10k(r.AgentCPU, r.OK))
 		host = append(host, per10k(r.HostCPU, r.OK))
 		ngx = append(ngx, per10k(r.NginxCPU, r.OK))
+		relay = append(relay, per10k(r.RelayCPU, r.OK))
 		s.Failed += r.Requests - r.OK
 		s.Requests += r.Requests
 		if s.FirstError == "" {
@@ -223,7 +225,7 @@ func summarize(runs []loadRun) Summary {
 		}
 	}
 	s.P50, s.P90, s.P99, s.P999 = median(p50), median(p90), median(p99), median(p999)
-	s.RPS, s.AgentCPU, s.HostCPU, s.NginxCPU = median(rps), median(agent), median(host), median(ngx)
+	s.RPS, s.AgentCPU, s.HostCPU, s.NginxCPU, s.RelayCPU = median(rps), median(agent), median(host), median(ngx), median(relay)
 	return s
 }
 
@@ -364,6 +366,8 @@ func printTable(w io.Writer, r *Report) {
 						proxyCPU = fmt.Sprintf("%.2f", m.AgentCPU)
 					case l.Path == "nginx":
 						proxyCPU = fmt.Sprintf("%.2f", m.NginxCPU)
+					case l.Path == pathGoRelay.name:
+						proxyCPU = fmt.Sprintf("%.2f", m.RelayCPU)
 					}
 					conn := "keep-alive"
 					if !ka {

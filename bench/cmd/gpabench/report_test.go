@@ -171,3 +171,35 @@ func TestNginxParityVerdicts(t *testing.T) {
 		}
 	}
 }
+
+// The Go floor's rows put the bare relay beside nginx and the agent.
+func TestGoFloorRows(t *testing.T) {
+	r := &Report{Options: map[string]any{}}
+	r.Latency = append(r.Latency,
+		Cell{Path: "direct", Concurrency: 1, KeepAlive: false, Median: Summary{P50: 100, P99: 200}},
+		Cell{Path: "nginx", Concurrency: 1, KeepAlive: false, Median: Summary{P50: 150, P99: 300, NginxCPU: 1}},
+		Cell{Path: "go-relay", Concurrency: 1, KeepAlive: false, Median: Summary{P50: 160, P99: 330, RelayCPU: 1.5}},
+		Cell{Path: "agent-enforce", Concurrency: 1, KeepAlive: false, Median: Summary{P50: 190, P99: 400, AgentCPU: 3}},
+		Cell{Path: "nginx", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 8000, NginxCPU: 0.2}},
+		Cell{Path: "go-relay", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 6000, RelayCPU: 0.3}},
+		Cell{Path: "agent-enforce", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 4000, AgentCPU: 0.45}})
+	r.evaluate()
+	got := map[string]string{}
+	for _, tg := range r.Targets {
+		got[tg.Name] = tg.Measured
+	}
+	for name, want := range map[string]string{
+		"floor: bare Go relay CPU per request vs nginx, c=1 new connection": "1.50 s vs 1.00 s per 10k (1.5×); agent 2.0× the relay",
+		"floor: bare Go relay CPU per request vs nginx, c=16 keep-alive":    "0.30 s vs 0.20 s per 10k (1.5×); agent 1.5× the relay",
+		"floor: bare Go relay added p50 / p99, c=1 new connection":          "+60 / +130 µs",
+		"floor: bare Go relay throughput vs nginx, c=16 keep-alive":         "6000 vs 8000 req/s (0.75×)",
+	} {
+		if got[name] != want {
+			t.Errorf("%s: %q, want %q", name, got[name], want)
+		}
+	}
+	s := summarize([]loadRun{{Result: load.Result{OK: 10000, Requests: 10000}, RelayCPU: 2 * time.Second}})
+	if math.Abs(s.RelayCPU-2) > 1e-9 {
+		t.Errorf("relay CPU per 10k = %v s, want 2", s.RelayCPU)
+	}
+}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// upstream is an HTTP server that answers every request with its Host and
+// the request's Connection header, counting the connections it accepted.
+type upstream struct {
+	*httptest.Server
+	conns atomic.Int64
+	mu    sync.Mutex
+	hosts []string
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.hosts = append(u.hosts, r.Host)
+		u.mu.Unlock()
+		if r.URL.Path == "/empty" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		io.WriteString(w, "path="+r.URL.RequestURI()+" metadata="+r.Header.Get("Metadata")+" connection="+r.Header.Get("Connection"))
+	}))
+	u.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			u.conns.Add(1)
+		}
+	}
+	u.Start()
+	t.Cleanup(u.Close)
+	return u
+}
+
+// startRelay serves a relay to u on a loopback port and returns its address.
+func startRelay(t *testing.T, u *upstream) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go newRelay(u.Listener.Addr().String(), 4).serve(l)
+	return l.Addr().String()
+}
+
+// exchange sends raw on c and reads one response.
+func exchange(t *testing.T, c net.Conn, br *bufio.Reader, raw string) (*http.Response, string) {
+	t.Helper()
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(b)
+}
+
+func TestRelayKeepAlive(t *testing.T) {
+	u := newUpstream(t)
+	addr := startRelay(t, u)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := 0; i < 3; i++ {
+		resp, body := exchange(t, c, br, "GET /metadata/instance?x=1 HTTP/1.1\r\nHost: relay\r\nMetadata: true\r\nConnection: keep-alive\r\n\r\n")
+		if want := "path=/metadata/instance?x=1 metadata=true connection="; resp.StatusCode != 200 || body != want {
+			t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
+		}
+	}
+	resp, body := exchange(t, c, br, "GET /empty HTTP/1.1\r\nHost: relay\r\n\r\n")
+	if resp.StatusCode != http.StatusNoContent || body != "" {
+		t.Errorf("204: %d %q", resp.StatusCode, body)
+	}
+	if n := u.conns.Load(); n != 1 {
+		t.Errorf("%d upstream connections for four requests, want 1 (kept alive)", n)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, h := range u.hosts {
+		if h != u.Listener.Addr().String() {
+			t.Errorf("upstream got Host %q, want the upstream's address", h)
+		}
+	}
+}
+
+func TestRelayNewConnections(t *testing.T) {
+	u := newUpstream(t)
+	addr := startRelay(t, u)
+	for i := 0; i < 5; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		resp, _ := exchange(t, c, br, "GET / HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Errorf("connection not closed after Connection: close (%v)", err)
+		}
+		c.Close()
+	}
+	if n := u.conns.Load(); n != 1 {
+		t.Errorf("%d upstream connections for five client connections, want 1 (pooled)", n)
+	}
+}
+
+func TestRelayUpstreamClosedIdle(t *testing.T) {
+	u := newUpstream(t)
+	addr := startRelay(t, u)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	exchange(t, c, br, "GET /a HTTP/1.1\r\nHost: relay\r\n\r\n")
+	u.CloseClientConnections() // the pooled connection dies while idle
+	resp, body := exchange(t, c, br, "GET /b HTTP/1.1\r\nHost: relay\r\n\r\n")
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, "path=/b ") {
+		t.Errorf("after the upstream closed the idle connection: %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestRelayRefusesWhatItDoesNotHandle(t *testing.T) {
+	u := newUpstream(t)
+	addr := startRelay(t, u)
+	for _, raw := range []string{
+		"POST / HTTP/1.1\r\nHost: relay\r\nContent-Length: 1\r\n\r\nx",
+		"GET / HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET / HTTP/1.0\r\n\r\n",
+		"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, _ := exchange(t, c, bufio.NewReader(c), raw)
+		if resp.StatusCode != http.StatusNotImplemented {
+			t.Errorf("%q: status %d, want 501", raw, resp.StatusCode)
+		}
+		c.Close()
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.hosts) != 0 {
+		t.Errorf("%d refused requests reached the upstream", len(u.hosts))
+	}
+}
