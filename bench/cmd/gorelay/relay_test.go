@@ -54,6 +54,18 @@ func startRelay(t *testing.T, u *upstream) string {
 	return l.Addr().String()
 }
 
+// dial opens a client connection to the relay at addr, closed when the
+// test ends.
+func dial(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
 // exchange sends raw on c and reads one response.
 func exchange(t *testing.T, c net.Conn, br *bufio.Reader, raw string) (*http.Response, string) {
 	t.Helper()
@@ -73,13 +85,7 @@ func exchange(t *testing.T, c net.Conn, br *bufio.Reader, raw string) (*http.Res
 
 func TestRelayKeepAlive(t *testing.T) {
 	u := newUpstream(t)
-	addr := startRelay(t, u)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
+	c, br := dial(t, startRelay(t, u))
 	for i := 0; i < 3; i++ {
 		resp, body := exchange(t, c, br, "GET /metadata/instance?x=1 HTTP/1.1\r\nHost: relay\r\nMetadata: true\r\nConnection: keep-alive\r\n\r\n")
 		if want := "path=/metadata/instance?x=1 metadata=true connection="; resp.StatusCode != 200 || body != want {
@@ -106,11 +112,7 @@ func TestRelayNewConnections(t *testing.T) {
 	u := newUpstream(t)
 	addr := startRelay(t, u)
 	for i := 0; i < 5; i++ {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		br := bufio.NewReader(c)
+		c, br := dial(t, addr)
 		resp, _ := exchange(t, c, br, "GET / HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
 		if resp.StatusCode != 200 {
 			t.Fatalf("status %d", resp.StatusCode)
@@ -127,13 +129,7 @@ func TestRelayNewConnections(t *testing.T) {
 
 func TestRelayUpstreamClosedIdle(t *testing.T) {
 	u := newUpstream(t)
-	addr := startRelay(t, u)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
+	c, br := dial(t, startRelay(t, u))
 	exchange(t, c, br, "GET /a HTTP/1.1\r\nHost: relay\r\n\r\n")
 	u.CloseClientConnections() // the pooled connection dies while idle
 	resp, body := exchange(t, c, br, "GET /b HTTP/1.1\r\nHost: relay\r\n\r\n")
@@ -151,15 +147,11 @@ func TestRelayRefusesWhatItDoesNotHandle(t *testing.T) {
 		"GET / HTTP/1.0\r\n\r\n",
 		"GET / HTTP/1.1\r\nno colon\r\n\r\n",
 	} {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, _ := exchange(t, c, bufio.NewReader(c), raw)
+		c, br := dial(t, addr)
+		resp, _ := exchange(t, c, br, raw)
 		if resp.StatusCode != http.StatusNotImplemented {
 			t.Errorf("%q: status %d, want 501", raw, resp.StatusCode)
 		}
-		c.Close()
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()

@@ -277,32 +277,47 @@ func (b *benchEnv) startNginx(ctx context.Context, bin string, workers int) erro
 	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, nginxAddr, msp.IMDSAddr, msp.IMDSAddr.Addr(), workers), 0o600); err != nil {
 		return err
 	}
-	logf, err := os.Create(filepath.Join(dir, "nginx.out"))
-	if err != nil {
-		return err
-	}
 	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "nginx-error.log"))
+	done, err := b.startServer(ctx, cmd, filepath.Join(dir, "nginx.out"), filepath.Join(dir, "nginx-error.log"), nginxAddr)
+	if err != nil {
+		return fmt.Errorf("nginx: %w", err)
+	}
+	b.nginx, b.nginxDone = cmd, done
+	return nil
+}
+
+// startServer starts the reference server cmd inside the namespace,
+// outside the attached group, with its output in logPath, and waits until
+// it answers IMDS's instance path on addr with 200. done is closed when
+// it exits; if it exits early, the error quotes errPath.
+func (b *benchEnv) startServer(ctx context.Context, cmd *exec.Cmd, logPath, errPath, addr string) (done chan struct{}, err error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := b.Start(cmd, e2eenv.Root.Outside()); err != nil {
 		logf.Close()
-		return fmt.Errorf("start nginx: %w", err)
+		return nil, fmt.Errorf("start: %w", err)
 	}
-	b.nginx, b.nginxDone = cmd, make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(b.nginxDone) }()
+	done = make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		r, err := b.Curl(ctx, e2eenv.Root.Outside(), "http://"+nginxAddr+instancePath, "Metadata: true")
+		r, err := b.Curl(ctx, e2eenv.Root.Outside(), "http://"+addr+instancePath, "Metadata: true")
 		if err == nil && r.Status == http.StatusOK {
-			return nil
+			return done, nil
 		}
 		select {
-		case <-b.nginxDone:
-			out, _ := os.ReadFile(filepath.Join(dir, "nginx-error.log"))
-			return fmt.Errorf("nginx exited: %s", bytes.TrimSpace(out))
+		case <-done:
+			out, _ := os.ReadFile(errPath)
+			return nil, fmt.Errorf("exited: %s", bytes.TrimSpace(out))
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("nginx not answering 200 on %s (status %d, %v)", nginxAddr, r.Status, err)
+			_ = cmd.Process.Kill()
+			<-done
+			return nil, fmt.Errorf("not answering 200 on %s (status %d, %v)", addr, r.Status, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -335,36 +350,15 @@ func (b *benchEnv) stopNginx() {
 // startRelay starts the Go floor (gorelay, GOMAXPROCS=procs) inside the
 // namespace, outside the attached group, relaying to IMDS.
 func (b *benchEnv) startRelay(ctx context.Context, procs int) error {
-	logf, err := os.Create(filepath.Join(b.Dir, "gorelay.log"))
-	if err != nil {
-		return err
-	}
 	cmd := exec.Command(b.gorelay, "-listen", relayAddr, "-upstream", msp.IMDSAddr.String())
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GOMAXPROCS=" + strconv.Itoa(procs)}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := b.Start(cmd, e2eenv.Root.Outside()); err != nil {
-		logf.Close()
-		return fmt.Errorf("start gorelay: %w", err)
+	log := filepath.Join(b.Dir, "gorelay.log")
+	done, err := b.startServer(ctx, cmd, log, log, relayAddr)
+	if err != nil {
+		return fmt.Errorf("gorelay: %w", err)
 	}
-	b.relay, b.relayDone = cmd, make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(b.relayDone) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r, err := b.Curl(ctx, e2eenv.Root.Outside(), "http://"+relayAddr+instancePath, "Metadata: true")
-		if err == nil && r.Status == http.StatusOK {
-			return nil
-		}
-		select {
-		case <-b.relayDone:
-			out, _ := os.ReadFile(filepath.Join(b.Dir, "gorelay.log"))
-			return fmt.Errorf("gorelay exited: %s", bytes.TrimSpace(out))
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("gorelay not answering 200 on %s (status %d, %v)", relayAddr, r.Status, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	b.relay, b.relayDone = cmd, done
+	return nil
 }
 
 // relayCPU is the CPU used so far by the Go floor.
