@@ -17,7 +17,7 @@ func openProcess(pid uint32) int {
 // reaped (signal 0 checks without sending), as a readable /proc/<pid>/stat
 // would. The call cannot block: it is made raw, without the runtime's
 // blocking-call bookkeeping, which on the agent's per-connection path
-// wakes the runtime's monitor thread (see the proxy's rawIOConn).
+// wakes the runtime's monitor thread (see package rawio).
 func processAlive(pidfd int) bool {
 	_, _, e := unix.RawSyscall6(unix.SYS_PIDFD_SEND_SIGNAL, uintptr(pidfd), 0, 0, 0, 0, 0)
 	return e == 0

@@ -12,6 +12,7 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/rawio"
 )
 
 // limitListener accepts at most cap(sem) connections at once. A connection
@@ -46,7 +47,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			continue
 		}
 		st := l.s.newConnState(c, l.container)
-		return &clientConn{Conn: rawIO(c), st: st, release: func() { <-l.sem }}, nil
+		return &clientConn{Conn: rawio.Wrap(c), st: st, release: func() { <-l.sem }}, nil
 	}
 }
 
@@ -68,9 +69,9 @@ func (c *clientConn) Close() error {
 // closeOwned is Close for the connection's goroutine when it is finished
 // with the connection and nothing else reads or writes it: the socket is
 // closed at once, its descriptor may be given back in a batch
-// (fdReleaser).
+// (rawio.Releaser).
 func (c *clientConn) closeOwned() {
-	closeOwned(c.Conn, &c.st.s.fds)
+	rawio.CloseOwned(c.Conn, &c.st.s.fds)
 	c.done()
 }
 
@@ -392,7 +393,7 @@ type upstream struct {
 const upstreamFresh = 100 * time.Millisecond
 
 func newUpstream(c net.Conn, dest netip.AddrPort, timeout time.Duration) *upstream {
-	dc := &deadlineConn{Conn: rawIO(c), timeout: timeout}
+	dc := &deadlineConn{Conn: rawio.Wrap(c), timeout: timeout}
 	// Small buffers: response bodies bypass br into the relay's buffer,
 	// and idle pooled connections keep theirs.
 	return &upstream{conn: c, dest: dest, br: bufio.NewReaderSize(dc, 4<<10), bw: bufio.NewWriterSize(dc, 4<<10),

@@ -36,7 +36,7 @@ func (p *peeker) peek(fd uintptr) bool {
 	// EAGAIN: nothing to read, still open. A result of 0 bytes is an
 	// orderly close; any byte is data nobody asked for; other errors
 	// (ECONNRESET) mean the connection is gone. A raw call (it cannot
-	// block) spares the runtime's system call bookkeeping, as rawIOConn
+	// block) spares the runtime's system call bookkeeping, as package rawio
 	// does.
 	_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p.buf[0])), 1,
 		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)

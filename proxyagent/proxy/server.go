@@ -35,10 +35,10 @@
 // by ResponseTimeout. Goroutines that finished a connection take the next
 // one (dispatch).
 //
-// Sockets (rawio_linux.go): on Linux connections are accepted, read,
+// Sockets (package rawio): on Linux connections are accepted, read,
 // written and closed with raw system calls inside the runtime poller's
 // callbacks, and the descriptors of finished connections are given back
-// in batches (fdReleaser): the syscall package's blocking path would wake
+// in batches (rawio.Releaser): the syscall package's blocking path would wake
 // the runtime's monitor thread on every connection.
 //
 // Upstream connection: one per client connection at a time, taken right
@@ -109,6 +109,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/provision"
+	"github.com/opengpa/gpa/proxyagent/rawio"
 )
 
 // Authorizer decides whether a request may be forwarded. It must be safe
@@ -271,7 +272,7 @@ type Server struct {
 	idleWorkers atomic.Int32
 	noMoreConns chan struct{}
 	stopWorkers sync.Once
-	fds         fdReleaser // descriptors of finished client connections
+	fds         rawio.Releaser // descriptors of finished client connections
 
 	pool    upstreamPool // idle upstream connections shared by client connections
 	uploads byteBudget   // buffers of large signed uploads (reserveUpload)
@@ -425,10 +426,10 @@ func (s *Server) bind(addr string) (net.Listener, error) {
 	return rawListenOrClose(ln)
 }
 
-// rawListenOrClose makes ln accept with raw calls (rawListen), closing it
+// rawListenOrClose makes ln accept with raw calls (rawio.Listen), closing it
 // if that fails.
 func rawListenOrClose(ln net.Listener) (net.Listener, error) {
-	rl, err := rawListen(ln)
+	rl, err := rawio.Listen(ln)
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -489,7 +490,7 @@ func (s *Server) closeListeners() {
 // when requests were still in flight.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
-	defer s.fds.flush()
+	defer s.fds.Flush()
 	defer s.pool.closeAll()
 	// Look again when a connection ends, and at growing intervals (1 ms to
 	// 500 ms, as Go's server) for one that turned idle after a response.
@@ -516,6 +517,6 @@ func (s *Server) Close() error {
 	s.cancel()
 	s.conns.closeConns(true)
 	s.pool.closeAll()
-	s.fds.flush()
+	s.fds.Flush()
 	return nil
 }

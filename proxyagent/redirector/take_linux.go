@@ -37,7 +37,7 @@ const (
 // takeRaw looks up and deletes key in m with one raw bpf(2) call, made
 // without the runtime's blocking-call bookkeeping: the call cannot block,
 // and on the agent's per-connection path that bookkeeping wakes the
-// runtime's monitor thread (see the proxy's rawIOConn). The library's
+// runtime's monitor thread (see package rawio). The library's
 // Map.LookupAndDelete makes the same call through the blocking path.
 //
 // The kernel copies ValueSize bytes into rec, so a map whose sizes are

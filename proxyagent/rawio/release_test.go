@@ -1,4 +1,4 @@
-package proxy
+package rawio
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 )
 
 // Queued descriptors are closed together releaseDelay after the first of
-// a batch, or at once by flush; a new batch starts a new delay.
+// a batch, or at once by Flush; a new batch starts a new delay.
 func TestFDReleaser(t *testing.T) {
 	pipe := func(t *testing.T) *os.File {
 		r, w, err := os.Pipe()
@@ -24,7 +24,7 @@ func TestFDReleaser(t *testing.T) {
 		return errors.Is(err, os.ErrClosed)
 	}
 	synctest.Test(t, func(t *testing.T) {
-		var r fdReleaser
+		var r Releaser
 		a, b := pipe(t), pipe(t)
 		r.add(a)
 		time.Sleep(releaseDelay / 2)
@@ -48,7 +48,7 @@ func TestFDReleaser(t *testing.T) {
 		}
 		d := pipe(t)
 		r.add(d)
-		r.flush()
+		r.Flush()
 		if !closed(c) || !closed(d) {
 			t.Fatal("flush left files open")
 		}

@@ -1,4 +1,4 @@
-package proxy
+package rawio
 
 import (
 	"errors"
@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rawIOConn is a TCP connection whose reads and writes are issued as raw
+// conn is a TCP connection whose reads and writes are issued as raw
 // system calls from inside the runtime poller's callbacks
 // (syscall.RawConn), instead of through the syscall package's blocking
 // path. The sockets are non-blocking, so no call can block; what is saved
@@ -24,8 +24,8 @@ import (
 // request is a handful of short socket calls separated by waits, that
 // bookkeeping cost more CPU than the calls themselves (perf, issue 13).
 // Deadlines, EAGAIN waits and Close work as on the wrapped connection.
-type rawIOConn struct {
-	net.Conn // a *net.TCPConn, or a fileConn from rawListener
+type conn struct {
+	net.Conn // a *net.TCPConn, or a fileConn from listener
 	rc       syscall.RawConn
 
 	// One read and one write may run at once; each has its own state,
@@ -41,9 +41,9 @@ type rawIOConn struct {
 	writeFn func(fd uintptr) bool
 }
 
-// rawIO wraps c when it is a TCP connection; anything else (including a
+// Wrap wraps c when it is a TCP connection; anything else (including a
 // connection already wrapped) is returned as it is.
-func rawIO(c net.Conn) net.Conn {
+func Wrap(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c
@@ -52,21 +52,21 @@ func rawIO(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return newRawIOConn(tc, rc)
+	return newConn(tc, rc)
 }
 
-func newRawIOConn(c net.Conn, rc syscall.RawConn) *rawIOConn {
-	r := &rawIOConn{Conn: c, rc: rc}
+func newConn(c net.Conn, rc syscall.RawConn) *conn {
+	r := &conn{Conn: c, rc: rc}
 	r.readFn = r.read
 	r.writeFn = r.write
 	return r
 }
 
-// SyscallConn returns the socket's raw connection (the peeker uses it).
-func (c *rawIOConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+// SyscallConn returns the socket's raw connection (e.g. for a peek).
+func (c *conn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
 
 // CloseWrite shuts down the sending side (the peer reads EOF).
-func (c *rawIOConn) CloseWrite() error {
+func (c *conn) CloseWrite() error {
 	if tc, ok := c.Conn.(*net.TCPConn); ok {
 		return tc.CloseWrite()
 	}
@@ -80,7 +80,7 @@ func (c *rawIOConn) CloseWrite() error {
 	return nil
 }
 
-func (c *rawIOConn) read(fd uintptr) bool {
+func (c *conn) read(fd uintptr) bool {
 	for {
 		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
 		switch e {
@@ -98,7 +98,7 @@ func (c *rawIOConn) read(fd uintptr) bool {
 	}
 }
 
-func (c *rawIOConn) write(fd uintptr) bool {
+func (c *conn) write(fd uintptr) bool {
 	for c.wn < len(c.wbuf) {
 		p := c.wbuf[c.wn:]
 		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
@@ -118,7 +118,7 @@ func (c *rawIOConn) write(fd uintptr) bool {
 
 // Read implements net.Conn: io.EOF at the peer's end, *net.OpError
 // otherwise, as the wrapped connection.
-func (c *rawIOConn) Read(p []byte) (int, error) {
+func (c *conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -137,7 +137,7 @@ func (c *rawIOConn) Read(p []byte) (int, error) {
 }
 
 // Write implements net.Conn: all of p, or an error.
-func (c *rawIOConn) Write(p []byte) (int, error) {
+func (c *conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -157,7 +157,7 @@ func (c *rawIOConn) Write(p []byte) (int, error) {
 // errors (deadline, closed) keep their cause under the plain operation
 // name, and a closed fileConn reports net.ErrClosed as a TCPConn does (its
 // poller says "use of closed file").
-func opError(op string, c *rawIOConn, err error) error {
+func opError(op string, c *conn, err error) error {
 	var oe *net.OpError
 	if errors.As(err, &oe) {
 		err = oe.Err
@@ -168,20 +168,20 @@ func opError(op string, c *rawIOConn, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
-// rawListener is a TCP listener that accepts with a raw accept4 call inside
+// listener is a TCP listener that accepts with a raw accept4 call inside
 // the poller's callback and hands out connections over an *os.File
 // registered with the poller. Go's own accept path makes three calls
 // through the syscall package's blocking path per connection (accept4,
 // getsockname, setsockopt TCP_NODELAY) plus the accept4 that finds the
 // queue empty; each such call from an idle process wakes the runtime's
-// monitor thread (rawIOConn). Here the peer address comes with accept4,
+// monitor thread (conn). Here the peer address comes with accept4,
 // the local address is the listener's, and TCP_NODELAY is set once on the
 // listening socket, which accepted sockets inherit.
 //
 // The listening socket is held as an *os.File (a duplicate of the
 // listener's, which is closed): a *net.TCPListener's raw connection does
 // not offer Read.
-type rawListener struct {
+type listener struct {
 	f      *os.File
 	rc     syscall.RawConn
 	local  *net.TCPAddr
@@ -194,9 +194,9 @@ type rawListener struct {
 	fn  func(fd uintptr) bool
 }
 
-// rawListen replaces an IPv4 TCP listener by a rawListener on the same
+// Listen replaces an IPv4 TCP listener by a listener on the same
 // socket; anything else is returned as it is. On error ln is left open.
-func rawListen(ln net.Listener) (net.Listener, error) {
+func Listen(ln net.Listener) (net.Listener, error) {
 	tl, ok := ln.(*net.TCPListener)
 	local, _ := ln.Addr().(*net.TCPAddr)
 	if !ok || local == nil || local.IP.To4() == nil {
@@ -219,21 +219,21 @@ func rawListen(ln net.Listener) (net.Listener, error) {
 		return nil, errors.Join(err, serr)
 	}
 	tl.Close() // the duplicate keeps the socket listening
-	l := &rawListener{f: f, rc: rc, local: local}
+	l := &listener{f: f, rc: rc, local: local}
 	l.fn = l.accept
 	return l, nil
 }
 
 // Addr implements net.Listener.
-func (l *rawListener) Addr() net.Addr { return l.local }
+func (l *listener) Addr() net.Addr { return l.local }
 
 // Close implements net.Listener; a pending Accept returns net.ErrClosed.
-func (l *rawListener) Close() error {
+func (l *listener) Close() error {
 	l.closed.Store(true)
 	return l.f.Close()
 }
 
-func (l *rawListener) accept(fd uintptr) bool {
+func (l *listener) accept(fd uintptr) bool {
 	for {
 		salen := uint32(unsafe.Sizeof(l.sa))
 		nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.sa)), uintptr(unsafe.Pointer(&salen)),
@@ -257,7 +257,7 @@ func (l *rawListener) accept(fd uintptr) bool {
 
 // Accept waits for the next connection. Errors are *net.OpError as from
 // a *net.TCPListener (net.ErrClosed after Close).
-func (l *rawListener) Accept() (net.Conn, error) {
+func (l *listener) Accept() (net.Conn, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.nfd, l.err = -1, nil
@@ -282,11 +282,11 @@ func (l *rawListener) Accept() (net.Conn, error) {
 	p := (*[2]byte)(unsafe.Pointer(&l.sa.Port)) // network byte order
 	port := int(p[0])<<8 | int(p[1])
 	remote := &net.TCPAddr{IP: net.IPv4(l.sa.Addr[0], l.sa.Addr[1], l.sa.Addr[2], l.sa.Addr[3]).To4(), Port: port}
-	return newRawIOConn(&fileConn{File: f, local: l.local, remote: remote}, frc), nil
+	return newConn(&fileConn{File: f, local: l.local, remote: remote}, frc), nil
 }
 
 // fileConn is an accepted socket held as an *os.File (poller-registered,
-// with deadlines) that rawIOConn reads and writes.
+// with deadlines) that conn reads and writes.
 type fileConn struct {
 	*os.File
 	local, remote net.Addr
@@ -301,7 +301,7 @@ func (c *fileConn) Close() error {
 	return c.File.Close()
 }
 
-// devNull is a descriptor on /dev/null for closeOwned, opened once; -1
+// devNull is a descriptor on /dev/null for CloseOwned, opened once; -1
 // if it cannot be opened.
 var devNull = sync.OnceValue(func() int {
 	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -311,15 +311,17 @@ var devNull = sync.OnceValue(func() int {
 	return fd
 })
 
-// closeOwned closes c for its owner (clientConn.closeOwned). An accepted
+// CloseOwned closes c for the goroutine that owns it, when no other goroutine
+// can be using it (a finished connection; a Read or Write still running
+// elsewhere would see the descriptor change under it). An accepted
 // connection's socket is closed with one raw dup3 that puts /dev/null on
 // its descriptor: the socket's last reference goes (FIN, or RST over
 // unread data, exactly as close), the kernel drops its poller
 // registration, and the number stays taken, so it cannot be reused while
 // the os.File still names it, until r closes the file. Anything else, or
 // when that fails, is closed at once.
-func closeOwned(c net.Conn, r *fdReleaser) {
-	rc, ok := c.(*rawIOConn)
+func CloseOwned(c net.Conn, r *Releaser) {
+	rc, ok := c.(*conn)
 	if !ok {
 		c.Close()
 		return
