@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"strconv"
+
+	"github.com/opengpa/gpa/proxyagent/rawio"
 )
 
 // maxHead bounds a request or response head (bytes).
@@ -18,6 +20,10 @@ const maxHead = 16 << 10
 type relay struct {
 	upstream string // host:port, also sent as Host
 	idle     chan *upConn
+	// raw: socket calls as the agent makes them (package rawio): raw
+	// accept, reads, writes and close inside Go's poller.
+	raw bool
+	fds rawio.Releaser // with raw, finished client descriptors
 }
 
 // upConn is a kept-alive upstream connection and its reader.
@@ -26,12 +32,27 @@ type upConn struct {
 	br *bufio.Reader
 }
 
-func newRelay(upstream string, keep int) *relay {
-	return &relay{upstream: upstream, idle: make(chan *upConn, keep)}
+func newRelay(upstream string, keep int, raw bool) *relay {
+	return &relay{upstream: upstream, idle: make(chan *upConn, keep), raw: raw}
+}
+
+// listen listens on addr for the relay: with raw, a listener that accepts
+// with raw calls (rawio.Listen).
+func (r *relay) listen(addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil || !r.raw {
+		return l, err
+	}
+	rl, err := rawio.Listen(l)
+	if err != nil {
+		l.Close()
+	}
+	return rl, err
 }
 
 // serve accepts client connections until l is closed.
 func (r *relay) serve(l net.Listener) error {
+	defer r.fds.Flush()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -45,7 +66,11 @@ func (r *relay) serve(l net.Listener) error {
 // asks to close, or sends something the relay does not handle (then it
 // answers 501 and closes).
 func (r *relay) serveConn(c net.Conn) {
-	defer c.Close()
+	if r.raw {
+		defer rawio.CloseOwned(c, &r.fds)
+	} else {
+		defer c.Close()
+	}
 	br := bufio.NewReader(c)
 	var req, out []byte
 	for {
@@ -143,6 +168,9 @@ func (r *relay) get() (u *upConn, pooled bool, err error) {
 	c, err := net.Dial("tcp", r.upstream)
 	if err != nil {
 		return nil, false, err
+	}
+	if r.raw {
+		c = rawio.Wrap(c)
 	}
 	return &upConn{c: c, br: bufio.NewReader(c)}, false, nil
 }

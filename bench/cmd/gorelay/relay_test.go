@@ -43,15 +43,26 @@ func newUpstream(t *testing.T) *upstream {
 	return u
 }
 
-// startRelay serves a relay to u on a loopback port and returns its address.
-func startRelay(t *testing.T, u *upstream) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// startRelay serves a relay to u on a loopback port and returns its
+// address; raw as the -raw flag.
+func startRelay(t *testing.T, u *upstream, raw bool) string {
+	r := newRelay(u.Listener.Addr().String(), 4, raw)
+	l, err := r.listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go newRelay(u.Listener.Addr().String(), 4).serve(l)
-	return l.Addr().String()
+	served := make(chan struct{})
+	go func() { r.serve(l); close(served) }()
+	addr := l.Addr().String()
+	t.Cleanup(func() { l.Close(); <-served })
+	return addr
+}
+
+// bothIO runs test with the net package's socket calls and with rawio's.
+func bothIO(t *testing.T, test func(t *testing.T, raw bool)) {
+	for _, raw := range []bool{false, true} {
+		t.Run(map[bool]string{false: "net", true: "raw"}[raw], func(t *testing.T) { test(t, raw) })
+	}
 }
 
 // dial opens a client connection to the relay at addr, closed when the
@@ -84,78 +95,100 @@ func exchange(t *testing.T, c net.Conn, br *bufio.Reader, raw string) (*http.Res
 }
 
 func TestRelayKeepAlive(t *testing.T) {
-	u := newUpstream(t)
-	c, br := dial(t, startRelay(t, u))
-	for i := 0; i < 3; i++ {
-		resp, body := exchange(t, c, br, "GET /metadata/instance?x=1 HTTP/1.1\r\nHost: relay\r\nMetadata: true\r\nConnection: keep-alive\r\n\r\n")
-		if want := "path=/metadata/instance?x=1 metadata=true connection="; resp.StatusCode != 200 || body != want {
-			t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
+	bothIO(t, func(t *testing.T, raw bool) {
+		u := newUpstream(t)
+		c, br := dial(t, startRelay(t, u, raw))
+		for i := 0; i < 3; i++ {
+			resp, body := exchange(t, c, br, "GET /metadata/instance?x=1 HTTP/1.1\r\nHost: relay\r\nMetadata: true\r\nConnection: keep-alive\r\n\r\n")
+			if want := "path=/metadata/instance?x=1 metadata=true connection="; resp.StatusCode != 200 || body != want {
+				t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
+			}
 		}
-	}
-	resp, body := exchange(t, c, br, "GET /empty HTTP/1.1\r\nHost: relay\r\n\r\n")
-	if resp.StatusCode != http.StatusNoContent || body != "" {
-		t.Errorf("204: %d %q", resp.StatusCode, body)
-	}
-	if n := u.conns.Load(); n != 1 {
-		t.Errorf("%d upstream connections for four requests, want 1 (kept alive)", n)
-	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for _, h := range u.hosts {
-		if h != u.Listener.Addr().String() {
-			t.Errorf("upstream got Host %q, want the upstream's address", h)
+		resp, body := exchange(t, c, br, "GET /empty HTTP/1.1\r\nHost: relay\r\n\r\n")
+		if resp.StatusCode != http.StatusNoContent || body != "" {
+			t.Errorf("204: %d %q", resp.StatusCode, body)
 		}
-	}
+		if n := u.conns.Load(); n != 1 {
+			t.Errorf("%d upstream connections for four requests, want 1 (kept alive)", n)
+		}
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		for _, h := range u.hosts {
+			if h != u.Listener.Addr().String() {
+				t.Errorf("upstream got Host %q, want the upstream's address", h)
+			}
+		}
+	})
 }
 
 func TestRelayNewConnections(t *testing.T) {
-	u := newUpstream(t)
-	addr := startRelay(t, u)
-	for i := 0; i < 5; i++ {
-		c, br := dial(t, addr)
-		resp, _ := exchange(t, c, br, "GET / HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-		if resp.StatusCode != 200 {
-			t.Fatalf("status %d", resp.StatusCode)
+	bothIO(t, func(t *testing.T, raw bool) {
+		u := newUpstream(t)
+		addr := startRelay(t, u, raw)
+		for i := 0; i < 5; i++ {
+			c, br := dial(t, addr)
+			resp, _ := exchange(t, c, br, "GET / HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("connection not closed after Connection: close (%v)", err)
+			}
+			c.Close()
 		}
-		if _, err := br.ReadByte(); err != io.EOF {
-			t.Errorf("connection not closed after Connection: close (%v)", err)
+		if n := u.conns.Load(); n != 1 {
+			t.Errorf("%d upstream connections for five client connections, want 1 (pooled)", n)
 		}
-		c.Close()
-	}
-	if n := u.conns.Load(); n != 1 {
-		t.Errorf("%d upstream connections for five client connections, want 1 (pooled)", n)
-	}
+	})
 }
 
 func TestRelayUpstreamClosedIdle(t *testing.T) {
-	u := newUpstream(t)
-	c, br := dial(t, startRelay(t, u))
-	exchange(t, c, br, "GET /a HTTP/1.1\r\nHost: relay\r\n\r\n")
-	u.CloseClientConnections() // the pooled connection dies while idle
-	resp, body := exchange(t, c, br, "GET /b HTTP/1.1\r\nHost: relay\r\n\r\n")
-	if resp.StatusCode != 200 || !strings.HasPrefix(body, "path=/b ") {
-		t.Errorf("after the upstream closed the idle connection: %d %q", resp.StatusCode, body)
-	}
+	bothIO(t, func(t *testing.T, raw bool) {
+		u := newUpstream(t)
+		c, br := dial(t, startRelay(t, u, raw))
+		exchange(t, c, br, "GET /a HTTP/1.1\r\nHost: relay\r\n\r\n")
+		u.CloseClientConnections() // the pooled connection dies while idle
+		resp, body := exchange(t, c, br, "GET /b HTTP/1.1\r\nHost: relay\r\n\r\n")
+		if resp.StatusCode != 200 || !strings.HasPrefix(body, "path=/b ") {
+			t.Errorf("after the upstream closed the idle connection: %d %q", resp.StatusCode, body)
+		}
+	})
 }
 
 func TestRelayRefusesWhatItDoesNotHandle(t *testing.T) {
-	u := newUpstream(t)
-	addr := startRelay(t, u)
-	for _, raw := range []string{
-		"POST / HTTP/1.1\r\nHost: relay\r\nContent-Length: 1\r\n\r\nx",
-		"GET / HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-		"GET / HTTP/1.0\r\n\r\n",
-		"GET / HTTP/1.1\r\nno colon\r\n\r\n",
-	} {
-		c, br := dial(t, addr)
-		resp, _ := exchange(t, c, br, raw)
-		if resp.StatusCode != http.StatusNotImplemented {
-			t.Errorf("%q: status %d, want 501", raw, resp.StatusCode)
+	bothIO(t, func(t *testing.T, raw bool) {
+		u := newUpstream(t)
+		addr := startRelay(t, u, raw)
+		for _, raw := range []string{
+			"POST / HTTP/1.1\r\nHost: relay\r\nContent-Length: 1\r\n\r\nx",
+			"GET / HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+			"GET / HTTP/1.0\r\n\r\n",
+			"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+		} {
+			c, br := dial(t, addr)
+			resp, _ := exchange(t, c, br, raw)
+			if resp.StatusCode != http.StatusNotImplemented {
+				t.Errorf("%q: status %d, want 501", raw, resp.StatusCode)
+			}
 		}
-	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if len(u.hosts) != 0 {
-		t.Errorf("%d refused requests reached the upstream", len(u.hosts))
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if len(u.hosts) != 0 {
+			t.Errorf("%d refused requests reached the upstream", len(u.hosts))
+		}
+	})
+}
+
+// With -raw the relay accepts with rawio's listener, not the net package's.
+func TestRelayRawListener(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		l, err := newRelay("127.0.0.1:1", 1, raw).listen("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, plain := l.(*net.TCPListener); plain == raw {
+			t.Errorf("raw %v: listener %T", raw, l)
+		}
+		l.Close()
 	}
 }

@@ -117,8 +117,10 @@ func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 	if b.nginx != nil && b.nginx.Process != nil {
 		paths = append(paths, pathNginx)
 	}
-	if b.relay != nil && b.relay.Process != nil {
-		paths = append(paths, pathGoRelay)
+	for _, f := range goFloors {
+		if b.relays[f.name] != nil {
+			paths = append(paths, f)
+		}
 	}
 	var rows []countRow
 	for _, p := range paths {
@@ -128,8 +130,8 @@ func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 		for _, c := range []int{1, 16} {
 			for _, ka := range keepAlives {
 				pids := strconv.Itoa(b.AgentPID())
-				if p.name == pathGoRelay.name {
-					pids = strconv.Itoa(b.relay.Process.Pid)
+				if r := b.relays[p.name]; r != nil {
+					pids = strconv.Itoa(r.cmd.Process.Pid)
 				}
 				if p.name == pathNginx.name {
 					out, err := exec.CommandContext(ctx, "pgrep", "-P", strconv.Itoa(b.nginx.Process.Pid)).Output()

@@ -30,6 +30,7 @@ import (
 const (
 	nginxAddr    = "127.0.0.1:8081" // the reference reverse proxy
 	relayAddr    = "127.0.0.1:8082" // the Go floor (bench/cmd/gorelay)
+	relayRawAddr = "127.0.0.1:8083" // the Go floor with the agent's socket calls (gorelay -raw)
 	instancePath = "/metadata/instance?api-version=2021-02-01"
 )
 
@@ -46,10 +47,9 @@ type benchEnv struct {
 
 	nginx     *exec.Cmd
 	nginxDone chan struct{}
-	gorelay   string // the Go floor's binary
-	relay     *exec.Cmd
-	relayDone chan struct{}
-	quotaDir  string // cgroup v1 cpu group holding the agent, "" if none
+	gorelay   string              // the Go floor's binary
+	relays    map[string]*process // running floors by path name
+	quotaDir  string              // cgroup v1 cpu group holding the agent, "" if none
 }
 
 // hostSettings returns the host's proxyAgentSettings for an IMDS mode,
@@ -347,37 +347,52 @@ func (b *benchEnv) stopNginx() {
 	b.nginx = nil
 }
 
-// startRelay starts the Go floor (gorelay, GOMAXPROCS=procs) inside the
-// namespace, outside the attached group, relaying to IMDS.
-func (b *benchEnv) startRelay(ctx context.Context, procs int) error {
-	cmd := exec.Command(b.gorelay, "-listen", relayAddr, "-upstream", msp.IMDSAddr.String())
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GOMAXPROCS=" + strconv.Itoa(procs)}
-	log := filepath.Join(b.Dir, "gorelay.log")
-	done, err := b.startServer(ctx, cmd, log, log, relayAddr)
-	if err != nil {
-		return fmt.Errorf("gorelay: %w", err)
+// process is a reference server the suite started.
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it exited
+}
+
+// startRelay starts a Go floor (gorelay, GOMAXPROCS=procs; with raw, -raw)
+// for path p inside the namespace, outside the attached group, relaying to
+// IMDS.
+func (b *benchEnv) startRelay(ctx context.Context, p pathSpec, addr string, raw bool, procs int) error {
+	args := []string{"-listen", addr, "-upstream", msp.IMDSAddr.String()}
+	if raw {
+		args = append(args, "-raw")
 	}
-	b.relay, b.relayDone = cmd, done
+	cmd := exec.Command(b.gorelay, args...)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GOMAXPROCS=" + strconv.Itoa(procs)}
+	log := filepath.Join(b.Dir, p.name+".log")
+	done, err := b.startServer(ctx, cmd, log, log, addr)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
+	}
+	if b.relays == nil {
+		b.relays = map[string]*process{}
+	}
+	b.relays[p.name] = &process{cmd: cmd, done: done}
 	return nil
 }
 
-// relayCPU is the CPU used so far by the Go floor.
+// relayCPU is the CPU used so far by the Go floors (only the one under
+// load uses any to speak of).
 func (b *benchEnv) relayCPU() time.Duration {
-	if b.relay == nil || b.relay.Process == nil {
-		return 0
+	var d time.Duration
+	for _, p := range b.relays {
+		c, _ := procstat.CPU(p.cmd.Process.Pid)
+		d += c
 	}
-	d, _ := procstat.CPU(b.relay.Process.Pid)
 	return d
 }
 
-// stopRelay ends the Go floor.
-func (b *benchEnv) stopRelay() {
-	if b.relay == nil {
-		return
+// stopRelays ends the Go floors.
+func (b *benchEnv) stopRelays() {
+	for name, p := range b.relays {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		delete(b.relays, name)
 	}
-	_ = b.relay.Process.Kill()
-	<-b.relayDone
-	b.relay = nil
 }
 
 // cpuV1 is the cgroup v1 cpu controller mount, where CFS quotas are set
@@ -438,7 +453,7 @@ func (b *benchEnv) unquotaAgent() error {
 // close removes everything the suite added and then the environment.
 func (b *benchEnv) close() error {
 	b.stopNginx()
-	b.stopRelay()
+	b.stopRelays()
 	err := b.unquotaAgent()
 	return errors.Join(err, b.Env.Close())
 }

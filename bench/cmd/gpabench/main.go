@@ -90,7 +90,7 @@ func run() int {
 	flag.StringVar(&o.microTime, "micro-benchtime", "300ms", "-benchtime of the micro-benchmarks")
 	flag.IntVar(&o.quota, "cpu-quota", 15, "CPU quota in percent for the B-rps quota check (0 = skip)")
 	flag.BoolVar(&o.skipNginx, "no-nginx", false, "skip the nginx reference path")
-	flag.BoolVar(&o.skipRelay, "no-go-relay", false, "skip the Go floor path (bench/cmd/gorelay: a bare Go relay)")
+	flag.BoolVar(&o.skipRelay, "no-go-relay", false, "skip the Go floor paths (bench/cmd/gorelay: a bare Go relay, plain and with the agent's socket calls)")
 	flag.Func("cells", "run only the latency/throughput cells whose key (path/concurrency/keep-alive, e.g. nginx/1/false) matches this regexp", func(v string) error {
 		re, err := regexp.Compile(v)
 		o.cells = re

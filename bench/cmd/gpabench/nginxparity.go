@@ -27,12 +27,14 @@ func (r *Report) evaluateNginxParity(add func(name, measured, target, verdict st
 		ratio := a.Median.AgentCPU / n.Median.NginxCPU
 		add(fmt.Sprintf("parity: agent CPU per request vs nginx, c=%d %s", cc.c, conn(cc.ka)),
 			fmt.Sprintf("%.2f s vs %.2f s per 10k (%.1f×)", a.Median.AgentCPU, n.Median.NginxCPU, ratio), "≤ nginx (≤ 1.0×)", verdict(ratio <= 1))
-		// The Go floor: what a relay in Go costs before any of the agent's
+		// The Go floors: what a relay in Go costs before any of the agent's
 		// work, so the gap splits into runtime and agent.
-		if g := r.cell(pathGoRelay.name, cc.c, cc.ka); g != nil && g.Median.RelayCPU > 0 {
-			add(fmt.Sprintf("floor: bare Go relay CPU per request vs nginx, c=%d %s", cc.c, conn(cc.ka)),
-				fmt.Sprintf("%.2f s vs %.2f s per 10k (%.1f×); agent %.1f× the relay", g.Median.RelayCPU, n.Median.NginxCPU,
-					g.Median.RelayCPU/n.Median.NginxCPU, a.Median.AgentCPU/g.Median.RelayCPU), "measured", "n/a")
+		for _, f := range goFloors {
+			if g := r.cell(f.name, cc.c, cc.ka); g != nil && g.Median.RelayCPU > 0 {
+				add(fmt.Sprintf("floor: %s CPU per request vs nginx, c=%d %s", f.name, cc.c, conn(cc.ka)),
+					fmt.Sprintf("%.2f s vs %.2f s per 10k (%.1f×); agent %.1f× the relay", g.Median.RelayCPU, n.Median.NginxCPU,
+						g.Median.RelayCPU/n.Median.NginxCPU, a.Median.AgentCPU/g.Median.RelayCPU), "measured", "n/a")
+			}
 		}
 	}
 	for _, ka := range []bool{true, false} {
@@ -50,18 +52,22 @@ func (r *Report) evaluateNginxParity(add func(name, measured, target, verdict st
 			add(fmt.Sprintf("parity: added %s vs nginx's, c=1 %s", q.name, conn(ka)),
 				fmt.Sprintf("%+.0f µs vs nginx %+.0f µs", q.agent, q.nginx), "≤ nginx's", verdict(q.agent <= q.nginx))
 		}
-		if g := r.cell(pathGoRelay.name, 1, ka); g != nil {
-			add(fmt.Sprintf("floor: bare Go relay added p50 / p99, c=1 %s", conn(ka)),
-				fmt.Sprintf("%+.0f / %+.0f µs", g.Median.P50-d.Median.P50, g.Median.P99-d.Median.P99), "measured", "n/a")
+		for _, f := range goFloors {
+			if g := r.cell(f.name, 1, ka); g != nil {
+				add(fmt.Sprintf("floor: %s added p50 / p99, c=1 %s", f.name, conn(ka)),
+					fmt.Sprintf("%+.0f / %+.0f µs", g.Median.P50-d.Median.P50, g.Median.P99-d.Median.P99), "measured", "n/a")
+			}
 		}
 	}
 	if a, n := r.cell(parityPath, 16, true), r.cell("nginx", 16, true); a != nil && n != nil && n.Median.RPS > 0 {
 		add("parity: throughput vs nginx, c=16 keep-alive",
 			fmt.Sprintf("%.0f vs %.0f req/s (%.2f×)", a.Median.RPS, n.Median.RPS, a.Median.RPS/n.Median.RPS), "≥ nginx (≥ 1.0×)",
 			verdict(a.Median.RPS >= n.Median.RPS))
-		if g := r.cell(pathGoRelay.name, 16, true); g != nil {
-			add("floor: bare Go relay throughput vs nginx, c=16 keep-alive",
-				fmt.Sprintf("%.0f vs %.0f req/s (%.2f×)", g.Median.RPS, n.Median.RPS, g.Median.RPS/n.Median.RPS), "measured", "n/a")
+		for _, f := range goFloors {
+			if g := r.cell(f.name, 16, true); g != nil {
+				add(fmt.Sprintf("floor: %s throughput vs nginx, c=16 keep-alive", f.name),
+					fmt.Sprintf("%.0f vs %.0f req/s (%.2f×)", g.Median.RPS, n.Median.RPS, g.Median.RPS/n.Median.RPS), "measured", "n/a")
+			}
 		}
 	}
 	if q := r.Quota; q != nil && q.Error == "" {

@@ -109,6 +109,8 @@ var (
 	pathDirectToken  = pathSpec{"direct-token", "Disabled", imdsBase + tokenPath, e2eenv.Root.Outside(), true}
 	pathNginx        = pathSpec{"nginx", "Disabled", "http://" + nginxAddr + instancePath, e2eenv.Root.Outside(), false}
 	pathGoRelay      = pathSpec{"go-relay", "Disabled", "http://" + relayAddr + instancePath, e2eenv.Root.Outside(), false}
+	pathGoRelayRaw   = pathSpec{"go-relay-raw", "Disabled", "http://" + relayRawAddr + instancePath, e2eenv.Root.Outside(), false}
+	goFloors         = []pathSpec{pathGoRelay, pathGoRelayRaw}
 	pathAudit        = pathSpec{"agent-audit", "Audit", imdsBase + instancePath, e2eenv.Root, false}
 	pathAuditToken   = pathSpec{"agent-audit-token", "Audit", imdsBase + tokenPath, e2eenv.Root, true}
 	pathEnforce      = pathSpec{"agent-enforce", "Enforce", imdsBase + instancePath, e2eenv.Root, false}
@@ -154,11 +156,17 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 		}
 	}
 	if !o.skipRelay {
-		if err := b.startRelay(ctx, o.agentProcsOrDefault()); err != nil {
-			rep.Notes = append(rep.Notes, "Go floor not measured: "+err.Error())
-		} else {
-			paths = append(paths, pathGoRelay)
-			defer b.stopRelay()
+		defer b.stopRelays()
+		for _, f := range []struct {
+			p    pathSpec
+			addr string
+			raw  bool
+		}{{pathGoRelay, relayAddr, false}, {pathGoRelayRaw, relayRawAddr, true}} {
+			if err := b.startRelay(ctx, f.p, f.addr, f.raw, o.agentProcsOrDefault()); err != nil {
+				rep.Notes = append(rep.Notes, "Go floor not measured: "+err.Error())
+			} else {
+				paths = append(paths, f.p)
+			}
 		}
 	}
 	paths = append(paths, pathAudit, pathAuditToken, pathEnforce, pathEnforceToken)

@@ -161,7 +161,7 @@ func newReport(o options) *Report {
 		fmt.Sprintf("the agent runs with GOMAXPROCS=%d (its service default is 1), nginx with %d worker processes; host simulator and load generator with GOMAXPROCS=2, all on the same machine; the load generator competes with them for the CPUs",
 			o.agentProcsOrDefault(), o.nginxWorkersOrDefault()),
 		"latency is measured in the client (gpaload, Go net/http) per request; medians of the per-run percentiles over -runs runs",
-		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; go-relay = the Go floor, a bare relay in Go with the agent's processors (bench/cmd/gorelay: no authorization, signing, audit or checks), outside the cgroup, host Disabled; agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
+		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; go-relay = the Go floor, a bare relay in Go with the agent's processors (bench/cmd/gorelay: no authorization, signing, audit or checks), outside the cgroup, host Disabled; go-relay-raw = the same making its socket calls as the agent does (package rawio); agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
 		"CPU is utime+stime from /proc/<pid>/stat (10 ms ticks) per 10k successful requests; host = azure-host-sim",
 		"goroutine counts are not available (no debug endpoint); threads (/proc/<pid>/status) and FDs (/proc/<pid>/fd) are reported instead",
 		"B-flood and B-ebpf (b) audit-map capacity are not part of this suite; B-ebpf (a) connect cost and (c) load time come from the redirector micro-benchmarks",
@@ -366,7 +366,7 @@ func printTable(w io.Writer, r *Report) {
 						proxyCPU = fmt.Sprintf("%.2f", m.AgentCPU)
 					case l.Path == "nginx":
 						proxyCPU = fmt.Sprintf("%.2f", m.NginxCPU)
-					case l.Path == pathGoRelay.name:
+					case l.Path == pathGoRelay.name || l.Path == pathGoRelayRaw.name:
 						proxyCPU = fmt.Sprintf("%.2f", m.RelayCPU)
 					}
 					conn := "keep-alive"

@@ -182,6 +182,7 @@ func TestGoFloorRows(t *testing.T) {
 		Cell{Path: "agent-enforce", Concurrency: 1, KeepAlive: false, Median: Summary{P50: 190, P99: 400, AgentCPU: 3}},
 		Cell{Path: "nginx", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 8000, NginxCPU: 0.2}},
 		Cell{Path: "go-relay", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 6000, RelayCPU: 0.3}},
+		Cell{Path: "go-relay-raw", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 7000, RelayCPU: 0.25}},
 		Cell{Path: "agent-enforce", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 4000, AgentCPU: 0.45}})
 	r.evaluate()
 	got := map[string]string{}
@@ -189,10 +190,12 @@ func TestGoFloorRows(t *testing.T) {
 		got[tg.Name] = tg.Measured
 	}
 	for name, want := range map[string]string{
-		"floor: bare Go relay CPU per request vs nginx, c=1 new connection": "1.50 s vs 1.00 s per 10k (1.5×); agent 2.0× the relay",
-		"floor: bare Go relay CPU per request vs nginx, c=16 keep-alive":    "0.30 s vs 0.20 s per 10k (1.5×); agent 1.5× the relay",
-		"floor: bare Go relay added p50 / p99, c=1 new connection":          "+60 / +130 µs",
-		"floor: bare Go relay throughput vs nginx, c=16 keep-alive":         "6000 vs 8000 req/s (0.75×)",
+		"floor: go-relay CPU per request vs nginx, c=1 new connection":  "1.50 s vs 1.00 s per 10k (1.5×); agent 2.0× the relay",
+		"floor: go-relay CPU per request vs nginx, c=16 keep-alive":     "0.30 s vs 0.20 s per 10k (1.5×); agent 1.5× the relay",
+		"floor: go-relay added p50 / p99, c=1 new connection":           "+60 / +130 µs",
+		"floor: go-relay throughput vs nginx, c=16 keep-alive":          "6000 vs 8000 req/s (0.75×)",
+		"floor: go-relay-raw CPU per request vs nginx, c=16 keep-alive": "0.25 s vs 0.20 s per 10k (1.2×); agent 1.8× the relay",
+		"floor: go-relay-raw throughput vs nginx, c=16 keep-alive":      "7000 vs 8000 req/s (0.88×)",
 	} {
 		if got[name] != want {
 			t.Errorf("%s: %q, want %q", name, got[name], want)
