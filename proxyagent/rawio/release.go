@@ -7,9 +7,10 @@
 // idles between short bursts of work wakes the runtime's monitor thread
 // and hands processors between threads (perf, issue 13). The proxy uses
 // it for client and host connections; the benchmark's Go floor uses it to
-// measure what these techniques are worth without the proxy's work. On
-// other systems Wrap and Listen return their argument and CloseOwned
-// closes at once.
+// measure what these techniques are worth without the proxy's work. Wrap
+// takes TCP connections and Listen IPv4 TCP listeners; anything else, and
+// everything on other systems, is returned as it is (CloseOwned then
+// closes at once).
 package rawio
 
 import (

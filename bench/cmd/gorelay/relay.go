@@ -44,10 +44,14 @@ func (r *relay) listen(addr string) (net.Listener, error) {
 		return l, err
 	}
 	rl, err := rawio.Listen(l)
+	if err == nil && rl == l {
+		err = fmt.Errorf("-raw: rawio accepts on IPv4 listeners on Linux only, not %s", addr)
+	}
 	if err != nil {
 		l.Close()
+		return nil, err
 	}
-	return rl, err
+	return rl, nil
 }
 
 // serve accepts client connections until l is closed.
@@ -133,11 +137,12 @@ func (r *relay) readRequest(br *bufio.Reader, dst []byte) (head []byte, keep boo
 }
 
 // roundTrip sends req on a pooled (or new) upstream connection and appends
-// the whole response to out. A pooled connection the upstream closed
-// meanwhile is replaced once.
+// the whole response to out. When a pooled connection turns out closed
+// before any byte of a response came back, the request is sent once more
+// on a new connection.
 func (r *relay) roundTrip(req, out []byte) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
-		u, pooled, err := r.get()
+		u, pooled, err := r.get(attempt > 0)
 		if err != nil {
 			return out, err
 		}
@@ -145,10 +150,12 @@ func (r *relay) roundTrip(req, out []byte) ([]byte, error) {
 		resp := out
 		if _, err = u.c.Write(req); err == nil {
 			resp, keep, err = readResponse(u.br, out)
+		} else {
+			err = noResponse{err}
 		}
 		if err != nil {
 			u.c.Close()
-			if pooled && attempt == 0 && len(resp) == len(out) {
+			if _, none := err.(noResponse); none && pooled && attempt == 0 {
 				continue
 			}
 			return out, err
@@ -158,12 +165,20 @@ func (r *relay) roundTrip(req, out []byte) ([]byte, error) {
 	}
 }
 
-// get takes an idle upstream connection, or dials one.
-func (r *relay) get() (u *upConn, pooled bool, err error) {
-	select {
-	case u := <-r.idle:
-		return u, true, nil
-	default:
+// noResponse is a failure before any byte of a response was read: the
+// request may be sent again.
+type noResponse struct{ err error }
+
+func (e noResponse) Error() string { return "no response: " + e.err.Error() }
+
+// get takes an idle upstream connection, or dials one (always with dial).
+func (r *relay) get(dial bool) (u *upConn, pooled bool, err error) {
+	if !dial {
+		select {
+		case u := <-r.idle:
+			return u, true, nil
+		default:
+		}
 	}
 	c, err := net.Dial("tcp", r.upstream)
 	if err != nil {
@@ -188,9 +203,13 @@ func (r *relay) put(u *upConn, keep bool) {
 }
 
 // readResponse appends one response (head and Content-Length body) from
-// br to dst. keep is false when the upstream closes after it.
+// br to dst. keep is false when the upstream closes after it. An error
+// before the response's first byte is a noResponse.
 func readResponse(br *bufio.Reader, dst []byte) (resp []byte, keep bool, err error) {
 	start := len(dst)
+	if _, err := br.Peek(1); err != nil {
+		return dst, false, noResponse{err}
+	}
 	line, err := readLine(br)
 	if err != nil {
 		return dst[:start], false, err

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,9 @@ type upstream struct {
 	conns atomic.Int64
 	mu    sync.Mutex
 	hosts []string
+	// hold: a request for /hold is answered once hold's count of them
+	// has arrived.
+	hold sync.WaitGroup
 }
 
 func newUpstream(t *testing.T) *upstream {
@@ -27,6 +31,10 @@ func newUpstream(t *testing.T) *upstream {
 		u.mu.Lock()
 		u.hosts = append(u.hosts, r.Host)
 		u.mu.Unlock()
+		if r.URL.Path == "/hold" {
+			u.hold.Done()
+			u.hold.Wait()
+		}
 		if r.URL.Path == "/empty" {
 			w.WriteHeader(http.StatusNoContent)
 			return
@@ -155,6 +163,42 @@ func TestRelayUpstreamClosedIdle(t *testing.T) {
 	})
 }
 
+// Every pooled connection the upstream closed while idle: the request goes
+// once more on a new connection, not on the next stale one.
+func TestRelayAllPooledClosed(t *testing.T) {
+	bothIO(t, func(t *testing.T, raw bool) {
+		u := newUpstream(t)
+		addr := startRelay(t, u, raw)
+		// Two requests held at the upstream until both arrived leave two
+		// pooled upstream connections.
+		u.hold.Add(2)
+		c1, br1 := dial(t, addr)
+		c2, br2 := dial(t, addr)
+		io.WriteString(c1, "GET /hold HTTP/1.1\r\nHost: relay\r\n\r\n")
+		io.WriteString(c2, "GET /hold HTTP/1.1\r\nHost: relay\r\n\r\n")
+		for _, br := range []*bufio.Reader{br1, br2} {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+		}
+		if n := u.conns.Load(); n != 2 {
+			t.Fatalf("%d upstream connections, want 2", n)
+		}
+		u.CloseClientConnections()
+		for i, c := range []struct {
+			c  net.Conn
+			br *bufio.Reader
+		}{{c1, br1}, {c2, br2}} {
+			resp, body := exchange(t, c.c, c.br, "GET /again HTTP/1.1\r\nHost: relay\r\n\r\n")
+			if resp.StatusCode != 200 || !strings.HasPrefix(body, "path=/again ") {
+				t.Errorf("request %d after the upstream closed every pooled connection: %d %q", i, resp.StatusCode, body)
+			}
+		}
+	})
+}
+
 func TestRelayRefusesWhatItDoesNotHandle(t *testing.T) {
 	bothIO(t, func(t *testing.T, raw bool) {
 		u := newUpstream(t)
@@ -179,8 +223,16 @@ func TestRelayRefusesWhatItDoesNotHandle(t *testing.T) {
 	})
 }
 
-// With -raw the relay accepts with rawio's listener, not the net package's.
+// With -raw the relay accepts with rawio's listener, not the net package's,
+// and refuses an address rawio does not handle.
 func TestRelayRawListener(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("rawio makes raw calls on Linux only")
+	}
+	if l, err := newRelay("127.0.0.1:1", 1, true).listen("[::1]:0"); err == nil {
+		l.Close()
+		t.Error("-raw on an IPv6 address accepted")
+	}
 	for _, raw := range []bool{false, true} {
 		l, err := newRelay("127.0.0.1:1", 1, raw).listen("127.0.0.1:0")
 		if err != nil {

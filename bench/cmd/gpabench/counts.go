@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -88,7 +89,8 @@ func procCPU(pids string) (procstat.Times, error) {
 // and kernel parts, context switches, all system calls, then each counted
 // call that occurred.
 func writeCountTable(w io.Writer, rows []countRow) {
-	fmt.Fprintln(w, "# per request; perf stat of the server's processes during a 3 s gpaload run (countEvents)")
+	fmt.Fprintln(w, "# per request; perf stat of the server's processes during a 3 s gpaload run (countEvents, from 300 ms before the")
+	fmt.Fprintln(w, "# run until it ended); user and sys from /proc/PID/stat over the run itself, in 10 ms ticks, so they need not add up to cpu")
 	for _, r := range rows {
 		if r.requests == 0 {
 			fmt.Fprintf(w, "%-34s no successful requests\n", r.name)
@@ -146,20 +148,19 @@ func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 					return err
 				}
 				time.Sleep(300 * time.Millisecond) // perf attached
-				before, err := procCPU(pids)
-				if err != nil {
-					return err
+				before, perr := procCPU(pids)
+				var run loadRun
+				var lerr error
+				var after procstat.Times
+				if perr == nil {
+					run, lerr = b.runLoad(ctx, p.caller, "-url", p.url, "-H", "Metadata: true",
+						"-c", strconv.Itoa(c), "-d", "3s", "-warmup", "0s", "-keepalive="+strconv.FormatBool(ka))
+					after, perr = procCPU(pids)
 				}
-				run, lerr := b.runLoad(ctx, p.caller, "-url", p.url, "-H", "Metadata: true",
-					"-c", strconv.Itoa(c), "-d", "3s", "-warmup", "0s", "-keepalive="+strconv.FormatBool(ka))
-				after, perr := procCPU(pids)
 				_ = stat.Process.Signal(os.Interrupt)
 				_ = stat.Wait()
-				if lerr != nil {
-					return lerr
-				}
-				if perr != nil {
-					return perr
+				if err := errors.Join(perr, lerr); err != nil {
+					return err
 				}
 				f, err := os.Open(file)
 				if err != nil {

@@ -315,8 +315,7 @@ func (b *benchEnv) startServer(ctx context.Context, cmd *exec.Cmd, logPath, errP
 		default:
 		}
 		if time.Now().After(deadline) {
-			_ = cmd.Process.Kill()
-			<-done
+			stopServer(cmd, done, syscall.SIGTERM) // nginx's master ends its workers
 			return nil, fmt.Errorf("not answering 200 on %s (status %d, %v)", addr, r.Status, err)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -337,14 +336,20 @@ func (b *benchEnv) stopNginx() {
 	if b.nginx == nil {
 		return
 	}
-	_ = b.nginx.Process.Signal(syscall.SIGQUIT)
-	select {
-	case <-b.nginxDone:
-	case <-time.After(5 * time.Second):
-		_ = b.nginx.Process.Kill()
-		<-b.nginxDone
-	}
+	stopServer(b.nginx, b.nginxDone, syscall.SIGQUIT)
 	b.nginx = nil
+}
+
+// stopServer sends sig to a server startServer started and waits until it
+// exited (done closed), killing it after 5 s.
+func stopServer(cmd *exec.Cmd, done <-chan struct{}, sig os.Signal) {
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
 }
 
 // process is a reference server the suite started.
@@ -389,8 +394,7 @@ func (b *benchEnv) relayCPU() time.Duration {
 // stopRelays ends the Go floors.
 func (b *benchEnv) stopRelays() {
 	for name, p := range b.relays {
-		_ = p.cmd.Process.Kill()
-		<-p.done
+		stopServer(p.cmd, p.done, syscall.SIGTERM)
 		delete(b.relays, name)
 	}
 }
