@@ -127,9 +127,9 @@ func runService(cfgPath string, console io.Reader, stderr io.Writer) int {
 // is a few microseconds between socket waits. On one processor the thread
 // that polls the network runs the goroutine it woke; with more, each
 // accepted connection and each host answer also wakes an idle thread to
-// look for work (futex wake, spin, sleep), which cost 30 % more CPU per
-// new connection and 60 µs more latency at p50 in the benchmark (issue
-// 13), while one processor carries ~20k requests a second, far more than
+// look for work (futex wake, spin, sleep), which cost about 30 % more
+// CPU per new connection and 40 µs more latency at p50 in the benchmark
+// (issue 13), while one processor carries ~20k requests a second, far more than
 // the metadata services accept from a VM.
 func serviceProcs(env string) int {
 	if n, err := strconv.Atoi(env); err == nil && n > 0 {

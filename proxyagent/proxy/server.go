@@ -411,7 +411,7 @@ func (s *Server) bind(addr string) (net.Listener, error) {
 	for i := 0; i < s.opts.BindRetries; i++ {
 		ln, err := lc.Listen(context.Background(), "tcp4", addr)
 		if err == nil {
-			return rawListenOrClose(ln)
+			return rawio.Listen(ln)
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) {
 			return nil, err
@@ -423,18 +423,7 @@ func (s *Server) bind(addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rawListenOrClose(ln)
-}
-
-// rawListenOrClose makes ln accept with raw calls (rawio.Listen), closing it
-// if that fails.
-func rawListenOrClose(ln net.Listener) (net.Listener, error) {
-	rl, err := rawio.Listen(ln)
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return rl, nil
+	return rawio.Listen(ln)
 }
 
 func (s *Server) status(running bool, msg string) {

@@ -195,7 +195,7 @@ type listener struct {
 }
 
 // Listen replaces an IPv4 TCP listener by a listener on the same
-// socket; anything else is returned as it is. On error ln is left open.
+// socket; anything else is returned as it is. On error ln is closed.
 func Listen(ln net.Listener) (net.Listener, error) {
 	tl, ok := ln.(*net.TCPListener)
 	local, _ := ln.Addr().(*net.TCPAddr)
@@ -204,8 +204,10 @@ func Listen(ln net.Listener) (net.Listener, error) {
 	}
 	f, err := tl.File()
 	if err != nil {
+		tl.Close()
 		return nil, err
 	}
+	tl.Close() // the duplicate, f, keeps the socket listening
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
@@ -218,7 +220,6 @@ func Listen(ln net.Listener) (net.Listener, error) {
 		f.Close()
 		return nil, errors.Join(err, serr)
 	}
-	tl.Close() // the duplicate keeps the socket listening
 	l := &listener{f: f, rc: rc, local: local}
 	l.fn = l.accept
 	return l, nil

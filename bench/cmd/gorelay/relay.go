@@ -43,12 +43,12 @@ func (r *relay) listen(addr string) (net.Listener, error) {
 	if err != nil || !r.raw {
 		return l, err
 	}
-	rl, err := rawio.Listen(l)
+	rl, err := rawio.Listen(l) // closes l on error
 	if err == nil && rl == l {
+		l.Close()
 		err = fmt.Errorf("-raw: rawio accepts on IPv4 listeners on Linux only, not %s", addr)
 	}
 	if err != nil {
-		l.Close()
 		return nil, err
 	}
 	return rl, nil
