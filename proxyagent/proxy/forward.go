@@ -309,11 +309,21 @@ func copyBody(dst io.Writer, src io.Reader) error {
 }
 
 // readResponse reads the final response head (skipping 1xx interim
-// responses) for a request with the given method.
+// responses) for a request with the given method: the common simple head
+// on the fast path (fastResponse), any other with net/http.
 func readResponse(br *bufio.Reader, method string) (*http.Response, error) {
 	if _, err := br.Peek(1); err != nil {
 		return nil, noResponse{err}
 	}
+	if resp := fastResponse(br, method); resp != nil {
+		return resp, nil
+	}
+	return readFinalResponse(br, method)
+}
+
+// readFinalResponse reads response heads with net/http until the final
+// one.
+func readFinalResponse(br *bufio.Reader, method string) (*http.Response, error) {
 	req := &http.Request{Method: method}
 	for {
 		resp, err := http.ReadResponse(br, req)
