@@ -322,6 +322,48 @@ func readAll(t *testing.T, dir string) ([]Record, error) {
 	return recs, err
 }
 
+// The writer encodes a caller's claims once per *claims.Claims and an
+// address once while it repeats; a record must still carry its own
+// caller and addresses when they change, alternate or are missing.
+func TestAuditLogReusedCallerAndAddresses(t *testing.T) {
+	dir := t.TempDir()
+	r, err := New(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, other := rootClaims(), rootClaims()
+	other.ProcessCmdLine, other.UserID = "other --flag", 1000
+	otherClient := netip.MustParseAddrPort("10.1.0.9:50001")
+	imds := netip.MustParseAddrPort("169.254.169.254:80")
+	var sent []Event
+	for _, c := range []struct {
+		caller       *claims.Claims
+		client, dest netip.AddrPort
+	}{
+		{shared, client, ws}, {shared, client, ws}, {other, otherClient, imds}, {shared, client, ws},
+		{nil, otherClient, netip.AddrPort{}}, {shared, netip.AddrPort{}, ws}, {other, client, imds},
+	} {
+		ev := allowEvent()
+		ev.Caller, ev.Client, ev.Dest = c.caller, c.client, c.dest
+		sent = append(sent, ev)
+		r.Record(ev)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := readAll(t, dir)
+	if err != nil || len(recs) != len(sent) {
+		t.Fatalf("%d records, %v; want %d", len(recs), err, len(sent))
+	}
+	for i, rec := range recs {
+		want := NewRecord(&sent[i])
+		want.Seq, want.Prev = uint64(i+1), rec.Prev
+		if !reflect.DeepEqual(rec, want) {
+			t.Fatalf("record %d\n got %+v\nwant %+v", i, rec, want)
+		}
+	}
+}
+
 func TestAuditLogRoundTripAndRotation(t *testing.T) {
 	dir := t.TempDir()
 	r, err := New(Options{Dir: dir, MaxFileSize: 4096, MaxFiles: 50})

@@ -16,6 +16,12 @@ import (
 // reused buffer. The hash chain covers these bytes, so they must not
 // differ from json.Marshal's; FuzzRecordJSON holds it to that.
 func appendRecordJSON(dst []byte, rec *Record) []byte {
+	return appendRecord(dst, rec, nil)
+}
+
+// appendRecord is appendRecordJSON with the caller's claims already
+// encoded (callerJSON, from appendClaimsJSON; nil: encode rec.Caller).
+func appendRecord(dst []byte, rec *Record, callerJSON []byte) []byte {
 	if y := rec.Time.Year(); y < 0 || y > 9999 || math.IsNaN(rec.LatencyMs) || math.IsInf(rec.LatencyMs, 0) {
 		// What json.Marshal refuses is never written by hand either.
 		b, err := json.Marshal(rec)
@@ -35,7 +41,11 @@ func appendRecordJSON(dst []byte, rec *Record) []byte {
 	dst = append(dst, `,"tcpId":`...)
 	dst = strconv.AppendUint(dst, rec.TCPID, 10)
 	dst = append(dst, `,"caller":`...)
-	dst = appendClaimsJSON(dst, rec.Caller)
+	if callerJSON != nil {
+		dst = append(dst, callerJSON...)
+	} else {
+		dst = appendClaimsJSON(dst, rec.Caller)
+	}
 	dst = appendField(dst, "client", rec.Client)
 	dst = append(dst, `,"destination":{"service":`...)
 	dst = appendJSONString(dst, rec.Destination.Service)

@@ -92,7 +92,9 @@ const DecisionNone = "none"
 // its line feed).
 func chainHash(line []byte) string {
 	sum := sha256.Sum256(line)
-	return hex.EncodeToString(sum[:])
+	var text [2 * sha256.Size]byte
+	hex.Encode(text[:], sum[:])
+	return string(text[:])
 }
 
 // LineError is one unusable or suspicious line of an audit log.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -109,7 +110,19 @@ type Recorder struct {
 	lineBuf  []byte
 	msgBuf   []byte // the connection-log message being written
 	recBuf   []byte // the audit line being written
-	errLimit time.Time
+	rec      Record // the audit record being written
+	// caller's claims in JSON: a connection's requests share one
+	// *claims.Claims, which is never modified once recorded.
+	caller     *claims.Claims
+	callerJSON []byte
+	addrs      [2]addrCache // see addrText
+	errLimit   time.Time
+}
+
+// addrCache is an address and its text.
+type addrCache struct {
+	ap   netip.AddrPort
+	text string
 }
 
 // job is one unit of work for the writer goroutine.
@@ -407,13 +420,21 @@ func (r *Recorder) handle(j *job) {
 		r.report(err)
 	}
 	r.seq++
-	rec := NewRecord(ev)
+	r.rec = newRecord(ev, r.addrText(ev.Client), r.addrText(ev.Dest))
+	rec := &r.rec
 	rec.Seq, rec.Prev, rec.Dropped = r.seq, r.prev, r.lost.Swap(0)
-	r.recBuf = appendRecordJSON(r.recBuf[:0], &rec)
+	if rec.Caller != nil && rec.Caller != r.caller {
+		r.caller, r.callerJSON = rec.Caller, appendClaimsJSON(r.callerJSON[:0], rec.Caller)
+	}
+	callerJSON := r.callerJSON
+	if rec.Caller == nil {
+		callerJSON = nil
+	}
+	r.recBuf = appendRecord(r.recBuf[:0], rec, callerJSON)
 	b := r.recBuf
 	r.prev = chainHash(b)
 	if r.opts.Sink != nil {
-		r.opts.Sink.WriteRecord(b, &rec)
+		r.opts.Sink.WriteRecord(b, rec)
 	}
 	if r.auditLog == nil {
 		return
@@ -429,17 +450,20 @@ func (r *Recorder) handle(j *job) {
 // NewRecord returns the audit record for ev, without Seq, Prev and
 // Dropped (the Recorder fills them in).
 func NewRecord(ev *Event) Record {
+	return newRecord(ev, addrText(ev.Client), addrText(ev.Dest))
+}
+
+// newRecord is NewRecord with the client and destination addresses
+// already in text.
+func newRecord(ev *Event, client, dest string) Record {
 	rec := Record{
 		V: SchemaVersion, Time: ev.Time.UTC(), HTTPID: ev.HTTPID, TCPID: ev.TCPID,
-		Caller: ev.Caller, Method: ev.Method, Target: ev.Target,
+		Caller: ev.Caller, Client: client, Method: ev.Method, Target: ev.Target,
 		Decision: DecisionNone, Status: ev.Status, Error: ev.Error,
 		LatencyMs: math.Round(float64(ev.Latency)/1e3) / 1e3,
 	}
-	if ev.Client.IsValid() {
-		rec.Client = ev.Client.String()
-	}
 	if ev.Dest.IsValid() {
-		rec.Destination = Destination{Service: string(ev.Service), Addr: ev.Dest.String()}
+		rec.Destination = Destination{Service: string(ev.Service), Addr: dest}
 	}
 	if ev.Authorized {
 		d := ev.Decision
@@ -447,6 +471,30 @@ func NewRecord(ev *Event) Record {
 		rec.Privilege, rec.Identity, rec.Reason = d.Privilege, d.Identity, d.Reason
 	}
 	return rec
+}
+
+// addrText is ap as "ip:port", or "" when ap is not valid.
+func addrText(ap netip.AddrPort) string {
+	if !ap.IsValid() {
+		return ""
+	}
+	return ap.String()
+}
+
+// addrText is the package's addrText, reusing the text of the last two
+// addresses: a connection's client and destination repeat for each of its
+// requests.
+func (r *Recorder) addrText(ap netip.AddrPort) string {
+	for _, a := range r.addrs {
+		if a.ap == ap && a.text != "" {
+			return a.text
+		}
+	}
+	text := addrText(ap)
+	if text != "" {
+		r.addrs[1], r.addrs[0] = r.addrs[0], addrCache{ap, text}
+	}
+	return text
 }
 
 // appendConnPrefix appends "{httpID}[{tcpID}] - ", which begins every

@@ -5,7 +5,8 @@ package audit
 type Sink interface {
 	// WriteRecord is given the record and its JSON line (without line
 	// feed; the file's bytes exactly, so a sink redacts exactly what the
-	// file does). line is reused after the call returns. It must not block.
+	// file does). line and rec are reused after the call returns. It must
+	// not block.
 	WriteRecord(line []byte, rec *Record)
 }
 
