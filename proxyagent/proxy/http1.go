@@ -282,8 +282,9 @@ func (s *Server) serveConn(cc *clientConn) {
 	}
 }
 
-// readRequest reads one request head with net/http's parser and applies
-// the checks Go's server adds to it.
+// readRequest reads one request head (a simple one on the fast path,
+// fastRequest; any other with net/http's parser) and applies the checks
+// Go's server adds to it.
 func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 	if lastPost {
 		// RFC 9112 §2.2: tolerate a CRLF an old client sends after a POST
@@ -295,12 +296,15 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 		}
 		hc.br.Discard(n)
 	}
-	req, err := http.ReadRequest(hc.br)
-	if err != nil {
-		if hc.lr.N <= 0 {
-			return nil, errHeaderTooLarge
+	req := fastRequest(hc.br)
+	if req == nil {
+		var err error
+		if req, err = http.ReadRequest(hc.br); err != nil {
+			if hc.lr.N <= 0 {
+				return nil, errHeaderTooLarge
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	hc.lr.N = math.MaxInt64
 	if req.ContentLength != 0 {

@@ -10,6 +10,114 @@ import (
 	"testing"
 )
 
+// curlRequest is a request head as curl sends it to IMDS.
+const curlRequest = "GET /metadata/instance?api-version=2021-02-01&format=json HTTP/1.1\r\n" +
+	"Host: 169.254.169.254\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\nMetadata: true\r\n\r\n"
+
+// readBothRequests reads raw with http.ReadRequest and with fastRequest
+// (net/http where it declines) and fails unless both give the same
+// request and leave the same bytes unread; fast reports whether the fast
+// path took it.
+func readBothRequests(t *testing.T, raw string) (fast bool) {
+	t.Helper()
+	wbr := bufio.NewReader(strings.NewReader(raw))
+	want, wantErr := http.ReadRequest(wbr)
+	gbr := bufio.NewReader(strings.NewReader(raw))
+	got := fastRequest(gbr)
+	fast = got != nil
+	if wantErr != nil {
+		if fast {
+			t.Fatalf("fast path took %q, which net/http refuses: %v", raw, wantErr)
+		}
+		return false
+	}
+	if !fast {
+		return false
+	}
+	switch {
+	case got.Method != want.Method || got.RequestURI != want.RequestURI || !reflect.DeepEqual(got.URL, want.URL):
+		t.Fatalf("%q: request line %s %q %+v, net/http %s %q %+v", raw, got.Method, got.RequestURI, got.URL,
+			want.Method, want.RequestURI, want.URL)
+	case got.Proto != want.Proto || got.ProtoMajor != want.ProtoMajor || got.ProtoMinor != want.ProtoMinor:
+		t.Fatalf("%q: protocol %s, net/http %s", raw, got.Proto, want.Proto)
+	case !reflect.DeepEqual(got.Header, want.Header) || got.Host != want.Host:
+		t.Fatalf("%q: headers %v host %q, net/http %v %q", raw, got.Header, got.Host, want.Header, want.Host)
+	case got.Close != want.Close || got.ContentLength != want.ContentLength || got.Body != want.Body ||
+		!reflect.DeepEqual(got.TransferEncoding, want.TransferEncoding) || !reflect.DeepEqual(got.Trailer, want.Trailer):
+		t.Fatalf("%q: framing differs from net/http's", raw)
+	}
+	wrest, _ := io.ReadAll(wbr)
+	grest, _ := io.ReadAll(gbr)
+	if string(grest) != string(wrest) {
+		t.Fatalf("%q: left %q unread, net/http %q", raw, grest, wrest)
+	}
+	return true
+}
+
+func TestFastRequest(t *testing.T) {
+	taken := []string{
+		curlRequest,
+		curlRequest + curlRequest,
+		"GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F HTTP/1.1\r\n" +
+			"Host: 169.254.169.254\r\nUser-Agent: python-requests/2.31.0\r\nAccept-Encoding: gzip, deflate\r\n" +
+			"Accept: */*\r\nConnection: keep-alive\r\nMetadata: true\r\n\r\n",
+		"GET /machine?comp=goalstate HTTP/1.1\r\nhost: 168.63.129.16\r\nx-ms-version: 2012-11-30\r\nConnection: Keep-Alive, close\r\n\r\n",
+		"DELETE /a//b/../c HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a:\t2 \r\nExpect: 100-continue\r\n\r\n",
+		"GET //evil.example/x HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
+		"GET /\xe2\x9c\x93?q=\xff HTTP/1.1\r\nX-Obs: caf\xe9\r\n\r\n",
+		"GET / HTTP/1.1\r\n\r\n",
+	}
+	for _, raw := range taken {
+		if !readBothRequests(t, raw) {
+			t.Errorf("fast path declined %q", raw)
+		}
+	}
+	declined := []string{
+		"POST /machine?comp=health HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+		"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+		"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+		"GET http://169.254.169.254/metadata/instance HTTP/1.1\r\nHost: other\r\n\r\n",
+		"CONNECT 169.254.169.254:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+		"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+		"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nTrailer: X\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n",
+		"GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+		"GET / HTTP/1.1\nHost: a\n\n",
+		"GET / HTTP/1.1\r\nHost: a\nX: bare LF\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+		"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /a\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
+		"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\n",
+	}
+	for _, raw := range declined {
+		if readBothRequests(t, raw) {
+			t.Errorf("fast path took %q", raw)
+		}
+	}
+}
+
+// FuzzFastRequest holds the fast path to net/http: what it takes,
+// http.ReadRequest reads as the same request, consuming the same bytes.
+// Run longer with: go test -fuzz FuzzFastRequest -fuzztime 30s ./proxyagent/proxy
+func FuzzFastRequest(f *testing.F) {
+	f.Add(curlRequest)
+	f.Add(curlRequest + "GET /x HTTP/1.1\r\n")
+	f.Add("GET /a?b=%41 HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX: 1\r\nx: 2\r\n\r\n")
+	f.Add("POST /machine?comp=health HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+	f.Fuzz(func(t *testing.T, raw string) {
+		readBothRequests(t, raw)
+	})
+}
+
 // imdsHead is a response head as IMDS sends it.
 const imdsHead = "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n" +
 	"Date: Tue, 01 Dec 2026 18:00:00 GMT\r\nServer: Microsoft-IIS/10.0\r\n" +
@@ -203,27 +311,42 @@ func FuzzFastResponse(f *testing.F) {
 	})
 }
 
-// BenchmarkReadResponse is one IMDS response head and body read as the
-// proxy reads it (fast path), against net/http's parser.
-func BenchmarkReadResponse(b *testing.B) {
-	raw := imdsHead + "hello"
-	for _, bc := range []struct {
-		name string
-		read func(*bufio.Reader, string) (*http.Response, error)
-	}{{"fast", readResponse}, {"net-http", readFinalResponse}} {
-		b.Run(bc.name, func(b *testing.B) {
+// BenchmarkReadHead is a curl request head and an IMDS response head and
+// body read as the proxy reads them (fast path) and with net/http.
+func BenchmarkReadHead(b *testing.B) {
+	bench := func(name, raw string, read func(*bufio.Reader) error) {
+		b.Run(name, func(b *testing.B) {
 			sr := strings.NewReader(raw)
 			br := bufio.NewReaderSize(sr, 4<<10)
 			b.ReportAllocs()
 			for b.Loop() {
 				sr.Reset(raw)
 				br.Reset(sr)
-				resp, err := bc.read(br, http.MethodGet)
-				if err != nil {
+				if err := read(br); err != nil {
 					b.Fatal(err)
 				}
-				io.Copy(io.Discard, resp.Body)
 			}
+		})
+	}
+	bench("request/fast", curlRequest, func(br *bufio.Reader) error {
+		if fastRequest(br) == nil {
+			return errors.New("declined")
+		}
+		return nil
+	})
+	bench("request/net-http", curlRequest, func(br *bufio.Reader) error {
+		_, err := http.ReadRequest(br)
+		return err
+	})
+	for name, read := range map[string]func(*bufio.Reader, string) (*http.Response, error){
+		"response/fast": readResponse, "response/net-http": readFinalResponse,
+	} {
+		bench(name, imdsHead+"hello", func(br *bufio.Reader) error {
+			resp, err := read(br, http.MethodGet)
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+			}
+			return err
 		})
 	}
 }

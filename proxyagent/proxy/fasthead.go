@@ -1,0 +1,343 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// Almost every message the proxy reads has one simple shape: a client's
+// bodiless HTTP/1.1 request with a handful of plain header lines, and the
+// host's HTTP/1.1 answer with one Content-Length. Such a head is parsed
+// here from the bytes already buffered, into one string that every name
+// and value is a slice of, instead of by net/http (BenchmarkReadHead:
+// request 0.5 against 1.0 µs, response 0.77 against 1.18 µs, half the
+// allocations). Anything else — a body, Transfer-Encoding, HTTP/1.0, an
+// absolute-form target, 1xx, 204, 304, a HEAD request, a repeated Host or
+// Content-Length, Trailer, Pragma, a folded or bare-LF line, a byte
+// net/http would reject or treat specially, a head longer than the read
+// buffer — is left to http.ReadRequest and http.ReadResponse and their
+// checks. So the fast path only ever gives the result net/http gives;
+// FuzzFastRequest and FuzzFastResponse hold it to that.
+
+// fastRequest returns the request whose head is buffered (or arrives into
+// br's free buffer) when it is a simple bodiless one, consuming its head;
+// nil, consuming nothing, otherwise.
+func fastRequest(br *bufio.Reader) *http.Request {
+	head := bufferedHead(br)
+	if head == nil {
+		return nil
+	}
+	var parsed http.Request
+	if !parseSimpleRequest(string(head), &parsed) {
+		return nil
+	}
+	br.Discard(len(head))
+	req := new(http.Request)
+	*req = parsed
+	return req
+}
+
+// parseSimpleRequest parses head (request line, header lines, blank line,
+// all CRLF-terminated) into req when it is of the simple shape, and
+// reports whether it was.
+func parseSimpleRequest(head string, req *http.Request) bool {
+	line, rest, _ := cutCRLF(head)
+	method, line, _ := strings.Cut(line, " ")
+	target, proto, _ := strings.Cut(line, " ")
+	if proto != "HTTP/1.1" || !simpleMethod(method) || target == "" || target[0] != '/' {
+		return false
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return false
+	}
+	h, ok := parseHeaderLines(rest)
+	if !ok || len(h["Host"]) > 1 {
+		return false
+	}
+	for _, k := range [...]string{"Content-Length", "Transfer-Encoding", "Trailer", "Pragma"} {
+		if _, ok := h[k]; ok {
+			return false
+		}
+	}
+	host := u.Host
+	if host == "" {
+		host = h.Get("Host")
+	}
+	delete(h, "Host")
+	*req = http.Request{
+		Method: method, URL: u, RequestURI: target,
+		Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Host: host, Body: http.NoBody,
+		Close: httpguts.HeaderValuesContainsToken(h["Connection"], "close"),
+	}
+	return true
+}
+
+// simpleMethod reports a method of upper-case letters other than CONNECT
+// (whose target net/http reads in another form).
+func simpleMethod(m string) bool {
+	if m == "" || m == http.MethodConnect {
+		return false
+	}
+	for _, c := range []byte(m) {
+		if c < 'A' || c > 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// fastResponse returns the response whose head is buffered (or arrives
+// into br's free buffer) when it is of the simple shape, consuming its
+// head; nil, consuming nothing, otherwise.
+func fastResponse(br *bufio.Reader, method string) *http.Response {
+	if method == http.MethodHead {
+		return nil
+	}
+	head := bufferedHead(br)
+	if head == nil {
+		return nil
+	}
+	var parsed http.Response
+	if !parseSimpleResponse(string(head), &parsed) {
+		return nil
+	}
+	br.Discard(len(head))
+	// The response and its body reader in one allocation.
+	fr := &struct {
+		resp http.Response
+		body lengthBody
+	}{resp: parsed}
+	resp := &fr.resp
+	if resp.ContentLength == 0 {
+		resp.Body = http.NoBody
+	} else {
+		fr.body = lengthBody{r: br, left: resp.ContentLength}
+		resp.Body = &fr.body
+	}
+	return resp
+}
+
+// parseSimpleResponse parses head (status line, header lines, blank line,
+// all CRLF-terminated) into resp when it is of the simple shape, and
+// reports whether it was.
+func parseSimpleResponse(head string, resp *http.Response) bool {
+	const proto = "HTTP/1.1 "
+	if !strings.HasPrefix(head, proto) {
+		return false
+	}
+	line, rest, _ := cutCRLF(head[len(proto):])
+	code, ok := statusCode(line)
+	if !ok || code < 200 || code == http.StatusNoContent || code == http.StatusNotModified {
+		return false
+	}
+	for i := 3; i < len(line); i++ {
+		if !validValueByte(line[i]) {
+			return false
+		}
+	}
+	h, ok := parseHeaderLines(rest)
+	if !ok {
+		return false
+	}
+	for _, k := range [...]string{"Transfer-Encoding", "Trailer", "Connection", "Pragma"} {
+		if _, ok := h[k]; ok {
+			return false
+		}
+	}
+	cl := h["Content-Length"]
+	if len(cl) != 1 {
+		return false
+	}
+	length, ok := parseLength(cl[0])
+	if !ok {
+		return false
+	}
+	*resp = http.Response{
+		Status: line, StatusCode: code,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: length,
+	}
+	return true
+}
+
+// bufferedHead returns the head (through its blank line) at the start of
+// br's buffer, reading more while the buffer has room; nil when it does
+// not fit or the connection fails first (net/http then reads the same
+// bytes and reports that failure).
+func bufferedHead(br *bufio.Reader) []byte {
+	for {
+		n := br.Buffered()
+		b, _ := br.Peek(n)
+		if i := bytes.Index(b, crlfcrlf); i >= 0 {
+			return b[:i+len(crlfcrlf)]
+		}
+		if n >= br.Size() {
+			return nil
+		}
+		if _, err := br.Peek(n + 1); err != nil {
+			return nil
+		}
+	}
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// parseHeaderLines parses "name:value" CRLF-terminated lines up to a blank
+// line, as net/http's header reader does, when every line is a plain one:
+// a token name, a colon, a value of bytes net/http accepts (VCHAR, space,
+// tab, obs-text), trimmed of spaces and tabs. Names are canonicalized;
+// names and values are slices of lines.
+func parseHeaderLines(lines string) (http.Header, bool) {
+	// Count the lines first, so the map and the value slices are
+	// allocated once.
+	n := 0
+	for s := lines; len(s) > 2; n++ {
+		_, s, _ = cutCRLF(s)
+	}
+	h := make(http.Header, n)
+	values := make([]string, n)
+	for i := 0; ; i++ {
+		var l string
+		l, lines, _ = cutCRLF(lines)
+		if l == "" {
+			return h, true
+		}
+		name, value, ok := headerLine(l)
+		if !ok {
+			return nil, false
+		}
+		key := textproto.CanonicalMIMEHeaderKey(name)
+		if vv, dup := h[key]; dup {
+			h[key] = append(vv, value)
+			continue
+		}
+		values[i] = value
+		h[key] = values[i : i+1 : i+1]
+	}
+}
+
+// cutCRLF splits s at its first CRLF.
+func cutCRLF(s string) (line, rest string, ok bool) {
+	if i := strings.Index(s, "\r\n"); i >= 0 {
+		return s[:i], s[i+2:], true
+	}
+	return s, "", false
+}
+
+// statusCode reads a status line's code: three digits, then the end or a
+// space.
+func statusCode(line string) (int, bool) {
+	if len(line) < 3 || len(line) > 3 && line[3] != ' ' {
+		return 0, false
+	}
+	code := 0
+	for _, c := range []byte(line[:3]) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	return code, true
+}
+
+// headerLine splits "name:value" where name is a token and value holds
+// only bytes net/http accepts, trimming the value's spaces and tabs at
+// both ends as net/http does.
+func headerLine(l string) (name, value string, ok bool) {
+	i := 0
+	for i < len(l) && validNameByte(l[i]) {
+		i++
+	}
+	if i == 0 || i == len(l) || l[i] != ':' {
+		return "", "", false
+	}
+	name, value = l[:i], l[i+1:]
+	for j := 0; j < len(value); j++ {
+		if !validValueByte(value[j]) {
+			return "", "", false
+		}
+	}
+	return name, textproto.TrimString(value), true
+}
+
+// validNameByte reports a token byte (RFC 9110 §5.6.2).
+func validNameByte(c byte) bool { return tokenBytes[c] }
+
+var tokenBytes = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range []byte("!#$%&'*+-.^_`|~") {
+		t[c] = true
+	}
+	return t
+}()
+
+// validValueByte reports a byte net/http accepts in a header value.
+func validValueByte(c byte) bool {
+	return c == '\t' || (c >= 0x20 && c != 0x7f)
+}
+
+// parseLength parses a Content-Length of 1 to 18 decimal digits.
+func parseLength(v string) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range []byte(v) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// lengthBody reads a Content-Length body from the upstream connection as
+// net/http's response body does: io.EOF with the last byte,
+// io.ErrUnexpectedEOF when the connection ends early.
+type lengthBody struct {
+	r      *bufio.Reader
+	left   int64
+	closed bool
+}
+
+func (b *lengthBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	switch {
+	case b.left == 0:
+		err = io.EOF
+	case err == io.EOF:
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// Close ends reading; an unread rest is not drained (the caller closes a
+// connection whose response it did not read to the end).
+func (b *lengthBody) Close() error {
+	b.closed = true
+	return nil
+}
