@@ -16,9 +16,9 @@ import (
 // bodiless HTTP/1.1 request with a handful of plain header lines, and the
 // host's HTTP/1.1 answer with one Content-Length. Such a head is parsed
 // here from the bytes already buffered, into one string that every name
-// and value is a slice of, instead of by net/http (BenchmarkReadHead:
-// request 0.5 against 1.0 µs, response 0.77 against 1.18 µs, half the
-// allocations). Anything else — a body, Transfer-Encoding, HTTP/1.0, an
+// and value is a slice of, instead of by net/http (BenchmarkReadHead: a
+// curl request 0.86 against 1.05 µs and 6 against 11 allocations, an IMDS
+// response 0.75 against 1.19 µs and 6 against 13). Anything else — a body, Transfer-Encoding, HTTP/1.0, an
 // absolute-form target, 1xx, 204, 304, a HEAD request, a repeated Host or
 // Content-Length, Trailer, Pragma, a folded or bare-LF line, a byte
 // net/http would reject or treat specially, a head longer than the read
