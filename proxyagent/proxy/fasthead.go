@@ -15,27 +15,36 @@ import (
 // Almost every message the proxy reads has one simple shape: a client's
 // bodiless HTTP/1.1 request with a handful of plain header lines, and the
 // host's HTTP/1.1 answer with one Content-Length. Such a head is parsed
-// here from the bytes already buffered, into one string that every name
-// and value is a slice of, instead of by net/http (BenchmarkReadHead: a
-// curl request 0.86 against 1.05 µs and 6 against 11 allocations, an IMDS
-// response 0.75 against 1.19 µs and 6 against 13). Anything else — a body, Transfer-Encoding, HTTP/1.0, an
-// absolute-form target, 1xx, 204, 304, a HEAD request, a repeated Host or
-// Content-Length, Trailer, Pragma, a folded or bare-LF line, a byte
-// net/http would reject or treat specially, a head longer than the read
-// buffer — is left to http.ReadRequest and http.ReadResponse and their
-// checks. So the fast path only ever gives the result net/http gives;
-// FuzzFastRequest and FuzzFastResponse hold it to that.
+// here from the bytes already buffered, into strings that the names and
+// values slice, instead of by net/http (BenchmarkReadHead: a curl request
+// 0.86 against 1.05 µs and 7 against 11 allocations, an IMDS response 0.75
+// against 1.19 µs and 6 against 13). Anything else — a request with a
+// body, Transfer-Encoding, HTTP/1.0, an absolute-form target, a 1xx, 204
+// or 304 answer or one to HEAD, a repeated Host or Content-Length,
+// Trailer, Pragma, a folded line, a bare LF (net/http ends lines and heads
+// at one; the fast path declines as soon as it sees one rather than wait
+// for a CRLF), a byte net/http would reject or treat specially, a head
+// longer than the read buffer — is left to http.ReadRequest and
+// http.ReadResponse and their checks. So the fast path only ever gives the
+// result net/http gives; FuzzFastRequest and FuzzFastResponse hold it to
+// that.
 
 // fastRequest returns the request whose head is buffered (or arrives into
 // br's free buffer) when it is a simple bodiless one, consuming its head;
 // nil, consuming nothing, otherwise.
 func fastRequest(br *bufio.Reader) *http.Request {
-	head := bufferedHead(br)
+	// A failed read is left to net/http, which reads again and reports it
+	// (the client's read deadline is fixed, so that costs no second wait).
+	head, _ := bufferedHead(br)
 	if head == nil {
 		return nil
 	}
 	var parsed http.Request
-	if !parseSimpleRequest(string(head), &parsed) {
+	// The request line is a string of its own, as net/http's is: the
+	// method and target it slices can outlive the request (audit
+	// summaries), the header lines cannot.
+	end := bytes.Index(head, crlf)
+	if !parseSimpleRequest(string(head[:end]), string(head[end+len(crlf):]), &parsed) {
 		return nil
 	}
 	br.Discard(len(head))
@@ -44,11 +53,10 @@ func fastRequest(br *bufio.Reader) *http.Request {
 	return req
 }
 
-// parseSimpleRequest parses head (request line, header lines, blank line,
-// all CRLF-terminated) into req when it is of the simple shape, and
-// reports whether it was.
-func parseSimpleRequest(head string, req *http.Request) bool {
-	line, rest, _ := cutCRLF(head)
+// parseSimpleRequest parses a request line (without its CRLF) and the
+// header lines after it (through the blank line, all CRLF-terminated) into
+// req when they are of the simple shape, and reports whether they were.
+func parseSimpleRequest(line, rest string, req *http.Request) bool {
 	method, line, _ := strings.Cut(line, " ")
 	target, proto, _ := strings.Cut(line, " ")
 	if proto != "HTTP/1.1" || !simpleMethod(method) || target == "" || target[0] != '/' {
@@ -97,18 +105,24 @@ func simpleMethod(m string) bool {
 
 // fastResponse returns the response whose head is buffered (or arrives
 // into br's free buffer) when it is of the simple shape, consuming its
-// head; nil, consuming nothing, otherwise.
-func fastResponse(br *bufio.Reader, method string) *http.Response {
+// head; nil, consuming nothing, otherwise. A read that fails before the
+// head is complete is returned as the error (io.EOF as
+// io.ErrUnexpectedEOF): reading again through net/http would wait out a
+// renewed upstream deadline a second time.
+func fastResponse(br *bufio.Reader, method string) (*http.Response, error) {
 	if method == http.MethodHead {
-		return nil
+		return nil, nil
 	}
-	head := bufferedHead(br)
+	head, err := bufferedHead(br)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
 	if head == nil {
-		return nil
+		return nil, err
 	}
 	var parsed http.Response
 	if !parseSimpleResponse(string(head), &parsed) {
-		return nil
+		return nil, nil
 	}
 	br.Discard(len(head))
 	// The response and its body reader in one allocation.
@@ -123,7 +137,7 @@ func fastResponse(br *bufio.Reader, method string) *http.Response {
 		fr.body = lengthBody{r: br, left: resp.ContentLength}
 		resp.Body = &fr.body
 	}
-	return resp
+	return resp, nil
 }
 
 // parseSimpleResponse parses head (status line, header lines, blank line,
@@ -170,26 +184,44 @@ func parseSimpleResponse(head string, resp *http.Response) bool {
 }
 
 // bufferedHead returns the head (through its blank line) at the start of
-// br's buffer, reading more while the buffer has room; nil when it does
-// not fit or the connection fails first (net/http then reads the same
-// bytes and reports that failure).
-func bufferedHead(br *bufio.Reader) []byte {
+// br's buffer, reading more while the buffer has room. It returns nil when
+// the head does not fit, when a bare LF comes before its end (a line end
+// for net/http, so waiting for a CRLF could wait for bytes that never
+// come), or with the error of a read that failed first.
+func bufferedHead(br *bufio.Reader) ([]byte, error) {
 	for {
 		n := br.Buffered()
 		b, _ := br.Peek(n)
 		if i := bytes.Index(b, crlfcrlf); i >= 0 {
-			return b[:i+len(crlfcrlf)]
+			return b[:i+len(crlfcrlf)], nil
 		}
-		if n >= br.Size() {
-			return nil
+		if hasBareLF(b) || n >= br.Size() {
+			return nil, nil
 		}
 		if _, err := br.Peek(n + 1); err != nil {
-			return nil
+			return nil, err
 		}
 	}
 }
 
-var crlfcrlf = []byte("\r\n\r\n")
+// hasBareLF reports an LF in b that no CR precedes.
+func hasBareLF(b []byte) bool {
+	for i := 0; ; i++ {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return false
+		}
+		i += j
+		if i == 0 || b[i-1] != '\r' {
+			return true
+		}
+	}
+}
+
+var (
+	crlf     = []byte("\r\n")
+	crlfcrlf = []byte("\r\n\r\n")
+)
 
 // parseHeaderLines parses "name:value" CRLF-terminated lines up to a blank
 // line, as net/http's header reader does, when every line is a plain one:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -132,7 +133,8 @@ func readBoth(t *testing.T, raw string, method string) (fast bool) {
 		return readFinalResponse(br, method)
 	})
 	got, gotBody, gotErr := readWith(raw, func(br *bufio.Reader) (*http.Response, error) {
-		fast = fastResponse(br, method) != nil
+		resp, _ := fastResponse(br, method)
+		fast = resp != nil
 		if fast {
 			// Read it again through readResponse, as the proxy does.
 			br.Reset(strings.NewReader(raw))
@@ -251,8 +253,8 @@ func TestFastResponseBody(t *testing.T) {
 
 	br := bufio.NewReader(strings.NewReader(imdsHead + "hello" + strings.Replace(imdsHead, "200 OK", "201 Created", 1) + "again"))
 	for _, want := range []string{"hello", "again"} {
-		resp := fastResponse(br, http.MethodGet)
-		if resp == nil {
+		resp, err := fastResponse(br, http.MethodGet)
+		if resp == nil || err != nil {
 			t.Fatal("fast path declined a kept-alive response")
 		}
 		buf := make([]byte, 64)
@@ -276,12 +278,12 @@ func TestFastResponseHeadSize(t *testing.T) {
 		io.WriteString(pw, imdsHead[20:]+"hello")
 		pw.Close()
 	}()
-	if resp := fastResponse(bufio.NewReaderSize(pr, 4<<10), http.MethodGet); resp == nil || resp.ContentLength != 5 {
+	if resp, err := fastResponse(bufio.NewReaderSize(pr, 4<<10), http.MethodGet); resp == nil || err != nil || resp.ContentLength != 5 {
 		t.Fatalf("head in two writes: %+v", resp)
 	}
 
 	br := bufio.NewReaderSize(strings.NewReader(imdsHead+"hello"), 64)
-	if fastResponse(br, http.MethodGet) != nil {
+	if resp, _ := fastResponse(br, http.MethodGet); resp != nil {
 		t.Fatal("fast path took a head longer than the buffer")
 	}
 	resp, err := readResponse(br, http.MethodGet)
@@ -290,6 +292,63 @@ func TestFastResponseHeadSize(t *testing.T) {
 	}
 	if b, _ := io.ReadAll(resp.Body); string(b) != "hello" {
 		t.Fatalf("body %q", b)
+	}
+}
+
+// stallReader serves data, then fails with err (nil: the peer says
+// nothing more, as a kept-open connection); any read after that is a
+// second wait on a silent peer, and fails the test.
+type stallReader struct {
+	t     *testing.T
+	data  string
+	err   error
+	reads int
+}
+
+func (r *stallReader) Read(p []byte) (int, error) {
+	r.reads++
+	if r.reads == 1 {
+		return copy(p, r.data), nil
+	}
+	if r.reads == 2 && r.err != nil {
+		return 0, r.err
+	}
+	r.t.Errorf("read %d after %q: waiting for the head again", r.reads, r.data)
+	return 0, io.EOF
+}
+
+// The fast path never waits where net/http would not: a head that a bare
+// LF ends (for net/http) is declined at once, not waited on for a CRLF,
+// and a read that fails mid-head is reported, not retried by net/http
+// (which would wait out a renewed upstream deadline a second time).
+func TestFastHeadNoSecondWait(t *testing.T) {
+	for _, raw := range []string{"GET /x HTTP/1.1\nHost: a\n\n", "GET /x HTTP/1.1\r\nHost: a\r\n\n"} {
+		r := &stallReader{t: t, data: raw}
+		br := bufio.NewReader(r)
+		if fastRequest(br) != nil {
+			t.Fatalf("fast path took %q", raw)
+		}
+		if req, err := http.ReadRequest(br); err != nil || req.Host != "a" {
+			t.Fatalf("net/http after the fast path declined %q: %v", raw, err)
+		}
+	}
+	for _, raw := range []string{"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nok"} {
+		br := bufio.NewReader(&stallReader{t: t, data: raw})
+		resp, err := readResponse(br, http.MethodGet)
+		if err != nil {
+			t.Fatalf("%q: %v", raw, err)
+		}
+		if b, err := io.ReadAll(resp.Body); string(b) != "ok" || err != nil {
+			t.Fatalf("%q: body %q, %v", raw, b, err)
+		}
+	}
+	r := &stallReader{t: t, data: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", err: os.ErrDeadlineExceeded}
+	if _, err := readResponse(bufio.NewReader(r), http.MethodGet); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("host silent mid-head: %v, want the deadline's error", err)
+	}
+	r = &stallReader{t: t, data: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", err: io.EOF}
+	if _, err := readResponse(bufio.NewReader(r), http.MethodGet); err != io.ErrUnexpectedEOF {
+		t.Fatalf("host gone mid-head: %v, want io.ErrUnexpectedEOF", err)
 	}
 }
 

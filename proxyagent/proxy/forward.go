@@ -315,8 +315,8 @@ func readResponse(br *bufio.Reader, method string) (*http.Response, error) {
 	if _, err := br.Peek(1); err != nil {
 		return nil, noResponse{err}
 	}
-	if resp := fastResponse(br, method); resp != nil {
-		return resp, nil
+	if resp, err := fastResponse(br, method); resp != nil || err != nil {
+		return resp, err
 	}
 	return readFinalResponse(br, method)
 }
