@@ -117,7 +117,7 @@ func writeCountTable(w io.Writer, rows []countRow) {
 func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 	paths := []pathSpec{pathEnforce}
 	if b.nginx != nil && b.nginx.Process != nil {
-		paths = append(paths, pathNginx)
+		paths = append(paths, pathNginx, pathNginxLog)
 	}
 	for _, f := range goFloors {
 		if b.relays[f.name] != nil {
@@ -135,7 +135,7 @@ func countPerRequest(ctx context.Context, b *benchEnv, o options) error {
 				if r := b.relays[p.name]; r != nil {
 					pids = strconv.Itoa(r.cmd.Process.Pid)
 				}
-				if p.name == pathNginx.name {
+				if isNginx(p.name) {
 					out, err := exec.CommandContext(ctx, "pgrep", "-P", strconv.Itoa(b.nginx.Process.Pid)).Output()
 					if err != nil {
 						return fmt.Errorf("nginx workers: %w", err)

@@ -29,6 +29,7 @@ import (
 // Addresses inside the benchmark namespace.
 const (
 	nginxAddr    = "127.0.0.1:8081" // the reference reverse proxy
+	nginxLogAddr = "127.0.0.1:8084" // the same nginx, writing its access log
 	relayAddr    = "127.0.0.1:8082" // the Go floor (bench/cmd/gorelay)
 	relayRawAddr = "127.0.0.1:8083" // the Go floor with the agent's socket calls (gorelay -raw)
 	instancePath = "/metadata/instance?api-version=2021-02-01"
@@ -237,7 +238,10 @@ func (b *benchEnv) imdsJournal(ctx context.Context, seq uint64) ([]hostsim.Entry
 
 // nginxConf is the reference reverse proxy: plain proxy_pass with upstream
 // keep-alive, no logging; %[5]d worker processes (by default as many as the
-// agent's processors).
+// agent's processors). The second server (%[6]s) is the same proxy writing
+// one access-log line per request, buffered as the agent's logs are (256
+// KiB, flushed each second): what nginx costs when, like the agent, it
+// records every request.
 const nginxConf = `daemon off;
 master_process on;
 user root;
@@ -263,6 +267,17 @@ http {
             proxy_set_header Host %[4]s;
         }
     }
+    server {
+        listen %[6]s;
+        keepalive_requests 1000000;
+        access_log %[1]s/access.log combined buffer=256k flush=1s;
+        location / {
+            proxy_pass http://imds;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host %[4]s;
+        }
+    }
 }
 `
 
@@ -274,7 +289,7 @@ func (b *benchEnv) startNginx(ctx context.Context, bin string, workers int) erro
 		return err
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, nginxAddr, msp.IMDSAddr, msp.IMDSAddr.Addr(), workers), 0o600); err != nil {
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, nginxAddr, msp.IMDSAddr, msp.IMDSAddr.Addr(), workers, nginxLogAddr), 0o600); err != nil {
 		return err
 	}
 	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "nginx-error.log"))

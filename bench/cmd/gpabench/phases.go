@@ -108,6 +108,7 @@ var (
 	pathDirect       = pathSpec{"direct", "Disabled", imdsBase + instancePath, e2eenv.Root.Outside(), false}
 	pathDirectToken  = pathSpec{"direct-token", "Disabled", imdsBase + tokenPath, e2eenv.Root.Outside(), true}
 	pathNginx        = pathSpec{"nginx", "Disabled", "http://" + nginxAddr + instancePath, e2eenv.Root.Outside(), false}
+	pathNginxLog     = pathSpec{"nginx-log", "Disabled", "http://" + nginxLogAddr + instancePath, e2eenv.Root.Outside(), false}
 	pathGoRelay      = pathSpec{"go-relay", "Disabled", "http://" + relayAddr + instancePath, e2eenv.Root.Outside(), false}
 	pathGoRelayRaw   = pathSpec{"go-relay-raw", "Disabled", "http://" + relayRawAddr + instancePath, e2eenv.Root.Outside(), false}
 	goFloors         = []pathSpec{pathGoRelay, pathGoRelayRaw}
@@ -116,6 +117,24 @@ var (
 	pathEnforce      = pathSpec{"agent-enforce", "Enforce", imdsBase + instancePath, e2eenv.Root, false}
 	pathEnforceToken = pathSpec{"agent-enforce-token", "Enforce", imdsBase + tokenPath, e2eenv.Root, true}
 )
+
+// isNginx reports the reference nginx's paths (without and with its
+// access log; one nginx serves both).
+func isNginx(path string) bool { return path == pathNginx.name || path == pathNginxLog.name }
+
+// proxyCPU is the CPU per 10k requests of the server on path (the agent,
+// nginx or a Go floor); false for the direct paths.
+func (s Summary) proxyCPU(path string) (float64, bool) {
+	switch {
+	case strings.HasPrefix(path, "agent"):
+		return s.AgentCPU, true
+	case isNginx(path):
+		return s.NginxCPU, true
+	case path == pathGoRelay.name || path == pathGoRelayRaw.name:
+		return s.RelayCPU, true
+	}
+	return 0, false
+}
 
 // baseline is the direct path a path's added latency is measured against.
 func baseline(path string) string {
@@ -151,7 +170,7 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 		if err != nil {
 			rep.Notes = append(rep.Notes, "nginx reference not measured: "+err.Error())
 		} else {
-			paths = append(paths, pathNginx)
+			paths = append(paths, pathNginx, pathNginxLog)
 			defer b.stopNginx()
 		}
 	}
@@ -231,6 +250,12 @@ func benchLatency(ctx context.Context, b *benchEnv, o options, rep *Report) erro
 		c := cells[k]
 		c.Median = summarize(c.Runs)
 		rep.Latency = append(rep.Latency, *c)
+		if c.Path == pathNginxLog.name && b.nginx != nil {
+			// A reference that wrote no log would measure nothing.
+			if fi, err := os.Stat(filepath.Join(b.Dir, "nginx", "access.log")); err != nil || fi.Size() == 0 {
+				rep.Notes = append(rep.Notes, "nginx-log wrote no access log: its figures are nginx's without one")
+			}
+		}
 	}
 	if s, err := procstat.Read(b.AgentPID()); err == nil {
 		rep.Memory.PeakHWMKiB = s.HWMKiB

@@ -161,7 +161,7 @@ func newReport(o options) *Report {
 		fmt.Sprintf("the agent runs with GOMAXPROCS=%d (its service default is 1), nginx with %d worker processes; host simulator and load generator with GOMAXPROCS=2, all on the same machine; the load generator competes with them for the CPUs",
 			o.agentProcsOrDefault(), o.nginxWorkersOrDefault()),
 		"latency is measured in the client (gpaload, Go net/http) per request; medians of the per-run percentiles over -runs runs",
-		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; go-relay = the Go floor, a bare relay in Go with the agent's processors (bench/cmd/gorelay: no authorization, signing, audit or checks), outside the cgroup, host Disabled; go-relay-raw = the same making its socket calls as the agent does (package rawio); agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
+		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; nginx-log = the same nginx writing one access-log line per request (buffered 256 KiB, flushed each second, as the agent's logs); go-relay = the Go floor, a bare relay in Go with the agent's processors (bench/cmd/gorelay: no authorization, signing, audit or checks), outside the cgroup, host Disabled; go-relay-raw = the same making its socket calls as the agent does (package rawio); agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
 		"CPU is utime+stime from /proc/<pid>/stat (10 ms ticks) per 10k successful requests; host = azure-host-sim",
 		"goroutine counts are not available (no debug endpoint); threads (/proc/<pid>/status) and FDs (/proc/<pid>/fd) are reported instead",
 		"B-flood and B-ebpf (b) audit-map capacity are not part of this suite; B-ebpf (a) connect cost and (c) load time come from the redirector micro-benchmarks",
@@ -361,13 +361,8 @@ func printTable(w io.Writer, r *Report) {
 						add99 = fmt.Sprintf("%+.0f", m.P99-d.Median.P99)
 					}
 					proxyCPU := "-"
-					switch {
-					case strings.HasPrefix(l.Path, "agent"):
-						proxyCPU = fmt.Sprintf("%.2f", m.AgentCPU)
-					case l.Path == "nginx":
-						proxyCPU = fmt.Sprintf("%.2f", m.NginxCPU)
-					case l.Path == pathGoRelay.name || l.Path == pathGoRelayRaw.name:
-						proxyCPU = fmt.Sprintf("%.2f", m.RelayCPU)
+					if v, ok := m.proxyCPU(l.Path); ok {
+						proxyCPU = fmt.Sprintf("%.2f", v)
 					}
 					conn := "keep-alive"
 					if !ka {

@@ -172,7 +172,8 @@ func TestNginxParityVerdicts(t *testing.T) {
 	}
 }
 
-// The Go floor's rows put the bare relay beside nginx and the agent.
+// The Go floor's rows put the bare relay beside nginx and the agent, and
+// the reference rows nginx writing its access log.
 func TestGoFloorRows(t *testing.T) {
 	r := &Report{Options: map[string]any{}}
 	r.Latency = append(r.Latency,
@@ -183,19 +184,25 @@ func TestGoFloorRows(t *testing.T) {
 		Cell{Path: "nginx", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 8000, NginxCPU: 0.2}},
 		Cell{Path: "go-relay", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 6000, RelayCPU: 0.3}},
 		Cell{Path: "go-relay-raw", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 7000, RelayCPU: 0.25}},
-		Cell{Path: "agent-enforce", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 4000, AgentCPU: 0.45}})
+		Cell{Path: "agent-enforce", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 4000, AgentCPU: 0.45}},
+		Cell{Path: "nginx-log", Concurrency: 1, KeepAlive: false, Median: Summary{P50: 155, P99: 310, NginxCPU: 1.2}},
+		Cell{Path: "nginx-log", Concurrency: 16, KeepAlive: true, Median: Summary{RPS: 7600, NginxCPU: 0.25}})
 	r.evaluate()
 	got := map[string]string{}
 	for _, tg := range r.Targets {
 		got[tg.Name] = tg.Measured
 	}
 	for name, want := range map[string]string{
-		"floor: go-relay CPU per request vs nginx, c=1 new connection":  "1.50 s vs 1.00 s per 10k (1.5×); agent 2.0× the relay",
-		"floor: go-relay CPU per request vs nginx, c=16 keep-alive":     "0.30 s vs 0.20 s per 10k (1.5×); agent 1.5× the relay",
-		"floor: go-relay added p50 / p99, c=1 new connection":           "+60 / +130 µs",
-		"floor: go-relay throughput vs nginx, c=16 keep-alive":          "6000 vs 8000 req/s (0.75×)",
-		"floor: go-relay-raw CPU per request vs nginx, c=16 keep-alive": "0.25 s vs 0.20 s per 10k (1.2×); agent 1.8× the relay",
-		"floor: go-relay-raw throughput vs nginx, c=16 keep-alive":      "7000 vs 8000 req/s (0.88×)",
+		"floor: go-relay CPU per request vs nginx, c=1 new connection":      "1.50 s vs 1.00 s per 10k (1.5×); agent 2.0× go-relay",
+		"floor: go-relay CPU per request vs nginx, c=16 keep-alive":         "0.30 s vs 0.20 s per 10k (1.5×); agent 1.5× go-relay",
+		"floor: go-relay added p50 / p99, c=1 new connection":               "+60 / +130 µs",
+		"floor: go-relay throughput vs nginx, c=16 keep-alive":              "6000 vs 8000 req/s (0.75×)",
+		"floor: go-relay-raw CPU per request vs nginx, c=16 keep-alive":     "0.25 s vs 0.20 s per 10k (1.2×); agent 1.8× go-relay-raw",
+		"floor: go-relay-raw throughput vs nginx, c=16 keep-alive":          "7000 vs 8000 req/s (0.88×)",
+		"reference: nginx-log CPU per request vs nginx, c=1 new connection": "1.20 s vs 1.00 s per 10k (1.2×); agent 2.5× nginx-log",
+		"reference: nginx-log CPU per request vs nginx, c=16 keep-alive":    "0.25 s vs 0.20 s per 10k (1.2×); agent 1.8× nginx-log",
+		"reference: nginx-log added p50 / p99, c=1 new connection":          "+55 / +110 µs",
+		"reference: nginx-log throughput vs nginx, c=16 keep-alive":         "7600 vs 8000 req/s (0.95×)",
 	} {
 		if got[name] != want {
 			t.Errorf("%s: %q, want %q", name, got[name], want)
