@@ -185,6 +185,25 @@ func cpuModel() string {
 }
 
 // median of xs (mean of the middle two for an even count); 0 if empty.
+// trend is how much of f grew over a soak: the median over the last third
+// of the samples minus that over the first third. Medians of thirds, not
+// the first and last sample, so the connections in flight at one sample
+// (a paced client with a new connection per request) are not read as a
+// leak, while a steady climb still is.
+func trend(samples []SoakSample, f func(SoakSample) float64) float64 {
+	third := max(len(samples)/3, 1)
+	var head, tail []float64
+	for i, x := range samples {
+		if i < third {
+			head = append(head, f(x))
+		}
+		if i >= len(samples)-third {
+			tail = append(tail, f(x))
+		}
+	}
+	return median(tail) - median(head)
+}
+
 func median(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
@@ -307,11 +326,15 @@ func (r *Report) evaluate() {
 		for _, x := range s.Samples {
 			maxRSS = max(maxRSS, x.RSSKiB)
 		}
-		growth := float64(last.RSSKiB-first.RSSKiB) / 1024
-		flat := last.FDs <= first.FDs+2 && last.Threads <= first.Threads+2 && growth <= 2
-		add("B-mem soak "+s.Duration+" (RSS first→last sample, FDs, threads)",
-			fmt.Sprintf("%.1f→%.1f MiB (max %.1f), FDs %d→%d, threads %d→%d", float64(first.RSSKiB)/1024, float64(last.RSSKiB)/1024,
-				float64(maxRSS)/1024, first.FDs, last.FDs, first.Threads, last.Threads), "no growth (flat ±2 MiB/±2)", verdict(flat))
+		rss := trend(s.Samples, func(x SoakSample) float64 { return float64(x.RSSKiB) / 1024 })
+		fds := trend(s.Samples, func(x SoakSample) float64 { return float64(x.FDs) })
+		threads := trend(s.Samples, func(x SoakSample) float64 { return float64(x.Threads) })
+		flat := rss <= 2 && fds <= 2 && threads <= 2
+		add("B-mem soak "+s.Duration+" (RSS first→last sample, FDs, threads; growth: last third's median − first third's)",
+			fmt.Sprintf("%.1f→%.1f MiB (max %.1f, growth %+.1f), FDs %d→%d (%+.1f), threads %d→%d (%+.1f)",
+				float64(first.RSSKiB)/1024, float64(last.RSSKiB)/1024, float64(maxRSS)/1024, rss,
+				first.FDs, last.FDs, fds, first.Threads, last.Threads, threads),
+			"no growth (flat ±2 MiB/±2)", verdict(flat))
 	}
 	if rr := r.Restart; rr != nil {
 		add("B-restart unsigned requests served by the host", fmt.Sprintf("%d unsigned, %d served unaccepted", rr.HostUnsigned, rr.HostServedUnaccepted), "0", verdict(rr.HostUnsigned == 0 && rr.HostServedUnaccepted == 0))

@@ -213,3 +213,42 @@ func TestGoFloorRows(t *testing.T) {
 		t.Errorf("relay CPU per 10k = %v s, want 2", s.RelayCPU)
 	}
 }
+
+// The soak verdict reads a trend, not one sample against another: FDs that
+// wander with the connections in flight are flat, a steady climb in any of
+// RSS, FDs or threads is growth.
+func TestSoakTrend(t *testing.T) {
+	soak := func(rss func(i int) int64, fds func(i int) int, threads func(i int) int) string {
+		r := &Report{Options: map[string]any{}}
+		s := &Soak{Duration: "2m0s"}
+		for i := 0; i < 24; i++ {
+			s.Samples = append(s.Samples, SoakSample{At: float64(5 * (i + 1)),
+				Sample: procstat.Sample{RSSKiB: rss(i), FDs: fds(i), Threads: threads(i)}})
+		}
+		r.Memory.Soak = s
+		r.evaluate()
+		for _, tg := range r.Targets {
+			if strings.HasPrefix(tg.Name, "B-mem soak") {
+				return tg.Verdict
+			}
+		}
+		t.Fatal("no soak verdict")
+		return ""
+	}
+	steady := func(int) int64 { return 21 << 10 }
+	eight := func(int) int { return 8 }
+	// The 19:07 run's FDs: 109 at the first sample, 114 at the last.
+	wander := []int{109, 111, 112, 113, 112, 110, 111, 112, 110, 110, 111, 111, 109, 110, 110, 110, 111, 110, 110, 109, 110, 113, 114, 114}
+	if v := soak(steady, func(i int) int { return wander[i] }, eight); v != "met" {
+		t.Errorf("wandering FDs: %s, want met", v)
+	}
+	if v := soak(steady, func(i int) int { return 100 + i/2 }, eight); v != "MISSED" {
+		t.Errorf("FDs climbing by 12: %s, want MISSED", v)
+	}
+	if v := soak(func(i int) int64 { return 20<<10 + int64(i)*256 }, eight, eight); v != "MISSED" {
+		t.Errorf("RSS climbing by 6 MiB: %s, want MISSED", v)
+	}
+	if v := soak(steady, eight, func(i int) int { return 8 + i/4 }); v != "MISSED" {
+		t.Errorf("threads climbing by 5: %s, want MISSED", v)
+	}
+}
