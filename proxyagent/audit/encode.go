@@ -148,6 +148,15 @@ func appendField(dst []byte, name, s string) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// plainJSON marks the ASCII bytes json.Marshal writes as they are: not a
+// control byte, quote or backslash, nor one of the HTML-unsafe <, > and &.
+var plainJSON = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return t
+}()
+
 // appendJSONString appends s quoted as encoding/json does by default:
 // '"' and '\\' backslashed, \b \f \n \r \t as such, other control bytes
 // and '<', '>', '&' as \u00XX, invalid UTF-8 as \ufffd, U+2028 and U+2029
@@ -158,7 +167,7 @@ func appendJSONString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		b := s[i]
 		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if plainJSON[b] {
 				i++
 				continue
 			}
