@@ -189,24 +189,30 @@ func parseSimpleResponse(head string, resp *http.Response) bool {
 // for net/http, so waiting for a CRLF could wait for bytes that never
 // come), or with the error of a read that failed first.
 func bufferedHead(br *bufio.Reader) ([]byte, error) {
+	// Each pass searches only what arrived since the last (a client that
+	// sends its head a byte at a time costs no rescans), from 3 bytes back
+	// for an end that straddles the two.
+	seen := 0
 	for {
 		n := br.Buffered()
 		b, _ := br.Peek(n)
-		if i := bytes.Index(b, crlfcrlf); i >= 0 {
-			return b[:i+len(crlfcrlf)], nil
+		from := max(seen-len(crlfcrlf)+1, 0)
+		if i := bytes.Index(b[from:], crlfcrlf); i >= 0 {
+			return b[:from+i+len(crlfcrlf)], nil
 		}
-		if hasBareLF(b) || n >= br.Size() {
+		if hasBareLF(b, seen) || n >= br.Size() {
 			return nil, nil
 		}
+		seen = n
 		if _, err := br.Peek(n + 1); err != nil {
 			return nil, err
 		}
 	}
 }
 
-// hasBareLF reports an LF in b that no CR precedes.
-func hasBareLF(b []byte) bool {
-	for i := 0; ; i++ {
+// hasBareLF reports an LF at or after b[from] that no CR precedes.
+func hasBareLF(b []byte, from int) bool {
+	for i := from; ; i++ {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
 			return false

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // curlRequest is a request head as curl sends it to IMDS.
@@ -349,6 +350,31 @@ func TestFastHeadNoSecondWait(t *testing.T) {
 	r = &stallReader{t: t, data: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", err: io.EOF}
 	if _, err := readResponse(bufio.NewReader(r), http.MethodGet); err != io.ErrUnexpectedEOF {
 		t.Fatalf("host gone mid-head: %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+// A head that arrives a byte at a time is found across reads: its end and
+// its CRLFs straddle them, and a bare LF is seen when it arrives, with the
+// rest of the head still unread.
+func TestFastHeadByteAtATime(t *testing.T) {
+	if req := fastRequest(bufio.NewReader(iotest.OneByteReader(strings.NewReader(curlRequest)))); req == nil || req.Host != "169.254.169.254" {
+		t.Fatalf("request a byte at a time: %+v", req)
+	}
+	br := bufio.NewReader(iotest.OneByteReader(strings.NewReader(imdsHead + "hello")))
+	resp, err := fastResponse(br, http.MethodGet)
+	if resp == nil || err != nil {
+		t.Fatalf("response a byte at a time: %v", err)
+	}
+	if b, err := io.ReadAll(resp.Body); string(b) != "hello" || err != nil {
+		t.Fatalf("body %q, %v", b, err)
+	}
+	const bare = "GET /x HTTP/1.1\r\nHost: a\nX: never read\r\n\r\n"
+	sr := strings.NewReader(bare)
+	if fastRequest(bufio.NewReader(iotest.OneByteReader(sr))) != nil {
+		t.Fatal("fast path took a head with a bare LF")
+	}
+	if read := len(bare) - sr.Len(); read != strings.Index(bare, "a\n")+2 {
+		t.Fatalf("read %d bytes, want to stop at the bare LF (%d)", read, strings.Index(bare, "a\n")+2)
 	}
 }
 
