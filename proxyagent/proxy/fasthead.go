@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -153,10 +154,9 @@ func parseSimpleResponse(head string, resp *http.Response) bool {
 	if !ok || code < 200 || code == http.StatusNoContent || code == http.StatusNotModified {
 		return false
 	}
-	for i := 3; i < len(line); i++ {
-		if !validValueByte(line[i]) {
-			return false
-		}
+	// The reason phrase takes the bytes a header value takes.
+	if !httpguts.ValidHeaderFieldValue(line[3:]) {
+		return false
 	}
 	h, ok := parseHeaderLines(rest)
 	if !ok {
@@ -171,14 +171,15 @@ func parseSimpleResponse(head string, resp *http.Response) bool {
 	if len(cl) != 1 {
 		return false
 	}
-	length, ok := parseLength(cl[0])
-	if !ok {
+	// As net/http: digits only, at most 2⁶³−1.
+	length, err := strconv.ParseUint(cl[0], 10, 63)
+	if err != nil {
 		return false
 	}
 	*resp = http.Response{
 		Status: line, StatusCode: code,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, ContentLength: length,
+		Header: h, ContentLength: int64(length),
 	}
 	return true
 }
@@ -230,17 +231,13 @@ var (
 )
 
 // parseHeaderLines parses "name:value" CRLF-terminated lines up to a blank
-// line, as net/http's header reader does, when every line is a plain one:
-// a token name, a colon, a value of bytes net/http accepts (VCHAR, space,
-// tab, obs-text), trimmed of spaces and tabs. Names are canonicalized;
+// line, as net/http's header reader does, when every line is a plain one
+// (headerLine). Names are canonicalized;
 // names and values are slices of lines.
 func parseHeaderLines(lines string) (http.Header, bool) {
-	// Count the lines first, so the map and the value slices are
-	// allocated once.
-	n := 0
-	for s := lines; len(s) > 2; n++ {
-		_, s, _ = cutCRLF(s)
-	}
+	// The map and the value slices are allocated once, for every line
+	// but the blank one.
+	n := strings.Count(lines, "\r\n") - 1
 	h := make(http.Header, n)
 	values := make([]string, n)
 	for i := 0; ; i++ {
@@ -288,59 +285,14 @@ func statusCode(line string) (int, bool) {
 }
 
 // headerLine splits "name:value" where name is a token and value holds
-// only bytes net/http accepts, trimming the value's spaces and tabs at
-// both ends as net/http does.
+// only bytes net/http accepts (VCHAR, space, tab, obs-text), trimming the
+// value's spaces and tabs at both ends as net/http does.
 func headerLine(l string) (name, value string, ok bool) {
-	i := 0
-	for i < len(l) && validNameByte(l[i]) {
-		i++
-	}
-	if i == 0 || i == len(l) || l[i] != ':' {
+	name, value, ok = strings.Cut(l, ":")
+	if !ok || !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(value) {
 		return "", "", false
 	}
-	name, value = l[:i], l[i+1:]
-	for j := 0; j < len(value); j++ {
-		if !validValueByte(value[j]) {
-			return "", "", false
-		}
-	}
 	return name, textproto.TrimString(value), true
-}
-
-// validNameByte reports a token byte (RFC 9110 §5.6.2).
-func validNameByte(c byte) bool { return tokenBytes[c] }
-
-var tokenBytes = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c], t[c-'a'+'A'] = true, true
-	}
-	for _, c := range []byte("!#$%&'*+-.^_`|~") {
-		t[c] = true
-	}
-	return t
-}()
-
-// validValueByte reports a byte net/http accepts in a header value.
-func validValueByte(c byte) bool {
-	return c == '\t' || (c >= 0x20 && c != 0x7f)
-}
-
-// parseLength parses a Content-Length of 1 to 18 decimal digits.
-func parseLength(v string) (int64, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range []byte(v) {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
 }
 
 // lengthBody reads a Content-Length body from the upstream connection as
