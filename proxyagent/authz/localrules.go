@@ -36,6 +36,9 @@ const LocalRulePrefix = "LocalFileRules_"
 type descriptor struct {
 	logicalID string
 	useLocal  bool
+	// decoded is set when the raw id was a base64 JSON descriptor; only
+	// then is the item's id rewritten to the display id.
+	decoded bool
 }
 
 func (d descriptor) empty() bool { return d.logicalID == "" }
@@ -51,10 +54,7 @@ func (d descriptor) displayID() string {
 // parseDescriptor reads a raw host rule id. An id that is standard
 // base64 (padded, no whitespace) of a JSON object yields its "id" and
 // "useLocalFileRules"; any other non-blank id is its own logical id with
-// local rules off. Upstream then rewrites every non-empty id to its
-// display form, so a plain id "abc" becomes "abc-useLocalFileRules-false"
-// in the compiled rule set (the spec text says "used as-is"; the code,
-// which we follow, rewrites it). Raw ids reported in status are unchanged.
+// local rules off.
 func parseDescriptor(raw string) descriptor {
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
@@ -63,6 +63,7 @@ func parseDescriptor(raw string) descriptor {
 	if !strings.ContainsAny(raw, "\r\n") {
 		if dec, err := base64.StdEncoding.Strict().DecodeString(raw); err == nil {
 			if d, ok := decodeDescriptor(dec); ok {
+				d.decoded = true
 				return d
 			}
 		}
@@ -117,13 +118,17 @@ func decodeDescriptor(b []byte) (descriptor, bool) {
 	return d, true
 }
 
-// normalize rewrites the item's id to the descriptor's display id.
+// normalize rewrites the item's id to the descriptor's display id when
+// the id was a descriptor that names a logical id. A plain id (or bad
+// base64 or JSON) is used as-is, as protocol.md §3.7 states. Upstream's
+// code rewrites a plain "abc" to "abc-useLocalFileRules-false" too; we
+// follow the spec (README, deviations).
 func normalize(it *msp.AuthorizationItem, d descriptor) *msp.AuthorizationItem {
 	if it == nil {
 		return nil
 	}
 	out := it.Clone()
-	if !d.empty() {
+	if d.decoded && !d.empty() {
 		out.ID = d.displayID()
 	}
 	return out

@@ -149,7 +149,7 @@ func TestLocalRulesApplied(t *testing.T) {
 			wantID: "d-useLocalFileRules-false", checks: map[string]Result{"/x": Allow}},
 		{name: "plain id: file ignored", file: `{"defaultAccess":"deny"}`,
 			remote: `{"defaultAccess":"allow","mode":"enforce","id":"plain"}`,
-			wantID: "plain-useLocalFileRules-false", checks: map[string]Result{"/x": Allow}},
+			wantID: "plain", checks: map[string]Result{"/x": Allow}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -244,9 +244,9 @@ func TestParseDescriptor(t *testing.T) {
 		{"  ", descriptor{}},
 		{"legacy-id", descriptor{logicalID: "legacy-id"}},
 		{" legacy-id ", descriptor{logicalID: "legacy-id"}},
-		{enc(`{"id":"sig-resource-id","useLocalFileRules":true}`), descriptor{"sig-resource-id", true}},
-		{enc(`{"id":"a","extra":1}`), descriptor{logicalID: "a"}},
-		{enc(`{"useLocalFileRules":true}`), descriptor{useLocal: true}},
+		{enc(`{"id":"sig-resource-id","useLocalFileRules":true}`), descriptor{"sig-resource-id", true, true}},
+		{enc(`{"id":"a","extra":1}`), descriptor{logicalID: "a", decoded: true}},
+		{enc(`{"useLocalFileRules":true}`), descriptor{useLocal: true, decoded: true}},
 		{enc(`{"id":null}`), descriptor{logicalID: enc(`{"id":null}`)}},
 		{enc(`{"id":"a","id":"b"}`), descriptor{logicalID: enc(`{"id":"a","id":"b"}`)}},
 		{enc(`{"id":"a"} x`), descriptor{logicalID: enc(`{"id":"a"} x`)}},

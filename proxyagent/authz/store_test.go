@@ -67,7 +67,7 @@ func TestStoreRecompilesOnlyOnIDChange(t *testing.T) {
 	if !update(s, rulesOf(t, item3("A", "deny", "enforce"), item3("I", "allow", "audit"), "")) {
 		t.Fatal("first rules not installed")
 	}
-	if d := authorize(s, msp.WireServer); d.Result != Deny || d.Epoch != 1 || d.RuleID != "A-useLocalFileRules-false" {
+	if d := authorize(s, msp.WireServer); d.Result != Deny || d.Epoch != 1 || d.RuleID != "A" {
 		t.Fatalf("after install: %+v", d)
 	}
 	// Same id, new content and mode: ignored.
@@ -179,7 +179,7 @@ func TestStoreSnapshotFiles(t *testing.T) {
 	}
 	json.Unmarshal(doc.InputRules["wireserver"], &in)
 	c := doc.ComputedRules["wireserver"]
-	if in.ID != "9-useLocalFileRules-false" || c.ID != in.ID || !c.DefaultAllowed || c.Mode != "Audit" {
+	if in.ID != "9" || c.ID != in.ID || !c.DefaultAllowed || c.Mode != "Audit" {
 		t.Errorf("wireserver: input id %q, computed %+v", in.ID, c)
 	}
 	if p := c.Privileges["P"]; p["path"] != "/machine" || p["queryParameters"].(map[string]any)["comp"] != "goalstate" {

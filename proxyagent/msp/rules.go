@@ -2,7 +2,7 @@ package msp
 
 import (
 	"encoding/json"
-	"errors"
+	"fmt"
 	"maps"
 	"slices"
 )
@@ -118,13 +118,20 @@ func (id Identity) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON reads an identity, remembering selectors named with an
-// empty value.
+// empty value. name is required, as upstream's deserializer has it.
 func (id *Identity) UnmarshalJSON(b []byte) error {
-	var w identityJSON
+	var w struct {
+		identityJSON
+		Name *string `json:"name"`
+	}
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	*id = Identity{Name: w.Name, CgroupPath: w.CgroupPath, ContainerID: w.ContainerID}
+	if w.Name == nil {
+		return missingField("identity", "name")
+	}
+	w.identityJSON.Name = *w.Name
+	*id = Identity{Name: *w.Name, CgroupPath: w.CgroupPath, ContainerID: w.ContainerID}
 	for _, f := range []struct {
 		src *string
 		dst *string
@@ -147,6 +154,70 @@ type RoleAssignment struct {
 	Identities []string `json:"identities"`
 }
 
+// missingField is the parse error for a required field that is absent or
+// null: upstream's deserializer fails the whole document on it.
+func missingField(kind, field string) error {
+	return fmt.Errorf("%s: missing field `%s`", kind, field)
+}
+
+// UnmarshalJSON reads a privilege; name and path are required.
+func (p *Privilege) UnmarshalJSON(b []byte) error {
+	var w struct {
+		Name            *string           `json:"name"`
+		Path            *string           `json:"path"`
+		QueryParameters map[string]string `json:"queryParameters"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	switch {
+	case w.Name == nil:
+		return missingField("privilege", "name")
+	case w.Path == nil:
+		return missingField("privilege", "path")
+	}
+	*p = Privilege{Name: *w.Name, Path: *w.Path, QueryParameters: w.QueryParameters}
+	return nil
+}
+
+// UnmarshalJSON reads a role; name and privileges are required.
+func (r *Role) UnmarshalJSON(b []byte) error {
+	var w struct {
+		Name       *string   `json:"name"`
+		Privileges *[]string `json:"privileges"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	switch {
+	case w.Name == nil:
+		return missingField("role", "name")
+	case w.Privileges == nil:
+		return missingField("role", "privileges")
+	}
+	*r = Role{Name: *w.Name, Privileges: *w.Privileges}
+	return nil
+}
+
+// UnmarshalJSON reads a role assignment; role and identities are required.
+func (ra *RoleAssignment) UnmarshalJSON(b []byte) error {
+	var w struct {
+		Role       *string   `json:"role"`
+		Identities *[]string `json:"identities"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	switch {
+	case w.Role == nil:
+		return missingField("roleAssignment", "role")
+	case w.Identities == nil:
+		return missingField("roleAssignment", "identities")
+	}
+	*ra = RoleAssignment{Role: *w.Role, Identities: *w.Identities}
+	return nil
+}
+
 // UnmarshalJSON enforces the required fields of an item, as upstream's
 // deserializer does: a missing defaultAccess, mode or id fails the parse.
 func (a *AuthorizationItem) UnmarshalJSON(b []byte) error {
@@ -161,11 +232,11 @@ func (a *AuthorizationItem) UnmarshalJSON(b []byte) error {
 	}
 	switch {
 	case raw.DefaultAccess == nil:
-		return errors.New("authorization item: missing field `defaultAccess`")
+		return missingField("authorization item", "defaultAccess")
 	case raw.Mode == nil:
-		return errors.New("authorization item: missing field `mode`")
+		return missingField("authorization item", "mode")
 	case raw.ID == nil:
-		return errors.New("authorization item: missing field `id`")
+		return missingField("authorization item", "id")
 	}
 	*a = AuthorizationItem{DefaultAccess: *raw.DefaultAccess, Mode: *raw.Mode, ID: *raw.ID, Rules: raw.Rules}
 	return nil

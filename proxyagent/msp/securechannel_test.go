@@ -95,6 +95,45 @@ func TestParseKeyStatusRequiredFields(t *testing.T) {
 	}
 }
 
+// A rule whose required field is absent or null fails the whole key
+// status, as upstream's deserializer does (§3.1: only queryParameters and
+// the identity selectors are optional), so a privilege without a path can
+// never compile into a prefix that matches every request.
+func TestParseKeyStatusRequiredRuleFields(t *testing.T) {
+	const head = `{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","version":"2.0","secureChannelEnabled":true,` +
+		`"authorizationRules":{"wireserver":{"defaultAccess":"deny","mode":"enforce","id":"ws","rules":`
+	const priv = `{"name":"p","path":"/machine"}`
+	const role = `{"name":"r","privileges":["p"]}`
+	const ident = `{"name":"i","userName":"root"}`
+	const assign = `{"role":"r","identities":["i"]}`
+	rules := func(p, r, i, a string) string {
+		return head + `{"privileges":[` + p + `],"roles":[` + r + `],"identities":[` + i + `],"roleAssignments":[` + a + `]}}}}`
+	}
+	ks, err := ParseKeyStatus([]byte(rules(priv, role, ident, assign)))
+	if err != nil {
+		t.Fatalf("complete rules rejected: %v", err)
+	}
+	if got := ks.AuthorizationRules.WireServer.Rules; got.Privileges[0].Path != "/machine" || got.Roles[0].Privileges[0] != "p" ||
+		got.Identities[0].UserName != "root" || got.RoleAssignments[0].Identities[0] != "i" {
+		t.Fatalf("rules read wrong: %+v", got)
+	}
+	for _, tc := range []struct{ body, field string }{
+		{rules(`{"path":"/machine"}`, role, ident, assign), "name"},
+		{rules(`{"name":"p"}`, role, ident, assign), "path"},
+		{rules(`{"name":"p","path":null}`, role, ident, assign), "path"},
+		{rules(priv, `{"privileges":["p"]}`, ident, assign), "name"},
+		{rules(priv, `{"name":"r"}`, ident, assign), "privileges"},
+		{rules(priv, role, `{"userName":"root"}`, assign), "name"},
+		{rules(priv, role, ident, `{"identities":["i"]}`), "role"},
+		{rules(priv, role, ident, `{"role":"r"}`), "identities"},
+	} {
+		_, err := ParseKeyStatus([]byte(tc.body))
+		if err == nil || !strings.Contains(err.Error(), "missing field `"+tc.field+"`") {
+			t.Errorf("ParseKeyStatus(%s) = %v, want missing field %s", tc.body, err, tc.field)
+		}
+	}
+}
+
 func TestParseKeyNeverEchoesTheKey(t *testing.T) {
 	const secret = "4A404E635266556A586E3272357538782F413F4428472B4B6250645367566B59"
 	k, err := ParseIssuedKey([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","guid":"g","issued":"2021-05-05T 12:00:00Z","key":"` + secret + `"}`))
