@@ -120,6 +120,13 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 		reply(w, ev.Status, true)
 		return
 	}
+	if r.Host == "" && r.ProtoAtLeast(1, 1) {
+		// Nothing would tell the host which name was asked for; a
+		// metadata client always sends one (README, deviations).
+		ev.Status, ev.Error = http.StatusBadRequest, "missing required Host header"
+		reply(w, ev.Status, true)
+		return
+	}
 	if !exempt {
 		release, ok := s.reserveUpload(r, limit)
 		if !ok {

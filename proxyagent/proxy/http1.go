@@ -299,7 +299,7 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 	req := fastRequest(hc.br)
 	if req == nil {
 		var err error
-		if req, err = http.ReadRequest(hc.br); err != nil {
+		if req, err = hc.readFullRequest(); err != nil {
 			if hc.lr.N <= 0 {
 				return nil, errHeaderTooLarge
 			}
@@ -316,15 +316,17 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 	if req.ProtoMajor != 1 {
 		return nil, statusError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
 	}
-	// http.ReadRequest has already refused two Host lines and removed the
-	// header, leaving its value (or the absolute-form target's authority)
-	// in req.Host; an HTTP/1.1 request whose Host is missing or empty is
-	// refused.
-	if req.ProtoAtLeast(1, 1) && req.Host == "" && req.Method != http.MethodConnect {
-		return nil, statusError{http.StatusBadRequest, "missing required Host header"}
-	}
+	// http.ReadRequest has already refused two Host lines, leaving the
+	// value (or the absolute-form target's authority) in req.Host. An
+	// HTTP/1.1 request without one is read (upstream's server accepts it)
+	// and refused by the request flow if it would be forwarded, after the
+	// method, direct-connection and authorization checks (serveRequest).
 	if !httpguts.ValidHostHeader(req.Host) {
 		return nil, statusError{http.StatusBadRequest, "malformed Host header"}
+	}
+	fields := 0
+	if req.Host != "" {
+		fields++
 	}
 	for k, vv := range req.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
@@ -335,6 +337,10 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 				return nil, statusError{http.StatusBadRequest, "invalid header value"}
 			}
 		}
+		fields += len(vv)
+	}
+	if fields > maxHeaderFields {
+		return nil, errHeaderTooLarge
 	}
 	if req.Body != http.NoBody {
 		req.Body = &requestBody{rc: req.Body}
@@ -343,6 +349,64 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 }
 
 var errHeaderTooLarge = errors.New("request header too large")
+
+// maxHeaderFields is the most header fields a request may have, Host
+// included; one more gets 431, as upstream's HTTP library (hyper's default
+// of 100, protocol.md §4.6) answers.
+const maxHeaderFields = 100
+
+// readFullRequest reads a request that the fast path declined with
+// net/http's parser, and refuses one whose head has both Content-Length
+// and Transfer-Encoding (threats-and-benchmarks.md: request smuggling).
+// net/http reads such a request by its Transfer-Encoding and removes the
+// Content-Length field, so the head's bytes are kept while it parses:
+// those already buffered and those it reads.
+func (hc *httpConn) readFullRequest() (*http.Request, error) {
+	buffered, _ := hc.br.Peek(hc.br.Buffered())
+	tap := headTap{r: hc.lr.R, head: append([]byte(nil), buffered...)}
+	hc.lr.R = &tap
+	req, err := http.ReadRequest(hc.br)
+	hc.lr.R = tap.r
+	if err != nil {
+		return nil, err
+	}
+	if len(req.TransferEncoding) > 0 && headHasField(tap.head, "Content-Length") {
+		return nil, statusError{http.StatusBadRequest, "both Content-Length and Transfer-Encoding"}
+	}
+	return req, nil
+}
+
+// headTap records what is read through it.
+type headTap struct {
+	r    io.Reader
+	head []byte
+}
+
+func (t *headTap) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	t.head = append(t.head, p[:n]...)
+	return n, err
+}
+
+// headHasField reports whether the header block at the start of raw (after
+// the request line, up to the first empty line) has a field named name,
+// compared as net/http's parser does: the line starts with the name, in any
+// case, followed by a colon.
+func headHasField(raw []byte, name string) bool {
+	_, rest, ok := bytes.Cut(raw, []byte("\n"))
+	for ok {
+		var line []byte
+		line, rest, ok = bytes.Cut(rest, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			return false
+		}
+		if len(line) > len(name) && line[len(name)] == ':' && strings.EqualFold(string(line[:len(name)]), name) {
+			return true
+		}
+	}
+	return false
+}
 
 // statusError is a request refused before the request flow, with the
 // status and text Go's server would answer.

@@ -227,7 +227,6 @@ func TestHTTP1FramingMatchesGoServer(t *testing.T) {
 		r11("POST", "/echo", "Content-Length: 4", "Expect: something")+"body"+last,
 		r11("POST", "/echo", "Content-Length: 5")+"hello\r\n"+last, // CRLF after a POST body
 		// Requests Go's server refuses before any handler.
-		"GET /x HTTP/1.1\r\n\r\n",
 		"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
 		"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n",
 		"GET /x HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n",
@@ -238,7 +237,6 @@ func TestHTTP1FramingMatchesGoServer(t *testing.T) {
 		"GET /x\r\n\r\n",
 		"BAD\x01 /x HTTP/1.1\r\nHost: h\r\n\r\n",
 		r11("POST", "/echo", "Transfer-Encoding: gzip")+last,
-		r11("POST", "/echo", "Transfer-Encoding: chunked", "Content-Length: 3")+"3\r\nabc\r\n0\r\n\r\n"+last,
 		r11("POST", "/echo", "Content-Length: 3", "Content-Length: 4")+"abcd"+last,
 		r11("POST", "/echo", "Content-Length: -1")+last,
 		r11("POST", "/echo", "Transfer-Encoding: chunked")+"zz\r\nabc\r\n0\r\n\r\n"+last,
@@ -256,6 +254,57 @@ func TestHTTP1FramingMatchesGoServer(t *testing.T) {
 		if got != want {
 			t.Errorf("request %.80q\ngot:\n%s\nGo's server:\n%s", raw, got, want)
 		}
+	}
+}
+
+// TestHTTP1DifferencesFromGoServer pins where the proxy's HTTP/1.1 server
+// answers differently from Go's on purpose: a request with both
+// Content-Length and Transfer-Encoding gets 400 and the connection closes
+// (Go's server reads it by Transfer-Encoding); more than 100 header fields
+// get 431 (upstream's limit); an HTTP/1.1 request without Host reaches
+// the request flow (Go's server answers 400 itself), which refuses it only
+// if it would be forwarded (TestMissingHostOrder).
+func TestHTTP1DifferencesFromGoServer(t *testing.T) {
+	p := newFramingPair(t)
+	const last = "GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+	fields := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "X-F%d: v\r\n", i)
+		}
+		return b.String()
+	}
+	for _, tc := range []struct {
+		name, raw string
+		want      []string // substrings of the proxy's answer, in order
+		not       string   // must not appear
+	}{
+		{"CL and TE", "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + last,
+			[]string{"HTTP/1.1 400 Bad Request: both Content-Length and Transfer-Encoding\n", "Connection: close"}, "path /last"},
+		{"TE and CL, any case, 1.1", "POST /echo HTTP/1.1\r\ncontent-LENGTH: 3\r\nHost: h\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + last,
+			[]string{"HTTP/1.1 400 Bad Request: both Content-Length and Transfer-Encoding\n"}, "3:abc"},
+		{"CL name inside another field", "POST /echo HTTP/1.1\r\nHost: h\r\nX-Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + last,
+			[]string{"HTTP/1.1 200 OK\n", "3:abc", "path /last"}, "400"},
+		{"100 fields", "GET /cl HTTP/1.1\r\nHost: h\r\n" + fields(99) + "\r\n" + last,
+			[]string{"HTTP/1.1 200 OK\n", "path /last"}, "431"},
+		{"101 fields", "GET /cl HTTP/1.1\r\nHost: h\r\n" + fields(100) + "\r\n" + last,
+			[]string{"HTTP/1.1 431 Request Header Fields Too Large\n", "Connection: close"}, "path /last"},
+		{"no Host", "GET /x HTTP/1.1\r\n\r\n" + last, []string{"HTTP/1.1 200 OK\n", "path /x", "path /last"}, "400"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := describe([]string{"GET"}, exchange(t, p.e.addr, tc.raw, func(c net.Conn) { p.e.ids.set(addrPort(c.LocalAddr()), nil) }))
+			rest := got
+			for _, w := range tc.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("answer lacks %q (in order):\n%s", w, got)
+				}
+				rest = rest[i+len(w):]
+			}
+			if strings.Contains(got, tc.not) {
+				t.Fatalf("answer has %q:\n%s", tc.not, got)
+			}
+		})
 	}
 }
 
@@ -312,8 +361,8 @@ func FuzzHTTP1MatchesGoServer(f *testing.F) {
 	}
 	p := newFramingPair(f)
 	f.Fuzz(func(t *testing.T, raw string) {
-		if emptyHost.MatchString(raw) {
-			t.Skip("an empty Host field is refused here, accepted by Go's server (a documented difference)")
+		if differsOnPurpose(raw) {
+			t.Skip("a documented difference from Go's server (TestHTTP1DifferencesFromGoServer)")
 		}
 		if got, want := p.compare(t, raw); got != want {
 			t.Errorf("request %q\ngot:\n%s\nGo's server:\n%s", raw, got, want)
@@ -321,7 +370,30 @@ func FuzzHTTP1MatchesGoServer(f *testing.F) {
 	})
 }
 
-var emptyHost = regexp.MustCompile(`(?i)\nhost:[ \t]*\r?\n`)
+// differsOnPurpose reports whether raw holds a request that
+// TestHTTP1DifferencesFromGoServer covers: one Go's parser reads as an
+// HTTP/1.1 request without Host, or a head with both Content-Length and
+// Transfer-Encoding or more than 100 fields.
+func differsOnPurpose(raw string) bool {
+	if clAndTE.MatchString(raw) || strings.Count(raw, ":") > maxHeaderFields {
+		return true
+	}
+	br := bufio.NewReader(strings.NewReader(raw))
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return false
+		}
+		if req.ProtoAtLeast(1, 1) && req.Host == "" {
+			return true
+		}
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
+			return false
+		}
+	}
+}
+
+var clAndTE = regexp.MustCompile(`(?is)\ncontent-length:.*\ntransfer-encoding:|\ntransfer-encoding:.*\ncontent-length:`)
 
 // Shutdown closes idle connections at once, lets a request in flight
 // finish (its connection then closes) and refuses new connections.
@@ -368,13 +440,17 @@ func TestShutdown(t *testing.T) {
 }
 
 // An HTTP/1.1 request with an empty Host field is refused as one without
-// Host (Go's server would accept it); nothing reaches the host.
+// Host (Go's server would accept it), and audited; nothing reaches the
+// host.
 func TestEmptyHostRefused(t *testing.T) {
 	e := newEnv(t, nil)
 	c := e.connect(rootRec(imdsDest))
-	resp, body := c.do("GET /metadata/instance HTTP/1.1\r\nHost:\r\nMetadata: true\r\n\r\n")
-	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "missing required Host header") {
-		t.Fatalf("got %d %q, want 400 missing Host", resp.StatusCode, body)
+	resp, _ := c.do("GET /metadata/instance HTTP/1.1\r\nHost:\r\nMetadata: true\r\n\r\n")
+	if resp.StatusCode != http.StatusBadRequest || !resp.Close {
+		t.Fatalf("got %d (close %v), want 400 and close", resp.StatusCode, resp.Close)
+	}
+	if ev := e.rec.wait(t, 1)[0]; ev.Status != http.StatusBadRequest || ev.Error != "missing required Host header" {
+		t.Fatalf("audited %d %q", ev.Status, ev.Error)
 	}
 	if n := len(e.up.requests()); n != 0 {
 		t.Errorf("%d requests reached the host", n)

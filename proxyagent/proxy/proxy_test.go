@@ -638,40 +638,60 @@ func TestInvalidHeaderBytes(t *testing.T) {
 }
 
 // Content-Length together with Transfer-Encoding cannot smuggle a request:
-// Go's server decodes the chunked body and drops Content-Length (RFC 9112
-// §6.3), and the proxy re-frames what it forwards, so the host sees one
-// request whose Content-Length is the decoded length.
+// the request is refused with 400 before the request flow, nothing reaches
+// the host, and the connection closes, so the bytes after the head are
+// never read as a request (threats-and-benchmarks.md: reject CL+TE).
 func TestContentLengthAndTransferEncoding(t *testing.T) {
 	e := newEnv(t, nil)
-	c := e.connect(rootRec(wsDest))
 	smuggled := "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 	body := "0\r\n\r\n" + smuggled
-	raw := req("POST", "/machine?comp=health", "Content-Length: "+strconv.Itoa(len(body)), "Transfer-Encoding: chunked") + body
-	c.send(raw)
-	resp, _ := c.read("POST")
-	// Either the request is refused, or it is forwarded with an empty
-	// body; the smuggled text is then a second request from the same
-	// caller on the same connection, handled as any other.
-	got := e.up.requests()
-	switch resp.StatusCode {
-	case 400:
-		t.Log("request with Content-Length and Transfer-Encoding refused")
-		if len(got) != 0 {
-			t.Fatalf("rejected request still forwarded")
+	for _, fields := range [][]string{
+		{"Content-Length: " + strconv.Itoa(len(body)), "Transfer-Encoding: chunked"},
+		{"Transfer-Encoding: chunked", "content-length: " + strconv.Itoa(len(body))},
+	} {
+		c := e.connect(rootRec(wsDest))
+		c.send(req("POST", "/machine?comp=health", fields...) + body)
+		resp, _ := c.read("POST")
+		if resp.StatusCode != http.StatusBadRequest || !resp.Close {
+			t.Fatalf("%q: status %d, close %v", fields, resp.StatusCode, resp.Close)
 		}
-	case 200:
-		t.Log("request with Content-Length and Transfer-Encoding forwarded as chunked, re-framed")
-		r := got[0]
-		if len(r.body) != 0 || r.chunked || r.value("Content-Length") != "0" || !r.sigOK {
-			t.Errorf("forwarded framing: body %q chunked=%v CL=%q", r.body, r.chunked, r.values("Content-Length"))
+		if !c.closedByServer() {
+			t.Fatalf("%q: connection kept after the refusal", fields)
 		}
-		for _, q := range got {
-			if strings.Contains(string(q.body), "smuggled") {
-				t.Errorf("smuggled bytes forwarded inside a body: %q", q.body)
-			}
+	}
+	if got := e.up.requests(); len(got) != 0 {
+		t.Fatalf("refused requests reached the host: %d", len(got))
+	}
+}
+
+// TestMissingHostOrder: an HTTP/1.1 request without Host is refused only
+// where it would be forwarded; the method, direct-connection and
+// authorization answers come first, as upstream's (protocol.md §4.5).
+func TestMissingHostOrder(t *testing.T) {
+	e := newEnv(t, nil) // fakeAuthz denies targets containing "deny"
+	for _, tc := range []struct {
+		name, raw string
+		rec       *identity.Record
+		want      int
+	}{
+		{"TRACE", "TRACE / HTTP/1.1\r\n\r\n", rootRec(wsDest), http.StatusMethodNotAllowed},
+		{"WIDGET", "WIDGET / HTTP/1.1\r\n\r\n", rootRec(wsDest), http.StatusMethodNotAllowed},
+		{"direct", "GET / HTTP/1.1\r\n\r\n", nil, http.StatusMisdirectedRequest},
+		{"denied", "GET /deny HTTP/1.1\r\n\r\n", rootRec(wsDest), http.StatusForbidden},
+		{"forwarded", "GET /machine?comp=goalstate HTTP/1.1\r\n\r\n", rootRec(wsDest), http.StatusBadRequest},
+	} {
+		c := e.connect(tc.rec)
+		resp, _ := c.do(tc.raw)
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s: status %d, want %d", tc.name, resp.StatusCode, tc.want)
 		}
-	default:
-		t.Fatalf("status %d", resp.StatusCode)
+	}
+	evs := e.rec.wait(t, 5)
+	if last := evs[len(evs)-1]; last.Status != http.StatusBadRequest || last.Error != "missing required Host header" {
+		t.Errorf("audit of the Host-less request: %d %q", last.Status, last.Error)
+	}
+	if got := e.up.requests(); len(got) != 0 {
+		t.Fatalf("a Host-less request reached the host: %+v", got[0].target)
 	}
 }
 

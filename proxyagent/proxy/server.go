@@ -74,17 +74,22 @@
 //   - For an absolute-form target the request's Host is taken from the
 //     target, as RFC 9112 §3.2.2 requires of a proxy; that Host is
 //     forwarded.
-//   - Content-Length together with Transfer-Encoding: chunked is read as
-//     chunked and the Content-Length dropped (RFC 9112 §6.3); the forwarded
-//     request carries only the proxy's own framing, so no desync reaches
-//     the host.
+//   - A request with both Content-Length and Transfer-Encoding gets 400
+//     and the connection closes (threats-and-benchmarks.md: request
+//     smuggling); Go's server reads it by Transfer-Encoding. Nothing of
+//     it reaches the host.
 //   - Requests refused before the request flow (malformed, headers over
-//     MaxHeaderBytes, an unknown transfer coding, a protocol version other
-//     than 1.x, a missing or malformed Host, invalid header bytes, an
-//     Expect other than 100-continue) get the answer Go's server gives
-//     (400, 431, 501, 505, 417) and no audit event. An HTTP/1.1 request
-//     with an empty Host field is refused as missing (Go's server accepts
-//     it).
+//     MaxHeaderBytes or more than 100 fields, an unknown transfer coding,
+//     a protocol version other than 1.x, a malformed Host, invalid header
+//     bytes, an Expect other than 100-continue, Content-Length with
+//     Transfer-Encoding) get the answer Go's server gives (400, 431, 501,
+//     505, 417) and no audit event.
+//   - An HTTP/1.1 request without Host (or with an empty one) goes through
+//     the request flow, so the method, traversal, local-endpoint,
+//     direct-connection and authorization answers come first; one that
+//     would be forwarded gets 400 "missing required Host header" and is
+//     audited. Go's server answers 400 before any handler; upstream
+//     forwards it.
 //   - The reason phrase is Go's standard text for the host's status code.
 //   - A request closed without any response (chunked body over the limit,
 //     client body error) is audited with Status 0.
