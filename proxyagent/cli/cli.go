@@ -21,10 +21,6 @@ import (
 	"github.com/opengpa/gpa/proxyagent/provision"
 )
 
-// DefaultConfigPath is where the agent reads its configuration unless
-// --config names another file.
-const DefaultConfigPath = "/etc/azure/proxy-agent.json"
-
 const usage = `Usage: azure-proxy-agent [--config PATH] [command]
 
 Commands:
@@ -45,7 +41,7 @@ Commands:
 
 // Main runs the command line and returns the process exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	cfgPath, cfgGiven := DefaultConfigPath, ""
+	cfgPath, cfgGiven := "", ""
 	var rest []string
 	for i := 0; i < len(args); i++ {
 		switch a := args[i]; a {
@@ -59,6 +55,11 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		default:
 			rest = append(rest, a)
 		}
+	}
+	if cfgPath == "" {
+		// /etc/azure/proxy-agent.json, else proxy-agent.json beside the
+		// executable (protocol.md §0).
+		cfgPath = config.Locate()
 	}
 	if len(rest) == 0 {
 		return runService(cfgPath, nil, stderr)

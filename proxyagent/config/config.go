@@ -170,16 +170,21 @@ type file struct {
 // Locate returns DefaultPath when it exists, else FileName next to the
 // running executable (upstream's fallback), else DefaultPath.
 func Locate() string {
-	if _, err := os.Stat(DefaultPath); err == nil {
-		return DefaultPath
+	exe, _ := os.Executable()
+	return locate(DefaultPath, exe)
+}
+
+// locate is Locate for a given default path and executable ("" when
+// unknown).
+func locate(defaultPath, exe string) string {
+	if _, err := os.Stat(defaultPath); err == nil || exe == "" {
+		return defaultPath
 	}
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), FileName)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
+	p := filepath.Join(filepath.Dir(exe), FileName)
+	if _, err := os.Stat(p); err == nil {
+		return p
 	}
-	return DefaultPath
+	return defaultPath
 }
 
 // Load reads and validates the config file at path. Every error names the

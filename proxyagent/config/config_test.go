@@ -201,3 +201,37 @@ func TestContainerKeys(t *testing.T) {
 		t.Error("allowRootContainersToWireServer as a string accepted")
 	}
 }
+
+// The config is /etc/azure/proxy-agent.json when it exists, else
+// proxy-agent.json beside the executable (protocol.md §0), else the
+// default path (whose absence Load then reports).
+func TestLocate(t *testing.T) {
+	dir := t.TempDir()
+	def := filepath.Join(dir, "etc", FileName)
+	exe := filepath.Join(dir, "bin", "azure-proxy-agent")
+	beside := filepath.Join(dir, "bin", FileName)
+	if err := os.MkdirAll(filepath.Dir(exe), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := locate(def, exe); got != def {
+		t.Errorf("neither exists: %s, want %s", got, def)
+	}
+	if err := os.WriteFile(beside, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := locate(def, exe); got != beside {
+		t.Errorf("only beside the executable: %s, want %s", got, beside)
+	}
+	if got := locate(def, ""); got != def {
+		t.Errorf("executable unknown: %s, want %s", got, def)
+	}
+	if err := os.MkdirAll(filepath.Dir(def), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(def, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := locate(def, exe); got != def {
+		t.Errorf("both exist: %s, want %s", got, def)
+	}
+}
