@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -118,6 +120,41 @@ func TestUnit(t *testing.T) {
 		"Conflicts=shutdown.target", "WantedBy=multi-user.target", "LogsDirectory=azure-proxy-agent", "StateDirectory=azure-proxy-agent"} {
 		if !strings.Contains(string(unit), line+"\n") {
 			t.Errorf("unit lacks %q", line)
+		}
+	}
+	// systemd's IP filter admits the agent's peers: local clients, the
+	// host, and containers reaching the container listener from their own
+	// addresses (Docker 172.17/16, Kubernetes pods 10.244/16, Podman
+	// 10.88/16, CGNAT-range CNIs, IPv6 ULA); nothing public.
+	var allow []netip.Prefix
+	for _, line := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(line, "IPAddressAllow="); ok {
+			for _, f := range strings.Fields(v) {
+				p, err := netip.ParsePrefix(f)
+				if err != nil {
+					a, aerr := netip.ParseAddr(f)
+					if aerr != nil {
+						t.Fatalf("IPAddressAllow entry %q: %v", f, err)
+					}
+					p = netip.PrefixFrom(a, a.BitLen())
+				}
+				allow = append(allow, p)
+			}
+		}
+	}
+	admitted := func(s string) bool {
+		a := netip.MustParseAddr(s)
+		return slices.ContainsFunc(allow, func(p netip.Prefix) bool { return p.Contains(a) })
+	}
+	for _, peer := range []string{"127.0.0.1", "168.63.129.16", "169.254.169.254", "172.17.0.2", "10.244.1.7",
+		"10.88.0.5", "192.168.49.2", "100.64.3.4", "fd00::5"} {
+		if !admitted(peer) {
+			t.Errorf("unit's IP filter drops %s", peer)
+		}
+	}
+	for _, public := range []string{"8.8.8.8", "20.42.0.1", "2001:db8::1", "169.254.1.1"} {
+		if admitted(public) {
+			t.Errorf("unit's IP filter admits %s", public)
 		}
 	}
 	if _, err := ParseUnitExec([]byte("[Service]\n")); err == nil {
