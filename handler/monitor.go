@@ -287,35 +287,36 @@ func (m *Monitor) checkUpdate(ctx context.Context) bool {
 	}
 	code, stderr, err := m.RunSetup(ctx, "install")
 	m.fastSince = time.Now()
-	var st extension.Status
-	switch {
-	case err != nil:
-		st = m.baseStatus(extension.StatusError, 1, setupInstallSpawn+err.Error())
-	case code != 0:
-		st = m.baseStatus(extension.StatusError, code, setupInstallFailed+strings.TrimSpace(stderr))
-	default:
-		// Installed and running, but not yet heard from: not success yet.
-		st = m.baseStatus(extension.StatusTransitioning, 0, setupInstallOK)
-	}
-	m.Events.Write(levelFor(st.Status, false), "setup", "install", st.FormattedMessage.Message)
-	if st.Status == extension.StatusError {
-		m.state.Failure(time.Now(), st.FormattedMessage.Message)
-		if m.Setup.HasBackup() {
-			log.Warn("new agent did not come up; restoring the previous one")
-			if rerr := m.Setup.Restore(ctx); rerr != nil {
-				log.Error("restore failed", "err", rerr)
-			} else {
-				st.FormattedMessage.Message += " (previous agent restored)"
-			}
-			m.restorePurgeDone = true
-		}
-		m.scheduleRetry()
-	} else {
+	if err == nil && code == 0 {
 		// A new agent runs: judge its health afresh, so an error reached
 		// before this attempt does not restore it on its first bad tick.
+		// It is installed but not yet heard from, so the status is
+		// transitioning, not upstream's success.
 		m.state = m.newState()
+		m.Events.Write(extension.EventInformational, "setup", "install", setupInstallOK)
+		m.writeStatus(m.baseStatus(extension.StatusTransitioning, CodeOK, setupInstallOK))
+		return true
 	}
-	m.writeStatus(st)
+	// A failed install is one failure of the state machine (transitioning
+	// at first, as upstream's), reported with the setup tool's exit code.
+	msg := setupInstallFailed + strings.TrimSpace(stderr)
+	if err != nil {
+		msg, code = setupInstallSpawn+err.Error(), 1
+	}
+	m.state.Failure(time.Now(), msg)
+	status, _, _ := m.state.Status()
+	m.Events.Write(levelFor(status, true), "setup", "install", msg)
+	if m.Setup.HasBackup() {
+		log.Warn("new agent did not come up; restoring the previous one")
+		if rerr := m.Setup.Restore(ctx); rerr != nil {
+			log.Error("restore failed", "err", rerr)
+		} else {
+			msg += " (previous agent restored)"
+		}
+		m.restorePurgeDone = true
+	}
+	m.scheduleRetry()
+	m.writeStatus(m.baseStatus(status, code, msg))
 	return true
 }
 

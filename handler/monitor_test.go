@@ -2,6 +2,7 @@ package handler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -138,23 +139,71 @@ func TestMonitorUpgradeSuccessPurges(t *testing.T) {
 	}
 }
 
+// TestMonitorSetupFailureRestores: a failed setup install is one failure
+// of the state machine (transitioning at first, error only once the status
+// already is), reported with the setup tool's exit code and stderr and an
+// empty substatus; the previous agent is restored at once.
 func TestMonitorSetupFailureRestores(t *testing.T) {
-	r := newMonitorRig(t, "1.0.1", "1.0.0")
-	r.setupRC = 3
-	r.m.Tick(context.Background())
-	st := r.status()
-	if st.Status != "error" || st.Code != 3 || !strings.Contains(st.FormattedMessage.Message, "boom: agent exited") || len(st.Substatus) != 0 {
-		t.Errorf("status = %+v", st)
+	tests := []struct {
+		name      string
+		spawnErr  error // RunSetup cannot run the tool
+		erroring  bool  // the status is already error before the install
+		wantState string
+		wantCode  int
+		wantMsg   string
+		wantLevel string
+	}{
+		{"exit 3: transitioning with code 3", nil, false, "transitioning", 3, setupInstallFailed + "boom: agent exited", extension.EventWarning},
+		{"not run: transitioning with code 1", errors.New("exec format error"), false, "transitioning", 1, setupInstallSpawn + "exec format error", extension.EventWarning},
+		{"exit 3 while error: error with code 3", nil, true, "error", 3, setupInstallFailed + "boom: agent exited", extension.EventError},
 	}
-	if r.m.Setup.HasBackup() {
-		t.Error("backup still present after restore")
-	}
-	b, _ := os.ReadFile(r.env.Layout.AgentBinary())
-	if !strings.Contains(string(b), "1.0.0") {
-		t.Errorf("previous agent not restored: %s", b)
-	}
-	if r.svc.starts == 0 {
-		t.Error("restored service not started")
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newMonitorRig(t, "1.0.1", "1.0.0")
+			events := filepath.Join(t.TempDir(), "events")
+			os.MkdirAll(events, 0o700)
+			r.m.Events = &extension.EventWriter{Folder: events, Version: "1.0.1", MaxFiles: 1000}
+			r.setupRC = 3
+			if tc.spawnErr != nil {
+				r.m.RunSetup = func(context.Context, string) (int, string, error) { return -1, "", tc.spawnErr }
+			}
+			if tc.erroring {
+				r.m.init()
+				t0 := time.Now().Add(-time.Hour)
+				for i := range r.env.Opts.ErrorThreshold {
+					r.m.state.Failure(t0.Add(time.Duration(i)*r.env.Opts.MonitorInterval), "agent down")
+				}
+			}
+			r.m.Tick(context.Background())
+			st := r.status()
+			if st.Status != tc.wantState || st.Code != tc.wantCode || len(st.Substatus) != 0 ||
+				st.FormattedMessage.Message != tc.wantMsg+" (previous agent restored)" {
+				t.Errorf("status = %s/%d %q with %d substatuses, want %s/%d %q", st.Status, st.Code, st.FormattedMessage.Message,
+					len(st.Substatus), tc.wantState, tc.wantCode, tc.wantMsg)
+			}
+			if r.m.Setup.HasBackup() {
+				t.Error("backup still present after restore")
+			}
+			b, _ := os.ReadFile(r.env.Layout.AgentBinary())
+			if !strings.Contains(string(b), "1.0.0") {
+				t.Errorf("previous agent not restored: %s", b)
+			}
+			if r.svc.starts == 0 {
+				t.Error("restored service not started")
+			}
+			level := ""
+			ents, _ := os.ReadDir(events)
+			for _, e := range ents {
+				data, _ := os.ReadFile(filepath.Join(events, e.Name()))
+				var evs []extension.Event
+				if json.Unmarshal(data, &evs) == nil && len(evs) == 1 && evs[0].TaskName == "setup" && evs[0].Message == tc.wantMsg {
+					level = evs[0].EventLevel
+				}
+			}
+			if level != tc.wantLevel {
+				t.Errorf("setup install event at %q, want %q", level, tc.wantLevel)
+			}
+		})
 	}
 }
 
@@ -279,7 +328,7 @@ func TestMonitorRetriesFailedUpgrade(t *testing.T) {
 			r.setupRC = 3
 			ctx := context.Background()
 			r.m.Tick(ctx)
-			if st := r.status(); st.Status != "error" || !strings.Contains(st.FormattedMessage.Message, "previous agent restored") {
+			if st := r.status(); st.Status != "transitioning" || st.Code != 3 || !strings.Contains(st.FormattedMessage.Message, "previous agent restored") {
 				t.Fatalf("failed install status = %+v", st)
 			}
 			r.setupRC = 0
