@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -177,6 +178,9 @@ func TestUnit(t *testing.T) {
 	}
 }
 
+// TestStatusState drives the state machine at a given time between
+// observations: upstream's 15 s cadence, and the monitor's 1 s fast
+// polling, which must reach error no sooner than 20 failures at 15 s do.
 func TestStatusState(t *testing.T) {
 	type step struct {
 		ok         bool
@@ -184,33 +188,48 @@ func TestStatusState(t *testing.T) {
 		wantCode   int
 	}
 	S, F := true, false
+	const interval = 15 * time.Second
 	tests := []struct {
-		name  string
-		pre   []bool
-		steps []step
+		name     string
+		interval time.Duration // the state's normal cadence
+		gap      time.Duration // time between observations
+		pre      []bool
+		steps    []step
 	}{
-		{"one success", nil, []step{{S, "success", 0}}},
-		{"success then failure", []bool{S}, []step{{F, "transitioning", 0}}},
-		{"19 failures stay transitioning", nil, func() []step {
+		{"one success", interval, interval, nil, []step{{S, "success", 0}}},
+		{"success then failure", interval, interval, []bool{S}, []step{{F, "transitioning", 0}}},
+		{"19 failures stay transitioning", interval, interval, nil, func() []step {
 			var s []step
 			for i := 0; i < 19; i++ {
 				s = append(s, step{F, "transitioning", 0})
 			}
 			return s
 		}()},
-		{"20th failure is error", repeat(F, 19), []step{{F, "error", 4}, {F, "error", 4}}},
-		{"error recovers in two", repeat(F, 20), []step{{S, "transitioning", 0}, {S, "success", 0}}},
-		{"error, success, failure", repeat(F, 20), []step{{S, "transitioning", 0}, {F, "transitioning", 0}}},
+		{"20th failure is error", interval, interval, repeat(F, 19), []step{{F, "error", 4}, {F, "error", 4}}},
+		{"error recovers in two", interval, interval, repeat(F, 20), []step{{S, "transitioning", 0}, {S, "success", 0}}},
+		{"error, success, failure", interval, interval, repeat(F, 20), []step{{S, "transitioning", 0}, {F, "transitioning", 0}}},
+		{"a success ends the streak", interval, interval, append(append(repeat(F, 19), S), repeat(F, 18)...),
+			[]step{{F, "transitioning", 0}, {F, "error", 4}}},
+		{"1 s polling: 20 failures stay transitioning", interval, time.Second, repeat(F, 19), []step{{F, "transitioning", 0}}},
+		{"1 s polling: 284 s of failures stay transitioning", interval, time.Second, repeat(F, 284), []step{{F, "transitioning", 0}}},
+		{"1 s polling: 285 s of failures is error", interval, time.Second, repeat(F, 285), []step{{F, "error", 4}, {F, "error", 4}}},
+		{"1 s polling: a success restarts the clock", interval, time.Second, append(append(repeat(F, 200), S), repeat(F, 100)...),
+			[]step{{F, "transitioning", 0}}},
+		{"slow polling: still 20 failures", interval, 10 * time.Minute, repeat(F, 18), []step{{F, "transitioning", 0}, {F, "error", 4}}},
+		{"no interval: failures only", 0, 0, repeat(F, 19), []step{{F, "error", 4}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := NewStatusState(20)
+			s := NewStatusState(20, tc.interval)
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 			for i, ok := range tc.pre {
-				apply(s, ok, fmt.Sprint("pre", i))
+				apply(s, now, ok, fmt.Sprint("pre", i))
+				now = now.Add(tc.gap)
 			}
 			for i, st := range tc.steps {
 				msg := fmt.Sprint("event", i)
-				apply(s, st.ok, msg)
+				apply(s, now, st.ok, msg)
+				now = now.Add(tc.gap)
 				status, code, m := s.Status()
 				if status != st.wantStatus || code != st.wantCode || m != msg {
 					t.Fatalf("step %d: got %s/%d/%q, want %s/%d/%q", i, status, code, m, st.wantStatus, st.wantCode, msg)
@@ -218,12 +237,23 @@ func TestStatusState(t *testing.T) {
 			}
 		})
 	}
-	s := NewStatusState(20)
+	s := NewStatusState(20, interval)
+	now := time.Now()
 	for i := 0; i < 20000; i++ {
-		s.Failure("x")
+		s.Failure(now.Add(time.Duration(i)*time.Second), "x")
 	}
 	if s.Failures() != maxFailureCount {
 		t.Errorf("failures = %d, want saturation at %d", s.Failures(), maxFailureCount)
+	}
+	if st, code, _ := s.Status(); st != "error" || code != 4 {
+		t.Errorf("after 20000 failures: %s/%d", st, code)
+	}
+	huge := NewStatusState(math.MaxInt, time.Hour)
+	for i := 0; i < 3; i++ {
+		huge.Failure(now.Add(time.Duration(i)*time.Hour), "x")
+	}
+	if st, _, _ := huge.Status(); st != "transitioning" {
+		t.Errorf("a huge threshold overflowed: %s", st)
 	}
 }
 
@@ -235,11 +265,11 @@ func repeat(b bool, n int) []bool {
 	return out
 }
 
-func apply(s *StatusState, ok bool, msg string) {
+func apply(s *StatusState, now time.Time, ok bool, msg string) {
 	if ok {
 		s.Success(msg)
 	} else {
-		s.Failure(msg)
+		s.Failure(now, msg)
 	}
 }
 

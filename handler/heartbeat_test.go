@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/opengpa/gpa/extension"
 )
@@ -68,6 +70,10 @@ func TestEnableWritesHeartbeat(t *testing.T) {
 // TestEventLevels: successful steps are Informational, failed ones
 // Warning or Error (telemetry events as waagent collects them).
 func TestEventLevels(t *testing.T) {
+	synctest.Test(t, testEventLevels) // the failing ticks run at the normal interval on the bubble's clock
+}
+
+func testEventLevels(t *testing.T) {
 	r := newMonitorRig(t, "1.0.1", "1.0.0")
 	events := filepath.Join(t.TempDir(), "events")
 	os.MkdirAll(events, 0o700)
@@ -109,6 +115,7 @@ func TestEventLevels(t *testing.T) {
 		}
 	}
 	for i := 0; i < 3; i++ {
+		time.Sleep(r.env.Opts.MonitorInterval)
 		r.m.Tick(context.Background())
 	}
 	found := false

@@ -108,6 +108,9 @@ type Monitor struct {
 // Opts.MonitorInterval, for at most FastPollWindow. A fresh enable then
 // reports success within seconds of the agent coming up instead of one
 // full interval later; once healthy, the monitor ticks at the normal rate.
+// Fast polling does not bring error sooner: the status state machine
+// reaches error only after a failure streak as long as ErrorThreshold
+// failures take at MonitorInterval (see StatusState).
 const (
 	FastPollInterval = time.Second
 	FastPollWindow   = 5 * time.Minute
@@ -136,10 +139,17 @@ func NewMonitor(env *Env) *Monitor {
 
 func (m *Monitor) init() {
 	if m.state == nil {
-		m.state = NewStatusState(m.Env.Opts.ErrorThreshold)
+		m.state = m.newState()
 		m.restorePurgeDone = true
 		m.fastSince = time.Now()
 	}
+}
+
+// newState returns a fresh status state machine. Its error threshold is
+// counted at Opts.MonitorInterval, so fast polling (FastPollInterval)
+// reaches error no sooner than the normal cadence would.
+func (m *Monitor) newState() *StatusState {
+	return NewStatusState(m.Env.Opts.ErrorThreshold, m.Env.Opts.MonitorInterval)
 }
 
 func (m *Monitor) runSetupProcess(ctx context.Context, verb string) (int, string, error) {
@@ -206,7 +216,7 @@ func (m *Monitor) Tick(ctx context.Context) {
 		v, err := m.Setup.BundledVersion(ctx)
 		if err != nil {
 			msg := fmt.Sprintf("Failed to get GuestProxyAgent version from file %s with error: %v", m.Setup.ext(bundledAgent()), err)
-			m.state.Failure(msg)
+			m.state.Failure(time.Now(), msg)
 			m.write(ErrorShape(msg))
 			m.seqKnown = false // retry the seq-change work once the version is known
 			return
@@ -239,7 +249,7 @@ func (m *Monitor) Tick(ctx context.Context) {
 	if ev.Healthy {
 		m.state.Success(ev.Message)
 	} else {
-		m.state.Failure(ev.Message)
+		m.state.Failure(time.Now(), ev.Message)
 	}
 	m.restoreOrPurge(ctx)
 	m.write(ev.Substatus)
@@ -277,35 +287,36 @@ func (m *Monitor) checkUpdate(ctx context.Context) bool {
 	}
 	code, stderr, err := m.RunSetup(ctx, "install")
 	m.fastSince = time.Now()
-	var st extension.Status
-	switch {
-	case err != nil:
-		st = m.baseStatus(extension.StatusError, 1, setupInstallSpawn+err.Error())
-	case code != 0:
-		st = m.baseStatus(extension.StatusError, code, setupInstallFailed+strings.TrimSpace(stderr))
-	default:
-		// Installed and running, but not yet heard from: not success yet.
-		st = m.baseStatus(extension.StatusTransitioning, 0, setupInstallOK)
-	}
-	m.Events.Write(levelFor(st.Status, false), "setup", "install", st.FormattedMessage.Message)
-	if st.Status == extension.StatusError {
-		m.state.Failure(st.FormattedMessage.Message)
-		if m.Setup.HasBackup() {
-			log.Warn("new agent did not come up; restoring the previous one")
-			if rerr := m.Setup.Restore(ctx); rerr != nil {
-				log.Error("restore failed", "err", rerr)
-			} else {
-				st.FormattedMessage.Message += " (previous agent restored)"
-			}
-			m.restorePurgeDone = true
-		}
-		m.scheduleRetry()
-	} else {
+	if err == nil && code == 0 {
 		// A new agent runs: judge its health afresh, so an error reached
 		// before this attempt does not restore it on its first bad tick.
-		m.state = NewStatusState(m.Env.Opts.ErrorThreshold)
+		// It is installed but not yet heard from, so the status is
+		// transitioning, not upstream's success.
+		m.state = m.newState()
+		m.Events.Write(extension.EventInformational, "setup", "install", setupInstallOK)
+		m.writeStatus(m.baseStatus(extension.StatusTransitioning, CodeOK, setupInstallOK))
+		return true
 	}
-	m.writeStatus(st)
+	// A failed install is one failure of the state machine (transitioning
+	// at first, as upstream's), reported with the setup tool's exit code.
+	msg := setupInstallFailed + strings.TrimSpace(stderr)
+	if err != nil {
+		msg, code = setupInstallSpawn+err.Error(), 1
+	}
+	m.state.Failure(time.Now(), msg)
+	status, _, _ := m.state.Status()
+	m.Events.Write(levelFor(status, true), "setup", "install", msg)
+	if m.Setup.HasBackup() {
+		log.Warn("new agent did not come up; restoring the previous one")
+		if rerr := m.Setup.Restore(ctx); rerr != nil {
+			log.Error("restore failed", "err", rerr)
+		} else {
+			msg += " (previous agent restored)"
+		}
+		m.restorePurgeDone = true
+	}
+	m.scheduleRetry()
+	m.writeStatus(m.baseStatus(status, code, msg))
 	return true
 }
 

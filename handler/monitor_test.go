@@ -2,10 +2,12 @@ package handler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -137,23 +139,71 @@ func TestMonitorUpgradeSuccessPurges(t *testing.T) {
 	}
 }
 
+// TestMonitorSetupFailureRestores: a failed setup install is one failure
+// of the state machine (transitioning at first, error only once the status
+// already is), reported with the setup tool's exit code and stderr and an
+// empty substatus; the previous agent is restored at once.
 func TestMonitorSetupFailureRestores(t *testing.T) {
-	r := newMonitorRig(t, "1.0.1", "1.0.0")
-	r.setupRC = 3
-	r.m.Tick(context.Background())
-	st := r.status()
-	if st.Status != "error" || st.Code != 3 || !strings.Contains(st.FormattedMessage.Message, "boom: agent exited") || len(st.Substatus) != 0 {
-		t.Errorf("status = %+v", st)
+	tests := []struct {
+		name      string
+		spawnErr  error // RunSetup cannot run the tool
+		erroring  bool  // the status is already error before the install
+		wantState string
+		wantCode  int
+		wantMsg   string
+		wantLevel string
+	}{
+		{"exit 3: transitioning with code 3", nil, false, "transitioning", 3, setupInstallFailed + "boom: agent exited", extension.EventWarning},
+		{"not run: transitioning with code 1", errors.New("exec format error"), false, "transitioning", 1, setupInstallSpawn + "exec format error", extension.EventWarning},
+		{"exit 3 while error: error with code 3", nil, true, "error", 3, setupInstallFailed + "boom: agent exited", extension.EventError},
 	}
-	if r.m.Setup.HasBackup() {
-		t.Error("backup still present after restore")
-	}
-	b, _ := os.ReadFile(r.env.Layout.AgentBinary())
-	if !strings.Contains(string(b), "1.0.0") {
-		t.Errorf("previous agent not restored: %s", b)
-	}
-	if r.svc.starts == 0 {
-		t.Error("restored service not started")
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newMonitorRig(t, "1.0.1", "1.0.0")
+			events := filepath.Join(t.TempDir(), "events")
+			os.MkdirAll(events, 0o700)
+			r.m.Events = &extension.EventWriter{Folder: events, Version: "1.0.1", MaxFiles: 1000}
+			r.setupRC = 3
+			if tc.spawnErr != nil {
+				r.m.RunSetup = func(context.Context, string) (int, string, error) { return -1, "", tc.spawnErr }
+			}
+			if tc.erroring {
+				r.m.init()
+				t0 := time.Now().Add(-time.Hour)
+				for i := range r.env.Opts.ErrorThreshold {
+					r.m.state.Failure(t0.Add(time.Duration(i)*r.env.Opts.MonitorInterval), "agent down")
+				}
+			}
+			r.m.Tick(context.Background())
+			st := r.status()
+			if st.Status != tc.wantState || st.Code != tc.wantCode || len(st.Substatus) != 0 ||
+				st.FormattedMessage.Message != tc.wantMsg+" (previous agent restored)" {
+				t.Errorf("status = %s/%d %q with %d substatuses, want %s/%d %q", st.Status, st.Code, st.FormattedMessage.Message,
+					len(st.Substatus), tc.wantState, tc.wantCode, tc.wantMsg)
+			}
+			if r.m.Setup.HasBackup() {
+				t.Error("backup still present after restore")
+			}
+			b, _ := os.ReadFile(r.env.Layout.AgentBinary())
+			if !strings.Contains(string(b), "1.0.0") {
+				t.Errorf("previous agent not restored: %s", b)
+			}
+			if r.svc.starts == 0 {
+				t.Error("restored service not started")
+			}
+			level := ""
+			ents, _ := os.ReadDir(events)
+			for _, e := range ents {
+				data, _ := os.ReadFile(filepath.Join(events, e.Name()))
+				var evs []extension.Event
+				if json.Unmarshal(data, &evs) == nil && len(evs) == 1 && evs[0].TaskName == "setup" && evs[0].Message == tc.wantMsg {
+					level = evs[0].EventLevel
+				}
+			}
+			if level != tc.wantLevel {
+				t.Errorf("setup install event at %q, want %q", level, tc.wantLevel)
+			}
+		})
 	}
 }
 
@@ -171,34 +221,37 @@ func TestMonitorRestoreOncePerCycle(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newMonitorRig(t, "1.0.1", "1.0.0")
-			ctx := context.Background()
-			r.m.Tick(ctx) // upgrade: backup + install
-			startsAfterInstall := r.svc.starts
-			for i := 0; i < tc.ticks; i++ {
-				if tc.healthyAt >= 0 && i >= tc.healthyAt {
-					r.healthy("1.0.1")
-				} else {
-					r.fetch.err, r.fetch.data = errors.New("agent down"), nil
+			synctest.Test(t, func(t *testing.T) { // ticks at the normal interval, on the bubble's clock
+				r := newMonitorRig(t, "1.0.1", "1.0.0")
+				ctx := context.Background()
+				r.m.Tick(ctx) // upgrade: backup + install
+				startsAfterInstall := r.svc.starts
+				for i := 0; i < tc.ticks; i++ {
+					if tc.healthyAt >= 0 && i >= tc.healthyAt {
+						r.healthy("1.0.1")
+					} else {
+						r.fetch.err, r.fetch.data = errors.New("agent down"), nil
+					}
+					time.Sleep(r.env.Opts.MonitorInterval)
+					r.m.Tick(ctx)
 				}
-				r.m.Tick(ctx)
-			}
-			restored := r.svc.starts > startsAfterInstall
-			if restored != tc.wantRestore {
-				t.Errorf("restored = %v (starts %d)", restored, r.svc.starts)
-			}
-			if tc.wantRestore && r.svc.starts != startsAfterInstall+1 {
-				t.Errorf("restore ran %d times", r.svc.starts-startsAfterInstall)
-			}
-			purged := !r.m.Setup.HasBackup() && !restored
-			if purged != tc.wantPurge {
-				t.Errorf("purged = %v", purged)
-			}
-			if tc.name == "error restores" {
-				if st := r.status(); st.Status != "error" || st.Code != 4 || len(st.Substatus) != 3 || st.Substatus[1].Code != 4 {
-					t.Errorf("status = %s/%d", st.Status, st.Code)
+				restored := r.svc.starts > startsAfterInstall
+				if restored != tc.wantRestore {
+					t.Errorf("restored = %v (starts %d)", restored, r.svc.starts)
 				}
-			}
+				if tc.wantRestore && r.svc.starts != startsAfterInstall+1 {
+					t.Errorf("restore ran %d times", r.svc.starts-startsAfterInstall)
+				}
+				purged := !r.m.Setup.HasBackup() && !restored
+				if purged != tc.wantPurge {
+					t.Errorf("purged = %v", purged)
+				}
+				if tc.name == "error restores" {
+					if st := r.status(); st.Status != "error" || st.Code != 4 || len(st.Substatus) != 3 || st.Substatus[1].Code != 4 {
+						t.Errorf("status = %s/%d", st.Status, st.Code)
+					}
+				}
+			})
 		})
 	}
 }
@@ -275,7 +328,7 @@ func TestMonitorRetriesFailedUpgrade(t *testing.T) {
 			r.setupRC = 3
 			ctx := context.Background()
 			r.m.Tick(ctx)
-			if st := r.status(); st.Status != "error" || !strings.Contains(st.FormattedMessage.Message, "previous agent restored") {
+			if st := r.status(); st.Status != "transitioning" || st.Code != 3 || !strings.Contains(st.FormattedMessage.Message, "previous agent restored") {
 				t.Fatalf("failed install status = %+v", st)
 			}
 			r.setupRC = 0
@@ -322,6 +375,7 @@ func TestMonitorRetriesFailedUpgrade(t *testing.T) {
 			ctx := context.Background()
 			r.m.Tick(ctx) // install succeeds, agent silent
 			for i := 0; i < r.env.Opts.ErrorThreshold; i++ {
+				time.Sleep(r.env.Opts.MonitorInterval) // the normal cadence, on the bubble's clock
 				r.m.Tick(ctx)
 			}
 			b, _ := os.ReadFile(r.env.Layout.AgentBinary())
@@ -392,5 +446,119 @@ func TestMonitorFastPollsUntilFirstSuccess(t *testing.T) {
 	r.m.fastSince = time.Now().Add(-FastPollWindow)
 	if w := r.m.Wait(); w != r.env.Opts.MonitorInterval {
 		t.Fatalf("wait after the window = %v, want %v", w, r.env.Opts.MonitorInterval)
+	}
+}
+
+// agentAt is a Fetcher for tests that run the monitor's own loop in a
+// bubble: the agent does not answer before healthyAt (never when zero),
+// then reports SUCCESS as version. It counts the fetches.
+type agentAt struct {
+	version   string
+	healthyAt time.Time
+	fetches   atomic.Int64
+}
+
+func (a *agentAt) Fetch(context.Context) ([]byte, error) {
+	a.fetches.Add(1)
+	now := time.Now()
+	if a.healthyAt.IsZero() || now.Before(a.healthyAt) {
+		return nil, errors.New("agent down")
+	}
+	return aggregateDoc(now.UTC().Format(extension.TimestampLayout), a.version, "SUCCESS", 1, 0, 5), nil
+}
+
+// TestMonitorErrorAfterFiveMinutes runs the monitor's loop (Run) on the
+// bubble's clock with upstream's threshold and interval (20 × 15 s). While
+// it waits for the agent's first success it polls every second, yet it
+// reports error only after the agent has failed for as long as 20 failures
+// take at 15 s (285 s from the first failure), as upstream does; so an
+// upgraded agent that takes minutes to come up is not restored.
+func TestMonitorErrorAfterFiveMinutes(t *testing.T) {
+	never := time.Duration(0)
+	tests := []struct {
+		name             string
+		bundled, before  string        // the extension's agent; the installed one
+		healthyAfter     time.Duration // when the agent first reports SUCCESS; never if 0
+		wantErrorAt      bool          // error first reported between 285 s and 290 s
+		wantFinal        string        // status at the end (300 s)
+		wantRestore      bool
+		wantBackupPurged bool
+	}{
+		{"upgraded agent never healthy: error and restore at 5 min", "1.0.1", "1.0.0", never, true, "error", true, false},
+		{"upgraded agent healthy at 2 min: kept", "1.0.1", "1.0.0", 2 * time.Minute, false, "success", false, true},
+		{"upgraded agent healthy at 4 min 40 s: kept", "1.0.1", "1.0.0", 280 * time.Second, false, "success", false, true},
+		{"agent never healthy, no upgrade: error at 5 min", "1.0.0", "1.0.0", never, true, "error", false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r := newMonitorRig(t, tc.bundled, tc.before)
+				r.env.Opts.ErrorThreshold = DefaultOptions().ErrorThreshold
+				start := time.Now()
+				agent := &agentAt{version: tc.bundled}
+				if tc.healthyAfter > 0 {
+					agent.healthyAt = start.Add(tc.healthyAfter)
+				}
+				r.m.Fetcher = agent
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { r.m.Run(ctx); close(done) }()
+				// at returns the status the monitor has written by start+d.
+				at := func(d time.Duration) extension.Status {
+					time.Sleep(time.Until(start.Add(d)))
+					synctest.Wait()
+					return r.status()
+				}
+
+				if st := at(100 * time.Second); st.Status != "transitioning" || st.Code != 0 {
+					t.Errorf("at 100 s: %s/%d %q, want transitioning/0", st.Status, st.Code, st.FormattedMessage.Message)
+				}
+				if n := agent.fetches.Load(); n < 90 {
+					t.Errorf("%d fetches in 100 s, want fast polling (about 100)", n)
+				}
+				if st := at(4 * time.Minute); st.Status == "error" || st.Code != 0 {
+					t.Errorf("at 4 min: %s/%d %q, want no error yet", st.Status, st.Code, st.FormattedMessage.Message)
+				}
+				errorAt := time.Duration(-1)
+				for d := 280 * time.Second; d <= 290*time.Second; d += time.Second {
+					if st := at(d); st.Status == "error" {
+						if st.Code != 4 {
+							t.Errorf("error at %v with code %d, want 4", d, st.Code)
+						}
+						errorAt = d
+						break
+					}
+				}
+				if tc.wantErrorAt && (errorAt < 285*time.Second || errorAt > 290*time.Second) {
+					t.Errorf("error first reported at %v, want 285 s–290 s (-1: not by 290 s)", errorAt)
+				}
+				if !tc.wantErrorAt && errorAt >= 0 {
+					t.Errorf("error reported at %v", errorAt)
+				}
+				if st := at(300 * time.Second); st.Status != tc.wantFinal {
+					t.Errorf("at 5 min: %s/%d %q, want %s", st.Status, st.Code, st.FormattedMessage.Message, tc.wantFinal)
+				}
+				cancel()
+				<-done
+
+				if restored := r.svc.starts > 0; restored != tc.wantRestore {
+					t.Errorf("restored = %v (starts %d)", restored, r.svc.starts)
+				}
+				if tc.wantRestore {
+					if r.svc.starts != 1 {
+						t.Errorf("restore ran %d times", r.svc.starts)
+					}
+					if b, _ := os.ReadFile(r.env.Layout.AgentBinary()); !strings.Contains(string(b), tc.before) {
+						t.Errorf("installed agent after restore: %s", b)
+					}
+				}
+				if purged := tc.bundled != tc.before && !r.m.Setup.HasBackup() && !tc.wantRestore; purged != tc.wantBackupPurged {
+					t.Errorf("backup purged = %v", purged)
+				}
+				if tc.bundled != tc.before && len(r.setups) != 1 {
+					t.Errorf("setups = %v, want one install", r.setups)
+				}
+			})
+		})
 	}
 }

@@ -16,7 +16,7 @@ const (
 	EnvHeartbeatInterval   = "GPA_HEARTBEAT_INTERVAL"   // default 5m
 	EnvAggregateURL        = "GPA_AGGREGATE_STATUS_URL" // default http://168.63.129.16:80/gpa-aggregated-status
 	EnvHTTPTimeout         = "GPA_HTTP_TIMEOUT"         // default 10s
-	EnvErrorThreshold      = "GPA_ERROR_THRESHOLD"      // consecutive failures before error, default 20
+	EnvErrorThreshold      = "GPA_ERROR_THRESHOLD"      // consecutive failures at the monitor interval before error, default 20
 	EnvRetryInterval       = "GPA_RETRY_INTERVAL"       // monitor spawn / update.tag retries, default 15s
 	EnvServiceSettle       = "GPA_SERVICE_SETTLE"       // how long a started agent must stay up, default 5s
 	EnvServiceManager      = "GPA_SERVICE_MANAGER"      // "systemd", "supervisor" or empty for automatic
@@ -31,10 +31,13 @@ var DefaultAggregateURL = "http://" + msp.WireServerAddr.String() + msp.Aggregat
 
 // Options are the handler's tunables.
 type Options struct {
-	MonitorInterval     time.Duration
-	HeartbeatInterval   time.Duration
-	AggregateURL        string
-	HTTPTimeout         time.Duration
+	MonitorInterval   time.Duration
+	HeartbeatInterval time.Duration
+	AggregateURL      string
+	HTTPTimeout       time.Duration
+	// ErrorThreshold is how many consecutive failed observations at
+	// MonitorInterval turn the status to error; faster polling needs as
+	// long a failure streak (see StatusState).
 	ErrorThreshold      int
 	RetryInterval       time.Duration
 	ServiceSettle       time.Duration

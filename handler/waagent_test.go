@@ -667,7 +667,8 @@ func TestWaagentLifecycle(t *testing.T) {
 }
 
 // TestWaagentUpgradeRestore: the new agent does not come up, so the
-// previous one is restored and the failure is reported truthfully.
+// previous one is restored and the failure is reported truthfully: as one
+// failure of the state machine (transitioning), with setup's exit code.
 func TestWaagentUpgradeRestore(t *testing.T) {
 	t.Parallel()
 	v := newVM(t, "standin", ubuntu2204)
@@ -699,7 +700,7 @@ func TestWaagentUpgradeRestore(t *testing.T) {
 		t.Fatalf("enable exit %d", rc)
 	}
 	st := v.waitStatus(newBase, 1, "setup failure", func(s extension.Status) bool {
-		return s.Status == "error" && strings.Contains(msgOf(s), "previous agent restored")
+		return s.Status == "transitioning" && strings.Contains(msgOf(s), "previous agent restored")
 	})
 	if st.Code == 0 || !strings.Contains(st.Message, "did not stay running") {
 		t.Errorf("failure status %+v", st)
