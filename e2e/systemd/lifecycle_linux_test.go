@@ -28,6 +28,7 @@ import (
 
 const (
 	goalStateURL = "http://168.63.129.16/machine?comp=goalstate"
+	imdsURL      = "http://169.254.169.254/metadata/instance?api-version=2021-02-01"
 	wsVersion    = "x-ms-version: 2012-11-30"
 	controlURL   = "http://" + e2eenv.ControlAddr
 	agentUnit    = handler.UnitName
@@ -56,7 +57,8 @@ type vm struct {
 // GPA_* environment, so the configuration overlay reached the installed
 // agent), a signed request
 // whose caller the agent identifies inside the machine's PID namespace,
-// the agent killed with SIGKILL and restarted by systemd without a single
+// a container's request through the unit's IP filter (and one from a
+// public address dropped by it), the agent killed with SIGKILL and restarted by systemd without a single
 // unsigned request reaching the host, an upgrade in waagent's order,
 // disable (the monitor unit stopped and reported so) and uninstall (unit,
 // pins and redirect gone).
@@ -184,6 +186,19 @@ func TestSystemdLifecycle(t *testing.T) {
 	if rec.Caller.ProcessFullPath != "/usr/bin/curl" || rec.Caller.ProcessCmdLine != "/usr/bin/curl -s -o /dev/null" {
 		t.Errorf("caller in the machine's PID namespace: processFullPath %q processCmdLine %q, want /usr/bin/curl and its command line",
 			rec.Caller.ProcessFullPath, rec.Caller.ProcessCmdLine)
+	}
+
+	// A container (own network namespace, a veth into the machine) reaches
+	// the agent's container listener through the unit's IP filter when its
+	// address is in a range container networks use; one outside them is
+	// dropped by systemd, which shows the filter is what decides.
+	v.addContainer(ctx, "gpa-docker", "172.17.240.1/24", "172.17.240.2/24")
+	v.addContainer(ctx, "gpa-public", "198.18.240.1/24", "198.18.240.2/24")
+	if code, marked := v.curlIn(ctx, "gpa-docker", 10, imdsURL, "Metadata: true"); code != http.StatusOK || !marked {
+		t.Errorf("IMDS from a container under systemd: HTTP %d marked %v, want 200 through the agent", code, marked)
+	}
+	if code, _ := v.curlIn(ctx, "gpa-public", 2, imdsURL, "Metadata: true"); code != 0 {
+		t.Errorf("IMDS from a container with a public address: HTTP %d, want no answer (dropped by IPAddressDeny)", code)
 	}
 
 	// SIGKILL: systemd restarts the agent (Restart=always), and while it is
@@ -484,8 +499,42 @@ func (v *vm) waitRestarted(ctx context.Context, old int) int {
 // status (0: no response) and whether the agent's marker came back.
 func (v *vm) curl(ctx context.Context, url string, headers ...string) (int, bool) {
 	v.t.Helper()
-	args := []string{"--wait", "--pipe", "--quiet", "--collect", "curl", "-s", "-o", "/dev/null", "--noproxy", "*", "--max-time", "10",
-		"-w", "%{http_code} %header{x-ms-azure-host-authorization}"}
+	return v.curlIn(ctx, "", 10, url, headers...)
+}
+
+// addContainer creates the network namespace name inside the machine,
+// wired to the machine's namespace by a veth pair as Docker's bridge
+// wires a container: the machine's end gets gateway, the container's
+// addr, and the container's default route goes through gateway. The
+// machine is thrown away with everything in it when the test ends.
+func (v *vm) addContainer(ctx context.Context, name, gateway, addr string) {
+	v.t.Helper()
+	gw, _, _ := strings.Cut(gateway, "/")
+	vmIf := "v-" + strings.TrimPrefix(name, "gpa-")
+	v.run(ctx, "ip", "netns", "add", name)
+	for _, args := range [][]string{
+		{"link", "add", vmIf, "type", "veth", "peer", "name", "eth0", "netns", name},
+		{"addr", "add", gateway, "dev", vmIf},
+		{"link", "set", vmIf, "up"},
+		{"-n", name, "addr", "add", addr, "dev", "eth0"},
+		{"-n", name, "link", "set", "eth0", "up"},
+		{"-n", name, "link", "set", "lo", "up"},
+		{"-n", name, "route", "add", "default", "via", gw},
+	} {
+		v.run(ctx, "ip", args...)
+	}
+}
+
+// curlIn is curl from the network namespace netns ("" for the machine's
+// own), giving up after maxTime seconds.
+func (v *vm) curlIn(ctx context.Context, netns string, maxTime int, url string, headers ...string) (int, bool) {
+	v.t.Helper()
+	args := []string{"--wait", "--pipe", "--quiet", "--collect"}
+	if netns != "" {
+		args = append(args, "-p", "NetworkNamespacePath=/run/netns/"+netns)
+	}
+	args = append(args, "curl", "-s", "-o", "/dev/null", "--noproxy", "*", "--max-time", strconv.Itoa(maxTime),
+		"-w", "%{http_code} %header{x-ms-azure-host-authorization}")
 	for _, h := range headers {
 		args = append(args, "-H", h)
 	}
