@@ -1,6 +1,7 @@
 package claims
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -75,9 +76,14 @@ type Resolver struct {
 	// ProcRoot is the procfs mount; "" means /proc.
 	ProcRoot string
 	// PasswdFile and GroupFile are the user and group databases in
-	// /etc/passwd and /etc/group format; "" means those files. NSS
-	// sources (LDAP, sssd, Entra ID login) are not consulted.
+	// /etc/passwd and /etc/group format; "" means those files. A uid
+	// they do not name is asked of the system's name service (NSS:
+	// LDAP, sssd, Entra ID login) through NameService.
 	PasswdFile, GroupFile string
+	// NameService runs a name-service query (getent or id with args) and
+	// returns its output; nil runs the commands (NameServiceTimeout
+	// each). Tests replace it.
+	NameService func(ctx context.Context, name string, args ...string) ([]byte, error)
 	// AncestryDepth is how many parent processes to record; 0 means
 	// DefaultAncestryDepth, negative means none.
 	AncestryDepth int

@@ -1,6 +1,7 @@
 package claims
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -129,7 +131,7 @@ func TestResolveFake(t *testing.T) {
 	p.add(400, "/usr/bin/bash", "bash\x00", 300, 8000)
 	p.add(300, "/usr/sbin/sshd", "sshd: alice\x00", 1, 7000)
 	passwd, group := writeUserDB(t)
-	r := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group}
+	r := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group, NameService: noNameService}
 
 	c, err := r.Resolve(identity.Record{PID: 500, UID: 1000, GID: 1000, StartTime: 9000, Comm: "curl"}, client)
 	if err != nil {
@@ -186,12 +188,12 @@ func TestResolveFake(t *testing.T) {
 		}
 	})
 	t.Run("ancestry depth", func(t *testing.T) {
-		r1 := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group, AncestryDepth: 1}
+		r1 := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group, NameService: noNameService, AncestryDepth: 1}
 		c, _ := r1.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000}, client)
 		if len(c.Ancestry) != 1 {
 			t.Errorf("ancestry %+v, want 1 level", c.Ancestry)
 		}
-		rn := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group, AncestryDepth: -1}
+		rn := &Resolver{ProcRoot: p.root, PasswdFile: passwd, GroupFile: group, NameService: noNameService, AncestryDepth: -1}
 		c, _ = rn.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000}, client)
 		if len(c.Ancestry) != 0 {
 			t.Errorf("ancestry %+v, want none", c.Ancestry)
@@ -245,7 +247,7 @@ func assertClaims(t *testing.T, got, want *Claims) {
 
 func TestUserCacheExpires(t *testing.T) {
 	passwd, group := writeUserDB(t)
-	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, UserCacheTTL: time.Hour}
+	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, NameService: noNameService, UserCacheTTL: time.Hour}
 	c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client)
 	if c.UserName != Undefined {
 		t.Fatalf("user %q before creation", c.UserName)
@@ -265,7 +267,7 @@ func TestUserCacheExpires(t *testing.T) {
 func TestUserCacheRefreshesAfterTTL(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		passwd, group := writeUserDB(t)
-		r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, UserCacheTTL: time.Minute}
+		r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, NameService: noNameService, UserCacheTTL: time.Minute}
 		if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1002}, client); c.UserName != Undefined {
 			t.Fatalf("user %q before creation", c.UserName)
 		}
@@ -363,5 +365,62 @@ func BenchmarkResolveRealProc(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// noNameService is a name service that knows nobody, for tests whose user
+// databases are the files alone.
+func noNameService(context.Context, string, ...string) ([]byte, error) {
+	return nil, errors.New("exit status 2")
+}
+
+// A uid the files do not name is asked of the name service (a directory
+// user: sssd, LDAP, Entra ID login): its name and group names come from
+// getent and id, and an answer that is not that uid's entry is ignored.
+func TestUserFromNameService(t *testing.T) {
+	passwd, group := writeUserDB(t)
+	var asked []string
+	nss := func(_ context.Context, name string, args ...string) ([]byte, error) {
+		asked = append(asked, name+" "+strings.Join(args, " "))
+		switch name + " " + strings.Join(args, " ") {
+		case "getent passwd 1500000":
+			return []byte("dana@contoso.com:x:1500000:1500000::/home/dana@contoso.com:/bin/bash\n"), nil
+		case "id -Gn -- dana@contoso.com":
+			return []byte("dana@contoso.com aad_admins\n"), nil
+		case "getent passwd 1500001":
+			return []byte("eve:x:1500009:1500009::/home/eve:/bin/sh\n"), nil // another uid's entry
+		}
+		return nil, errors.New("exit status 2")
+	}
+	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, NameService: nss}
+	c, _ := r.Resolve(identity.Record{PID: 1, UID: 1500000}, client)
+	if c.UserName != "dana@contoso.com" || !slices.Equal(c.UserGroups, []string{"dana@contoso.com", "aad_admins"}) {
+		t.Errorf("directory user: %q %q", c.UserName, c.UserGroups)
+	}
+	for _, uid := range []uint32{1500001, 1500002} {
+		if c, _ := r.Resolve(identity.Record{PID: 1, UID: uid}, client); c.UserName != Undefined || len(c.UserGroups) != 0 {
+			t.Errorf("uid %d: %q %q, want undefined", uid, c.UserName, c.UserGroups)
+		}
+	}
+	if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1000}, client); c.UserName != "alice" {
+		t.Errorf("file user: %q", c.UserName)
+	}
+	if slices.ContainsFunc(asked, func(q string) bool { return strings.HasSuffix(q, " 1000") }) {
+		t.Errorf("a user in the files was asked of the name service: %q", asked)
+	}
+}
+
+// The real name service (getent and id, with the machine's nsswitch.conf)
+// answers for a uid the given files lack: root, which every system names.
+func TestUserFromRealNameService(t *testing.T) {
+	if _, err := exec.LookPath("getent"); err != nil {
+		t.Skip("getent not installed")
+	}
+	empty := filepath.Join(t.TempDir(), "passwd")
+	must(t, os.WriteFile(empty, nil, 0o644))
+	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: empty, GroupFile: empty}
+	c, _ := r.Resolve(identity.Record{PID: 1, UID: 0}, client)
+	if c.UserName != "root" || !slices.Contains(c.UserGroups, "root") {
+		t.Errorf("root through the name service: %q %q", c.UserName, c.UserGroups)
 	}
 }

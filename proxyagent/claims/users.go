@@ -2,7 +2,9 @@ package claims
 
 import (
 	"bufio"
+	"context"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,7 +72,7 @@ func (r *Resolver) readUser(uid uint32) userInfo {
 		return true
 	})
 	if name == "" {
-		return userInfo{name: Undefined, groups: []string{}}
+		return r.nssUser(uid)
 	}
 	var primary string
 	var others []string
@@ -99,6 +101,44 @@ func (r *Resolver) readUser(uid uint32) userInfo {
 	}
 	groups = append(groups, others...)
 	return userInfo{name: validUTF8(name), groups: groups}
+}
+
+// NameServiceTimeout bounds each name-service command.
+const NameServiceTimeout = 2 * time.Second
+
+// nssUser asks the name service for a uid the files do not name, as
+// getpwuid and getgrouplist would (the agent is a static binary without
+// libc's NSS): `getent passwd UID` for the name, `id -Gn -- NAME` for the
+// group names, primary first. A uid it does not know either, or a query
+// that fails or times out, gets the name "undefined" and no groups.
+func (r *Resolver) nssUser(uid uint32) userInfo {
+	unknown := userInfo{name: Undefined, groups: []string{}}
+	run := r.NameService
+	if run == nil {
+		run = runNameService
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), NameServiceTimeout)
+	defer cancel()
+	out, err := run(ctx, "getent", "passwd", strconv.FormatUint(uint64(uid), 10))
+	if err != nil {
+		return unknown
+	}
+	f := strings.Split(strings.TrimRight(string(out), "\n"), ":")
+	if len(f) < 4 || f[0] == "" || strings.ContainsAny(f[0], "\n") || f[2] != strconv.FormatUint(uint64(uid), 10) {
+		return unknown
+	}
+	u := userInfo{name: validUTF8(f[0]), groups: []string{}}
+	if out, err := run(ctx, "id", "-Gn", "--", f[0]); err == nil {
+		for _, g := range strings.Fields(string(out)) {
+			u.groups = append(u.groups, validUTF8(g))
+		}
+	}
+	return u
+}
+
+// runNameService runs name with args and returns its standard output.
+func runNameService(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return exec.CommandContext(ctx, name, args...).Output()
 }
 
 // scanColonFile calls fn with the colon-separated fields of each

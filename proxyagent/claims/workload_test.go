@@ -72,7 +72,7 @@ func TestResolveCgroupPath(t *testing.T) {
 	if err := os.Symlink("/usr/bin/curl", filepath.Join(pdir, "exe")); err != nil {
 		t.Fatal(err)
 	}
-	r := &Resolver{ProcRoot: proc, CgroupRoot: cg, PasswdFile: "/dev/null", GroupFile: "/dev/null"}
+	r := &Resolver{ProcRoot: proc, CgroupRoot: cg, PasswdFile: "/dev/null", GroupFile: "/dev/null", NameService: noNameService}
 	client := netip.MustParseAddrPort("10.200.0.2:40000")
 	c, err := r.Resolve(identity.Record{PID: uint32(pid), UID: 0, CgroupID: st.Ino, StartTime: 100, OtherNetns: true}, client)
 	if err != nil {
