@@ -384,3 +384,38 @@ func TestLogHandler(t *testing.T) {
 		}
 	}
 }
+
+// Generic overflow files are read with the first drain and then every
+// 300 s; extension-status files with every drain.
+func TestFileReadPeriods(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		f := &fakeHost{}
+		start(t, f, func(o *Options) { o.EventFolder = dir })
+		after(DrainInterval + time.Second) // drain 1 is over
+		if _, err := (eventDir{path: dir, maxFiles: 30}).write(genericFiles, []Event{{Message: "generic"}}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (eventDir{path: dir}).write(statusFiles, []StatusEvent{{Name: "n", Message: "status"}}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		after(DrainInterval) // drain 2
+		posts, _, _, _ := f.snapshot()
+		if evs := events(t, posts); len(evs) != 1 || evs[0].Provider != StatusProviderID {
+			t.Fatalf("after drain 2: %d events, want the status file's", len(evs))
+		}
+		after(3 * DrainInterval) // drains 3–5
+		if posts, _, _, _ := f.snapshot(); len(posts) != 1 {
+			t.Fatalf("generic file read before 300 s")
+		}
+		after(DrainInterval) // drain 6
+		posts, _, _, _ = f.snapshot()
+		evs := events(t, posts)
+		if len(evs) != 2 {
+			t.Fatalf("%d events after drain 6, want the generic file's too", len(evs))
+		}
+		if m, _ := evs[1].value("Context1"); m != "generic" {
+			t.Errorf("message %q", m)
+		}
+	})
+}
