@@ -1,16 +1,16 @@
 // Package telemetry is the agent's telemetry pipeline
-// (shared/spec/protocol.md §6): events go into a bounded queue, are
-// drained every minute into the queue the sender works from (what does
-// not fit is written to the event folder and read back later), and the
-// sender refreshes the VM metadata and posts the events to the
-// WireServer's telemetry endpoint as TelemetryData XML.
+// (shared/spec/protocol.md §6): producers put events into a bounded Queue;
+// a Telemetry's Run drains it every minute into the queue the sender works
+// from (what does not fit is written to the event folder and read back
+// later), and the sender refreshes the VM metadata and posts the events to
+// the WireServer's telemetry endpoint as TelemetryData XML.
 //
 // Two kinds of event exist, as upstream has them:
 //   - generic events (provider FFF0196F-…, Event id 7): every log line at
 //     or above fileLogLevelForEvents (LogHandler, a log/slog handler the
 //     agent adds beside its file and stderr handlers);
 //   - extension-status events (provider 69B669B9-…, Event id 1): the
-//     proxyAgentStatus object every 15 minutes (ReportStatus).
+//     proxyAgentStatus object every 15 minutes (Options.Status).
 //
 // What leaves the machine: one POST /machine/?comp=telemetrydata per
 // batch below 64 KiB to the configured WireServer, never signed, with the

@@ -10,13 +10,13 @@ import (
 )
 
 // LogHandler returns a slog.Handler that turns each record at or above
-// level into a generic event on t (§6.1): level name as EventLevel, the
+// level into a generic event on q (§6.1): level name as EventLevel, the
 // record's time as TimeStamp, task CommonLogger, module ProxyAgent, and as
 // message the text ProxyAgent.log shows for the record (message, then the
 // attributes). The agent adds it beside its file and stderr handlers.
-func LogHandler(t *Telemetry, level slog.Leveler) slog.Handler {
+func LogHandler(q *Queue, level slog.Leveler) slog.Handler {
 	s := &lineState{}
-	return &logHandler{t: t, state: s, inner: logfile.NewHandler(&s.buf, level)}
+	return &logHandler{q: q, state: s, inner: logfile.NewHandler(&s.buf, level)}
 }
 
 // lineState is shared by a handler and its WithAttrs/WithGroup
@@ -27,7 +27,7 @@ type lineState struct {
 }
 
 type logHandler struct {
-	t     *Telemetry
+	q     *Queue
 	state *lineState
 	inner slog.Handler // formats the line into state.buf
 }
@@ -48,7 +48,7 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 	if err != nil {
 		return err
 	}
-	h.t.Add(Event{
+	h.q.Add(Event{
 		EventLevel:  logfile.LevelOf(r.Level).String(),
 		Message:     msg,
 		TaskName:    TaskCommonLogger,
@@ -59,9 +59,9 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h *logHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return &logHandler{t: h.t, state: h.state, inner: h.inner.WithAttrs(as)}
+	return &logHandler{q: h.q, state: h.state, inner: h.inner.WithAttrs(as)}
 }
 
 func (h *logHandler) WithGroup(name string) slog.Handler {
-	return &logHandler{t: h.t, state: h.state, inner: h.inner.WithGroup(name)}
+	return &logHandler{q: h.q, state: h.state, inner: h.inner.WithGroup(name)}
 }

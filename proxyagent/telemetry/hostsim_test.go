@@ -39,7 +39,7 @@ func startSim(t *testing.T, enforce bool) *hostsim.Sim {
 
 func simPipeline(sim *hostsim.Sim, key *msp.Key) *Telemetry {
 	m := fxMachine
-	return New(Options{Version: "1.2.3", WireServer: sim.Addrs().WireServer, IMDS: sim.Addrs().IMDS, Machine: &m, Logger: discard,
+	return New(Options{Queue: NewQueue("1.2.3"), Version: "1.2.3", WireServer: sim.Addrs().WireServer, IMDS: sim.Addrs().IMDS, Machine: &m, Logger: discard,
 		Key: func() *msp.Key { return key }})
 }
 
@@ -68,8 +68,8 @@ func TestAgainstHostSim(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			sim := startSim(t, c.enforce)
 			tel := simPipeline(sim, c.key)
-			tel.Add(Event{EventLevel: "INFO", Message: `hostsim <check> & "quotes"`})
-			queued := *tel.incoming[0].generic
+			tel.opts.Queue.Add(Event{EventLevel: "INFO", Message: `hostsim <check> & "quotes"`})
+			queued := *tel.opts.Queue.items[0].generic
 			tel.drain()
 			tel.sendRound(context.Background())
 

@@ -39,9 +39,13 @@ const (
 // (§5.1); the module's state stays UNKNOWN, as upstream never sets it.
 const StartedMessage = "Telemetry event logger thread started."
 
-// Options configure a Telemetry. WireServer and IMDS are required for Run.
+// Options configure a Telemetry. Queue is required, and WireServer and
+// IMDS for Run.
 type Options struct {
-	// Version is the agent's version: each event's Version and GAVersion.
+	// Queue is where producers put events (NewQueue).
+	Queue *Queue
+	// Version is the agent's version: the status event's Version and
+	// GAVersion.
 	Version string
 	// WireServer and IMDS are the host:port of the two services.
 	WireServer, IMDS string
@@ -85,9 +89,89 @@ type Counts struct {
 	Queued int
 }
 
-// Telemetry is the pipeline: producers call Add and AddStatus (or log
-// through LogHandler) from any goroutine; Run drains, re-ingests overflow
-// and sends. Its mutex owns both queues, the last metadata and the counts.
+// Queue is the producers' queue (QueueSize events): Add, AddStatus and
+// LogHandler put events in from any goroutine, a Telemetry's Run takes
+// them out. When it is full the newest event is dropped and counted. Its
+// mutex owns the events and the count.
+type Queue struct {
+	version string
+
+	mu      sync.Mutex
+	items   []item
+	dropped uint64
+}
+
+// NewQueue returns an empty queue; version is the agent's version, the
+// Version of events that name none.
+func NewQueue(version string) *Queue { return &Queue{version: version} }
+
+// Add queues a generic event. Empty Version, EventPid, EventTid and
+// TimeStamp are filled in; the message is cleaned (CleanMessage).
+func (q *Queue) Add(e Event) {
+	if e.Version == "" {
+		e.Version = q.version
+	}
+	if e.EventPid == "" {
+		e.EventPid = pid
+	}
+	if e.EventTid == "" {
+		e.EventTid = tid()
+	}
+	if e.TimeStamp == "" {
+		e.TimeStamp = timestamp(time.Now())
+	}
+	e.clean()
+	q.put(item{generic: &e})
+}
+
+// AddStatus queues an extension-status event, filling in and cleaning as
+// Add does.
+func (q *Queue) AddStatus(e StatusEvent) {
+	if e.Version == "" {
+		e.Version = q.version
+	}
+	if e.EventPid == "" {
+		e.EventPid = pid
+	}
+	if e.EventTid == "" {
+		e.EventTid = tid()
+	}
+	if e.TimeStamp == "" {
+		e.TimeStamp = timestamp(time.Now())
+	}
+	e.clean()
+	q.put(item{status: &e})
+}
+
+func (q *Queue) put(it item) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.items) >= QueueSize {
+		q.dropped++
+		return
+	}
+	q.items = append(q.items, it)
+}
+
+// take removes and returns every queued event.
+func (q *Queue) take() []item {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.items
+	q.items = nil
+	return out
+}
+
+// counts returns the queue's length and drops.
+func (q *Queue) counts() (queued int, dropped uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items), q.dropped
+}
+
+// Telemetry is the rest of the pipeline: Run drains the Queue into the
+// sender's queue, spills and re-ingests overflow, and sends. Its mutex
+// owns the sender's queue, the last metadata and the counts.
 type Telemetry struct {
 	opts     Options
 	log      *slog.Logger
@@ -96,14 +180,12 @@ type Telemetry struct {
 	wake     chan struct{}
 
 	mu       sync.Mutex
-	incoming []item // producers' queue
 	pending  []item // the sender's queue
 	metadata *Metadata
 	counts   Counts
 }
 
-// New returns a pipeline that queues events at once; nothing is sent
-// before Run.
+// New returns the pipeline for opts.Queue; nothing is sent before Run.
 func New(opts Options) *Telemetry {
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = DefaultRequestTimeout
@@ -134,61 +216,14 @@ func New(opts Options) *Telemetry {
 	}
 }
 
-// Add queues a generic event. Empty Version, EventPid, EventTid and
-// TimeStamp are filled in; the message is cleaned (CleanMessage). When the
-// queue is full the event is dropped and counted.
-func (t *Telemetry) Add(e Event) {
-	if e.Version == "" {
-		e.Version = t.opts.Version
-	}
-	if e.EventPid == "" {
-		e.EventPid = pid
-	}
-	if e.EventTid == "" {
-		e.EventTid = tid()
-	}
-	if e.TimeStamp == "" {
-		e.TimeStamp = timestamp(time.Now())
-	}
-	e.clean()
-	t.enqueue(item{generic: &e})
-}
-
-// AddStatus queues an extension-status event, filling in and cleaning as
-// Add does.
-func (t *Telemetry) AddStatus(e StatusEvent) {
-	if e.Version == "" {
-		e.Version = t.opts.Version
-	}
-	if e.EventPid == "" {
-		e.EventPid = pid
-	}
-	if e.EventTid == "" {
-		e.EventTid = tid()
-	}
-	if e.TimeStamp == "" {
-		e.TimeStamp = timestamp(time.Now())
-	}
-	e.clean()
-	t.enqueue(item{status: &e})
-}
-
-func (t *Telemetry) enqueue(it item) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.incoming) >= QueueSize {
-		t.counts.Dropped++
-		return
-	}
-	t.incoming = append(t.incoming, it)
-}
-
 // Counts returns the totals so far.
 func (t *Telemetry) Counts() Counts {
+	queued, dropped := t.opts.Queue.counts()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c := t.counts
-	c.Queued = len(t.incoming) + len(t.pending)
+	c.Queued = queued + len(t.pending)
+	c.Dropped += dropped
 	return c
 }
 
@@ -259,9 +294,8 @@ func (t *Telemetry) reingest(k fileKind) {
 // drain moves the producers' queue into the sender's; the overflow is
 // written to the event folder, one file per kind, or dropped.
 func (t *Telemetry) drain() {
+	in := t.opts.Queue.take()
 	t.mu.Lock()
-	in := t.incoming
-	t.incoming = nil
 	room := max(QueueSize-len(t.pending), 0)
 	take := min(room, len(in))
 	t.pending = append(t.pending, in[:take]...)
@@ -418,7 +452,7 @@ func (t *Telemetry) statusLoop(ctx context.Context) {
 			continue
 		}
 		now := time.Now()
-		t.AddStatus(StatusEvent{
+		t.opts.Queue.AddStatus(StatusEvent{
 			Name: msp.ServiceName, Version: t.opts.Version, ExtensionType: StatusExtensionType, IsInternal: true,
 			Operation: StatusOperation, TaskName: StatusTaskName, OperationSuccess: st.Status == status.Success,
 			Message: string(msg), DurationMS: uint64(now.Sub(last).Milliseconds()),

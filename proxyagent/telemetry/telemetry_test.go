@@ -21,7 +21,7 @@ import (
 func start(t *testing.T, f *fakeHost, edit func(*Options)) *Telemetry {
 	t.Helper()
 	m := fxMachine
-	o := Options{Version: "1.2.3", WireServer: pipeWS, IMDS: pipeIMDS, Dial: servePipes(t, f), Machine: &m, Logger: discard}
+	o := Options{Queue: NewQueue("1.2.3"), Version: "1.2.3", WireServer: pipeWS, IMDS: pipeIMDS, Dial: servePipes(t, f), Machine: &m, Logger: discard}
 	if edit != nil {
 		edit(&o)
 	}
@@ -55,12 +55,12 @@ func TestSendsAtDrainInterval(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeHost{}
 		tel := start(t, f, nil)
-		tel.Add(Event{EventLevel: "INFO", Message: "first", TaskName: TaskCommonLogger, OperationId: ModuleProxyAgent})
+		tel.opts.Queue.Add(Event{EventLevel: "INFO", Message: "first", TaskName: TaskCommonLogger, OperationId: ModuleProxyAgent})
 		after(DrainInterval - time.Millisecond)
 		if posts, _, calls, _ := f.snapshot(); len(posts) != 0 || len(calls) != 0 {
 			t.Fatalf("before the first drain: %d posts, calls %q", len(posts), calls)
 		}
-		tel.Add(Event{EventLevel: "WARN", Message: "second"})
+		tel.opts.Queue.Add(Event{EventLevel: "WARN", Message: "second"})
 		after(time.Millisecond)
 		posts, _, calls, _ := f.snapshot()
 		want := []string{"ws GET " + msp.GoalStatePath, "ws GET " + fxSharedTarget, "imds GET " + msp.IMDSInstancePath, "ws POST " + msp.TelemetryDataPath}
@@ -109,7 +109,7 @@ func TestMetadataSignedUploadNot(t *testing.T) {
 		}
 		f := &fakeHost{key: key}
 		tel := start(t, f, func(o *Options) { o.Key = func() *msp.Key { return key } })
-		tel.Add(Event{Message: "m"})
+		tel.opts.Queue.Add(Event{Message: "m"})
 		after(DrainInterval)
 		if posts, _, _, _ := f.snapshot(); len(posts) != 1 {
 			t.Fatalf("%d posts", len(posts))
@@ -125,9 +125,9 @@ func TestNoMetadataKeepsEvents(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeHost{goalStateCode: 503}
 		tel := start(t, f, nil)
-		tel.Add(Event{Message: "a"})
+		tel.opts.Queue.Add(Event{Message: "a"})
 		after(DrainInterval)
-		tel.Add(Event{Message: "b"})
+		tel.opts.Queue.Add(Event{Message: "b"})
 		after(DrainInterval)
 		posts, attempts, _, _ := f.snapshot()
 		if len(posts) != 0 || len(attempts) != 0 {
@@ -144,7 +144,7 @@ func TestNoMetadataKeepsEvents(t *testing.T) {
 			t.Fatalf("%d events after recovery, want 2", len(evs))
 		}
 		f.set(func(f *fakeHost) { f.imdsCode = 500 })
-		tel.Add(Event{Message: "c"})
+		tel.opts.Queue.Add(Event{Message: "c"})
 		after(DrainInterval)
 		posts, _, _, _ = f.snapshot()
 		evs = events(t, posts)
@@ -177,7 +177,7 @@ func TestUploadRetries(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := &fakeHost{postCodes: c.codes}
 				tel := start(t, f, nil)
-				tel.Add(Event{Message: "x"})
+				tel.opts.Queue.Add(Event{Message: "x"})
 				after(DrainInterval + 10*RetryDelay)
 				posts, attempts, _, _ := f.snapshot()
 				if len(attempts) != c.attempts || len(posts) != c.sent {
@@ -205,14 +205,14 @@ func TestQueuesBoundedWithoutFolder(t *testing.T) {
 		f := &fakeHost{goalStateCode: 500} // nothing is ever sent
 		tel := start(t, f, nil)
 		for i := range QueueSize + 500 {
-			tel.Add(Event{Message: fmt.Sprint(i)})
+			tel.opts.Queue.Add(Event{Message: fmt.Sprint(i)})
 		}
 		if c := tel.Counts(); c.Dropped != 500 || c.Queued != QueueSize {
 			t.Fatalf("counts %+v, want 500 dropped and %d queued", c, QueueSize)
 		}
 		after(DrainInterval) // all 1000 move to the sender's queue
 		for i := range 300 {
-			tel.Add(Event{Message: fmt.Sprint(i)})
+			tel.opts.Queue.Add(Event{Message: fmt.Sprint(i)})
 		}
 		after(DrainInterval) // no room, no folder: 300 more dropped
 		if c := tel.Counts(); c.Dropped != 800 || c.Queued != QueueSize {
@@ -232,7 +232,7 @@ func TestOverflowFiles(t *testing.T) {
 		tel := start(t, f, func(o *Options) { o.EventFolder = dir; o.MaxEventFiles = 2 })
 		fill := func(tag string, n int) {
 			for i := range n {
-				tel.Add(Event{Message: fmt.Sprintf("%s-%04d", tag, i)})
+				tel.opts.Queue.Add(Event{Message: fmt.Sprintf("%s-%04d", tag, i)})
 			}
 		}
 		fill("a", QueueSize)
@@ -359,15 +359,13 @@ func TestStatusEvent(t *testing.T) {
 // Log records at or above the configured level become generic events with
 // the text ProxyAgent.log shows, redacted.
 func TestLogHandler(t *testing.T) {
-	tel := New(Options{Version: "1.2.3", Logger: discard})
-	log := slog.New(LogHandler(tel, slog.LevelInfo)).With("module", "keykeeper")
+	q := NewQueue("1.2.3")
+	log := slog.New(LogHandler(q, slog.LevelInfo)).With("module", "keykeeper")
 	log.Debug("not an event")
 	log.Info("key latched", "guid", "g-1")
 	log.WithGroup("req").Warn("upload failed", "url", "https://a/b?sig=SECRETSIG&x=1", "status", 503)
 	log.Error("line\nbreak")
-	tel.mu.Lock()
-	got := append([]item(nil), tel.incoming...)
-	tel.mu.Unlock()
+	got := q.take()
 	want := []struct{ level, msg string }{
 		{"INFO", "key latched module=keykeeper guid=g-1"},
 		{"WARN", "upload failed module=keykeeper req.url=\"https://a/b?[REDACTED]&x=1\" req.status=503"},
