@@ -1,7 +1,8 @@
 // Package agent wires the proxy agent's parts into one running service: the
 // eBPF redirector (kernel redirect and caller identity), the key keeper
 // (secure channel with the WireServer), the authorizer, the signing proxy
-// listener, the audit recorder, provisioning and the status writer.
+// listener, the audit recorder, provisioning, the status writer and the
+// telemetry pipeline.
 //
 // The data path reads top to bottom: redirector → identity record →
 // listener → claims → authorizer → signer → upstream → audit record.
@@ -34,6 +35,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/proxy"
 	"github.com/opengpa/gpa/proxyagent/redirector"
 	"github.com/opengpa/gpa/proxyagent/status"
+	"github.com/opengpa/gpa/proxyagent/telemetry"
 )
 
 // Options configure Run.
@@ -58,7 +60,13 @@ type Options struct {
 func Run(ctx context.Context, opts Options) error {
 	start := time.Now()
 	cfg := opts.Config
-	log, closeLogs, err := openLogs(cfg, opts.Stderr)
+	// Log lines queue as telemetry events from the start; they are sent
+	// once the event threads start (provisioning finished).
+	var events *telemetry.Queue
+	if cfg.SendTelemetry {
+		events = telemetry.NewQueue(opts.Version)
+	}
+	log, closeLogs, err := openLogs(cfg, opts.Stderr, events)
 	if err != nil {
 		return err
 	}
@@ -101,12 +109,14 @@ func Run(ctx context.Context, opts Options) error {
 	// The key keeper and provisioning refer to each other; kk is set
 	// before either runs.
 	var kk *keykeeper.KeyKeeper
+	eventsStart := make(chan struct{}) // closed when provisioning first finishes
 	prov := provision.New(provision.Options{
 		Dir: cfg.LatchKeyFolder, Registry: reg,
 		State:   func() string { return kk.State() },
 		Notify:  func() { kk.Notify() },
 		Console: func(msg string) { log.Info(msg, "module", "provision") },
 		OnFinished: func() {
+			close(eventsStart)
 			go releaseStartupMemory()
 			setCPUQuota(log)
 		},
@@ -186,12 +196,22 @@ func Run(ctx context.Context, opts Options) error {
 
 	writer := &status.Writer{Reporter: reporter, Path: cfg.StatusFile(), Interval: cfg.StatusInterval(),
 		Logger: log.With("module", "status")}
+	var tel *telemetry.Telemetry
+	if events != nil {
+		tel = telemetry.New(telemetry.Options{Queue: events, Version: opts.Version,
+			WireServer: cfg.WireServerAddress, IMDS: cfg.IMDSAddress, Mark: cfg.SocketMark,
+			RequestTimeout: cfg.HostRequestTimeout(), Now: kk.Now, Key: kk.Key,
+			EventFolder: cfg.EventFolder, MaxEventFiles: cfg.MaxEventFileCount,
+			Status: func() status.AgentStatus { return reporter.Aggregate().ProxyAgentStatus },
+			Logger: log})
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
-	wg.Add(5)
+	wg.Add(6)
+	go func() { defer wg.Done(); runTelemetry(ctx, tel, eventsStart, reg) }()
 	go func() { defer wg.Done(); mx.serve(ctx, cfg, log) }()
 	go func() { defer wg.Done(); kk.Run(ctx) }()
 	go func() { defer wg.Done(); releaseWhenIdle(ctx, srv.RequestCount, IdleRelease, debug.FreeOSMemory) }()
@@ -235,9 +255,10 @@ func Run(ctx context.Context, opts Options) error {
 }
 
 // openLogs returns the agent logger: ProxyAgent.log in the log folder at
-// fileLogLevel, and stderr at fileLogLevelForSystemEvents (Error when
-// absent).
-func openLogs(cfg config.Config, stderr io.Writer) (*slog.Logger, func(), error) {
+// fileLogLevel, stderr at fileLogLevelForSystemEvents (Error when
+// absent), and telemetry events at fileLogLevelForEvents when it is set
+// and events is not nil.
+func openLogs(cfg config.Config, stderr io.Writer, events *telemetry.Queue) (*slog.Logger, func(), error) {
 	if stderr == nil {
 		stderr = os.Stderr
 	}
@@ -248,6 +269,11 @@ func openLogs(cfg config.Config, stderr io.Writer) (*slog.Logger, func(), error)
 		}
 	}
 	handlers := []slog.Handler{logfile.NewHandler(stderr, logfile.SlogLevel(sysLevel))}
+	if events != nil && cfg.FileLogLevelForEvents != "" {
+		if l, err := logfile.ParseLevel(cfg.FileLogLevelForEvents); err == nil {
+			handlers = append(handlers, telemetry.LogHandler(events, logfile.SlogLevel(l)))
+		}
+	}
 	closeFn := func() {}
 	if cfg.LogFolder != "" {
 		if err := os.MkdirAll(cfg.LogFolder, 0o755); err != nil {
@@ -262,6 +288,23 @@ func openLogs(cfg config.Config, stderr io.Writer) (*slog.Logger, func(), error)
 		closeFn = func() { _ = w.Close() }
 	}
 	return slog.New(fanout(handlers)), closeFn, nil
+}
+
+// runTelemetry runs the telemetry pipeline (nil when sendTelemetry is
+// off) from the moment the event threads start — provisioning finished,
+// as upstream starts them — until ctx ends. telemetryLoggerStatus gets
+// upstream's message and keeps its UNKNOWN state (§5.1).
+func runTelemetry(ctx context.Context, tel *telemetry.Telemetry, start <-chan struct{}, reg *status.Registry) {
+	if tel == nil {
+		return
+	}
+	select {
+	case <-start:
+	case <-ctx.Done():
+		return
+	}
+	reg.SetMessage(status.TelemetryLogger, telemetry.StartedMessage)
+	tel.Run(ctx)
 }
 
 // loadRedirector loads the eBPF programs, retrying briefly as upstream does

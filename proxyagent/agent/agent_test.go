@@ -51,7 +51,7 @@ type harness struct {
 	done   chan error
 }
 
-func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings) *harness {
+func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings, edits ...func(*config.Config)) *harness {
 	t.Helper()
 	sim, err := hostsim.New(hostsim.Config{Settings: settings, IMDSRateLimit: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -67,6 +67,7 @@ func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings) *harness {
 	cfg.LogFolder = filepath.Join(h.dir, "log")
 	cfg.LatchKeyFolder = filepath.Join(h.dir, "lib", "keys")
 	cfg.StatusFolder = filepath.Join(h.dir, "log")
+	cfg.EventFolder = filepath.Join(h.dir, "log", "events")
 	cfg.MetricsListen = "unix:" + filepath.Join(cfg.StatusFolder, config.MetricsSocketName)
 	cfg.PollKeyStatusIntervalInSecs = 0.05
 	cfg.MonitorIntervalInSeconds = 0.2
@@ -74,6 +75,9 @@ func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings) *harness {
 	cfg.ListenAddress = "127.0.0.1:0"
 	a := sim.Addrs()
 	cfg.WireServerAddress, cfg.IMDSAddress, cfg.HostGAPluginAddress = a.WireServer, a.IMDS, a.HostGA
+	for _, edit := range edits {
+		edit(&cfg)
+	}
 	h.cfg = cfg
 	h.start()
 	return h

@@ -17,6 +17,9 @@
 //	cgroupRoot                     string  /sys/fs/cgroup                       fallback cgroup2 attach point
 //	fileLogLevel                   string  Info                                 Error|Warn|Info|Debug|Trace (unknown ⇒ Info, as upstream)
 //	fileLogLevelForSystemEvents    string  "" (Error only)                      log→stdout/stderr level
+//	fileLogLevelForEvents          string  "" (no log events)                   log lines at or above it become telemetry events (§6.1)
+//	eventFolder                    string  /var/log/azure-proxy-agent/events    telemetry overflow files ("" = overflow dropped); %VAR% expanded
+//	maxEventFileCount              int     30                                   most generic overflow files kept in eventFolder
 //	--- keys added by this project ---
 //	listenAddress                  string  127.0.0.1:3080                       proxy listener address
 //	wireServerAddress              string  168.63.129.16:80                     WireServer (secure-channel calls, forwarding)
@@ -35,10 +38,10 @@
 //	allowRootContainersToWireServer bool   false                                let uid 0 in containers reach WireServer and HostGAPlugin
 //	metricsListen                  string  unix:<statusFolder>/metrics.sock     Prometheus /metrics: unix:PATH (root-only socket), loopback IP:PORT, or "" (off)
 //	auditSyslog                    string  "" (off)                             also send each audit record to this syslog datagram socket, e.g. /dev/log (journald)
+//	sendTelemetry                  bool    true                                 false: no telemetry events are made, stored or sent (upstream has no switch)
 //
-// Accepted and ignored (any JSON value): upstream's eventFolder,
-// maxEventFileCount and fileLogLevelForEvents (this agent writes no
-// telemetry event files), ebpfProgramName and ebpfFileFullPath (the eBPF
+// Accepted and ignored (any JSON value): upstream's ebpfProgramName and
+// ebpfFileFullPath (the eBPF
 // programs are built into the binary), enableHttpProxyTrace (requests are
 // logged at Debug level through fileLogLevel), canonicalRequestMode (the
 // request-target checks of msp.CheckTarget always apply) and
@@ -83,6 +86,9 @@ type Config struct {
 	CgroupRoot                  string  // cgroupRoot
 	FileLogLevel                string  // fileLogLevel, normalised: Error|Warn|Info|Debug|Trace
 	FileLogLevelForSystemEvents string  // fileLogLevelForSystemEvents, "" when absent
+	FileLogLevelForEvents       string  // fileLogLevelForEvents, "" when absent (no log events)
+	EventFolder                 string  // eventFolder, "" = telemetry overflow is dropped
+	MaxEventFileCount           int     // maxEventFileCount
 
 	ListenAddress               string  // listenAddress
 	WireServerAddress           string  // wireServerAddress
@@ -103,6 +109,7 @@ type Config struct {
 	AllowRootContainersToWireServer bool   // allowRootContainersToWireServer
 	MetricsListen                   string // metricsListen, "" when off (see MetricsEndpoint)
 	AuditSyslog                     string // auditSyslog, "" when off
+	SendTelemetry                   bool   // sendTelemetry
 
 	// Warnings lists tolerated oddities (unknown log level or canonical
 	// mode) that upstream also tolerates; callers log them.
@@ -119,6 +126,8 @@ func Default() Config {
 		PollKeyStatusIntervalInSecs: 15,
 		CgroupRoot:                  "/sys/fs/cgroup",
 		FileLogLevel:                "Info",
+		EventFolder:                 "/var/log/azure-proxy-agent/events",
+		MaxEventFileCount:           30,
 		ListenAddress:               msp.ListenerAddr.String(),
 		WireServerAddress:           msp.WireServerAddr.String(),
 		IMDSAddress:                 msp.IMDSAddr.String(),
@@ -134,6 +143,7 @@ func Default() Config {
 		BpfPinPath:                  "/sys/fs/bpf/azure-proxy-agent",
 		ContainerListenAddress:      msp.ContainerListenerAddr.String(),
 		MetricsListen:               "unix:/var/log/azure-proxy-agent/" + MetricsSocketName,
+		SendTelemetry:               true,
 	}
 }
 
@@ -146,6 +156,9 @@ type file struct {
 	CgroupRoot                  *string  `json:"cgroupRoot"`
 	FileLogLevel                *string  `json:"fileLogLevel"`
 	FileLogLevelForSystemEvents *string  `json:"fileLogLevelForSystemEvents"`
+	FileLogLevelForEvents       *string  `json:"fileLogLevelForEvents"`
+	EventFolder                 *string  `json:"eventFolder"`
+	MaxEventFileCount           *int     `json:"maxEventFileCount"`
 	MaxActiveTCPConnections     *int     `json:"maxActiveTcpConnections"`
 
 	ListenAddress               *string  `json:"listenAddress"`
@@ -165,6 +178,7 @@ type file struct {
 	AllowRootContainersToWS     *bool    `json:"allowRootContainersToWireServer"`
 	MetricsListen               *string  `json:"metricsListen"`
 	AuditSyslog                 *string  `json:"auditSyslog"`
+	SendTelemetry               *bool    `json:"sendTelemetry"`
 }
 
 // Locate returns DefaultPath when it exists, else FileName next to the
@@ -227,6 +241,7 @@ func Parse(data []byte) (Config, error) {
 		}
 	}
 	str(&c.LogFolder, f.LogFolder)
+	str(&c.EventFolder, f.EventFolder)
 	str(&c.LatchKeyFolder, f.LatchKeyFolder)
 	str(&c.CgroupRoot, f.CgroupRoot)
 	str(&c.ListenAddress, f.ListenAddress)
@@ -239,11 +254,15 @@ func Parse(data []byte) (Config, error) {
 	if f.AllowRootContainersToWS != nil {
 		c.AllowRootContainersToWireServer = *f.AllowRootContainersToWS
 	}
+	if f.SendTelemetry != nil {
+		c.SendTelemetry = *f.SendTelemetry
+	}
 	if f.SocketMark != nil {
 		c.SocketMark = *f.SocketMark
 	}
 
 	c.LogFolder = ExpandEnv(c.LogFolder)
+	c.EventFolder = ExpandEnv(c.EventFolder)
 	c.LatchKeyFolder = ExpandEnv(c.LatchKeyFolder)
 	c.StatusFolder = ExpandEnv(c.StatusFolder)
 
@@ -279,6 +298,7 @@ func Parse(data []byte) (Config, error) {
 		{"maxActiveTcpConnections", &c.MaxConnections, f.MaxActiveTCPConnections, 1},
 		{"maxConnections", &c.MaxConnections, f.MaxConnections, 1},
 		{"maxHeaderBytes", &c.MaxHeaderBytes, f.MaxHeaderBytes, 1024},
+		{"maxEventFileCount", &c.MaxEventFileCount, f.MaxEventFileCount, 1},
 	} {
 		if n.src == nil {
 			continue
@@ -334,6 +354,7 @@ func Parse(data []byte) (Config, error) {
 		src *string
 	}{
 		{"fileLogLevelForSystemEvents", &c.FileLogLevelForSystemEvents, f.FileLogLevelForSystemEvents},
+		{"fileLogLevelForEvents", &c.FileLogLevelForEvents, f.FileLogLevelForEvents},
 	} {
 		if l.src == nil {
 			continue

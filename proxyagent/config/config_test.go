@@ -60,6 +60,10 @@ func TestLoadShippedConfig(t *testing.T) {
 		{"max connections default", c.MaxConnections, 500},
 		{"bpf pin default", c.BpfPinPath, "/sys/fs/bpf/azure-proxy-agent"},
 		{"provision timeout", c.ProvisionTimeout(), 2 * time.Minute},
+		{"eventFolder", c.EventFolder, "/var/log/azure-proxy-agent/events"},
+		{"fileLogLevelForEvents", c.FileLogLevelForEvents, "Info"},
+		{"maxEventFileCount default", c.MaxEventFileCount, 30},
+		{"sendTelemetry default", c.SendTelemetry, true},
 		{"warnings", len(c.Warnings), 0},
 	}
 	for _, ck := range checks {
@@ -115,8 +119,7 @@ func TestLoadTolerated(t *testing.T) {
 // Upstream keys this agent does not use are accepted with any value and
 // change nothing (package documentation: "Accepted and ignored").
 func TestIgnoredKeysAccepted(t *testing.T) {
-	c, err := Parse([]byte(`{"eventFolder":7,"maxEventFileCount":"x","fileLogLevelForEvents":null,
-		"ebpfProgramName":{"a":1},"ebpfFileFullPath":[],"enableHttpProxyTrace":"yes",
+	c, err := Parse([]byte(`{"ebpfProgramName":{"a":1},"ebpfFileFullPath":[],"enableHttpProxyTrace":"yes",
 		"canonicalRequestMode":"bogus","hostGAPluginSupport":true}`))
 	if err != nil {
 		t.Fatal(err)
@@ -124,6 +127,43 @@ func TestIgnoredKeysAccepted(t *testing.T) {
 	d := Default()
 	if c.LogFolder != d.LogFolder || c.FileLogLevel != d.FileLogLevel || len(c.Warnings) != 0 {
 		t.Errorf("ignored keys changed the config: %+v", c)
+	}
+}
+
+// The telemetry keys (§6, §7.1): absent fileLogLevelForEvents means no
+// log events; eventFolder is expanded and may be empty; sendTelemetry
+// (this project's) turns the pipeline off.
+func TestTelemetryKeys(t *testing.T) {
+	t.Setenv("GPA_TEST_ROOT", "/tmp/gpa-root")
+	cases := []struct {
+		body     string
+		folder   string
+		level    string
+		files    int
+		send     bool
+		warnings int
+	}{
+		{`{}`, "/var/log/azure-proxy-agent/events", "", 30, true, 0},
+		{`{"eventFolder":"%GPA_TEST_ROOT%/ev","fileLogLevelForEvents":"warn","maxEventFileCount":5,"sendTelemetry":false}`,
+			"/tmp/gpa-root/ev", "Warn", 5, false, 0},
+		{`{"eventFolder":"","fileLogLevelForEvents":"Loud"}`, "", "Info", 30, true, 1},
+	}
+	for _, c := range cases {
+		cfg, err := Parse([]byte(c.body))
+		if err != nil {
+			t.Fatalf("%s: %v", c.body, err)
+		}
+		if cfg.EventFolder != c.folder || cfg.FileLogLevelForEvents != c.level || cfg.MaxEventFileCount != c.files ||
+			cfg.SendTelemetry != c.send || len(cfg.Warnings) != c.warnings {
+			t.Errorf("%s: folder %q level %q files %d send %v warnings %v", c.body, cfg.EventFolder, cfg.FileLogLevelForEvents,
+				cfg.MaxEventFileCount, cfg.SendTelemetry, cfg.Warnings)
+		}
+	}
+	for _, bad := range []string{`{"maxEventFileCount":0}`, `{"maxEventFileCount":"x"}`, `{"eventFolder":7}`, `{"sendTelemetry":"no"}`,
+		`{"fileLogLevelForEvents":1}`} {
+		if _, err := Parse([]byte(bad)); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
 	}
 }
 

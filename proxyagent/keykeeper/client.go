@@ -1,102 +1,41 @@
 package keykeeper
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"strconv"
-	"strings"
-	"time"
-	"unicode/utf16"
 
+	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
-// maxBodyBytes bounds a secure-channel response body; real ones are a few
-// KiB even with rules.
-const maxBodyBytes = 4 << 20
-
-// hostClient makes the three secure-channel calls of protocol.md §1.1 over
-// a fresh TCP connection each, writing the request bytes itself so the
-// headers sent are exactly the ones signed: no User-Agent, no
-// Accept-Encoding, nothing else.
+// hostClient makes the three secure-channel calls of protocol.md §1.1
+// through a hostconn.Client (fresh connection each, the common headers,
+// exactly the bytes signed), adding the Metadata header upstream sends on
+// them.
 type hostClient struct {
-	addr    string // host:port of the WireServer
-	host    string // host header value: addr without port
-	timeout time.Duration
-	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
-	now     func() time.Time // host-synced clock for x-ms-azure-host-date
+	c *hostconn.Client
 }
 
-// response is what the key keeper needs from an answer.
-type response struct {
-	code   int
-	header http.Header
-	body   []byte
-}
-
-// do sends one request and reads the whole answer, all within c.timeout.
-// key, when not nil, signs the request (attestation).
-func (c *hostClient) do(ctx context.Context, method, target, contentType string, body []byte, key *msp.Key) (*response, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-
-	req := msp.Request{Method: method, Target: target, Body: body, Fields: []msp.Field{
-		{Name: msp.HeaderDate, Value: msp.FormatDate(c.now())},
-		{Name: "host", Value: c.host},
-		{Name: msp.HeaderClaims, Value: msp.ClaimsValue(true)},
-		{Name: "metadata", Value: msp.MetadataHeaderValue},
-	}}
+// do sends one secure-channel request: the common headers, Metadata,
+// content-type when given, content-length; key, when not nil, signs it.
+func (c *hostClient) do(ctx context.Context, method, target, contentType string, body []byte, key *msp.Key) (*hostconn.Response, error) {
+	fields := []msp.Field{{Name: "metadata", Value: msp.MetadataHeaderValue}}
 	if contentType != "" {
-		req.Fields = append(req.Fields, msp.Field{Name: "content-type", Value: contentType})
+		fields = append(fields, msp.Field{Name: "content-type", Value: contentType})
 	}
-	req.Fields = append(req.Fields, msp.Field{Name: "content-length", Value: strconv.Itoa(len(body))})
-	if key != nil {
-		req.Sign(key)
-	}
-
-	conn, err := c.dial(ctx, "tcp", c.addr)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", c.addr, err)
-	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	// Closing the connection unblocks I/O when ctx is cancelled early.
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	if err := req.Write(bufio.NewWriter(conn)); err != nil {
-		return nil, fmt.Errorf("send %s %s: %w", method, target, err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
-	if err != nil {
-		return nil, fmt.Errorf("read response to %s %s: %w", method, target, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("read response body of %s %s: %w", method, target, err)
-	}
-	if len(data) > maxBodyBytes {
-		return nil, fmt.Errorf("response body of %s %s exceeds %d bytes", method, target, maxBodyBytes)
-	}
-	return &response{code: resp.StatusCode, header: resp.Header, body: data}, nil
+	return c.c.Do(ctx, method, target, fields, body, key)
 }
 
 // status performs GET /secure-channel/status: any 2xx is success.
-func (c *hostClient) status(ctx context.Context) (*response, error) {
+func (c *hostClient) status(ctx context.Context) (*hostconn.Response, error) {
 	r, err := c.do(ctx, http.MethodGet, msp.StatusPath, "", nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	if r.code < 200 || r.code > 299 {
-		return nil, fmt.Errorf("GET %s returned status %d", msp.StatusPath, r.code)
+	if !r.OK() {
+		return nil, fmt.Errorf("GET %s returned status %d", msp.StatusPath, r.Code)
 	}
 	return r, nil
 }
@@ -107,10 +46,10 @@ func (c *hostClient) acquire(ctx context.Context) (*msp.IssuedKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.code != http.StatusOK {
-		return nil, fmt.Errorf("POST %s returned status %d", msp.KeyPath, r.code)
+	if r.Code != http.StatusOK {
+		return nil, fmt.Errorf("POST %s returned status %d", msp.KeyPath, r.Code)
 	}
-	body, err := decodeBody(r.header.Get("Content-Type"), r.body)
+	body, err := decodeBody(r.Header.Get("Content-Type"), r.Body)
 	if err != nil {
 		return nil, err
 	}
@@ -125,33 +64,17 @@ func (c *hostClient) attest(ctx context.Context, key *msp.Key) error {
 	if err != nil {
 		return err
 	}
-	if r.code != http.StatusOK {
-		return fmt.Errorf("POST %s returned status %d", target, r.code)
+	if r.Code != http.StatusOK {
+		return fmt.Errorf("POST %s returned status %d", target, r.Code)
 	}
 	return nil
 }
 
-// decodeBody turns a JSON response body into UTF-8 following upstream's
-// read_response_body: charset utf-16 is decoded as UTF-16LE, utf-32 is an
-// error, anything else is taken as UTF-8. An XML body is an error here: every
-// secure-channel answer is JSON.
+// decodeBody turns a JSON response body into UTF-8 (hostconn.DecodeCharset).
+// An XML body is an error here: every secure-channel answer is JSON.
 func decodeBody(contentType string, body []byte) ([]byte, error) {
-	ct := strings.ToLower(contentType)
-	if strings.Contains(ct, "xml") {
+	if hostconn.IsXML(contentType) {
 		return nil, errors.New("unexpected XML response body")
 	}
-	switch {
-	case strings.Contains(ct, "utf-32"):
-		return nil, errors.New("unsupported response charset utf-32")
-	case strings.Contains(ct, "utf-16"):
-		if len(body) >= 2 && body[0] == 0xFF && body[1] == 0xFE {
-			body = body[2:]
-		}
-		u := make([]uint16, 0, len(body)/2)
-		for i := 0; i+1 < len(body); i += 2 {
-			u = append(u, uint16(body[i])|uint16(body[i+1])<<8)
-		}
-		return []byte(string(utf16.Decode(u))), nil
-	}
-	return body, nil
+	return hostconn.DecodeCharset(contentType, body)
 }

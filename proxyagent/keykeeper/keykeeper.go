@@ -181,8 +181,7 @@ func New(opts Options) (*KeyKeeper, error) {
 	if opts.WireServer == "" {
 		return nil, errors.New("keykeeper: no WireServer address")
 	}
-	host, _, err := net.SplitHostPort(opts.WireServer)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(opts.WireServer); err != nil {
 		return nil, fmt.Errorf("keykeeper: WireServer address %q: %w", opts.WireServer, err)
 	}
 	if opts.KeyDir == "" {
@@ -219,7 +218,7 @@ func New(opts Options) (*KeyKeeper, error) {
 		notify: make(chan struct{}, 1),
 		polled: make(chan struct{}),
 	}
-	k.client = &hostClient{addr: opts.WireServer, host: host, timeout: opts.RequestTimeout, dial: dial, now: k.clock.Now}
+	k.client = &hostClient{&hostconn.Client{Addr: opts.WireServer, Timeout: opts.RequestTimeout, Dial: dial, Now: k.clock.Now}}
 	k.cur.Store(&State{Module: status.Unknown, Message: status.InitialMessage,
 		Modes: msp.Modes{State: msp.StateUnknown, WireServer: msp.ModeDisabled, IMDS: msp.ModeDisabled, HostGA: msp.ModeDisabled}})
 	return k, nil
@@ -397,10 +396,10 @@ func (k *KeyKeeper) fetchStatus(ctx context.Context) (*msp.KeyStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	if k.clock.SyncFromHeaders(r.header, k.opts.ClockResync) {
+	if k.clock.SyncFromHeaders(r.Header, k.opts.ClockResync) {
 		k.log.Info("host clock synced", "host_time", msp.FormatDate(k.clock.Now()))
 	}
-	body, err := decodeBody(r.header.Get("Content-Type"), r.body)
+	body, err := decodeBody(r.Header.Get("Content-Type"), r.Body)
 	if err != nil {
 		return nil, err
 	}

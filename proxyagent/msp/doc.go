@@ -11,7 +11,9 @@
 //     authorizer and the signer share, with the targets it refuses as
 //     ambiguous (target.go);
 //   - request endorsement: canonical form, HMAC key, the signed request as
-//     written on the wire and its verification (signing.go, request.go).
+//     written on the wire and its verification (signing.go, request.go);
+//   - the agent's own goal-state, shared-config, instance-metadata and
+//     telemetry calls: targets, headers and the service name (hostapi.go).
 //
 // Field names, header names and JSON spellings are upstream's
 // (shared/spec/protocol.md); where this package decides differently the

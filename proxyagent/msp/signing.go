@@ -178,7 +178,7 @@ func Exempt(method, target string) bool {
 	case http.MethodPut:
 		return t == "/vmagentlog"
 	case http.MethodPost:
-		return t == "/machine/?comp=telemetrydata"
+		return t == TelemetryDataPath
 	}
 	return false
 }
