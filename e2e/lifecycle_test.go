@@ -88,6 +88,23 @@ func TestIMDSDisabledThenEnforce(t *testing.T) {
 	}
 	checkSigned(t, e, oneEntry(t, e, id), false)
 	checkJournalInvariant(t, e, 0)
+
+	// The console (a file standing in for /dev/console) got the start
+	// line, the real redirector's and listener's milestones and the
+	// provisioning result.
+	if code, out, err := e.WaitProvisioned(ctx, 30*time.Second); err != nil || code != 0 {
+		t.Fatalf("--status --wait 30: exit %d %v: %s", code, err, out)
+	}
+	b, err := os.ReadFile(e.ConsoleLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{") - ============== GuestProxyAgent (", ") - Started Redirector with eBPF maps - ",
+		") - Started proxy listener, ready to accept request - ", ") - Provision finished successfully\n"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("console lacks %q:\n%s", want, b)
+		}
+	}
 }
 
 // loadResult is one client loop's outcome lines: "<http code> <curl exit

@@ -166,7 +166,7 @@ func newVM(t *testing.T, kind string, osRelease string) *vm {
 	overlay := map[string]any{
 		"listenAddress": v.listen, "wireServerAddress": unused, "imdsAddress": unused, "hostGAPluginAddress": unused,
 		"cgroupRoot": filepath.Join(root, "cgroup"), "bpfPinPath": filepath.Join(root, "bpffs"),
-		"pollKeyStatusIntervalInSeconds": 1,
+		"pollKeyStatusIntervalInSeconds": 1, "consoleLog": filepath.Join(root, "console.log"),
 	}
 	b, _ := json.Marshal(overlay)
 	v.overlay = filepath.Join(root, "overlay.json")

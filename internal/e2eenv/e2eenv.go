@@ -160,6 +160,8 @@ type Env struct {
 	AgentConfigPath string
 	// LogFolder, StatusFolder and KeyFolder are the agent's folders.
 	LogFolder, StatusFolder, KeyFolder string
+	// ConsoleLog stands in for the agent's /dev/console (its consoleLog).
+	ConsoleLog string
 	// Bin are the binaries the environment runs.
 	Bin Binaries
 	// AgentEnv is added to the agent's environment (Config.AgentEnv).
@@ -270,6 +272,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Env, err error) {
 	e.LogFolder = filepath.Join(e.Dir, "log")
 	e.StatusFolder = filepath.Join(e.Dir, "status")
 	e.KeyFolder = filepath.Join(e.Dir, "keys")
+	e.ConsoleLog = filepath.Join(e.Dir, "console.log")
 	poll := cfg.PollInterval
 	if poll <= 0 {
 		poll = 500 * time.Millisecond
@@ -280,6 +283,7 @@ func Setup(ctx context.Context, cfg Config) (_ *Env, err error) {
 		"latchKeyFolder":                 e.KeyFolder,
 		"logFolder":                      e.LogFolder,
 		"eventFolder":                    filepath.Join(e.Dir, "events"),
+		"consoleLog":                     e.ConsoleLog,
 		"statusFolder":                   e.StatusFolder,
 		"pollKeyStatusIntervalInSeconds": poll.Seconds(),
 		"monitorIntervalInSeconds":       1,

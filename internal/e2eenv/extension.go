@@ -121,6 +121,7 @@ func (e *Env) writeOverlay(pinDir string, poll time.Duration, extra map[string]a
 		"bpfPinPath":                     pinDir,
 		"pollKeyStatusIntervalInSeconds": poll.Seconds(),
 		"monitorIntervalInSeconds":       1,
+		"consoleLog":                     e.ConsoleLog,
 		"hostRequestTimeoutInSeconds":    5,
 	}
 	for k, v := range extra {

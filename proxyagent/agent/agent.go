@@ -26,6 +26,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/config"
+	"github.com/opengpa/gpa/proxyagent/console"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/keykeeper"
@@ -75,6 +76,9 @@ func Run(ctx context.Context, opts Options) error {
 		log.Warn("config", "warning", w)
 	}
 	log.Info("GuestProxyAgent is starting", "version", opts.Version, "pid", os.Getpid())
+	con := console.New(cfg.ConsoleLog, opts.Version)
+	machine := telemetry.LocalMachine()
+	con.Line(console.StartMessage(opts.Version, machine.OSVersion, machine.Arch, time.Since(start)))
 	tuneGC()
 
 	dest, err := cfg.Endpoints()
@@ -114,7 +118,7 @@ func Run(ctx context.Context, opts Options) error {
 		Dir: cfg.LatchKeyFolder, Registry: reg,
 		State:   func() string { return kk.State() },
 		Notify:  func() { kk.Notify() },
-		Console: func(msg string) { log.Info(msg, "module", "provision") },
+		Console: func(msg string) { log.Info(msg, "module", "provision"); con.Line(msg) },
 		OnFinished: func() {
 			close(eventsStart)
 			go releaseStartupMemory()
@@ -151,6 +155,9 @@ func Run(ctx context.Context, opts Options) error {
 			source, policer = redir, redir
 			st := redir.Status()
 			reg.Set(status.EbpfProgram, status.ModuleState(st.State), st.Message+containerNote)
+			if status.ModuleState(st.State) == status.Running {
+				con.Line(st.Message)
+			}
 			prov.RedirectorReady()
 			cgroupRoot, _ = redirector.Cgroup2Root()
 		}
@@ -164,6 +171,7 @@ func Run(ctx context.Context, opts Options) error {
 		Rules:          store, Redirector: policer, Provisioning: prov,
 		OnChange: mx.onChange(func(st *keykeeper.State) { reg.SetStatus(status.KeyLatch, st.ModuleStatus()) }),
 		OnPoll:   mx.onPoll(), Start: start, Logger: log.With("module", "keykeeper"),
+		Startup: func(msg string) { con.Line(msg) },
 	})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -178,6 +186,7 @@ func Run(ctx context.Context, opts Options) error {
 		ListenerStatus: func(running bool, msg string) {
 			if running {
 				reg.Set(status.ProxyListener, status.Running, msg)
+				con.Line(msg)
 				prov.ListenerReady()
 				return
 			}

@@ -12,6 +12,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,6 +71,7 @@ func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings, edits ...func
 	cfg.LatchKeyFolder = filepath.Join(h.dir, "lib", "keys")
 	cfg.StatusFolder = filepath.Join(h.dir, "log")
 	cfg.EventFolder = filepath.Join(h.dir, "log", "events")
+	cfg.ConsoleLog = filepath.Join(h.dir, "console.log")
 	cfg.MetricsListen = "unix:" + filepath.Join(cfg.StatusFolder, config.MetricsSocketName)
 	cfg.PollKeyStatusIntervalInSecs = 0.05
 	cfg.MonitorIntervalInSeconds = 0.2
@@ -268,6 +272,37 @@ func TestDisabledToEnforceLatchesAndSigns(t *testing.T) {
 		t.Fatalf("aggregate status: %+v", st.ProxyAgentStatus)
 	}
 	h.assertNothingUnsignedServed()
+}
+
+// The console (here a file standing in for /dev/console) gets upstream's
+// lines: the start line first, then the listener and key milestones and
+// the provisioning result, each with the time, version and pid.
+func TestConsoleLines(t *testing.T) {
+	h := newHarness(t, enforceSettings())
+	h.waitLatched("")
+	if code, msg := provision.QueryStatus(h.addr, 10*time.Second); code != 0 {
+		t.Fatalf("--status: exit %d %q", code, msg)
+	}
+	var lines []string
+	testsupport.WaitFor(t, "the provisioning result on the console", func() bool {
+		b, _ := os.ReadFile(h.cfg.ConsoleLog)
+		lines = strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, " - Provision finished successfully") })
+	})
+	head := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} azure-proxy-agent_9\.9\.9\(` + strconv.Itoa(os.Getpid()) + `\) - `)
+	for _, l := range lines {
+		if !head.MatchString(l) {
+			t.Errorf("console line %q lacks the time, version and pid", l)
+		}
+	}
+	if !regexp.MustCompile(` - ============== GuestProxyAgent \(9\.9\.9\) is starting on Linux:.+\(.+\), elapsed: \d+$`).MatchString(lines[0]) {
+		t.Errorf("first console line %q is not the start line", lines[0])
+	}
+	for _, want := range []string{" - Started proxy listener, ready to accept request - ", " - Successfully attest the key and ready to use. - "} {
+		if !slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, want) }) {
+			t.Errorf("no console line with %q in %q", want, lines)
+		}
+	}
 }
 
 func TestRestartReloadsKeyWithoutAttesting(t *testing.T) {

@@ -39,6 +39,7 @@
 //	metricsListen                  string  unix:<statusFolder>/metrics.sock     Prometheus /metrics: unix:PATH (root-only socket), loopback IP:PORT, or "" (off)
 //	auditSyslog                    string  "" (off)                             also send each audit record to this syslog datagram socket, e.g. /dev/log (journald)
 //	sendTelemetry                  bool    true                                 false: no telemetry events are made, stored or sent (upstream has no switch)
+//	consoleLog                     string  /dev/console                         where the start line, start-up milestones and provisioning result go (§7.2); "" = nowhere
 //
 // Accepted and ignored (any JSON value): upstream's ebpfProgramName and
 // ebpfFileFullPath (the eBPF
@@ -110,6 +111,7 @@ type Config struct {
 	MetricsListen                   string // metricsListen, "" when off (see MetricsEndpoint)
 	AuditSyslog                     string // auditSyslog, "" when off
 	SendTelemetry                   bool   // sendTelemetry
+	ConsoleLog                      string // consoleLog, "" when off
 
 	// Warnings lists tolerated oddities (unknown log level or canonical
 	// mode) that upstream also tolerates; callers log them.
@@ -144,6 +146,7 @@ func Default() Config {
 		ContainerListenAddress:      msp.ContainerListenerAddr.String(),
 		MetricsListen:               "unix:/var/log/azure-proxy-agent/" + MetricsSocketName,
 		SendTelemetry:               true,
+		ConsoleLog:                  "/dev/console",
 	}
 }
 
@@ -179,6 +182,7 @@ type file struct {
 	MetricsListen               *string  `json:"metricsListen"`
 	AuditSyslog                 *string  `json:"auditSyslog"`
 	SendTelemetry               *bool    `json:"sendTelemetry"`
+	ConsoleLog                  *string  `json:"consoleLog"`
 }
 
 // Locate returns DefaultPath when it exists, else FileName next to the
@@ -256,6 +260,12 @@ func Parse(data []byte) (Config, error) {
 	}
 	if f.SendTelemetry != nil {
 		c.SendTelemetry = *f.SendTelemetry
+	}
+	if f.ConsoleLog != nil {
+		if p := strings.TrimSpace(*f.ConsoleLog); p != "" && !filepath.IsAbs(p) {
+			return Config{}, fmt.Errorf("key %q: %q is not an absolute path", "consoleLog", p)
+		}
+		c.ConsoleLog = strings.TrimSpace(*f.ConsoleLog)
 	}
 	if f.SocketMark != nil {
 		c.SocketMark = *f.SocketMark

@@ -275,3 +275,30 @@ func TestLocate(t *testing.T) {
 		t.Errorf("both exist: %s, want %s", got, def)
 	}
 }
+
+// consoleLog is /dev/console unless set; "" turns the console lines off
+// and a relative path is refused.
+func TestConsoleLog(t *testing.T) {
+	for _, tc := range []struct {
+		doc, want, err string
+	}{
+		{`{}`, "/dev/console", ""},
+		{`{"consoleLog":""}`, "", ""},
+		{`{"consoleLog":" /var/log/console.log "}`, "/var/log/console.log", ""},
+		{`{"consoleLog":"console.log"}`, "", `key "consoleLog"`},
+		{`{"consoleLog":1}`, "", "consoleLog"},
+	} {
+		c, err := Parse([]byte(tc.doc))
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: error %v, want %q", tc.doc, err, tc.err)
+			}
+		case err != nil || c.ConsoleLog != tc.want:
+			t.Errorf("%s: %q %v, want %q", tc.doc, c.ConsoleLog, err, tc.want)
+		}
+	}
+	if Default().ConsoleLog != "/dev/console" {
+		t.Error("default consoleLog")
+	}
+}

@@ -88,19 +88,22 @@ func (f *fakeRules) lastCall() (*msp.AuthorizationRules, int) {
 
 // harness runs a KeyKeeper against a WireServer address.
 type harness struct {
-	kk     *KeyKeeper
-	prov   *fakeProv
-	redir  *fakeRedir
-	rules  *fakeRules
-	logs   *testsupport.SyncBuffer
-	dir    string
-	cancel context.CancelFunc
-	done   chan error
+	kk    *KeyKeeper
+	prov  *fakeProv
+	redir *fakeRedir
+	rules *fakeRules
+	logs  *testsupport.SyncBuffer
+	// startup holds the Startup milestones, one per line.
+	startup *testsupport.SyncBuffer
+	dir     string
+	cancel  context.CancelFunc
+	done    chan error
 }
 
 func startKeeper(t *testing.T, wsAddr, keyDir string, mod func(*Options)) *harness {
 	t.Helper()
-	h := &harness{prov: &fakeProv{}, redir: &fakeRedir{}, rules: &fakeRules{}, logs: &testsupport.SyncBuffer{}, dir: keyDir}
+	h := &harness{prov: &fakeProv{}, redir: &fakeRedir{}, rules: &fakeRules{}, logs: &testsupport.SyncBuffer{},
+		startup: &testsupport.SyncBuffer{}, dir: keyDir}
 	opts := Options{
 		WireServer:       wsAddr,
 		KeyDir:           keyDir,
@@ -111,6 +114,7 @@ func startKeeper(t *testing.T, wsAddr, keyDir string, mod func(*Options)) *harne
 		Redirector:       h.redir,
 		Provisioning:     h.prov,
 		Logger:           slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Startup:          func(msg string) { h.startup.Write([]byte(msg + "\n")) },
 	}
 	if mod != nil {
 		mod(&opts)

@@ -204,6 +204,13 @@ func TestRestartReloadsLocalKey(t *testing.T) {
 	if !strings.HasPrefix(h2.kk.Status().Message, "Found key details from local and ready to use. - ") {
 		t.Errorf("message %q", h2.kk.Status().Message)
 	}
+	// The milestone also goes to the console (Options.Startup), once.
+	if got := h2.startup.String(); strings.Count(got, "\n") != 1 || !strings.HasPrefix(got, "Found key details from local and ready to use. - ") {
+		t.Errorf("start-up milestones %q", got)
+	}
+	if got := h.startup.String(); !strings.HasPrefix(got, "Successfully attest the key and ready to use. - ") {
+		t.Errorf("first keeper's start-up milestones %q", got)
+	}
 	n := len(sim.Journal().Entries())
 	testsupport.WaitFor(t, "more polls", func() bool { return len(sim.Journal().Entries()) > n+3 })
 	keys, attests := secureChannelCalls(sim)

@@ -103,6 +103,10 @@ type Options struct {
 	// published state, with that state; the agent copies its keyLatchStatus
 	// into the status registry.
 	OnChange func(*State)
+	// Startup, when set, also gets the start-up milestones (the key found
+	// locally, a key attested, a secure channel not enforced), on Run's
+	// goroutine: the agent writes them to the console, as upstream does.
+	Startup func(msg string)
 	// OnPoll, when set, is told each key-status poll's outcome (nil:
 	// the host answered a valid status), on Run's goroutine (metrics).
 	OnPoll func(err error)
@@ -300,6 +304,15 @@ func (k *KeyKeeper) setMessage(msg string) {
 	k.publish(func(s *State) { s.Message = msg })
 }
 
+// startupEvent publishes a start-up milestone as the status message and
+// hands it to Options.Startup.
+func (k *KeyKeeper) startupEvent(msg string) {
+	k.setMessage(msg)
+	if k.opts.Startup != nil {
+		k.opts.Startup(msg)
+	}
+}
+
 func (k *KeyKeeper) uptimeMS() int64 { return time.Since(k.opts.Start).Milliseconds() }
 
 func (k *KeyKeeper) provision() Provisioning {
@@ -494,7 +507,7 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 		k.provision().KeyLatched()
 	}
 	if stateChanged && modes.State == msp.StateDisabled {
-		k.setMessage(fmt.Sprintf("Customer has not enforce the secure channel state. - %d", k.uptimeMS()))
+		k.startupEvent(fmt.Sprintf("Customer has not enforce the secure channel state. - %d", k.uptimeMS()))
 		if k.Key() != nil {
 			k.publish(func(s *State) { s.Key, s.KeyIncarnation = nil, nil })
 			k.log.Info("secure channel disabled; key cleared from memory (files kept)")
@@ -511,7 +524,7 @@ func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 	if hostGUID != nil && *hostGUID != "" {
 		if sk, err := loadKey(k.opts.KeyDir, *hostGUID); err == nil {
 			if k.install(sk) {
-				k.setMessage(fmt.Sprintf("Found key details from local and ready to use. - %d", k.uptimeMS()))
+				k.startupEvent(fmt.Sprintf("Found key details from local and ready to use. - %d", k.uptimeMS()))
 				k.log.Info("found key details locally", "key_guid", sk.GUID)
 				return true
 			}
@@ -548,7 +561,7 @@ func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 		return false
 	}
 	k.install(sk)
-	k.setMessage(fmt.Sprintf("Successfully attest the key and ready to use. - %d", k.uptimeMS()))
+	k.startupEvent(fmt.Sprintf("Successfully attest the key and ready to use. - %d", k.uptimeMS()))
 	k.log.Info("key attested and latched", "key_guid", sk.GUID)
 	return true
 }

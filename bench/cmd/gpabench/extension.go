@@ -98,6 +98,7 @@ func extensionStart(ctx context.Context, b *benchEnv, moduleRoot string, res *Ex
 		"cgroupRoot":                     cg.Path,
 		"bpfPinPath":                     filepath.Join(b.BPFFS, "ext"),
 		"pollKeyStatusIntervalInSeconds": 1,
+		"consoleLog":                     filepath.Join(dir, "console.log"),
 	})
 	overlayPath := filepath.Join(dir, "overlay.json")
 	if err := os.WriteFile(overlayPath, overlay, 0o644); err != nil {
