@@ -21,6 +21,10 @@ import (
 // metadata) are a few KiB.
 const MaxBodyBytes = 4 << 20
 
+// MaxHeadBytes bounds the head of the host's answer (status line and
+// header fields) on top of MaxBodyBytes.
+const MaxHeadBytes = 64 << 10
+
 // Client makes the agent's own calls to one host service (protocol.md
 // §1.1) over a fresh TCP connection each, writing the request bytes
 // itself so the headers sent are exactly the ones signed: no User-Agent,
@@ -87,7 +91,9 @@ func (c *Client) Do(ctx context.Context, method, target string, fields []msp.Fie
 	if err := req.Write(bufio.NewWriter(conn)); err != nil {
 		return nil, fmt.Errorf("send %s %s: %w", method, target, err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	// The whole answer, head included, is bounded: net/http reads a
+	// response head without a size limit.
+	resp, err := http.ReadResponse(bufio.NewReader(io.LimitReader(conn, MaxBodyBytes+MaxHeadBytes)), &http.Request{Method: method})
 	if err != nil {
 		return nil, fmt.Errorf("read response to %s %s: %w", method, target, err)
 	}

@@ -89,3 +89,44 @@ func TestDecodeCharset(t *testing.T) {
 		t.Error("IsXML")
 	}
 }
+
+// A host whose answer never ends its header block is cut off after
+// MaxBodyBytes+MaxHeadBytes: the call fails at once rather than reading
+// (and holding) header fields until the timeout.
+func TestClientDoBoundsResponseHead(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	sent := make(chan int64, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		go io.Copy(io.Discard, c)
+		n, _ := io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+		total := int64(n)
+		line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
+		for total < 64<<20 { // until the client hangs up (or 64 MiB: an unbounded reader)
+			n, err := io.WriteString(c, line)
+			total += int64(n)
+			if err != nil {
+				break
+			}
+		}
+		sent <- total
+	}()
+	c := &Client{Addr: l.Addr().String(), Timeout: time.Hour, Dial: Dialer(0, time.Second).DialContext, Now: time.Now}
+	_, err = c.Do(context.Background(), http.MethodGet, "/", nil, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "EOF") {
+		t.Fatalf("Do: %v, want the head cut off", err)
+	}
+	// What the host got to send before the agent hung up: the limit plus
+	// what the sockets' buffers held.
+	if n := <-sent; n >= 32<<20 {
+		t.Errorf("the host sent %d bytes of header fields before the agent gave up", n)
+	}
+}

@@ -81,8 +81,10 @@ func CleanMessage(msg string) string {
 // clean applies CleanMessage to the event's message.
 func (e *Event) clean() { e.Message = CleanMessage(e.Message) }
 
-// clean applies CleanMessage to the event's message.
-func (e *StatusEvent) clean() { e.Message = CleanMessage(e.Message) }
+// clean redacts the status event's message. It is not cut to
+// MaxMessageBytes: it is the proxyAgentStatus JSON, which a cut would
+// break (upstream only redacts it); the 64 KiB batch bounds it.
+func (e *StatusEvent) clean() { e.Message = redact.String(e.Message) }
 
 // pid is this process' id as events carry it.
 var pid = fmt.Sprint(os.Getpid())

@@ -2,13 +2,17 @@ package telemetry
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/opengpa/gpa/internal/atomicfile"
@@ -82,14 +86,20 @@ func (d eventDir) write(k fileKind, events any, now time.Time) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("telemetry: encode events: %w", err)
 	}
-	name := filepath.Join(d.path, k.prefix+strconv.FormatInt(now.UnixNano(), 10)+".json")
-	for {
+	name := ""
+	for try := 0; ; try++ {
 		// Two writes within one clock tick must not overwrite each other.
-		if _, err := os.Lstat(name); os.IsNotExist(err) {
+		name = filepath.Join(d.path, k.prefix+strconv.FormatInt(now.Add(time.Duration(try)).UnixNano(), 10)+".json")
+		_, err := os.Lstat(name)
+		if errors.Is(err, fs.ErrNotExist) {
 			break
 		}
-		now = now.Add(time.Nanosecond)
-		name = filepath.Join(d.path, k.prefix+strconv.FormatInt(now.UnixNano(), 10)+".json")
+		if err != nil {
+			return false, fmt.Errorf("telemetry: event file: %w", err)
+		}
+		if try == 1000 {
+			return false, fmt.Errorf("telemetry: no free event file name near %s", name)
+		}
 	}
 	if err := atomicfile.WriteFile(name, data, 0o600); err != nil {
 		return false, fmt.Errorf("telemetry: %w", err)
@@ -108,8 +118,12 @@ func (d eventDir) readInto(k fileKind, room int, add func(item)) (read, bad int)
 	}
 	for _, n := range d.list(k) {
 		p := filepath.Join(d.path, n)
-		data, err := os.ReadFile(p)
+		data, err := readEventFile(p)
 		if err != nil {
+			// Not a regular file of ours (a symlink, a device, too big):
+			// dropped, as one that cannot be parsed.
+			_ = os.Remove(p)
+			bad++
 			continue
 		}
 		var items []item
@@ -133,6 +147,13 @@ func (d eventDir) readInto(k fileKind, room int, add func(item)) (read, bad int)
 			bad++
 			continue
 		}
+		if len(items) > QueueSize {
+			// More than a queue holds: it would never fit and block the
+			// files after it. Not written by this agent.
+			_ = os.Remove(p)
+			bad++
+			continue
+		}
 		if len(items) > room {
 			return read, bad
 		}
@@ -147,4 +168,26 @@ func (d eventDir) readInto(k fileKind, room int, add func(item)) (read, bad int)
 		read += len(items)
 	}
 	return read, bad
+}
+
+// maxEventFileBytes bounds an event file read back: a full queue of
+// events cut to MaxMessageBytes, JSON-escaped, is well below it.
+const maxEventFileBytes = 32 << 20
+
+// readEventFile reads the event file at p: a regular file (a symlink is
+// not followed) of at most maxEventFileBytes.
+func readEventFile(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > maxEventFileBytes {
+		return nil, fmt.Errorf("telemetry: %s is not a regular file of at most %d bytes", p, maxEventFileBytes)
+	}
+	return io.ReadAll(io.LimitReader(f, maxEventFileBytes+1))
 }

@@ -120,7 +120,7 @@ func parseGoalState(body []byte) (containerID, sharedConfigTarget string, err er
 	raw := strings.TrimSpace(gs.Container.RoleInstances[0].SharedConfig)
 	u, err := url.Parse(raw)
 	if err != nil || raw == "" || u.Path == "" {
-		return "", "", fmt.Errorf("goal state: SharedConfig URL %q is not usable", raw)
+		return "", "", fmt.Errorf("goal state: SharedConfig URL %.200q is not usable", raw)
 	}
 	return strings.TrimSpace(gs.Container.ContainerID), u.RequestURI(), nil
 }
@@ -186,8 +186,19 @@ func fetchMetadata(ctx context.Context, ws, imds hostCaller, key *msp.Key) (Meta
 	if in.Compute.Offer != "" {
 		md.ImageOrigin = 1
 	}
+	for _, f := range []*string{&md.ContainerID, &md.TenantName, &md.RoleName, &md.RoleInstanceName,
+		&md.SubscriptionID, &md.ResourceGroupName, &md.VMID} {
+		if len(*f) > MaxMetadataBytes {
+			return Metadata{}, fmt.Errorf("host metadata: a value of %d bytes (at most %d)", len(*f), MaxMetadataBytes)
+		}
+	}
 	return md, nil
 }
+
+// MaxMetadataBytes bounds each metadata value the host hands out (ids and
+// names of a few dozen bytes): a longer one fails the refresh rather than
+// being repeated in every event.
+const MaxMetadataBytes = 1024
 
 // get performs one metadata GET: any 2xx is success; the body comes back
 // decoded to UTF-8.

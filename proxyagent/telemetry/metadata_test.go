@@ -120,3 +120,20 @@ func TestFetchMetadataAnswers(t *testing.T) {
 		imds.Close()
 	}
 }
+
+// A metadata value far longer than any id or name fails the refresh
+// instead of being repeated in every event.
+func TestFetchMetadataRefusesHugeValues(t *testing.T) {
+	f := &fakeHost{goalStateBody: []byte(strings.Replace(fxGoalState, fxContainerID, strings.Repeat("c", MaxMetadataBytes+1), 1))}
+	ws := httptest.NewServer(f.wireServer())
+	defer ws.Close()
+	imds := httptest.NewServer(f.imds())
+	defer imds.Close()
+	client := func(addr string) *hostconn.Client {
+		return &hostconn.Client{Addr: addr, Timeout: 5 * time.Second, Dial: hostconn.Dialer(0, 5*time.Second).DialContext, Now: time.Now}
+	}
+	_, err := fetchMetadata(context.Background(), client(ws.Listener.Addr().String()), client(imds.Listener.Addr().String()), nil)
+	if err == nil || !strings.Contains(err.Error(), "1025 bytes") {
+		t.Fatalf("err %v, want the value refused", err)
+	}
+}

@@ -143,10 +143,14 @@ func (q *Queue) AddStatus(e StatusEvent) {
 	q.put(item{status: &e})
 }
 
+// put queues it, or drops a generic event when QueueSize events wait. A
+// status event is always queued, so a storm of log lines cannot crowd out
+// the 15-minute health report; there is one per 15 minutes, so this does
+// not let the queue grow without bound.
 func (q *Queue) put(it item) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.items) >= QueueSize {
+	if len(q.items) >= QueueSize && it.status == nil {
 		q.dropped++
 		return
 	}

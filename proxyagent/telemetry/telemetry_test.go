@@ -417,3 +417,65 @@ func TestFileReadPeriods(t *testing.T) {
 		}
 	})
 }
+
+// A full producer queue drops log lines, never the status event, whose
+// message (the proxyAgentStatus JSON) is redacted but not cut: cut, it
+// would no longer be JSON.
+func TestStatusEventSurvivesFullQueue(t *testing.T) {
+	q := NewQueue("1.2.3")
+	for i := range QueueSize + 10 {
+		q.Add(Event{Message: fmt.Sprint(i)})
+	}
+	long := `{"keyLatchStatus":{"message":"` + strings.Repeat("x", 2*MaxMessageBytes) + ` pwd=hunter2;"}}`
+	q.AddStatus(StatusEvent{Name: "azure-proxy-agent", Message: long})
+	if n, dropped := q.counts(); n != QueueSize+1 || dropped != 10 {
+		t.Fatalf("queued %d dropped %d, want %d and 10", n, dropped, QueueSize+1)
+	}
+	items := q.take()
+	st := items[len(items)-1].status
+	if st == nil {
+		t.Fatal("status event not queued")
+	}
+	if !json.Valid([]byte(st.Message)) || strings.Contains(st.Message, "hunter2") || len(st.Message) <= MaxMessageBytes {
+		t.Errorf("status message %d bytes, valid JSON %v, redacted %v", len(st.Message), json.Valid([]byte(st.Message)),
+			!strings.Contains(st.Message, "hunter2"))
+	}
+}
+
+// Files in the event folder that are not this agent's (a symlink, a file
+// with more events than a queue holds) are never read and never block the
+// files after them.
+func TestReingestDropsForeignFiles(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		secret := filepath.Join(t.TempDir(), "secret.json")
+		os.WriteFile(secret, []byte(`[{"EventLevel":"INFO","Message":"from elsewhere","EventPid":"1","EventTid":"1","TimeStamp":"t"}]`), 0o600)
+		os.Symlink(secret, filepath.Join(dir, "100.json"))
+		big := make([]Event, QueueSize+1)
+		for i := range big {
+			big[i] = Event{EventLevel: "INFO", Message: "big", EventPid: "1", EventTid: "1", TimeStamp: "t"}
+		}
+		data, _ := json.Marshal(big)
+		os.WriteFile(filepath.Join(dir, "200.json"), data, 0o600)
+		os.WriteFile(filepath.Join(dir, "300.json"), []byte(`[{"EventLevel":"INFO","Message":"kept","EventPid":"7","EventTid":"8","TimeStamp":"t"}]`), 0o600)
+		f := &fakeHost{}
+		start(t, f, func(o *Options) { o.EventFolder = dir })
+		after(DrainInterval)
+		posts, _, _, _ := f.snapshot()
+		evs := events(t, posts)
+		if len(evs) != 1 {
+			t.Fatalf("%d events sent, want the one of 300.json", len(evs))
+		}
+		if m, _ := evs[0].value("Context1"); m != "kept" {
+			t.Errorf("message %q", m)
+		}
+		// The symlink is ignored (neither followed nor counted); the rest
+		// is gone.
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 || ents[0].Name() != "100.json" {
+			t.Errorf("folder holds %v, want only the symlink", ents)
+		}
+		if _, err := os.Stat(secret); err != nil {
+			t.Errorf("the symlink's target was touched: %v", err)
+		}
+	})
+}
