@@ -35,6 +35,9 @@ type logHandler struct {
 func (h *logHandler) Enabled(ctx context.Context, l slog.Level) bool { return h.inner.Enabled(ctx, l) }
 
 func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
+	if h.q.dropIfFull() {
+		return nil // counted; a storm of log lines costs no formatting
+	}
 	s := h.state
 	s.mu.Lock()
 	s.buf.Reset()

@@ -157,6 +157,18 @@ func (q *Queue) put(it item) {
 	q.items = append(q.items, it)
 }
 
+// dropIfFull counts a generic event as dropped and reports true when
+// QueueSize events wait, before the event is made.
+func (q *Queue) dropIfFull() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.items) < QueueSize {
+		return false
+	}
+	q.dropped++
+	return true
+}
+
 // take removes and returns every queued event.
 func (q *Queue) take() []item {
 	q.mu.Lock()

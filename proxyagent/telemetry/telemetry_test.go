@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -380,6 +381,25 @@ func TestLogHandler(t *testing.T) {
 			e.Version != "1.2.3" || len(e.EventTid) < 8 || len(e.TimeStamp) != len("2006-01-02T15:04:05.000") {
 			t.Errorf("event %d: %+v, want %s %q", i, *e, w.level, w.msg)
 		}
+	}
+}
+
+// Log lines past a full queue are counted as dropped, and many goroutines
+// may log at once (run with -race).
+func TestLogHandlerFullQueue(t *testing.T) {
+	q := NewQueue("1.2.3")
+	log := slog.New(LogHandler(q, slog.LevelInfo))
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range QueueSize/2 + 10 {
+				log.Info("line", "g", g, "i", i)
+			}
+		})
+	}
+	wg.Wait()
+	if n, dropped := q.counts(); n != QueueSize || dropped != 4*(QueueSize/2+10)-QueueSize {
+		t.Fatalf("queued %d dropped %d", n, dropped)
 	}
 }
 
