@@ -296,7 +296,7 @@ func openLogs(cfg config.Config, stderr io.Writer, events *telemetry.Queue) (*sl
 		handlers = append(handlers, logfile.NewHandler(w, logfile.SlogLevel(fileLevel)))
 		closeFn = func() { _ = w.Close() }
 	}
-	return slog.New(fanout(handlers)), closeFn, nil
+	return slog.New(slog.NewMultiHandler(handlers...)), closeFn, nil
 }
 
 // runTelemetry runs the telemetry pipeline (nil when sendTelemetry is
