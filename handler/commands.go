@@ -93,7 +93,7 @@ func (e *Env) NewSetup() *Setup {
 	if svc == nil {
 		svc = SelectService(e.Layout, e.Opts, e.Log)
 	}
-	return &Setup{ExtDir: e.ExtDir, Layout: e.Layout, Service: svc, Opts: e.Opts, Log: e.Log, SelfExe: e.Exe}
+	return &Setup{ExtDir: e.ExtDir, Layout: e.Layout, Service: svc, Opts: e.Opts, Log: setupLogger(e.ExtDir, e.Log), SelfExe: e.Exe}
 }
 
 func (e *Env) status(status string, code int, msg string) extension.Status {

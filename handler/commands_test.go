@@ -1,8 +1,10 @@
 package handler
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,5 +146,30 @@ func TestExecute(t *testing.T) {
 				tc.check(t, e)
 			}
 		})
+	}
+}
+
+// The setup steps log to <ext>/ProxyAgent/setup.log (upstream's setup
+// tool's log) as well as to the handler's log.
+func TestSetupLog(t *testing.T) {
+	e := commandEnv(t, nil)
+	var handlerLog bytes.Buffer
+	e.Log = slog.New(slog.NewTextHandler(&handlerLog, nil))
+	s := e.NewSetup()
+	if err := s.Backup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(e.ExtDir, "ProxyAgent", SetupLogName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `msg="nothing installed to back up"`) || !strings.Contains(string(b), "pid=") {
+		t.Errorf("setup.log:\n%s", b)
+	}
+	if !strings.Contains(handlerLog.String(), `msg="nothing installed to back up"`) {
+		t.Errorf("handler log:\n%s", handlerLog.String())
 	}
 }

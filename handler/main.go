@@ -18,6 +18,41 @@ import (
 // maxLogSize is where a handler log is rotated (kept once as .1).
 const maxLogSize = 20 << 20
 
+// SetupLogName is the log of the setup steps (install, backup, restore,
+// purge, uninstall), in <ext>/ProxyAgent where upstream's setup tool
+// writes it; the steps log to the handler's or monitor's log as well.
+const SetupLogName = "setup.log"
+
+// setupLogger returns log that also appends each record to
+// <extDir>/ProxyAgent/setup.log.
+func setupLogger(extDir string, log *slog.Logger) *slog.Logger {
+	f := &appendFile{path: filepath.Join(extDir, "ProxyAgent", SetupLogName)}
+	file := slog.NewTextHandler(f, nil).WithAttrs([]slog.Attr{slog.Int("pid", os.Getpid())})
+	return slog.New(slog.NewMultiHandler(log.Handler(), file))
+}
+
+// appendFile appends each Write to path, opened for that write (setup logs
+// a few lines per step, and a Setup has no end to close a file at); the
+// file is rotated once, as openLog's, past maxLogSize. A write that fails
+// is dropped: the other log has the line.
+type appendFile struct{ path string }
+
+func (a *appendFile) Write(p []byte) (int, error) {
+	if err := os.MkdirAll(filepath.Dir(a.path), 0o755); err != nil {
+		return len(p), nil
+	}
+	if fi, err := os.Stat(a.path); err == nil && fi.Size() > maxLogSize {
+		os.Rename(a.path, a.path+".1")
+	}
+	f, err := os.OpenFile(a.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return len(p), nil
+	}
+	defer f.Close()
+	f.Write(p)
+	return len(p), nil
+}
+
 func openLog(dir, name string, stderr io.Writer) (*slog.Logger, func()) {
 	if err := os.MkdirAll(dir, 0o755); err == nil {
 		p := filepath.Join(dir, name)
