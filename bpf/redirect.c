@@ -15,6 +15,14 @@
 // Sockets whose SO_MARK equals agent_mark (the agent's own connections to
 // the host) are never redirected.
 //
+// Listener guard: cgroup/bind4 and cgroup/bind6 refuse (EPERM) a bind by
+// a non-root process in the agent's network namespace to the agent's
+// listener or container listener port on their addresses, the wildcard
+// address or (IPv6) their v4-mapped forms and ::. While the agent is down
+// the pinned programs keep redirecting to those addresses; without the
+// guard any local user could listen there and answer root's metadata
+// requests in the host's name.
+//
 // Containers: a socket in another network namespace than the agent's
 // (agent_netns, a netns cookie) cannot reach 127.0.0.1 of the agent's
 // namespace, so it goes to the policy entry's container-facing listener
@@ -98,6 +106,15 @@ volatile const __u32 agent_mark = 0;
 // agent_netns is the agent's network namespace cookie; set at load time.
 // 0 (unknown) treats every socket as in the agent's namespace.
 volatile const __u64 agent_netns = 0;
+
+// listen_addr and listen_port are the agent's listener; ns_listen_addr
+// and ns_listen_port its container listener (0: none). Set at load time,
+// addresses in network byte order, ports in host byte order. A zero
+// listen_port disables the bind guard.
+volatile const __u32 listen_addr = 0;
+volatile const __u16 listen_port = 0;
+volatile const __u32 ns_listen_addr = 0;
+volatile const __u16 ns_listen_port = 0;
 
 // agent_pidns_dev and agent_pidns_ino identify the agent's PID namespace
 // (the device, in the kernel's encoding, and inode of /proc/self/ns/pid);
@@ -266,6 +283,54 @@ int connect6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[3] = new_ip4;
 	ctx->user_port = bpf_htons(new_port);
 	return 1;
+}
+
+// guarded reports whether binding ip4:port (port in host byte order)
+// would take connections meant for a listener of the agent: the listener's
+// own address or the wildcard on its port.
+static __always_inline int guarded(__u32 ip4, __u16 port)
+{
+	if (listen_port != 0 && port == listen_port && (ip4 == listen_addr || ip4 == 0))
+		return 1;
+	if (ns_listen_port != 0 && port == ns_listen_port && (ip4 == ns_listen_addr || ip4 == 0))
+		return 1;
+	return 0;
+}
+
+// may_bind is the guard's verdict for a bind to a guarded address: root,
+// and any socket outside the agent's network namespace (whose addresses
+// are its own), may.
+static __always_inline int may_bind(struct bpf_sock_addr *ctx)
+{
+	if ((__u32)bpf_get_current_uid_gid() == 0)
+		return 1;
+	return agent_netns != 0 && bpf_get_netns_cookie(ctx) != agent_netns;
+}
+
+SEC("cgroup/bind4")
+int bind4(struct bpf_sock_addr *ctx)
+{
+	if (!guarded(ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port)))
+		return 1;
+	return may_bind(ctx);
+}
+
+// bind6 guards the v4-mapped forms of the listener addresses and the
+// IPv6 wildcard, which (dual-stack) also takes IPv4 connections.
+SEC("cgroup/bind6")
+int bind6(struct bpf_sock_addr *ctx)
+{
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+
+	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0)
+		return 1;
+	if (ctx->user_ip6[2] == bpf_htonl(0x0000ffff)) {
+		if (!guarded(ctx->user_ip6[3], port))
+			return 1;
+	} else if (ctx->user_ip6[2] != 0 || ctx->user_ip6[3] != 0 || !guarded(0, port)) {
+		return 1;
+	}
+	return may_bind(ctx);
 }
 
 // sockops_connect runs right before the SYN of every TCP connect in the cgroup. A

@@ -61,6 +61,8 @@ const (
 	RedirectMapConnRecords     = "conn_records"
 	RedirectMapPolicyMap       = "policy_map"
 	RedirectMapSkRecords       = "sk_records"
+	RedirectProgBind4          = "bind4"
+	RedirectProgBind6          = "bind6"
 	RedirectProgConnect4       = "connect4"
 	RedirectProgConnect6       = "connect6"
 	RedirectProgSockopsConnect = "sockops_connect"
@@ -68,6 +70,10 @@ const (
 	RedirectVarAgentNetns      = "agent_netns"
 	RedirectVarAgentPidnsDev   = "agent_pidns_dev"
 	RedirectVarAgentPidnsIno   = "agent_pidns_ino"
+	RedirectVarListenAddr      = "listen_addr"
+	RedirectVarListenPort      = "listen_port"
+	RedirectVarNsListenAddr    = "ns_listen_addr"
+	RedirectVarNsListenPort    = "ns_listen_port"
 )
 
 // LoadRedirect returns the embedded CollectionSpec for Redirect.
@@ -112,6 +118,8 @@ type RedirectSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectProgramSpecs struct {
+	Bind4          *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6          *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4       *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6       *ebpf.ProgramSpec `ebpf:"connect6"`
 	SockopsConnect *ebpf.ProgramSpec `ebpf:"sockops_connect"`
@@ -134,6 +142,10 @@ type RedirectVariableSpecs struct {
 	AgentNetns    *ebpf.VariableSpec `ebpf:"agent_netns"`
 	AgentPidnsDev *ebpf.VariableSpec `ebpf:"agent_pidns_dev"`
 	AgentPidnsIno *ebpf.VariableSpec `ebpf:"agent_pidns_ino"`
+	ListenAddr    *ebpf.VariableSpec `ebpf:"listen_addr"`
+	ListenPort    *ebpf.VariableSpec `ebpf:"listen_port"`
+	NsListenAddr  *ebpf.VariableSpec `ebpf:"ns_listen_addr"`
+	NsListenPort  *ebpf.VariableSpec `ebpf:"ns_listen_port"`
 }
 
 // RedirectObjects contains all objects after they have been loaded into the kernel.
@@ -177,12 +189,18 @@ type RedirectVariables struct {
 	AgentNetns    *ebpf.Variable `ebpf:"agent_netns"`
 	AgentPidnsDev *ebpf.Variable `ebpf:"agent_pidns_dev"`
 	AgentPidnsIno *ebpf.Variable `ebpf:"agent_pidns_ino"`
+	ListenAddr    *ebpf.Variable `ebpf:"listen_addr"`
+	ListenPort    *ebpf.Variable `ebpf:"listen_port"`
+	NsListenAddr  *ebpf.Variable `ebpf:"ns_listen_addr"`
+	NsListenPort  *ebpf.Variable `ebpf:"ns_listen_port"`
 }
 
 // RedirectPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectPrograms struct {
+	Bind4          *ebpf.Program `ebpf:"bind4"`
+	Bind6          *ebpf.Program `ebpf:"bind6"`
 	Connect4       *ebpf.Program `ebpf:"connect4"`
 	Connect6       *ebpf.Program `ebpf:"connect6"`
 	SockopsConnect *ebpf.Program `ebpf:"sockops_connect"`
@@ -190,6 +208,8 @@ type RedirectPrograms struct {
 
 func (p *RedirectPrograms) Close() error {
 	return _RedirectClose(
+		p.Bind4,
+		p.Bind6,
 		p.Connect4,
 		p.Connect6,
 		p.SockopsConnect,

@@ -18,8 +18,8 @@ func TestInspect(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := Inspect(e.cfg.PinDir)
-	if len(got) != 3 {
-		t.Fatalf("%d attachments, want 3", len(got))
+	if len(got) != 5 {
+		t.Fatalf("%d attachments, want 5 (sockops, connect6, connect4, bind4, bind6)", len(got))
 	}
 	for _, a := range got {
 		if a.Err != nil || a.Got != a.Want || a.CgroupID != want {

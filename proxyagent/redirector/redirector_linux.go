@@ -2,6 +2,7 @@ package redirector
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,6 +97,8 @@ var hooks = []hook{
 	{"link_sockops", ebpf.AttachCGroupSockOps, func(o *bpf.RedirectObjects) *ebpf.Program { return o.SockopsConnect }},
 	{"link_connect6", ebpf.AttachCGroupInet6Connect, func(o *bpf.RedirectObjects) *ebpf.Program { return o.Connect6 }},
 	{"link_connect4", ebpf.AttachCGroupInet4Connect, func(o *bpf.RedirectObjects) *ebpf.Program { return o.Connect4 }},
+	{"link_bind4", ebpf.AttachCGroupInet4Bind, func(o *bpf.RedirectObjects) *ebpf.Program { return o.Bind4 }},
+	{"link_bind6", ebpf.AttachCGroupInet6Bind, func(o *bpf.RedirectObjects) *ebpf.Program { return o.Bind6 }},
 }
 
 // pinnedMaps are the map names pinned by name in the pin dir.
@@ -200,7 +203,7 @@ func Load(cfg Config) (*Redirector, error) {
 		r.cfg.Netns = c
 	}
 	pidns, pidnsNote := agentPidNS(r.log)
-	objs, migrated, err := loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, pidns, r.log)
+	objs, migrated, err := loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, pidns, r.cfg.Endpoints, r.log)
 	var ve *ebpf.VerifierError
 	if err != nil && !pidns.IsInitial() && errors.As(err, &ve) {
 		// Kernels before 6.10 do not offer bpf_get_ns_current_pid_tgid to
@@ -208,7 +211,7 @@ func Load(cfg Config) (*Redirector, error) {
 		// resolver's start-time check keeps from naming another process.
 		r.log.Warn("caller pids cannot be translated to the agent's PID namespace", "err", err)
 		pidnsNote = "; caller pids not translated to the agent's PID namespace (kernel 6.10 or later needed)"
-		objs, migrated, err = loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, PidNS{}, r.log)
+		objs, migrated, err = loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, PidNS{}, r.cfg.Endpoints, r.log)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("redirector: %w", explainBPFRefusal(err))
@@ -246,10 +249,29 @@ func Load(cfg Config) (*Redirector, error) {
 // loadObjects loads the collection with its maps pinned by name in pinDir,
 // reusing compatible pinned maps. Incompatible pinned maps (another layout)
 // are unpinned and recreated; migrated reports that.
-func loadObjects(pinDir string, mark uint32, netns uint64, pidns PidNS, log *slog.Logger) (objs *bpf.RedirectObjects, migrated bool, err error) {
+func loadObjects(pinDir string, mark uint32, netns uint64, pidns PidNS, ep msp.Endpoints, log *slog.Logger) (objs *bpf.RedirectObjects, migrated bool, err error) {
 	spec, err := bpf.LoadRedirect()
 	if err != nil {
 		return nil, false, err
+	}
+	// The bind guard's listeners (an IPv6 one is not guarded).
+	for _, g := range []struct {
+		ap         netip.AddrPort
+		addr, port string
+	}{
+		{ep.Listener, bpf.RedirectVarListenAddr, bpf.RedirectVarListenPort},
+		{ep.ContainerListener, bpf.RedirectVarNsListenAddr, bpf.RedirectVarNsListenPort},
+	} {
+		if !g.ap.IsValid() || !g.ap.Addr().Is4() {
+			continue
+		}
+		a := g.ap.Addr().As4()
+		if err := spec.Variables[g.addr].Set(binary.NativeEndian.Uint32(a[:])); err != nil {
+			return nil, false, fmt.Errorf("set bind guard: %w", err)
+		}
+		if err := spec.Variables[g.port].Set(g.ap.Port()); err != nil {
+			return nil, false, fmt.Errorf("set bind guard: %w", err)
+		}
 	}
 	if err := spec.Variables[bpf.RedirectVarAgentMark].Set(mark); err != nil {
 		return nil, false, fmt.Errorf("set agent mark: %w", err)

@@ -68,6 +68,32 @@ func helperMain(mode string) int {
 		}
 		os.Stdout.Write(b)
 		return 0
+	case "bind":
+		// bind(2) a TCP socket to GPA_HELPER_ADDR (AF_INET6 for a bracketed
+		// address, v4-mapped ones included); print "ok", or the error and
+		// exit 3 for EPERM.
+		ap := netip.MustParseAddrPort(addr)
+		var family int
+		var sa syscall.Sockaddr
+		if strings.HasPrefix(addr, "[") {
+			family, sa = syscall.AF_INET6, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		} else {
+			family, sa = syscall.AF_INET, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		}
+		fd, err := syscall.Socket(family, syscall.SOCK_STREAM, 0)
+		if err == nil {
+			defer syscall.Close(fd)
+			err = syscall.Bind(fd, sa)
+		}
+		if err != nil {
+			fmt.Println(err)
+			if errors.Is(err, syscall.EPERM) {
+				return 3
+			}
+			return 1
+		}
+		fmt.Println("ok")
+		return 0
 	case "bench":
 		n, _ := strconv.Atoi(os.Getenv("GPA_HELPER_N"))
 		start := time.Now()
@@ -888,4 +914,89 @@ func TestIncompatiblePinnedMapsAreReplaced(t *testing.T) {
 	if a := tl.next(t); !a.ok {
 		t.Error("no record after migration")
 	}
+}
+
+// The listener guard: while the programs are attached (and pinned, also
+// with the agent down) a non-root process in the agent's namespace cannot
+// listen where redirected connections go — the listener's and the
+// container listener's addresses, the wildcard, and their IPv6 forms —
+// while root, other ports and other namespaces (a container's own
+// loopback) are unaffected.
+func TestBindGuard(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.Endpoints = msp.Endpoints{Listener: netip.MustParseAddrPort("127.0.0.1:3080"),
+		ContainerListener: netip.MustParseAddrPort("169.254.100.254:3080")}
+	r := e.load()
+	other := testenv.NewNetns(t)
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	exe := worldExecutable(t)
+	bind := func(addr string, cred *syscall.Credential, ns *testenv.Netns) (code int, out string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, exe)
+		var stdout bytes.Buffer
+		cmd.Stdout = &stdout
+		o := testenv.Options{Netns: ns, Cgroup: e.cg, Credential: cred,
+			Env: []string{"GPA_REDIRECTOR_HELPER=bind", "GPA_HELPER_ADDR=" + addr}}
+		if err := testenv.Start(cmd, o); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Wait()
+		return cmd.ProcessState.ExitCode(), strings.TrimSpace(stdout.String())
+	}
+	for _, tc := range []struct {
+		name, addr string
+		cred       *syscall.Credential
+		ns         *testenv.Netns
+		want       int // 0 bound, 3 EPERM
+	}{
+		{"nobody on the listener", "127.0.0.1:3080", nobody, e.ns, 3},
+		{"nobody on the wildcard", "0.0.0.0:3080", nobody, e.ns, 3},
+		{"nobody on the container listener", "169.254.100.254:3080", nobody, e.ns, 3},
+		{"nobody on the IPv6 wildcard", "[::]:3080", nobody, e.ns, 3},
+		{"nobody on the v4-mapped listener", "[::ffff:127.0.0.1]:3080", nobody, e.ns, 3},
+		{"nobody on another port", "127.0.0.1:3081", nobody, e.ns, 0},
+		{"nobody on another address", "168.63.129.16:3080", nobody, e.ns, 0},
+		{"nobody in another namespace", "127.0.0.1:3080", nobody, other, 0},
+		{"root on the listener", "127.0.0.1:3080", nil, e.ns, 0},
+	} {
+		if code, out := bind(tc.addr, tc.cred, tc.ns); code != tc.want {
+			t.Errorf("%s (%s): exit %d %q, want %d", tc.name, tc.addr, code, out, tc.want)
+		}
+	}
+	// The guard stays with the pinned programs after the agent's handles
+	// are closed (the agent down).
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := bind("127.0.0.1:3080", nobody, e.ns); code != 3 {
+		t.Errorf("with the agent down: exit %d %q, want EPERM", code, out)
+	}
+}
+
+// worldExecutable copies the test binary where any user may run it (the
+// build directory is the builder's alone) and returns its path.
+func worldExecutable(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "gpa-redirector-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "redirector.test")
+	if err := os.WriteFile(p, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
