@@ -12,8 +12,9 @@
 // client's local address and port: exactly what the listener sees as the
 // peer of the accepted connection. User space deletes the entry at accept.
 //
-// Sockets whose SO_MARK equals agent_mark (the agent's own connections to
-// the host) are never redirected.
+// Sockets whose SO_MARK equals agent_mark, made by root in the agent's
+// network namespace (the agent's own connections to the host), are never
+// redirected.
 //
 // Listener guard: cgroup/bind4 and cgroup/bind6 refuse (EPERM) a bind by
 // a non-root process in the agent's network namespace to the agent's
@@ -149,13 +150,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conn_records SEC(".maps");
 
+// is_agent reports whether the socket is one of the agent's own: it
+// carries agent_mark, was made by root and is in the agent's network
+// namespace. A mark alone is not enough: since Linux 5.17 CAP_NET_RAW
+// (which container runtimes grant by default) may set any SO_MARK.
 static __always_inline int is_agent(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 
-	if (!sk || agent_mark == 0)
+	if (!sk || agent_mark == 0 || sk->mark != agent_mark)
 		return 0;
-	return sk->mark == agent_mark;
+	if ((__u32)bpf_get_current_uid_gid() != 0)
+		return 0;
+	return agent_netns == 0 || bpf_get_netns_cookie(ctx) == agent_netns;
 }
 
 // record stores the caller's identity in the socket's local storage. A

@@ -2,12 +2,16 @@ package redirector
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/opengpa/gpa/bpf"
 	"github.com/opengpa/gpa/internal/testenv"
+	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -78,5 +82,33 @@ func TestContainerRecordsAndCollision(t *testing.T) {
 	}
 	if _, ok := r.Lookup(peer(40002)); ok {
 		t.Error("the collided record was not consumed")
+	}
+}
+
+// The agent's socket mark does not exempt a socket of another network
+// namespace: a container's root, which may set any mark with CAP_NET_RAW
+// (Linux 5.17 and later), is redirected like any container — here refused,
+// as no container listener is configured — and never reaches the host
+// directly.
+func TestForgedMarkFromContainer(t *testing.T) {
+	e := newEnv(t)
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	k := testenv.NewContainer(t, e.ns, e.cg, "gpcM", netip.MustParsePrefix("169.254.233.1/30"), netip.MustParsePrefix("169.254.233.2/30"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := testenv.Run(ctx, testenv.Options{Netns: k.Netns, Cgroup: k.Cgroup, Env: []string{"GPA_REDIRECTOR_HELPER=dial",
+		"GPA_HELPER_ADDR=169.254.169.254:80", fmt.Sprintf("GPA_HELPER_MARK=%d", hostconn.Mark)}}, exe)
+	if err == nil || strings.Contains(string(out), "direct") {
+		t.Fatalf("a container's socket with the agent's mark: %q %v, want the connect refused", out, err)
+	}
+	if got := e.direct.Load(); got != 0 {
+		t.Errorf("%d connections reached the real IMDS", got)
 	}
 }
