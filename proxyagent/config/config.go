@@ -33,6 +33,7 @@
 //	idleTimeoutInSeconds           number  120                                  listener: keep-alive idle timeout
 //	maxHeaderBytes                 int     409600                               listener: request header size limit
 //	maxConnections                 int     500                                  listener: concurrent connections (alias: upstream's maxActiveTcpConnections)
+//	maxConnectionsPerCaller        int     64                                   listener: concurrent connections of one caller (a user in a network namespace; direct connections together); root in the agent's namespace unlimited; 0 = no limit
 //	bpfPinPath                     string  /sys/fs/bpf/azure-proxy-agent        bpffs directory for pinned maps and links
 //	containerListenAddress         string  169.254.100.254:3080                 listener for containers (other network namespaces), added to lo; "" = containers refused
 //	allowRootContainersToWireServer bool   false                                let uid 0 in containers reach WireServer and HostGAPlugin
@@ -103,6 +104,7 @@ type Config struct {
 	IdleTimeoutInSeconds        float64 // idleTimeoutInSeconds
 	MaxHeaderBytes              int     // maxHeaderBytes
 	MaxConnections              int     // maxConnections (or maxActiveTcpConnections)
+	MaxConnectionsPerCaller     int     // maxConnectionsPerCaller, 0: no limit
 	BpfPinPath                  string  // bpfPinPath
 	// ContainerListenAddress is containerListenAddress; "" turns the
 	// container listener off (connects from containers are refused).
@@ -142,6 +144,7 @@ func Default() Config {
 		IdleTimeoutInSeconds:        120,
 		MaxHeaderBytes:              400 * 1024,
 		MaxConnections:              500,
+		MaxConnectionsPerCaller:     64,
 		BpfPinPath:                  "/sys/fs/bpf/azure-proxy-agent",
 		ContainerListenAddress:      msp.ContainerListenerAddr.String(),
 		MetricsListen:               "unix:/var/log/azure-proxy-agent/" + MetricsSocketName,
@@ -176,6 +179,7 @@ type file struct {
 	IdleTimeoutInSeconds        *float64 `json:"idleTimeoutInSeconds"`
 	MaxHeaderBytes              *int     `json:"maxHeaderBytes"`
 	MaxConnections              *int     `json:"maxConnections"`
+	MaxConnectionsPerCaller     *int     `json:"maxConnectionsPerCaller"`
 	BpfPinPath                  *string  `json:"bpfPinPath"`
 	ContainerListenAddress      *string  `json:"containerListenAddress"`
 	AllowRootContainersToWS     *bool    `json:"allowRootContainersToWireServer"`
@@ -307,6 +311,7 @@ func Parse(data []byte) (Config, error) {
 	}{
 		{"maxActiveTcpConnections", &c.MaxConnections, f.MaxActiveTCPConnections, 1},
 		{"maxConnections", &c.MaxConnections, f.MaxConnections, 1},
+		{"maxConnectionsPerCaller", &c.MaxConnectionsPerCaller, f.MaxConnectionsPerCaller, 0},
 		{"maxHeaderBytes", &c.MaxHeaderBytes, f.MaxHeaderBytes, 1024},
 		{"maxEventFileCount", &c.MaxEventFileCount, f.MaxEventFileCount, 1},
 	} {

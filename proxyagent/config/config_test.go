@@ -302,3 +302,23 @@ func TestConsoleLog(t *testing.T) {
 		t.Error("default consoleLog")
 	}
 }
+
+// maxConnectionsPerCaller is 64 unless set; 0 turns the limit off and a
+// negative value is refused.
+func TestMaxConnectionsPerCaller(t *testing.T) {
+	for _, tc := range []struct {
+		doc  string
+		want int
+		err  bool
+	}{
+		{`{}`, 64, false},
+		{`{"maxConnectionsPerCaller":8}`, 8, false},
+		{`{"maxConnectionsPerCaller":0}`, 0, false},
+		{`{"maxConnectionsPerCaller":-1}`, 0, true},
+	} {
+		c, err := Parse([]byte(tc.doc))
+		if (err != nil) != tc.err || (!tc.err && c.MaxConnectionsPerCaller != tc.want) {
+			t.Errorf("%s: %d %v", tc.doc, c.MaxConnectionsPerCaller, err)
+		}
+	}
+}

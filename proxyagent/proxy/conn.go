@@ -104,6 +104,13 @@ type connState struct {
 
 	dialErr error // eager dial failure: every request gets 502
 
+	// counted: the connection holds one of its caller's slots (key);
+	// overLimit: its caller already held MaxConnsPerCaller, so it is
+	// closed before any request is read.
+	key       callerKey
+	counted   bool
+	overLimit bool
+
 	mu     sync.Mutex
 	up     *upstream // nil before the dial and after the upstream closed
 	busy   *upstream // in an exchange with the host: close ends it
@@ -130,6 +137,26 @@ func addrPort(a net.Addr) netip.AddrPort {
 func (st *connState) setup(ctx context.Context) {
 	s := st.s
 	rec, ok := s.opts.Identity.Lookup(st.client)
+	if key, exempt := keyOf(rec, ok); !exempt {
+		if !s.callers.acquire(key) {
+			st.overLimit = true
+			if total, warn := s.callers.refuse(time.Now()); warn {
+				s.log.Warn("too many connections from one caller, closing its new connections",
+					"uid", key.uid, "otherNetns", rec.OtherNetns, "unidentified", key.unidentified,
+					"maxPerCaller", s.callers.max, "refusedTotal", total)
+			}
+			return
+		}
+		st.mu.Lock()
+		if st.closed {
+			// Closed meanwhile (the server is shutting down).
+			st.mu.Unlock()
+			s.callers.release(key)
+			return
+		}
+		st.key, st.counted = key, true
+		st.mu.Unlock()
+	}
 	if ok && rec.OrigDst.IsValid() {
 		st.redirected = true
 		st.dest = rec.OrigDst
@@ -266,6 +293,10 @@ func (st *connState) put(up *upstream) {
 // one) goes to the server's idle pool.
 func (st *connState) close() {
 	st.mu.Lock()
+	if st.counted {
+		st.counted = false
+		st.s.callers.release(st.key)
+	}
 	st.closed = true
 	up := st.up
 	st.up = nil

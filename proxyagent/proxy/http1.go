@@ -221,6 +221,9 @@ func (s *Server) serveConn(cc *clientConn) {
 		return
 	}
 	cc.st.setup(s.ctx)
+	if cc.st.overLimit {
+		return
+	}
 	lastPost := false
 	for first := true; ; first = false {
 		// Waiting for a request's first byte: the connection is idle.

@@ -743,6 +743,87 @@ func TestMaxConns(t *testing.T) {
 	}
 }
 
+// One caller (a user in a network namespace; all direct connections
+// together) holds at most MaxConnsPerCaller connections, so it cannot take
+// every slot: its next connection is closed unread while other callers,
+// and root in the agent's namespace without limit, are served.
+func TestMaxConnsPerCaller(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.MaxConnsPerCaller = 2 })
+	served := func(c *client) bool {
+		resp, _ := c.do(req("GET", "/x"))
+		return resp != nil && resp.StatusCode == 200
+	}
+	refused := func(c *client) bool {
+		c.c.Write([]byte(req("GET", "/x")))
+		return c.closedByServer()
+	}
+	user := func(uid uint32) *identity.Record { r := userRec(wsDest); r.UID = uid; return r }
+	container := func(netns uint64) *identity.Record {
+		return &identity.Record{PID: 300, UID: 0, Comm: "curl", OrigDst: imdsDest, Netns: netns, OtherNetns: true}
+	}
+	// uid 1000 takes its two slots; its third connection is closed.
+	held := []*client{e.connect(user(1000)), e.connect(user(1000))}
+	for _, c := range held {
+		if !served(c) {
+			t.Fatal("uid 1000 within its limit not served")
+		}
+	}
+	if !refused(e.connect(user(1000))) {
+		t.Fatal("uid 1000's third connection was served")
+	}
+	// Others are not affected: another user, root (any number), a
+	// container's root.
+	if !served(e.connect(user(1001))) {
+		t.Error("uid 1001 locked out by uid 1000")
+	}
+	for i := range 4 {
+		if !served(e.connect(rootRec(wsDest))) {
+			t.Errorf("root's connection %d not served", i)
+		}
+	}
+	if c1, c2 := e.connect(container(7)), e.connect(container(7)); !served(c1) || !served(c2) || !refused(e.connect(container(7))) {
+		t.Error("a container's root is not limited like any caller")
+	}
+	if !served(e.connect(container(8))) {
+		t.Error("another container locked out by the first")
+	}
+	// Direct (unidentified) connections count as one caller.
+	d1, d2 := e.connect(nil), e.connect(nil)
+	for _, c := range []*client{d1, d2} {
+		if resp, _ := c.do(req("GET", "/x")); resp.StatusCode != http.StatusMisdirectedRequest {
+			t.Fatalf("direct connection: %d", resp.StatusCode)
+		}
+	}
+	// (a 421 closes the connection: the slots free again)
+	testsupport.WaitFor(t, "direct connections' slots to free", func() bool {
+		e.srv.callers.mu.Lock()
+		defer e.srv.callers.mu.Unlock()
+		return e.srv.callers.n[callerKey{unidentified: true}] == 0
+	})
+	idle := []*client{e.connect(nil), e.connect(nil)}
+	for _, c := range idle {
+		c.c.Write([]byte("GET")) // a request head in progress holds the slot
+	}
+	testsupport.WaitFor(t, "two direct connections held", func() bool {
+		e.srv.callers.mu.Lock()
+		defer e.srv.callers.mu.Unlock()
+		return e.srv.callers.n[callerKey{unidentified: true}] == 2
+	})
+	if !refused(e.connect(nil)) {
+		t.Error("a third direct connection was served")
+	}
+	// A slot frees when its connection closes.
+	held[0].c.Close()
+	testsupport.WaitFor(t, "uid 1000's slot to free", func() bool {
+		e.srv.callers.mu.Lock()
+		defer e.srv.callers.mu.Unlock()
+		return e.srv.callers.n[callerKey{uid: 1000}] == 1
+	})
+	if !served(e.connect(user(1000))) {
+		t.Error("uid 1000 not served after one of its connections closed")
+	}
+}
+
 // One identity lookup and one upstream connection serve all requests of a
 // keep-alive client connection, including pipelined ones.
 func TestKeepAliveReuseAndPipelining(t *testing.T) {

@@ -170,6 +170,7 @@ const (
 	DefaultBodyReadTimeout   = 60 * time.Second
 	DefaultMaxHeaderBytes    = 128 << 10
 	DefaultMaxConns          = 1024
+	DefaultMaxConnsPerCaller = 64
 	DefaultMaxSignedBody     = 100 << 10 // 102 400 bytes, protocol.md §4.6
 	DefaultMaxExemptBody     = 100 << 20 // 104 857 600 bytes
 	DefaultDialTimeout       = 10 * time.Second
@@ -233,6 +234,12 @@ type Options struct {
 	// MaxConns is the most client connections served at once; connections
 	// beyond it are closed at accept, never queued.
 	MaxConns int
+	// MaxConnsPerCaller is the most connections one caller holds at once
+	// (a user in a network namespace; all unidentified connections count
+	// as one caller); root in the agent's namespace is not limited. Beyond
+	// it a connection is closed before any request is read. 0:
+	// DefaultMaxConnsPerCaller; negative: no limit.
+	MaxConnsPerCaller int
 	// MaxSignedBody and MaxExemptBody are the body limits of signed and
 	// signature-exempt requests.
 	MaxSignedBody int64
@@ -280,6 +287,7 @@ type Server struct {
 	fds         rawio.Releaser // descriptors of finished client connections
 
 	pool    upstreamPool // idle upstream connections shared by client connections
+	callers callerLimit  // connections per caller (Options.MaxConnsPerCaller)
 	uploads byteBudget   // buffers of large signed uploads (reserveUpload)
 
 	requests atomic.Uint64 // proxyConnectionsCount and HTTP ids
@@ -328,6 +336,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = DefaultMaxConns
 	}
+	if opts.MaxConnsPerCaller == 0 {
+		opts.MaxConnsPerCaller = DefaultMaxConnsPerCaller
+	}
 	if opts.MaxSignedBody <= 0 {
 		opts.MaxSignedBody = DefaultMaxSignedBody
 	}
@@ -350,6 +361,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy"), handoff: make(chan *clientConn), noMoreConns: make(chan struct{})}
 	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
+	s.callers.max = max(opts.MaxConnsPerCaller, 0)
 	s.uploads.free = opts.UploadBudget
 	s.handle = s.serveRequest
 	s.ctx, s.cancel = context.WithCancel(context.Background())

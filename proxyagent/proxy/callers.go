@@ -1,0 +1,84 @@
+package proxy
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opengpa/gpa/proxyagent/identity"
+)
+
+// callerKey is whose connections a per-caller limit counts: a user in a
+// network namespace, or (unidentified) every connection the kernel did not
+// redirect — direct connections to the listener, whose caller is unknown.
+type callerKey struct {
+	uid          uint32
+	netns        uint64
+	unidentified bool
+}
+
+// keyOf is the key of a connection with the kernel record rec (ok: a
+// record was found); exempt is true for root in the agent's own network
+// namespace (waagent, the extension, the platform's own tools), which no
+// other caller may lock out and which the limit never stops.
+func keyOf(rec identity.Record, ok bool) (key callerKey, exempt bool) {
+	if !ok || !rec.OrigDst.IsValid() {
+		return callerKey{unidentified: true}, false
+	}
+	if rec.UID == 0 && !rec.OtherNetns {
+		return callerKey{}, true
+	}
+	return callerKey{uid: rec.UID, netns: rec.Netns}, false
+}
+
+// callerLimit bounds the connections one caller holds at once, so one
+// unprivileged user (or one container, or a flood of direct connections)
+// cannot take every connection slot (MaxConns) and lock everybody else out
+// of the metadata services. mu guards n.
+type callerLimit struct {
+	max      int // 0: no limit
+	mu       sync.Mutex
+	n        map[callerKey]int
+	refused  atomic.Uint64
+	lastWarn atomic.Int64 // unix nanos of the last warning
+}
+
+// acquire counts one more connection of key and reports whether it is
+// within the limit; a refused one is not counted.
+func (l *callerLimit) acquire(key callerKey) bool {
+	if l.max <= 0 {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[key] >= l.max {
+		return false
+	}
+	if l.n == nil {
+		l.n = make(map[callerKey]int)
+	}
+	l.n[key]++
+	return true
+}
+
+// release counts one connection of key less.
+func (l *callerLimit) release(key callerKey) {
+	if l.max <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[key] <= 1 {
+		delete(l.n, key)
+		return
+	}
+	l.n[key]--
+}
+
+// refuse counts a refused connection and tells whether to log it: at most
+// one warning a second, so a flood cannot flood the log.
+func (l *callerLimit) refuse(now time.Time) (total uint64, warn bool) {
+	total = l.refused.Add(1)
+	last := l.lastWarn.Load()
+	return total, now.UnixNano()-last >= int64(time.Second) && l.lastWarn.CompareAndSwap(last, now.UnixNano())
+}
