@@ -30,17 +30,32 @@ var removedHeaders = map[string]bool{
 	"Content-Length": true, "Expect": true, "Host": true, "Forwarded": true,
 }
 
-// spoofable reports whether a header name (any case) is one only the proxy
-// may set: the protocol's x-ms-azure-host-* headers and the forwarding
-// headers IMDS rejects.
+// spoofable reports whether a header name (any case, '_' for '-') is one
+// only the proxy may set: the protocol's x-ms-azure-host-* headers and the
+// forwarding headers IMDS rejects. Underscore spellings count too, as some
+// servers (CGI-style header maps) read them as the dashed name.
 func spoofable(name string) bool {
-	return hasPrefixFold(name, "x-ms-azure-host-") || hasPrefixFold(name, "x-forwarded-") || strings.EqualFold(name, "forwarded")
+	return hasPrefixFold(name, "x-ms-azure-host-") || hasPrefixFold(name, "x-forwarded-") || hasPrefixFold(name, "forwarded") && len(name) == len("forwarded")
 }
 
-// hasPrefixFold is strings.HasPrefix ignoring ASCII case, for a lower-case
-// prefix.
+// hasPrefixFold is strings.HasPrefix ignoring ASCII case and reading '_'
+// as '-', for a lower-case prefix.
 func hasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+	if len(s) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		} else if c == '_' {
+			c = '-'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // outHeaders returns the client's headers as they go upstream, before the

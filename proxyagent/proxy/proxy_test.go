@@ -347,6 +347,8 @@ func TestForgedHeadersNeverReachUpstream(t *testing.T) {
 		"X-Forwarded-For: 10.0.0.1",
 		"x-forwarded-host: evil",
 		"Forwarded: for=10.0.0.1",
+		"X_Forwarded_For: 10.0.0.2",
+		"x_ms_azure_host_authorization: Azure-HMAC-SHA256 " + testKeyGUID + " deadbeef",
 		"Metadata: true",
 	}
 	for _, tc := range []struct {
@@ -382,7 +384,8 @@ func TestForgedHeadersNeverReachUpstream(t *testing.T) {
 				t.Fatalf("upstream got %d requests", len(got))
 			}
 			r := got[0]
-			for _, name := range []string{"x-ms-azure-host-other", "x-forwarded-for", "x-forwarded-host", "forwarded"} {
+			for _, name := range []string{"x-ms-azure-host-other", "x-forwarded-for", "x-forwarded-host", "forwarded",
+				"x_forwarded_for", "x_ms_azure_host_authorization"} {
 				if v := r.values(name); len(v) != 0 {
 					t.Errorf("%s reached upstream: %q", name, v)
 				}
