@@ -56,14 +56,7 @@ func TestFetchMetadataLoopback(t *testing.T) {
 	}
 	for _, signWith := range []*msp.Key{nil, key} {
 		f := &fakeHost{key: signWith}
-		ws := httptest.NewServer(f.wireServer())
-		defer ws.Close()
-		imds := httptest.NewServer(f.imds())
-		defer imds.Close()
-		client := func(addr string) *hostconn.Client {
-			return &hostconn.Client{Addr: addr, Timeout: 5 * time.Second, Dial: hostconn.Dialer(0, 5*time.Second).DialContext, Now: time.Now}
-		}
-		md, err := fetchMetadata(context.Background(), client(ws.Listener.Addr().String()), client(imds.Listener.Addr().String()), signWith)
+		md, err := fetchOverLoopback(t, f, signWith)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,15 +118,22 @@ func TestFetchMetadataAnswers(t *testing.T) {
 // instead of being repeated in every event.
 func TestFetchMetadataRefusesHugeValues(t *testing.T) {
 	f := &fakeHost{goalStateBody: []byte(strings.Replace(fxGoalState, fxContainerID, strings.Repeat("c", MaxMetadataBytes+1), 1))}
-	ws := httptest.NewServer(f.wireServer())
-	defer ws.Close()
-	imds := httptest.NewServer(f.imds())
-	defer imds.Close()
-	client := func(addr string) *hostconn.Client {
-		return &hostconn.Client{Addr: addr, Timeout: 5 * time.Second, Dial: hostconn.Dialer(0, 5*time.Second).DialContext, Now: time.Now}
-	}
-	_, err := fetchMetadata(context.Background(), client(ws.Listener.Addr().String()), client(imds.Listener.Addr().String()), nil)
+	_, err := fetchOverLoopback(t, f, nil)
 	if err == nil || !strings.Contains(err.Error(), "1025 bytes") {
 		t.Fatalf("err %v, want the value refused", err)
 	}
+}
+
+// fetchOverLoopback serves f's WireServer and IMDS on loopback HTTP
+// servers and refreshes the metadata from them over real sockets.
+func fetchOverLoopback(t *testing.T, f *fakeHost, key *msp.Key) (Metadata, error) {
+	t.Helper()
+	ws := httptest.NewServer(f.wireServer())
+	t.Cleanup(ws.Close)
+	imds := httptest.NewServer(f.imds())
+	t.Cleanup(imds.Close)
+	client := func(addr string) *hostconn.Client {
+		return &hostconn.Client{Addr: addr, Timeout: 5 * time.Second, Dial: hostconn.Dialer(0, 5*time.Second).DialContext, Now: time.Now}
+	}
+	return fetchMetadata(context.Background(), client(ws.Listener.Addr().String()), client(imds.Listener.Addr().String()), key)
 }

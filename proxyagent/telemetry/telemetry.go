@@ -108,39 +108,34 @@ func NewQueue(version string) *Queue { return &Queue{version: version} }
 // Add queues a generic event. Empty Version, EventPid, EventTid and
 // TimeStamp are filled in; the message is cleaned (CleanMessage).
 func (q *Queue) Add(e Event) {
-	if e.Version == "" {
-		e.Version = q.version
-	}
-	if e.EventPid == "" {
-		e.EventPid = pid
-	}
-	if e.EventTid == "" {
-		e.EventTid = tid()
-	}
-	if e.TimeStamp == "" {
-		e.TimeStamp = timestamp(time.Now())
-	}
+	q.fill(&e.Version, &e.EventPid, &e.EventTid, &e.TimeStamp)
 	e.clean()
 	q.put(item{generic: &e})
 }
 
-// AddStatus queues an extension-status event, filling in and cleaning as
-// Add does.
+// AddStatus queues an extension-status event, filling in as Add does; its
+// message is redacted.
 func (q *Queue) AddStatus(e StatusEvent) {
-	if e.Version == "" {
-		e.Version = q.version
-	}
-	if e.EventPid == "" {
-		e.EventPid = pid
-	}
-	if e.EventTid == "" {
-		e.EventTid = tid()
-	}
-	if e.TimeStamp == "" {
-		e.TimeStamp = timestamp(time.Now())
-	}
+	q.fill(&e.Version, &e.EventPid, &e.EventTid, &e.TimeStamp)
 	e.clean()
 	q.put(item{status: &e})
+}
+
+// fill sets the fields every event carries that the producer left empty:
+// the agent's version, this process's pid, the calling thread's id and now.
+func (q *Queue) fill(version, eventPid, eventTid, timeStamp *string) {
+	if *version == "" {
+		*version = q.version
+	}
+	if *eventPid == "" {
+		*eventPid = pid
+	}
+	if *eventTid == "" {
+		*eventTid = tid()
+	}
+	if *timeStamp == "" {
+		*timeStamp = timestamp(time.Now())
+	}
 }
 
 // put queues it, or drops a generic event when QueueSize events wait. A

@@ -289,15 +289,7 @@ func TestReingestCleansAndDropsBadFiles(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "100.json"), []byte(`[{"EventLevel":"INFO","Message":"pwd=hunter2;","EventPid":"7","EventTid":"8","TimeStamp":"t"}]`), 0o600)
 		os.WriteFile(filepath.Join(dir, "200.json"), []byte(`not json`), 0o600)
 		os.WriteFile(filepath.Join(dir, "notes.txt"), []byte(`ignored`), 0o600)
-		f := &fakeHost{}
-		start(t, f, func(o *Options) { o.EventFolder = dir })
-		after(DrainInterval)
-		posts, _, _, _ := f.snapshot()
-		evs := events(t, posts)
-		if len(evs) != 1 {
-			t.Fatalf("%d events", len(evs))
-		}
-		if m, _ := evs[0].value("Context1"); m != "[REDACTED];" {
+		if m := onlyMessageFrom(t, dir); m != "[REDACTED];" {
 			t.Errorf("message %q", m)
 		}
 		ents, _ := os.ReadDir(dir)
@@ -478,16 +470,8 @@ func TestReingestDropsForeignFiles(t *testing.T) {
 		data, _ := json.Marshal(big)
 		os.WriteFile(filepath.Join(dir, "200.json"), data, 0o600)
 		os.WriteFile(filepath.Join(dir, "300.json"), []byte(`[{"EventLevel":"INFO","Message":"kept","EventPid":"7","EventTid":"8","TimeStamp":"t"}]`), 0o600)
-		f := &fakeHost{}
-		start(t, f, func(o *Options) { o.EventFolder = dir })
-		after(DrainInterval)
-		posts, _, _, _ := f.snapshot()
-		evs := events(t, posts)
-		if len(evs) != 1 {
-			t.Fatalf("%d events sent, want the one of 300.json", len(evs))
-		}
-		if m, _ := evs[0].value("Context1"); m != "kept" {
-			t.Errorf("message %q", m)
+		if m := onlyMessageFrom(t, dir); m != "kept" {
+			t.Errorf("message %q, want the one of 300.json", m)
 		}
 		// The symlink is ignored (neither followed nor counted); the rest
 		// is gone.
@@ -498,4 +482,21 @@ func TestReingestDropsForeignFiles(t *testing.T) {
 			t.Errorf("the symlink's target was touched: %v", err)
 		}
 	})
+}
+
+// onlyMessageFrom runs a pipeline with the event folder dir for one drain
+// (in a synctest bubble), requires that exactly one event was sent and
+// returns its message.
+func onlyMessageFrom(t *testing.T, dir string) string {
+	t.Helper()
+	f := &fakeHost{}
+	start(t, f, func(o *Options) { o.EventFolder = dir })
+	after(DrainInterval)
+	posts, _, _, _ := f.snapshot()
+	evs := events(t, posts)
+	if len(evs) != 1 {
+		t.Fatalf("%d events sent, want 1", len(evs))
+	}
+	m, _ := evs[0].value("Context1")
+	return m
 }
