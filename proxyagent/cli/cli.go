@@ -62,7 +62,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		cfgPath = config.Locate()
 	}
 	if len(rest) == 0 {
-		return runService(cfgPath, nil, stderr)
+		return runService(cfgPath, nil, stdout, stderr)
 	}
 	switch rest[0] {
 	case "-h", "--help", "help":
@@ -72,7 +72,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, version.Version)
 		return 0
 	case "console":
-		return runService(cfgPath, stdin, stderr)
+		return runService(cfgPath, stdin, stdout, stderr)
 	case "-s", "--status":
 		return queryStatus(cfgPath, rest[1:], stdout, stderr)
 	case "audit":
@@ -97,7 +97,7 @@ func loadConfig(path string, stderr io.Writer) (config.Config, bool) {
 
 // runService runs the agent until SIGTERM/SIGINT, or until a line (or EOF)
 // arrives on console when it is not nil.
-func runService(cfgPath string, console io.Reader, stderr io.Writer) int {
+func runService(cfgPath string, console io.Reader, stdout, stderr io.Writer) int {
 	cfg, ok := loadConfig(cfgPath, stderr)
 	if !ok {
 		return 1
@@ -108,7 +108,7 @@ func runService(cfgPath string, console io.Reader, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if console != nil {
-		fmt.Fprintln(stderr, "Press Enter to end it.")
+		fmt.Fprintln(stdout, "Press Enter to end it.") // stdout, as upstream's console mode
 		go func() {
 			_, _ = bufio.NewReader(console).ReadString('\n')
 			stop()

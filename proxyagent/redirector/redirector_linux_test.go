@@ -368,6 +368,8 @@ func TestRedirect(t *testing.T) {
 		{"v4-mapped over AF_INET6", client{args: curl("http://[::ffff:169.254.169.254]/")}, dests.IMDS, 0, "curl", syscall.AF_INET6},
 		{"hex address", client{args: curl("http://0xa9fea9fe/")}, dests.IMDS, 0, "curl", syscall.AF_INET},
 		{"decimal address", client{args: curl("http://2852039166/")}, dests.IMDS, 0, "curl", syscall.AF_INET},
+		{"octal address", client{args: curl("http://0251.0376.0251.0376/")}, dests.IMDS, 0, "curl", syscall.AF_INET},
+		{"v4-mapped WireServer", client{args: curl("http://[::ffff:168.63.129.16]/")}, dests.WireServer, 0, "curl", syscall.AF_INET6},
 		{"bash /dev/tcp", client{args: []string{"bash", "-c", `exec 3<>/dev/tcp/168.63.129.16/32526; printf 'GET / HTTP/1.0\r\n\r\n' >&3; cat <&3`}}, dests.HostGAPlugin, 0, "bash", syscall.AF_INET},
 		{"go dialer, no mark", dialHelper("169.254.169.254:80", 0), dests.IMDS, 0, testBinaryComm(), syscall.AF_INET},
 	}
