@@ -24,7 +24,6 @@ func isCgroup2(dir string) bool {
 	return st.Type == unix.CGROUP2_SUPER_MAGIC
 }
 
-
 // CPUQuota is the CPU quota the agent puts on its own systemd unit once
 // provisioning finishes, as upstream does. It is the value
 // HandlerManifest.json asks waagent for, so the two never fight.
