@@ -16,8 +16,8 @@
 // network namespace (the agent's own connections to the host), are never
 // redirected.
 //
-// Listener guard: cgroup/bind4 and cgroup/bind6 refuse (EPERM) a bind by
-// a non-root process in the agent's network namespace to the agent's
+// Listener guard: cgroup/bind4 and cgroup/bind6 refuse (EPERM) a TCP bind
+// by a non-root process in the agent's network namespace to the agent's
 // listener or container listener port on their addresses, the wildcard
 // address or (IPv6) their v4-mapped forms and ::. While the agent is down
 // the pinned programs keep redirecting to those addresses; without the
@@ -317,7 +317,7 @@ static __always_inline int may_bind(struct bpf_sock_addr *ctx)
 SEC("cgroup/bind4")
 int bind4(struct bpf_sock_addr *ctx)
 {
-	if (!guarded(ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port)))
+	if (ctx->type != SOCK_STREAM || !guarded(ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port)))
 		return 1;
 	return may_bind(ctx);
 }
@@ -329,7 +329,7 @@ int bind6(struct bpf_sock_addr *ctx)
 {
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 
-	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0)
+	if (ctx->type != SOCK_STREAM || ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0)
 		return 1;
 	if (ctx->user_ip6[2] == bpf_htonl(0x0000ffff)) {
 		if (!guarded(ctx->user_ip6[3], port))

@@ -2,9 +2,11 @@ package load
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -157,5 +159,53 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		if _, err := Run(context.Background(), c); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
+	}
+}
+
+// Hold keeps n connections open with an unfinished request head and
+// reopens each one the server closes.
+func TestHold(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	heads := make(chan string, 16)
+	go func() {
+		for n := 1; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if n <= 6 {
+				c.Close() // as a per-caller limit would
+				continue
+			}
+			if n == 10 {
+				// Four holders, six closed connections: each holder
+				// redials only after it saw its connection closed, so
+				// the tenth connection means six reopens.
+				cancel()
+			}
+			go func() {
+				b := make([]byte, 256)
+				k, _ := c.Read(b)
+				select {
+				case heads <- string(b[:k]):
+				default:
+				}
+				io.Copy(io.Discard, c)
+				c.Close()
+			}()
+		}
+	}()
+	res := Hold(ctx, ln.Addr().String(), 4, time.Hour)
+	if res.Wanted != 4 || res.Opened < 10 || res.Closed < 6 {
+		t.Fatalf("%+v, want 4 wanted, at least 10 opened and 6 reopened", res)
+	}
+	if h := <-heads; !strings.HasPrefix(h, "GET ") || strings.Contains(h, "\r\n\r\n") {
+		t.Errorf("held connection sent %q, want an unfinished request head", h)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -385,8 +387,11 @@ func TestUserFromNameService(t *testing.T) {
 		switch name + " " + strings.Join(args, " ") {
 		case "getent passwd 1500000":
 			return []byte("dana@contoso.com:x:1500000:1500000::/home/dana@contoso.com:/bin/bash\n"), nil
-		case "id -Gn -- dana@contoso.com":
-			return []byte("dana@contoso.com aad_admins\n"), nil
+		case "id -G -- dana@contoso.com":
+			return []byte("1500000 1500100 1500200\n"), nil
+		case "getent group 1500000 1500100 1500200":
+			// Directory group names hold spaces; 1500200 has no name.
+			return []byte("dana@contoso.com:*:1500000:\naad admins@contoso.com:*:1500100:dana@contoso.com\n"), errors.New("exit status 2")
 		case "getent passwd 1500001":
 			return []byte("eve:x:1500009:1500009::/home/eve:/bin/sh\n"), nil // another uid's entry
 		}
@@ -394,7 +399,7 @@ func TestUserFromNameService(t *testing.T) {
 	}
 	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, NameService: nss}
 	c, _ := r.Resolve(identity.Record{PID: 1, UID: 1500000}, client)
-	if c.UserName != "dana@contoso.com" || !slices.Equal(c.UserGroups, []string{"dana@contoso.com", "aad_admins"}) {
+	if c.UserName != "dana@contoso.com" || !slices.Equal(c.UserGroups, []string{"dana@contoso.com", "aad admins@contoso.com"}) {
 		t.Errorf("directory user: %q %q", c.UserName, c.UserGroups)
 	}
 	for _, uid := range []uint32{1500001, 1500002} {
@@ -423,4 +428,64 @@ func TestUserFromRealNameService(t *testing.T) {
 	if c.UserName != "root" || !slices.Contains(c.UserGroups, "root") {
 		t.Errorf("root through the name service: %q %q", c.UserName, c.UserGroups)
 	}
+}
+
+// Concurrent connections of one new uid ask the name service once.
+func TestNameServiceOncePerUID(t *testing.T) {
+	passwd, group := writeUserDB(t)
+	var calls atomic.Int64
+	release := make(chan struct{})
+	nss := func(ctx context.Context, name string, args ...string) ([]byte, error) {
+		if name == "getent" && args[0] == "passwd" {
+			calls.Add(1)
+			<-release
+			return []byte("carl:x:1600000:1600000::/home/carl:/bin/sh\n"), nil
+		}
+		return nil, errors.New("exit status 2")
+	}
+	r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group, NameService: nss}
+	var wg sync.WaitGroup
+	names := make([]string, 8)
+	for i := range names {
+		wg.Go(func() {
+			c, _ := r.Resolve(identity.Record{PID: 1, UID: 1600000}, client)
+			names[i] = c.UserName
+		})
+	}
+	testsupport.WaitFor(t, "the first lookup", func() bool { return calls.Load() == 1 })
+	close(release)
+	wg.Wait()
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d name-service lookups for one uid, want 1", n)
+	}
+	for _, n := range names {
+		if n != "carl" {
+			t.Errorf("user %q", n)
+		}
+	}
+
+}
+
+// A lookup the name service did not answer in time is "undefined" and not
+// cached, so the next connection asks again (the bubble's clock runs out
+// the timeout).
+func TestNameServiceTimeoutNotCached(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		passwd, group := writeUserDB(t)
+		var calls atomic.Int64
+		r := &Resolver{ProcRoot: t.TempDir(), PasswdFile: passwd, GroupFile: group,
+			NameService: func(ctx context.Context, name string, args ...string) ([]byte, error) {
+				calls.Add(1)
+				<-ctx.Done() // the name service hangs
+				return nil, ctx.Err()
+			}}
+		for range 2 {
+			if c, _ := r.Resolve(identity.Record{PID: 1, UID: 1600001}, client); c.UserName != Undefined {
+				t.Errorf("hung name service: %q", c.UserName)
+			}
+		}
+		if n := calls.Load(); n != 2 {
+			t.Errorf("a timed-out lookup was cached: %d lookups for two connections, want 2", n)
+		}
+	})
 }

@@ -46,8 +46,9 @@ func New(path, version string) *Writer {
 // Line writes msg as one console line and reports whether it was written.
 // The console is opened for each line (as upstream does), without
 // becoming the process's controlling terminal and without blocking on a
-// console that cannot take the line; a path that names no file yet (a
-// test's or a demo's stand-in for the console) is created, mode 0600.
+// console that cannot take the line; a path other than DefaultPath that
+// names no file yet (a test's or a demo's stand-in for the console) is
+// created, mode 0600.
 func (w *Writer) Line(msg string) bool {
 	if w == nil {
 		return false
@@ -59,7 +60,11 @@ func (w *Writer) Line(msg string) bool {
 	line = append(line, '\n')
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOCTTY|syscall.O_NONBLOCK, 0o600)
+	flags := os.O_WRONLY | os.O_APPEND | syscall.O_NOCTTY | syscall.O_NONBLOCK
+	if w.path != DefaultPath {
+		flags |= os.O_CREATE // never a regular file where the console is missing
+	}
+	f, err := os.OpenFile(w.path, flags, 0o600)
 	if err != nil {
 		return false
 	}

@@ -138,12 +138,18 @@ func (st *connState) setup(ctx context.Context) {
 	s := st.s
 	rec, ok := s.opts.Identity.Lookup(st.client)
 	if key, exempt := keyOf(rec, ok); !exempt {
-		if !s.callers.acquire(key) {
+		// This connection already holds a slot; the last rootReserve
+		// slots are kept for exempt callers.
+		full := s.sem != nil && s.callers.max > 0 && len(s.sem) > cap(s.sem)-rootReserve(cap(s.sem))
+		if full || !s.callers.acquire(key) {
 			st.overLimit = true
 			if total, warn := s.callers.refuse(time.Now()); warn {
-				s.log.Warn("too many connections from one caller, closing its new connections",
-					"uid", key.uid, "otherNetns", rec.OtherNetns, "unidentified", key.unidentified,
-					"maxPerCaller", s.callers.max, "refusedTotal", total)
+				msg := "too many connections from one caller, closing its new connections"
+				if full {
+					msg = "connection slots nearly all taken, the rest kept for root; closing new connections of others"
+				}
+				s.log.Warn(msg, "uid", key.uid, "otherNetns", rec.OtherNetns, "unidentified", key.unidentified,
+					"maxPerCaller", s.callers.max, "maxConns", cap(s.sem), "refusedTotal", total)
 			}
 			return
 		}

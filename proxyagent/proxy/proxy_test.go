@@ -827,6 +827,41 @@ func TestMaxConnsPerCaller(t *testing.T) {
 	}
 }
 
+// Callers at their per-caller limit together cannot take the last slots:
+// rootReserve of MaxConns stay for root in the agent's namespace.
+func TestRootReserve(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.MaxConns = 32; o.MaxConnsPerCaller = 8 })
+	if r := rootReserve(32); r != 2 {
+		t.Fatalf("rootReserve(32) = %d", r)
+	}
+	served := func(c *client) bool {
+		resp, _ := c.do(req("GET", "/x"))
+		return resp != nil && resp.StatusCode == 200
+	}
+	var held []*client
+	for ns := uint64(1); ns <= 4; ns++ { // four containers, 8 each: 30 of 32 usable
+		for range 8 {
+			c := e.connect(&identity.Record{PID: 300, UID: 0, Comm: "curl", OrigDst: imdsDest, Netns: ns, OtherNetns: true})
+			c.c.Write([]byte(req("GET", "/x")))
+			held = append(held, c)
+		}
+	}
+	open := 0
+	for _, c := range held {
+		if _, err := c.br.Peek(1); err == nil {
+			open++
+		}
+	}
+	if open != 30 {
+		t.Fatalf("%d container connections served, want 30 (32 less the 2 kept for root)", open)
+	}
+	for i := range 2 {
+		if !served(e.connect(rootRec(wsDest))) {
+			t.Errorf("root's connection %d refused with the slots full", i)
+		}
+	}
+}
+
 // One identity lookup and one upstream connection serve all requests of a
 // keep-alive client connection, including pipelined ones.
 func TestKeepAliveReuseAndPipelining(t *testing.T) {

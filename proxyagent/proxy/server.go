@@ -286,9 +286,10 @@ type Server struct {
 	stopWorkers sync.Once
 	fds         rawio.Releaser // descriptors of finished client connections
 
-	pool    upstreamPool // idle upstream connections shared by client connections
-	callers callerLimit  // connections per caller (Options.MaxConnsPerCaller)
-	uploads byteBudget   // buffers of large signed uploads (reserveUpload)
+	pool    upstreamPool  // idle upstream connections shared by client connections
+	callers callerLimit   // connections per caller (Options.MaxConnsPerCaller)
+	sem     chan struct{} // the listeners' connection slots (MaxConns), set by Listen
+	uploads byteBudget    // buffers of large signed uploads (reserveUpload)
 
 	requests atomic.Uint64 // proxyConnectionsCount and HTTP ids
 	tcpIDs   atomic.Uint64
@@ -399,6 +400,7 @@ func (s *Server) Listen() error {
 		return err
 	}
 	sem := make(chan struct{}, s.opts.MaxConns)
+	s.sem = sem
 	var cln net.Listener
 	note := ""
 	if ca := s.opts.Endpoints.ContainerListener; ca.IsValid() {

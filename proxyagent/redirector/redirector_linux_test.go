@@ -69,9 +69,13 @@ func helperMain(mode string) int {
 		os.Stdout.Write(b)
 		return 0
 	case "bind":
-		// bind(2) a TCP socket to GPA_HELPER_ADDR (AF_INET6 for a bracketed
-		// address, v4-mapped ones included); print "ok", or the error and
-		// exit 3 for EPERM.
+		// bind(2) a TCP socket (UDP for a "udp:" prefix) to GPA_HELPER_ADDR
+		// (AF_INET6 for a bracketed address, v4-mapped ones included); print
+		// "ok", or the error and exit 3 for EPERM.
+		sotype := syscall.SOCK_STREAM
+		if a, ok := strings.CutPrefix(addr, "udp:"); ok {
+			addr, sotype = a, syscall.SOCK_DGRAM
+		}
 		ap := netip.MustParseAddrPort(addr)
 		var family int
 		var sa syscall.Sockaddr
@@ -80,7 +84,7 @@ func helperMain(mode string) int {
 		} else {
 			family, sa = syscall.AF_INET, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 		}
-		fd, err := syscall.Socket(family, syscall.SOCK_STREAM, 0)
+		fd, err := syscall.Socket(family, sotype, 0)
 		if err == nil {
 			defer syscall.Close(fd)
 			err = syscall.Bind(fd, sa)
@@ -961,6 +965,7 @@ func TestBindGuard(t *testing.T) {
 		{"nobody on another address", "168.63.129.16:3080", nobody, e.ns, 0},
 		{"nobody in another namespace", "127.0.0.1:3080", nobody, other, 0},
 		{"root on the listener", "127.0.0.1:3080", nil, e.ns, 0},
+		{"nobody, UDP on the listener", "udp:127.0.0.1:3080", nobody, e.ns, 0},
 	} {
 		if code, out := bind(tc.addr, tc.cred, tc.ns); code != tc.want {
 			t.Errorf("%s (%s): exit %d %q, want %d", tc.name, tc.addr, code, out, tc.want)

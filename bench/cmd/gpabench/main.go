@@ -50,6 +50,7 @@ type options struct {
 	cells      *regexp.Regexp // nil: every latency/throughput cell
 	moduleRoot string
 	syslog     bool
+	flood      bool
 	// agentProcs is the agent's GOMAXPROCS (0: the agent's own default,
 	// one processor); nginxWorkers nginx's worker_processes (0: as many as
 	// the agent's processors).
@@ -89,6 +90,7 @@ func run() int {
 	flag.BoolVar(&o.micro, "micro", true, "run the package micro-benchmarks (go test -bench)")
 	flag.StringVar(&o.microTime, "micro-benchtime", "300ms", "-benchtime of the micro-benchmarks")
 	flag.IntVar(&o.quota, "cpu-quota", 15, "CPU quota in percent for the B-rps quota check (0 = skip)")
+	flag.BoolVar(&o.flood, "flood", true, "run B-flood (a client's latency while one user floods the agent with 200 and 2000 connections)")
 	flag.BoolVar(&o.skipNginx, "no-nginx", false, "skip the nginx reference path")
 	flag.BoolVar(&o.skipRelay, "no-go-relay", false, "skip the Go floor paths (bench/cmd/gorelay: a bare Go relay, plain and with the agent's socket calls)")
 	flag.Func("cells", "run only the latency/throughput cells whose key (path/concurrency/keep-alive, e.g. nginx/1/false) matches this regexp", func(v string) error {
@@ -223,6 +225,7 @@ func suite(ctx context.Context, o options, log *slog.Logger) (*Report, error) {
 		{"B-mem idle", benchIdle},
 		{"B-lat/B-rps", benchLatency},
 		{"B-rps quota", benchQuota},
+		{"B-flood", benchFlood},
 		{"B-mem soak", benchSoak},
 		{"B-restart", benchRestart},
 	}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -502,6 +504,62 @@ func profileAgent(ctx context.Context, b *benchEnv, o options) error {
 			if err := os.WriteFile(filepath.Join(o.perfDir, name+"."+mode.suffix+".txt"), out, 0o644); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// floodSizes are the B-flood connection counts (threats-and-benchmarks.md
+// §3).
+var floodSizes = []int{200, 2000}
+
+// benchFlood is B-flood: a well-behaved client (root, IMDS in Enforce, a
+// new connection per request as curl makes them, c=1) measured alone and
+// then while one unprivileged user floods the agent with n connections,
+// each an unfinished request head reopened as soon as the agent closes it.
+// Goal: the agent survives and the client's latency stays within 2× of
+// its baseline.
+func benchFlood(ctx context.Context, b *benchEnv, o options, rep *Report) error {
+	if !o.flood {
+		return nil
+	}
+	if err := b.setIMDSMode(ctx, "Enforce"); err != nil {
+		return err
+	}
+	client := func() (loadRun, error) {
+		return b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
+			"-c", "1", "-d", o.cell.String(), "-warmup", o.warmup.String(), "-keepalive=false")
+	}
+	base, err := client()
+	if err != nil {
+		return err
+	}
+	for _, n := range floodSizes {
+		cmd := exec.CommandContext(ctx, b.gpaload, "-hold", strconv.Itoa(n), "-url", pathEnforce.url,
+			"-d", (o.cell + o.warmup + 2*time.Second).String())
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+		var out, errOut bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		if err := b.Start(cmd, e2eenv.Nobody); err != nil {
+			return err
+		}
+		time.Sleep(time.Second) // the flood takes what it can first
+		under, lerr := client()
+		werr := cmd.Wait()
+		f := Flood{Connections: n, Baseline: summarize([]loadRun{base}), AgentAlive: b.AgentPID() != 0}
+		if lerr != nil {
+			f.Error = lerr.Error()
+		} else {
+			f.Flooded = summarize([]loadRun{under})
+		}
+		if werr != nil {
+			f.Error += fmt.Sprintf("; flood: %v: %s", werr, bytes.TrimSpace(errOut.Bytes()))
+		} else if err := json.Unmarshal(out.Bytes(), &f.Hold); err != nil {
+			f.Error += "; flood output: " + err.Error()
+		}
+		rep.Flood = append(rep.Flood, f)
+		if !f.AgentAlive {
+			return fmt.Errorf("agent gone after a flood of %d connections", n)
 		}
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/bench/gobench"
+	"github.com/opengpa/gpa/bench/load"
 	"github.com/opengpa/gpa/bench/procstat"
 )
 
@@ -25,6 +26,7 @@ type Report struct {
 
 	Latency []Cell   `json:"latency"`
 	Quota   *Quota   `json:"cpu_quota,omitempty"`
+	Flood   []Flood  `json:"flood,omitempty"`
 	Memory  Memory   `json:"memory"`
 	Start   Start    `json:"start"`
 	Restart *Restart `json:"restart,omitempty"`
@@ -78,6 +80,18 @@ type Quota struct {
 	Saturated Summary `json:"saturated_c16_keepalive"`
 	Paced20   Summary `json:"paced_20rps_c5_newconn"`
 	Error     string  `json:"error,omitempty"`
+}
+
+// Flood is one B-flood run: a well-behaved client alone and while one
+// unprivileged user holds (or keeps trying to hold) Connections
+// connections.
+type Flood struct {
+	Connections int             `json:"connections"`
+	Baseline    Summary         `json:"baseline"`
+	Flooded     Summary         `json:"flooded"`
+	Hold        load.HoldResult `json:"hold"`
+	AgentAlive  bool            `json:"agent_alive"`
+	Error       string          `json:"error,omitempty"`
 }
 
 // Memory is B-mem.
@@ -316,6 +330,15 @@ func (r *Report) evaluate() {
 		add(fmt.Sprintf("B-rps 20 req/s within CPUQuota=%d%%", q.Percent),
 			fmt.Sprintf("%.1f req/s, p99 %.0f µs, %d failed", q.Paced20.RPS, q.Paced20.P99, q.Paced20.Failed), "≥ 20 req/s, p99 < 10 ms", verdict(ok))
 	}
+	for _, f := range r.Flood {
+		if f.Error != "" || f.Baseline.P99 == 0 {
+			continue
+		}
+		ok := f.AgentAlive && f.Flooded.Failed == 0 && f.Flooded.P50 <= 2*f.Baseline.P50 && f.Flooded.P99 <= 2*f.Baseline.P99
+		add(fmt.Sprintf("B-flood %d connections from one user: well-behaved client p50/p99", f.Connections),
+			fmt.Sprintf("%.0f/%.0f µs (alone %.0f/%.0f), %d failed", f.Flooded.P50, f.Flooded.P99, f.Baseline.P50, f.Baseline.P99, f.Flooded.Failed),
+			"agent alive, ≤ 2× alone, none failed", verdict(ok))
+	}
 	if r.Memory.Idle.RSSKiB > 0 {
 		mb := float64(r.Memory.Idle.RSSKiB) / 1024
 		add("B-mem idle RSS (after "+r.Memory.IdleAfter+")", fmt.Sprintf("%.1f MiB", mb), "≤ 15 MB (upstream ≤ 20 MB)", verdict(mb <= 15))
@@ -405,6 +428,18 @@ func printTable(w io.Writer, r *Report) {
 		} else {
 			fmt.Fprintf(w, "saturated, 16 clients keep-alive: %.0f req/s, p50 %.0f µs, p99 %.0f µs, failed %d\n", q.Saturated.RPS, q.Saturated.P50, q.Saturated.P99, q.Saturated.Failed)
 			fmt.Fprintf(w, "paced 20 req/s, 5 clients, new conn: %.1f req/s, p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, failed %d\n", q.Paced20.RPS, q.Paced20.P50, q.Paced20.P99, q.Paced20.P999, q.Paced20.Failed)
+		}
+	}
+	if len(r.Flood) > 0 {
+		fmt.Fprintln(w, "\n-- B-flood: root client, c=1, new connection per request, IMDS Enforce; alone, then while nobody holds N connections (unfinished heads, reopened when closed)")
+		for _, f := range r.Flood {
+			fmt.Fprintf(w, "N=%d: alone p50 %.0f µs p99 %.0f µs; flooded p50 %.0f µs p99 %.0f µs, %.1f req/s, failed %d; flood opened %d, closed by the agent %d, connect failures %d, held at end %d; agent alive %v",
+				f.Connections, f.Baseline.P50, f.Baseline.P99, f.Flooded.P50, f.Flooded.P99, f.Flooded.RPS, f.Flooded.Failed,
+				f.Hold.Opened, f.Hold.Closed, f.Hold.Failed, f.Hold.HeldAtEnd, f.AgentAlive)
+			if f.Error != "" {
+				fmt.Fprintf(w, "; error: %s", f.Error)
+			}
+			fmt.Fprintln(w)
 		}
 	}
 	m := r.Memory

@@ -15,7 +15,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -56,8 +58,26 @@ func run(args []string) int {
 	fs.Float64Var(&cfg.Rate, "rate", 0, "total requests per second (0: unpaced)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.BoolVar(&cfg.Trace, "trace", false, "include every request in the output")
+	hold := fs.Int("hold", 0, "instead of requests: hold this many connections to the URL's host open for -d, each with an unfinished request head, reopening any the server closes (the B-flood load)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *hold > 0 {
+		u, err := url.Parse(cfg.URL)
+		if err != nil || u.Host == "" {
+			fmt.Fprintln(os.Stderr, "gpaload: -hold needs a -url with a host")
+			return 2
+		}
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), "80")
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := json.NewEncoder(os.Stdout).Encode(load.Hold(ctx, host, *hold, cfg.Duration)); err != nil {
+			return 1
+		}
+		return 0
 	}
 	if cfg.URL == "" {
 		fmt.Fprintln(os.Stderr, "gpaload: -url is required")
