@@ -178,7 +178,7 @@ func newReport(o options) *Report {
 		"direct = client in the namespace outside the attached cgroup, host IMDS mode Disabled; nginx = nginx-light proxy_pass (upstream keep-alive) outside the cgroup, host Disabled; nginx-log = the same nginx writing one access-log line per request (buffered 256 KiB, flushed each second, as the agent's logs); go-relay = the Go floor, a bare relay in Go with the agent's processors (bench/cmd/gorelay: no authorization, signing, audit or checks), outside the cgroup, host Disabled; go-relay-raw = the same making its socket calls as the agent does (package rawio); agent-* = client inside the attached cgroup, redirected by eBPF to the agent, host IMDS in Audit/Enforce (the host verifies the signature)",
 		"CPU is utime+stime from /proc/<pid>/stat (10 ms ticks) per 10k successful requests; host = azure-host-sim",
 		"goroutine counts are not available (no debug endpoint); threads (/proc/<pid>/status) and FDs (/proc/<pid>/fd) are reported instead",
-		"B-flood and B-ebpf (b) audit-map capacity are not part of this suite; B-ebpf (a) connect cost and (c) load time come from the redirector micro-benchmarks",
+		"B-ebpf (b) audit-map capacity is not part of this suite; B-ebpf (a) connect cost and (c) load time come from the redirector micro-benchmarks; B-flood floods from one unprivileged user (the per-caller limit applies; many users or containers at once are not measured)",
 	)
 	return r
 }
