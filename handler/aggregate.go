@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sort"
 	"strings"
@@ -139,12 +141,18 @@ type Fetcher interface {
 // own answer to whether the URL's address reaches the agent now. It closes
 // the window in which the agent has just removed the redirect (the channel
 // switched off) and the file does not say so yet.
+//
+// The connection itself must have been redirected: one whose peer is the
+// URL's own address is closed before anything is sent (dialRedirected).
+// Dial replaces that check (tests whose stand-in agent listens at the URL
+// itself); Client replaces the whole transport.
 type AggregateFetcher struct {
 	URL        string
 	File       func() string
 	Timeout    time.Duration
 	Client     *http.Client
 	Redirected func() bool
+	Dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Fetch implements Fetcher.
@@ -168,6 +176,44 @@ func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
 		return body, nil
 	}
 	return data, nil
+}
+
+// dialRedirected dials addr and keeps the connection only if the kernel
+// redirected it elsewhere (to the agent's listener): its peer, as the
+// socket reports it after connect, is not addr itself. That is the
+// kernel's own answer at the moment it mattered, so no request reaches
+// the real WireServer however the redirect policy changes around the
+// call; a connection that was not redirected is closed before a byte is
+// sent.
+func dialRedirected(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkRedirected(c, addr); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkRedirected fails when c's peer is addr (host:port), the address it
+// was dialled to: the connection was not redirected.
+func checkRedirected(c net.Conn, addr string) error {
+	asked, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return fmt.Errorf("aggregate status: %w", err)
+	}
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return fmt.Errorf("aggregate status: peer %v is not TCP", c.RemoteAddr())
+	}
+	peer := ta.AddrPort()
+	if netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()) == netip.AddrPortFrom(asked.Addr().Unmap(), asked.Port()) {
+		return fmt.Errorf("aggregate status: %s is not redirected to the agent; not asked", addr)
+	}
+	return nil
 }
 
 // WireServerRedirected reports whether an aggregate status document says
@@ -208,7 +254,11 @@ func (f *AggregateFetcher) fetchHTTP(ctx context.Context) ([]byte, error) {
 	req.Header.Set("Metadata", "true")
 	client := f.Client
 	if client == nil {
-		client = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+		dial := f.Dial
+		if dial == nil {
+			dial = dialRedirected
+		}
+		client = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, DialContext: dial}}
 	}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -483,7 +484,8 @@ func TestAggregateFetcher(t *testing.T) {
 			if tc.file != nil {
 				os.WriteFile(path, tc.file, 0o640)
 			}
-			f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return path }, Timeout: 300 * time.Millisecond}
+			f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return path }, Timeout: 300 * time.Millisecond,
+				Dial: standInAgent}
 			got, err := f.Fetch(context.Background())
 			if asked := hits.Load() > 0; asked != tc.wantHTTP {
 				t.Errorf("HTTP asked = %v, want %v", asked, tc.wantHTTP)
@@ -508,7 +510,7 @@ func TestAggregateFetcher(t *testing.T) {
 	os.WriteFile(stale, running, 0o640)
 	for _, redirected := range []bool{false, true} {
 		f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return stale },
-			Timeout: time.Second, Redirected: func() bool { return redirected }}
+			Timeout: time.Second, Redirected: func() bool { return redirected }, Dial: standInAgent}
 		before := hits.Load()
 		got, err := f.Fetch(context.Background())
 		if asked := hits.Load() > before; asked != redirected || err != nil {
@@ -522,6 +524,44 @@ func TestAggregateFetcher(t *testing.T) {
 	f := &AggregateFetcher{URL: "http://127.0.0.1:1/gpa-aggregated-status", File: func() string { return path }, Timeout: time.Second}
 	if got, err := f.Fetch(context.Background()); err != nil || string(got) != string(running) {
 		t.Errorf("refused: %.40q %v", got, err)
+	}
+}
+
+// standInAgent dials a test's stand-in agent, which listens at the URL's
+// address itself (no kernel redirect in these tests).
+func standInAgent(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+// A connection the kernel did not redirect (its peer is the URL's own
+// address: the real WireServer) is closed before a byte is sent, however
+// the file and the pinned policy read a moment before; one whose peer is
+// elsewhere (the agent's listener) is used. The file answers instead.
+func TestAggregateOnlyThroughRedirect(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { requests.Add(1) }))
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "status.json")
+	running := aggregateDoc("2025-04-23T11:59:58.000", "1.0.0", "SUCCESS", 0, 0, 2) // redirect running
+	os.WriteFile(path, running, 0o640)
+	f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return path }, Timeout: time.Second,
+		Redirected: func() bool { return true }}
+	got, err := f.Fetch(context.Background())
+	if err != nil || string(got) != string(running) || requests.Load() != 0 {
+		t.Fatalf("not redirected: %.40q %v, %d requests reached the address", got, err, requests.Load())
+	}
+	// checkRedirected: the peer decides.
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := checkRedirected(c, srv.Listener.Addr().String()); err == nil {
+		t.Error("a connection to the asked address itself passed")
+	}
+	if err := checkRedirected(c, "168.63.129.16:80"); err != nil {
+		t.Errorf("a connection that reached another address (the listener): %v", err)
 	}
 }
 

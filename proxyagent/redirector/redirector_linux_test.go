@@ -98,6 +98,17 @@ func helperMain(mode string) int {
 		}
 		fmt.Println("ok")
 		return 0
+	case "peer":
+		// Print the peer a Go dialer reports after connecting to
+		// GPA_HELPER_ADDR (what the extension's monitor checks).
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Print(c.RemoteAddr().String())
+		c.Close()
+		return 0
 	case "bench":
 		n, _ := strconv.Atoi(os.Getenv("GPA_HELPER_N"))
 		start := time.Now()
@@ -1006,4 +1017,27 @@ func worldExecutable(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// After a redirected connect the socket's peer is the listener, not the
+// address asked for: the extension's monitor relies on it to send the
+// aggregate-status request only over a connection that reached the agent.
+func TestRedirectedPeer(t *testing.T) {
+	e := newEnv(t)
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	e.listen(r)
+	_, out, err := e.run(client{args: []string{""}, env: []string{"GPA_REDIRECTOR_HELPER=peer", "GPA_HELPER_ADDR=168.63.129.16:80"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != msp.ListenerAddr.String() {
+		t.Errorf("peer after a redirected connect: %q, want the listener %s", out, msp.ListenerAddr)
+	}
+	_, out, err = e.run(client{args: []string{""}, env: []string{"GPA_REDIRECTOR_HELPER=peer", "GPA_HELPER_ADDR=168.63.129.16:80"}, noCg: true})
+	if err != nil || out != "168.63.129.16:80" {
+		t.Errorf("peer of a connect outside the cgroup: %q %v, want the address itself", out, err)
+	}
 }
