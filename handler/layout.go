@@ -13,6 +13,8 @@ package handler
 import (
 	"os"
 	"path/filepath"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Names shared with upstream tooling.
@@ -22,9 +24,9 @@ const (
 	OperationEnable  = "Enable"
 	OperationOSCheck = "CheckOSVersionSupport"
 	ExtBinaryName    = "ProxyAgentExt"
-	AgentBinaryName  = "azure-proxy-agent"
-	ServiceName      = "azure-proxy-agent"
-	UnitName         = "azure-proxy-agent.service"
+	AgentBinaryName  = msp.ServiceName
+	ServiceName      = msp.ServiceName
+	UnitName         = msp.ServiceName + ".service"
 	MonitorUnitName  = "azure-proxy-agent-extension-monitor.service"
 	SupervisorName   = "azure-proxy-agent-supervisor"
 	SeqFileName      = "current_seq_no.txt"

@@ -44,7 +44,7 @@ func (s *Sim) serveFabricHostGA(q *served) bool {
 	path, _ := msp.SplitTarget(r.RequestURI)
 	switch {
 	case path == "/versions" && r.Method == http.MethodGet:
-		writeJSON(w, http.StatusOK, []string{hostGAAPIVersion, "2012-11-30"})
+		writeJSON(w, http.StatusOK, []string{hostGAAPIVersion, msp.WireServerAPIVersion})
 	case path == "/extensionArtifact" && r.Method == http.MethodGet:
 		loc := r.Header.Get("x-ms-artifact-location")
 		u, err := url.Parse(loc)

@@ -15,13 +15,12 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/opengpa/gpa/proxyagent/status"
 )
 
 // DefaultPath is the machine's console.
 const DefaultPath = "/dev/console"
-
-// TimeFormat is the time stamp at the start of each line (UTC).
-const TimeFormat = "2006-01-02T15:04:05.000"
 
 // Writer writes lines to the console; a nil Writer writes nothing. Use
 // New. It is safe for concurrent use.
@@ -53,8 +52,8 @@ func (w *Writer) Line(msg string) bool {
 	if w == nil {
 		return false
 	}
-	line := make([]byte, 0, len(TimeFormat)+len(w.prefix)+len(msg)+1)
-	line = w.now().UTC().AppendFormat(line, TimeFormat)
+	line := make([]byte, 0, len(status.TimestampLayout)+len(w.prefix)+len(msg)+1)
+	line = w.now().UTC().AppendFormat(line, status.TimestampLayout)
 	line = append(line, w.prefix...)
 	line = append(line, msg...)
 	line = append(line, '\n')

@@ -22,8 +22,8 @@ const (
 // maxWarnings bounds the warnings printed to stderr (JSON output has them all).
 const maxWarnings = 20
 
-// Program is the command name used in messages.
-const Program = "azure-proxy-agent"
+// Program is the command name used in messages: the agent's name.
+const Program = msp.ServiceName
 
 // now is the clock for --since durations.
 var now = time.Now

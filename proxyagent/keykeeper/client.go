@@ -21,7 +21,7 @@ type hostClient struct {
 // do sends one secure-channel request: the common headers, Metadata,
 // content-type when given, content-length; key, when not nil, signs it.
 func (c *hostClient) do(ctx context.Context, method, target, contentType string, body []byte, key *msp.Key) (*hostconn.Response, error) {
-	fields := []msp.Field{{Name: "metadata", Value: msp.MetadataHeaderValue}}
+	fields := []msp.Field{{Name: msp.HeaderMetadata, Value: msp.MetadataHeaderValue}}
 	if contentType != "" {
 		fields = append(fields, msp.Field{Name: "content-type", Value: contentType})
 	}

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // Facility and severity values of RFC 3164 §4.1.1.
@@ -45,8 +46,8 @@ const (
 	SeverityInfo     = 6
 )
 
-// Tag is the program name in every message.
-const Tag = "azure-proxy-agent"
+// Tag is the program name in every message: the agent's name.
+const Tag = msp.ServiceName
 
 // Defaults for Options.
 const (
