@@ -77,7 +77,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	log.Info("GuestProxyAgent is starting", "version", opts.Version, "pid", os.Getpid())
 	con := console.New(cfg.ConsoleLog, opts.Version)
-	machine := telemetry.LocalMachine()
+	machine := telemetry.LocalMachine() // read once: the start line and every telemetry event
 	con.Line(console.StartMessage(opts.Version, machine.OSVersion, machine.Arch, time.Since(start)))
 	tuneGC()
 
@@ -210,7 +210,7 @@ func Run(ctx context.Context, opts Options) error {
 		tel = telemetry.New(telemetry.Options{Queue: events, Version: opts.Version,
 			WireServer: cfg.WireServerAddress, IMDS: cfg.IMDSAddress, Mark: cfg.SocketMark,
 			RequestTimeout: cfg.HostRequestTimeout(), Now: kk.Now, Key: kk.Key,
-			EventFolder: cfg.EventFolder, MaxEventFiles: cfg.MaxEventFileCount,
+			EventFolder: cfg.EventFolder, MaxEventFiles: cfg.MaxEventFileCount, Machine: &machine,
 			Status: func() status.AgentStatus { return reporter.Aggregate().ProxyAgentStatus },
 			Logger: log})
 	}
