@@ -195,7 +195,7 @@ func Run(ctx context.Context, opts Options) error {
 		Start:             start,
 		DialUpstream:      hostconn.DialContext(cfg.SocketMark, cfg.HostRequestTimeout()),
 		ReadHeaderTimeout: cfg.HeaderReadTimeout(), IdleTimeout: cfg.IdleTimeout(),
-		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections, MaxConnsPerCaller: perCaller(cfg.MaxConnectionsPerCaller),
+		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections, MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
 		ResponseTimeout: cfg.HostRequestTimeout(),
 	})
 	if err != nil {
@@ -404,13 +404,4 @@ func (l local) Query(timeTick int64, notify bool) (bool, string) {
 
 func (l local) AggregateStatus() ([]byte, error) {
 	return l.reporter.Aggregate().MarshalJSON()
-}
-
-// perCaller is proxy.Options.MaxConnsPerCaller for the config's
-// maxConnectionsPerCaller (0: no limit).
-func perCaller(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
 }

@@ -67,8 +67,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opengpa/gpa/proxyagent/console"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/telemetry"
 )
 
 // DefaultPath is where the service reads its configuration.
@@ -131,7 +133,7 @@ func Default() Config {
 		CgroupRoot:                  "/sys/fs/cgroup",
 		FileLogLevel:                "Info",
 		EventFolder:                 "/var/log/azure-proxy-agent/events",
-		MaxEventFileCount:           30,
+		MaxEventFileCount:           telemetry.DefaultMaxEventFiles,
 		ListenAddress:               msp.ListenerAddr.String(),
 		WireServerAddress:           msp.WireServerAddr.String(),
 		IMDSAddress:                 msp.IMDSAddr.String(),
@@ -149,7 +151,7 @@ func Default() Config {
 		ContainerListenAddress:      msp.ContainerListenerAddr.String(),
 		MetricsListen:               "unix:/var/log/azure-proxy-agent/" + MetricsSocketName,
 		SendTelemetry:               true,
-		ConsoleLog:                  "/dev/console",
+		ConsoleLog:                  console.DefaultPath,
 	}
 }
 

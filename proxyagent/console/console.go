@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -38,7 +39,7 @@ func New(path, version string) *Writer {
 	if path == "" {
 		return nil
 	}
-	return &Writer{path: path, prefix: " azure-proxy-agent_" + version + "(" + strconv.Itoa(os.Getpid()) + ") - ",
+	return &Writer{path: path, prefix: " " + msp.ServiceName + "_" + version + "(" + strconv.Itoa(os.Getpid()) + ") - ",
 		now: time.Now}
 }
 

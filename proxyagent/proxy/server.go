@@ -170,7 +170,6 @@ const (
 	DefaultBodyReadTimeout   = 60 * time.Second
 	DefaultMaxHeaderBytes    = 128 << 10
 	DefaultMaxConns          = 1024
-	DefaultMaxConnsPerCaller = 64
 	DefaultMaxSignedBody     = 100 << 10 // 102 400 bytes, protocol.md §4.6
 	DefaultMaxExemptBody     = 100 << 20 // 104 857 600 bytes
 	DefaultDialTimeout       = 10 * time.Second
@@ -237,8 +236,7 @@ type Options struct {
 	// MaxConnsPerCaller is the most connections one caller holds at once
 	// (a user in a network namespace; all unidentified connections count
 	// as one caller); root in the agent's namespace is not limited. Beyond
-	// it a connection is closed before any request is read. 0:
-	// DefaultMaxConnsPerCaller; negative: no limit.
+	// it a connection is closed before any request is read. 0: no limit.
 	MaxConnsPerCaller int
 	// MaxSignedBody and MaxExemptBody are the body limits of signed and
 	// signature-exempt requests.
@@ -336,9 +334,6 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = DefaultMaxConns
-	}
-	if opts.MaxConnsPerCaller == 0 {
-		opts.MaxConnsPerCaller = DefaultMaxConnsPerCaller
 	}
 	if opts.MaxSignedBody <= 0 {
 		opts.MaxSignedBody = DefaultMaxSignedBody
