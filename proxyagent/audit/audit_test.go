@@ -100,7 +100,7 @@ func TestConnLogLevelFilter(t *testing.T) {
 
 func TestAuditRecordGolden(t *testing.T) {
 	ev := allowEvent()
-	rec := NewRecord(&ev)
+	rec := recordOf(&ev)
 	rec.Seq = 1
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -119,7 +119,7 @@ func TestAuditRecordGolden(t *testing.T) {
 
 	// Not authorized, no identity: decision none, caller null.
 	ev = Event{Time: t0, HTTPID: 1, Client: client, Method: "GET", Target: "/x", Status: 421, Error: "no original destination"}
-	rec = NewRecord(&ev)
+	rec = recordOf(&ev)
 	b, _ = json.Marshal(rec)
 	for _, frag := range []string{`"caller":null`, `"decision":"none"`, `"destination":{"service":"","addr":""}`, `"mode":""`} {
 		if !strings.Contains(string(b), frag) {
@@ -356,7 +356,7 @@ func TestAuditLogReusedCallerAndAddresses(t *testing.T) {
 		t.Fatalf("%d records, %v; want %d", len(recs), err, len(sent))
 	}
 	for i, rec := range recs {
-		want := NewRecord(&sent[i])
+		want := recordOf(&sent[i])
 		want.Seq, want.Prev = uint64(i+1), rec.Prev
 		if !reflect.DeepEqual(rec, want) {
 			t.Fatalf("record %d\n got %+v\nwant %+v", i, rec, want)
@@ -393,7 +393,7 @@ func TestAuditLogRoundTripAndRotation(t *testing.T) {
 		t.Fatalf("%d records, want %d", len(recs), len(sent))
 	}
 	for i, rec := range recs {
-		want := NewRecord(&sent[i])
+		want := recordOf(&sent[i])
 		want.Seq, want.Prev = uint64(i+1), rec.Prev
 		if !reflect.DeepEqual(rec, want) {
 			t.Fatalf("record %d\n got %+v\nwant %+v", i, rec, want)
@@ -664,3 +664,7 @@ func TestRecorderBatching(t *testing.T) {
 		}
 	})
 }
+
+// recordOf is the record the Recorder makes of ev, before Seq, Prev and
+// Dropped.
+func recordOf(ev *Event) Record { return newRecord(ev, addrText(ev.Client), addrText(ev.Dest)) }

@@ -10,17 +10,13 @@ import (
 	"github.com/opengpa/gpa/proxyagent/claims"
 )
 
-// appendRecordJSON appends rec's JSON line to dst: the bytes json.Marshal
+// appendRecord appends rec's JSON line to dst: the bytes json.Marshal
 // gives for it (field order, omitempty, HTML-safe string escaping, float
 // format), written field by field without reflection, into the writer's
 // reused buffer. The hash chain covers these bytes, so they must not
-// differ from json.Marshal's; FuzzRecordJSON holds it to that.
-func appendRecordJSON(dst []byte, rec *Record) []byte {
-	return appendRecord(dst, rec, nil)
-}
-
-// appendRecord is appendRecordJSON with the caller's claims already
-// encoded (callerJSON, from appendClaimsJSON; nil: encode rec.Caller).
+// differ from json.Marshal's; FuzzRecordJSON holds it to that. callerJSON
+// is the caller's claims already encoded (from appendClaimsJSON); nil
+// encodes rec.Caller.
 func appendRecord(dst []byte, rec *Record, callerJSON []byte) []byte {
 	if y := rec.Time.Year(); y < 0 || y > 9999 || math.IsNaN(rec.LatencyMs) || math.IsInf(rec.LatencyMs, 0) {
 		// What json.Marshal refuses is never written by hand either.

@@ -17,7 +17,7 @@ func checkRecordJSON(t *testing.T, rec *Record) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := appendRecordJSON(nil, rec); !bytes.Equal(got, want) {
+	if got := appendRecord(nil, rec, nil); !bytes.Equal(got, want) {
 		t.Fatalf("hand encoder\n got %s\nwant %s", got, want)
 	}
 }

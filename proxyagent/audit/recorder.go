@@ -447,14 +447,9 @@ func (r *Recorder) handle(j *job) {
 	}
 }
 
-// NewRecord returns the audit record for ev, without Seq, Prev and
-// Dropped (the Recorder fills them in).
-func NewRecord(ev *Event) Record {
-	return newRecord(ev, addrText(ev.Client), addrText(ev.Dest))
-}
-
-// newRecord is NewRecord with the client and destination addresses
-// already in text.
+// newRecord returns the audit record for ev, without Seq, Prev and
+// Dropped (the Recorder fills them in); client and dest are ev's
+// addresses already in text (addrText).
 func newRecord(ev *Event, client, dest string) Record {
 	rec := Record{
 		V: SchemaVersion, Time: ev.Time.UTC(), HTTPID: ev.HTTPID, TCPID: ev.TCPID,
