@@ -300,7 +300,8 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 		hc.br.Discard(n)
 	}
 	req := fastRequest(hc.br)
-	if req == nil {
+	fast := req != nil // names and values already checked (headerLine)
+	if !fast {
 		var err error
 		if req, err = hc.readFullRequest(); err != nil {
 			if hc.lr.N <= 0 {
@@ -332,12 +333,14 @@ func (hc *httpConn) readRequest(lastPost bool) (*http.Request, error) {
 		fields++
 	}
 	for k, vv := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return nil, statusError{http.StatusBadRequest, "invalid header name"}
-		}
-		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return nil, statusError{http.StatusBadRequest, "invalid header value"}
+		if !fast {
+			if !httpguts.ValidHeaderFieldName(k) {
+				return nil, statusError{http.StatusBadRequest, "invalid header name"}
+			}
+			for _, v := range vv {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					return nil, statusError{http.StatusBadRequest, "invalid header value"}
+				}
 			}
 		}
 		fields += len(vv)
