@@ -18,6 +18,13 @@ import (
 // maxLogSize is where a handler log is rotated (kept once as .1).
 const maxLogSize = 20 << 20
 
+// rotateLog moves the log at p to p.1 once it is over maxLogSize.
+func rotateLog(p string) {
+	if fi, err := os.Stat(p); err == nil && fi.Size() > maxLogSize {
+		os.Rename(p, p+".1")
+	}
+}
+
 // SetupLogName is the log of the setup steps (install, backup, restore,
 // purge, uninstall), in <ext>/ProxyAgent where upstream's setup tool
 // writes it; the steps log to the handler's or monitor's log as well.
@@ -26,7 +33,7 @@ const SetupLogName = "setup.log"
 // setupLogger returns log that also appends each record to
 // <extDir>/ProxyAgent/setup.log.
 func setupLogger(extDir string, log *slog.Logger) *slog.Logger {
-	f := &appendFile{path: filepath.Join(extDir, "ProxyAgent", SetupLogName)}
+	f := &appendFile{path: filepath.Join(extDir, BundleDir, SetupLogName)}
 	file := slog.NewTextHandler(f, nil).WithAttrs([]slog.Attr{slog.Int("pid", os.Getpid())})
 	return slog.New(slog.NewMultiHandler(log.Handler(), file))
 }
@@ -41,9 +48,7 @@ func (a *appendFile) Write(p []byte) (int, error) {
 	if err := os.MkdirAll(filepath.Dir(a.path), 0o755); err != nil {
 		return len(p), nil
 	}
-	if fi, err := os.Stat(a.path); err == nil && fi.Size() > maxLogSize {
-		os.Rename(a.path, a.path+".1")
-	}
+	rotateLog(a.path)
 	f, err := os.OpenFile(a.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
 		return len(p), nil
@@ -56,9 +61,7 @@ func (a *appendFile) Write(p []byte) (int, error) {
 func openLog(dir, name string, stderr io.Writer) (*slog.Logger, func()) {
 	if err := os.MkdirAll(dir, 0o755); err == nil {
 		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Size() > maxLogSize {
-			os.Rename(p, p+".1")
-		}
+		rotateLog(p)
 		if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640); err == nil {
 			l := slog.New(slog.NewTextHandler(f, nil)).With("pid", os.Getpid())
 			return l, func() { f.Close() }

@@ -253,9 +253,7 @@ func (s *Supervisor) Start() error {
 	os.Remove(s.SupervisorPIDFile())
 	bin := s.Layout.SupervisorBinary()
 	logPath := filepath.Join(s.Layout.LogDir(), "supervisor.log")
-	if fi, err := os.Stat(logPath); err == nil && fi.Size() > maxLogSize {
-		os.Rename(logPath, logPath+".1")
-	}
+	rotateLog(logPath)
 	_, err := SpawnDetached(bin, []string{"supervise", "--unit", s.Layout.UnitFile(), "--pid-file", s.SupervisorPIDFile(), "--agent-pid-file", s.AgentPIDFile()},
 		"/", logPath, os.Environ())
 	if err != nil {
