@@ -108,7 +108,7 @@ func (r Report) Tested() bool { return r.Distribution != "" }
 // Check runs every check under p.
 func Check(p Paths) Report {
 	var r Report
-	r.OS, r.OSError = readOSRelease(p)
+	r.OS, r.OSError = p.ReadOSRelease()
 	r.Distribution = Tested(r.OS)
 
 	r.Kernel, r.Problems = checkKernel(p)
@@ -230,7 +230,10 @@ type OSRelease struct {
 // String is "<NAME>-<VERSION_ID>", as upstream's messages name an OS.
 func (o OSRelease) String() string { return o.Name + "-" + o.VersionID }
 
-func readOSRelease(p Paths) (OSRelease, error) {
+// ReadOSRelease reads the machine's os-release: p.OSRelease when set,
+// else Root/etc/os-release, falling back to Root/usr/lib/os-release when
+// that does not exist (os-release(5)).
+func (p Paths) ReadOSRelease() (OSRelease, error) {
 	if p.OSRelease != "" {
 		return ReadOSRelease(p.OSRelease)
 	}

@@ -64,11 +64,7 @@ func LocalMachine() Machine {
 	if unix.Sysinfo(&si) == nil {
 		m.RAMMiB = uint64(si.Totalram) * uint64(si.Unit) / (1 << 20)
 	}
-	o, err := prereq.ReadOSRelease("/etc/os-release")
-	if err != nil {
-		o, err = prereq.ReadOSRelease("/usr/lib/os-release")
-	}
-	if err == nil {
+	if o, err := (prereq.Paths{}).ReadOSRelease(); err == nil {
 		m.OSVersion = "Linux:" + o.String()
 	}
 	return m
