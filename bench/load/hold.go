@@ -6,7 +6,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
+
+// unfinishedHead is what each held connection sends: an IMDS request
+// head without its final empty line.
+var unfinishedHead = []byte("GET /metadata/instance HTTP/1.1\r\nHost: " + msp.IMDSAddr.Addr().String() + "\r\nMetadata: true\r\n")
 
 // HoldResult is what a connection flood achieved.
 type HoldResult struct {
@@ -53,7 +59,7 @@ func Hold(ctx context.Context, addr string, n int, d time.Duration) HoldResult {
 				opened.Add(1)
 				held.Add(1)
 				stop := context.AfterFunc(ctx, func() { c.Close() })
-				c.Write([]byte("GET /metadata/instance HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n"))
+				c.Write(unfinishedHead)
 				for {
 					if _, err := c.Read(buf); err != nil {
 						break
