@@ -24,6 +24,16 @@
 // guard any local user could listen there and answer root's metadata
 // requests in the host's name.
 //
+// Per-caller limit: a caller (a user in a network namespace; root in the
+// agent's namespace is exempt) holds at most max_caller_conns redirected
+// connections at once; a connect beyond that is refused (EPERM) here,
+// before a SYN is sent, so a flood costs the agent nothing. A connection
+// is counted from its SYN (BPF_SOCK_OPS_TCP_CONNECT_CB) until its socket
+// leaves the established state: the client closed it (FIN_WAIT1, or CLOSE
+// for a reset), the agent closed it (CLOSE_WAIT), or the connect failed
+// (CLOSE). This also bounds the identity records one caller can leave
+// pending in conn_records (audit-map exhaustion).
+//
 // Containers: a socket in another network namespace than the agent's
 // (agent_netns, a netns cookie) cannot reach 127.0.0.1 of the agent's
 // namespace, so it goes to the policy entry's container-facing listener
@@ -117,6 +127,10 @@ volatile const __u16 listen_port = 0;
 volatile const __u32 ns_listen_addr = 0;
 volatile const __u16 ns_listen_port = 0;
 
+// max_caller_conns is the per-caller limit (maxConnectionsPerCaller); set
+// at load time. 0: no limit.
+volatile const __u32 max_caller_conns = 0;
+
 // agent_pidns_dev and agent_pidns_ino identify the agent's PID namespace
 // (the device, in the kernel's encoding, and inode of /proc/self/ns/pid);
 // set at load time when the agent runs in a PID namespace other than the
@@ -149,6 +163,43 @@ struct {
 	__type(value, struct conn_record);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conn_records SEC(".maps");
+
+// caller_key is whose connections the per-caller limit counts.
+struct caller_key {
+	__u64 netns; // network namespace cookie of the socket
+	__u32 uid;   // real uid
+	__u32 pad;   // zero
+};
+
+// caller_conns counts each caller's open redirected connections. An LRU
+// map: callers (containers) come and go; one evicted while it holds
+// connections only makes its limit more lenient.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct caller_key);
+	__type(value, __s64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} caller_conns SEC(".maps");
+
+// sk_callers marks a counted socket with the key it is counted under,
+// until sockops releases it.
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct caller_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_callers SEC(".maps");
+
+// limit_refusals counts the connects refused for the per-caller limit
+// since the programs were loaded (the agent's metrics read it).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} limit_refusals SEC(".maps");
 
 // is_agent reports whether the socket is one of the agent's own: it
 // carries agent_mark, was made by root and is in the agent's network
@@ -211,15 +262,49 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 }
 
+// limited reports whether the per-caller limit applies to uid in netns:
+// it is on, and the caller is not root in the agent's namespace.
+static __always_inline int limited(__u32 uid, __u64 netns)
+{
+	if (max_caller_conns == 0)
+		return 0;
+	return uid != 0 || (agent_netns != 0 && netns != agent_netns);
+}
+
+// at_limit reports (and counts) that the caller uid in netns already holds
+// max_caller_conns redirected connections.
+static __always_inline int at_limit(__u32 uid, __u64 netns)
+{
+	struct caller_key key = {};
+	__u32 zero = 0;
+	__u64 *refused;
+	__s64 *n;
+
+	if (!limited(uid, netns))
+		return 0;
+	key.netns = netns;
+	key.uid = uid;
+	n = bpf_map_lookup_elem(&caller_conns, &key);
+	if (!n || *n < (__s64)max_caller_conns)
+		return 0;
+	refused = bpf_map_lookup_elem(&limit_refusals, &zero);
+	if (refused)
+		__sync_fetch_and_add(refused, 1);
+	return 1;
+}
+
 // redirect records the caller and rewrites the destination of a connect to
 // ip4:port, a policy entry: to the listener in the agent's namespace, to the
 // container-facing listener elsewhere. It returns the program's verdict: 0
-// refuses the connect (another namespace and no container listener).
+// refuses the connect (the caller is at its limit, or another namespace
+// and no container listener).
 static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_value *to, __u32 ip4, __u16 port,
 				    __u8 family, __u32 *new_ip4, __u16 *new_port)
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);
 
+	if (at_limit((__u32)bpf_get_current_uid_gid(), netns))
+		return 0;
 	if (agent_netns != 0 && netns != agent_netns) {
 		__builtin_memcpy(new_ip4, to->ns_addr, 4);
 		if (*new_ip4 == 0)
@@ -340,6 +425,57 @@ int bind6(struct bpf_sock_addr *ctx)
 	return may_bind(ctx);
 }
 
+// count counts a redirected socket under its caller (rec) and asks for its
+// state changes, so release can count it out. A socket that cannot be
+// marked is not counted.
+static __always_inline void count(struct bpf_sock_ops *ctx, struct bpf_sock *sk, struct conn_record *rec)
+{
+	struct caller_key key = {};
+	struct caller_key *held;
+	__s64 zero = 0, *n;
+
+	if (!limited(rec->uid, rec->netns))
+		return;
+	key.netns = rec->netns;
+	key.uid = rec->uid;
+	n = bpf_map_lookup_elem(&caller_conns, &key);
+	if (!n) {
+		bpf_map_update_elem(&caller_conns, &key, &zero, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(&caller_conns, &key);
+		if (!n)
+			return;
+	}
+	held = bpf_sk_storage_get(&sk_callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!held)
+		return;
+	*held = key;
+	if (bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG) != 0) {
+		bpf_sk_storage_delete(&sk_callers, sk);
+		return;
+	}
+	__sync_fetch_and_add(n, 1);
+}
+
+// release counts a counted socket out, once: it left the established
+// state (or never reached it).
+static __always_inline void release(struct bpf_sock_ops *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct caller_key *held;
+	__s64 *n;
+
+	if (!sk)
+		return;
+	held = bpf_sk_storage_get(&sk_callers, sk, 0, 0);
+	if (!held)
+		return;
+	n = bpf_map_lookup_elem(&caller_conns, held);
+	if (n)
+		__sync_fetch_and_add(n, -1);
+	bpf_sk_storage_delete(&sk_callers, sk);
+	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 // sockops_connect runs right before the SYN of every TCP connect in the cgroup. A
 // redirected socket carries a record: publish it under the now-known local
 // address and port. Any other socket clears a stale entry for its address
@@ -352,7 +488,9 @@ int bind6(struct bpf_sock_addr *ctx)
 // marked as a collision and this one is dropped, so the agent refuses both
 // connections instead of handing one namespace's identity to the other. A
 // pending record of the same namespace is stale (the kernel keeps a
-// namespace's 4-tuples unique) and is replaced.
+// namespace's 4-tuples unique) and is replaced. The socket is counted
+// under its caller for the per-caller limit; its later state changes
+// (BPF_SOCK_OPS_STATE_CB, asked for by count) count it out.
 SEC("sockops")
 int sockops_connect(struct bpf_sock_ops *ctx)
 {
@@ -361,6 +499,12 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	struct bpf_sock *sk;
 	__u32 ip4;
 
+	if (ctx->op == BPF_SOCK_OPS_STATE_CB) {
+		// args[1] is the new state; SYN_SENT's only other way out is CLOSE.
+		if (ctx->args[1] != BPF_TCP_ESTABLISHED)
+			release(ctx);
+		return 1;
+	}
 	if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
 		return 1;
 	sk = ctx->sk;
@@ -384,6 +528,7 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 		else
 			bpf_map_update_elem(&conn_records, &key, rec, BPF_ANY);
 	}
+	count(ctx, sk, rec);
 	bpf_sk_storage_delete(&sk_records, sk);
 	return 1;
 }

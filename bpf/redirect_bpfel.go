@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type RedirectCallerKey struct {
+	_     structs.HostLayout
+	Netns uint64
+	Uid   uint32
+	Pad   uint32
+}
+
 type RedirectConnKey struct {
 	_    structs.HostLayout
 	Addr [4]uint8
@@ -58,8 +65,11 @@ type RedirectPolicyValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	RedirectMapCallerConns     = "caller_conns"
 	RedirectMapConnRecords     = "conn_records"
+	RedirectMapLimitRefusals   = "limit_refusals"
 	RedirectMapPolicyMap       = "policy_map"
+	RedirectMapSkCallers       = "sk_callers"
 	RedirectMapSkRecords       = "sk_records"
 	RedirectProgBind4          = "bind4"
 	RedirectProgBind6          = "bind6"
@@ -72,6 +82,7 @@ const (
 	RedirectVarAgentPidnsIno   = "agent_pidns_ino"
 	RedirectVarListenAddr      = "listen_addr"
 	RedirectVarListenPort      = "listen_port"
+	RedirectVarMaxCallerConns  = "max_caller_conns"
 	RedirectVarNsListenAddr    = "ns_listen_addr"
 	RedirectVarNsListenPort    = "ns_listen_port"
 )
@@ -129,23 +140,27 @@ type RedirectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectMapSpecs struct {
-	ConnRecords *ebpf.MapSpec `ebpf:"conn_records"`
-	PolicyMap   *ebpf.MapSpec `ebpf:"policy_map"`
-	SkRecords   *ebpf.MapSpec `ebpf:"sk_records"`
+	CallerConns   *ebpf.MapSpec `ebpf:"caller_conns"`
+	ConnRecords   *ebpf.MapSpec `ebpf:"conn_records"`
+	LimitRefusals *ebpf.MapSpec `ebpf:"limit_refusals"`
+	PolicyMap     *ebpf.MapSpec `ebpf:"policy_map"`
+	SkCallers     *ebpf.MapSpec `ebpf:"sk_callers"`
+	SkRecords     *ebpf.MapSpec `ebpf:"sk_records"`
 }
 
 // RedirectVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectVariableSpecs struct {
-	AgentMark     *ebpf.VariableSpec `ebpf:"agent_mark"`
-	AgentNetns    *ebpf.VariableSpec `ebpf:"agent_netns"`
-	AgentPidnsDev *ebpf.VariableSpec `ebpf:"agent_pidns_dev"`
-	AgentPidnsIno *ebpf.VariableSpec `ebpf:"agent_pidns_ino"`
-	ListenAddr    *ebpf.VariableSpec `ebpf:"listen_addr"`
-	ListenPort    *ebpf.VariableSpec `ebpf:"listen_port"`
-	NsListenAddr  *ebpf.VariableSpec `ebpf:"ns_listen_addr"`
-	NsListenPort  *ebpf.VariableSpec `ebpf:"ns_listen_port"`
+	AgentMark      *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentNetns     *ebpf.VariableSpec `ebpf:"agent_netns"`
+	AgentPidnsDev  *ebpf.VariableSpec `ebpf:"agent_pidns_dev"`
+	AgentPidnsIno  *ebpf.VariableSpec `ebpf:"agent_pidns_ino"`
+	ListenAddr     *ebpf.VariableSpec `ebpf:"listen_addr"`
+	ListenPort     *ebpf.VariableSpec `ebpf:"listen_port"`
+	MaxCallerConns *ebpf.VariableSpec `ebpf:"max_caller_conns"`
+	NsListenAddr   *ebpf.VariableSpec `ebpf:"ns_listen_addr"`
+	NsListenPort   *ebpf.VariableSpec `ebpf:"ns_listen_port"`
 }
 
 // RedirectObjects contains all objects after they have been loaded into the kernel.
@@ -168,15 +183,21 @@ func (o *RedirectObjects) Close() error {
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectMaps struct {
-	ConnRecords *ebpf.Map `ebpf:"conn_records"`
-	PolicyMap   *ebpf.Map `ebpf:"policy_map"`
-	SkRecords   *ebpf.Map `ebpf:"sk_records"`
+	CallerConns   *ebpf.Map `ebpf:"caller_conns"`
+	ConnRecords   *ebpf.Map `ebpf:"conn_records"`
+	LimitRefusals *ebpf.Map `ebpf:"limit_refusals"`
+	PolicyMap     *ebpf.Map `ebpf:"policy_map"`
+	SkCallers     *ebpf.Map `ebpf:"sk_callers"`
+	SkRecords     *ebpf.Map `ebpf:"sk_records"`
 }
 
 func (m *RedirectMaps) Close() error {
 	return _RedirectClose(
+		m.CallerConns,
 		m.ConnRecords,
+		m.LimitRefusals,
 		m.PolicyMap,
+		m.SkCallers,
 		m.SkRecords,
 	)
 }
@@ -185,14 +206,15 @@ func (m *RedirectMaps) Close() error {
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectVariables struct {
-	AgentMark     *ebpf.Variable `ebpf:"agent_mark"`
-	AgentNetns    *ebpf.Variable `ebpf:"agent_netns"`
-	AgentPidnsDev *ebpf.Variable `ebpf:"agent_pidns_dev"`
-	AgentPidnsIno *ebpf.Variable `ebpf:"agent_pidns_ino"`
-	ListenAddr    *ebpf.Variable `ebpf:"listen_addr"`
-	ListenPort    *ebpf.Variable `ebpf:"listen_port"`
-	NsListenAddr  *ebpf.Variable `ebpf:"ns_listen_addr"`
-	NsListenPort  *ebpf.Variable `ebpf:"ns_listen_port"`
+	AgentMark      *ebpf.Variable `ebpf:"agent_mark"`
+	AgentNetns     *ebpf.Variable `ebpf:"agent_netns"`
+	AgentPidnsDev  *ebpf.Variable `ebpf:"agent_pidns_dev"`
+	AgentPidnsIno  *ebpf.Variable `ebpf:"agent_pidns_ino"`
+	ListenAddr     *ebpf.Variable `ebpf:"listen_addr"`
+	ListenPort     *ebpf.Variable `ebpf:"listen_port"`
+	MaxCallerConns *ebpf.Variable `ebpf:"max_caller_conns"`
+	NsListenAddr   *ebpf.Variable `ebpf:"ns_listen_addr"`
+	NsListenPort   *ebpf.Variable `ebpf:"ns_listen_port"`
 }
 
 // RedirectPrograms contains all programs after they have been loaded into the kernel.

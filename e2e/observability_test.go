@@ -51,7 +51,7 @@ func TestObservability(t *testing.T) {
 	t.Cleanup(func() { syslogd.Close() })
 
 	e := e2eenv.New(t, e2eenv.Config{Bin: bins, Settings: e2eenv.EnforceSettings,
-		AgentConfig: map[string]any{"metricsListen": metricsAddr, "auditSyslog": sysPath}})
+		AgentConfig: map[string]any{"metricsListen": metricsAddr, "auditSyslog": sysPath, "maxConnectionsPerCaller": 2}})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if code, out, err := e.WaitProvisioned(ctx, 30*time.Second); err != nil || code != 0 {
@@ -79,6 +79,14 @@ func TestObservability(t *testing.T) {
 		t.Fatalf("nobody's IMDS call: %d", r.Status)
 	}
 
+	// nobody may hold two connections at once (maxConnectionsPerCaller):
+	// the kernel refuses the third connect.
+	r, err := e.Run(ctx, e2eenv.Nobody, "bash", "-c", "exec 3<>/dev/tcp/169.254.169.254/80 4<>/dev/tcp/169.254.169.254/80; "+
+		"exec 5<>/dev/tcp/169.254.169.254/80 && echo third connect accepted")
+	if err != nil || r.ExitCode == 0 || strings.Contains(string(r.Stdout), "accepted") || !strings.Contains(r.Stderr, "Operation not permitted") {
+		t.Fatalf("nobody's third connection at limit 2: %v exit %d %q %q, want it refused (EPERM)", err, r.ExitCode, r.Stdout, r.Stderr)
+	}
+
 	// The service runs on one processor unless GOMAXPROCS sets a number.
 	procs := "1"
 	if n, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && n > 0 {
@@ -91,6 +99,7 @@ func TestObservability(t *testing.T) {
 		{`sum(azure_proxy_agent_request_duration_seconds_count{service="WireServer"})`, "4"},
 		{`azure_proxy_agent_key_latched`, "1"},
 		{`azure_proxy_agent_module_running{module="ebpfProgramStatus"}`, "1"},
+		{`azure_proxy_agent_connections_refused_total{reason="caller_limit_connect"}`, "1"},
 	} {
 		waitQuery(ctx, t, e, q.query, q.want)
 	}

@@ -163,7 +163,8 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 
-	mx := newMetrics(cfg, opts.Version, &kk, store, rec, sysw, reg, redir)
+	var srv *proxy.Server
+	mx := newMetrics(cfg, opts.Version, &kk, &srv, store, rec, sysw, reg, redir)
 	kk, err = keykeeper.New(keykeeper.Options{
 		WireServer: cfg.WireServerAddress, KeyDir: cfg.LatchKeyFolder, Mark: cfg.SocketMark,
 		PollInterval: cfg.PollInterval(), ProvisionTimeout: cfg.ProvisionTimeout(),
@@ -179,7 +180,7 @@ func Run(ctx context.Context, opts Options) error {
 	reg.SetStatus(status.KeyLatch, kk.Status())
 
 	reporter := &status.Reporter{Registry: reg, Version: opts.Version, Summaries: rec}
-	srv, err := proxy.New(proxy.Options{
+	srv, err = proxy.New(proxy.Options{
 		Addr: cfg.ListenAddress, Endpoints: dest, Identity: source, Claims: &claims.Resolver{CgroupRoot: cgroupRoot}, Authorizer: store, Keys: kk,
 		Recorder: rec, Local: local{prov, reporter}, Metrics: mx.proxy(),
 		Logger: log.With("module", "proxy"),
@@ -324,8 +325,11 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *sl
 		PinDir:     cfg.BpfPinPath,
 		Endpoints:  d,
 		Mark:       cfg.SocketMark,
-		Logger:     log.With("module", "redirector"),
-		Started:    start,
+		// The kernel refuses a caller's connects beyond the limit before
+		// they cost the agent anything; the listener enforces it too.
+		MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
+		Logger:            log.With("module", "redirector"),
+		Started:           start,
 	}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {

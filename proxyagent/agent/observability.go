@@ -47,10 +47,10 @@ func (s *syslogOut) Close() {
 // methods accept a nil receiver.
 type agentMetrics struct{ m *metrics.Metrics }
 
-// newMetrics builds the metrics when metricsListen is set. kk is read at
-// scrape time (it is set once the key keeper exists); redir is nil
-// without the eBPF redirector.
-func newMetrics(cfg config.Config, version string, kk **keykeeper.KeyKeeper, store *authz.Store,
+// newMetrics builds the metrics when metricsListen is set. kk and srv are
+// read at scrape time (they are set once the key keeper and the proxy
+// exist); redir is nil without the eBPF redirector.
+func newMetrics(cfg config.Config, version string, kk **keykeeper.KeyKeeper, srv **proxy.Server, store *authz.Store,
 	rec *audit.Recorder, sysw *syslogOut, reg *status.Registry, redir *redirector.Redirector) *agentMetrics {
 	if network, _ := cfg.MetricsEndpoint(); network == "" {
 		return nil
@@ -81,6 +81,18 @@ func newMetrics(cfg config.Config, version string, kk **keykeeper.KeyKeeper, sto
 			}
 			return out
 		},
+	}
+	src.ConnectionsRefused = func() map[string]uint64 {
+		out := map[string]uint64{}
+		if *srv != nil {
+			out["caller_limit"], out["max_connections"] = (*srv).Refused()
+		}
+		if redir != nil {
+			if n, err := redir.LimitRefusals(); err == nil {
+				out["caller_limit_connect"] = n
+			}
+		}
+		return out
 	}
 	if redir != nil {
 		src.IdentityMap = redir.IdentityMapUsage

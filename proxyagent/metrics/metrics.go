@@ -69,6 +69,12 @@ type Sources struct {
 	// Audit returns the records written to and dropped from each audit
 	// sink ("file", "syslog").
 	Audit func() []SinkCount
+	// ConnectionsRefused returns how many connections were refused before
+	// any request was read, by reason (caller_limit_connect: the kernel
+	// refused the connect, the caller holding maxConnectionsPerCaller;
+	// caller_limit: closed at accept for the same reason; max_connections:
+	// closed at accept, every slot taken).
+	ConnectionsRefused func() map[string]uint64
 	// Modules returns each status module's state (keyLatchStatus,
 	// ebpfProgramStatus, proxyListenerStatus → RUNNING, STOPPED, UNKNOWN).
 	Modules func() map[string]string

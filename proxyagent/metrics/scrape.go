@@ -59,6 +59,12 @@ func (m *Metrics) writeScraped(b *bytes.Buffer) {
 			sample("_audit_records_dropped_total", a.Dropped, "sink", a.Sink)
 		}
 	}
+	if s.ConnectionsRefused != nil {
+		mm := s.ConnectionsRefused()
+		for _, reason := range slices.Sorted(maps.Keys(mm)) {
+			sample("_connections_refused_total", mm[reason], "reason", reason)
+		}
+	}
 	if s.Modules != nil {
 		mm := s.Modules()
 		for _, name := range slices.Sorted(maps.Keys(mm)) {

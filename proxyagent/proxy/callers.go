@@ -88,3 +88,11 @@ func (l *callerLimit) refuse(now time.Time) (total uint64, warn bool) {
 	last := l.lastWarn.Load()
 	return total, now.UnixNano()-last >= int64(time.Second) && l.lastWarn.CompareAndSwap(last, now.UnixNano())
 }
+
+// Refused returns how many accepted connections the server closed unread
+// since it started: perCaller because their caller held MaxConnsPerCaller
+// connections (or only the slots kept for root were left), full because
+// every slot (MaxConns) was taken.
+func (s *Server) Refused() (perCaller, full uint64) {
+	return s.callers.refused.Load(), s.refusedFull.Load()
+}

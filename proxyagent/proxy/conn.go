@@ -23,8 +23,7 @@ type limitListener struct {
 	s         *Server
 	sem       chan struct{} // shared by the listeners of one Server
 	container bool          // the container listener
-	refused   atomic.Uint64
-	lastWarn  atomic.Int64 // unix nanos of the last "too many" warning
+	lastWarn  atomic.Int64  // unix nanos of the last "too many" warning
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -37,7 +36,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		case l.sem <- struct{}{}:
 		default:
 			c.Close()
-			n := l.refused.Add(1)
+			n := l.s.refusedFull.Add(1)
 			// At most one warning a second, so a flood cannot flood the log.
 			if now, last := time.Now().UnixNano(), l.lastWarn.Load(); now-last >= int64(time.Second) &&
 				l.lastWarn.CompareAndSwap(last, now) {

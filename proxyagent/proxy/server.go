@@ -289,8 +289,9 @@ type Server struct {
 	sem     chan struct{} // the listeners' connection slots (MaxConns), set by Listen
 	uploads byteBudget    // buffers of large signed uploads (reserveUpload)
 
-	requests atomic.Uint64 // proxyConnectionsCount and HTTP ids
-	tcpIDs   atomic.Uint64
+	requests    atomic.Uint64 // proxyConnectionsCount and HTTP ids
+	tcpIDs      atomic.Uint64
+	refusedFull atomic.Uint64 // connections closed at accept: every slot (MaxConns) taken
 
 	mu  sync.Mutex   // guards ln and cln
 	ln  net.Listener // set by Listen

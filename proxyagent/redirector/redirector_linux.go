@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -56,6 +57,12 @@ type Config struct {
 	// Mark is the SO_MARK of the agent's own sockets, which are never
 	// redirected. 0: hostconn.Mark.
 	Mark uint32
+	// MaxConnsPerCaller is the most redirected connections one caller (a
+	// user in a network namespace; root in the agent's namespace is
+	// exempt) holds at once; the kernel refuses (EPERM) a connect beyond
+	// it. 0: no limit; more than fits in 32 bits: 2³²−1. The agent passes maxConnectionsPerCaller, which its
+	// listener also enforces.
+	MaxConnsPerCaller int
 	// Logger receives one message per event; nil: slog.Default().
 	Logger *slog.Logger
 	// Started is the moment the status message's milliseconds count from
@@ -102,7 +109,8 @@ var hooks = []hook{
 }
 
 // pinnedMaps are the map names pinned by name in the pin dir.
-var pinnedMaps = []string{bpf.RedirectMapPolicyMap, bpf.RedirectMapConnRecords, bpf.RedirectMapSkRecords}
+var pinnedMaps = []string{bpf.RedirectMapPolicyMap, bpf.RedirectMapConnRecords, bpf.RedirectMapSkRecords,
+	bpf.RedirectMapCallerConns, bpf.RedirectMapSkCallers}
 
 // Redirector is a loaded, attached and pinned set of redirect programs.
 // Its methods are safe for concurrent use.
@@ -135,6 +143,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.MaxConnsPerCaller < 0 {
+		return fmt.Errorf("per-caller connection limit %d is negative", c.MaxConnsPerCaller)
 	}
 	d := c.Endpoints
 	if !d.Listener.Addr().Is4() {
@@ -203,7 +214,7 @@ func Load(cfg Config) (*Redirector, error) {
 		r.cfg.Netns = c
 	}
 	pidns, pidnsNote := agentPidNS(r.log)
-	objs, migrated, err := loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, pidns, r.cfg.Endpoints, r.log)
+	objs, migrated, err := loadObjects(r.cfg, pidns)
 	var ve *ebpf.VerifierError
 	if err != nil && !pidns.IsInitial() && errors.As(err, &ve) {
 		// Kernels before 6.10 do not offer bpf_get_ns_current_pid_tgid to
@@ -211,7 +222,7 @@ func Load(cfg Config) (*Redirector, error) {
 		// resolver's start-time check keeps from naming another process.
 		r.log.Warn("caller pids cannot be translated to the agent's PID namespace", "err", err)
 		pidnsNote = "; caller pids not translated to the agent's PID namespace (kernel 6.10 or later needed)"
-		objs, migrated, err = loadObjects(cfg.PinDir, cfg.Mark, r.cfg.Netns, PidNS{}, r.cfg.Endpoints, r.log)
+		objs, migrated, err = loadObjects(r.cfg, PidNS{})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("redirector: %w", explainBPFRefusal(err))
@@ -246,10 +257,12 @@ func Load(cfg Config) (*Redirector, error) {
 	return r, nil
 }
 
-// loadObjects loads the collection with its maps pinned by name in pinDir,
-// reusing compatible pinned maps. Incompatible pinned maps (another layout)
-// are unpinned and recreated; migrated reports that.
-func loadObjects(pinDir string, mark uint32, netns uint64, pidns PidNS, ep msp.Endpoints, log *slog.Logger) (objs *bpf.RedirectObjects, migrated bool, err error) {
+// loadObjects loads the collection for cfg (defaults set, Netns
+// resolved) with its maps pinned by name in cfg.PinDir, reusing compatible
+// pinned maps. Incompatible pinned maps (another layout) are unpinned and
+// recreated; migrated reports that.
+func loadObjects(cfg Config, pidns PidNS) (objs *bpf.RedirectObjects, migrated bool, err error) {
+	pinDir, ep, log := cfg.PinDir, cfg.Endpoints, cfg.Logger
 	spec, err := bpf.LoadRedirect()
 	if err != nil {
 		return nil, false, err
@@ -273,10 +286,13 @@ func loadObjects(pinDir string, mark uint32, netns uint64, pidns PidNS, ep msp.E
 			return nil, false, fmt.Errorf("set bind guard: %w", err)
 		}
 	}
-	if err := spec.Variables[bpf.RedirectVarAgentMark].Set(mark); err != nil {
+	if err := spec.Variables[bpf.RedirectVarAgentMark].Set(cfg.Mark); err != nil {
 		return nil, false, fmt.Errorf("set agent mark: %w", err)
 	}
-	if err := spec.Variables[bpf.RedirectVarAgentNetns].Set(netns); err != nil {
+	if err := spec.Variables[bpf.RedirectVarMaxCallerConns].Set(uint32(min(cfg.MaxConnsPerCaller, math.MaxUint32))); err != nil {
+		return nil, false, fmt.Errorf("set per-caller limit: %w", err)
+	}
+	if err := spec.Variables[bpf.RedirectVarAgentNetns].Set(cfg.Netns); err != nil {
 		return nil, false, fmt.Errorf("set agent netns: %w", err)
 	}
 	if !pidns.IsInitial() {

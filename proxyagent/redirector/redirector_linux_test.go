@@ -45,11 +45,14 @@ func TestMain(m *testing.M) {
 //	       send a request, print the response.
 //	bench: connect to GPA_HELPER_ADDR GPA_HELPER_N times (RST on close, so
 //	       no TIME_WAIT piles up) and print the elapsed nanoseconds.
+//	conns: hold connections to GPA_HELPER_ADDR as told on stdin (connsHelper).
 func helperMain(mode string) int {
 	addr := os.Getenv("GPA_HELPER_ADDR")
 	switch mode {
 	case "pidns-agent":
 		return pidnsAgent()
+	case "conns":
+		return connsHelper(addr)
 	case "refused-seccomp", "refused-load":
 		return refusedHelper(mode)
 	case "dial":

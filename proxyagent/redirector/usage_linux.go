@@ -36,3 +36,17 @@ func (r *Redirector) IdentityMapUsage() (entries, capacity int, err error) {
 	// The kernel kept inserting while we walked; report the capacity.
 	return capacity, capacity, nil
 }
+
+// LimitRefusals returns how many connects the kernel refused since Load
+// because their caller already held Config.MaxConnsPerCaller redirected
+// connections.
+func (r *Redirector) LimitRefusals() (uint64, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.objs == nil {
+		return 0, errors.New("redirector: closed")
+	}
+	var n uint64
+	err := r.objs.LimitRefusals.Lookup(uint32(0), &n)
+	return n, err
+}

@@ -1,0 +1,247 @@
+package redirector
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opengpa/gpa/bpf"
+	"github.com/opengpa/gpa/internal/testenv"
+	"github.com/opengpa/gpa/proxyagent/msp"
+)
+
+// connsHelper holds connections to addr as told, one command per line on
+// stdin, answering each with one line on stdout:
+//
+//	dial   connect; "ok", "EPERM" or "err <error>"
+//	close  i: close connection i (the client ends it); "closed"
+//	bye    i: ask the server to close connection i and read to its end,
+//	       keeping the socket open (CLOSE_WAIT); "eof"
+func connsHelper(addr string) int {
+	var conns []net.Conn
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, arg, _ := strings.Cut(in.Text(), " ")
+		i, _ := strconv.Atoi(arg)
+		switch {
+		case cmd == "dial":
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			switch {
+			case err == nil:
+				conns = append(conns, c)
+				fmt.Println("ok")
+			case errors.Is(err, syscall.EPERM):
+				fmt.Println("EPERM")
+			default:
+				fmt.Println("err", err)
+			}
+		case cmd == "close" && i < len(conns):
+			conns[i].Close()
+			fmt.Println("closed")
+		case cmd == "bye" && i < len(conns):
+			io.WriteString(conns[i], "bye\n")
+			conns[i].SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err := io.Copy(io.Discard, conns[i])
+			fmt.Println("eof", err)
+		default:
+			fmt.Println("bad command", in.Text())
+		}
+	}
+	return 0
+}
+
+// connsProc drives a connsHelper process.
+type connsProc struct {
+	t    *testing.T
+	in   io.WriteCloser
+	out  *bufio.Scanner
+	cmd  *exec.Cmd
+	once sync.Once
+}
+
+// startConns starts a connsHelper from exe (a copy of the test binary
+// every user may run) as o says.
+func startConns(t *testing.T, exe string, o testenv.Options) *connsProc {
+	t.Helper()
+	cmd := exec.Command(exe)
+	o.Env = append(o.Env, "GPA_REDIRECTOR_HELPER=conns", "GPA_HELPER_ADDR="+msp.IMDSAddr.String())
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := testenv.Start(cmd, o); err != nil {
+		t.Fatal(err)
+	}
+	p := &connsProc{t: t, in: in, out: bufio.NewScanner(out), cmd: cmd}
+	t.Cleanup(p.stop)
+	return p
+}
+
+// do sends one command and returns the answer.
+func (p *connsProc) do(cmd string) string {
+	p.t.Helper()
+	if _, err := io.WriteString(p.in, cmd+"\n"); err != nil {
+		p.t.Fatalf("%s: %v", cmd, err)
+	}
+	if !p.out.Scan() {
+		p.t.Fatalf("%s: helper gone: %v", cmd, p.out.Err())
+	}
+	return p.out.Text()
+}
+
+// dials dials n times and returns the answers.
+func (p *connsProc) dials(n int) string {
+	p.t.Helper()
+	var got []string
+	for range n {
+		got = append(got, p.do("dial"))
+	}
+	return strings.Join(got, " ")
+}
+
+// stop ends the helper and waits for it to exit: every connection it
+// held is closed when stop returns.
+func (p *connsProc) stop() {
+	p.once.Do(func() {
+		p.in.Close()
+		p.cmd.Wait()
+	})
+}
+
+// holdServer accepts connections on l, consumes their records and holds
+// them until the client says "bye" (then closes) or the test ends.
+func holdServer(t *testing.T, r *Redirector, l net.Listener) {
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			r.take(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() {
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				if line == "bye\n" {
+					c.Close()
+				}
+			}()
+		}
+	}()
+}
+
+// The kernel holds each caller (a user in a network namespace) to
+// MaxConnsPerCaller redirected connections: the next connect fails with
+// EPERM before any packet is sent, and a connection counts until the
+// client closes it or the agent does. Other users, and root in a
+// container, have their own counts; root in the agent's namespace has
+// none. Counts survive the agent's restart (pinned), and the new limit
+// applies at once.
+func TestCallerLimit(t *testing.T) {
+	e := newEnv(t)
+	ca := msp.ContainerListenerAddr
+	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.Endpoints.ContainerListener = ca
+	e.cfg.MaxConnsPerCaller = 3
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []netip.AddrPort{msp.ListenerAddr, ca} {
+		l, err := e.ns.Listen("tcp", a.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		holdServer(t, r, l)
+	}
+	k := testenv.NewContainer(t, e.ns, e.cg, "gpcL", netip.MustParsePrefix("169.254.234.1/30"), netip.MustParsePrefix("169.254.234.2/30"))
+
+	in := testenv.Options{Netns: e.ns, Cgroup: e.cg}
+	nobody := in
+	nobody.Credential = &syscall.Credential{Uid: 65534, Gid: 65534}
+	user := in
+	user.Credential = &syscall.Credential{Uid: 1000, Gid: 1000}
+	exe := worldExecutable(t)
+	n, u, root := startConns(t, exe, nobody), startConns(t, exe, user), startConns(t, exe, in)
+	kroot := startConns(t, exe, testenv.Options{Netns: k.Netns, Cgroup: k.Cgroup})
+
+	check := func(what, got, want string) {
+		t.Helper()
+		if got != want {
+			t.Fatalf("%s: %q, want %q", what, got, want)
+		}
+	}
+	check("nobody's first three and a fourth", n.dials(4), "ok ok ok EPERM")
+	check("another user meanwhile", u.dials(1), "ok")
+	check("root in the agent's namespace", root.dials(5), "ok ok ok ok ok")
+	check("root in a container", kroot.dials(4), "ok ok ok EPERM")
+
+	check("nobody closes one", n.do("close 0"), "closed")
+	check("then dials", n.dials(2), "ok EPERM")
+	check("the agent closes one of nobody's", n.do("bye 1"), "eof <nil>")
+	check("then nobody dials", n.dials(2), "ok EPERM")
+	if got, err := r.LimitRefusals(); err != nil || got != 4 {
+		t.Errorf("LimitRefusals = %d, %v; want 4", got, err)
+	}
+	if got := e.direct.Load(); got != 0 {
+		t.Errorf("%d connections reached the real IMDS", got)
+	}
+
+	// The agent restarts with a higher limit: nobody's 3 stay counted.
+	cfg := e.cfg
+	cfg.MaxConnsPerCaller = 5
+	r2, err := Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	check("nobody after a restart with limit 5", n.dials(3), "ok ok EPERM")
+	if got, err := r2.LimitRefusals(); err != nil || got != 1 {
+		t.Errorf("LimitRefusals after the restart = %d, %v; want 1 (counted since load)", got, err)
+	}
+
+	// Every helper gone, its connections closed: no caller holds any.
+	for _, p := range []*connsProc{n, u, root, kroot} {
+		p.stop()
+	}
+	var key bpf.RedirectCallerKey
+	var held int64
+	counted := 0
+	for it := r2.objs.CallerConns.Iterate(); it.Next(&key, &held); counted++ {
+		if held != 0 {
+			t.Errorf("uid %d (netns %d) still holds %d connections", key.Uid, key.Netns, held)
+		}
+	}
+	if counted != 3 {
+		t.Errorf("%d callers counted, want 3 (nobody, the other user, the container's root)", counted)
+	}
+}
