@@ -24,15 +24,19 @@
 // guard any local user could listen there and answer root's metadata
 // requests in the host's name.
 //
-// Per-caller limit: a caller (a user in a network namespace; root in the
+// Connection limits: a caller (a user in a network namespace; root in the
 // agent's namespace is exempt) holds at most max_caller_conns redirected
-// connections at once; a connect beyond that is refused (EPERM) here,
-// before a SYN is sent, so a flood costs the agent nothing. A connection
+// connections at once, and all such callers together max_limited_conns; a
+// connect beyond either is refused (EPERM) here, before a SYN is sent, so a
+// flood costs the agent nothing. A connection
 // is counted from its SYN (BPF_SOCK_OPS_TCP_CONNECT_CB) until its socket
 // leaves the established state: the client closed it (FIN_WAIT1, or CLOSE
 // for a reset), the agent closed it (CLOSE_WAIT), or the connect failed
 // (CLOSE). This also bounds the identity records one caller can leave
-// pending in conn_records (audit-map exhaustion).
+// pending in conn_records (audit-map exhaustion). The counts are not
+// pinned: a reloaded set of programs counts afresh (the connections open
+// before it are not counted), so counts can never drift upwards across
+// versions and lock callers out.
 //
 // Containers: a socket in another network namespace than the agent's
 // (agent_netns, a netns cookie) cannot reach 127.0.0.1 of the agent's
@@ -127,9 +131,12 @@ volatile const __u16 listen_port = 0;
 volatile const __u32 ns_listen_addr = 0;
 volatile const __u16 ns_listen_port = 0;
 
-// max_caller_conns is the per-caller limit (maxConnectionsPerCaller); set
-// at load time. 0: no limit.
+// max_caller_conns is the per-caller limit (maxConnectionsPerCaller) and
+// max_limited_conns the limit of all limited callers together (the
+// agent's maxConnections less the slots it keeps for root); set at load
+// time. 0: no such limit.
 volatile const __u32 max_caller_conns = 0;
+volatile const __u32 max_limited_conns = 0;
 
 // agent_pidns_dev and agent_pidns_ino identify the agent's PID namespace
 // (the device, in the kernel's encoding, and inode of /proc/self/ns/pid);
@@ -179,8 +186,16 @@ struct {
 	__uint(max_entries, 4096);
 	__type(key, struct caller_key);
 	__type(value, __s64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } caller_conns SEC(".maps");
+
+// limited_conns[0] counts the open redirected connections of all limited
+// callers together.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} limited_conns SEC(".maps");
 
 // sk_callers marks a counted socket with the key it is counted under,
 // until sockops releases it.
@@ -189,14 +204,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct caller_key);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sk_callers SEC(".maps");
 
-// limit_refusals counts the connects refused for the per-caller limit
-// since the programs were loaded (the agent's metrics read it).
+// limit_refusals counts the connects refused since the programs were
+// loaded (the agent's metrics read it): [REFUSED_CALLER] for the
+// per-caller limit, [REFUSED_ALL] for the limit of all callers.
+#define REFUSED_CALLER 0
+#define REFUSED_ALL 1
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } limit_refusals SEC(".maps");
@@ -262,32 +279,41 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 }
 
-// limited reports whether the per-caller limit applies to uid in netns:
-// it is on, and the caller is not root in the agent's namespace.
+// limited reports whether the connection limits apply to uid in netns: a
+// limit is on, and the caller is not root in the agent's namespace.
 static __always_inline int limited(__u32 uid, __u64 netns)
 {
-	if (max_caller_conns == 0)
+	if (max_caller_conns == 0 && max_limited_conns == 0)
 		return 0;
 	return uid != 0 || (agent_netns != 0 && netns != agent_netns);
 }
 
-// at_limit reports (and counts) that the caller uid in netns already holds
-// max_caller_conns redirected connections.
+// at_limit reports (and counts) that a new connection of the caller uid in
+// netns would exceed a connection limit.
 static __always_inline int at_limit(__u32 uid, __u64 netns)
 {
 	struct caller_key key = {};
-	__u32 zero = 0;
+	__u32 zero = 0, why;
 	__u64 *refused;
 	__s64 *n;
 
 	if (!limited(uid, netns))
 		return 0;
+	n = bpf_map_lookup_elem(&limited_conns, &zero);
+	if (max_limited_conns != 0 && n && *n >= (__s64)max_limited_conns) {
+		why = REFUSED_ALL;
+		goto refuse;
+	}
 	key.netns = netns;
 	key.uid = uid;
 	n = bpf_map_lookup_elem(&caller_conns, &key);
-	if (!n || *n < (__s64)max_caller_conns)
-		return 0;
-	refused = bpf_map_lookup_elem(&limit_refusals, &zero);
+	if (max_caller_conns != 0 && n && *n >= (__s64)max_caller_conns) {
+		why = REFUSED_CALLER;
+		goto refuse;
+	}
+	return 0;
+refuse:
+	refused = bpf_map_lookup_elem(&limit_refusals, &why);
 	if (refused)
 		__sync_fetch_and_add(refused, 1);
 	return 1;
@@ -425,16 +451,20 @@ int bind6(struct bpf_sock_addr *ctx)
 	return may_bind(ctx);
 }
 
-// count counts a redirected socket under its caller (rec) and asks for its
-// state changes, so release can count it out. A socket that cannot be
-// marked is not counted.
+// count counts a redirected socket under its caller (rec) and among all
+// limited callers' and asks for its state changes, so release can count it
+// out. A socket that cannot be marked is not counted.
 static __always_inline void count(struct bpf_sock_ops *ctx, struct bpf_sock *sk, struct conn_record *rec)
 {
 	struct caller_key key = {};
 	struct caller_key *held;
-	__s64 zero = 0, *n;
+	__s64 zero = 0, *n, *all;
+	__u32 first = 0;
 
 	if (!limited(rec->uid, rec->netns))
+		return;
+	all = bpf_map_lookup_elem(&limited_conns, &first);
+	if (!all)
 		return;
 	key.netns = rec->netns;
 	key.uid = rec->uid;
@@ -454,6 +484,7 @@ static __always_inline void count(struct bpf_sock_ops *ctx, struct bpf_sock *sk,
 		return;
 	}
 	__sync_fetch_and_add(n, 1);
+	__sync_fetch_and_add(all, 1);
 }
 
 // release counts a counted socket out, once: it left the established
@@ -462,6 +493,7 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct caller_key *held;
+	__u32 first = 0;
 	__s64 *n;
 
 	if (!sk)
@@ -470,6 +502,9 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 	if (!held)
 		return;
 	n = bpf_map_lookup_elem(&caller_conns, held);
+	if (n)
+		__sync_fetch_and_add(n, -1);
+	n = bpf_map_lookup_elem(&limited_conns, &first);
 	if (n)
 		__sync_fetch_and_add(n, -1);
 	bpf_sk_storage_delete(&sk_callers, sk);

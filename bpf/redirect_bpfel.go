@@ -68,6 +68,7 @@ const (
 	RedirectMapCallerConns     = "caller_conns"
 	RedirectMapConnRecords     = "conn_records"
 	RedirectMapLimitRefusals   = "limit_refusals"
+	RedirectMapLimitedConns    = "limited_conns"
 	RedirectMapPolicyMap       = "policy_map"
 	RedirectMapSkCallers       = "sk_callers"
 	RedirectMapSkRecords       = "sk_records"
@@ -83,6 +84,7 @@ const (
 	RedirectVarListenAddr      = "listen_addr"
 	RedirectVarListenPort      = "listen_port"
 	RedirectVarMaxCallerConns  = "max_caller_conns"
+	RedirectVarMaxLimitedConns = "max_limited_conns"
 	RedirectVarNsListenAddr    = "ns_listen_addr"
 	RedirectVarNsListenPort    = "ns_listen_port"
 )
@@ -143,6 +145,7 @@ type RedirectMapSpecs struct {
 	CallerConns   *ebpf.MapSpec `ebpf:"caller_conns"`
 	ConnRecords   *ebpf.MapSpec `ebpf:"conn_records"`
 	LimitRefusals *ebpf.MapSpec `ebpf:"limit_refusals"`
+	LimitedConns  *ebpf.MapSpec `ebpf:"limited_conns"`
 	PolicyMap     *ebpf.MapSpec `ebpf:"policy_map"`
 	SkCallers     *ebpf.MapSpec `ebpf:"sk_callers"`
 	SkRecords     *ebpf.MapSpec `ebpf:"sk_records"`
@@ -152,15 +155,16 @@ type RedirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectVariableSpecs struct {
-	AgentMark      *ebpf.VariableSpec `ebpf:"agent_mark"`
-	AgentNetns     *ebpf.VariableSpec `ebpf:"agent_netns"`
-	AgentPidnsDev  *ebpf.VariableSpec `ebpf:"agent_pidns_dev"`
-	AgentPidnsIno  *ebpf.VariableSpec `ebpf:"agent_pidns_ino"`
-	ListenAddr     *ebpf.VariableSpec `ebpf:"listen_addr"`
-	ListenPort     *ebpf.VariableSpec `ebpf:"listen_port"`
-	MaxCallerConns *ebpf.VariableSpec `ebpf:"max_caller_conns"`
-	NsListenAddr   *ebpf.VariableSpec `ebpf:"ns_listen_addr"`
-	NsListenPort   *ebpf.VariableSpec `ebpf:"ns_listen_port"`
+	AgentMark       *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentNetns      *ebpf.VariableSpec `ebpf:"agent_netns"`
+	AgentPidnsDev   *ebpf.VariableSpec `ebpf:"agent_pidns_dev"`
+	AgentPidnsIno   *ebpf.VariableSpec `ebpf:"agent_pidns_ino"`
+	ListenAddr      *ebpf.VariableSpec `ebpf:"listen_addr"`
+	ListenPort      *ebpf.VariableSpec `ebpf:"listen_port"`
+	MaxCallerConns  *ebpf.VariableSpec `ebpf:"max_caller_conns"`
+	MaxLimitedConns *ebpf.VariableSpec `ebpf:"max_limited_conns"`
+	NsListenAddr    *ebpf.VariableSpec `ebpf:"ns_listen_addr"`
+	NsListenPort    *ebpf.VariableSpec `ebpf:"ns_listen_port"`
 }
 
 // RedirectObjects contains all objects after they have been loaded into the kernel.
@@ -186,6 +190,7 @@ type RedirectMaps struct {
 	CallerConns   *ebpf.Map `ebpf:"caller_conns"`
 	ConnRecords   *ebpf.Map `ebpf:"conn_records"`
 	LimitRefusals *ebpf.Map `ebpf:"limit_refusals"`
+	LimitedConns  *ebpf.Map `ebpf:"limited_conns"`
 	PolicyMap     *ebpf.Map `ebpf:"policy_map"`
 	SkCallers     *ebpf.Map `ebpf:"sk_callers"`
 	SkRecords     *ebpf.Map `ebpf:"sk_records"`
@@ -196,6 +201,7 @@ func (m *RedirectMaps) Close() error {
 		m.CallerConns,
 		m.ConnRecords,
 		m.LimitRefusals,
+		m.LimitedConns,
 		m.PolicyMap,
 		m.SkCallers,
 		m.SkRecords,
@@ -206,15 +212,16 @@ func (m *RedirectMaps) Close() error {
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectVariables struct {
-	AgentMark      *ebpf.Variable `ebpf:"agent_mark"`
-	AgentNetns     *ebpf.Variable `ebpf:"agent_netns"`
-	AgentPidnsDev  *ebpf.Variable `ebpf:"agent_pidns_dev"`
-	AgentPidnsIno  *ebpf.Variable `ebpf:"agent_pidns_ino"`
-	ListenAddr     *ebpf.Variable `ebpf:"listen_addr"`
-	ListenPort     *ebpf.Variable `ebpf:"listen_port"`
-	MaxCallerConns *ebpf.Variable `ebpf:"max_caller_conns"`
-	NsListenAddr   *ebpf.Variable `ebpf:"ns_listen_addr"`
-	NsListenPort   *ebpf.Variable `ebpf:"ns_listen_port"`
+	AgentMark       *ebpf.Variable `ebpf:"agent_mark"`
+	AgentNetns      *ebpf.Variable `ebpf:"agent_netns"`
+	AgentPidnsDev   *ebpf.Variable `ebpf:"agent_pidns_dev"`
+	AgentPidnsIno   *ebpf.Variable `ebpf:"agent_pidns_ino"`
+	ListenAddr      *ebpf.Variable `ebpf:"listen_addr"`
+	ListenPort      *ebpf.Variable `ebpf:"listen_port"`
+	MaxCallerConns  *ebpf.Variable `ebpf:"max_caller_conns"`
+	MaxLimitedConns *ebpf.Variable `ebpf:"max_limited_conns"`
+	NsListenAddr    *ebpf.Variable `ebpf:"ns_listen_addr"`
+	NsListenPort    *ebpf.Variable `ebpf:"ns_listen_port"`
 }
 
 // RedirectPrograms contains all programs after they have been loaded into the kernel.

@@ -325,9 +325,10 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *sl
 		PinDir:     cfg.BpfPinPath,
 		Endpoints:  d,
 		Mark:       cfg.SocketMark,
-		// The kernel refuses a caller's connects beyond the limit before
-		// they cost the agent anything; the listener enforces it too.
+		// The kernel refuses connects beyond the limits before they cost
+		// the agent anything; the listener enforces them too.
 		MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
+		MaxLimitedConns:   cfg.MaxConnections - proxy.RootReserve(cfg.MaxConnections),
 		Logger:            log.With("module", "redirector"),
 		Started:           start,
 	}

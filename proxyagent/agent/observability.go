@@ -88,8 +88,8 @@ func newMetrics(cfg config.Config, version string, kk **keykeeper.KeyKeeper, srv
 			out["caller_limit"], out["max_connections"] = (*srv).Refused()
 		}
 		if redir != nil {
-			if n, err := redir.LimitRefusals(); err == nil {
-				out["caller_limit_connect"] = n
+			if n, all, err := redir.LimitRefusals(); err == nil {
+				out["caller_limit_connect"], out["max_connections_connect"] = n, all
 			}
 		}
 		return out

@@ -21,7 +21,7 @@ var families = []family{
 	{Namespace + "_unidentified_requests_total", "counter", "Requests answered 421 because their connection had no caller identity, by reason (direct: not redirected by the kernel; no_claims: redirected but the caller could not be resolved)."},
 	{Namespace + "_identity_map_entries", "gauge", "Caller identity records the kernel holds for redirected connections the agent has not accepted (yet)."},
 	{Namespace + "_identity_map_capacity", "gauge", "Capacity of the kernel's identity map, an LRU: beyond it the oldest records are evicted and their connections get 421."},
-	{Namespace + "_connections_refused_total", "counter", "Connections refused before any request was read, by reason (caller_limit_connect: the kernel refused the connect, its caller holding maxConnectionsPerCaller connections; caller_limit: closed at accept for that reason; max_connections: closed at accept, every connection slot taken)."},
+	{Namespace + "_connections_refused_total", "counter", "Connections refused before any request was read, by reason (caller_limit_connect: the kernel refused the connect, its caller holding maxConnectionsPerCaller connections; max_connections_connect: the kernel refused it, the callers other than root holding every slot not kept for root; caller_limit and max_connections: closed at accept for those reasons)."},
 	{Namespace + "_audit_records_written_total", "counter", "Audit records written, by sink (file, syslog)."},
 	{Namespace + "_audit_records_dropped_total", "counter", "Audit records lost because a sink's queue was full or its write failed, by sink (file, syslog)."},
 	{Namespace + "_key_latched", "gauge", "1 while a key latched with the host is in memory, else 0."},

@@ -42,7 +42,7 @@ func testSources() Sources {
 			return []SinkCount{{Sink: "file", Written: 10, Dropped: 1}, {Sink: "syslog", Written: 9, Dropped: 2}}
 		},
 		ConnectionsRefused: func() map[string]uint64 {
-			return map[string]uint64{"caller_limit_connect": 5, "caller_limit": 4, "max_connections": 0}
+			return map[string]uint64{"caller_limit_connect": 5, "max_connections_connect": 6, "caller_limit": 4, "max_connections": 0}
 		},
 		Modules: func() map[string]string {
 			return map[string]string{"keyLatchStatus": "RUNNING", "ebpfProgramStatus": "STOPPED", "proxyListenerStatus": "RUNNING"}
@@ -121,6 +121,7 @@ func TestExposition(t *testing.T) {
 		`azure_proxy_agent_service_mode{service="WireServer",mode="enforce"} 1`,
 		`azure_proxy_agent_rule_epoch 7`,
 		`azure_proxy_agent_connections_refused_total{reason="caller_limit_connect"} 5`,
+		`azure_proxy_agent_connections_refused_total{reason="max_connections_connect"} 6`,
 		`azure_proxy_agent_connections_refused_total{reason="caller_limit"} 4`,
 		`azure_proxy_agent_connections_refused_total{reason="max_connections"} 0`,
 		`azure_proxy_agent_audit_records_written_total{sink="file"} 10`,

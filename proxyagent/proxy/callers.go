@@ -75,11 +75,11 @@ func (l *callerLimit) release(key callerKey) {
 	l.n[key]--
 }
 
-// rootReserve is how many of n connection slots (MaxConns) only exempt
+// RootReserve is how many of n connection slots (MaxConns) only exempt
 // callers (root in the agent's namespace) may take: a few callers at their
 // per-caller limit together (eight containers at 64 fill 500) must not
 // lock out waagent.
-func rootReserve(n int) int { return max(n/16, 1) }
+func RootReserve(n int) int { return max(n/16, 1) }
 
 // refuse counts a refused connection and tells whether to log it: at most
 // one warning a second, so a flood cannot flood the log.

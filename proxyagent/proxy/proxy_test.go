@@ -828,11 +828,11 @@ func TestMaxConnsPerCaller(t *testing.T) {
 }
 
 // Callers at their per-caller limit together cannot take the last slots:
-// rootReserve of MaxConns stay for root in the agent's namespace.
+// RootReserve of MaxConns stay for root in the agent's namespace.
 func TestRootReserve(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.MaxConns = 32; o.MaxConnsPerCaller = 8 })
-	if r := rootReserve(32); r != 2 {
-		t.Fatalf("rootReserve(32) = %d", r)
+	if r := RootReserve(32); r != 2 {
+		t.Fatalf("RootReserve(32) = %d", r)
 	}
 	served := func(c *client) bool {
 		resp, _ := c.do(req("GET", "/x"))

@@ -157,22 +157,19 @@ func holdServer(t *testing.T, r *Redirector, l net.Listener) {
 	}()
 }
 
-// The kernel holds each caller (a user in a network namespace) to
-// MaxConnsPerCaller redirected connections: the next connect fails with
-// EPERM before any packet is sent, and a connection counts until the
-// client closes it or the agent does. Other users, and root in a
-// container, have their own counts; root in the agent's namespace has
-// none. Counts survive the agent's restart (pinned), and the new limit
-// applies at once.
-func TestCallerLimit(t *testing.T) {
-	e := newEnv(t)
+// limitSetup loads the redirector with the given connection limits and a
+// container listener, serves both listeners with holdServer, and starts a
+// connsHelper as nobody, as uid 1000 and as root in the agent's namespace,
+// and as root in a container.
+func limitSetup(t *testing.T, perCaller, all int) (e *env, r *Redirector, n, u, root, kroot *connsProc) {
+	e = newEnv(t)
 	ca := msp.ContainerListenerAddr
 	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
 		t.Fatal(err)
 	}
 	e.cfg.Endpoints.ContainerListener = ca
-	e.cfg.MaxConnsPerCaller = 3
-	r := e.load()
+	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = perCaller, all
+	r = e.load()
 	if err := r.SetPolicy(true, true, true); err != nil {
 		t.Fatal(err)
 	}
@@ -191,15 +188,29 @@ func TestCallerLimit(t *testing.T) {
 	user := in
 	user.Credential = &syscall.Credential{Uid: 1000, Gid: 1000}
 	exe := worldExecutable(t)
-	n, u, root := startConns(t, exe, nobody), startConns(t, exe, user), startConns(t, exe, in)
-	kroot := startConns(t, exe, testenv.Options{Netns: k.Netns, Cgroup: k.Cgroup})
+	n, u, root = startConns(t, exe, nobody), startConns(t, exe, user), startConns(t, exe, in)
+	kroot = startConns(t, exe, testenv.Options{Netns: k.Netns, Cgroup: k.Cgroup})
+	return e, r, n, u, root, kroot
+}
 
-	check := func(what, got, want string) {
-		t.Helper()
-		if got != want {
-			t.Fatalf("%s: %q, want %q", what, got, want)
-		}
+// checkAnswer fails the test at once if got is not want.
+func checkAnswer(t *testing.T, what, got, want string) {
+	t.Helper()
+	if got != want {
+		t.Fatalf("%s: %q, want %q", what, got, want)
 	}
+}
+
+// The kernel holds each caller (a user in a network namespace) to
+// MaxConnsPerCaller redirected connections: the next connect fails with
+// EPERM before any packet is sent, and a connection counts until the
+// client closes it or the agent does. Other users, and root in a
+// container, have their own counts; root in the agent's namespace has
+// none. A reload (the agent restarts) counts afresh with its new limit:
+// counts are not pinned, so they can never drift and lock callers out.
+func TestCallerLimit(t *testing.T) {
+	e, r, n, u, root, kroot := limitSetup(t, 3, 0)
+	check := func(what, got, want string) { t.Helper(); checkAnswer(t, what, got, want) }
 	check("nobody's first three and a fourth", n.dials(4), "ok ok ok EPERM")
 	check("another user meanwhile", u.dials(1), "ok")
 	check("root in the agent's namespace", root.dials(5), "ok ok ok ok ok")
@@ -209,14 +220,15 @@ func TestCallerLimit(t *testing.T) {
 	check("then dials", n.dials(2), "ok EPERM")
 	check("the agent closes one of nobody's", n.do("bye 1"), "eof <nil>")
 	check("then nobody dials", n.dials(2), "ok EPERM")
-	if got, err := r.LimitRefusals(); err != nil || got != 4 {
-		t.Errorf("LimitRefusals = %d, %v; want 4", got, err)
+	if got, all, err := r.LimitRefusals(); err != nil || got != 4 || all != 0 {
+		t.Errorf("LimitRefusals = %d, %d, %v; want 4 for the per-caller limit", got, all, err)
 	}
 	if got := e.direct.Load(); got != 0 {
 		t.Errorf("%d connections reached the real IMDS", got)
 	}
 
-	// The agent restarts with a higher limit: nobody's 3 stay counted.
+	// The agent restarts with a higher limit: nobody's 3 open connections
+	// are not counted by the new programs.
 	cfg := e.cfg
 	cfg.MaxConnsPerCaller = 5
 	r2, err := Load(cfg)
@@ -224,8 +236,8 @@ func TestCallerLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r2.Close()
-	check("nobody after a restart with limit 5", n.dials(3), "ok ok EPERM")
-	if got, err := r2.LimitRefusals(); err != nil || got != 1 {
+	check("nobody after a restart with limit 5", n.dials(6), "ok ok ok ok ok EPERM")
+	if got, _, err := r2.LimitRefusals(); err != nil || got != 1 {
 		t.Errorf("LimitRefusals after the restart = %d, %v; want 1 (counted since load)", got, err)
 	}
 
@@ -241,7 +253,34 @@ func TestCallerLimit(t *testing.T) {
 			t.Errorf("uid %d (netns %d) still holds %d connections", key.Uid, key.Netns, held)
 		}
 	}
-	if counted != 3 {
-		t.Errorf("%d callers counted, want 3 (nobody, the other user, the container's root)", counted)
+	if counted != 1 {
+		t.Errorf("%d callers counted since the restart, want 1 (nobody)", counted)
+	}
+}
+
+// All callers but root in the agent's namespace together hold at most
+// MaxLimitedConns redirected connections (the agent's slots not kept for
+// root), so many users or containers at their per-caller limit cannot
+// flood the agent either; root in the agent's namespace is never refused.
+func TestLimitedConnsTogether(t *testing.T) {
+	_, r, n, u, root, kroot := limitSetup(t, 3, 4)
+	check := func(what, got, want string) { t.Helper(); checkAnswer(t, what, got, want) }
+
+	check("nobody at its own limit", n.dials(4), "ok ok ok EPERM")
+	check("another user: one left of four", u.dials(2), "ok EPERM")
+	check("root in a container: none left", kroot.dials(1), "EPERM")
+	check("root in the agent's namespace", root.dials(2), "ok ok")
+	check("nobody closes one", n.do("close 0"), "closed")
+	check("the other user takes it", u.dials(2), "ok EPERM")
+	if per, all, err := r.LimitRefusals(); err != nil || per != 1 || all != 3 {
+		t.Errorf("LimitRefusals = %d per caller, %d all, %v; want 1 and 3", per, all, err)
+	}
+
+	for _, p := range []*connsProc{n, u, root, kroot} {
+		p.stop()
+	}
+	var held int64
+	if err := r.objs.LimitedConns.Lookup(uint32(0), &held); err != nil || held != 0 {
+		t.Errorf("limited callers still hold %d connections (%v), want 0", held, err)
 	}
 }

@@ -60,9 +60,14 @@ type Config struct {
 	// MaxConnsPerCaller is the most redirected connections one caller (a
 	// user in a network namespace; root in the agent's namespace is
 	// exempt) holds at once; the kernel refuses (EPERM) a connect beyond
-	// it. 0: no limit; more than fits in 32 bits: 2³²−1. The agent passes maxConnectionsPerCaller, which its
-	// listener also enforces.
+	// it. 0: no limit; more than fits in 32 bits: 2³²−1. The agent
+	// passes maxConnectionsPerCaller, which its listener also enforces.
 	MaxConnsPerCaller int
+	// MaxLimitedConns is the most redirected connections all callers the
+	// per-caller limit applies to hold together; the kernel refuses a
+	// connect beyond it. 0: no limit. The agent passes maxConnections less
+	// the slots its listener keeps for root (proxy.RootReserve).
+	MaxLimitedConns int
 	// Logger receives one message per event; nil: slog.Default().
 	Logger *slog.Logger
 	// Started is the moment the status message's milliseconds count from
@@ -109,8 +114,7 @@ var hooks = []hook{
 }
 
 // pinnedMaps are the map names pinned by name in the pin dir.
-var pinnedMaps = []string{bpf.RedirectMapPolicyMap, bpf.RedirectMapConnRecords, bpf.RedirectMapSkRecords,
-	bpf.RedirectMapCallerConns, bpf.RedirectMapSkCallers}
+var pinnedMaps = []string{bpf.RedirectMapPolicyMap, bpf.RedirectMapConnRecords, bpf.RedirectMapSkRecords}
 
 // Redirector is a loaded, attached and pinned set of redirect programs.
 // Its methods are safe for concurrent use.
@@ -144,8 +148,8 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.MaxConnsPerCaller < 0 {
-		return fmt.Errorf("per-caller connection limit %d is negative", c.MaxConnsPerCaller)
+	if c.MaxConnsPerCaller < 0 || c.MaxLimitedConns < 0 {
+		return fmt.Errorf("connection limits %d (per caller) and %d (all) must not be negative", c.MaxConnsPerCaller, c.MaxLimitedConns)
 	}
 	d := c.Endpoints
 	if !d.Listener.Addr().Is4() {
@@ -289,8 +293,13 @@ func loadObjects(cfg Config, pidns PidNS) (objs *bpf.RedirectObjects, migrated b
 	if err := spec.Variables[bpf.RedirectVarAgentMark].Set(cfg.Mark); err != nil {
 		return nil, false, fmt.Errorf("set agent mark: %w", err)
 	}
-	if err := spec.Variables[bpf.RedirectVarMaxCallerConns].Set(uint32(min(cfg.MaxConnsPerCaller, math.MaxUint32))); err != nil {
-		return nil, false, fmt.Errorf("set per-caller limit: %w", err)
+	for _, l := range []struct {
+		name string
+		n    int
+	}{{bpf.RedirectVarMaxCallerConns, cfg.MaxConnsPerCaller}, {bpf.RedirectVarMaxLimitedConns, cfg.MaxLimitedConns}} {
+		if err := spec.Variables[l.name].Set(uint32(min(l.n, math.MaxUint32))); err != nil {
+			return nil, false, fmt.Errorf("set connection limit: %w", err)
+		}
 	}
 	if err := spec.Variables[bpf.RedirectVarAgentNetns].Set(cfg.Netns); err != nil {
 		return nil, false, fmt.Errorf("set agent netns: %w", err)

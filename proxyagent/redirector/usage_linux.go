@@ -37,16 +37,20 @@ func (r *Redirector) IdentityMapUsage() (entries, capacity int, err error) {
 	return capacity, capacity, nil
 }
 
-// LimitRefusals returns how many connects the kernel refused since Load
-// because their caller already held Config.MaxConnsPerCaller redirected
-// connections.
-func (r *Redirector) LimitRefusals() (uint64, error) {
+// LimitRefusals returns how many connects the kernel refused since Load:
+// perCaller because their caller already held Config.MaxConnsPerCaller
+// redirected connections, all because the limited callers together held
+// Config.MaxLimitedConns.
+func (r *Redirector) LimitRefusals() (perCaller, all uint64, err error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if r.objs == nil {
-		return 0, errors.New("redirector: closed")
+		return 0, 0, errors.New("redirector: closed")
 	}
-	var n uint64
-	err := r.objs.LimitRefusals.Lookup(uint32(0), &n)
-	return n, err
+	// Indexes as in redirect.c (REFUSED_CALLER, REFUSED_ALL).
+	if err := r.objs.LimitRefusals.Lookup(uint32(0), &perCaller); err != nil {
+		return 0, 0, err
+	}
+	err = r.objs.LimitRefusals.Lookup(uint32(1), &all)
+	return perCaller, all, err
 }

@@ -13,8 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/opengpa/gpa/bench/load"
 	"github.com/opengpa/gpa/bench/procstat"
 	"github.com/opengpa/gpa/internal/e2eenv"
 )
@@ -509,14 +511,18 @@ func profileAgent(ctx context.Context, b *benchEnv, o options) error {
 	return nil
 }
 
-// floodSizes are the B-flood connection counts (threats-and-benchmarks.md
-// §3).
-var floodSizes = []int{200, 2000}
+// floods are the B-flood loads (threats-and-benchmarks.md §3): 200 and
+// 2,000 connections from one user, and 2,000 from 40 users (50 each, each
+// within maxConnectionsPerCaller, together far beyond maxConnections).
+var floods = []struct{ conns, users int }{{200, 1}, {2000, 1}, {2000, 40}}
+
+// floodUID is the first uid of a many-user flood (no such user exists).
+const floodUID = 20000
 
 // benchFlood is B-flood: a well-behaved client (root, IMDS in Enforce, a
 // new connection per request as curl makes them, c=1) measured alone and
-// then while one unprivileged user floods the agent with n connections,
-// each an unfinished request head reopened as soon as the agent closes it.
+// then while unprivileged users flood the agent with connections, each an
+// unfinished request head reopened as soon as the agent closes it.
 // Goal: the agent survives and the client's latency stays within 2× of
 // its baseline.
 func benchFlood(ctx context.Context, b *benchEnv, o options, rep *Report) error {
@@ -534,32 +540,53 @@ func benchFlood(ctx context.Context, b *benchEnv, o options, rep *Report) error 
 	if err != nil {
 		return err
 	}
-	for _, n := range floodSizes {
-		cmd := exec.CommandContext(ctx, b.gpaload, "-hold", strconv.Itoa(n), "-url", pathEnforce.url,
-			"-d", (o.cell + o.warmup + 2*time.Second).String())
-		cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
-		var out, errOut bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errOut
-		if err := b.Start(cmd, e2eenv.Nobody); err != nil {
-			return err
+	for _, fl := range floods {
+		type flooder struct {
+			cmd         *exec.Cmd
+			out, errOut bytes.Buffer
+		}
+		flooders := make([]*flooder, fl.users)
+		for i := range flooders {
+			fd := &flooder{cmd: exec.CommandContext(ctx, b.gpaload, "-hold", strconv.Itoa(fl.conns/fl.users), "-url", pathEnforce.url,
+				"-d", (o.cell + o.warmup + 2*time.Second).String())}
+			fd.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+			fd.cmd.Stdout, fd.cmd.Stderr = &fd.out, &fd.errOut
+			who := e2eenv.Nobody
+			if fl.users > 1 {
+				uid := uint32(floodUID + i)
+				who = e2eenv.Caller{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+			}
+			if err := b.Start(fd.cmd, who); err != nil {
+				return err
+			}
+			flooders[i] = fd
 		}
 		time.Sleep(time.Second) // the flood takes what it can first
 		under, lerr := client()
-		werr := cmd.Wait()
-		f := Flood{Connections: n, Baseline: summarize([]loadRun{base}), AgentAlive: b.AgentPID() != 0}
+		f := Flood{Connections: fl.conns, Users: fl.users, Baseline: summarize([]loadRun{base})}
+		for _, fd := range flooders {
+			var h load.HoldResult
+			if werr := fd.cmd.Wait(); werr != nil {
+				f.Error += fmt.Sprintf("; flood: %v: %s", werr, bytes.TrimSpace(fd.errOut.Bytes()))
+			} else if err := json.Unmarshal(fd.out.Bytes(), &h); err != nil {
+				f.Error += "; flood output: " + err.Error()
+			}
+			f.Hold.Wanted += h.Wanted
+			f.Hold.Opened += h.Opened
+			f.Hold.Closed += h.Closed
+			f.Hold.Failed += h.Failed
+			f.Hold.HeldAtEnd += h.HeldAtEnd
+		}
+		f.AgentAlive = b.AgentPID() != 0
 		if lerr != nil {
-			f.Error = lerr.Error()
+			f.Error = lerr.Error() + f.Error
 		} else {
 			f.Flooded = summarize([]loadRun{under})
 		}
-		if werr != nil {
-			f.Error += fmt.Sprintf("; flood: %v: %s", werr, bytes.TrimSpace(errOut.Bytes()))
-		} else if err := json.Unmarshal(out.Bytes(), &f.Hold); err != nil {
-			f.Error += "; flood output: " + err.Error()
-		}
+		f.Error = strings.TrimPrefix(f.Error, "; ")
 		rep.Flood = append(rep.Flood, f)
 		if !f.AgentAlive {
-			return fmt.Errorf("agent gone after a flood of %d connections", n)
+			return fmt.Errorf("agent gone after a flood of %d connections from %d users", fl.conns, fl.users)
 		}
 	}
 	return nil
