@@ -34,31 +34,40 @@ func keyOf(rec identity.Record, ok bool) (key callerKey, exempt bool) {
 // callerLimit bounds the connections one caller holds at once, so one
 // unprivileged user (or one container, or a flood of direct connections)
 // cannot take every connection slot (MaxConns) and lock everybody else out
-// of the metadata services. mu guards n.
+// of the metadata services, and the connections all such callers hold
+// together (maxAll: MaxConns less RootReserve), so several at their limit
+// cannot either. mu guards n and all.
 type callerLimit struct {
-	max      int // 0: no limit
+	max      int // per caller; 0: no limit (and no maxAll)
+	maxAll   int // all callers together
 	mu       sync.Mutex
 	n        map[callerKey]int
+	all      int
 	refused  atomic.Uint64
 	lastWarn atomic.Int64 // unix nanos of the last warning
 }
 
 // acquire counts one more connection of key and reports whether it is
-// within the limit; a refused one is not counted.
-func (l *callerLimit) acquire(key callerKey) bool {
+// within the limits (full: not, because all callers together hold maxAll);
+// a refused one is not counted.
+func (l *callerLimit) acquire(key callerKey) (ok, full bool) {
 	if l.max <= 0 {
-		return true
+		return true, false
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.all >= l.maxAll {
+		return false, true
+	}
 	if l.n[key] >= l.max {
-		return false
+		return false, false
 	}
 	if l.n == nil {
 		l.n = make(map[callerKey]int)
 	}
 	l.n[key]++
-	return true
+	l.all++
+	return true, false
 }
 
 // release counts one connection of key less.
@@ -68,6 +77,7 @@ func (l *callerLimit) release(key callerKey) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.all--
 	if l.n[key] <= 1 {
 		delete(l.n, key)
 		return

@@ -137,10 +137,8 @@ func (st *connState) setup(ctx context.Context) {
 	s := st.s
 	rec, ok := s.opts.Identity.Lookup(st.client)
 	if key, exempt := keyOf(rec, ok); !exempt {
-		// This connection already holds a slot; the last RootReserve
-		// slots are kept for exempt callers.
-		full := s.sem != nil && s.callers.max > 0 && len(s.sem) > cap(s.sem)-RootReserve(cap(s.sem))
-		if full || !s.callers.acquire(key) {
+		// The last RootReserve slots are kept for exempt callers.
+		if ok, full := s.callers.acquire(key); !ok {
 			st.overLimit = true
 			if total, warn := s.callers.refuse(time.Now()); warn {
 				msg := "too many connections from one caller, closing its new connections"

@@ -532,11 +532,20 @@ func benchFlood(ctx context.Context, b *benchEnv, o options, rep *Report) error 
 	if err := b.setIMDSMode(ctx, "Enforce"); err != nil {
 		return err
 	}
-	client := func() (loadRun, error) {
-		return b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
+	// client runs the well-behaved client and returns its run and the
+	// agent's CPU use meanwhile (CPU time over wall time).
+	client := func() (loadRun, float64, error) {
+		pid, start := b.AgentPID(), time.Now()
+		cpu0, cerr := procstat.CPU(pid)
+		run, err := b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
 			"-c", "1", "-d", o.cell.String(), "-warmup", o.warmup.String(), "-keepalive=false")
+		cpu1, cerr2 := procstat.CPU(pid)
+		if cerr != nil || cerr2 != nil {
+			return run, 0, err
+		}
+		return run, float64(cpu1-cpu0) / float64(time.Since(start)), err
 	}
-	base, err := client()
+	base, baseCPU, err := client()
 	if err != nil {
 		return err
 	}
@@ -562,8 +571,9 @@ func benchFlood(ctx context.Context, b *benchEnv, o options, rep *Report) error 
 			flooders[i] = fd
 		}
 		time.Sleep(time.Second) // the flood takes what it can first
-		under, lerr := client()
-		f := Flood{Connections: fl.conns, Users: fl.users, Baseline: summarize([]loadRun{base})}
+		under, cpu, lerr := client()
+		f := Flood{Connections: fl.conns, Users: fl.users, Baseline: summarize([]loadRun{base}),
+			AgentCPUAlone: baseCPU, AgentCPUFlooded: cpu}
 		for _, fd := range flooders {
 			var h load.HoldResult
 			if werr := fd.cmd.Wait(); werr != nil {

@@ -93,7 +93,11 @@ type Flood struct {
 	Flooded     Summary         `json:"flooded"`
 	Hold        load.HoldResult `json:"hold"`
 	AgentAlive  bool            `json:"agent_alive"`
-	Error       string          `json:"error,omitempty"`
+	// AgentCPUAlone and AgentCPUFlooded are the agent's CPU time over wall
+	// time while the client ran alone and while flooded (1 = one CPU).
+	AgentCPUAlone   float64 `json:"agent_cpu_alone"`
+	AgentCPUFlooded float64 `json:"agent_cpu_flooded"`
+	Error           string  `json:"error,omitempty"`
 }
 
 // Memory is B-mem.
@@ -435,9 +439,9 @@ func printTable(w io.Writer, r *Report) {
 	if len(r.Flood) > 0 {
 		fmt.Fprintln(w, "\n-- B-flood: root client, c=1, new connection per request, IMDS Enforce; alone, then while unprivileged users hold N connections (unfinished heads, reopened when closed)")
 		for _, f := range r.Flood {
-			fmt.Fprintf(w, "N=%d from %s: alone p50 %.0f µs p99 %.0f µs; flooded p50 %.0f µs p99 %.0f µs, %.1f req/s, failed %d; flood opened %d, closed by the agent %d, connect failures %d, held at end %d; agent alive %v",
+			fmt.Fprintf(w, "N=%d from %s: alone p50 %.0f µs p99 %.0f µs; flooded p50 %.0f µs p99 %.0f µs, %.1f req/s, failed %d; flood opened %d, closed by the agent %d, connect failures %d, held at end %d; agent CPU %.0f %% alone, %.0f %% flooded; agent alive %v",
 				f.Connections, floodUsers(f.Users), f.Baseline.P50, f.Baseline.P99, f.Flooded.P50, f.Flooded.P99, f.Flooded.RPS, f.Flooded.Failed,
-				f.Hold.Opened, f.Hold.Closed, f.Hold.Failed, f.Hold.HeldAtEnd, f.AgentAlive)
+				f.Hold.Opened, f.Hold.Closed, f.Hold.Failed, f.Hold.HeldAtEnd, 100*f.AgentCPUAlone, 100*f.AgentCPUFlooded, f.AgentAlive)
 			if f.Error != "" {
 				fmt.Fprintf(w, "; error: %s", f.Error)
 			}
