@@ -33,7 +33,11 @@
 // leaves the established state: the client closed it (FIN_WAIT1, or CLOSE
 // for a reset), the agent closed it (CLOSE_WAIT), or the connect failed
 // (CLOSE). This also bounds the identity records one caller can leave
-// pending in conn_records (audit-map exhaustion). The counts are not
+// pending in conn_records (audit-map exhaustion). Connects straight to a
+// listener (not redirected: azure-proxy-agent --status, the local
+// endpoints) are recorded too, with no original destination, and counted
+// and limited the same way: a flood of them costs the agent nothing
+// either, and the agent knows whose they are. The counts are not
 // pinned: a reloaded set of programs counts afresh (the connections open
 // before it are not counted), so counts can never drift upwards across
 // versions and lock callers out.
@@ -107,8 +111,8 @@ struct conn_record {
 	__u32 tid;         // id of the thread that called connect()
 	__u32 uid;         // real uid
 	__u32 gid;         // real gid
-	__u8 orig_addr[4]; // original destination, IPv4 network byte order
-	__u16 orig_port;   // original destination port, host byte order
+	__u8 orig_addr[4]; // original destination, IPv4 network byte order (0: a connect straight to a listener)
+	__u16 orig_port;   // original destination port, host byte order (0: a connect straight to a listener)
 	__u8 family;       // AF_INET or AF_INET6 (v4-mapped) socket
 	__u8 collision;    // 1: another namespace's connect wrote the same key
 	__u8 comm[16];     // task comm, NUL padded
@@ -344,6 +348,32 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_val
 	return 1;
 }
 
+// is_listener reports whether ip4:port (port in host byte order) is one of
+// the agent's listeners: its address, or 0.0.0.0 on its port (a connect to
+// it reaches a local address; a bind to it takes the listener's
+// connections).
+static __always_inline int is_listener(__u32 ip4, __u16 port)
+{
+	if (listen_port != 0 && port == listen_port && (ip4 == listen_addr || ip4 == 0))
+		return 1;
+	return ns_listen_port != 0 && port == ns_listen_port && (ip4 == ns_listen_addr || ip4 == 0);
+}
+
+// direct is the verdict for a connect straight to a listener: refused when
+// the caller is at a limit, else recorded without an original destination
+// (so the agent knows the caller) and counted like a redirected one.
+static __always_inline int direct(struct bpf_sock_addr *ctx, __u8 family)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+
+	if (is_agent(ctx))
+		return 1;
+	if (at_limit((__u32)bpf_get_current_uid_gid(), netns))
+		return 0;
+	record(ctx, 0, 0, family, netns);
+	return 1;
+}
+
 // lookup returns the redirect target for ip:port, or NULL.
 static __always_inline struct policy_value *lookup(__u32 ip4, __u16 port)
 {
@@ -366,7 +396,9 @@ int connect4(struct bpf_sock_addr *ctx)
 	ip4 = ctx->user_ip4;
 	port = bpf_ntohs((__u16)ctx->user_port);
 	to = lookup(ip4, port);
-	if (!to || is_agent(ctx))
+	if (!to)
+		return is_listener(ip4, port) ? direct(ctx, AF_INET) : 1;
+	if (is_agent(ctx))
 		return 1;
 
 	if (!redirect(ctx, to, ip4, port, AF_INET, &new_ip4, &new_port))
@@ -393,7 +425,9 @@ int connect6(struct bpf_sock_addr *ctx)
 	ip4 = ctx->user_ip6[3];
 	port = bpf_ntohs((__u16)ctx->user_port);
 	to = lookup(ip4, port);
-	if (!to || is_agent(ctx))
+	if (!to)
+		return is_listener(ip4, port) ? direct(ctx, AF_INET6) : 1;
+	if (is_agent(ctx))
 		return 1;
 
 	if (!redirect(ctx, to, ip4, port, AF_INET6, &new_ip4, &new_port))
@@ -401,18 +435,6 @@ int connect6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[3] = new_ip4;
 	ctx->user_port = bpf_htons(new_port);
 	return 1;
-}
-
-// guarded reports whether binding ip4:port (port in host byte order)
-// would take connections meant for a listener of the agent: the listener's
-// own address or the wildcard on its port.
-static __always_inline int guarded(__u32 ip4, __u16 port)
-{
-	if (listen_port != 0 && port == listen_port && (ip4 == listen_addr || ip4 == 0))
-		return 1;
-	if (ns_listen_port != 0 && port == ns_listen_port && (ip4 == ns_listen_addr || ip4 == 0))
-		return 1;
-	return 0;
 }
 
 // may_bind is the guard's verdict for a bind to a guarded address: root,
@@ -428,7 +450,7 @@ static __always_inline int may_bind(struct bpf_sock_addr *ctx)
 SEC("cgroup/bind4")
 int bind4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM || !guarded(ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port)))
+	if (ctx->type != SOCK_STREAM || !is_listener(ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port)))
 		return 1;
 	return may_bind(ctx);
 }
@@ -443,9 +465,9 @@ int bind6(struct bpf_sock_addr *ctx)
 	if (ctx->type != SOCK_STREAM || ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0)
 		return 1;
 	if (ctx->user_ip6[2] == bpf_htonl(0x0000ffff)) {
-		if (!guarded(ctx->user_ip6[3], port))
+		if (!is_listener(ctx->user_ip6[3], port))
 			return 1;
-	} else if (ctx->user_ip6[2] != 0 || ctx->user_ip6[3] != 0 || !guarded(0, port)) {
+	} else if (ctx->user_ip6[2] != 0 || ctx->user_ip6[3] != 0 || !is_listener(0, port)) {
 		return 1;
 	}
 	return may_bind(ctx);

@@ -31,7 +31,9 @@ type Record struct {
 	// Meaningful only together with a non-zero StartTime.
 	ExecID uint64
 	Comm   string
-	// OrigDst is the destination the process asked for before the redirect.
+	// OrigDst is the destination the process asked for before the
+	// redirect; zero (not valid) for a connection made straight to the
+	// agent's listener, which the kernel records but does not redirect.
 	OrigDst netip.AddrPort
 }
 

@@ -9,8 +9,9 @@ import (
 )
 
 // callerKey is whose connections a per-caller limit counts: a user in a
-// network namespace, or (unidentified) every connection the kernel did not
-// redirect — direct connections to the listener, whose caller is unknown.
+// network namespace, or (unidentified) every connection without a kernel
+// record — direct connections to the listener when the kernel hooks do
+// not record them (no redirector, or a record lost).
 type callerKey struct {
 	uid          uint32
 	netns        uint64
@@ -18,11 +19,13 @@ type callerKey struct {
 }
 
 // keyOf is the key of a connection with the kernel record rec (ok: a
-// record was found); exempt is true for root in the agent's own network
-// namespace (waagent, the extension, the platform's own tools), which no
-// other caller may lock out and which the limit never stops.
+// record was found, for a redirected connection or one made straight to
+// the listener); exempt is true for root in the agent's own network
+// namespace (waagent, the extension, the platform's own tools,
+// azure-proxy-agent --status), which no other caller may lock out and
+// which the limit never stops.
 func keyOf(rec identity.Record, ok bool) (key callerKey, exempt bool) {
-	if !ok || !rec.OrigDst.IsValid() {
+	if !ok {
 		return callerKey{unidentified: true}, false
 	}
 	if rec.UID == 0 && !rec.OtherNetns {

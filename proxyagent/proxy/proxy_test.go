@@ -815,6 +815,15 @@ func TestMaxConnsPerCaller(t *testing.T) {
 	if !refused(e.connect(nil)) {
 		t.Error("a third direct connection was served")
 	}
+	// A direct connection the kernel recorded (no original destination)
+	// counts under its user, not in that full shared bucket: root's
+	// (azure-proxy-agent --status) and another user's are answered.
+	for _, uid := range []uint32{0, 1002} {
+		rec := &identity.Record{PID: 400, UID: uid, Comm: "azure-proxy-age"}
+		if resp, _ := e.connect(rec).do(req("GET", "/x")); resp == nil || resp.StatusCode != http.StatusMisdirectedRequest {
+			t.Errorf("uid %d's recorded direct connection with the shared bucket full: %v, want 421", uid, resp)
+		}
+	}
 	// A slot frees when its connection closes.
 	held[0].c.Close()
 	testsupport.WaitFor(t, "uid 1000's slot to free", func() bool {

@@ -24,7 +24,8 @@ import (
 // connsHelper holds connections to addr as told, one command per line on
 // stdin, answering each with one line on stdout:
 //
-//	dial   connect; "ok", "EPERM" or "err <error>"
+//	dial   connect (to the address given, else addr); "ok", "EPERM" or
+//	       "err <error>"
 //	close  i: close connection i (the client ends it); "closed"
 //	bye    i: ask the server to close connection i and read to its end,
 //	       keeping the socket open (CLOSE_WAIT); "eof"
@@ -36,7 +37,11 @@ func connsHelper(addr string) int {
 		i, _ := strconv.Atoi(arg)
 		switch {
 		case cmd == "dial":
-			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			to := addr
+			if arg != "" {
+				to = arg
+			}
+			c, err := net.DialTimeout("tcp", to, 5*time.Second)
 			switch {
 			case err == nil:
 				conns = append(conns, c)
@@ -213,6 +218,11 @@ func TestCallerLimit(t *testing.T) {
 	check := func(what, got, want string) { t.Helper(); checkAnswer(t, what, got, want) }
 	check("nobody's first three and a fourth", n.dials(4), "ok ok ok EPERM")
 	check("another user meanwhile", u.dials(1), "ok")
+	// Connects straight to the listener count and are limited alike.
+	check("nobody straight to the listener", n.do("dial 127.0.0.1:3080")+" "+n.do("dial 0.0.0.0:3080"), "EPERM EPERM")
+	check("the other user straight to the listener, then IMDS",
+		u.do("dial 127.0.0.1:3080")+" "+u.do("dial 0.0.0.0:3080")+" "+u.dials(1), "ok ok EPERM")
+	check("root straight to the listener", root.do("dial 127.0.0.1:3080"), "ok")
 	check("root in the agent's namespace", root.dials(5), "ok ok ok ok ok")
 	check("root in a container", kroot.dials(4), "ok ok ok EPERM")
 
@@ -220,8 +230,8 @@ func TestCallerLimit(t *testing.T) {
 	check("then dials", n.dials(2), "ok EPERM")
 	check("the agent closes one of nobody's", n.do("bye 1"), "eof <nil>")
 	check("then nobody dials", n.dials(2), "ok EPERM")
-	if got, all, err := r.LimitRefusals(); err != nil || got != 4 || all != 0 {
-		t.Errorf("LimitRefusals = %d, %d, %v; want 4 for the per-caller limit", got, all, err)
+	if got, all, err := r.LimitRefusals(); err != nil || got != 7 || all != 0 {
+		t.Errorf("LimitRefusals = %d, %d, %v; want 7 for the per-caller limit", got, all, err)
 	}
 	if got := e.direct.Load(); got != 0 {
 		t.Errorf("%d connections reached the real IMDS", got)

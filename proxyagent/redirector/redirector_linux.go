@@ -476,9 +476,10 @@ func (r *Redirector) Policy() (ws, imds, hgap bool, err error) {
 }
 
 // Lookup implements identity.Source: it returns and deletes the record the
-// kernel filed for the redirected connection whose client (peer) address
-// is client. ok is false for a connection that was not redirected, whose
-// record was evicted, or after Close.
+// kernel filed for the connection whose client (peer) address is client:
+// a redirected one, or one made straight to a listener (OrigDst zero). ok
+// is false for any other connection, one whose record was evicted, or
+// after Close.
 //
 // A record marked as a collision (another network namespace's connect used
 // the same client address and port before this one was accepted) is
@@ -513,8 +514,17 @@ func toIdentity(rec bpf.RedirectConnRecord, agentNetns uint64) identity.Record {
 		StartTime:  rec.StartTime,
 		ExecID:     rec.ExecId,
 		Comm:       string(comm),
-		OrigDst:    netip.AddrPortFrom(netip.AddrFrom4(rec.OrigAddr), rec.OrigPort),
+		OrigDst:    origDst(rec),
 	}
+}
+
+// origDst is the record's original destination; zero for a connect
+// straight to a listener (recorded with port 0).
+func origDst(rec bpf.RedirectConnRecord) netip.AddrPort {
+	if rec.OrigPort == 0 {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4(rec.OrigAddr), rec.OrigPort)
 }
 
 // take looks up and deletes the raw record for client.

@@ -757,13 +757,15 @@ func TestPinnedLifecycle(t *testing.T) {
 		t.Errorf("after restart: record %+v ok=%v, want pid %d", a.rec, a.ok, pid)
 	}
 
-	// A direct connection reusing the stale record's port gets no identity.
+	// A direct connection reusing the stale record's port gets its own
+	// record (no original destination), never the stale one.
 	port := strconv.Itoa(int(stale[0].Port))
-	if _, out, err := e.run(client{args: curl("http://127.0.0.1:3080/", "--local-port", port)}); err != nil || out != "redirected" {
+	dpid, out, err := e.run(client{args: curl("http://127.0.0.1:3080/", "--local-port", port)})
+	if err != nil || out != "redirected" {
 		t.Fatalf("direct connect from port %s: %q %v", port, out, err)
 	}
-	if a := tl2.next(t); a.ok || a.peer.Port() != stale[0].Port {
-		t.Errorf("direct connect from %s claimed the stale record of pid %d", a.peer, a.rec.Pid)
+	if a := tl2.next(t); !a.ok || a.peer.Port() != stale[0].Port || a.rec.Pid != uint32(dpid) || a.rec.OrigPort != 0 {
+		t.Errorf("direct connect from %s (pid %d): record %+v ok=%v, want its own with no original destination", a.peer, dpid, a.rec, a.ok)
 	}
 
 	// Uninstall: nothing attached, nothing pinned, traffic goes direct.
