@@ -359,13 +359,19 @@ static __always_inline int is_listener(__u32 ip4, __u16 port)
 	return ns_listen_port != 0 && port == ns_listen_port && (ip4 == ns_listen_addr || ip4 == 0);
 }
 
-// direct is the verdict for a connect straight to a listener: refused when
-// the caller is at a limit, else recorded without an original destination
-// (so the agent knows the caller) and counted like a redirected one.
-static __always_inline int direct(struct bpf_sock_addr *ctx, __u8 family)
+// direct is the verdict for a connect to ip4:port, a listener address
+// (is_listener): one that reaches the agent — in the agent's network
+// namespace, or the container listener's address from any — is refused
+// when the caller is at a limit, else recorded without an original
+// destination (so the agent knows the caller) and counted like a
+// redirected one. In another namespace the listener's address is that
+// namespace's own (a container's 127.0.0.1:3080): left alone.
+static __always_inline int direct(struct bpf_sock_addr *ctx, __u32 ip4, __u16 port, __u8 family)
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);
 
+	if (agent_netns != 0 && netns != agent_netns && !(ns_listen_port != 0 && ip4 == ns_listen_addr && port == ns_listen_port))
+		return 1;
 	if (is_agent(ctx))
 		return 1;
 	if (at_limit((__u32)bpf_get_current_uid_gid(), netns))
@@ -397,7 +403,7 @@ int connect4(struct bpf_sock_addr *ctx)
 	port = bpf_ntohs((__u16)ctx->user_port);
 	to = lookup(ip4, port);
 	if (!to)
-		return is_listener(ip4, port) ? direct(ctx, AF_INET) : 1;
+		return is_listener(ip4, port) ? direct(ctx, ip4, port, AF_INET) : 1;
 	if (is_agent(ctx))
 		return 1;
 
@@ -426,7 +432,7 @@ int connect6(struct bpf_sock_addr *ctx)
 	port = bpf_ntohs((__u16)ctx->user_port);
 	to = lookup(ip4, port);
 	if (!to)
-		return is_listener(ip4, port) ? direct(ctx, AF_INET6) : 1;
+		return is_listener(ip4, port) ? direct(ctx, ip4, port, AF_INET6) : 1;
 	if (is_agent(ctx))
 		return 1;
 

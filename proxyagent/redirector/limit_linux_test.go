@@ -225,13 +225,19 @@ func TestCallerLimit(t *testing.T) {
 	check("root straight to the listener", root.do("dial 127.0.0.1:3080"), "ok")
 	check("root in the agent's namespace", root.dials(5), "ok ok ok ok ok")
 	check("root in a container", kroot.dials(4), "ok ok ok EPERM")
+	// The container's own 127.0.0.1:3080 is not the agent's: not limited,
+	// not recorded (nothing listens there).
+	if got := kroot.do("dial 127.0.0.1:3080"); !strings.Contains(got, "connection refused") {
+		t.Fatalf("a container at its limit dialling its own loopback: %q, want connection refused", got)
+	}
+	check("the container straight to the container listener", kroot.do("dial "+msp.ContainerListenerAddr.String()), "EPERM")
 
 	check("nobody closes one", n.do("close 0"), "closed")
 	check("then dials", n.dials(2), "ok EPERM")
 	check("the agent closes one of nobody's", n.do("bye 1"), "eof <nil>")
 	check("then nobody dials", n.dials(2), "ok EPERM")
-	if got, all, err := r.LimitRefusals(); err != nil || got != 7 || all != 0 {
-		t.Errorf("LimitRefusals = %d, %d, %v; want 7 for the per-caller limit", got, all, err)
+	if got, all, err := r.LimitRefusals(); err != nil || got != 8 || all != 0 {
+		t.Errorf("LimitRefusals = %d, %d, %v; want 8 for the per-caller limit", got, all, err)
 	}
 	if got := e.direct.Load(); got != 0 {
 		t.Errorf("%d connections reached the real IMDS", got)
