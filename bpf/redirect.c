@@ -26,14 +26,18 @@
 //
 // Connection limits: a caller (a user in a network namespace; root in the
 // agent's namespace is exempt) holds at most max_caller_conns redirected
-// connections at once, and all such callers together max_limited_conns; a
-// connect beyond either is refused (EPERM) here, before a SYN is sent, so a
-// flood costs the agent nothing. A connection
-// is counted from its SYN (BPF_SOCK_OPS_TCP_CONNECT_CB) until its socket
-// leaves the established state: the client closed it (FIN_WAIT1, or CLOSE
-// for a reset), the agent closed it (CLOSE_WAIT), or the connect failed
-// (CLOSE). This also bounds the identity records one caller can leave
-// pending in conn_records (audit-map exhaustion). Connects straight to a
+// connections at once, and the callers in the agent's namespace together
+// max_limited_conns; a connect beyond either is refused (EPERM) here,
+// before a SYN is sent, so a flood costs the agent nothing. A connection is
+// counted from its SYN (BPF_SOCK_OPS_TCP_CONNECT_CB) until the agent
+// closed it (CLOSE_WAIT) or the socket is done (CLOSE: reset, failed
+// connect, or the client's close completed). A socket whose SYN finds its
+// caller over a limit although connect() passed (a TCP Fast Open connect
+// sends its SYN at the first write; connects racing on other CPUs) gets no
+// record, so the agent serves nothing on it. Connections of other
+// namespaces are not in the total: a user's own namespace can hold its
+// connections itself (a listener on the container listener's address),
+// and they must not lock out everyone else. Connects straight to a
 // listener (not redirected: azure-proxy-agent --status, the local
 // endpoints) are recorded too, with no original destination, and counted
 // and limited the same way: a flood of them costs the agent nothing
@@ -182,6 +186,13 @@ struct caller_key {
 	__u32 pad;   // zero
 };
 
+// counted is what sk_callers holds for a counted socket.
+struct counted {
+	struct caller_key key;
+	__u8 all;    // also counted in limited_conns
+	__u8 pad[7]; // zero
+};
+
 // caller_conns counts each caller's open redirected connections. An LRU
 // map: callers (containers) come and go; one evicted while it holds
 // connections only makes its limit more lenient.
@@ -193,7 +204,7 @@ struct {
 } caller_conns SEC(".maps");
 
 // limited_conns[0] counts the open redirected connections of all limited
-// callers together.
+// callers in the agent's namespace together.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -207,7 +218,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct caller_key);
+	__type(value, struct counted);
 } sk_callers SEC(".maps");
 
 // limit_refusals counts the connects refused since the programs were
@@ -283,17 +294,24 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 }
 
+// in_agent_netns reports whether netns is the agent's network namespace
+// (always, when that is unknown).
+static __always_inline int in_agent_netns(__u64 netns)
+{
+	return agent_netns == 0 || netns == agent_netns;
+}
+
 // limited reports whether the connection limits apply to uid in netns: a
 // limit is on, and the caller is not root in the agent's namespace.
 static __always_inline int limited(__u32 uid, __u64 netns)
 {
 	if (max_caller_conns == 0 && max_limited_conns == 0)
 		return 0;
-	return uid != 0 || (agent_netns != 0 && netns != agent_netns);
+	return uid != 0 || !in_agent_netns(netns);
 }
 
-// at_limit reports (and counts) that a new connection of the caller uid in
-// netns would exceed a connection limit.
+// at_limit reports (and counts as a refusal) that a new connection of the
+// caller uid in netns would exceed a connection limit.
 static __always_inline int at_limit(__u32 uid, __u64 netns)
 {
 	struct caller_key key = {};
@@ -304,7 +322,7 @@ static __always_inline int at_limit(__u32 uid, __u64 netns)
 	if (!limited(uid, netns))
 		return 0;
 	n = bpf_map_lookup_elem(&limited_conns, &zero);
-	if (max_limited_conns != 0 && n && *n >= (__s64)max_limited_conns) {
+	if (max_limited_conns != 0 && in_agent_netns(netns) && n && *n >= (__s64)max_limited_conns) {
 		why = REFUSED_ALL;
 		goto refuse;
 	}
@@ -348,6 +366,15 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_val
 	return 1;
 }
 
+// forget drops a record an earlier connect of this socket left behind
+// (one that failed before its SYN), so a later connect of the socket never
+// publishes it: only this connect may record.
+static __always_inline void forget(struct bpf_sock_addr *ctx)
+{
+	if (bpf_sk_storage_get(&sk_records, ctx->sk, 0, 0))
+		bpf_sk_storage_delete(&sk_records, ctx->sk);
+}
+
 // is_listener reports whether ip4:port (port in host byte order) is one of
 // the agent's listeners: its address, or 0.0.0.0 on its port (a connect to
 // it reaches a local address; a bind to it takes the listener's
@@ -370,7 +397,7 @@ static __always_inline int direct(struct bpf_sock_addr *ctx, __u32 ip4, __u16 po
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);
 
-	if (agent_netns != 0 && netns != agent_netns && !(ns_listen_port != 0 && ip4 == ns_listen_addr && port == ns_listen_port))
+	if (!in_agent_netns(netns) && !(ns_listen_port != 0 && ip4 == ns_listen_addr && port == ns_listen_port))
 		return 1;
 	if (is_agent(ctx))
 		return 1;
@@ -399,6 +426,7 @@ int connect4(struct bpf_sock_addr *ctx)
 
 	if (ctx->type != SOCK_STREAM)
 		return 1;
+	forget(ctx);
 	ip4 = ctx->user_ip4;
 	port = bpf_ntohs((__u16)ctx->user_port);
 	to = lookup(ip4, port);
@@ -425,6 +453,7 @@ int connect6(struct bpf_sock_addr *ctx)
 
 	if (ctx->type != SOCK_STREAM)
 		return 1;
+	forget(ctx);
 	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 ||
 	    ctx->user_ip6[2] != bpf_htonl(0x0000ffff))
 		return 1;
@@ -479,21 +508,27 @@ int bind6(struct bpf_sock_addr *ctx)
 	return may_bind(ctx);
 }
 
-// count counts a redirected socket under its caller (rec) and among all
-// limited callers' and asks for its state changes, so release can count it
-// out. A socket that cannot be marked is not counted.
-static __always_inline void count(struct bpf_sock_ops *ctx, struct bpf_sock *sk, struct conn_record *rec)
+// count counts a redirected socket under its caller (rec) and, in the
+// agent's namespace, among all limited callers, and asks for its state
+// changes, so release can count it out. It returns 0 when the caller is
+// over a limit (the socket is not counted and must not be served); a
+// socket that cannot be marked is served but not counted.
+static __always_inline int count(struct bpf_sock_ops *ctx, struct bpf_sock *sk, struct conn_record *rec)
 {
 	struct caller_key key = {};
-	struct caller_key *held;
-	__s64 zero = 0, *n, *all;
+	struct counted *held;
+	__s64 zero = 0, *n, *all = 0;
 	__u32 first = 0;
 
 	if (!limited(rec->uid, rec->netns))
-		return;
-	all = bpf_map_lookup_elem(&limited_conns, &first);
-	if (!all)
-		return;
+		return 1;
+	if (at_limit(rec->uid, rec->netns))
+		return 0;
+	if (in_agent_netns(rec->netns)) {
+		all = bpf_map_lookup_elem(&limited_conns, &first);
+		if (!all)
+			return 1;
+	}
 	key.netns = rec->netns;
 	key.uid = rec->uid;
 	n = bpf_map_lookup_elem(&caller_conns, &key);
@@ -501,26 +536,29 @@ static __always_inline void count(struct bpf_sock_ops *ctx, struct bpf_sock *sk,
 		bpf_map_update_elem(&caller_conns, &key, &zero, BPF_NOEXIST);
 		n = bpf_map_lookup_elem(&caller_conns, &key);
 		if (!n)
-			return;
+			return 1;
 	}
 	held = bpf_sk_storage_get(&sk_callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!held)
-		return;
-	*held = key;
+		return 1;
+	held->key = key;
+	held->all = all != 0;
 	if (bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG) != 0) {
 		bpf_sk_storage_delete(&sk_callers, sk);
-		return;
+		return 1;
 	}
 	__sync_fetch_and_add(n, 1);
-	__sync_fetch_and_add(all, 1);
+	if (all)
+		__sync_fetch_and_add(all, 1);
+	return 1;
 }
 
-// release counts a counted socket out, once: it left the established
-// state (or never reached it).
+// release counts a counted socket out, once.
 static __always_inline void release(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
-	struct caller_key *held;
+	struct caller_key key;
+	struct counted *held;
 	__u32 first = 0;
 	__s64 *n;
 
@@ -529,12 +567,15 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 	held = bpf_sk_storage_get(&sk_callers, sk, 0, 0);
 	if (!held)
 		return;
-	n = bpf_map_lookup_elem(&caller_conns, held);
+	key = held->key;
+	n = bpf_map_lookup_elem(&caller_conns, &key);
 	if (n)
 		__sync_fetch_and_add(n, -1);
-	n = bpf_map_lookup_elem(&limited_conns, &first);
-	if (n)
-		__sync_fetch_and_add(n, -1);
+	if (held->all) {
+		n = bpf_map_lookup_elem(&limited_conns, &first);
+		if (n)
+			__sync_fetch_and_add(n, -1);
+	}
 	bpf_sk_storage_delete(&sk_callers, sk);
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
 }
@@ -563,8 +604,10 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	__u32 ip4;
 
 	if (ctx->op == BPF_SOCK_OPS_STATE_CB) {
-		// args[1] is the new state; SYN_SENT's only other way out is CLOSE.
-		if (ctx->args[1] != BPF_TCP_ESTABLISHED)
+		// args[1] is the new state. A client's half-close (FIN_WAIT1/2)
+		// still holds the agent's connection; its close completes in
+		// CLOSE (TIME_WAIT sockets are separate and pass through it).
+		if (ctx->args[1] == BPF_TCP_CLOSE_WAIT || ctx->args[1] == BPF_TCP_CLOSE)
 			release(ctx);
 		return 1;
 	}
@@ -583,6 +626,11 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 		bpf_map_delete_elem(&conn_records, &key);
 		return 1;
 	}
+	if (!count(ctx, sk, rec)) {
+		bpf_map_delete_elem(&conn_records, &key);
+		bpf_sk_storage_delete(&sk_records, sk);
+		return 1;
+	}
 	if (bpf_map_update_elem(&conn_records, &key, rec, BPF_NOEXIST) != 0) {
 		struct conn_record *old = bpf_map_lookup_elem(&conn_records, &key);
 
@@ -591,7 +639,6 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 		else
 			bpf_map_update_elem(&conn_records, &key, rec, BPF_ANY);
 	}
-	count(ctx, sk, rec);
 	bpf_sk_storage_delete(&sk_records, sk);
 	return 1;
 }

@@ -32,8 +32,8 @@
 //	headerReadTimeoutInSeconds     number  10                                   listener: time to read a request's headers
 //	idleTimeoutInSeconds           number  120                                  listener: keep-alive idle timeout
 //	maxHeaderBytes                 int     409600                               listener: request header size limit
-//	maxConnections                 int     500                                  listener: concurrent connections (alias: upstream's maxActiveTcpConnections); the kernel refuses (EPERM) a redirected connect of a caller other than root in the agent's namespace once such callers hold all but the sixteenth kept for root
-//	maxConnectionsPerCaller        int     64                                   concurrent connections of one caller (a user in a network namespace; direct connections together); root in the agent's namespace unlimited; 0 = no limit. The kernel refuses (EPERM) a redirected connect beyond it, the listener closes any connection beyond it
+//	maxConnections                 int     500                                  listener: concurrent connections (alias: upstream's maxActiveTcpConnections); with the per-caller limit on, the kernel refuses (EPERM) a connect of a caller other than root in the agent's namespace once the callers in that namespace hold all but the sixteenth kept for root
+//	maxConnectionsPerCaller        int     64                                   concurrent connections of one caller (a user in a network namespace; direct connections together); root in the agent's namespace unlimited; 0 = no limit. The kernel refuses (EPERM) a connect to a service or the listener beyond it, the listener closes any connection beyond it
 //	bpfPinPath                     string  /sys/fs/bpf/azure-proxy-agent        bpffs directory for pinned maps and links
 //	containerListenAddress         string  169.254.100.254:3080                 listener for containers (other network namespaces), added to lo; "" = containers refused
 //	allowRootContainersToWireServer bool   false                                let uid 0 in containers reach WireServer and HostGAPlugin

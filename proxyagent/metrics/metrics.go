@@ -72,8 +72,9 @@ type Sources struct {
 	// ConnectionsRefused returns how many connections were refused before
 	// any request was read, by reason (caller_limit_connect: the kernel
 	// refused the connect, the caller holding maxConnectionsPerCaller;
-	// max_connections_connect: the kernel refused it, the callers other
-	// than root holding every slot not kept for root; caller_limit and
+	// max_connections_connect: the kernel refused it, the callers in the
+	// agent's namespace other than root holding every slot not kept for
+	// root; caller_limit and
 	// max_connections: closed at accept for those reasons).
 	ConnectionsRefused func() map[string]uint64
 	// Modules returns each status module's state (keyLatchStatus,

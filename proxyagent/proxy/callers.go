@@ -91,8 +91,13 @@ func (l *callerLimit) release(key callerKey) {
 // RootReserve is how many of n connection slots (MaxConns) only exempt
 // callers (root in the agent's namespace) may take: a few callers at their
 // per-caller limit together (eight containers at 64 fill 500) must not
-// lock out waagent.
-func RootReserve(n int) int { return max(n/16, 1) }
+// lock out waagent. A single slot is not reserved (everybody may take it).
+func RootReserve(n int) int {
+	if n <= 1 {
+		return 0
+	}
+	return max(n/16, 1)
+}
 
 // refuse counts a refused connection and tells whether to log it: at most
 // one warning a second, so a flood cannot flood the log.

@@ -77,7 +77,7 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 		return
 	}
 	if st.viaContainer && !st.redirected {
-		ev.Status, ev.Error = http.StatusMisdirectedRequest, "container listener: no kernel record (not a redirected connection)"
+		ev.Status, ev.Error = http.StatusMisdirectedRequest, "container listener: not a redirected connection"
 		reply(w, ev.Status, true)
 		return
 	}

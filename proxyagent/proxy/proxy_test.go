@@ -840,8 +840,10 @@ func TestMaxConnsPerCaller(t *testing.T) {
 // RootReserve of MaxConns stay for root in the agent's namespace.
 func TestRootReserve(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.MaxConns = 32; o.MaxConnsPerCaller = 8 })
-	if r := RootReserve(32); r != 2 {
-		t.Fatalf("RootReserve(32) = %d", r)
+	for n, want := range map[int]int{32: 2, 2: 1, 1: 0} {
+		if r := RootReserve(n); r != want {
+			t.Fatalf("RootReserve(%d) = %d, want %d", n, r, want)
+		}
 	}
 	served := func(c *client) bool {
 		resp, _ := c.do(req("GET", "/x"))

@@ -26,7 +26,15 @@ import (
 //
 //	dial   connect (to the address given, else addr); "ok", "EPERM" or
 //	       "err <error>"
-//	close  i: close connection i (the client ends it); "closed"
+//	close  i: end connection i (shut down writing, read until the server
+//	       closes, close); "closed"
+//	half   i: ask the server to keep connection i open after its end, and
+//	       shut down writing (half-close); "half"
+//	wait   i: read connection i until the server closes it; "eof <nil>"
+//	tfo    n: connect n sockets with TCP Fast Open (each SYN waits for the
+//	       first write), write "ping" on each, read each answer, then end
+//	       them as close does; per socket "served" (the server
+//	       answered), "dropped" (it closed without answering) or "EPERM"
 //	bye    i: ask the server to close connection i and read to its end,
 //	       keeping the socket open (CLOSE_WAIT); "eof"
 func connsHelper(addr string) int {
@@ -52,8 +60,18 @@ func connsHelper(addr string) int {
 				fmt.Println("err", err)
 			}
 		case cmd == "close" && i < len(conns):
-			conns[i].Close()
+			end(conns[i])
 			fmt.Println("closed")
+		case cmd == "half" && i < len(conns):
+			io.WriteString(conns[i], "keep\n")
+			conns[i].(*net.TCPConn).CloseWrite()
+			fmt.Println("half")
+		case cmd == "wait" && i < len(conns):
+			conns[i].SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err := io.Copy(io.Discard, conns[i])
+			fmt.Println("eof", err)
+		case cmd == "tfo":
+			fmt.Println(fastOpen(addr, i))
 		case cmd == "bye" && i < len(conns):
 			io.WriteString(conns[i], "bye\n")
 			conns[i].SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -63,7 +81,77 @@ func connsHelper(addr string) int {
 			fmt.Println("bad command", in.Text())
 		}
 	}
+	// At the end of input every connection is ended as "close" does, so
+	// when the helper has exited, each has been closed on both sides.
+	for _, c := range conns {
+		end(c)
+	}
 	return 0
+}
+
+// end ends c from the client's side and waits for the server to close
+// its side, then closes c; an ended c is closed again harmlessly.
+func end(c net.Conn) {
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.Copy(io.Discard, c)
+	c.Close()
+}
+
+// fastOpen connects n sockets to addr with TCP_FASTOPEN_CONNECT (connect
+// returns at once; the SYN goes with the first write), then on each asks
+// "ping" and reports whether the server answered.
+func fastOpen(addr string, n int) string {
+	ap := netip.MustParseAddrPort(addr)
+	const (
+		tcpFastOpenConnect  = 30 // TCP_FASTOPEN_CONNECT, Linux 4.11
+		tcpFastOpenNoCookie = 34 // TCP_FASTOPEN_NO_COOKIE, Linux 4.15: defer even without a cookie
+	)
+	got := make([]string, n)
+	conns := make([]net.Conn, n)
+	for i := range n {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if err == nil {
+			err = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpFastOpenConnect, 1)
+		}
+		if err == nil {
+			err = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpFastOpenNoCookie, 1)
+		}
+		if err == nil {
+			err = syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+		}
+		if err == nil {
+			conns[i], err = net.FileConn(os.NewFile(uintptr(fd), "tfo"))
+		}
+		switch {
+		case errors.Is(err, syscall.EPERM):
+			got[i] = "EPERM"
+		case err != nil:
+			got[i] = "err " + err.Error()
+		}
+	}
+	for _, c := range conns {
+		if c != nil {
+			io.WriteString(c, "ping\n")
+		}
+	}
+	for i, c := range conns {
+		if c == nil {
+			continue
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err == nil && line == "pong\n" {
+			got[i] = "served"
+		} else {
+			got[i] = "dropped"
+		}
+	}
+	for _, c := range conns {
+		if c != nil {
+			end(c)
+		}
+	}
+	return strings.Join(got, " ")
 }
 
 // connsProc drives a connsHelper process.
@@ -130,10 +218,23 @@ func (p *connsProc) stop() {
 }
 
 // holdServer accepts connections on l, consumes their records and holds
-// them until the client says "bye" (then closes) or the test ends.
-func holdServer(t *testing.T, r *Redirector, l net.Listener) {
+// them until the client says "bye" or ends its side (then closes, as the
+// agent does) or the test ends. A connection with a record that says
+// "ping" is answered "pong"; one without a record is closed at once, as the
+// agent refuses to serve it. One that says "keep" is kept open after the
+// client's end; closeKept waits for the next such end and closes it.
+func holdServer(t *testing.T, r *Redirector, l net.Listener) (closeKept func()) {
 	var mu sync.Mutex
 	var conns []net.Conn
+	kept := make(chan net.Conn, 16)
+	closeKept = func() {
+		select {
+		case c := <-kept:
+			c.Close()
+		case <-time.After(5 * time.Second):
+			t.Error("no connection kept after its client's end")
+		}
+	}
 	t.Cleanup(func() {
 		l.Close()
 		mu.Lock()
@@ -148,42 +249,70 @@ func holdServer(t *testing.T, r *Redirector, l net.Listener) {
 			if err != nil {
 				return
 			}
-			r.take(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			_, recorded := r.take(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			if !recorded {
+				c.Close()
+				continue
+			}
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
 			go func() {
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				if line == "bye\n" {
-					c.Close()
+				br := bufio.NewReader(c)
+				keep := false
+				for {
+					line, err := br.ReadString('\n')
+					switch {
+					case line == "ping\n":
+						io.WriteString(c, "pong\n")
+						continue
+					case line == "keep\n":
+						keep = true
+						continue
+					case err != nil && keep:
+						kept <- c
+						return
+					case err != nil || line == "bye\n":
+						c.Close()
+						return
+					}
 				}
 			}()
 		}
 	}()
+	return closeKept
 }
 
-// limitSetup loads the redirector with the given connection limits and a
-// container listener, serves both listeners with holdServer, and starts a
-// connsHelper as nobody, as uid 1000 and as root in the agent's namespace,
-// and as root in a container.
-func limitSetup(t *testing.T, perCaller, all int) (e *env, r *Redirector, n, u, root, kroot *connsProc) {
-	e = newEnv(t)
+// limitEnv is a redirector with connection limits, the listener and the
+// container listener served by holdServer (closeKept: the listener's), and
+// a connsHelper each as nobody, as uid 1000 and as root in the agent's
+// namespace, and as root in a container.
+type limitEnv struct {
+	e                 *env
+	r                 *Redirector
+	n, u, root, kroot *connsProc
+	closeKept         func()
+}
+
+func limitSetup(t *testing.T, perCaller, all int) *limitEnv {
+	e := newEnv(t)
 	ca := msp.ContainerListenerAddr
 	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
 		t.Fatal(err)
 	}
 	e.cfg.Endpoints.ContainerListener = ca
 	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = perCaller, all
-	r = e.load()
+	r := e.load()
 	if err := r.SetPolicy(true, true, true); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range []netip.AddrPort{msp.ListenerAddr, ca} {
+	le := &limitEnv{e: e, r: r}
+	for _, a := range []netip.AddrPort{ca, msp.ListenerAddr} {
 		l, err := e.ns.Listen("tcp", a.String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		holdServer(t, r, l)
+		le.closeKept = holdServer(t, r, l)
 	}
 	k := testenv.NewContainer(t, e.ns, e.cg, "gpcL", netip.MustParsePrefix("169.254.234.1/30"), netip.MustParsePrefix("169.254.234.2/30"))
 
@@ -193,9 +322,9 @@ func limitSetup(t *testing.T, perCaller, all int) (e *env, r *Redirector, n, u, 
 	user := in
 	user.Credential = &syscall.Credential{Uid: 1000, Gid: 1000}
 	exe := worldExecutable(t)
-	n, u, root = startConns(t, exe, nobody), startConns(t, exe, user), startConns(t, exe, in)
-	kroot = startConns(t, exe, testenv.Options{Netns: k.Netns, Cgroup: k.Cgroup})
-	return e, r, n, u, root, kroot
+	le.n, le.u, le.root = startConns(t, exe, nobody), startConns(t, exe, user), startConns(t, exe, in)
+	le.kroot = startConns(t, exe, testenv.Options{Netns: k.Netns, Cgroup: k.Cgroup})
+	return le
 }
 
 // checkAnswer fails the test at once if got is not want.
@@ -214,8 +343,12 @@ func checkAnswer(t *testing.T, what, got, want string) {
 // none. A reload (the agent restarts) counts afresh with its new limit:
 // counts are not pinned, so they can never drift and lock callers out.
 func TestCallerLimit(t *testing.T) {
-	e, r, n, u, root, kroot := limitSetup(t, 3, 0)
+	le := limitSetup(t, 3, 0)
+	e, r, n, u, root, kroot := le.e, le.r, le.n, le.u, le.root, le.kroot
 	check := func(what, got, want string) { t.Helper(); checkAnswer(t, what, got, want) }
+	// TCP Fast Open defers the SYN to the first write, past the connect
+	// hook's check: the fourth socket is refused service at its SYN.
+	check("another user's four fast-open sockets", u.do("tfo 4"), "served served served dropped")
 	check("nobody's first three and a fourth", n.dials(4), "ok ok ok EPERM")
 	check("another user meanwhile", u.dials(1), "ok")
 	// Connects straight to the listener count and are limited alike.
@@ -223,6 +356,13 @@ func TestCallerLimit(t *testing.T) {
 	check("the other user straight to the listener, then IMDS",
 		u.do("dial 127.0.0.1:3080")+" "+u.do("dial 0.0.0.0:3080")+" "+u.dials(1), "ok ok EPERM")
 	check("root straight to the listener", root.do("dial 127.0.0.1:3080"), "ok")
+	// A half-closed connection the agent still holds stays counted until
+	// the agent closes it.
+	check("the other user half-closes one", u.do("half 0"), "half")
+	check("then dials", u.dials(1), "EPERM")
+	le.closeKept()
+	check("the agent closes it", u.do("wait 0"), "eof <nil>")
+	check("then the other user dials", u.dials(1), "ok")
 	check("root in the agent's namespace", root.dials(5), "ok ok ok ok ok")
 	check("root in a container", kroot.dials(4), "ok ok ok EPERM")
 	// The container's own 127.0.0.1:3080 is not the agent's: not limited,
@@ -236,8 +376,8 @@ func TestCallerLimit(t *testing.T) {
 	check("then dials", n.dials(2), "ok EPERM")
 	check("the agent closes one of nobody's", n.do("bye 1"), "eof <nil>")
 	check("then nobody dials", n.dials(2), "ok EPERM")
-	if got, all, err := r.LimitRefusals(); err != nil || got != 8 || all != 0 {
-		t.Errorf("LimitRefusals = %d, %d, %v; want 8 for the per-caller limit", got, all, err)
+	if got, all, err := r.LimitRefusals(); err != nil || got != 10 || all != 0 {
+		t.Errorf("LimitRefusals = %d, %d, %v; want 10 for the per-caller limit", got, all, err)
 	}
 	if got := e.direct.Load(); got != 0 {
 		t.Errorf("%d connections reached the real IMDS", got)
@@ -279,17 +419,20 @@ func TestCallerLimit(t *testing.T) {
 // root), so many users or containers at their per-caller limit cannot
 // flood the agent either; root in the agent's namespace is never refused.
 func TestLimitedConnsTogether(t *testing.T) {
-	_, r, n, u, root, kroot := limitSetup(t, 3, 4)
+	le := limitSetup(t, 3, 4)
+	r, n, u, root, kroot := le.r, le.n, le.u, le.root, le.kroot
 	check := func(what, got, want string) { t.Helper(); checkAnswer(t, what, got, want) }
 
 	check("nobody at its own limit", n.dials(4), "ok ok ok EPERM")
 	check("another user: one left of four", u.dials(2), "ok EPERM")
-	check("root in a container: none left", kroot.dials(1), "EPERM")
 	check("root in the agent's namespace", root.dials(2), "ok ok")
+	// Other namespaces are held to their own limit only: a namespace can
+	// hold its connections itself, and must not lock out everyone else.
+	check("root in a container, own limit only", kroot.dials(4), "ok ok ok EPERM")
 	check("nobody closes one", n.do("close 0"), "closed")
 	check("the other user takes it", u.dials(2), "ok EPERM")
-	if per, all, err := r.LimitRefusals(); err != nil || per != 1 || all != 3 {
-		t.Errorf("LimitRefusals = %d per caller, %d all, %v; want 1 and 3", per, all, err)
+	if per, all, err := r.LimitRefusals(); err != nil || per != 2 || all != 2 {
+		t.Errorf("LimitRefusals = %d per caller, %d all, %v; want 2 and 2", per, all, err)
 	}
 
 	for _, p := range []*connsProc{n, u, root, kroot} {
