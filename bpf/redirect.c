@@ -194,11 +194,13 @@ struct counted {
 };
 
 // caller_conns counts each caller's open redirected connections. An LRU
-// map: callers (containers) come and go; one evicted while it holds
-// connections only makes its limit more lenient.
+// map: callers (containers) come and go. Eviction needs more callers than
+// entries; one evicted while it holds connections gets a more lenient
+// limit, and a count racing with an eviction may land on the entry's next
+// owner (until the next load).
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 16384);
 	__type(key, struct caller_key);
 	__type(value, __s64);
 } caller_conns SEC(".maps");
@@ -576,8 +578,9 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 		if (n)
 			__sync_fetch_and_add(n, -1);
 	}
+	// The state callbacks stay on (another sockops program may want them);
+	// later ones find no mark.
 	bpf_sk_storage_delete(&sk_callers, sk);
-	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 // sockops_connect runs right before the SYN of every TCP connect in the cgroup. A
@@ -624,6 +627,14 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	rec = bpf_sk_storage_get(&sk_records, sk, 0, 0);
 	if (!rec) {
 		bpf_map_delete_elem(&conn_records, &key);
+		return 1;
+	}
+	if (!in_agent_netns(rec->netns) && (bpf_ntohl(ip4) >> 24) == 127) {
+		// From a loopback address of another namespace the connection
+		// stays there (a user's own namespace listening on the container
+		// listener's address): it never reaches the agent, and its record
+		// must not take a key the agent's namespace uses.
+		bpf_sk_storage_delete(&sk_records, sk);
 		return 1;
 	}
 	if (!count(ctx, sk, rec)) {

@@ -112,3 +112,51 @@ func TestForgedMarkFromContainer(t *testing.T) {
 		t.Errorf("%d connections reached the real IMDS", got)
 	}
 }
+
+// A namespace of a user's own (unprivileged user namespaces) can listen on
+// the container listener's address and keep its redirected connections
+// itself. Those never reach the agent: a connect from a loopback address
+// there must leave no record under a key the agent's namespace uses
+// (127.0.0.1:port), where it would collide with a record of root's.
+func TestOwnNamespaceLoopbackLeavesNoRecord(t *testing.T) {
+	e := newEnv(t)
+	ca := msp.ContainerListenerAddr
+	e.cfg.Endpoints.ContainerListener = ca
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	own := testenv.NewNetns(t, ca.Addr())
+	l, err := own.Listen("tcp", ca.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, port := range []string{"40101", "40102"} {
+		_, _ = testenv.Run(ctx, testenv.Options{Netns: own, Cgroup: e.cg}, "curl", "-s", "--noproxy", "*",
+			"--interface", "127.0.0.1", "--local-port", port, "--max-time", "2", "http://169.254.169.254/")
+	}
+	for key := range recordKeys(t, e.cfg.PinDir) {
+		if key.Addr == [4]byte{127, 0, 0, 1} {
+			t.Errorf("a connection of another namespace left a record under 127.0.0.1:%d", key.Port)
+		}
+	}
+	// A connect from the namespace's own non-loopback address is recorded
+	// as before (the container path).
+	_, _ = testenv.Run(ctx, testenv.Options{Netns: own, Cgroup: e.cg}, "curl", "-s", "--noproxy", "*",
+		"--local-port", "40103", "--max-time", "2", "http://169.254.169.254/")
+	if rec, ok := r.Lookup(netip.AddrPortFrom(ca.Addr(), 40103)); !ok || !rec.OtherNetns {
+		t.Errorf("the namespace's connect from %s: record %+v found %v, want one of another namespace", ca.Addr(), rec, ok)
+	}
+}
