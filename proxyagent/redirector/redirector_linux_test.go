@@ -834,9 +834,13 @@ func BenchmarkConnect(b *testing.B) {
 		}
 	}()
 
-	run := func(b *testing.B, addr string) {
-		c := client{args: []string{""}, env: []string{
+	exe := worldExecutable(b)
+	run := func(b *testing.B, addr string, cred ...*syscall.Credential) {
+		c := client{args: []string{exe}, env: []string{
 			"GPA_REDIRECTOR_HELPER=bench", "GPA_HELPER_ADDR=" + addr, "GPA_HELPER_N=" + strconv.Itoa(b.N)}}
+		if len(cred) > 0 {
+			c.cred = cred[0]
+		}
 		_, out, err := e.run(c)
 		if err != nil {
 			b.Fatal(err)
@@ -849,6 +853,9 @@ func BenchmarkConnect(b *testing.B) {
 	}
 	b.Run("detached", func(b *testing.B) { run(b, target.Addr().String()) })
 
+	// The limits are on, as in production; root in the agent's namespace
+	// is exempt, nobody is counted.
+	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, 469
 	r := e.load()
 	if err := r.SetPolicy(true, true, true); err != nil {
 		b.Fatal(err)
@@ -878,6 +885,11 @@ func BenchmarkConnect(b *testing.B) {
 	b.Run("redirected", func(b *testing.B) {
 		missing.Store(0)
 		run(b, dests.IMDS.String())
+		b.ReportMetric(float64(missing.Load()), "missing-records")
+	})
+	b.Run("redirected-counted", func(b *testing.B) {
+		missing.Store(0)
+		run(b, dests.IMDS.String(), &syscall.Credential{Uid: 65534, Gid: 65534})
 		b.ReportMetric(float64(missing.Load()), "missing-records")
 	})
 }
@@ -999,7 +1011,7 @@ func TestBindGuard(t *testing.T) {
 
 // worldExecutable copies the test binary where any user may run it (the
 // build directory is the builder's alone) and returns its path.
-func worldExecutable(t *testing.T) string {
+func worldExecutable(t testing.TB) string {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
