@@ -221,6 +221,17 @@ func serve(l net.Listener, body func(net.Conn) string) {
 	}
 }
 
+// closeEach closes every connection l accepts, until l is closed.
+func closeEach(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
 // accepted is what the test listener learned about one connection.
 type accepted struct {
 	peer      netip.AddrPort
@@ -824,15 +835,7 @@ func BenchmarkConnect(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { target.Close() })
-	go func() {
-		for {
-			c, err := target.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go closeEach(target)
 
 	exe := worldExecutable(b)
 	run := func(b *testing.B, addr string, cred ...*syscall.Credential) {
