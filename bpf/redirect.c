@@ -186,13 +186,6 @@ struct caller_key {
 	__u32 pad;   // zero
 };
 
-// counted is what sk_callers holds for a counted socket.
-struct counted {
-	struct caller_key key;
-	__u8 all;    // also counted in limited_conns
-	__u8 pad[7]; // zero
-};
-
 // caller_conns counts each caller's open redirected connections. An LRU
 // map: callers (containers) come and go. Eviction needs more callers than
 // entries; one evicted while it holds connections gets a more lenient
@@ -215,12 +208,13 @@ struct {
 } limited_conns SEC(".maps");
 
 // sk_callers marks a counted socket with the key it is counted under,
-// until sockops releases it.
+// until sockops releases it (also in limited_conns if the key's namespace
+// is the agent's).
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct counted);
+	__type(value, struct caller_key);
 } sk_callers SEC(".maps");
 
 // limit_refusals counts the connects refused since the programs were
@@ -518,7 +512,7 @@ int bind6(struct bpf_sock_addr *ctx)
 static __always_inline int count(struct bpf_sock_ops *ctx, struct bpf_sock *sk, struct conn_record *rec)
 {
 	struct caller_key key = {};
-	struct counted *held;
+	struct caller_key *held;
 	__s64 zero = 0, *n, *all = 0;
 	__u32 first = 0;
 
@@ -543,8 +537,7 @@ static __always_inline int count(struct bpf_sock_ops *ctx, struct bpf_sock *sk, 
 	held = bpf_sk_storage_get(&sk_callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!held)
 		return 1;
-	held->key = key;
-	held->all = all != 0;
+	*held = key;
 	if (bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG) != 0) {
 		bpf_sk_storage_delete(&sk_callers, sk);
 		return 1;
@@ -559,8 +552,7 @@ static __always_inline int count(struct bpf_sock_ops *ctx, struct bpf_sock *sk, 
 static __always_inline void release(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
-	struct caller_key key;
-	struct counted *held;
+	struct caller_key *held;
 	__u32 first = 0;
 	__s64 *n;
 
@@ -569,11 +561,10 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 	held = bpf_sk_storage_get(&sk_callers, sk, 0, 0);
 	if (!held)
 		return;
-	key = held->key;
-	n = bpf_map_lookup_elem(&caller_conns, &key);
+	n = bpf_map_lookup_elem(&caller_conns, held);
 	if (n)
 		__sync_fetch_and_add(n, -1);
-	if (held->all) {
+	if (in_agent_netns(held->netns)) {
 		n = bpf_map_lookup_elem(&limited_conns, &first);
 		if (n)
 			__sync_fetch_and_add(n, -1);

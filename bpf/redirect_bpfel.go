@@ -44,13 +44,6 @@ type RedirectConnRecord struct {
 	Comm      [16]uint8
 }
 
-type RedirectCounted struct {
-	_   structs.HostLayout
-	Key RedirectCallerKey
-	All uint8
-	Pad [7]uint8
-}
-
 type RedirectPolicyKey struct {
 	_    structs.HostLayout
 	Addr [4]uint8

@@ -19,6 +19,7 @@ import (
 	"github.com/opengpa/gpa/internal/e2eenv"
 	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/redact"
 )
 
@@ -81,8 +82,9 @@ func TestObservability(t *testing.T) {
 
 	// nobody may hold two connections at once (maxConnectionsPerCaller):
 	// the kernel refuses the third connect.
-	r, err := e.Run(ctx, e2eenv.Nobody, "bash", "-c", "exec 3<>/dev/tcp/169.254.169.254/80 4<>/dev/tcp/169.254.169.254/80; "+
-		"exec 5<>/dev/tcp/169.254.169.254/80 && echo third connect accepted")
+	imdsTCP := "/dev/tcp/" + msp.IMDSAddr.Addr().String() + "/" + strconv.Itoa(int(msp.IMDSAddr.Port()))
+	r, err := e.Run(ctx, e2eenv.Nobody, "bash", "-c", "exec 3<>"+imdsTCP+" 4<>"+imdsTCP+"; "+
+		"exec 5<>"+imdsTCP+" && echo third connect accepted")
 	if err != nil || r.ExitCode == 0 || strings.Contains(string(r.Stdout), "accepted") || !strings.Contains(r.Stderr, "Operation not permitted") {
 		t.Fatalf("nobody's third connection at limit 2: %v exit %d %q %q, want it refused (EPERM)", err, r.ExitCode, r.Stdout, r.Stderr)
 	}

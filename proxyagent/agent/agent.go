@@ -328,7 +328,7 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *sl
 		// The kernel refuses connects beyond the limits before they cost
 		// the agent anything; the listener enforces them too.
 		MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
-		MaxLimitedConns:   limitedConns(cfg),
+		MaxLimitedConns:   proxy.LimitedConns(cfg.MaxConnections, cfg.MaxConnectionsPerCaller),
 		Logger:            log.With("module", "redirector"),
 		Started:           start,
 	}
@@ -341,17 +341,6 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *sl
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil, err
-}
-
-// limitedConns is how many connections all callers but root in the
-// agent's namespace may hold together, as the proxy counts them: every
-// slot not kept for root, when the per-caller limit is on; 0 (no limit)
-// when it is off.
-func limitedConns(cfg config.Config) int {
-	if cfg.MaxConnectionsPerCaller <= 0 {
-		return 0
-	}
-	return cfg.MaxConnections - proxy.RootReserve(cfg.MaxConnections)
 }
 
 // setUpContainerListener adds the container listener's address to the

@@ -119,16 +119,3 @@ func scrapeOnce(t *testing.T, cl *http.Client) string {
 	}
 	return string(b)
 }
-
-// The kernel's limit of all callers together follows the proxy's: every
-// slot not kept for root while the per-caller limit is on, none when off.
-func TestLimitedConns(t *testing.T) {
-	cfg := config.Default()
-	if got := limitedConns(cfg); got != 500-31 {
-		t.Errorf("default: %d, want 469 (500 less root's 31)", got)
-	}
-	cfg.MaxConnectionsPerCaller = 0
-	if got := limitedConns(cfg); got != 0 {
-		t.Errorf("per-caller limit off: %d, want 0 (no limit)", got)
-	}
-}

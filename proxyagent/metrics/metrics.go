@@ -74,8 +74,8 @@ type Sources struct {
 	// refused the connect, the caller holding maxConnectionsPerCaller;
 	// max_connections_connect: the kernel refused it, the callers in the
 	// agent's namespace other than root holding every slot not kept for
-	// root; caller_limit and
-	// max_connections: closed at accept for those reasons).
+	// root; caller_limit and max_connections: closed at accept for those
+	// reasons).
 	ConnectionsRefused func() map[string]uint64
 	// Modules returns each status module's state (keyLatchStatus,
 	// ebpfProgramStatus, proxyListenerStatus → RUNNING, STOPPED, UNKNOWN).

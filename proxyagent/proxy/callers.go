@@ -38,8 +38,8 @@ func keyOf(rec identity.Record, ok bool) (key callerKey, exempt bool) {
 // unprivileged user (or one container, or a flood of direct connections)
 // cannot take every connection slot (MaxConns) and lock everybody else out
 // of the metadata services, and the connections all such callers hold
-// together (maxAll: MaxConns less RootReserve), so several at their limit
-// cannot either. mu guards n and all.
+// together (maxAll: LimitedConns), so several at their limit cannot
+// either. mu guards n and all.
 type callerLimit struct {
 	max      int // per caller; 0: no limit (and no maxAll)
 	maxAll   int // all callers together
@@ -88,15 +88,26 @@ func (l *callerLimit) release(key callerKey) {
 	l.n[key]--
 }
 
-// RootReserve is how many of n connection slots (MaxConns) only exempt
+// rootReserve is how many of n connection slots (MaxConns) only exempt
 // callers (root in the agent's namespace) may take: a few callers at their
 // per-caller limit together (eight containers at 64 fill 500) must not
 // lock out waagent. A single slot is not reserved (everybody may take it).
-func RootReserve(n int) int {
+func rootReserve(n int) int {
 	if n <= 1 {
 		return 0
 	}
 	return max(n/16, 1)
+}
+
+// LimitedConns is how many of maxConns connection slots the callers other
+// than root in the agent's namespace may hold together: all but
+// rootReserve, while the per-caller limit (maxPerCaller) is on; 0 (no
+// such limit) while it is off. The kernel's limit is the same number.
+func LimitedConns(maxConns, maxPerCaller int) int {
+	if maxPerCaller <= 0 {
+		return 0
+	}
+	return maxConns - rootReserve(maxConns)
 }
 
 // refuse counts a refused connection and tells whether to log it: at most

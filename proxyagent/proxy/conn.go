@@ -137,8 +137,7 @@ func (st *connState) setup(ctx context.Context) {
 	s := st.s
 	rec, ok := s.opts.Identity.Lookup(st.client)
 	if key, exempt := keyOf(rec, ok); !exempt {
-		// The last RootReserve slots are kept for exempt callers.
-		if ok, full := s.callers.acquire(key); !ok {
+		if within, full := s.callers.acquire(key); !within {
 			st.overLimit = true
 			if total, warn := s.callers.refuse(time.Now()); warn {
 				msg := "too many connections from one caller, closing its new connections"

@@ -837,13 +837,21 @@ func TestMaxConnsPerCaller(t *testing.T) {
 }
 
 // Callers at their per-caller limit together cannot take the last slots:
-// RootReserve of MaxConns stay for root in the agent's namespace.
+// rootReserve of MaxConns stay for root in the agent's namespace.
 func TestRootReserve(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.MaxConns = 32; o.MaxConnsPerCaller = 8 })
 	for n, want := range map[int]int{32: 2, 2: 1, 1: 0} {
-		if r := RootReserve(n); r != want {
-			t.Fatalf("RootReserve(%d) = %d, want %d", n, r, want)
+		if r := rootReserve(n); r != want {
+			t.Fatalf("rootReserve(%d) = %d, want %d", n, r, want)
 		}
+	}
+	// The kernel is given the same limit of all callers together: every
+	// slot not kept for root while the per-caller limit is on, none when off.
+	if got := LimitedConns(500, 64); got != 500-31 {
+		t.Errorf("LimitedConns(500, 64) = %d, want 469 (500 less root's 31)", got)
+	}
+	if got := LimitedConns(500, 0); got != 0 {
+		t.Errorf("LimitedConns(500, 0) = %d, want 0 (no limit)", got)
 	}
 	served := func(c *client) bool {
 		resp, _ := c.do(req("GET", "/x"))

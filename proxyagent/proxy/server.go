@@ -359,7 +359,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy"), handoff: make(chan *clientConn), noMoreConns: make(chan struct{})}
 	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
 	s.callers.max = max(opts.MaxConnsPerCaller, 0)
-	s.callers.maxAll = opts.MaxConns - RootReserve(opts.MaxConns)
+	s.callers.maxAll = LimitedConns(opts.MaxConns, s.callers.max)
 	s.uploads.free = opts.UploadBudget
 	s.handle = s.serveRequest
 	s.ctx, s.cancel = context.WithCancel(context.Background())

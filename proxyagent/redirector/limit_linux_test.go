@@ -352,10 +352,12 @@ func TestCallerLimit(t *testing.T) {
 	check("nobody's first three and a fourth", n.dials(4), "ok ok ok EPERM")
 	check("another user meanwhile", u.dials(1), "ok")
 	// Connects straight to the listener count and are limited alike.
-	check("nobody straight to the listener", n.do("dial 127.0.0.1:3080")+" "+n.do("dial 0.0.0.0:3080"), "EPERM EPERM")
+	listener := "dial " + msp.ListenerAddr.String()
+	wildcard := "dial " + netip.AddrPortFrom(netip.IPv4Unspecified(), msp.ListenerAddr.Port()).String()
+	check("nobody straight to the listener", n.do(listener)+" "+n.do(wildcard), "EPERM EPERM")
 	check("the other user straight to the listener, then IMDS",
-		u.do("dial 127.0.0.1:3080")+" "+u.do("dial 0.0.0.0:3080")+" "+u.dials(1), "ok ok EPERM")
-	check("root straight to the listener", root.do("dial 127.0.0.1:3080"), "ok")
+		u.do(listener)+" "+u.do(wildcard)+" "+u.dials(1), "ok ok EPERM")
+	check("root straight to the listener", root.do(listener), "ok")
 	// A half-closed connection the agent still holds stays counted until
 	// the agent closes it.
 	check("the other user half-closes one", u.do("half 0"), "half")
@@ -367,7 +369,7 @@ func TestCallerLimit(t *testing.T) {
 	check("root in a container", kroot.dials(4), "ok ok ok EPERM")
 	// The container's own 127.0.0.1:3080 is not the agent's: not limited,
 	// not recorded (nothing listens there).
-	if got := kroot.do("dial 127.0.0.1:3080"); !strings.Contains(got, "connection refused") {
+	if got := kroot.do("dial " + msp.ListenerAddr.String()); !strings.Contains(got, "connection refused") {
 		t.Fatalf("a container at its limit dialling its own loopback: %q, want connection refused", got)
 	}
 	check("the container straight to the container listener", kroot.do("dial "+msp.ContainerListenerAddr.String()), "EPERM")

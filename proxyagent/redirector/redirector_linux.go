@@ -65,8 +65,8 @@ type Config struct {
 	MaxConnsPerCaller int
 	// MaxLimitedConns is the most redirected connections all callers the
 	// per-caller limit applies to hold together; the kernel refuses a
-	// connect beyond it. 0: no limit. The agent passes maxConnections less
-	// the slots its listener keeps for root (proxy.RootReserve).
+	// connect beyond it. 0: no limit. The agent passes its listener's
+	// limit of the same callers (proxy.LimitedConns).
 	MaxLimitedConns int
 	// Logger receives one message per event; nil: slog.Default().
 	Logger *slog.Logger
