@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/simtest"
 	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/config"
 	"github.com/opengpa/gpa/proxyagent/identity"
@@ -56,15 +57,8 @@ type harness struct {
 
 func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings, edits ...func(*config.Config)) *harness {
 	t.Helper()
-	sim, err := hostsim.New(hostsim.Config{Settings: settings, IMDSRateLimit: -1,
+	sim := simtest.Start(t, hostsim.Config{Settings: settings, IMDSRateLimit: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
 	h := &harness{t: t, sim: sim, ids: &identity.MapSource{}, dir: t.TempDir()}
 	cfg := config.Default()
 	cfg.LogFolder = filepath.Join(h.dir, "log")

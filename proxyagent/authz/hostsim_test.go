@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/simtest"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -29,14 +30,7 @@ func TestQuirk5ThroughHostsim(t *testing.T) {
 		{"absent", &msp.Rules{Privileges: priv}, `"rules":{"privileges":[{"name":"instance","path":"/metadata/instance"}]}`, Allow},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sim, err := hostsim.New(hostsim.Config{IMDSRateLimit: -1, Logger: quietLogger()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := sim.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer sim.Close()
+			sim := simtest.Start(t, hostsim.Config{IMDSRateLimit: -1, Logger: quietLogger()})
 			on := true
 			if err := sim.SetProfile(ref, hostsim.ProfileVersion{ID: ref, Properties: hostsim.ProfileProperties{
 				Mode: "Enforce", DefaultAccess: "Allow", Rules: tc.rules}}); err != nil {

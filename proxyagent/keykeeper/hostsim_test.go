@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/simtest"
 	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
@@ -16,15 +17,7 @@ import (
 
 func startSim(t *testing.T, version string) *hostsim.Sim {
 	t.Helper()
-	sim, err := hostsim.New(hostsim.Config{StatusVersion: version, IMDSRateLimit: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	return sim
+	return simtest.Start(t, hostsim.Config{StatusVersion: version, IMDSRateLimit: -1})
 }
 
 func enforce(t *testing.T, sim *hostsim.Sim, ws, imds string) {

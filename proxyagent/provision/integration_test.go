@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/simtest"
 	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/keykeeper"
 	"github.com/opengpa/gpa/proxyagent/status"
@@ -44,15 +45,8 @@ func (r *policyRecorder) last() [3]bool {
 // and stay after a notify (the deliberate fix of upstream quirk 14).
 func TestKeyKeeperProvisioningStatus(t *testing.T) {
 	on := true
-	sim, err := hostsim.New(hostsim.Config{StatusVersion: hostsim.StatusV1,
+	sim := simtest.Start(t, hostsim.Config{StatusVersion: hostsim.StatusV1,
 		Settings: hostsim.ProxyAgentSettings{Enabled: &on, WireServer: &hostsim.HostEndpointSettings{Mode: "Enforce"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
 
 	root := t.TempDir()
 	keyDir := filepath.Join(root, "keys")
@@ -77,6 +71,7 @@ func TestKeyKeeperProvisioningStatus(t *testing.T) {
 			close(finished)
 		},
 	})
+	var err error
 	kk, err = keykeeper.New(keykeeper.Options{
 		WireServer: sim.Addrs().WireServer, KeyDir: keyDir,
 		PollInterval: 20 * time.Millisecond, FastPollInterval: 10 * time.Millisecond,

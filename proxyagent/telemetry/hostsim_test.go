@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/hostsim"
+	"github.com/opengpa/gpa/internal/simtest"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -26,15 +27,7 @@ func startSim(t *testing.T, enforce bool) *hostsim.Sim {
 		cfg.Settings = hostsim.ProxyAgentSettings{Enabled: &on,
 			WireServer: &hostsim.HostEndpointSettings{Mode: "Enforce"}, IMDS: &hostsim.HostEndpointSettings{Mode: "Enforce"}}
 	}
-	sim, err := hostsim.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	return sim
+	return simtest.Start(t, cfg)
 }
 
 func simPipeline(sim *hostsim.Sim, key *msp.Key) *Telemetry {
