@@ -879,6 +879,9 @@ func TestRootReserve(t *testing.T) {
 	if open != 30 {
 		t.Fatalf("%d container connections served, want 30 (32 less the 2 kept for root)", open)
 	}
+	// The two refused ones give their slots back after their clients saw
+	// them closed.
+	testsupport.WaitFor(t, "refused connections' slots to free", func() bool { return e.openClients() == 31 })
 	if !served(e.connect(rootRec(wsDest))) {
 		t.Errorf("root's second connection refused with the others' slots full")
 	}
