@@ -1,6 +1,7 @@
 package keykeeper
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -295,6 +296,40 @@ func TestProvisionTimeoutOnce(t *testing.T) {
 	})
 }
 
+// The event threads start after the events delay of uptime (§1.6: one
+// minute) even while provisioning is stuck, once, and not before
+// (synctest: the host fails every poll; the timeout is far later).
+func TestEventsStartAfterDelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ws := newBubbleWS(t, "Wireserver")
+		ws.set(func(f *fakeWS) { f.statusFn = func() (int, map[string]string, string) { return 500, nil, "" } })
+		h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), withPipe(ws, func(o *Options) {
+			o.Start = time.Now()
+			o.EventsDelay = time.Second
+			o.ProvisionTimeout = time.Hour
+		}))
+		events := func() int { h.prov.mu.Lock(); defer h.prov.mu.Unlock(); return h.prov.events }
+		time.Sleep(990 * time.Millisecond)
+		synctest.Wait()
+		if n := events(); n != 0 {
+			t.Fatalf("events started %d times before the delay", n)
+		}
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		if n := events(); n != 1 {
+			t.Fatalf("events started %d times just after the delay, want 1", n)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if n := events(); n != 1 {
+			t.Errorf("events started %d times, want once", n)
+		}
+		if _, _, n := h.prov.counts(); n != 0 {
+			t.Errorf("provisioning timed out %d times", n)
+		}
+	})
+}
+
 // Every host call has a timeout: a WireServer that never answers yields a
 // failed poll, not a stuck loop.
 func TestHostCallTimeout(t *testing.T) {
@@ -495,4 +530,32 @@ func TestRedirectAppliedAfterFailedAcquisition(t *testing.T) {
 	ws.set(func(f *fakeWS) { f.keyCode = 0 })
 	testsupport.WaitFor(t, "latched", func() bool { return h.kk.Key() != nil })
 	testsupport.WaitFor(t, "redirect installed", func() bool { p, _ := h.redir.last(); return p == [3]bool{true, true, true} })
+}
+
+// A v2 service is redirected iff its item's mode is not "disabled"
+// (§1.5, §4.3): also when the host turned the channel off but still sends
+// the item (state "disabled", no key, rules still checked), and for an
+// empty or unknown mode string (quirk 20).
+func TestV2RedirectFollowsItemModes(t *testing.T) {
+	v2 := func(enabled bool, wsMode, imdsMode string) string {
+		return fmt.Sprintf(`{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","keyGuid":null,"version":"2.0",`+
+			`"secureChannelEnabled":%t,"authorizationRules":{"wireserver":{"defaultAccess":"deny","mode":%q,"id":"ws-%s"},`+
+			`"imds":{"defaultAccess":"allow","mode":%q,"id":"im-%s"}}}`, enabled, wsMode, wsMode, imdsMode, imdsMode)
+	}
+	ws := newFakeWS(t, "")
+	serve := func(body string) {
+		ws.set(func(f *fakeWS) {
+			f.statusFn = func() (int, map[string]string, string) { return 200, nil, body }
+		})
+	}
+	serve(v2(false, "enforce", "audit"))
+	h := startKeeper(t, ws.addr(), filepath.Join(t.TempDir(), "keys"), nil)
+	testsupport.WaitFor(t, "redirect with the channel off", func() bool { p, _ := h.redir.last(); return p == [3]bool{true, true, true} })
+	if st := h.kk.State(); st != msp.StateDisabled || h.kk.Key() != nil {
+		t.Fatalf("state %q, key %v; want disabled without a key", st, h.kk.Key())
+	}
+	serve(v2(false, "disabled", "disabled"))
+	testsupport.WaitFor(t, "redirect removed", func() bool { p, _ := h.redir.last(); return p == [3]bool{} })
+	serve(v2(true, "", "foo"))
+	testsupport.WaitFor(t, "redirect for empty and unknown modes", func() bool { p, _ := h.redir.last(); return p == [3]bool{true, true, true} })
 }

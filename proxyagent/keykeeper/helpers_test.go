@@ -26,11 +26,13 @@ import (
 type fakeProv struct {
 	mu                        sync.Mutex
 	latched, resets, timeouts int
+	events                    int
 }
 
 func (p *fakeProv) KeyLatched()       { p.mu.Lock(); p.latched++; p.mu.Unlock() }
 func (p *fakeProv) KeyLatchReset()    { p.mu.Lock(); p.resets++; p.mu.Unlock() }
 func (p *fakeProv) ProvisionTimeout() { p.mu.Lock(); p.timeouts++; p.mu.Unlock() }
+func (p *fakeProv) StartEvents()      { p.mu.Lock(); p.events++; p.mu.Unlock() }
 func (p *fakeProv) counts() (latched, resets, timeouts int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -45,6 +45,7 @@ const (
 	DefaultFastPollInterval = 1 * time.Second
 	DefaultFastPollWindow   = 5 * time.Minute
 	DefaultProvisionTimeout = 2 * time.Minute
+	DefaultEventsDelay      = 1 * time.Minute
 	DefaultRequestTimeout   = 10 * time.Second
 )
 
@@ -77,6 +78,10 @@ type Provisioning interface {
 	KeyLatchReset()
 	// ProvisionTimeout: the provisioning timeout elapsed.
 	ProvisionTimeout()
+	// StartEvents: the process has been up for the events delay; the
+	// telemetry and status threads start if provisioning has not started
+	// them yet.
+	StartEvents()
 }
 
 // Options configure a KeyKeeper. WireServer and KeyDir are required.
@@ -92,6 +97,7 @@ type Options struct {
 	FastPollInterval time.Duration // default 1 s
 	FastPollWindow   time.Duration // default 5 min of uptime
 	ProvisionTimeout time.Duration // default 2 min
+	EventsDelay      time.Duration // uptime before the event threads start anyway, default 1 min
 	RequestTimeout   time.Duration // per host call, default 10 s
 	ClockResync      time.Duration // default 15 min
 
@@ -200,6 +206,7 @@ func New(opts Options) (*KeyKeeper, error) {
 	def(&opts.FastPollInterval, DefaultFastPollInterval)
 	def(&opts.FastPollWindow, DefaultFastPollWindow)
 	def(&opts.ProvisionTimeout, DefaultProvisionTimeout)
+	def(&opts.EventsDelay, DefaultEventsDelay)
 	def(&opts.RequestTimeout, DefaultRequestTimeout)
 	def(&opts.ClockResync, DefaultClockResync)
 	if opts.Start.IsZero() {
@@ -224,7 +231,8 @@ func New(opts Options) (*KeyKeeper, error) {
 	}
 	k.client = &hostClient{&hostconn.Client{Addr: opts.WireServer, Timeout: opts.RequestTimeout, Dial: dial, Now: k.clock.Now}}
 	k.cur.Store(&State{Module: status.Unknown, Message: status.InitialMessage,
-		Modes: msp.Modes{State: msp.StateUnknown, WireServer: msp.ModeDisabled, IMDS: msp.ModeDisabled, HostGA: msp.ModeDisabled}})
+		Modes: msp.Modes{State: msp.StateUnknown, WireServer: msp.ModeDisabled, IMDS: msp.ModeDisabled, HostGA: msp.ModeDisabled,
+			WireServerRaw: string(msp.ModeDisabled), IMDSRaw: string(msp.ModeDisabled)}})
 	return k, nil
 }
 
@@ -280,8 +288,8 @@ func (k *KeyKeeper) Status() status.ModuleStatus { return k.cur.Load().ModuleSta
 // destination is redirected iff its raw mode is not "disabled" (an unknown
 // v2 mode string counts as enabled, upstream quirk 20).
 func policyOf(m msp.Modes) [3]bool {
-	ws := m.WireServerRaw != string(msp.ModeDisabled) && m.WireServerRaw != ""
-	imds := m.IMDSRaw != string(msp.ModeDisabled) && m.IMDSRaw != ""
+	ws := m.WireServerRaw != string(msp.ModeDisabled)
+	imds := m.IMDSRaw != string(msp.ModeDisabled)
 	return [3]bool{ws, imds, ws}
 }
 
@@ -327,6 +335,7 @@ type nopProvisioning struct{}
 func (nopProvisioning) KeyLatched()       {}
 func (nopProvisioning) KeyLatchReset()    {}
 func (nopProvisioning) ProvisionTimeout() {}
+func (nopProvisioning) StartEvents()      {}
 
 // FirstPoll returns a channel that is closed once Run has finished its
 // first poll, successful or not (so the rules, modes and any key the host
@@ -351,6 +360,7 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 	first := true
 	provStart := time.Now()
 	provTimedOut := false
+	eventsStarted := false
 	for {
 		if !first {
 			sleep := k.opts.PollInterval
@@ -388,6 +398,10 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 		if !provTimedOut && time.Since(provStart) > k.opts.ProvisionTimeout {
 			k.provision().ProvisionTimeout()
 			provTimedOut = true
+		}
+		if !eventsStarted && time.Since(k.opts.Start) > k.opts.EventsDelay {
+			k.provision().StartEvents()
+			eventsStarted = true
 		}
 		k.poll(ctx)
 		k.markPolled()

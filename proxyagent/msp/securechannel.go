@@ -156,14 +156,21 @@ const (
 // the WireServer item.
 func (s *KeyStatus) Derive() Modes {
 	if s.Version == "2.0" {
-		if s.SecureChannelEnabled == nil || !*s.SecureChannelEnabled || s.AuthorizationRules == nil {
-			return Modes{State: StateDisabled, WireServer: ModeDisabled, IMDS: ModeDisabled, HostGA: ModeDisabled,
-				WireServerRaw: string(ModeDisabled), IMDSRaw: string(ModeDisabled)}
+		// The modes come from the rules items whatever the state: a host
+		// that turns the channel off but still sends an item's mode keeps
+		// that service redirected (and its rules checked), unsigned, as
+		// upstream's mode getters do.
+		var wsItem, imdsItem *AuthorizationItem
+		if r := s.AuthorizationRules; r != nil {
+			wsItem, imdsItem = r.WireServer, r.IMDS
 		}
-		wsRaw, imdsRaw := itemMode(s.AuthorizationRules.WireServer), itemMode(s.AuthorizationRules.IMDS)
+		wsRaw, imdsRaw := itemMode(wsItem), itemMode(imdsItem)
 		ws, _ := ParseMode(wsRaw)
 		imds, _ := ParseMode(imdsRaw)
 		state := fmt.Sprintf("WireServer %s -  IMDS %s - HostGA %s", ws.Title(), imds.Title(), ws.Title())
+		if s.SecureChannelEnabled == nil || !*s.SecureChannelEnabled || s.AuthorizationRules == nil {
+			state = StateDisabled
+		}
 		return Modes{State: state, WireServer: ws, IMDS: imds, HostGA: ws, WireServerRaw: wsRaw, IMDSRaw: imdsRaw}
 	}
 	state := StateDisabled
