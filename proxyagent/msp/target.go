@@ -15,6 +15,10 @@ import (
 //
 // CheckTarget refuses, before anything is authorized or forwarded:
 //
+//	400  a target that is neither origin-form ("/…") nor absolute-form with
+//	     an http or https scheme and an authority ("http://host/…"): a host
+//	     parses "http:/p", "foo:/p" or "*" by its own rules (Go's server
+//	     reads the path "/p"), while the matcher would see no path it knows;
 //	403  the raw path contains "//", or its single percent-decode contains
 //	     ".." (upstream, protocol.md §4.5 step 3);
 //	400  a fragment ('#' anywhere in the target): the agent and a host could
@@ -50,6 +54,11 @@ func (e *TargetError) Error() string { return e.Reason }
 func CheckTarget(target string) *TargetError {
 	if strings.IndexByte(target, '#') >= 0 {
 		return ambiguous("fragment in request target")
+	}
+	if !strings.HasPrefix(target, "/") {
+		if err := checkAbsoluteForm(target); err != nil {
+			return err
+		}
 	}
 	path, _ := SplitTarget(target)
 	if strings.Contains(path, "//") {
@@ -91,6 +100,30 @@ func CheckTarget(target string) *TargetError {
 	for seg := range strings.SplitSeq(path, "/") {
 		if seg == "." || (strings.IndexByte(seg, '%') >= 0 && PercentDecode(seg) == ".") {
 			return ambiguous("dot segment in path")
+		}
+	}
+	return nil
+}
+
+// checkAbsoluteForm accepts "http://authority[/path][?query]" (scheme in
+// any case, https too) with a non-empty authority of printable ASCII
+// without a backslash, the only shape besides origin-form for which
+// SplitTarget and every HTTP server agree on the path.
+func checkAbsoluteForm(target string) *TargetError {
+	scheme, rest, ok := strings.Cut(target, "://")
+	if !ok || !(strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https")) {
+		return ambiguous("request target is neither origin-form nor http absolute-form")
+	}
+	authority := rest
+	if j := strings.IndexAny(rest, "/?"); j >= 0 {
+		authority = rest[:j]
+	}
+	if authority == "" {
+		return ambiguous("absolute-form target without authority")
+	}
+	for i := 0; i < len(authority); i++ {
+		if c := authority[i]; c <= ' ' || c >= 0x7f || c == '\\' {
+			return ambiguous("space, control, non-ASCII byte or backslash in authority")
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package msp
 
 import (
 	"net/http"
+	"net/url"
 	"testing"
 )
 
@@ -17,7 +18,19 @@ func TestCheckTarget(t *testing.T) {
 		{"/machine/?comp=goalstate", 0},
 		{"/%6Detadata/instance", 0}, // an encoded letter is unambiguous
 		{"/metadata/instance/", 0},
-		{"*", 0},
+		{"HTTP://169.254.169.254?api-version=1", 0},
+		{"https://169.254.169.254/metadata/instance", 0},
+		// Neither origin-form nor http absolute-form: a host reads a path
+		// the matcher never saw (http:/p is "/p" to Go's server).
+		{"*", http.StatusBadRequest},
+		{"http:/metadata/identity/oauth2/token", http.StatusBadRequest},
+		{"https:/metadata/identity/oauth2/token", http.StatusBadRequest},
+		{"http:metadata/identity", http.StatusBadRequest},
+		{"foo://host/metadata/identity", http.StatusBadRequest},
+		{"foo:/metadata/identity", http.StatusBadRequest},
+		{"metadata/identity", http.StatusBadRequest},
+		{"http:///metadata/identity", http.StatusBadRequest},
+		{"http://a\\b/metadata/identity", http.StatusBadRequest},
 		// Upstream's traversal guard.
 		{"/metadata//identity", http.StatusForbidden},
 		{"/metadata/x/../identity", http.StatusForbidden},
@@ -58,7 +71,7 @@ func TestCheckTarget(t *testing.T) {
 }
 
 func FuzzCheckTarget(f *testing.F) {
-	for _, s := range []string{"/a", "/a/%2e/b", "/a#b", "/%252E", "http://h/a?b", "/a;b", "/%C4%B0"} {
+	for _, s := range []string{"/a", "/a/%2e/b", "/a#b", "/%252E", "http://h/a?b", "/a;b", "/%C4%B0", "http:/a", "*", "HTTP://h"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, target string) {
@@ -85,6 +98,16 @@ func FuzzCheckTarget(f *testing.F) {
 		}
 		if len(once) > 0 && countSlashes(once) != countSlashes(path) {
 			t.Fatalf("%q: decoding adds a segment", target)
+		}
+		// A host built on Go's server reads the same path.
+		if u, err := url.ParseRequestURI(target); err == nil {
+			host := u.Path
+			if host == "" {
+				host = "/"
+			}
+			if host != once {
+				t.Fatalf("%q: host path %q, matcher path %q", target, host, once)
+			}
 		}
 	})
 }
