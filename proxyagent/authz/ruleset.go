@@ -190,7 +190,9 @@ type Match struct {
 //   - Quirk 7: for each required query key only the first pair whose
 //     decoded, lower-cased key equals it is considered; a later pair with
 //     the same key cannot satisfy (or spoil) the rule. Extra parameters
-//     are ignored; a required value "" matches only an empty value.
+//     are ignored; a required value "" matches only an empty value. (The
+//     proxy refuses a target with a repeated key before authorizing it,
+//     msp.CheckTarget, so this only decides for other callers.)
 //   - Identity selectors are ANDed; an absent selector is a wildcard and
 //     comparisons are exact and case-sensitive; exePath is compared
 //     component-wise (see samePath).

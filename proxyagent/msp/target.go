@@ -18,7 +18,8 @@ import (
 //	400  a target that is neither origin-form ("/…") nor absolute-form with
 //	     an http or https scheme and an authority ("http://host/…"): a host
 //	     parses "http:/p", "foo:/p" or "*" by its own rules (Go's server
-//	     reads the path "/p"), while the matcher would see no path it knows;
+//	     reads the path "/p"), while the matcher would see no path it knows
+//	     (the proxy lets "OPTIONS *" through without calling CheckTarget);
 //	403  the raw path contains "//", or its single percent-decode contains
 //	     ".." (upstream, protocol.md §4.5 step 3);
 //	400  a fragment ('#' anywhere in the target): the agent and a host could
@@ -35,10 +36,15 @@ import (
 //	400  a dot segment in the path, raw ("/./") or encoded ("/%2e/"): a host
 //	     that removes dot segments would serve a path the rules did not judge.
 //
+//	400  a query key given twice, compared as the matcher compares keys
+//	     (percent-decoded, lower-cased, '+' read as a space too): the
+//	     matcher checks a key's first value (upstream quirk 7) while a host
+//	     may take the last.
+//
 // Upstream answers 403 for the first rule and forwards everything else; the
-// 400s are this project's (README, "Where we deliberately differ"). The
-// query is not checked beyond the fragment: it is matched and signed as
-// received, and its values are data.
+// 400s are this project's (README, "Where we deliberately differ").
+// Otherwise the query is matched and signed as received, and its values are
+// data.
 
 // TargetError is a request-target the proxy refuses, with the status to
 // answer and the reason to audit.
@@ -102,7 +108,62 @@ func CheckTarget(target string) *TargetError {
 			return ambiguous("dot segment in path")
 		}
 	}
+	if _, query := SplitTarget(target); repeatedQueryKey(query) {
+		return ambiguous("repeated query parameter")
+	}
 	return nil
+}
+
+// repeatedQueryKey reports whether two pairs of query share a key as
+// dupKey compares them; pairs with an empty raw key are skipped, as the
+// matcher skips them.
+func repeatedQueryKey(query string) bool {
+	if strings.IndexByte(query, '&') < 0 {
+		return false
+	}
+	var small [8]string
+	keys := small[:0]
+	var seen map[string]struct{}
+	for piece := range strings.SplitSeq(query, "&") {
+		k, _, _ := strings.Cut(piece, "=")
+		if k == "" {
+			continue
+		}
+		k = dupKey(k)
+		if seen != nil {
+			if _, dup := seen[k]; dup {
+				return true
+			}
+			seen[k] = struct{}{}
+			continue
+		}
+		for _, prev := range keys {
+			if prev == k {
+				return true
+			}
+		}
+		if len(keys) < len(small) {
+			keys = append(keys, k)
+			continue
+		}
+		seen = make(map[string]struct{}, 2*len(small))
+		for _, prev := range keys {
+			seen[prev] = struct{}{}
+		}
+		seen[k] = struct{}{}
+	}
+	return false
+}
+
+// dupKey is a raw query key as the authorizer compares it (percent-decoded
+// and lower-cased as upstream does) and with '+' read as a space too, as a
+// host decoding a form does: any two keys either could take for one.
+func dupKey(raw string) string {
+	k := Lower(PercentDecode(raw))
+	if strings.IndexByte(k, '+') >= 0 {
+		k = strings.ReplaceAll(k, "+", " ")
+	}
+	return k
 }
 
 // checkAbsoluteForm accepts "http://authority[/path][?query]" (scheme in

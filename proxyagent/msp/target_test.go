@@ -58,6 +58,17 @@ func TestCheckTarget(t *testing.T) {
 		{"/metadata/\xc4\xb0dentity", http.StatusBadRequest},
 		{"/metadata/identity%2", http.StatusBadRequest},
 		{"/metadata/identity%zz", http.StatusBadRequest},
+		// A repeated query key: the matcher checks the first value, a host
+		// may take the last.
+		{"/metadata/identity/oauth2/token?resource=x&resource=https://vault.azure.net", http.StatusBadRequest},
+		{"/metadata/identity/oauth2/token?Resource=x&resource=y", http.StatusBadRequest},
+		{"/metadata/identity/oauth2/token?r%65source=x&resource=y", http.StatusBadRequest},
+		{"/m?a+b=1&a%20b=2", http.StatusBadRequest},
+		{"/m?a=1&a", http.StatusBadRequest},
+		{"/m?k0=0&k1=1&k2=2&k3=3&k4=4&k5=5&k6=6&k7=7&k8=8&k9=9&k10=10&k5=x", http.StatusBadRequest},
+		{"/m?k0=0&k1=1&k2=2&k3=3&k4=4&k5=5&k6=6&k7=7&k8=8&k9=9&k10=10", 0},
+		{"/m?a=1&=2&=3&b", 0},
+		{"/metadata/identity/oauth2/token?resource=x&api-version=2018-02-01&client_id=1", 0},
 	} {
 		err := CheckTarget(tc.target)
 		got := 0

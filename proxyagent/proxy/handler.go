@@ -81,10 +81,14 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 		reply(w, ev.Status, true)
 		return
 	}
-	if terr := msp.CheckTarget(r.RequestURI); terr != nil {
-		ev.Status, ev.Error = terr.Status, terr.Reason
-		reply(w, ev.Status, true)
-		return
+	// "OPTIONS *" is the one request without a path (RFC 9110 §9.3.7);
+	// every other target goes through the canonicaliser.
+	if r.Method != http.MethodOptions || r.RequestURI != "*" {
+		if terr := msp.CheckTarget(r.RequestURI); terr != nil {
+			ev.Status, ev.Error = terr.Status, terr.Reason
+			reply(w, ev.Status, true)
+			return
+		}
 	}
 	switch localTarget(r.RequestURI) {
 	case provision.Path:

@@ -85,6 +85,7 @@ func TestTraversalAndAmbiguousTargets(t *testing.T) {
 		{"http:/machine?comp=goalstate", http.StatusBadRequest},
 		{"foo:/machine", http.StatusBadRequest},
 		{"*", http.StatusBadRequest},
+		{"/machine?comp=config&Comp=goalstate", http.StatusBadRequest},
 		{"http://168.63.129.16/machine?comp=goalstate", http.StatusOK},
 		{"/metadata/instance?x=..", http.StatusOK},
 		{"/metadata/instance?resource=https%3A%2F%2Fx%2F", http.StatusOK},
