@@ -557,6 +557,17 @@ func appendEventMessage(b []byte, ev *Event) []byte {
 	return b
 }
 
+// BlockError is the error of a denied request: BlockPrefix and the caller's
+// claims as upstream serialises them, without this project's additions
+// (ancestors' command lines, group id, workload), which reach status.json
+// and telemetry through the connection summaries.
+func BlockError(c *claims.Claims) string {
+	if c == nil {
+		return BlockPrefix + "{}"
+	}
+	return BlockPrefix + upstreamClaimsJSON(c)
+}
+
 // upstreamClaimsJSON is c as upstream serialises claims (no ancestry).
 func upstreamClaimsJSON(c *claims.Claims) string {
 	u := *c

@@ -120,7 +120,7 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 	ev.Authorized, ev.Decision = true, d
 	if d.Result == authz.Deny {
 		ev.Status = http.StatusForbidden
-		ev.Error = "Block unauthorized request: " + callerJSON(st)
+		ev.Error = audit.BlockError(st.caller)
 		reply(w, ev.Status, true)
 		return
 	}
@@ -180,14 +180,6 @@ func reply(w http.ResponseWriter, status int, closeConn bool) {
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(status)
-}
-
-func callerJSON(st *connState) string {
-	b, err := json.Marshal(st.caller)
-	if err != nil {
-		return "{}"
-	}
-	return string(b)
 }
 
 // invalidHeader names the first part of the request holding bytes that

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/internal/testsupport"
+	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
@@ -559,8 +562,19 @@ func TestDenied(t *testing.T) {
 	}
 	ev := e.rec.wait(t, 1)[0]
 	if !ev.Authorized || ev.Decision.Result != authz.Deny || ev.Decision.RuleID != "rules-1" || ev.Status != 403 ||
-		!strings.HasPrefix(ev.Error, "Block unauthorized request: {") {
-		t.Errorf("audit event %+v", ev)
+		!strings.HasPrefix(ev.Error, audit.BlockPrefix+"{") {
+		t.Fatalf("audit event %+v", ev)
+	}
+	// The text reaches status.json and telemetry: upstream's claims only,
+	// none of this project's additions (ancestors' command lines, groupId).
+	var got map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimPrefix(ev.Error, audit.BlockPrefix)), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"clientIp", "clientPort", "processCmdLine", "processFullPath", "processId", "processName",
+		"runAsElevated", "userGroups", "userId", "userName"}
+	if keys := slices.Sorted(maps.Keys(got)); !slices.Equal(keys, want) || got["userId"] != float64(1000) {
+		t.Errorf("claims in the block text: %v", got)
 	}
 }
 

@@ -99,7 +99,8 @@ func (g *gateSource) Lookup(client netip.AddrPort) (identity.Record, bool) {
 	return g.m.Lookup(client)
 }
 
-// fakeClaims derives claims from the record; Comm "noclaims" fails.
+// fakeClaims derives claims from the record, with one ancestor; Comm
+// "noclaims" fails.
 type fakeClaims struct{}
 
 func (fakeClaims) Resolve(rec identity.Record, client netip.AddrPort) (*claims.Claims, error) {
@@ -108,7 +109,8 @@ func (fakeClaims) Resolve(rec identity.Record, client netip.AddrPort) (*claims.C
 	}
 	return &claims.Claims{UserID: uint64(rec.UID), UserName: "u" + strconv.Itoa(int(rec.UID)), ProcessID: rec.PID,
 		ProcessName: rec.Comm, RunAsElevated: rec.UID == 0, ClientIP: client.Addr().String(), ClientPort: client.Port(),
-		OtherNetns: rec.OtherNetns}, nil
+		OtherNetns: rec.OtherNetns, GroupID: uint64(rec.GID),
+		Ancestry: []claims.Process{{PID: 1, Exe: "/sbin/init", CmdLine: "init splash"}}}, nil
 }
 
 // fakeAuthz denies targets containing "deny" and records what it saw.
