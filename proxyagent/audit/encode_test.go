@@ -117,3 +117,18 @@ func TestRecordJSONCoversEveryField(t *testing.T) {
 	fill(reflect.ValueOf(&rec).Elem(), &n)
 	checkRecordJSON(t, &rec)
 }
+
+// Summaries print a status as upstream's http crate does, where its phrase
+// differs from Go's too.
+func TestResponseStatusMatchesUpstream(t *testing.T) {
+	for code, want := range map[int]string{
+		200: "200 OK", 203: "203 Non Authoritative Information", 403: "403 Forbidden",
+		413: "413 Payload Too Large", 414: "414 URI Too Long", 416: "416 Range Not Satisfiable",
+		421: "421 Misdirected Request", 422: "422 Unprocessable Entity", 502: "502 Bad Gateway",
+		299: "299 <unknown status code>", 600: "600 <unknown status code>",
+	} {
+		if got := ResponseStatus(code); got != want {
+			t.Errorf("ResponseStatus(%d) = %q, want %q", code, got, want)
+		}
+	}
+}

@@ -54,7 +54,8 @@ const (
 )
 
 // ResponseStatus returns "<code> <reason phrase>" (e.g. "421 Misdirected
-// Request"), or just the code when it has no standard phrase.
+// Request") as upstream's summaries print a status (the Rust http crate's
+// canonical reasons, "<unknown status code>" for a code without one).
 func ResponseStatus(code int) string {
 	if code >= 100 && code < 600 {
 		return responseStatuses[code-100]
@@ -70,11 +71,25 @@ var responseStatuses = func() (t [500]string) {
 	return t
 }()
 
+// rustReasons are the canonical reasons where the http crate's differ
+// from Go's http.StatusText; every other code has the same phrase in both.
+var rustReasons = map[int]string{
+	http.StatusNonAuthoritativeInfo:         "Non Authoritative Information",
+	http.StatusRequestEntityTooLarge:        "Payload Too Large",
+	http.StatusRequestURITooLong:            "URI Too Long",
+	http.StatusRequestedRangeNotSatisfiable: "Range Not Satisfiable",
+	http.StatusUnprocessableEntity:          "Unprocessable Entity",
+}
+
 func responseStatus(code int) string {
-	if text := http.StatusText(code); text != "" {
-		return strconv.Itoa(code) + " " + text
+	text := rustReasons[code]
+	if text == "" {
+		text = http.StatusText(code)
 	}
-	return strconv.Itoa(code)
+	if text == "" {
+		text = "<unknown status code>"
+	}
+	return strconv.Itoa(code) + " " + text
 }
 
 // counted says which summary tables one request outcome is counted in,

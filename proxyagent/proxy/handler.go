@@ -50,7 +50,7 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 	limit := s.opts.MaxSignedBody
 	if exempt {
 		limit = s.opts.MaxExemptBody
-	} else if isUpload(r.Method, r.RequestURI) {
+	} else if st.redirected && isUpload(st.service, r.Method, r.RequestURI) {
 		limit = s.opts.MaxUploadBody
 	}
 	if r.ContentLength > limit {

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 // waagent's uploads through the proxy are signed and can be larger than
@@ -32,18 +34,19 @@ const (
 )
 
 // isUpload reports whether a signed request is one of waagent's upload
-// paths that get Options.MaxUploadBody: PUT /status (HostGAPlugin) or a
-// PUT or POST to /machine or /machine/ with a comp= query parameter
-// (WireServer). The comparison is on the lower-cased raw target.
-func isUpload(method, target string) bool {
+// paths that get Options.MaxUploadBody: PUT /status to the HostGAPlugin,
+// or a PUT or POST to /machine or /machine/ with a comp= query parameter
+// to the WireServer (service is the redirected connection's destination;
+// anything else, a direct connection too, keeps the signed limit). The
+// comparison is on the lower-cased raw target.
+func isUpload(service msp.Service, method, target string) bool {
 	t := strings.ToLower(target)
-	switch method {
-	case http.MethodPut:
-		if t == "/status" {
-			return true
-		}
-	case http.MethodPost:
-	default:
+	switch {
+	case service == msp.HostGAPlugin:
+		return method == http.MethodPut && t == "/status"
+	case service != msp.WireServer:
+		return false
+	case method != http.MethodPut && method != http.MethodPost:
 		return false
 	}
 	path, query, ok := strings.Cut(t, "?")

@@ -11,31 +11,47 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 var hgDest = netip.MustParseAddrPort("168.63.129.16:32526")
 
 func TestIsUpload(t *testing.T) {
+	hg, ws := msp.HostGAPlugin, msp.WireServer
 	for _, tc := range []struct {
+		service        msp.Service
 		method, target string
 		want           bool
 	}{
-		{"PUT", "/status", true},
-		{"PUT", "/STATUS", true},
-		{"POST", "/machine?comp=health", true},
-		{"POST", "/machine/?comp=health", true},
-		{"PUT", "/machine?restype=x&comp=status", true},
-		{"GET", "/status", false},
-		{"POST", "/status", false},
-		{"PUT", "/status/x", false},
-		{"POST", "/machine/x?comp=health", false},
-		{"POST", "/machine?compx=1", false},
-		{"POST", "/metadata/instance?comp=x", false},
-		{"DELETE", "/machine?comp=health", false},
+		{hg, "PUT", "/status", true},
+		{hg, "PUT", "/STATUS", true},
+		{ws, "POST", "/machine?comp=health", true},
+		{ws, "POST", "/machine/?comp=health", true},
+		{ws, "PUT", "/machine?restype=x&comp=status", true},
+		{hg, "GET", "/status", false},
+		{hg, "POST", "/status", false},
+		{hg, "PUT", "/status/x", false},
+		{ws, "PUT", "/status", false},
+		{msp.IMDS, "PUT", "/status", false},
+		{hg, "POST", "/machine?comp=health", false},
+		{msp.IMDS, "POST", "/machine?comp=health", false},
+		{ws, "POST", "/machine/x?comp=health", false},
+		{ws, "POST", "/machine?compx=1", false},
+		{ws, "POST", "/metadata/instance?comp=x", false},
+		{ws, "DELETE", "/machine?comp=health", false},
 	} {
-		if got := isUpload(tc.method, tc.target); got != tc.want {
-			t.Errorf("isUpload(%s %s) = %v", tc.method, tc.target, got)
+		if got := isUpload(tc.service, tc.method, tc.target); got != tc.want {
+			t.Errorf("isUpload(%s %s %s) = %v", tc.service, tc.method, tc.target, got)
 		}
+	}
+	// Only a redirected connection gets the upload limit: straight to the
+	// listener, a large upload is 413 before anything else (quirk 18).
+	e := newEnv(t, nil)
+	c := e.connect(nil)
+	c.send(req("POST", "/machine?comp=health", "Content-Length: 102401"))
+	if resp, _ := c.read("POST"); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("direct upload over 100 KiB: %d, want 413", resp.StatusCode)
 	}
 }
 
