@@ -10,6 +10,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -104,7 +105,7 @@ func Run(ctx context.Context, opts Options) error {
 	sysw := openSyslog(cfg, log)
 	defer sysw.Close()
 	rec, err := audit.New(audit.Options{Dir: cfg.LogFolder, ConnLogLevel: connLevel, Logger: log.With("module", "audit"),
-		Sink: sysw.sink()})
+		Sink: sysw.sink(), OnNewSummary: summaryEvents(events)})
 	if err != nil {
 		return fmt.Errorf("agent: audit log: %w", err)
 	}
@@ -409,4 +410,26 @@ func (l local) Query(timeTick int64, notify bool) (bool, string) {
 
 func (l local) AggregateStatus() ([]byte, error) {
 	return l.reporter.Aggregate().MarshalJSON()
+}
+
+// Telemetry names of a connection summary event (protocol.md §4.7).
+const (
+	summaryEventTask   = "log_connection_summary"
+	summaryEventModule = "proxy_server"
+)
+
+// summaryEvents returns the recorder's OnNewSummary: each summary that
+// opens a bucket becomes an Info telemetry event carrying its JSON, as
+// upstream sends them; nil when telemetry is off.
+func summaryEvents(q *telemetry.Queue) func(audit.Summary, bool) {
+	if q == nil {
+		return nil
+	}
+	return func(s audit.Summary, _ bool) { q.Add(summaryEvent(s)) }
+}
+
+func summaryEvent(s audit.Summary) telemetry.Event {
+	b, _ := json.Marshal(s) // a struct of strings, numbers and a string slice
+	return telemetry.Event{EventLevel: logfile.Info.String(), Message: string(b), TaskName: summaryEventTask,
+		OperationId: summaryEventModule}
 }

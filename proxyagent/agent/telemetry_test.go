@@ -1,14 +1,19 @@
 package agent
 
 import (
+	"encoding/json"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/testsupport"
+	"github.com/opengpa/gpa/proxyagent/audit"
+	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/config"
+	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 	"github.com/opengpa/gpa/proxyagent/telemetry"
 )
@@ -72,5 +77,36 @@ func TestLogLinesBecomeEvents(t *testing.T) {
 		if got := tel.Counts().Queued; got != c.want {
 			t.Errorf("%s: %d events queued, want %d", c.name, got, c.want)
 		}
+	}
+}
+
+// A request whose summary opens a bucket queues one Info event
+// "log_connection_summary" (module proxy_server) with the summary's JSON
+// (§4.7); a repeat in the same bucket queues none; without telemetry the
+// recorder gets no hook.
+func TestConnectionSummaryEvents(t *testing.T) {
+	if summaryEvents(nil) != nil {
+		t.Fatal("a summary hook without telemetry")
+	}
+	q := telemetry.NewQueue("1.0.0")
+	rec, err := audit.New(audit.Options{OnNewSummary: summaryEvents(q)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &claims.Claims{UserName: "root", ProcessFullPath: "/usr/bin/curl", ClientIP: "127.0.0.1", ClientPort: 40000}
+	ev := audit.Event{HTTPID: 7, Method: "GET", Target: "/metadata/instance", Status: 200, Caller: c, Authorized: true,
+		Service: msp.IMDS, Dest: netip.MustParseAddrPort("169.254.169.254:80"),
+		Client: netip.MustParseAddrPort("127.0.0.1:40000")}
+	rec.Record(ev)
+	rec.Record(ev)
+	rec.Close()
+	if got := telemetry.New(telemetry.Options{Queue: q}).Counts().Queued; got != 1 {
+		t.Fatalf("%d events queued for two requests of one key, want 1", got)
+	}
+	e := summaryEvent(audit.Summary{ID: 7, Method: "GET", URL: "/metadata/instance", ResponseStatus: "200 OK"})
+	var back audit.Summary
+	if e.TaskName != "log_connection_summary" || e.OperationId != "proxy_server" || e.EventLevel != "INFO" ||
+		json.Unmarshal([]byte(e.Message), &back) != nil || back.URL != "/metadata/instance" || back.ResponseStatus != "200 OK" {
+		t.Errorf("event %+v", e)
 	}
 }

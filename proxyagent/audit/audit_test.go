@@ -76,12 +76,41 @@ func TestConnectionLogGolden(t *testing.T) {
 		`"responseStatus":"200 OK","elapsedTime":12,"errorDetails":""}`
 	want := "2025-04-23T12:00:00.123 [INFO]    " + summary + "\n" +
 		"2025-04-23T12:00:00.123 [INFO]    7[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 200 OK - decision allow (privilege matched) - 12 ms\n" +
+		"2025-04-23T12:00:00.123 [INFO]    7[3] - ------------------------ ConnectionLogger is dropped ------------------------\n" +
 		"2025-04-23T12:00:00.123 [INFO]    8[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 200 OK - decision allow (privilege matched) - 12 ms\n" +
+		"2025-04-23T12:00:00.123 [INFO]    8[3] - ------------------------ ConnectionLogger is dropped ------------------------\n" +
 		"2025-04-23T12:00:00.123 [INFO]    0[3] - connection closed\n" +
 		"2025-04-23T12:00:00.123 [DEBUG]   0[3] - line\\ninjected\n"
 	if got := readFile(t, filepath.Join(dir, ConnectionLogName)); got != want {
 		t.Errorf("connection log\n got:\n%s\nwant:\n%s", got, want)
 	}
+}
+
+// A request's lines reach the files within BatchDelay+FlushInterval of
+// the request, without Close; an idle recorder has nothing to flush
+// (synctest: the bubble's clock).
+func TestLinesReachFilesPromptly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		r, err := New(Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		r.Record(allowEvent())
+		time.Sleep(DefaultBatchDelay)
+		synctest.Wait()
+		if got := readFile(t, filepath.Join(dir, ConnectionLogName)); got != "" {
+			t.Fatalf("flushed before FlushInterval: %q", got)
+		}
+		time.Sleep(DefaultFlushInterval)
+		synctest.Wait()
+		for _, name := range []string{ConnectionLogName, AuditLogName} {
+			if got := readFile(t, filepath.Join(dir, name)); !strings.Contains(got, "/machine?comp=goalstate") {
+				t.Errorf("%s after %v: %q", name, DefaultBatchDelay+DefaultFlushInterval, got)
+			}
+		}
+	})
 }
 
 func TestConnLogLevelFilter(t *testing.T) {
@@ -400,7 +429,8 @@ func TestAuditLogRoundTripAndRotation(t *testing.T) {
 		}
 	}
 	// The connection log holds one line per event plus one summary line,
-	// however hostile the command line.
+	// and each event's batch ends with upstream's dropped line, however
+	// hostile the command line.
 	connPath := filepath.Join(dir, ConnectionLogName)
 	connFiles, _ := logfile.RotatedFiles(connPath)
 	lines := 0
@@ -415,8 +445,8 @@ func TestAuditLogRoundTripAndRotation(t *testing.T) {
 			lines++
 		}
 	}
-	if lines != 41 {
-		t.Errorf("connection log has %d lines, want 41", lines)
+	if lines != 81 {
+		t.Errorf("connection log has %d lines, want 81", lines)
 	}
 }
 

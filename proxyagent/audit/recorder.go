@@ -23,11 +23,13 @@ import (
 const (
 	ConnectionLogName = "ProxyAgent.Connection.log"
 	AuditLogName      = "ProxyAgent.Audit.jsonl"
+	// LoggerDropped ends the lines of one request in the connection log.
+	LoggerDropped = "------------------------ ConnectionLogger is dropped ------------------------"
 )
 
 // Defaults for Options.
 const (
-	DefaultFlushInterval  = time.Second
+	DefaultFlushInterval  = 50 * time.Millisecond
 	DefaultBatchDelay     = 20 * time.Millisecond
 	DefaultBatchSize      = 16
 	DefaultQueueSize      = 4096
@@ -44,7 +46,10 @@ type Options struct {
 	// ConnLogLevel is the most verbose level written to the connection
 	// log (upstream's fileLogLevel); 0 means Trace (everything).
 	ConnLogLevel logfile.Level
-	// FlushInterval is how often buffered lines reach the files (1 s).
+	// FlushInterval is the longest a written line waits in the buffer
+	// before it reaches the file (50 ms): a reader sees a request's lines
+	// about BatchDelay+FlushInterval after it, and a busy agent writes the
+	// files about 20 times a second. An idle agent does not wake for it.
 	FlushInterval time.Duration
 	// BatchDelay is the longest a queued event waits before the writer
 	// goroutine wakes for it (20 ms, at most FlushInterval). The writer
@@ -339,15 +344,17 @@ func (r *Recorder) Close() error {
 // run is the writer goroutine.
 func (r *Recorder) run() {
 	defer close(r.done)
-	tick := time.NewTicker(r.opts.FlushInterval)
-	defer tick.Stop()
+	flushT := time.NewTimer(time.Hour)
+	flushT.Stop()
+	defer flushT.Stop()
+	armed := false // flushT runs: lines written since the last flush
 	var batch []job
 	for {
 		flush := false
 		select {
 		case <-r.wake:
-		case <-tick.C:
-			flush = true
+		case <-flushT.C:
+			flush, armed = true, false
 		}
 		var closed bool
 		batch, closed = r.takeBatch(batch)
@@ -366,6 +373,9 @@ func (r *Recorder) run() {
 		}
 		if flush {
 			r.flush()
+		} else if len(batch) > 0 && !armed {
+			flushT.Reset(r.opts.FlushInterval)
+			armed = true
 		}
 	}
 }
@@ -399,6 +409,7 @@ func (r *Recorder) handle(j *job) {
 		return
 	}
 	ev := &j.ev
+	logged := false // the request's connection logger has lines
 	for i, s := range j.newSummaries {
 		if r.opts.OnNewSummary != nil {
 			r.opts.OnNewSummary(*s, j.failedTable[i])
@@ -408,6 +419,7 @@ func (r *Recorder) handle(j *job) {
 			r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, logfile.Info, string(b))
 			_, err := r.connLog.Write(r.lineBuf)
 			r.report(err)
+			logged = true
 		}
 	}
 	if r.connLog == nil && r.opts.Sink == nil {
@@ -416,6 +428,15 @@ func (r *Recorder) handle(j *job) {
 	if lvl := eventLevel(ev); r.connLog != nil && lvl <= r.opts.ConnLogLevel {
 		r.msgBuf = appendEventMessage(appendConnPrefix(r.msgBuf[:0], ev.HTTPID, ev.TCPID), ev)
 		r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, lvl, r.msgBuf)
+		_, err := r.connLog.Write(r.lineBuf)
+		r.report(err)
+		logged = true
+	}
+	if logged {
+		// Upstream's connection logger ends its batch with this line, at
+		// Info whatever the level (§4.8).
+		r.msgBuf = append(appendConnPrefix(r.msgBuf[:0], ev.HTTPID, ev.TCPID), LoggerDropped...)
+		r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, logfile.Info, r.msgBuf)
 		_, err := r.connLog.Write(r.lineBuf)
 		r.report(err)
 	}
