@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/proxyagent/status"
 )
 
 // Substatus names, in the order upstream's e2e tests read them.
@@ -35,14 +36,11 @@ const (
 const (
 	MaxConnectionSummaries = 100
 	MaxFailedAuthSummaries = 50
-	// MaxSummaryBytes bounds substatus [0] + [2] messages together, as
-	// waagent re-encodes them in the VM status blob (WaagentEncodedLen):
-	// with the other fields our whole status stays under about 46 KiB
-	// there, at most 64 KiB of waagent's HostGAPlugin PUT /status (the
-	// blob in base64, about 1.34x): below even the 100 KiB signed-body
-	// limit of proxies without a larger upload limit, with room for other
-	// extensions.
-	MaxSummaryBytes = 24 * 1024
+	// MaxSummaryBytes bounds substatus [0] + [2] messages together, in
+	// bytes, as upstream does (extension-handler.md §2.5). The status file
+	// stays within waagent's 128 KiB (BoundStatus), and waagent's upload
+	// of it through the agent within the agent's upload limit (8 MiB).
+	MaxSummaryBytes = 80 * 1024
 	// MaxStatusMessage bounds the top-level message.
 	MaxStatusMessage = 1024
 	// MaxAgentStatusBytes bounds the ProxyAgentStatus message, so the
@@ -365,7 +363,7 @@ func Evaluate(data []byte, fetchErr error, bundled string, now time.Time, staleA
 
 	ev := Evaluation{AgentVersion: st.Version}
 	agentSub := extension.SubStatus{Name: SubAgentStatus, Status: extension.StatusSuccess, Code: CodeOK,
-		FormattedMessage: extension.Message(extension.TruncateUTF8(compact.String(), MaxAgentStatusBytes))}
+		FormattedMessage: extension.Message(boundAgentStatus(compact.Bytes()))}
 	switch st.Status {
 	case "SUCCESS":
 		ev.Healthy = true
@@ -424,53 +422,51 @@ func summaryMessage(list []ConnectionSummary, max int, empty string) string {
 	return strings.TrimSuffix(buf.String(), "\n")
 }
 
+// SummaryDroppedNote replaces the connection summary when the summaries
+// exceed MaxSummaryBytes (upstream's text).
+const SummaryDroppedNote = "Substatus of proxy agent connection message and failed auth message size exceeds max size, dropping connection summary"
+
 // TrimSummaries keeps the connection-summary and failed-auth messages
-// within MaxSummaryBytes together, counted with WaagentEncodedLen: above
-// that, the connection summary is replaced by a short note and the
-// failed-auth message is cut to the rest (at a character boundary).
+// within MaxSummaryBytes together, as upstream does: above that, the
+// connection summary is replaced by SummaryDroppedNote, and a failed-auth
+// message longer than MaxSummaryBytes by itself is cut to it (at a
+// character boundary; upstream cuts bytes).
 func TrimSummaries(conn, failed string) (string, string) {
-	if WaagentEncodedLen(conn)+WaagentEncodedLen(failed) <= MaxSummaryBytes {
+	if len(conn)+len(failed) <= MaxSummaryBytes {
 		return conn, failed
 	}
-	note := fmt.Sprintf("Proxy connection summary (%d bytes) was dropped because the connection and failed authentication summaries exceed %d bytes.", len(conn), MaxSummaryBytes)
-	return note, truncateEncoded(failed, MaxSummaryBytes-WaagentEncodedLen(note))
+	return SummaryDroppedNote, extension.TruncateUTF8(failed, MaxSummaryBytes)
 }
 
-// WaagentEncodedLen is the length of s inside the quotes of Python's
-// json.dumps, which waagent uses for the VM status blob: quotes,
-// backslashes and control characters are escaped and every non-ASCII
-// character is written as \uXXXX (two of them beyond the BMP).
-func WaagentEncodedLen(s string) int {
-	n := 0
-	for _, r := range s {
-		n += encodedRuneLen(r)
+// boundAgentStatus returns the compact proxyAgentStatus JSON for
+// substatus [1], at most MaxAgentStatusBytes long and still one JSON
+// object: a longer one is re-encoded in upstream's field order with its
+// module messages cut shorter and shorter ("..." marks a cut). Only a
+// document that cannot be read as upstream's shape is cut as text.
+func boundAgentStatus(compact []byte) string {
+	if len(compact) <= MaxAgentStatusBytes {
+		return string(compact)
 	}
-	return n
-}
-
-func encodedRuneLen(r rune) int {
-	switch {
-	case r == '"' || r == '\\' || r == '\b' || r == '\f' || r == '\n' || r == '\r' || r == '\t':
-		return 2
-	case r < 0x20:
-		return 6
-	case r < 0x80:
-		return 1
-	case r > 0xffff:
-		return 12
-	}
-	return 6
-}
-
-// truncateEncoded cuts s at a character boundary so that its
-// WaagentEncodedLen is at most max.
-func truncateEncoded(s string, max int) string {
-	n := 0
-	for i, r := range s {
-		n += encodedRuneLen(r)
-		if n > max {
-			return s[:i]
+	var st status.AgentStatus
+	if json.Unmarshal(compact, &st) == nil {
+		mods := []*status.ModuleStatus{&st.MonitorStatus, &st.KeyLatchStatus, &st.EbpfProgramStatus,
+			&st.ProxyListenerStatus, &st.TelemetryLoggerStatus}
+		for limit := status.MaxMessageBytes / 2; limit >= 0; limit /= 2 {
+			for _, m := range mods {
+				if len(m.Message) > limit {
+					m.Message = extension.TruncateUTF8(m.Message, limit) + "..."
+				}
+			}
+			var b bytes.Buffer
+			enc := json.NewEncoder(&b)
+			enc.SetEscapeHTML(false)
+			if enc.Encode(st) == nil && b.Len()-1 <= MaxAgentStatusBytes {
+				return strings.TrimSuffix(b.String(), "\n")
+			}
+			if limit == 0 {
+				break
+			}
 		}
 	}
-	return s
+	return extension.TruncateUTF8(string(compact), MaxAgentStatusBytes)
 }
