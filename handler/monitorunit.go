@@ -27,9 +27,12 @@ func HandlerEnv(environ []string) []string {
 // monitorUnitArgs are the systemd-run arguments that start the monitor as
 // the transient unit MonitorUnitName. A transient unit starts from the
 // service manager's environment, not the caller's, so every HandlerEnv
-// entry of environ is passed with --setenv.
+// entry of environ is passed with --setenv. Type=exec makes systemd-run
+// succeed only once the binary was executed: one PID 1 cannot run (waagent
+// in a mount namespace of its own, a systemd older than 240) fails the
+// call, and enable starts the monitor itself instead.
 func monitorUnitArgs(e *Env, environ []string) []string {
-	args := []string{"--unit=" + MonitorUnitName, "--collect",
+	args := []string{"--unit=" + MonitorUnitName, "--collect", "--property=Type=exec",
 		"--property=Restart=always", "--property=RestartSec=5",
 		"--property=WorkingDirectory=" + e.ExtDir}
 	for _, kv := range HandlerEnv(environ) {

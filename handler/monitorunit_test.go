@@ -24,7 +24,8 @@ func TestMonitorUnitArgsPassHandlerEnv(t *testing.T) {
 	if args[len(args)-1] != e.Exe {
 		t.Errorf("last argument %q, want the handler binary", args[len(args)-1])
 	}
-	if !slices.Contains(args, "--unit="+MonitorUnitName) || !slices.Contains(args, "--property=Restart=always") {
-		t.Errorf("args %q lack the unit name or Restart=always", args)
+	if !slices.Contains(args, "--unit="+MonitorUnitName) || !slices.Contains(args, "--property=Restart=always") ||
+		!slices.Contains(args, "--property=Type=exec") {
+		t.Errorf("args %q lack the unit name, Restart=always or Type=exec", args)
 	}
 }
