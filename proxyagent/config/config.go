@@ -50,7 +50,10 @@
 // hostGAPluginSupport (ignored upstream too).
 //
 // Durations are JSON numbers of seconds; fractions are allowed (tests use
-// short intervals) and must be positive.
+// short intervals) and must be positive; 0, which upstream reads, keeps the
+// default with a warning. maxEventFileCount 0 stores no overflow file.
+// Keys are case-sensitive as upstream's: a key in other letter case
+// ("LogFolder") is ignored with a warning.
 package config
 
 import (
@@ -63,6 +66,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -230,6 +235,7 @@ func Load(path string) (Config, error) {
 // Unknown keys are ignored, as upstream does.
 func Parse(data []byte) (Config, error) {
 	data = bytes.TrimPrefix(data, []byte("\xEF\xBB\xBF"))
+	data, misspelt := dropMiscasedKeys(data)
 	var f file
 	if err := json.Unmarshal(data, &f); err != nil {
 		var te *json.UnmarshalTypeError
@@ -245,6 +251,9 @@ func Parse(data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("invalid JSON: %v", err)
 	}
 	c := Default()
+	for _, k := range misspelt {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("key %q is ignored: keys are case-sensitive (%q)", k, fileKeys[strings.ToLower(k)]))
+	}
 	str := func(dst *string, src *string) {
 		if src != nil {
 			*dst = *src
@@ -298,6 +307,12 @@ func Parse(data []byte) (Config, error) {
 			continue
 		}
 		v := *d.src
+		if v == 0 {
+			// Upstream reads 0 (it would then loop without pausing); the
+			// default keeps the agent sane.
+			c.Warnings = append(c.Warnings, fmt.Sprintf("key %q: 0 seconds; using the default %v", d.key, *d.dst))
+			continue
+		}
 		// At most ~292 years fits a time.Duration.
 		if !(v > 0) || math.IsInf(v, 0) || v > float64(math.MaxInt64/int64(time.Second)) {
 			return Config{}, fmt.Errorf("key %q: %v is not a positive number of seconds", d.key, v)
@@ -315,7 +330,7 @@ func Parse(data []byte) (Config, error) {
 		{"maxConnections", &c.MaxConnections, f.MaxConnections, 1},
 		{"maxConnectionsPerCaller", &c.MaxConnectionsPerCaller, f.MaxConnectionsPerCaller, 0},
 		{"maxHeaderBytes", &c.MaxHeaderBytes, f.MaxHeaderBytes, 1024},
-		{"maxEventFileCount", &c.MaxEventFileCount, f.MaxEventFileCount, 1},
+		{"maxEventFileCount", &c.MaxEventFileCount, f.MaxEventFileCount, 0},
 	} {
 		if n.src == nil {
 			continue
@@ -324,6 +339,11 @@ func Parse(data []byte) (Config, error) {
 			return Config{}, fmt.Errorf("key %q: %d is below the minimum %d", n.key, *n.src, n.min)
 		}
 		*n.dst = *n.src
+	}
+
+	if c.MaxEventFileCount == 0 {
+		// Upstream stores no overflow file once maxEventFileCount exist.
+		c.EventFolder = ""
 	}
 
 	for _, a := range []struct {
@@ -509,3 +529,41 @@ func (c Config) RulesFolder() string {
 
 // StatusFile is the path of status.json inside statusFolder.
 func (c Config) StatusFile() string { return filepath.Join(c.StatusFolder, "status.json") }
+
+// fileKeys maps each lower-cased JSON key of file to its spelling.
+var fileKeys = func() map[string]string {
+	m := map[string]string{}
+	t := reflect.TypeFor[file]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		m[strings.ToLower(name)] = name
+	}
+	return m
+}()
+
+// dropMiscasedKeys removes from a JSON object the keys that name a config
+// key in other letter case ("LogFolder"): encoding/json would take them,
+// upstream's case-sensitive reader ignores them. It returns data unchanged
+// when nothing is removed or data is not an object (Parse reports that).
+func dropMiscasedKeys(data []byte) ([]byte, []string) {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(data, &obj) != nil {
+		return data, nil
+	}
+	var dropped []string
+	for k := range obj {
+		if exact, ok := fileKeys[strings.ToLower(k)]; ok && exact != k {
+			dropped = append(dropped, k)
+			delete(obj, k)
+		}
+	}
+	if len(dropped) == 0 {
+		return data, nil
+	}
+	slices.Sort(dropped)
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return data, nil
+	}
+	return out, dropped
+}

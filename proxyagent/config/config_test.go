@@ -159,7 +159,12 @@ func TestTelemetryKeys(t *testing.T) {
 				cfg.MaxEventFileCount, cfg.SendTelemetry, cfg.Warnings)
 		}
 	}
-	for _, bad := range []string{`{"maxEventFileCount":0}`, `{"maxEventFileCount":"x"}`, `{"eventFolder":7}`, `{"sendTelemetry":"no"}`,
+	// maxEventFileCount 0 (upstream: no overflow file is ever stored)
+	// drops overflow events, as eventFolder "" does.
+	if c, err := Parse([]byte(`{"maxEventFileCount":0}`)); err != nil || c.EventFolder != "" || c.MaxEventFileCount != 0 {
+		t.Errorf("maxEventFileCount 0: folder %q count %d err %v", c.EventFolder, c.MaxEventFileCount, err)
+	}
+	for _, bad := range []string{`{"maxEventFileCount":-1}`, `{"maxEventFileCount":"x"}`, `{"eventFolder":7}`, `{"sendTelemetry":"no"}`,
 		`{"fileLogLevelForEvents":1}`} {
 		if _, err := Parse([]byte(bad)); err == nil {
 			t.Errorf("%s accepted", bad)
@@ -173,7 +178,7 @@ func TestLoadErrors(t *testing.T) {
 	}{
 		{"not json", `{"logFolder": `, "invalid JSON"},
 		{"wrong type", `{"pollKeyStatusIntervalInSeconds": "15"}`, `"pollKeyStatusIntervalInSeconds"`},
-		{"zero interval", `{"pollKeyStatusIntervalInSeconds": 0}`, `"pollKeyStatusIntervalInSeconds"`},
+		{"negative interval", `{"pollKeyStatusIntervalInSeconds": -0.5}`, `"pollKeyStatusIntervalInSeconds"`},
 		{"negative timeout", `{"hostRequestTimeoutInSeconds": -1}`, `"hostRequestTimeoutInSeconds"`},
 		{"bad address", `{"wireServerAddress": "168.63.129.16"}`, `"wireServerAddress"`},
 		{"bad port", `{"listenAddress": "127.0.0.1:70000"}`, `"listenAddress"`},
@@ -196,6 +201,26 @@ func TestLoadErrors(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "missing.json")); err == nil {
 		t.Error("missing file loaded")
+	}
+}
+
+// A file upstream reads loads here too: a 0-second interval (upstream
+// would loop without pausing) keeps the default with a warning, and a key
+// in other letter case, which upstream ignores, is ignored with a warning
+// instead of taken (encoding/json matches names in any case).
+func TestUpstreamTolerance(t *testing.T) {
+	c, err := Parse([]byte(`{"monitorIntervalInSeconds":0,"pollKeyStatusIntervalInSeconds":0,` +
+		`"MAXCONNECTIONSPERCALLER":0,"LogFolder":"/elsewhere","maxConnections":300}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if c.MonitorIntervalInSeconds != d.MonitorIntervalInSeconds || c.PollKeyStatusIntervalInSecs != d.PollKeyStatusIntervalInSecs ||
+		c.MaxConnectionsPerCaller != d.MaxConnectionsPerCaller || c.LogFolder != d.LogFolder || c.MaxConnections != 300 {
+		t.Errorf("got %+v", c)
+	}
+	if len(c.Warnings) != 4 || !strings.Contains(strings.Join(c.Warnings, "\n"), `key "MAXCONNECTIONSPERCALLER" is ignored`) {
+		t.Errorf("warnings %q", c.Warnings)
 	}
 }
 
