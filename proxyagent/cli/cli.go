@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -63,6 +65,11 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	if len(rest) == 0 {
 		return runService(cfgPath, nil, stdout, stderr)
+	}
+	// Options in any order, as upstream's parser takes them:
+	// "--wait 5 --status" is "--status --wait 5".
+	if i := slices.IndexFunc(rest, func(a string) bool { return a == "-s" || a == "--status" }); i > 0 {
+		rest = slices.Concat([]string{rest[i]}, rest[:i], rest[i+1:])
 	}
 	switch rest[0] {
 	case "-h", "--help", "help":
@@ -142,19 +149,23 @@ func serviceProcs(env string) int {
 func queryStatus(cfgPath string, args []string, stdout, stderr io.Writer) int {
 	var wait time.Duration
 	for i := 0; i < len(args); i++ {
-		switch args[i] {
+		a, val, hasVal := strings.Cut(args[i], "=")
+		switch a {
 		case "-w", "--wait":
-			if i+1 >= len(args) {
-				fmt.Fprintln(stderr, "--wait needs a number of seconds")
-				return 1
+			if !hasVal {
+				if i+1 >= len(args) {
+					fmt.Fprintln(stderr, "--wait needs a number of seconds")
+					return 1
+				}
+				val = args[i+1]
+				i++
 			}
-			n, err := strconv.ParseFloat(args[i+1], 64)
+			n, err := strconv.ParseFloat(val, 64)
 			if err != nil || n < 0 {
-				fmt.Fprintf(stderr, "--wait: %q is not a number of seconds\n", args[i+1])
+				fmt.Fprintf(stderr, "--wait: %q is not a number of seconds\n", val)
 				return 1
 			}
 			wait = time.Duration(n * float64(time.Second))
-			i++
 		default:
 			fmt.Fprintf(stderr, "unknown argument %q\n", args[i])
 			return 1

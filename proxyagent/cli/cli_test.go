@@ -44,6 +44,9 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--config", bad}, 1, "pollKeyStatusIntervalInSeconds"},
 		{[]string{"--status", "--wait"}, 1, "needs a number"},
 		{[]string{"--status", "--wait", "soon"}, 1, "not a number"},
+		{[]string{"--wait", "soon", "--status"}, 1, "not a number"}, // any order, as upstream's parser
+		{[]string{"-s", "--wait=soon"}, 1, "not a number"},
+		{[]string{"--wait", "1"}, 2, "unknown command"}, // --wait needs --status
 		{[]string{"--config", bad, "--status"}, 1, "pollKeyStatusIntervalInSeconds"},
 	}
 	for _, tt := range tests {
@@ -61,9 +64,11 @@ func TestStatusWithoutAgent(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(`{"listenAddress": "127.0.0.1:1"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	code, out, _ := run("--config", cfg, "--status")
-	if code != 1 || !strings.Contains(out, "Failed to query the current provision state") {
-		t.Fatalf("exit %d output %q", code, out)
+	for _, args := range [][]string{{"--status"}, {"--wait", "0", "--status"}, {"-s", "-w=0"}} {
+		code, out, _ := run(append([]string{"--config", cfg}, args...)...)
+		if code != 1 || !strings.Contains(out, "Failed to query the current provision state") {
+			t.Fatalf("%v: exit %d output %q", args, code, out)
+		}
 	}
 }
 
