@@ -124,9 +124,10 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 		reply(w, ev.Status, true)
 		return
 	}
-	if r.Host == "" && r.ProtoAtLeast(1, 1) {
-		// Nothing would tell the host which name was asked for; a
-		// metadata client always sends one (README, deviations).
+	if r.Host == "" {
+		// Nothing would tell the host which name was asked for (an
+		// HTTP/1.0 request too: it goes on as HTTP/1.1, which requires
+		// Host); a metadata client always sends one (README, deviations).
 		ev.Status, ev.Error = http.StatusBadRequest, "missing required Host header"
 		reply(w, ev.Status, true)
 		return

@@ -440,20 +440,26 @@ func TestShutdown(t *testing.T) {
 }
 
 // An HTTP/1.1 request with an empty Host field is refused as one without
-// Host (Go's server would accept it), and audited; nothing reaches the
-// host.
+// Host (Go's server would accept it), and so is an HTTP/1.0 request
+// without Host (it would go on as HTTP/1.1 without one); both are
+// audited, and nothing reaches the host.
 func TestEmptyHostRefused(t *testing.T) {
-	e := newEnv(t, nil)
-	c := e.connect(rootRec(imdsDest))
-	resp, _ := c.do("GET /metadata/instance HTTP/1.1\r\nHost:\r\nMetadata: true\r\n\r\n")
-	if resp.StatusCode != http.StatusBadRequest || !resp.Close {
-		t.Fatalf("got %d (close %v), want 400 and close", resp.StatusCode, resp.Close)
-	}
-	if ev := e.rec.wait(t, 1)[0]; ev.Status != http.StatusBadRequest || ev.Error != "missing required Host header" {
-		t.Fatalf("audited %d %q", ev.Status, ev.Error)
-	}
-	if n := len(e.up.requests()); n != 0 {
-		t.Errorf("%d requests reached the host", n)
+	for _, raw := range []string{
+		"GET /metadata/instance HTTP/1.1\r\nHost:\r\nMetadata: true\r\n\r\n",
+		"GET /metadata/instance HTTP/1.0\r\nMetadata: true\r\n\r\n",
+	} {
+		e := newEnv(t, nil)
+		c := e.connect(rootRec(imdsDest))
+		resp, _ := c.do(raw)
+		if resp.StatusCode != http.StatusBadRequest || !resp.Close {
+			t.Fatalf("%q: got %d (close %v), want 400 and close", raw, resp.StatusCode, resp.Close)
+		}
+		if ev := e.rec.wait(t, 1)[0]; ev.Status != http.StatusBadRequest || ev.Error != "missing required Host header" {
+			t.Fatalf("%q: audited %d %q", raw, ev.Status, ev.Error)
+		}
+		if n := len(e.up.requests()); n != 0 {
+			t.Errorf("%q: %d requests reached the host", raw, n)
+		}
 	}
 }
 
