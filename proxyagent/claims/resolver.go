@@ -164,9 +164,11 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	if exeErr == nil {
 		c.ProcessFullPath = exe
 		c.ProcessName = filepath.Base(exe)
-	} else {
-		c.ProcessName = validUTF8(rec.Comm)
 	}
+	// Without the executable the name stays empty (§4.4): the kernel's
+	// comm is whatever the process set (prctl PR_SET_NAME), and a caller
+	// kept a zombie by its parent would otherwise match processName rules
+	// with a name of its choosing.
 	if cmdErr == nil {
 		c.ProcessCmdLine = cmd
 	} else {
