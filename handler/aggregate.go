@@ -127,13 +127,16 @@ type Fetcher interface {
 
 // AggregateFetcher reads the agent's status file first and asks the agent
 // over HTTP (GET URL with "Metadata: true", bounded by Timeout) only when
-// that file reports the WireServer redirect in place (WireServerRedirected):
-// the URL is the WireServer address, which reaches the agent only through
-// the redirect, so before the agent reports it (a fresh install, an agent
-// still starting) or when the secure channel leaves WireServer unprotected,
-// no request leaves for the real WireServer. When HTTP is not asked, fails
-// or answers anything but 200, the file's contents are the result; when
-// both fail the error names both causes.
+// the WireServer redirect is known to be in place: the URL is the
+// WireServer address, which reaches the agent only through the redirect,
+// so before the agent reports it (a fresh install, an agent still
+// starting) or when the secure channel leaves WireServer unprotected, no
+// request leaves for the real WireServer. The redirect is known to be in
+// place when the file reports it (WireServerRedirected) and Redirected, if
+// set, agrees; or, when there is no readable, well-formed file (missing,
+// truncated, corrupt), when Redirected says so. When HTTP is not asked,
+// fails or answers anything but 200, the file's contents are the result;
+// without a file the error names both causes.
 //
 // Redirected, when set, is asked right before the HTTP request: the kernel's
 // own answer to whether the URL's address reaches the agent now. It closes
@@ -157,21 +160,28 @@ type AggregateFetcher struct {
 func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
 	path := f.File()
 	data, ferr := os.ReadFile(path)
-	if ferr == nil && !WireServerRedirected(data) {
-		return data, nil
+	wellFormed := false
+	if ferr == nil {
+		_, _, perr := ParseAggregate(data)
+		wellFormed = perr == nil
 	}
-	if ferr != nil && !errors.Is(ferr, os.ErrNotExist) {
-		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v", path, ferr)
+	var ask bool
+	switch {
+	case wellFormed:
+		ask = WireServerRedirected(data) && (f.Redirected == nil || f.Redirected())
+	default:
+		// Nothing in the file vouches for the redirect: only the kernel.
+		ask = f.Redirected != nil && f.Redirected()
+	}
+	if ask {
+		if body, herr := f.fetchHTTP(ctx); herr == nil {
+			return body, nil
+		} else if ferr != nil {
+			return nil, fmt.Errorf("aggregate status unavailable: file %s: %v; %s: %v", path, ferr, f.URL, herr)
+		}
 	}
 	if ferr != nil {
-		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v (%s not asked before the agent reports its WireServer redirect)", path, ferr, f.URL)
-	}
-	if f.Redirected != nil && !f.Redirected() {
-		return data, nil
-	}
-	body, herr := f.fetchHTTP(ctx)
-	if herr == nil {
-		return body, nil
+		return nil, fmt.Errorf("aggregate status unavailable: file %s: %v (%s not asked: the WireServer redirect is not in place)", path, ferr, f.URL)
 	}
 	return data, nil
 }

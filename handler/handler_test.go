@@ -518,6 +518,32 @@ func TestAggregateFetcher(t *testing.T) {
 		}
 	}
 
+	// No readable, well-formed file: the agent is asked only when the
+	// kernel says the redirect is in place; its answer replaces the file.
+	for _, file := range [][]byte{nil, []byte(`{"timestamp":"2025-04-23T11:5`), {}} {
+		for _, redirected := range []bool{false, true} {
+			p := filepath.Join(t.TempDir(), "status.json")
+			if file != nil {
+				os.WriteFile(p, file, 0o640)
+			}
+			f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return p },
+				Timeout: time.Second, Redirected: func() bool { return redirected }, Dial: standInAgent}
+			before := hits.Load()
+			got, err := f.Fetch(context.Background())
+			asked := hits.Load() > before
+			switch {
+			case asked != redirected:
+				t.Errorf("file %q, kernel redirect %v: HTTP asked %v", file, redirected, asked)
+			case redirected && (err != nil || string(got) != string(body)):
+				t.Errorf("file %q, redirected: got %.40q, %v; want the agent's answer", file, got, err)
+			case !redirected && file == nil && (err == nil || !strings.Contains(err.Error(), "not asked")):
+				t.Errorf("no file, not redirected: err %v", err)
+			case !redirected && file != nil && (err != nil || string(got) != string(file)):
+				t.Errorf("file %q, not redirected: got %.40q, %v; want the file", file, got, err)
+			}
+		}
+	}
+
 	// Connection refused also falls back.
 	path := filepath.Join(t.TempDir(), "status.json")
 	os.WriteFile(path, running, 0o640)
