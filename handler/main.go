@@ -2,6 +2,7 @@ package handler
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -151,8 +152,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 func setupMain(ctx context.Context, e *Env, args []string, stderr io.Writer) int {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: ProxyAgentExt setup install|backup|restore|purge|uninstall")
+	// "uninstall" takes upstream's optional "service" (the default) or
+	// "package" (the installed files go too).
+	uninstallPackage := len(args) == 2 && args[0] == "uninstall" && args[1] == "package"
+	if len(args) != 1 && !(len(args) == 2 && args[0] == "uninstall" && (args[1] == "service" || uninstallPackage)) {
+		fmt.Fprintln(stderr, "usage: ProxyAgentExt setup install|backup|restore|purge|uninstall [service|package]")
 		return 2
 	}
 	s := e.NewSetup()
@@ -168,6 +172,9 @@ func setupMain(ctx context.Context, e *Env, args []string, stderr io.Writer) int
 		err = s.Purge()
 	case "uninstall":
 		err = s.Uninstall()
+		if uninstallPackage {
+			err = errors.Join(err, s.RemovePackage())
+		}
 	default:
 		fmt.Fprintf(stderr, "ProxyAgentExt setup: unknown verb %q\n", args[0])
 		return 2

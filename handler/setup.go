@@ -344,6 +344,19 @@ func (s *Setup) Uninstall() error {
 	return errors.Join(errs...)
 }
 
+// RemovePackage deletes what install copied besides the unit (which
+// Uninstall removes): the agent binary, its config, the eBPF object and
+// the man page (upstream's "uninstall package"). Missing files are fine.
+func (s *Setup) RemovePackage() error {
+	var errs []error
+	for _, p := range []string{s.Layout.AgentBinary(), s.Layout.AgentConfig(), s.Layout.EBPFObject(), s.Layout.ManPage()} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // urlRedirected returns, for a URL naming the installed agent's WireServer
 // address, a check of the agent's pinned redirect for that address (true
 // while the kernel hands connections to it to the agent); for any other

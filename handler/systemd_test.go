@@ -91,6 +91,22 @@ func TestSystemdSetup(t *testing.T) {
 		if _, err := os.Stat(l.UnitFile()); err == nil {
 			t.Error("unit file kept")
 		}
+		// "uninstall package" removes the installed files too; twice is fine.
+		files := []string{l.AgentBinary(), l.AgentConfig(), l.EBPFObject(), l.ManPage()}
+		for _, f := range files {
+			os.MkdirAll(filepath.Dir(f), 0o755)
+			os.WriteFile(f, []byte("x"), 0o644)
+		}
+		for range 2 {
+			if err := s.RemovePackage(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, f := range files {
+			if _, err := os.Stat(f); err == nil {
+				t.Errorf("%s kept by uninstall package", f)
+			}
+		}
 	})
 	t.Run("exec path from systemctl show", func(t *testing.T) {
 		fakeSystemctl(t, 0, "ExecStart={ path=/opt/x/azure-proxy-agent ; argv[]=/opt/x/azure-proxy-agent --config /c ; }")

@@ -76,6 +76,7 @@ for a in "${!archdir[@]}"; do
 	install -m 0755 "${archdir[$a]}/ProxyAgentExt" "$ext/ProxyAgentExt$(suffix "$a")"
 	install -m 0755 "${archdir[$a]}/azure-proxy-agent" "$ext/ProxyAgent/ProxyAgent/azure-proxy-agent$(suffix "$a")"
 done
+install -m 0755 "$here/proxy_agent_setup.sh" "$ext/ProxyAgent/proxy_agent_setup"
 install -m 0644 "$here/azure-proxy-agent.service" "$ext/ProxyAgent/azure-proxy-agent.service"
 install -m 0644 "$here/azure-proxy-agent.8" "$ext/ProxyAgent/azure-proxy-agent.8"
 install -m 0644 "$here/proxy-agent.json" "$ext/ProxyAgent/ProxyAgent/proxy-agent.json"

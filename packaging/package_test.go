@@ -125,7 +125,8 @@ func TestPackageBothArchitectures(t *testing.T) {
 		}
 		f.Close()
 	}
-	for _, p := range []string{"HandlerManifest.json", "install.sh", "enable.sh", "select-arch.sh", "ProxyAgent/azure-proxy-agent.service", "ProxyAgent/ProxyAgent/proxy-agent.json"} {
+	for _, p := range []string{"HandlerManifest.json", "install.sh", "enable.sh", "select-arch.sh", "ProxyAgent/proxy_agent_setup",
+		"ProxyAgent/azure-proxy-agent.service", "ProxyAgent/azure-proxy-agent.8", "ProxyAgent/ProxyAgent/proxy-agent.json"} {
 		if _, err := os.Stat(filepath.Join(ext, p)); err != nil {
 			t.Errorf("package lacks %s", p)
 		}
@@ -152,6 +153,12 @@ func checkSelection(t *testing.T, ext string) {
 	for _, b := range []string{"ProxyAgentExt", "ProxyAgentExt-arm64"} {
 		os.WriteFile(filepath.Join(dir, b), []byte("#!/bin/sh\necho "+b+" \"$@\"\n"), 0o755)
 	}
+	setup, err := os.ReadFile(filepath.Join(ext, "ProxyAgent", "proxy_agent_setup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "ProxyAgent"), 0o755)
+	os.WriteFile(filepath.Join(dir, "ProxyAgent", "proxy_agent_setup"), setup, 0o755)
 	fake := t.TempDir()
 	os.WriteFile(filepath.Join(fake, "uname"), []byte("#!/bin/sh\necho \"$FAKE_MACHINE\"\n"), 0o755)
 	for _, tc := range []struct{ machine, want string }{{"x86_64", "ProxyAgentExt"}, {"aarch64", "ProxyAgentExt-arm64"}} {
@@ -162,6 +169,15 @@ func checkSelection(t *testing.T, ext string) {
 			if got := strings.TrimSpace(string(out)); err != nil || got != tc.want+" "+verb {
 				t.Errorf("%s on %s: %q %v, want %q", verb, tc.machine, got, err, tc.want+" "+verb)
 			}
+		}
+	}
+	// Upstream's setup tool path runs the build's setup, arguments kept.
+	for _, tc := range []struct{ machine, want string }{{"x86_64", "ProxyAgentExt"}, {"aarch64", "ProxyAgentExt-arm64"}} {
+		cmd := exec.Command(filepath.Join(dir, "ProxyAgent", "proxy_agent_setup"), "uninstall", "package")
+		cmd.Env = []string{"PATH=" + fake + ":/usr/bin:/bin", "FAKE_MACHINE=" + tc.machine}
+		out, err := cmd.CombinedOutput()
+		if got := strings.TrimSpace(string(out)); err != nil || got != tc.want+" setup uninstall package" {
+			t.Errorf("proxy_agent_setup on %s: %q %v", tc.machine, got, err)
 		}
 	}
 	cmd := exec.Command(filepath.Join(dir, "enable.sh"))
