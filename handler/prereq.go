@@ -35,9 +35,11 @@ func fileExists(p string) bool {
 }
 
 // UnsupportedMessage is the status message for a machine that lacks
-// prerequisites: it names each one and its fix.
+// prerequisites: upstream's "OS version not supported: Linux:<name>-<ver>"
+// (what tools written against upstream look for), then the kernel and each
+// missing prerequisite with its fix.
 func UnsupportedMessage(r prereq.Report) string {
-	return fmt.Sprintf("This VM cannot run the proxy agent (Linux:%s, kernel %s): %s", r.OS, r.Kernel, r.Message())
+	return fmt.Sprintf("OS version not supported: Linux:%s (kernel %s): this VM cannot run the proxy agent: %s", r.OS, r.Kernel, r.Message())
 }
 
 // PrerequisiteStatus is the extension status for a machine that lacks

@@ -82,7 +82,8 @@ func TestCheckPrerequisites(t *testing.T) {
 			}
 			st := it.Status
 			msg := msgOf(st)
-			if st.Status != extension.StatusError || st.Code != ExitUnsupportedOS || st.Operation != OperationOSCheck || !strings.Contains(msg, tc.want) {
+			if st.Status != extension.StatusError || st.Code != ExitUnsupportedOS || st.Operation != OperationOSCheck || !strings.Contains(msg, tc.want) ||
+				!strings.HasPrefix(msg, "OS version not supported: Linux:") {
 				t.Errorf("status %s/%d/%s %q, want error naming %q", st.Status, st.Code, st.Operation, msg, tc.want)
 			}
 			if !strings.Contains(stderr.String(), tc.want) {

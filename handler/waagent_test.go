@@ -739,7 +739,7 @@ func TestWaagentMissingPrerequisite(t *testing.T) {
 	const want = "cgroup v2 is not mounted: boot with systemd.unified_cgroup_hierarchy=1"
 	st := v.parseStatus(base, 3)
 	if st.Status != "error" || st.Code != ExitUnsupportedOS || st.Operation != OperationOSCheck ||
-		!strings.Contains(st.Message, want) || !strings.Contains(st.Message, "Debian GNU/Linux-12") {
+		!strings.Contains(st.Message, want) || !strings.HasPrefix(st.Message, "OS version not supported: Linux:Debian GNU/Linux-12") {
 		t.Errorf("status %+v", st)
 	}
 	if len(st.Substatus) != 3 || st.Substatus[1].Name != SubAgentStatus {
