@@ -105,23 +105,9 @@ func ParseKeyStatus(body []byte) (*KeyStatus, error) {
 }
 
 // Validate applies protocol.md §1.3. Warnings (scheme or delivery method
-// not the expected ones) are returned as text and do not fail.
+// not the expected ones) are returned as text and do not fail; when a rule
+// fails, the error's text carries them too, as upstream's message does.
 func (s *KeyStatus) Validate() (warnings string, err error) {
-	if s.SecureChannelEnabled == nil && s.SecureChannelState == nil {
-		return "", errors.New("both secureChannelEnabled and secureChannelState are missing")
-	}
-	if s.SecureChannelState != nil {
-		switch strings.ToLower(*s.SecureChannelState) {
-		case "disabled", "wireserver", "wireserverandimds":
-		default:
-			return "", fmt.Errorf("invalid secureChannelState %q", *s.SecureChannelState)
-		}
-	} else if s.Version == "1.0" {
-		return "", errors.New("secureChannelState is required for version 1.0")
-	}
-	if s.SecureChannelEnabled == nil && s.Version == "2.0" {
-		return "", errors.New("secureChannelEnabled is required for version 2.0")
-	}
 	var w []string
 	if s.AuthorizationScheme != "Azure-HMAC-SHA256" {
 		w = append(w, fmt.Sprintf("authorizationScheme %q is not Azure-HMAC-SHA256", s.AuthorizationScheme))
@@ -129,7 +115,29 @@ func (s *KeyStatus) Validate() (warnings string, err error) {
 	if m := strings.ToLower(s.KeyDeliveryMethod); m != "http" && m != "vtpm" {
 		w = append(w, fmt.Sprintf("unknown keyDeliveryMethod %q", s.KeyDeliveryMethod))
 	}
-	return strings.Join(w, "; "), nil
+	warnings = strings.Join(w, "; ")
+	fail := func(msg string) (string, error) {
+		if warnings != "" {
+			msg = warnings + "; " + msg
+		}
+		return warnings, errors.New(msg)
+	}
+	if s.SecureChannelEnabled == nil && s.SecureChannelState == nil {
+		return fail("both secureChannelEnabled and secureChannelState are missing")
+	}
+	if s.SecureChannelState != nil {
+		switch strings.ToLower(*s.SecureChannelState) {
+		case "disabled", "wireserver", "wireserverandimds":
+		default:
+			return fail(fmt.Sprintf("invalid secureChannelState %q", *s.SecureChannelState))
+		}
+	} else if s.Version == "1.0" {
+		return fail("secureChannelState is required for version 1.0")
+	}
+	if s.SecureChannelEnabled == nil && s.Version == "2.0" {
+		return fail("secureChannelEnabled is required for version 2.0")
+	}
+	return warnings, nil
 }
 
 // Modes are the three per-service modes and rule sources derived from a

@@ -68,6 +68,20 @@ func TestDeriveAndValidate(t *testing.T) {
 	}
 }
 
+// A failing status's error also names the scheme and delivery-method
+// warnings (§1.3 item 5).
+func TestValidationErrorCarriesWarnings(t *testing.T) {
+	ks, err := ParseKeyStatus([]byte(`{"authorizationScheme":"Other","keyDeliveryMethod":"mail","secureChannelState":"Audit","version":"1.0"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ks.Validate()
+	if err == nil || !strings.Contains(err.Error(), "authorizationScheme") || !strings.Contains(err.Error(), "keyDeliveryMethod") ||
+		!strings.Contains(err.Error(), `invalid secureChannelState "Audit"`) {
+		t.Errorf("err = %v", err)
+	}
+}
+
 func TestUnknownModeStaysRawForRedirection(t *testing.T) {
 	ks, err := ParseKeyStatus([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","secureChannelEnabled":true,"version":"2.0",
 		"authorizationRules":{"wireserver":{"defaultAccess":"deny","mode":"foo","id":"ws"}}}`))
