@@ -194,6 +194,10 @@ func startMonitor(e *Env) error {
 			e.Log.Info("monitor started as transient unit", "unit", MonitorUnitName)
 			return nil
 		}
+		// The failed transient unit stays loaded with Restart=always:
+		// take it down before the monitor starts here instead.
+		exec.Command("systemctl", "stop", MonitorUnitName).Run()
+		exec.Command("systemctl", "reset-failed", MonitorUnitName).Run()
 		e.Log.Warn("systemd-run failed; starting monitor in its own session", "err", err, "out", strings.TrimSpace(string(out)))
 	}
 	// stdout/stderr go to the monitor log, so a crash leaves its trace.
