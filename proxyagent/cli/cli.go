@@ -66,9 +66,9 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(rest) == 0 {
 		return runService(cfgPath, nil, stdout, stderr)
 	}
-	// Options in any order, as upstream's parser takes them:
+	// The status options in any order, as upstream's parser takes them:
 	// "--wait 5 --status" is "--status --wait 5".
-	if i := slices.IndexFunc(rest, func(a string) bool { return a == "-s" || a == "--status" }); i > 0 {
+	if i := slices.IndexFunc(rest, func(a string) bool { return a == "-s" || a == "--status" }); i > 0 && onlyStatusOptions(rest) {
 		rest = slices.Concat([]string{rest[i]}, rest[:i], rest[i+1:])
 	}
 	switch rest[0] {
@@ -91,6 +91,23 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "unknown command %q\n\n%s", rest[0], usage)
 	return 2
+}
+
+// onlyStatusOptions reports whether args are --status and --wait options
+// (with --wait's value) and nothing else.
+func onlyStatusOptions(args []string) bool {
+	for i := 0; i < len(args); i++ {
+		a, _, hasVal := strings.Cut(args[i], "=")
+		switch {
+		case a == "-s" || a == "--status":
+		case (a == "-w" || a == "--wait") && hasVal:
+		case a == "-w" || a == "--wait":
+			i++ // its value
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func loadConfig(path string, stderr io.Writer) (config.Config, bool) {

@@ -22,6 +22,9 @@ func TestVersionAndHelp(t *testing.T) {
 			t.Errorf("%s: exit %d, output %q", a, code, out)
 		}
 	}
+	if code, out, _ := run("--help", "--status"); code != 0 || !strings.Contains(out, "--status") {
+		t.Errorf("--help --status: exit %d", code)
+	}
 	if code, out, _ := run("--help"); code != 0 || !strings.Contains(out, "--status") {
 		t.Errorf("--help: exit %d, output %q", code, out)
 	}
@@ -46,7 +49,8 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--status", "--wait", "soon"}, 1, "not a number"},
 		{[]string{"--wait", "soon", "--status"}, 1, "not a number"}, // any order, as upstream's parser
 		{[]string{"-s", "--wait=soon"}, 1, "not a number"},
-		{[]string{"--wait", "1"}, 2, "unknown command"}, // --wait needs --status
+		{[]string{"--wait", "1"}, 2, "unknown command"},            // --wait needs --status
+		{[]string{"frobnicate", "--status"}, 2, "unknown command"}, // only status options are reordered
 		{[]string{"--config", bad, "--status"}, 1, "pollKeyStatusIntervalInSeconds"},
 	}
 	for _, tt := range tests {
