@@ -212,7 +212,7 @@ func Run(ctx context.Context, opts Options) error {
 		tel = telemetry.New(telemetry.Options{Queue: events, Version: opts.Version,
 			WireServer: cfg.WireServerAddress, IMDS: cfg.IMDSAddress, Mark: cfg.SocketMark,
 			RequestTimeout: cfg.HostRequestTimeout(), Now: kk.Now, Key: kk.Key,
-			EventFolder: cfg.EventFolder, MaxEventFiles: cfg.MaxEventFileCount, Machine: &machine,
+			EventFolder: cfg.EventFolder, MaxEventFiles: eventFileCap(cfg.MaxEventFileCount), Machine: &machine,
 			Status: func() status.AgentStatus { return reporter.Aggregate().ProxyAgentStatus },
 			Logger: log})
 	}
@@ -432,4 +432,14 @@ func summaryEvent(s audit.Summary) telemetry.Event {
 	b, _ := json.Marshal(s) // a struct of strings, numbers and a string slice
 	return telemetry.Event{EventLevel: logfile.Info.String(), Message: string(b), TaskName: summaryEventTask,
 		OperationId: summaryEventModule}
+}
+
+// eventFileCap is telemetry.Options.MaxEventFiles for maxEventFileCount:
+// the same, except that 0 (upstream: never store an overflow file) is
+// telemetry's "none".
+func eventFileCap(maxEventFileCount int) int {
+	if maxEventFileCount == 0 {
+		return -1
+	}
+	return maxEventFileCount
 }

@@ -51,7 +51,8 @@
 //
 // Durations are JSON numbers of seconds; fractions are allowed (tests use
 // short intervals) and must be positive; 0, which upstream reads, keeps the
-// default with a warning. maxEventFileCount 0 stores no overflow file.
+// default with a warning. maxEventFileCount 0 stores no generic overflow
+// file, as upstream.
 // Keys are case-sensitive as upstream's: a key in other letter case
 // ("LogFolder") is ignored with a warning.
 package config
@@ -252,7 +253,7 @@ func Parse(data []byte) (Config, error) {
 	}
 	c := Default()
 	for _, k := range misspelt {
-		c.Warnings = append(c.Warnings, fmt.Sprintf("key %q is ignored: keys are case-sensitive (%q)", k, fileKeys[strings.ToLower(k)]))
+		c.Warnings = append(c.Warnings, fmt.Sprintf("key %q is ignored: keys are case-sensitive (%q)", k, fileKeyLike(k)))
 	}
 	str := func(dst *string, src *string) {
 		if src != nil {
@@ -339,11 +340,6 @@ func Parse(data []byte) (Config, error) {
 			return Config{}, fmt.Errorf("key %q: %d is below the minimum %d", n.key, *n.src, n.min)
 		}
 		*n.dst = *n.src
-	}
-
-	if c.MaxEventFileCount == 0 {
-		// Upstream stores no overflow file once maxEventFileCount exist.
-		c.EventFolder = ""
 	}
 
 	for _, a := range []struct {
@@ -530,16 +526,28 @@ func (c Config) RulesFolder() string {
 // StatusFile is the path of status.json inside statusFolder.
 func (c Config) StatusFile() string { return filepath.Join(c.StatusFolder, "status.json") }
 
-// fileKeys maps each lower-cased JSON key of file to its spelling.
-var fileKeys = func() map[string]string {
-	m := map[string]string{}
+// fileKeys are the JSON keys of file; fileKeySet holds the same.
+var fileKeys, fileKeySet = func() ([]string, map[string]struct{}) {
+	var keys []string
+	set := map[string]struct{}{}
 	t := reflect.TypeFor[file]()
 	for i := range t.NumField() {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		m[strings.ToLower(name)] = name
+		keys = append(keys, name)
+		set[name] = struct{}{}
 	}
-	return m
+	return keys, set
 }()
+
+// fileKeyLike returns the config key k spells in other letter case.
+func fileKeyLike(k string) string {
+	for _, name := range fileKeys {
+		if strings.EqualFold(k, name) {
+			return name
+		}
+	}
+	return ""
+}
 
 // dropMiscasedKeys removes from a JSON object the keys that name a config
 // key in other letter case ("LogFolder"): encoding/json would take them,
@@ -552,7 +560,12 @@ func dropMiscasedKeys(data []byte) ([]byte, []string) {
 	}
 	var dropped []string
 	for k := range obj {
-		if exact, ok := fileKeys[strings.ToLower(k)]; ok && exact != k {
+		if _, exact := fileKeySet[k]; exact {
+			continue
+		}
+		// encoding/json matches names under Unicode simple folding
+		// (so "ſ" is "s"), as strings.EqualFold compares.
+		if fileKeyLike(k) != "" {
 			dropped = append(dropped, k)
 			delete(obj, k)
 		}

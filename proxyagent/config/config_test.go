@@ -160,8 +160,8 @@ func TestTelemetryKeys(t *testing.T) {
 		}
 	}
 	// maxEventFileCount 0 (upstream: no overflow file is ever stored)
-	// drops overflow events, as eventFolder "" does.
-	if c, err := Parse([]byte(`{"maxEventFileCount":0}`)); err != nil || c.EventFolder != "" || c.MaxEventFileCount != 0 {
+	// loads; the folder stays for status events and files already there.
+	if c, err := Parse([]byte(`{"maxEventFileCount":0}`)); err != nil || c.EventFolder != Default().EventFolder || c.MaxEventFileCount != 0 {
 		t.Errorf("maxEventFileCount 0: folder %q count %d err %v", c.EventFolder, c.MaxEventFileCount, err)
 	}
 	for _, bad := range []string{`{"maxEventFileCount":-1}`, `{"maxEventFileCount":"x"}`, `{"eventFolder":7}`, `{"sendTelemetry":"no"}`,
@@ -210,16 +210,17 @@ func TestLoadErrors(t *testing.T) {
 // instead of taken (encoding/json matches names in any case).
 func TestUpstreamTolerance(t *testing.T) {
 	c, err := Parse([]byte(`{"monitorIntervalInSeconds":0,"pollKeyStatusIntervalInSeconds":0,` +
-		`"MAXCONNECTIONSPERCALLER":0,"LogFolder":"/elsewhere","maxConnections":300}`))
+		`"MAXCONNECTIONSPERCALLER":0,"LogFolder":"/elsewhere","maxConnections":300,"maxHeaderByteſ":2048}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := Default()
 	if c.MonitorIntervalInSeconds != d.MonitorIntervalInSeconds || c.PollKeyStatusIntervalInSecs != d.PollKeyStatusIntervalInSecs ||
-		c.MaxConnectionsPerCaller != d.MaxConnectionsPerCaller || c.LogFolder != d.LogFolder || c.MaxConnections != 300 {
+		c.MaxConnectionsPerCaller != d.MaxConnectionsPerCaller || c.LogFolder != d.LogFolder || c.MaxConnections != 300 ||
+		c.MaxHeaderBytes != d.MaxHeaderBytes {
 		t.Errorf("got %+v", c)
 	}
-	if len(c.Warnings) != 4 || !strings.Contains(strings.Join(c.Warnings, "\n"), `key "MAXCONNECTIONSPERCALLER" is ignored`) {
+	if len(c.Warnings) != 5 || !strings.Contains(strings.Join(c.Warnings, "\n"), `key "MAXCONNECTIONSPERCALLER" is ignored`) {
 		t.Errorf("warnings %q", c.Warnings)
 	}
 }

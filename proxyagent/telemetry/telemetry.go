@@ -63,7 +63,9 @@ type Options struct {
 	Key func() *msp.Key
 	// EventFolder receives overflow files; "" drops overflow.
 	EventFolder string
-	// MaxEventFiles caps generic overflow files (DefaultMaxEventFiles when 0).
+	// MaxEventFiles caps generic overflow files (DefaultMaxEventFiles when
+	// 0; none when negative: overflow events are dropped, status events
+	// still kept up to their own cap).
 	MaxEventFiles int
 	// Machine is the local facts every event carries; nil reads them with
 	// LocalMachine when Run starts.
@@ -204,8 +206,11 @@ func New(opts Options) *Telemetry {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.MaxEventFiles <= 0 {
+	switch {
+	case opts.MaxEventFiles == 0:
 		opts.MaxEventFiles = DefaultMaxEventFiles
+	case opts.MaxEventFiles < 0:
+		opts.MaxEventFiles = 0 // none (maxEventFileCount 0)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

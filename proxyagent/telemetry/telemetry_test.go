@@ -281,6 +281,30 @@ func TestOverflowFiles(t *testing.T) {
 	})
 }
 
+// MaxEventFiles < 0 (maxEventFileCount 0): overflow is dropped, no
+// generic file is written.
+func TestNoOverflowFiles(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "events")
+		f := &fakeHost{goalStateCode: 500}
+		tel := start(t, f, func(o *Options) { o.EventFolder = dir; o.MaxEventFiles = -1 })
+		for i := range QueueSize + 10 {
+			tel.opts.Queue.Add(Event{Message: fmt.Sprint(i)})
+		}
+		after(DrainInterval)
+		for range 2 {
+			tel.opts.Queue.Add(Event{Message: "more"})
+			after(DrainInterval)
+		}
+		if files := (eventDir{path: dir}).list(genericFiles); len(files) != 0 {
+			t.Errorf("files %q, want none", files)
+		}
+		if c := tel.Counts(); c.Dropped == 0 {
+			t.Errorf("counts %+v, want overflow dropped", c)
+		}
+	})
+}
+
 // Files another hand left in the folder are re-ingested too, redacted
 // again; unreadable ones are deleted.
 func TestReingestCleansAndDropsBadFiles(t *testing.T) {
