@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/testsupport"
@@ -89,12 +90,13 @@ func TestConnectionSummaryEvents(t *testing.T) {
 		t.Fatal("a summary hook without telemetry")
 	}
 	q := telemetry.NewQueue("1.0.0")
-	rec, err := audit.New(audit.Options{OnNewSummary: summaryEvents(q)})
+	now := time.Date(2025, 4, 23, 12, 0, 0, 0, time.UTC)
+	rec, err := audit.New(audit.Options{OnNewSummary: summaryEvents(q), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &claims.Claims{UserName: "root", ProcessFullPath: "/usr/bin/curl", ClientIP: "127.0.0.1", ClientPort: 40000}
-	ev := audit.Event{HTTPID: 7, Method: "GET", Target: "/metadata/instance", Status: 200, Caller: c, Authorized: true,
+	ev := audit.Event{Time: now, HTTPID: 7, Method: "GET", Target: "/metadata/instance", Status: 200, Caller: c, Authorized: true,
 		Service: msp.IMDS, Dest: netip.MustParseAddrPort("169.254.169.254:80"),
 		Client: netip.MustParseAddrPort("127.0.0.1:40000")}
 	rec.Record(ev)

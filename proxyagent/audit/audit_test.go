@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -87,8 +88,8 @@ func TestConnectionLogGolden(t *testing.T) {
 }
 
 // A request's lines reach the files within BatchDelay+FlushInterval of
-// the request, without Close; an idle recorder has nothing to flush
-// (synctest: the bubble's clock).
+// the request, without Close, and not before FlushInterval (synctest: the
+// bubble's clock).
 func TestLinesReachFilesPromptly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		dir := t.TempDir()
@@ -170,6 +171,8 @@ func TestRoute(t *testing.T) {
 	direct := Event{HTTPID: 2, Client: client, Method: "GET", Target: "/x", Status: 421, Error: "no original destination"}
 	notAllowedMethod := allowEvent()
 	notAllowedMethod.Authorized, notAllowedMethod.Decision, notAllowedMethod.Status = false, authz.Decision{}, 405
+	tooLarge := allowEvent()
+	tooLarge.HTTPID, tooLarge.Authorized, tooLarge.Decision, tooLarge.Status, tooLarge.BeforeFlow = 0, false, authz.Decision{}, 413, true
 
 	type out struct{ status, err, ip, user string }
 	tests := []struct {
@@ -190,6 +193,7 @@ func TestRoute(t *testing.T) {
 		{"no claims", noClaims, nil, &out{"421 Misdirected Request", "no claims", "169.254.169.254", "empty"}},
 		{"direct connection", direct, &out{"421 Misdirected Request", "no original destination", "None", "empty"}, nil},
 		{"405 before authorization", notAllowedMethod, &out{"405 Method Not Allowed", "", "168.63.129.16", "root"}, nil},
+		{"413 before the request flow", tooLarge, nil, nil},
 	}
 	check := func(t *testing.T, which string, got *Summary, want *out) {
 		t.Helper()
@@ -573,6 +577,46 @@ func TestQueueFullDropsAndCounts(t *testing.T) {
 	conn, _ := r.Summaries()
 	if conn[0].Count != n+1 {
 		t.Errorf("summary count %d, want %d (drops do not affect summaries)", conn[0].Count, n+1)
+	}
+}
+
+// A record dropped from a full queue still delivers the summaries whose
+// buckets it opened (their one telemetry event per key and bucket).
+func TestQueueFullKeepsNewSummaries(t *testing.T) {
+	release := make(chan struct{})
+	var calls atomic.Int32
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	r, err := New(Options{QueueSize: 2, Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return t0 },
+		OnNewSummary: func(s Summary, _ bool) {
+			if calls.Add(1) == 1 {
+				<-release // stall the writer on the first
+			}
+			mu.Lock()
+			seen[s.ResponseStatus] = true
+			mu.Unlock()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := []int{200, 201, 202, 204, 400, 404, 500, 502, 503, 504}
+	for i, code := range codes {
+		ev := allowEvent()
+		ev.Status = code // a key of its own
+		r.Record(ev)
+		if i == 0 {
+			testsupport.WaitFor(t, "the writer to stall in the hook", func() bool { return calls.Load() == 1 })
+		}
+	}
+	if r.Dropped() == 0 {
+		t.Fatal("nothing dropped with a stalled writer and a queue of 2")
+	}
+	close(release)
+	r.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != len(codes) {
+		t.Errorf("%d of %d new summaries delivered: %v", len(seen), len(codes), seen)
 	}
 }
 

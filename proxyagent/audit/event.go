@@ -37,4 +37,8 @@ type Event struct {
 	// Error is the error detail (truncated to 4096 bytes in summaries).
 	Error   string
 	Latency time.Duration
+	// BeforeFlow marks a request answered before the request flow, as
+	// upstream's body-limit layer answers 413: it has no HTTPID and is in
+	// neither summary table, only in the logs.
+	BeforeFlow bool
 }

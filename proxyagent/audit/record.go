@@ -29,7 +29,8 @@ const SchemaVersion = 1
 //	time         request start, RFC 3339 with nanoseconds, UTC
 //	seq          record number within one agent run, from 1; a reset
 //	             marks a restart
-//	httpId       request id (proxyConnectionsCount at the time)
+//	httpId       request id (proxyConnectionsCount at the time); 0 for a
+//	             request answered before the request flow (413)
 //	tcpId        client connection id
 //	caller       the caller's claims (with "ancestry"); null without identity
 //	client       client address "ip:port"

@@ -74,7 +74,8 @@ type Options struct {
 	Now func() time.Time
 	// OnNewSummary, when set, receives each summary that opened a new
 	// bucket (upstream sends these as telemetry events). It runs on the
-	// writer goroutine, never on the caller of Record.
+	// writer goroutine, or on the caller of Record when the queue is full
+	// and the record is dropped; it must not block.
 	OnNewSummary func(s Summary, failedTable bool)
 	// Logger receives the recorder's own problems (write errors, drops).
 	Logger *slog.Logger
@@ -263,6 +264,13 @@ func (r *Recorder) enqueue(j job) {
 			r.lost.Add(1)
 			if r.dropped.Add(1) == 1 {
 				r.opts.Logger.Warn("audit queue full, dropping records", "queueSize", r.opts.QueueSize)
+			}
+		}
+		// The table has opened these buckets: their one telemetry event
+		// each goes out all the same (rare: once per key and bucket).
+		if r.opts.OnNewSummary != nil {
+			for i, s := range j.newSummaries {
+				r.opts.OnNewSummary(*s, j.failedTable[i])
 			}
 		}
 		return

@@ -99,7 +99,8 @@ func responseStatus(code int) string {
 //   - AllowAudited: normal with ev's status, and failed "403 Forbidden";
 //   - Deny: normal "403 Forbidden", and failed as for AllowAudited;
 //   - no claims on a redirected connection (ev.Caller nil, ev.Dest valid,
-//     status 421, §4.5 step 7): failed only, with ev's status.
+//     status 421, §4.5 step 7): failed only, with ev's status;
+//   - answered before the request flow (BeforeFlow, 413): neither.
 //
 // A request without claims that is counted in the normal table (a direct
 // connection) uses the empty claims.
@@ -112,6 +113,9 @@ type counted struct {
 // count returns where ev is counted; it allocates only for a request
 // without claims.
 func count(ev *Event) counted {
+	if ev.BeforeFlow {
+		return counted{}
+	}
 	c := ev.Caller
 	if c == nil {
 		e := claims.Empty(clientIP(ev), ev.Client.Port())
