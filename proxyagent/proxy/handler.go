@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -32,8 +33,7 @@ const allowHeader = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 // on the client connection st.
 func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connState) {
 	start := time.Now()
-	httpID := s.requests.Add(1)
-	ev := audit.Event{Time: start, HTTPID: httpID, Method: r.Method, Target: r.RequestURI}
+	ev := audit.Event{Time: start, Method: r.Method, Target: r.RequestURI}
 	defer func() {
 		ev.Latency = time.Since(start)
 		s.finish(&ev)
@@ -54,6 +54,10 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 		limit = s.opts.MaxUploadBody
 	}
 	if r.ContentLength > limit {
+		// Upstream's body-limit layer answers before its request flow:
+		// no request id, not in proxyConnectionsCount or the summaries
+		// (audited all the same).
+		ev.BeforeFlow = true
 		ev.Status, ev.Error = http.StatusRequestEntityTooLarge, "request body exceeds "+strconv.FormatInt(limit, 10)+" bytes"
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Connection", "close")
@@ -61,6 +65,7 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 		w.Write([]byte("length limit exceeded"))
 		return
 	}
+	ev.HTTPID = s.requests.Add(1) // §4.5 step 1: proxyConnectionsCount
 	if what := invalidHeader(r); what != "" {
 		ev.Status, ev.Error = http.StatusBadRequest, "invalid bytes in "+what
 		reply(w, ev.Status, true)
@@ -124,10 +129,15 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 		reply(w, ev.Status, true)
 		return
 	}
+	if r.Host == "" && !r.ProtoAtLeast(1, 1) && st.redirected {
+		// HTTP/1.0 has no Host requirement; the request goes on as
+		// HTTP/1.1, so it names the destination, as upstream's client
+		// adds it from the URL (port only when not 80).
+		r.Host = hostOf(st.dest)
+	}
 	if r.Host == "" {
-		// Nothing would tell the host which name was asked for (an
-		// HTTP/1.0 request too: it goes on as HTTP/1.1, which requires
-		// Host); a metadata client always sends one (README, deviations).
+		// Nothing would tell the host which name was asked for; a
+		// metadata client always sends one (README, deviations).
 		ev.Status, ev.Error = http.StatusBadRequest, "missing required Host header"
 		reply(w, ev.Status, true)
 		return
@@ -172,6 +182,19 @@ func (s *Server) finish(ev *audit.Event) {
 		attrs = append(attrs, "error", ev.Error)
 	}
 	s.log.Debug("proxy request", attrs...)
+}
+
+// hostOf is the Host field naming dest: its address, with the port unless
+// it is 80.
+func hostOf(dest netip.AddrPort) string {
+	a := dest.Addr().Unmap()
+	if dest.Port() == 80 {
+		if a.Is6() {
+			return "[" + a.String() + "]"
+		}
+		return a.String()
+	}
+	return netip.AddrPortFrom(a, dest.Port()).String()
 }
 
 // reply writes an empty-bodied response, closing the connection when asked.

@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"sort"
 	"strconv"
@@ -440,13 +441,26 @@ func TestShutdown(t *testing.T) {
 }
 
 // An HTTP/1.1 request with an empty Host field is refused as one without
-// Host (Go's server would accept it), and so is an HTTP/1.0 request
-// without Host (it would go on as HTTP/1.1 without one); both are
-// audited, and nothing reaches the host.
+// Host (Go's server would accept it), and audited; nothing reaches the
+// host. An HTTP/1.0 request without Host goes on naming the destination
+// (port only when not 80), as upstream's client adds it.
 func TestEmptyHostRefused(t *testing.T) {
+	for _, tc := range []struct {
+		dest netip.AddrPort
+		host string
+	}{{imdsDest, "169.254.169.254"}, {hgDest, "168.63.129.16:32526"}} {
+		e := newEnv(t, nil)
+		c := e.connect(rootRec(tc.dest))
+		resp, _ := c.do("GET /status HTTP/1.0\r\nMetadata: true\r\n\r\n")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("HTTP/1.0 without Host to %v: %d", tc.dest, resp.StatusCode)
+		}
+		if r := e.up.requests(); len(r) != 1 || len(r[0].values("Host")) != 1 || r[0].values("Host")[0] != tc.host || !r[0].sigOK {
+			t.Errorf("host got %+v, want Host %s, signed", r, tc.host)
+		}
+	}
 	for _, raw := range []string{
 		"GET /metadata/instance HTTP/1.1\r\nHost:\r\nMetadata: true\r\n\r\n",
-		"GET /metadata/instance HTTP/1.0\r\nMetadata: true\r\n\r\n",
 	} {
 		e := newEnv(t, nil)
 		c := e.connect(rootRec(imdsDest))

@@ -141,6 +141,7 @@ func TestBodyLimit(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			before := e.srv.RequestCount()
 			c := e.connect(rootRec(wsDest))
 			c.send(tc.raw)
 			resp, _ := c.read("POST")
@@ -149,6 +150,18 @@ func TestBodyLimit(t *testing.T) {
 			}
 			if tc.want == 413 && !resp.Close {
 				t.Error("413 without Connection: close")
+			}
+			// A 413 comes from before the request flow (upstream's limit
+			// layer): no request id, not counted; audited with id 0.
+			if tc.want == 413 {
+				c.closedByServer()
+				if n := e.srv.RequestCount(); n != before {
+					t.Errorf("proxyConnectionsCount %d -> %d for a 413", before, n)
+				}
+				evs := e.rec.wait(t, 1)
+				if ev := evs[len(evs)-1]; ev.Status != 413 || ev.HTTPID != 0 || !ev.BeforeFlow {
+					t.Errorf("audit event %+v", ev)
+				}
 			}
 		})
 	}
@@ -1102,7 +1115,8 @@ func TestOneAuditEventPerRequest(t *testing.T) {
 		if want := wantStatus[ev.Method+" "+ev.Target]; ev.Status != want {
 			t.Errorf("%s %s: status %d, want %d", ev.Method, ev.Target, ev.Status, want)
 		}
-		if ev.Latency <= 0 || ev.HTTPID == 0 || ev.TCPID == 0 {
+		// A 413 comes before the request flow: no request id.
+		if ev.Latency <= 0 || (ev.HTTPID == 0) != (ev.Status == 413) || ev.TCPID == 0 {
 			t.Errorf("event %+v", ev)
 		}
 	}

@@ -239,9 +239,9 @@ func (b *benchEnv) imdsJournal(ctx context.Context, seq uint64) ([]hostsim.Entry
 // nginxConf is the reference reverse proxy: plain proxy_pass with upstream
 // keep-alive, no logging; %[5]d worker processes (by default as many as the
 // agent's processors). The second server (%[6]s) is the same proxy writing
-// one access-log line per request, buffered as the agent's logs are (256
-// KiB, flushed each second): what nginx costs when, like the agent, it
-// records every request.
+// one access-log line per request, buffered (256 KiB, flushed each
+// second; the agent's logs buffer 256 KiB and flush within 50 ms): what
+// nginx costs when, like the agent, it records every request.
 const nginxConf = `daemon off;
 master_process on;
 user root;
