@@ -69,10 +69,23 @@
 // clock tick of /proc/<pid>/stat field 22 is 10 ms.
 #define NSEC_PER_TICK 10000000ULL
 
-// Minimal CO-RE view of the kernel's task_struct: field offsets are
+// Minimal CO-RE views of the kernel's structures: field offsets are
 // relocated against the running kernel's BTF at load time.
+struct inode {
+	unsigned long i_ino;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct mm_struct {
+	struct file *exe_file; // the executable the process image runs
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	struct task_struct *group_leader;
+	struct mm_struct *mm;
 	__u64 start_boottime; // ns since boot, including suspend (Linux >= 5.5)
 	__u64 self_exec_id;   // incremented by every execve (u64 since Linux 5.7)
 } __attribute__((preserve_access_index));
@@ -111,6 +124,7 @@ struct conn_record {
 	__u64 netns;       // network namespace cookie of the socket
 	__u64 start_time;  // process start, clock ticks since boot (/proc/<pid>/stat field 22)
 	__u64 exec_id;     // the process's execve count (group leader's self_exec_id)
+	__u64 exe_ino;     // inode number of the executable the process runs (0: unknown)
 	__u32 pid;         // thread-group id
 	__u32 tid;         // id of the thread that called connect()
 	__u32 uid;         // real uid
@@ -282,6 +296,10 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	// thread that becomes the leader), so pid, start time and exec_id name
 	// one process image.
 	rec->exec_id = BPF_CORE_READ(task, group_leader, self_exec_id);
+	// The executable at connect(): the agent compares it with the one
+	// /proc shows when it reads the caller, so an execve in between is
+	// not judged as the program it became.
+	rec->exe_ino = BPF_CORE_READ(task, mm, exe_file, f_inode, i_ino);
 	__builtin_memcpy(rec->orig_addr, &dst_ip4, 4);
 	rec->orig_port = dst_port;
 	rec->family = family;

@@ -33,6 +33,7 @@ type RedirectConnRecord struct {
 	Netns     uint64
 	StartTime uint64
 	ExecId    uint64
+	ExeIno    uint64
 	Pid       uint32
 	Tid       uint32
 	Uid       uint32

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -139,7 +140,15 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 		}
 	}
 	exe, exeErr := os.Readlink(r.procPath(rec.PID, "exe"))
+	if exeErr == nil && rec.ExeIno != 0 && !sameExecutable(r.procPath(rec.PID, "exe"), rec.ExeIno) {
+		// An execve since connect(): what /proc shows is a later program
+		// (threats §1, TOCTOU): no executable, command line or image.
+		exeErr = errExecSinceConnect
+	}
 	cmd, cmdErr := r.readCmdLine(rec.PID)
+	if exeErr == errExecSinceConnect {
+		cmdErr = exeErr
+	}
 	cg := r.cgroupPath(rec.PID, rec.CgroupID)
 	// The pidfd is opened before the start-time check, so a match proves it
 	// names the recorded process.
@@ -191,6 +200,23 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 		closeProcess(pidfd)
 	}
 	return c, nil
+}
+
+// errExecSinceConnect marks a caller whose executable changed since the
+// kernel recorded its connect.
+var errExecSinceConnect = errors.New("the process executed another program since it connected")
+
+// sameExecutable reports whether the executable exe names (a
+// /proc/<pid>/exe link) has inode number ino, as the kernel recorded it at
+// connect. A stat that fails cannot tell and counts as the same: the
+// reads that follow fail for a process that is gone.
+func sameExecutable(exe string, ino uint64) bool {
+	fi, err := os.Stat(exe)
+	if err != nil {
+		return true
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return !ok || st.Ino == ino
 }
 
 // realProc reports whether ProcRoot is the system's procfs, whose pids

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -167,6 +168,30 @@ func TestResolveFake(t *testing.T) {
 		}
 		if c.UserName != Undefined || c.UserGroups == nil || len(c.UserGroups) != 0 || c.RunAsElevated {
 			t.Errorf("got %+v", c)
+		}
+	})
+	t.Run("executable replaced since connect", func(t *testing.T) {
+		bin := filepath.Join(t.TempDir(), "prog")
+		must(t, os.WriteFile(bin, []byte("x"), 0o755))
+		fi, err := os.Stat(bin)
+		must(t, err)
+		ino := fi.Sys().(*syscall.Stat_t).Ino
+		p.add(600, bin, "prog\x00--flag\x00", 400, 9100)
+		for _, tc := range []struct {
+			ino      uint64
+			wantPath string
+		}{{ino + 1, ""}, {ino, bin}, {0, bin}} {
+			c, err := r.Resolve(identity.Record{PID: 600, UID: 1000, StartTime: 9100, ExecID: 2, ExeIno: tc.ino}, client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := Undefined
+			if tc.wantPath != "" {
+				want = "prog --flag"
+			}
+			if c.ProcessFullPath != tc.wantPath || c.ProcessCmdLine != want || (tc.wantPath == "") != (c.ProcessName == "") {
+				t.Errorf("recorded inode %d (file's %d): %q %q %q", tc.ino, ino, c.ProcessFullPath, c.ProcessName, c.ProcessCmdLine)
+			}
 		}
 	})
 	t.Run("start time mismatch", func(t *testing.T) {

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,9 +101,17 @@ func TestRecordFollowsExec(t *testing.T) {
 		return c
 	}
 
+	inode := func(path string) uint64 {
+		t.Helper()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
 	first := accept()
-	if first.PID != uint32(cmd.Process.Pid) || first.StartTime == 0 || first.ExecID == 0 {
-		t.Fatalf("first record %+v: want pid %d, a start time and an exec count", first, cmd.Process.Pid)
+	if first.PID != uint32(cmd.Process.Pid) || first.StartTime == 0 || first.ExecID == 0 || first.ExeIno != inode(bash) {
+		t.Fatalf("first record %+v: want pid %d, a start time, an exec count and %s's inode %d", first, cmd.Process.Pid, bash, inode(bash))
 	}
 	for range 2 { // read, then from the cache
 		if c := resolve(first); c.ProcessFullPath != bash || !strings.HasPrefix(c.ProcessCmdLine, bash+" -c") && !strings.HasPrefix(c.ProcessCmdLine, "bash -c") {
@@ -114,8 +124,16 @@ func TestRecordFollowsExec(t *testing.T) {
 	if second.PID != first.PID || second.StartTime != first.StartTime || second.ExecID == first.ExecID {
 		t.Fatalf("after exec: record %+v, first %+v: want the same pid and start time, another exec count", second, first)
 	}
-	if c := resolve(second); c.ProcessFullPath != other {
-		t.Fatalf("after exec: %q, want the new image %s", c.ProcessFullPath, other)
+	if c := resolve(second); c.ProcessFullPath != other || second.ExeIno != inode(other) {
+		t.Fatalf("after exec: %q (inode %d), want the new image %s (%d)", c.ProcessFullPath, second.ExeIno, other, inode(other))
+	}
+	// The first connection read only now, after the execve, by a resolver
+	// that has not cached it: /proc shows the new program, whose inode is
+	// not the one recorded at connect, so the caller is not judged as it.
+	var fresh claims.Resolver
+	if c, err := fresh.Resolve(first, netip.AddrPort{}); err != nil || c.ProcessFullPath != "" || c.ProcessName != "" ||
+		c.ProcessCmdLine != claims.Undefined {
+		t.Fatalf("pre-exec connection read after the exec: %q %q %q, %v; want no executable", c.ProcessFullPath, c.ProcessName, c.ProcessCmdLine, err)
 	}
 
 	stdin.Close()
@@ -126,5 +144,99 @@ func TestRecordFollowsExec(t *testing.T) {
 		if c := resolve(rec); c.ProcessFullPath != "" || c.ProcessCmdLine != claims.Undefined {
 			t.Fatalf("after exit: %q %q, want no process identity", c.ProcessFullPath, c.ProcessCmdLine)
 		}
+	}
+}
+
+// The inode the kernel records for the executable is the one stat shows
+// through /proc/<pid>/exe on the filesystems callers run from (ext4 or
+// whatever holds the test's temp dir, tmpfs, and overlayfs as container
+// images are), so a caller that did not exec is never taken for one that
+// did.
+func TestExeInodeMatchesStat(t *testing.T) {
+	e := newEnv(t)
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(bash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mount := func(t *testing.T, fstype, source, target, opts string) {
+		t.Helper()
+		if err := syscall.Mount(source, target, fstype, 0, opts); err != nil {
+			t.Fatalf("mount %s: %v", fstype, err)
+		}
+		t.Cleanup(func() { syscall.Unmount(target, syscall.MNT_DETACH) })
+	}
+	for _, fs := range []string{"tempdir", "tmpfs", "overlay"} {
+		t.Run(fs, func(t *testing.T) {
+			dir := t.TempDir()
+			os.Chmod(dir, 0o755)
+			run := dir
+			switch fs {
+			case "tmpfs":
+				mount(t, "tmpfs", "tmpfs", dir, "mode=0755")
+			case "overlay":
+				for _, d := range []string{"lower", "upper", "work", "merged"} {
+					os.Mkdir(filepath.Join(dir, d), 0o755)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "lower", "shell"), data, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				run = filepath.Join(dir, "merged")
+				mount(t, "overlay", "overlay", run, "lowerdir="+filepath.Join(dir, "lower")+",upperdir="+
+					filepath.Join(dir, "upper")+",workdir="+filepath.Join(dir, "work"))
+			}
+			shell := filepath.Join(run, "shell")
+			if fs != "overlay" {
+				if err := os.WriteFile(shell, data, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, shell, "-c", `exec 3<>/dev/tcp/169.254.169.254/80 && read -r _`)
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := testenv.Start(cmd, testenv.Options{Netns: e.ns, Cgroup: e.cg}); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() }()
+			if tl, ok := ln.(*net.TCPListener); ok {
+				tl.SetDeadline(time.Now().Add(5 * time.Second))
+			}
+			c, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			rec, ok := r.Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			if !ok {
+				t.Fatal("no record")
+			}
+			fi, err := os.Stat(filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "exe"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ino := fi.Sys().(*syscall.Stat_t).Ino; rec.ExeIno != ino {
+				t.Errorf("%s: recorded exe inode %d, stat says %d", fs, rec.ExeIno, ino)
+			}
+			var res claims.Resolver
+			if cl, err := res.Resolve(rec, netip.AddrPort{}); err != nil || cl.ProcessFullPath != shell {
+				t.Errorf("%s: claims path %q, %v; want %s", fs, cl.ProcessFullPath, err, shell)
+			}
+		})
 	}
 }

@@ -513,6 +513,7 @@ func toIdentity(rec bpf.RedirectConnRecord, agentNetns uint64) identity.Record {
 		OtherNetns: agentNetns != 0 && rec.Netns != agentNetns,
 		StartTime:  rec.StartTime,
 		ExecID:     rec.ExecId,
+		ExeIno:     rec.ExeIno,
 		Comm:       string(comm),
 		OrigDst:    origDst(rec),
 	}

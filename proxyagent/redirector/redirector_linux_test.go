@@ -597,7 +597,7 @@ func TestLookup(t *testing.T) {
 	// Lookup's raw call (not the library's fallback) takes the whole
 	// record and deletes it.
 	key.Port = 40002
-	want = bpf.RedirectConnRecord{CgroupId: 1, Netns: 2, StartTime: 3, ExecId: 4, Pid: 5, Tid: 6, Uid: 7, Gid: 8,
+	want = bpf.RedirectConnRecord{CgroupId: 1, Netns: 2, StartTime: 3, ExecId: 4, ExeIno: 9, Pid: 5, Tid: 6, Uid: 7, Gid: 8,
 		OrigAddr: [4]byte{168, 63, 129, 16}, OrigPort: 32526, Family: 2, Collision: 1, Comm: [16]byte{'a', 'b', 15: 'z'}}
 	if err := r.objs.ConnRecords.Put(key, want); err != nil {
 		t.Fatal(err)
