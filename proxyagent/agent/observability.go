@@ -66,7 +66,8 @@ func newMetrics(cfg config.Config, version string, kk **keykeeper.KeyKeeper, srv
 			return m.State, map[string]string{string(msp.WireServer): string(m.WireServer),
 				string(msp.IMDS): string(m.IMDS), string(msp.HostGAPlugin): string(m.HostGA)}
 		},
-		RuleEpoch: func() uint64 { return store.Snapshot().Epoch() },
+		RuleEpoch:       func() uint64 { return store.Snapshot().Epoch() },
+		AuditSuppressed: rec.Suppressed,
 		Audit: func() []metrics.SinkCount {
 			out := []metrics.SinkCount{{Sink: "file", Written: rec.Written(), Dropped: rec.Dropped()}}
 			if sysw != nil {

@@ -60,6 +60,7 @@ func TestMetricsAndSyslog(t *testing.T) {
 		`azure_proxy_agent_module_running{module="proxyListenerStatus"} 1`,
 		`azure_proxy_agent_build_info{version="9.9.9"} 1`,
 		`azure_proxy_agent_audit_records_dropped_total{sink="syslog"} 0`,
+		`azure_proxy_agent_audit_records_suppressed_total 0`,
 	}
 	// The counters follow the responses (a request is counted after it is
 	// answered): wait for them.

@@ -66,6 +66,10 @@ func appendRecord(dst []byte, rec *Record, callerJSON []byte) []byte {
 		dst = append(dst, `,"dropped":`...)
 		dst = strconv.AppendUint(dst, rec.Dropped, 10)
 	}
+	if rec.Suppressed != 0 {
+		dst = append(dst, `,"suppressed":`...)
+		dst = strconv.AppendUint(dst, rec.Suppressed, 10)
+	}
 	dst = appendField(dst, "prev", rec.Prev)
 	return append(dst, '}')
 }

@@ -39,9 +39,11 @@ func TestRecordJSONMatchesMarshal(t *testing.T) {
 	for _, c := range []*claims.Claims{nil, full, &empty, {}} {
 		for _, lat := range []float64{0, 0.001, 1e-7, 12.5, 1e21, 3e-10, -0} {
 			for _, dropped := range []uint64{0, 5} {
-				rec := base
-				rec.Caller, rec.LatencyMs, rec.Dropped = c, lat, dropped
-				checkRecordJSON(t, &rec)
+				for _, suppressed := range []uint64{0, 7} {
+					rec := base
+					rec.Caller, rec.LatencyMs, rec.Dropped, rec.Suppressed = c, lat, dropped, suppressed
+					checkRecordJSON(t, &rec)
+				}
 			}
 		}
 	}
@@ -63,7 +65,7 @@ func FuzzRecordJSON(f *testing.F) {
 		c := &claims.Claims{UserID: n, UserName: other, UserGroups: []string{other, cmd}, ProcessCmdLine: cmd, RunAsElevated: root,
 			Ancestry: []claims.Process{{PID: uint32(n), Exe: other, CmdLine: cmd}}, Workload: claims.Workload{ContainerID: other}}
 		rec := Record{V: 1, Time: time.Unix(0, int64(n%(1<<62))).UTC(), Seq: n, Caller: c, Target: target, Error: other,
-			Reason: cmd, LatencyMs: lat, Dropped: n, Prev: other}
+			Reason: cmd, LatencyMs: lat, Dropped: n, Suppressed: n / 2, Prev: other}
 		checkRecordJSON(t, &rec)
 	})
 }

@@ -49,6 +49,9 @@ const SchemaVersion = 1
 //	latencyMs    time to answer, milliseconds (microsecond precision)
 //	dropped      records lost just before this one because the writer
 //	             queue was full (omitted when 0)
+//	suppressed   records of this caller not written since its previous
+//	             one because it exceeded its record budget (omitted when 0;
+//	             see Options.CallerBurst)
 //	prev         hex SHA-256 of the previous line's bytes (without its line
 //	             feed); "" for the first line written by an agent with no
 //	             earlier log. Editing or deleting a line breaks the chain.
@@ -77,6 +80,7 @@ type Record struct {
 	Error       string         `json:"error"`
 	LatencyMs   float64        `json:"latencyMs"`
 	Dropped     uint64         `json:"dropped,omitempty"`
+	Suppressed  uint64         `json:"suppressed,omitempty"`
 	Prev        string         `json:"prev"`
 }
 

@@ -63,6 +63,10 @@ type Options struct {
 	// QueueSize bounds the events waiting to be written (4096); when it is
 	// full, events are counted as dropped instead of blocking Record.
 	QueueSize int
+	// CallerBurst and CallerRate are each unprivileged caller's record
+	// budget (DefaultCallerBurst records, then DefaultCallerRate a
+	// second; see budget.go); negative: no budget.
+	CallerBurst, CallerRate int
 	// MaxSummaryKeys bounds each summary table (2048 keys); a new key in a
 	// full table evicts the least recently counted one.
 	MaxSummaryKeys int
@@ -98,6 +102,10 @@ type Recorder struct {
 	dropped atomic.Uint64 // events not written since start
 	written atomic.Uint64 // audit records written since start
 	lost    atomic.Uint64 // events not written since the last audit record
+	// suppressed counts records not written because their caller was over
+	// its budget; budget is nil without one (owned by the writer).
+	suppressed atomic.Uint64
+	budget     *budget
 
 	qmu     sync.Mutex // guards closed, pending and spare
 	closed  bool
@@ -163,6 +171,12 @@ func New(opts Options) (*Recorder, error) {
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = DefaultBatchSize
 	}
+	if opts.CallerBurst == 0 {
+		opts.CallerBurst = DefaultCallerBurst
+	}
+	if opts.CallerRate == 0 {
+		opts.CallerRate = DefaultCallerRate
+	}
 	if opts.MaxSummaryKeys <= 0 {
 		opts.MaxSummaryKeys = DefaultMaxSummaryKeys
 	}
@@ -188,6 +202,9 @@ func New(opts Options) (*Recorder, error) {
 		wakeAt: max(1, min(opts.BatchSize, opts.QueueSize/2)),
 		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
+	}
+	if opts.CallerBurst > 0 && opts.CallerRate > 0 {
+		r.budget = newBudget(opts.CallerBurst, opts.CallerRate)
 	}
 	r.timer = time.AfterFunc(time.Hour, r.signal)
 	r.timer.Stop()
@@ -333,6 +350,10 @@ func (r *Recorder) Summaries() (conn, failed []SummaryEntry) {
 // the queue was full.
 func (r *Recorder) Dropped() uint64 { return r.dropped.Load() }
 
+// Suppressed returns how many records were not written because their
+// caller was over its record budget.
+func (r *Recorder) Suppressed() uint64 { return r.suppressed.Load() }
+
 // Close writes every queued event, flushes and closes the logs. It is
 // safe to call more than once.
 func (r *Recorder) Close() error {
@@ -433,6 +454,14 @@ func (r *Recorder) handle(j *job) {
 	if r.connLog == nil && r.opts.Sink == nil {
 		return
 	}
+	var suppressed uint64
+	if r.budget != nil {
+		var ok bool
+		if ok, suppressed = r.budget.take(ev.Caller, ev.Time); !ok {
+			r.suppressed.Add(1)
+			return
+		}
+	}
 	if lvl := eventLevel(ev); r.connLog != nil && lvl <= r.opts.ConnLogLevel {
 		r.msgBuf = appendEventMessage(appendConnPrefix(r.msgBuf[:0], ev.HTTPID, ev.TCPID), ev)
 		r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, lvl, r.msgBuf)
@@ -451,7 +480,7 @@ func (r *Recorder) handle(j *job) {
 	r.seq++
 	r.rec = newRecord(ev, r.addrText(ev.Client), r.addrText(ev.Dest))
 	rec := &r.rec
-	rec.Seq, rec.Prev, rec.Dropped = r.seq, r.prev, r.lost.Swap(0)
+	rec.Seq, rec.Prev, rec.Dropped, rec.Suppressed = r.seq, r.prev, r.lost.Swap(0), suppressed
 	if rec.Caller != nil && rec.Caller != r.caller {
 		r.caller, r.callerJSON = rec.Caller, appendClaimsJSON(r.callerJSON[:0], rec.Caller)
 	}

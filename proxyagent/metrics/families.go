@@ -24,6 +24,7 @@ var families = []family{
 	{Namespace + "_connections_refused_total", "counter", "Connections refused before any request was read, by reason (caller_limit_connect: the kernel refused the connect, its caller holding maxConnectionsPerCaller connections; max_connections_connect: the kernel refused it, the callers in the agent's namespace other than root holding every slot not kept for root; caller_limit and max_connections: closed at accept for those reasons)."},
 	{Namespace + "_audit_records_written_total", "counter", "Audit records written, by sink (file, syslog)."},
 	{Namespace + "_audit_records_dropped_total", "counter", "Audit records lost because a sink's queue was full or its write failed, by sink (file, syslog)."},
+	{Namespace + "_audit_records_suppressed_total", "counter", "Audit records not written because their caller (an unprivileged user) exceeded its record budget; the summaries and request counters still count them."},
 	{Namespace + "_key_latched", "gauge", "1 while a key latched with the host is in memory, else 0."},
 	{Namespace + "_key_latch_changes_total", "counter", "Times the key latch state (latched or not) changed after start."},
 	{Namespace + "_key_status_polls_total", "counter", "Key-status polls of the WireServer, by result (ok, error)."},

@@ -80,6 +80,9 @@ type Sources struct {
 	// Modules returns each status module's state (keyLatchStatus,
 	// ebpfProgramStatus, proxyListenerStatus → RUNNING, STOPPED, UNKNOWN).
 	Modules func() map[string]string
+	// AuditSuppressed returns the audit records not written because their
+	// caller exceeded its record budget.
+	AuditSuppressed func() uint64
 }
 
 // SinkCount is one audit sink's record counts.

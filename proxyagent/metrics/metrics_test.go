@@ -41,6 +41,7 @@ func testSources() Sources {
 		Audit: func() []SinkCount {
 			return []SinkCount{{Sink: "file", Written: 10, Dropped: 1}, {Sink: "syslog", Written: 9, Dropped: 2}}
 		},
+		AuditSuppressed: func() uint64 { return 3 },
 		ConnectionsRefused: func() map[string]uint64 {
 			return map[string]uint64{"caller_limit_connect": 5, "max_connections_connect": 6, "caller_limit": 4, "max_connections": 0}
 		},
@@ -126,6 +127,7 @@ func TestExposition(t *testing.T) {
 		`azure_proxy_agent_connections_refused_total{reason="max_connections"} 0`,
 		`azure_proxy_agent_audit_records_written_total{sink="file"} 10`,
 		`azure_proxy_agent_audit_records_dropped_total{sink="syslog"} 2`,
+		`azure_proxy_agent_audit_records_suppressed_total 3`,
 		`azure_proxy_agent_module_running{module="ebpfProgramStatus"} 0`,
 		`azure_proxy_agent_module_running{module="keyLatchStatus"} 1`,
 		`azure_proxy_agent_build_info{version="1.2.3"} 1`,

@@ -59,6 +59,9 @@ func (m *Metrics) writeScraped(b *bytes.Buffer) {
 			sample("_audit_records_dropped_total", a.Dropped, "sink", a.Sink)
 		}
 	}
+	if s.AuditSuppressed != nil {
+		sample("_audit_records_suppressed_total", s.AuditSuppressed())
+	}
 	if s.ConnectionsRefused != nil {
 		mm := s.ConnectionsRefused()
 		for _, reason := range slices.Sorted(maps.Keys(mm)) {
