@@ -240,6 +240,7 @@ type accepted struct {
 	again     bool   // a second lookup also found a record (must not)
 	procStart uint64 // /proc/<rec.Pid>/stat field 22 at accept time
 	procErr   error
+	exeIno    uint64 // inode of /proc/<rec.Pid>/exe at accept time (0: unknown)
 }
 
 // listener is the stand-in for the proxy: it listens on the default
@@ -263,6 +264,9 @@ func (e *env) listen(r *Redirector) *listener {
 		_, a.again = r.Lookup(a.peer)
 		if a.ok {
 			a.procStart, a.procErr = procStartTime(a.rec.Pid)
+			if fi, err := os.Stat("/proc/" + strconv.FormatUint(uint64(a.rec.Pid), 10) + "/exe"); err == nil {
+				a.exeIno = fi.Sys().(*syscall.Stat_t).Ino
+			}
 		}
 		tl.ch <- a
 		return "redirected"
@@ -425,7 +429,10 @@ func TestRedirect(t *testing.T) {
 			got := toIdentity(a.rec, e.cfg.Netns)
 			want := identity.Record{
 				PID: uint32(pid), UID: tc.wantUID, GID: tc.wantUID,
-				CgroupID: e.cg.ID, Netns: e.cfg.Netns, StartTime: a.procStart, Comm: tc.wantComm, OrigDst: tc.wantDst,
+				CgroupID: e.cg.ID, Netns: e.cfg.Netns, StartTime: a.procStart, ExeIno: a.exeIno, Comm: tc.wantComm, OrigDst: tc.wantDst,
+			}
+			if a.exeIno == 0 {
+				t.Errorf("could not stat /proc/%d/exe at accept", pid)
 			}
 			if a.procErr != nil {
 				t.Errorf("read /proc/%d/stat: %v", pid, a.procErr)
