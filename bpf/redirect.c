@@ -53,7 +53,7 @@
 // their default route). With no container listener configured (address
 // 0.0.0.0) such a connect is refused (EPERM), never let through. The record
 // carries the socket's netns cookie; a record whose key (client address and
-// port) is already taken by a pending record of another namespace marks
+// port, listener) is already taken by a pending record of another namespace marks
 // that record as a collision, and the agent then trusts neither.
 
 #include <linux/bpf.h>
@@ -110,11 +110,17 @@ struct policy_value {
 };
 
 // conn_key identifies a redirected connection as the listener sees it: the
-// client's local (source) address and port.
+// client's local (source) address and port, and the address and port it
+// connected to (the listener: the accepted socket's local address). A
+// source address and port alone are not unique: one port can be bound to
+// several destinations at once (the agent's two listeners).
 struct conn_key {
-	__u8 addr[4]; // IPv4 address, network byte order
-	__u16 port;   // host byte order
-	__u16 pad;    // zero
+	__u8 addr[4];     // client IPv4 address, network byte order
+	__u16 port;       // client port, host byte order
+	__u16 pad;        // zero
+	__u8 dst_addr[4]; // listener IPv4 address, network byte order
+	__u16 dst_port;   // listener port, host byte order
+	__u16 pad2;       // zero
 };
 
 // conn_record is what the kernel knows about the connecting process at
@@ -594,17 +600,18 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 
 // sockops_connect runs right before the SYN of every TCP connect in the cgroup. A
 // redirected socket carries a record: publish it under the now-known local
-// address and port. Any other socket clears a stale entry for its address
-// and port, so a record that was never consumed (listener down) can never be
-// claimed by a later, unredirected connection that reuses the port.
+// address and port and its destination. Any other socket clears a stale
+// entry for its 4-tuple, so a record that was never consumed (listener
+// down) can never be claimed by a later, unredirected connection that
+// reuses it.
 //
 // Two namespaces can use the same client address and port (containers on
 // separate networks with the same address). A key can hold only one record:
 // when a pending record of another namespace holds it, that record is
 // marked as a collision and this one is dropped, so the agent refuses both
 // connections instead of handing one namespace's identity to the other. A
-// pending record of the same namespace is stale (the kernel keeps a
-// namespace's 4-tuples unique) and is replaced. The socket is counted
+// pending record of the same namespace and 4-tuple is stale (the kernel
+// keeps a namespace's 4-tuples unique) and is replaced. The socket is counted
 // under its caller for the per-caller limit; its later state changes
 // (BPF_SOCK_OPS_STATE_CB, asked for by count) count it out.
 SEC("sockops")
@@ -613,7 +620,7 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	struct conn_record *rec;
 	struct conn_key key = {};
 	struct bpf_sock *sk;
-	__u32 ip4;
+	__u32 ip4, dst4;
 
 	if (ctx->op == BPF_SOCK_OPS_STATE_CB) {
 		// args[1] is the new state. A client's half-close (FIN_WAIT1/2)
@@ -632,6 +639,11 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	ip4 = ctx->local_ip4;
 	__builtin_memcpy(key.addr, &ip4, 4);
 	key.port = (__u16)ctx->local_port;
+	dst4 = ctx->remote_ip4;
+	__builtin_memcpy(key.dst_addr, &dst4, 4);
+	// remote_port holds the port in network byte order in its upper half
+	// (host byte order after the swap).
+	key.dst_port = (__u16)bpf_ntohl(ctx->remote_port);
 
 	rec = bpf_sk_storage_get(&sk_records, sk, 0, 0);
 	if (!rec) {

@@ -21,10 +21,13 @@ type RedirectCallerKey struct {
 }
 
 type RedirectConnKey struct {
-	_    structs.HostLayout
-	Addr [4]uint8
-	Port uint16
-	Pad  uint16
+	_       structs.HostLayout
+	Addr    [4]uint8
+	Port    uint16
+	Pad     uint16
+	DstAddr [4]uint8
+	DstPort uint16
+	Pad2    uint16
 }
 
 type RedirectConnRecord struct {

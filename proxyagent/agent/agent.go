@@ -150,7 +150,7 @@ func Run(ctx context.Context, opts Options) error {
 			// direct (421). The status says why.
 			reg.Set(status.EbpfProgram, status.Stopped, redirectorFailure(err))
 			log.Error("redirector", "error", err)
-			source = identity.SourceFunc(func(netip.AddrPort) (identity.Record, bool) { return identity.Record{}, false })
+			source = identity.SourceFunc(func(_, _ netip.AddrPort) (identity.Record, bool) { return identity.Record{}, false })
 		} else {
 			defer redir.Close()
 			source, policer = redir, redir

@@ -43,15 +43,18 @@ type Record struct {
 
 // Source finds, and consumes, the record for a connection accepted by the
 // proxy listener. client is the accepted connection's remote address
-// (127.0.0.1:<ephemeral port> for a redirected connection). ok is false
-// for a connection that was not redirected (a direct connection).
+// (127.0.0.1:<ephemeral port> for a redirected connection) and local its
+// local address (the listener's): one client address and port can be
+// connected to both of the agent's listeners at once. ok is false for a
+// connection that was not redirected (a direct connection).
 type Source interface {
-	Lookup(client netip.AddrPort) (rec Record, ok bool)
+	Lookup(client, local netip.AddrPort) (rec Record, ok bool)
 }
 
 // MapSource is a Source for tests and tools: Add registers the record for
-// a client address, and Lookup returns it once and forgets it, as the
-// kernel record is consumed at accept. Safe for concurrent use.
+// a client address (whatever the local address), and Lookup returns it
+// once and forgets it, as the kernel record is consumed at accept. Safe
+// for concurrent use.
 type MapSource struct {
 	mu sync.Mutex
 	m  map[netip.AddrPort]Record // guarded by mu
@@ -68,7 +71,7 @@ func (s *MapSource) Add(client netip.AddrPort, rec Record) {
 }
 
 // Lookup implements Source.
-func (s *MapSource) Lookup(client netip.AddrPort) (Record, bool) {
+func (s *MapSource) Lookup(client, _ netip.AddrPort) (Record, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rec, ok := s.m[client]
@@ -77,7 +80,7 @@ func (s *MapSource) Lookup(client netip.AddrPort) (Record, bool) {
 }
 
 // SourceFunc adapts a function to Source.
-type SourceFunc func(client netip.AddrPort) (Record, bool)
+type SourceFunc func(client, local netip.AddrPort) (Record, bool)
 
 // Lookup implements Source.
-func (f SourceFunc) Lookup(client netip.AddrPort) (Record, bool) { return f(client) }
+func (f SourceFunc) Lookup(client, local netip.AddrPort) (Record, bool) { return f(client, local) }

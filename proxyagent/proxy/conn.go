@@ -91,6 +91,7 @@ type connState struct {
 	s      *Server
 	tcpID  uint64
 	client netip.AddrPort
+	local  netip.AddrPort // the listener's address the client connected to
 	// viaContainer: accepted on the container listener, where nothing
 	// without a kernel record is answered.
 	viaContainer bool
@@ -117,7 +118,8 @@ type connState struct {
 }
 
 func (s *Server) newConnState(c net.Conn, viaContainer bool) *connState {
-	return &connState{s: s, tcpID: s.tcpIDs.Add(1), client: addrPort(c.RemoteAddr()), viaContainer: viaContainer}
+	return &connState{s: s, tcpID: s.tcpIDs.Add(1), client: addrPort(c.RemoteAddr()), local: addrPort(c.LocalAddr()),
+		viaContainer: viaContainer}
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -135,7 +137,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 // a dial when the server closes.
 func (st *connState) setup(ctx context.Context) {
 	s := st.s
-	rec, ok := s.opts.Identity.Lookup(st.client)
+	rec, ok := s.opts.Identity.Lookup(st.client, st.local)
 	if key, exempt := keyOf(rec, ok); !exempt {
 		if within, full := s.callers.acquire(key); !within {
 			st.overLimit = true

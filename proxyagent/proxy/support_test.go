@@ -76,7 +76,7 @@ func (g *gateSource) set(client netip.AddrPort, rec *identity.Record) {
 	g.cond.Broadcast()
 }
 
-func (g *gateSource) Lookup(client netip.AddrPort) (identity.Record, bool) {
+func (g *gateSource) Lookup(client, _ netip.AddrPort) (identity.Record, bool) {
 	g.lookups.Add(1)
 	var expired bool
 	timer := time.AfterFunc(testsupport.Deadline, func() {
@@ -96,7 +96,7 @@ func (g *gateSource) Lookup(client netip.AddrPort) (identity.Record, bool) {
 		delete(g.known, client)
 	}
 	g.mu.Unlock()
-	return g.m.Lookup(client)
+	return g.m.Lookup(client, netip.AddrPort{})
 }
 
 // fakeClaims derives claims from the record, with one ancestor; Comm

@@ -283,7 +283,16 @@ func (l *listener) Accept() (net.Conn, error) {
 	p := (*[2]byte)(unsafe.Pointer(&l.sa.Port)) // network byte order
 	port := int(p[0])<<8 | int(p[1])
 	remote := &net.TCPAddr{IP: net.IPv4(l.sa.Addr[0], l.sa.Addr[1], l.sa.Addr[2], l.sa.Addr[3]).To4(), Port: port}
-	return newConn(&fileConn{File: f, local: l.local, remote: remote}, frc), nil
+	local := l.local
+	if local.IP.IsUnspecified() {
+		// A wildcard listener: the connection's own local address.
+		if sa, err := syscall.Getsockname(l.nfd); err == nil {
+			if sa4, ok := sa.(*syscall.SockaddrInet4); ok {
+				local = &net.TCPAddr{IP: net.IPv4(sa4.Addr[0], sa4.Addr[1], sa4.Addr[2], sa4.Addr[3]).To4(), Port: sa4.Port}
+			}
+		}
+	}
+	return newConn(&fileConn{File: f, local: local, remote: remote}, frc), nil
 }
 
 // fileConn is an accepted socket held as an *os.File (poller-registered,

@@ -166,6 +166,24 @@ func testRawIOConn(t *testing.T, accepted bool) {
 // listener's connections carry the addresses and options Go's accept
 // gives them, and its errors are those of a *net.TCPListener.
 func TestRawListener(t *testing.T) {
+	// A wildcard listener's connections carry their own local address
+	// (the kernel record is looked up by it), not 0.0.0.0.
+	wild, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw, err := Listen(wild)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, c := acceptDialled(t, rw)
+	if a.LocalAddr().String() != c.RemoteAddr().String() || a.LocalAddr().(*net.TCPAddr).IP.IsUnspecified() {
+		t.Errorf("wildcard listener: accepted local %v, dialled to %v", a.LocalAddr(), c.RemoteAddr())
+	}
+	a.Close()
+	c.Close()
+	rw.Close()
+
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

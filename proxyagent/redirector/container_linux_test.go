@@ -6,12 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/opengpa/gpa/bpf"
 	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
+	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -61,7 +63,7 @@ func TestContainerRecordsAndCollision(t *testing.T) {
 
 	// One container alone: its record names its namespace, not the agent's.
 	connect(a, "40001")
-	rec, ok := r.Lookup(peer(40001))
+	rec, ok := r.Lookup(peer(40001), ca)
 	if !ok || !rec.OtherNetns || rec.Netns != cookie(a) || rec.OrigDst != msp.IMDSAddr || rec.CgroupID != a.Cgroup.ID {
 		t.Fatalf("container A's record %+v (found %v), want its netns, cgroup and IMDS", rec, ok)
 	}
@@ -70,17 +72,17 @@ func TestContainerRecordsAndCollision(t *testing.T) {
 	connect(b, "40002")
 	connect(a, "40002")
 	var raw bpf.RedirectConnRecord
-	key := bpf.RedirectConnKey{Addr: a.Addr.As4(), Port: 40002}
+	key := bpf.RedirectConnKey{Addr: a.Addr.As4(), Port: 40002, DstAddr: ca.Addr().As4(), DstPort: ca.Port()}
 	if err := r.objs.ConnRecords.Lookup(key, &raw); err != nil {
 		t.Fatalf("no pending record for %s: %v", peer(40002), err)
 	}
 	if raw.Collision != 1 || raw.Netns != cookie(b) {
 		t.Errorf("pending record collision=%d netns=%d, want B's record (netns %d) marked", raw.Collision, raw.Netns, cookie(b))
 	}
-	if rec, ok := r.Lookup(peer(40002)); ok {
+	if rec, ok := r.Lookup(peer(40002), ca); ok {
 		t.Errorf("a collided record was handed out: %+v", rec)
 	}
-	if _, ok := r.Lookup(peer(40002)); ok {
+	if _, ok := r.Lookup(peer(40002), ca); ok {
 		t.Error("the collided record was not consumed")
 	}
 }
@@ -148,7 +150,83 @@ func TestOwnNamespaceLoopbackLeavesNoRecord(t *testing.T) {
 	// as before (the container path).
 	_, _ = testenv.Run(ctx, testenv.Options{Netns: own, Cgroup: e.cg}, "curl", "-s", "--noproxy", "*",
 		"--local-port", "40103", "--max-time", "2", "http://169.254.169.254/")
-	if rec, ok := r.Lookup(netip.AddrPortFrom(ca.Addr(), 40103)); !ok || !rec.OtherNetns {
+	if rec, ok := r.Lookup(netip.AddrPortFrom(ca.Addr(), 40103), ca); !ok || !rec.OtherNetns {
 		t.Errorf("the namespace's connect from %s: record %+v found %v, want one of another namespace", ca.Addr(), rec, ok)
+	}
+}
+
+// One client address and port can be connected to both of the agent's
+// listeners at once (a port is unique per 4-tuple). Each connection gets
+// its own record: a user's direct connection to the container listener
+// from the port of root's redirected connection must never be handed
+// root's record (it was, when records were keyed by the client alone).
+func TestSameClientPortTwoListeners(t *testing.T) {
+	e := newEnv(t)
+	ca := msp.ContainerListenerAddr
+	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.Endpoints.ContainerListener = ca
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		t.Fatal(err)
+	}
+	type accepted struct {
+		local netip.AddrPort
+		rec   identity.Record
+		ok    bool
+	}
+	got := make(chan accepted, 4)
+	// Nothing is accepted before both connections are made, so both
+	// records are pending at once (the kernel completes the handshakes).
+	start := make(chan struct{})
+	for _, a := range []netip.AddrPort{msp.ListenerAddr, ca} {
+		l, err := e.ns.Listen("tcp", a.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			<-start
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				peer, local := ends(c)
+				rec, ok := r.Lookup(peer, local)
+				got <- accepted{local, rec, ok}
+				t.Cleanup(func() { c.Close() })
+			}
+		}()
+	}
+	in := testenv.Options{Netns: e.ns, Cgroup: e.cg}
+	nobody := in
+	nobody.Credential = &syscall.Credential{Uid: 65534, Gid: 65534}
+	exe := worldExecutable(t)
+	user, root := startConns(t, exe, nobody), startConns(t, exe, in)
+	const src = "127.0.0.1:40500"
+	checkAnswer(t, "nobody straight to the container listener", user.do("from "+ca.String()+" "+src), "ok")
+	checkAnswer(t, "root to IMDS", root.do("from "+msp.IMDSAddr.String()+" "+src), "ok")
+	close(start)
+	for range 2 {
+		var a accepted
+		select {
+		case a = <-got:
+		case <-time.After(10 * time.Second):
+			t.Fatal("connection not accepted")
+		}
+		switch a.local {
+		case ca:
+			if !a.ok || a.rec.UID != 65534 || a.rec.OrigDst.IsValid() {
+				t.Errorf("nobody's connection to the container listener: record %+v (found %v), want nobody's, no destination", a.rec, a.ok)
+			}
+		case msp.ListenerAddr:
+			if !a.ok || a.rec.UID != 0 || a.rec.OrigDst != msp.IMDSAddr {
+				t.Errorf("root's redirected connection: record %+v (found %v), want root's to IMDS", a.rec, a.ok)
+			}
+		default:
+			t.Errorf("accepted at %v", a.local)
+		}
 	}
 }

@@ -85,7 +85,7 @@ func TestRecordFollowsExec(t *testing.T) {
 			t.Fatalf("%v (client stderr: %q)", err, stderr.String())
 		}
 		t.Cleanup(func() { c.Close() })
-		rec, ok := r.Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		rec, ok := r.Lookup(ends(c))
 		if !ok {
 			t.Fatal("no record for the connection")
 		}
@@ -222,7 +222,7 @@ func TestExeInodeMatchesStat(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			rec, ok := r.Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			rec, ok := r.Lookup(ends(c))
 			if !ok {
 				t.Fatal("no record")
 			}

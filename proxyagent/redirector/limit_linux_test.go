@@ -37,6 +37,9 @@ import (
 //	       answered), "dropped" (it closed without answering) or "EPERM"
 //	bye    i: ask the server to close connection i and read to its end,
 //	       keeping the socket open (CLOSE_WAIT); "eof"
+//	from   TO SRC: as dial, to TO from the bound address SRC (with
+//	       SO_REUSEADDR, so another socket may use SRC for another
+//	       destination)
 func connsHelper(addr string) int {
 	var conns []net.Conn
 	in := bufio.NewScanner(os.Stdin)
@@ -70,6 +73,23 @@ func connsHelper(addr string) int {
 			conns[i].SetReadDeadline(time.Now().Add(5 * time.Second))
 			_, err := io.Copy(io.Discard, conns[i])
 			fmt.Println("eof", err)
+		case cmd == "from":
+			to, src, _ := strings.Cut(arg, " ")
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(src)),
+				Control: func(_, _ string, rc syscall.RawConn) error {
+					var serr error
+					err := rc.Control(func(fd uintptr) {
+						serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+					})
+					return errors.Join(err, serr)
+				}}
+			c, err := d.Dial("tcp", to)
+			if err != nil {
+				fmt.Println("err", err)
+				break
+			}
+			conns = append(conns, c)
+			fmt.Println("ok")
 		case cmd == "tfo":
 			fmt.Println(fastOpen(addr, i))
 		case cmd == "bye" && i < len(conns):
@@ -249,7 +269,7 @@ func holdServer(t *testing.T, r *Redirector, l net.Listener) (closeKept func()) 
 			if err != nil {
 				return
 			}
-			_, recorded := r.take(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			_, recorded := r.take(ends(c))
 			if !recorded {
 				c.Close()
 				continue

@@ -132,7 +132,7 @@ func pidnsAgent() int {
 		}
 		defer c.Close()
 		peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-		rec, ok := r.Lookup(peer)
+		rec, ok := r.Lookup(ends(c))
 		if !ok {
 			return fmt.Errorf("no kernel record for %s", peer)
 		}

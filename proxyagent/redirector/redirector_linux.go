@@ -485,8 +485,8 @@ func (r *Redirector) Policy() (ws, imds, hgap bool, err error) {
 // the same client address and port before this one was accepted) is
 // consumed and refused: the kernel cannot tell which namespace this
 // connection came from.
-func (r *Redirector) Lookup(client netip.AddrPort) (identity.Record, bool) {
-	rec, ok := r.take(client)
+func (r *Redirector) Lookup(client, local netip.AddrPort) (identity.Record, bool) {
+	rec, ok := r.take(client, local)
 	if !ok {
 		return identity.Record{}, false
 	}
@@ -528,11 +528,12 @@ func origDst(rec bpf.RedirectConnRecord) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom4(rec.OrigAddr), rec.OrigPort)
 }
 
-// take looks up and deletes the raw record for client.
-func (r *Redirector) take(client netip.AddrPort) (bpf.RedirectConnRecord, bool) {
+// take looks up and deletes the raw record for the connection from client
+// to local.
+func (r *Redirector) take(client, local netip.AddrPort) (bpf.RedirectConnRecord, bool) {
 	var rec bpf.RedirectConnRecord
-	addr := client.Addr().Unmap()
-	if !addr.Is4() {
+	addr, laddr := client.Addr().Unmap(), local.Addr().Unmap()
+	if !addr.Is4() || !laddr.Is4() {
 		return rec, false
 	}
 	r.mu.RLock()
@@ -540,7 +541,7 @@ func (r *Redirector) take(client netip.AddrPort) (bpf.RedirectConnRecord, bool) 
 	if r.objs == nil {
 		return rec, false
 	}
-	key := bpf.RedirectConnKey{Addr: addr.As4(), Port: client.Port()}
+	key := bpf.RedirectConnKey{Addr: addr.As4(), Port: client.Port(), DstAddr: laddr.As4(), DstPort: local.Port()}
 	if !r.noRawTake.Load() {
 		switch takeRaw(r.objs.ConnRecords, &key, &rec) {
 		case rawTaken:

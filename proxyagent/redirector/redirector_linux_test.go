@@ -197,6 +197,12 @@ func (e *env) load() *Redirector {
 	return r
 }
 
+// ends returns an accepted connection's peer and local address, the pair
+// its kernel record is looked up by.
+func ends(c net.Conn) (peer, local netip.AddrPort) {
+	return c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort()
+}
+
 // serve answers each connection on l with an HTTP/1.0 response whose body
 // is body(conn), after reading the request head.
 func serve(l net.Listener, body func(net.Conn) string) {
@@ -260,8 +266,9 @@ func (e *env) listen(r *Redirector) *listener {
 	e.t.Cleanup(tl.close)
 	go serve(l, func(c net.Conn) string {
 		a := accepted{peer: c.RemoteAddr().(*net.TCPAddr).AddrPort()}
-		a.rec, a.ok = r.take(a.peer)
-		_, a.again = r.Lookup(a.peer)
+		local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		a.rec, a.ok = r.take(a.peer, local)
+		_, a.again = r.Lookup(a.peer, local)
 		if a.ok {
 			a.procStart, a.procErr = procStartTime(a.rec.Pid)
 			if fi, err := os.Stat("/proc/" + strconv.FormatUint(uint64(a.rec.Pid), 10) + "/exe"); err == nil {
@@ -565,7 +572,7 @@ print(s.recv(1000).decode().split("\r\n\r\n")[-1], end="")
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 			t.Errorf("process %d still exists", pid)
 		}
-		rec, ok := r.Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		rec, ok := r.Lookup(ends(c))
 		if !ok {
 			t.Fatal("no record")
 		}
@@ -578,27 +585,33 @@ print(s.recv(1000).decode().split("\r\n\r\n")[-1], end="")
 func TestLookup(t *testing.T) {
 	e := newEnv(t)
 	r := e.load()
+	lst := msp.ListenerAddr
 	for _, client := range []netip.AddrPort{
 		netip.MustParseAddrPort("127.0.0.1:40000"),
 		netip.MustParseAddrPort("[::ffff:127.0.0.1]:40000"),
 		netip.MustParseAddrPort("[::1]:40000"),
 		{},
 	} {
-		if _, ok := r.Lookup(client); ok {
+		if _, ok := r.Lookup(client, lst); ok {
 			t.Errorf("Lookup(%v) found a record for a connection never made", client)
 		}
 	}
 	// A v4-mapped peer finds the record of its IPv4 form.
-	key := bpf.RedirectConnKey{Addr: [4]byte{127, 0, 0, 1}, Port: 40001}
+	key := bpf.RedirectConnKey{Addr: [4]byte{127, 0, 0, 1}, Port: 40001, DstAddr: lst.Addr().As4(), DstPort: lst.Port()}
 	want := bpf.RedirectConnRecord{Pid: 7, Uid: 8, OrigAddr: imdsAddr.As4(), OrigPort: 80, Comm: [16]byte{'x'}}
 	if err := r.objs.ConnRecords.Put(key, want); err != nil {
 		t.Fatal(err)
 	}
-	rec, ok := r.Lookup(netip.MustParseAddrPort("[::ffff:127.0.0.1]:40001"))
+	// The same client address and port connected to another listener
+	// (the container listener) is another connection: no record.
+	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:40001"), msp.ContainerListenerAddr); ok {
+		t.Error("a record found for the same client at another listener")
+	}
+	rec, ok := r.Lookup(netip.MustParseAddrPort("[::ffff:127.0.0.1]:40001"), netip.AddrPortFrom(netip.AddrFrom16(lst.Addr().As16()), lst.Port()))
 	if !ok || rec.PID != 7 || rec.UID != 8 || rec.Comm != "x" || rec.OrigDst != dests.IMDS {
 		t.Errorf("Lookup = %+v, %v", rec, ok)
 	}
-	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:40001")); ok {
+	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:40001"), lst); ok {
 		t.Error("record found twice")
 	}
 	// Lookup's raw call (not the library's fallback) takes the whole
@@ -619,7 +632,7 @@ func TestLookup(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:40001")); ok {
+	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:40001"), lst); ok {
 		t.Error("Lookup after Close found a record")
 	}
 	if err := r.SetPolicy(true, true, true); err == nil {
@@ -886,7 +899,7 @@ func BenchmarkConnect(b *testing.B) {
 			}
 			if ta, ok := c.RemoteAddr().(*net.TCPAddr); !ok {
 				missing.Add(1)
-			} else if _, ok := r.Lookup(ta.AddrPort()); !ok {
+			} else if _, ok := r.Lookup(ta.AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort()); !ok {
 				missing.Add(1)
 			}
 			c.Close()

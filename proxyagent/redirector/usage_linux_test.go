@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/bpf"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func TestIdentityMapUsage(t *testing.T) {
@@ -15,7 +16,7 @@ func TestIdentityMapUsage(t *testing.T) {
 		t.Fatalf("empty map: %d of %d, %v; want 0 of 16384", n, capacity, err)
 	}
 	for port := uint16(41000); port < 41005; port++ {
-		key := bpf.RedirectConnKey{Addr: [4]byte{127, 0, 0, 1}, Port: port}
+		key := bpf.RedirectConnKey{Addr: [4]byte{127, 0, 0, 1}, Port: port, DstAddr: msp.ListenerAddr.Addr().As4(), DstPort: msp.ListenerAddr.Port()}
 		if err := r.objs.ConnRecords.Put(key, bpf.RedirectConnRecord{Pid: 1}); err != nil {
 			t.Fatal(err)
 		}
@@ -24,7 +25,7 @@ func TestIdentityMapUsage(t *testing.T) {
 		t.Errorf("after 5 records: %d, %v", n, err)
 	}
 	// The agent takes a record when it accepts the connection.
-	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:41000")); !ok {
+	if _, ok := r.Lookup(netip.MustParseAddrPort("127.0.0.1:41000"), msp.ListenerAddr); !ok {
 		t.Fatal("record not found")
 	}
 	if n, _, err := r.IdentityMapUsage(); err != nil || n != 4 {
