@@ -75,7 +75,22 @@ struct inode {
 	unsigned long i_ino;
 } __attribute__((preserve_access_index));
 
+struct vfsmount {
+	void *mnt_root;
+} __attribute__((preserve_access_index));
+
+// mount embeds the vfsmount that struct path points at.
+struct mount {
+	struct vfsmount mnt;
+	int mnt_id;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct vfsmount *mnt;
+} __attribute__((preserve_access_index));
+
 struct file {
+	struct path f_path;
 	struct inode *f_inode;
 } __attribute__((preserve_access_index));
 
@@ -131,6 +146,7 @@ struct conn_record {
 	__u64 start_time;  // process start, clock ticks since boot (/proc/<pid>/stat field 22)
 	__u64 exec_id;     // the process's execve count (group leader's self_exec_id)
 	__u64 exe_ino;     // inode number of the executable the process runs (0: unknown)
+	__u64 exe_mnt;     // id of the mount it was run from (statx stx_mnt_id; 0: unknown)
 	__u32 pid;         // thread-group id
 	__u32 tid;         // id of the thread that called connect()
 	__u32 uid;         // real uid
@@ -271,6 +287,7 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 {
 	struct conn_record *rec;
 	struct task_struct *task;
+	struct vfsmount *vfsmnt;
 	__u64 id;
 
 	rec = bpf_sk_storage_get(&sk_records, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -306,6 +323,15 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	// /proc shows when it reads the caller, so an execve in between is
 	// not judged as the program it became.
 	rec->exe_ino = BPF_CORE_READ(task, mm, exe_file, f_inode, i_ino);
+	// An inode number alone names a file only within one filesystem (a
+	// memfd or a FUSE mount can have any number): the mount goes with it.
+	vfsmnt = BPF_CORE_READ(task, mm, exe_file, f_path.mnt);
+	rec->exe_mnt = 0;
+	if (vfsmnt) {
+		struct mount *m = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+
+		rec->exe_mnt = (__u32)BPF_CORE_READ(m, mnt_id);
+	}
 	__builtin_memcpy(rec->orig_addr, &dst_ip4, 4);
 	rec->orig_port = dst_port;
 	rec->family = family;

@@ -37,6 +37,7 @@ type RedirectConnRecord struct {
 	StartTime uint64
 	ExecId    uint64
 	ExeIno    uint64
+	ExeMnt    uint64
 	Pid       uint32
 	Tid       uint32
 	Uid       uint32

@@ -9,9 +9,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/opengpa/gpa/proxyagent/identity"
 )
@@ -140,7 +141,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 		}
 	}
 	exe, exeErr := os.Readlink(r.procPath(rec.PID, "exe"))
-	if exeErr == nil && rec.ExeIno != 0 && !sameExecutable(r.procPath(rec.PID, "exe"), rec.ExeIno) {
+	if exeErr == nil && rec.ExeIno != 0 && !sameExecutable(r.procPath(rec.PID, "exe"), rec.ExeIno, rec.ExeMnt) {
 		// An execve since connect(): what /proc shows is a later program
 		// (threats §1, TOCTOU): no executable, command line or image.
 		exeErr = errExecSinceConnect
@@ -207,16 +208,19 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 var errExecSinceConnect = errors.New("the process executed another program since it connected")
 
 // sameExecutable reports whether the executable exe names (a
-// /proc/<pid>/exe link) has inode number ino, as the kernel recorded it at
-// connect. A stat that fails cannot tell and counts as the same: the
-// reads that follow fail for a process that is gone.
-func sameExecutable(exe string, ino uint64) bool {
-	fi, err := os.Stat(exe)
-	if err != nil {
+// /proc/<pid>/exe link) is the file the kernel recorded at connect: inode
+// number ino on mount mnt (mnt 0, or a kernel without statx's mount id:
+// the inode number alone). A statx that fails cannot tell and counts as
+// the same: the reads that follow fail for a process that is gone.
+func sameExecutable(exe string, ino, mnt uint64) bool {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, exe, 0, unix.STATX_INO|unix.STATX_MNT_ID, &st); err != nil {
 		return true
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	return !ok || st.Ino == ino
+	if st.Ino != ino {
+		return false
+	}
+	return mnt == 0 || st.Mask&unix.STATX_MNT_ID == 0 || st.Mnt_id == mnt
 }
 
 // realProc reports whether ProcRoot is the system's procfs, whose pids

@@ -18,6 +18,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/identity"
 )
@@ -176,12 +178,21 @@ func TestResolveFake(t *testing.T) {
 		fi, err := os.Stat(bin)
 		must(t, err)
 		ino := fi.Sys().(*syscall.Stat_t).Ino
+		var stx unix.Statx_t
+		must(t, unix.Statx(unix.AT_FDCWD, bin, 0, unix.STATX_MNT_ID, &stx))
+		mnt := stx.Mnt_id
 		p.add(600, bin, "prog\x00--flag\x00", 400, 9100)
 		for _, tc := range []struct {
-			ino      uint64
+			ino, mnt uint64
 			wantPath string
-		}{{ino + 1, ""}, {ino, bin}, {0, bin}} {
-			c, err := r.Resolve(identity.Record{PID: 600, UID: 1000, StartTime: 9100, ExecID: 2, ExeIno: tc.ino}, client)
+		}{
+			{ino + 1, mnt, ""},
+			{ino, mnt + 1, ""}, // the same inode number on another mount (a memfd, FUSE) is another file
+			{ino, mnt, bin},
+			{ino, 0, bin},
+			{0, 0, bin},
+		} {
+			c, err := r.Resolve(identity.Record{PID: 600, UID: 1000, StartTime: 9100, ExecID: 2, ExeIno: tc.ino, ExeMnt: tc.mnt}, client)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -190,7 +201,7 @@ func TestResolveFake(t *testing.T) {
 				want = "prog --flag"
 			}
 			if c.ProcessFullPath != tc.wantPath || c.ProcessCmdLine != want || (tc.wantPath == "") != (c.ProcessName == "") {
-				t.Errorf("recorded inode %d (file's %d): %q %q %q", tc.ino, ino, c.ProcessFullPath, c.ProcessName, c.ProcessCmdLine)
+				t.Errorf("recorded inode %d mount %d (file's %d, %d): %q %q %q", tc.ino, tc.mnt, ino, mnt, c.ProcessFullPath, c.ProcessName, c.ProcessCmdLine)
 			}
 		}
 	})

@@ -30,11 +30,12 @@ type Record struct {
 	// StartTime it names one process image: it changes on every execve.
 	// Meaningful only together with a non-zero StartTime.
 	ExecID uint64
-	// ExeIno is the inode number of the executable the process ran at
-	// connect time (0: unknown). A /proc read whose executable has another
-	// inode comes after an execve: it describes a later program.
-	ExeIno uint64
-	Comm   string
+	// ExeIno and ExeMnt are the inode number of the executable the
+	// process ran at connect time and the id of the mount it ran it from
+	// (statx's stx_mnt_id); 0: unknown. A /proc read whose executable is
+	// another file comes after an execve: it describes a later program.
+	ExeIno, ExeMnt uint64
+	Comm           string
 	// OrigDst is the destination the process asked for before the
 	// redirect; zero (not valid) for a connection made straight to the
 	// agent's listener, which the kernel records but does not redirect.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -226,12 +225,8 @@ func TestExeInodeMatchesStat(t *testing.T) {
 			if !ok {
 				t.Fatal("no record")
 			}
-			fi, err := os.Stat(filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "exe"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ino := fi.Sys().(*syscall.Stat_t).Ino; rec.ExeIno != ino {
-				t.Errorf("%s: recorded exe inode %d, stat says %d", fs, rec.ExeIno, ino)
+			if ino, mnt := exeFile(uint32(cmd.Process.Pid)); rec.ExeIno != ino || rec.ExeMnt != mnt || mnt == 0 {
+				t.Errorf("%s: recorded exe inode %d mount %d, statx says %d, %d", fs, rec.ExeIno, rec.ExeMnt, ino, mnt)
 			}
 			var res claims.Resolver
 			if cl, err := res.Resolve(rec, netip.AddrPort{}); err != nil || cl.ProcessFullPath != shell {

@@ -514,6 +514,7 @@ func toIdentity(rec bpf.RedirectConnRecord, agentNetns uint64) identity.Record {
 		StartTime:  rec.StartTime,
 		ExecID:     rec.ExecId,
 		ExeIno:     rec.ExeIno,
+		ExeMnt:     rec.ExeMnt,
 		Comm:       string(comm),
 		OrigDst:    origDst(rec),
 	}

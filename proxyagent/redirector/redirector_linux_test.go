@@ -22,6 +22,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/opengpa/gpa/bpf"
 	"github.com/opengpa/gpa/internal/testenv"
@@ -197,6 +198,16 @@ func (e *env) load() *Redirector {
 	return r
 }
 
+// exeFile returns the inode number and mount id of /proc/<pid>/exe (0, 0
+// when it cannot be read).
+func exeFile(pid uint32) (ino, mnt uint64) {
+	var st unix.Statx_t
+	if unix.Statx(unix.AT_FDCWD, "/proc/"+strconv.FormatUint(uint64(pid), 10)+"/exe", 0, unix.STATX_INO|unix.STATX_MNT_ID, &st) != nil {
+		return 0, 0
+	}
+	return st.Ino, st.Mnt_id
+}
+
 // ends returns an accepted connection's peer and local address, the pair
 // its kernel record is looked up by.
 func ends(c net.Conn) (peer, local netip.AddrPort) {
@@ -247,6 +258,7 @@ type accepted struct {
 	procStart uint64 // /proc/<rec.Pid>/stat field 22 at accept time
 	procErr   error
 	exeIno    uint64 // inode of /proc/<rec.Pid>/exe at accept time (0: unknown)
+	exeMnt    uint64 // its mount id
 }
 
 // listener is the stand-in for the proxy: it listens on the default
@@ -271,9 +283,7 @@ func (e *env) listen(r *Redirector) *listener {
 		_, a.again = r.Lookup(a.peer, local)
 		if a.ok {
 			a.procStart, a.procErr = procStartTime(a.rec.Pid)
-			if fi, err := os.Stat("/proc/" + strconv.FormatUint(uint64(a.rec.Pid), 10) + "/exe"); err == nil {
-				a.exeIno = fi.Sys().(*syscall.Stat_t).Ino
-			}
+			a.exeIno, a.exeMnt = exeFile(a.rec.Pid)
 		}
 		tl.ch <- a
 		return "redirected"
@@ -436,9 +446,9 @@ func TestRedirect(t *testing.T) {
 			got := toIdentity(a.rec, e.cfg.Netns)
 			want := identity.Record{
 				PID: uint32(pid), UID: tc.wantUID, GID: tc.wantUID,
-				CgroupID: e.cg.ID, Netns: e.cfg.Netns, StartTime: a.procStart, ExeIno: a.exeIno, Comm: tc.wantComm, OrigDst: tc.wantDst,
+				CgroupID: e.cg.ID, Netns: e.cfg.Netns, StartTime: a.procStart, ExeIno: a.exeIno, ExeMnt: a.exeMnt, Comm: tc.wantComm, OrigDst: tc.wantDst,
 			}
-			if a.exeIno == 0 {
+			if a.exeIno == 0 || a.exeMnt == 0 {
 				t.Errorf("could not stat /proc/%d/exe at accept", pid)
 			}
 			if a.procErr != nil {
@@ -617,7 +627,7 @@ func TestLookup(t *testing.T) {
 	// Lookup's raw call (not the library's fallback) takes the whole
 	// record and deletes it.
 	key.Port = 40002
-	want = bpf.RedirectConnRecord{CgroupId: 1, Netns: 2, StartTime: 3, ExecId: 4, ExeIno: 9, Pid: 5, Tid: 6, Uid: 7, Gid: 8,
+	want = bpf.RedirectConnRecord{CgroupId: 1, Netns: 2, StartTime: 3, ExecId: 4, ExeIno: 9, ExeMnt: 10, Pid: 5, Tid: 6, Uid: 7, Gid: 8,
 		OrigAddr: [4]byte{168, 63, 129, 16}, OrigPort: 32526, Family: 2, Collision: 1, Comm: [16]byte{'a', 'b', 15: 'z'}}
 	if err := r.objs.ConnRecords.Put(key, want); err != nil {
 		t.Fatal(err)
