@@ -188,7 +188,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 		c.Ancestry = r.ancestry(st)
 	}
 	if cg != "" {
-		c.Workload = ParseWorkload(cg)
+		c.Workload = r.workload(cg)
 	}
 	if cacheable && exeErr == nil && cmdErr == nil && stErr == nil {
 		size := r.ImageCacheSize

@@ -50,6 +50,33 @@ func (r *Resolver) cgroupPath(pid uint32, cgroupID uint64) string {
 	return path
 }
 
+// workload is ParseWorkload(path) for the cgroup path the resolver found,
+// with the container and pod kept only where every cgroup from the
+// hierarchy's root down to the one naming them belongs to root: anyone can
+// name cgroups of their own delegated subtree after another's container
+// (systemd-run --user --scope --unit=docker-<id>). Cgroups below the
+// container's own (delegated inside it) may belong to anyone.
+func (r *Resolver) workload(path string) Workload {
+	w := ParseWorkload(path)
+	if w.ContainerID == "" && w.PodUID == "" {
+		return w
+	}
+	root := strings.TrimSuffix(r.CgroupRoot, "/")
+	prefix := ""
+	for seg := range strings.SplitSeq(strings.Trim(path, "/"), "/") {
+		prefix += "/" + seg
+		var st syscall.Stat_t
+		if syscall.Lstat(root+prefix, &st) != nil || st.Uid != 0 {
+			w.ContainerID, w.PodUID = "", ""
+			return w
+		}
+		if p := ParseWorkload(prefix); p.ContainerID == w.ContainerID && p.PodUID == w.PodUID {
+			break
+		}
+	}
+	return w
+}
+
 // ParseWorkload names the container and pod a cgroup path belongs to, for
 // the layouts of the common runtimes, systemd and cgroupfs drivers alike:
 //

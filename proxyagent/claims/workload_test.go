@@ -91,3 +91,42 @@ func TestResolveCgroupPath(t *testing.T) {
 		t.Errorf("claims for a mismatched cgroup id %+v", c)
 	}
 }
+
+// A container or pod is named only by cgroups root owns down to the one
+// that names it: a user's own delegated cgroup named after a container
+// (systemd-run --user --scope --unit=docker-<id>) keeps its path but names
+// no container; cgroups a container delegates below its own may belong to
+// anyone.
+func TestWorkloadNeedsRootOwnedCgroups(t *testing.T) {
+	cg := t.TempDir()
+	userScope := "/user.slice/user-1000.slice/user@1000.service/app.slice/docker-" + cid + ".scope"
+	inner := "/system.slice/docker-" + cid + ".scope/inner"
+	pod := "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice/cri-containerd-" + cid + ".scope"
+	for _, p := range []string{userScope, inner, pod} {
+		if err := os.MkdirAll(filepath.Join(cg, p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{"/user.slice/user-1000.slice/user@1000.service", "/user.slice/user-1000.slice/user@1000.service/app.slice",
+		userScope, inner} {
+		if err := os.Chown(filepath.Join(cg, p), 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &Resolver{CgroupRoot: cg}
+	if w := r.workload(userScope); w.ContainerID != "" || w.CgroupPath != userScope {
+		t.Errorf("a user's scope named after a container: %+v", w)
+	}
+	if w := r.workload(inner); w.ContainerID != cid {
+		t.Errorf("a cgroup delegated inside a root-owned container: %+v", w)
+	}
+	if w := r.workload(pod); w.ContainerID != cid || w.PodUID != "0a1b2c3d-4e5f-6789-abcd-ef0123456789" {
+		t.Errorf("a pod's container: %+v", w)
+	}
+	if err := os.Chown(filepath.Join(cg, "/kubepods.slice/kubepods-besteffort.slice"), 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if w := r.workload(pod); w.ContainerID != "" || w.PodUID != "" {
+		t.Errorf("a pod under a user-owned cgroup: %+v", w)
+	}
+}
