@@ -70,9 +70,10 @@ const Undefined = "undefined"
 // (short of the privileged PR_SET_MM_EXE_FILE).
 //
 // A process that has already exited (or whose stat cannot be read to
-// verify it) keeps the kernel's uid and pid, with ProcessFullPath empty,
-// ProcessName set to the kernel's comm as a hint, ProcessCmdLine
-// "undefined" and no ancestry. A record without a start time is not
+// verify it) keeps the kernel's uid and pid, with ProcessFullPath and
+// ProcessName empty (never the kernel's comm, which the process sets
+// itself), ProcessCmdLine "undefined" and no ancestry; so does one whose
+// executable is not the file recorded at connect (an execve since). A record without a start time is not
 // verified, as upstream.
 type Resolver struct {
 	// ProcRoot is the procfs mount; "" means /proc.

@@ -185,6 +185,7 @@ func TestUsage(t *testing.T) {
 		{RunAudit, []string{"--help"}, ExitOK},
 		{RunAudit, []string{"summarize"}, ExitBadInput},
 		{RunAudit, []string{"report", "-h"}, ExitOK},
+		{RunAudit, []string{"top", "-h"}, ExitOK},
 		{RunAudit, []string{"report", "extra"}, ExitBadInput},
 		{RunAudit, []string{"report", "--since", "yesterday"}, ExitBadInput},
 		{RunAudit, []string{"report", "--since", "-5h"}, ExitBadInput},

@@ -333,7 +333,7 @@ func runTop(args []string, stdout, stderr io.Writer) int {
 	window := fs.Duration("window", DefaultTopWindow, "count the requests of this last stretch of time")
 	rows := fs.Int("rows", DefaultTopRows, "show at most this many callers")
 	if _, err := parseArgs(fs, args); err != nil {
-		return ExitBadInput
+		return usageExit(err)
 	}
 	path := *log
 	if path == "" {
