@@ -146,7 +146,7 @@ struct conn_record {
 	__u64 start_time;  // process start, clock ticks since boot (/proc/<pid>/stat field 22)
 	__u64 exec_id;     // the process's execve count (group leader's self_exec_id)
 	__u64 exe_ino;     // inode number of the executable the process runs (0: unknown)
-	__u64 exe_mnt;     // id of the mount it was run from (statx stx_mnt_id; 0: unknown)
+	__u64 exe_mnt;     // id of the mount it was run from (statx stx_mnt_id) | 1 << 32; 0: unknown
 	__u32 pid;         // thread-group id
 	__u32 tid;         // id of the thread that called connect()
 	__u32 uid;         // real uid
@@ -330,7 +330,8 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	if (vfsmnt) {
 		struct mount *m = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
 
-		rec->exe_mnt = (__u32)BPF_CORE_READ(m, mnt_id);
+		// Bit 32 says the id was read: a memfd's mount has id 0.
+		rec->exe_mnt = (__u64)(__u32)BPF_CORE_READ(m, mnt_id) | (1ULL << 32);
 	}
 	__builtin_memcpy(rec->orig_addr, &dst_ip4, 4);
 	rec->orig_port = dst_port;

@@ -142,7 +142,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 		}
 	}
 	exe, exeErr := os.Readlink(r.procPath(rec.PID, "exe"))
-	if exeErr == nil && rec.ExeIno != 0 && !sameExecutable(r.procPath(rec.PID, "exe"), rec.ExeIno, rec.ExeMnt) {
+	if exeErr == nil && rec.ExeIno != 0 && !sameExecutable(r.procPath(rec.PID, "exe"), rec) {
 		// An execve since connect(): what /proc shows is a later program
 		// (threats §1, TOCTOU): no executable, command line or image.
 		exeErr = errExecSinceConnect
@@ -209,19 +209,20 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 var errExecSinceConnect = errors.New("the process executed another program since it connected")
 
 // sameExecutable reports whether the executable exe names (a
-// /proc/<pid>/exe link) is the file the kernel recorded at connect: inode
-// number ino on mount mnt (mnt 0, or a kernel without statx's mount id:
-// the inode number alone). A statx that fails cannot tell and counts as
-// the same: the reads that follow fail for a process that is gone.
-func sameExecutable(exe string, ino, mnt uint64) bool {
+// /proc/<pid>/exe link) is the file the kernel recorded at connect in rec:
+// its inode number, on its mount when the mount is known (an inode number
+// alone can be had from a memfd or a FUSE mount). A file that cannot be
+// examined (the process exited after its executable was read) is not the
+// same.
+func sameExecutable(exe string, rec identity.Record) bool {
 	var st unix.Statx_t
 	if err := unix.Statx(unix.AT_FDCWD, exe, 0, unix.STATX_INO|unix.STATX_MNT_ID, &st); err != nil {
-		return true
-	}
-	if st.Ino != ino {
 		return false
 	}
-	return mnt == 0 || st.Mask&unix.STATX_MNT_ID == 0 || st.Mnt_id == mnt
+	if st.Ino != rec.ExeIno {
+		return false
+	}
+	return !rec.ExeMntKnown || (st.Mask&unix.STATX_MNT_ID != 0 && st.Mnt_id == rec.ExeMnt)
 }
 
 // realProc reports whether ProcRoot is the system's procfs, whose pids

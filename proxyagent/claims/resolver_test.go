@@ -184,15 +184,18 @@ func TestResolveFake(t *testing.T) {
 		p.add(600, bin, "prog\x00--flag\x00", 400, 9100)
 		for _, tc := range []struct {
 			ino, mnt uint64
+			known    bool
 			wantPath string
 		}{
-			{ino + 1, mnt, ""},
-			{ino, mnt + 1, ""}, // the same inode number on another mount (a memfd, FUSE) is another file
-			{ino, mnt, bin},
-			{ino, 0, bin},
-			{0, 0, bin},
+			{ino + 1, mnt, true, ""},
+			{ino, mnt + 1, true, ""}, // the same inode number on another mount (FUSE) is another file
+			{ino, 0, true, ""},       // ... or from a memfd (mount id 0)
+			{ino, mnt, true, bin},
+			{ino, 0, false, bin}, // mount unknown: the inode number alone
+			{0, 0, false, bin},
 		} {
-			c, err := r.Resolve(identity.Record{PID: 600, UID: 1000, StartTime: 9100, ExecID: 2, ExeIno: tc.ino, ExeMnt: tc.mnt}, client)
+			c, err := r.Resolve(identity.Record{PID: 600, UID: 1000, StartTime: 9100, ExecID: 2, ExeIno: tc.ino, ExeMnt: tc.mnt,
+				ExeMntKnown: tc.known}, client)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -203,6 +206,13 @@ func TestResolveFake(t *testing.T) {
 			if c.ProcessFullPath != tc.wantPath || c.ProcessCmdLine != want || (tc.wantPath == "") != (c.ProcessName == "") {
 				t.Errorf("recorded inode %d mount %d (file's %d, %d): %q %q %q", tc.ino, tc.mnt, ino, mnt, c.ProcessFullPath, c.ProcessName, c.ProcessCmdLine)
 			}
+		}
+		// An executable that cannot be examined any more (the process
+		// exited between the reads) is not taken for the recorded one.
+		p.add(601, filepath.Join(t.TempDir(), "gone"), "prog\x00", 400, 9101)
+		c, err := r.Resolve(identity.Record{PID: 601, UID: 1000, StartTime: 9101, ExecID: 2, ExeIno: ino}, client)
+		if err != nil || c.ProcessFullPath != "" || c.ProcessName != "" {
+			t.Errorf("unexaminable executable: %q %q, %v", c.ProcessFullPath, c.ProcessName, err)
 		}
 	})
 	t.Run("start time mismatch", func(t *testing.T) {

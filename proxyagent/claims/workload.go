@@ -51,27 +51,27 @@ func (r *Resolver) cgroupPath(pid uint32, cgroupID uint64) string {
 }
 
 // workload is ParseWorkload(path) for the cgroup path the resolver found,
-// with the container and pod kept only where every cgroup from the
-// hierarchy's root down to the one naming them belongs to root: anyone can
-// name cgroups of their own delegated subtree after another's container
-// (systemd-run --user --scope --unit=docker-<id>). Cgroups below the
-// container's own (delegated inside it) may belong to anyone.
+// with the container and pod kept only where every cgroup above the one
+// naming them belongs to root. Whoever may write a cgroup may create and
+// name cgroups in it: any user in its own delegated subtree (systemd-run
+// --user --scope --unit=docker-<id>), and a container with a writable
+// cgroupfs inside its own; so only the outermost name counts, and only
+// under root's cgroups. The naming cgroup itself may belong to the
+// container's own user (a runtime chowns it for user namespaces).
 func (r *Resolver) workload(path string) Workload {
-	w := ParseWorkload(path)
-	if w.ContainerID == "" && w.PodUID == "" {
+	w, depth := parseWorkload(path)
+	if depth == 0 {
 		return w
 	}
 	root := strings.TrimSuffix(r.CgroupRoot, "/")
 	prefix := ""
-	for seg := range strings.SplitSeq(strings.Trim(path, "/"), "/") {
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	for _, seg := range segs[:depth-1] {
 		prefix += "/" + seg
 		var st syscall.Stat_t
 		if syscall.Lstat(root+prefix, &st) != nil || st.Uid != 0 {
 			w.ContainerID, w.PodUID = "", ""
 			return w
-		}
-		if p := ParseWorkload(prefix); p.ContainerID == w.ContainerID && p.PodUID == w.PodUID {
-			break
 		}
 	}
 	return w
@@ -88,14 +88,22 @@ func (r *Resolver) workload(path string) Workload {
 //	/kubepods.slice/…/kubepods-…-pod<uid>.slice/…       Kubernetes (systemd; '_' in the uid)
 //	/kubepods/<qos>/pod<uid>/<id>                       Kubernetes (cgroupfs)
 //
-// A container id is 64 hex digits. Paths that match nothing give only the
-// path.
+// A container id is 64 hex digits. The outermost container counts: names
+// below it (nested containers, or cgroups a container made itself) are
+// ignored. Paths that match nothing give only the path.
 func ParseWorkload(path string) Workload {
-	w := Workload{CgroupPath: path}
-	segs := strings.Split(path, "/")
+	w, _ := parseWorkload(path)
+	return w
+}
+
+// parseWorkload is ParseWorkload, with the depth (1 for the first segment
+// below the root) of the deepest segment whose name it used; 0: none.
+func parseWorkload(path string) (w Workload, depth int) {
+	w.CgroupPath = path
+	segs := strings.Split(strings.Trim(path, "/"), "/")
 	for i, seg := range segs {
-		if uid, ok := podUID(seg); ok {
-			w.PodUID = uid
+		if uid, ok := podUID(seg); ok && w.PodUID == "" {
+			w.PodUID, depth = uid, i+1
 		}
 		id := ""
 		switch {
@@ -111,10 +119,11 @@ func ParseWorkload(path string) Workload {
 			id = seg
 		}
 		if isContainerID(id) {
-			w.ContainerID = id
+			w.ContainerID, depth = id, i+1
+			break
 		}
 	}
-	return w
+	return w, depth
 }
 
 // podUID recognises a pod cgroup segment: "pod<uid>" (cgroupfs) or

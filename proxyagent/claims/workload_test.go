@@ -12,8 +12,9 @@ import (
 )
 
 const (
-	cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-	pod = "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901"
+	cid  = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	cid2 = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+	pod  = "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901"
 )
 
 func TestParseWorkload(t *testing.T) {
@@ -32,6 +33,10 @@ func TestParseWorkload(t *testing.T) {
 		{"/machine.slice/libpod-" + cid + ".scope/container", cid, ""},
 		{"/user.slice/user-1000.slice/session-3.scope", "", ""},
 		{"/docker/short", "", ""},
+		// Only the outermost container counts: a container that made a
+		// cgroup named after another inside its own is still itself.
+		{"/machine.slice/libpod-" + cid + ".scope/container/docker-" + cid2 + ".scope", cid, ""},
+		{"/system.slice/docker-" + cid + ".scope/kubepods/pod" + pod + "/" + cid2, cid, ""},
 		{"/", "", ""},
 	} {
 		w := ParseWorkload(tc.path)
@@ -119,6 +124,18 @@ func TestWorkloadNeedsRootOwnedCgroups(t *testing.T) {
 	}
 	if w := r.workload(inner); w.ContainerID != cid {
 		t.Errorf("a cgroup delegated inside a root-owned container: %+v", w)
+	}
+	// A container's own cgroup chowned to its user-namespace root (runc
+	// with cgroup delegation) still names it: its parents are root's.
+	remapped := "/system.slice/docker-" + cid2 + ".scope"
+	if err := os.MkdirAll(filepath.Join(cg, remapped), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(cg, remapped), 100000, 100000); err != nil {
+		t.Fatal(err)
+	}
+	if w := r.workload(remapped); w.ContainerID != cid2 {
+		t.Errorf("a container whose own cgroup its user owns: %+v", w)
 	}
 	if w := r.workload(pod); w.ContainerID != cid || w.PodUID != "0a1b2c3d-4e5f-6789-abcd-ef0123456789" {
 		t.Errorf("a pod's container: %+v", w)

@@ -31,10 +31,12 @@ type Record struct {
 	// Meaningful only together with a non-zero StartTime.
 	ExecID uint64
 	// ExeIno and ExeMnt are the inode number of the executable the
-	// process ran at connect time and the id of the mount it ran it from
-	// (statx's stx_mnt_id); 0: unknown. A /proc read whose executable is
-	// another file comes after an execve: it describes a later program.
+	// process ran at connect time (0: unknown) and the id of the mount it
+	// ran it from (statx's stx_mnt_id; a memfd's is 0), known when
+	// ExeMntKnown. A /proc read whose executable is another file comes
+	// after an execve: it describes a later program.
 	ExeIno, ExeMnt uint64
+	ExeMntKnown    bool
 	Comm           string
 	// OrigDst is the destination the process asked for before the
 	// redirect; zero (not valid) for a connection made straight to the

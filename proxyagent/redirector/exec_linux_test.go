@@ -177,7 +177,7 @@ func TestExeInodeMatchesStat(t *testing.T) {
 		}
 		t.Cleanup(func() { syscall.Unmount(target, syscall.MNT_DETACH) })
 	}
-	for _, fs := range []string{"tempdir", "tmpfs", "overlay"} {
+	for _, fs := range []string{"tempdir", "tmpfs", "overlay", "memfd"} {
 		t.Run(fs, func(t *testing.T) {
 			dir := t.TempDir()
 			os.Chmod(dir, 0o755)
@@ -197,7 +197,7 @@ func TestExeInodeMatchesStat(t *testing.T) {
 					filepath.Join(dir, "upper")+",workdir="+filepath.Join(dir, "work"))
 			}
 			shell := filepath.Join(run, "shell")
-			if fs != "overlay" {
+			if fs != "overlay" && fs != "memfd" {
 				if err := os.WriteFile(shell, data, 0o755); err != nil {
 					t.Fatal(err)
 				}
@@ -205,6 +205,12 @@ func TestExeInodeMatchesStat(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, shell, "-c", `exec 3<>/dev/tcp/169.254.169.254/80 && read -r _`)
+			if fs == "memfd" {
+				// The test binary copies bash into a memfd and runs it
+				// from there (its mount's id is 0).
+				cmd = exec.CommandContext(ctx, os.Args[0])
+				cmd.Env = append(os.Environ(), "GPA_REDIRECTOR_HELPER=memfd-exec", "GPA_HELPER_ADDR="+bash)
+			}
 			stdin, err := cmd.StdinPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -225,12 +231,26 @@ func TestExeInodeMatchesStat(t *testing.T) {
 			if !ok {
 				t.Fatal("no record")
 			}
-			if ino, mnt := exeFile(uint32(cmd.Process.Pid)); rec.ExeIno != ino || rec.ExeMnt != mnt || mnt == 0 {
-				t.Errorf("%s: recorded exe inode %d mount %d, statx says %d, %d", fs, rec.ExeIno, rec.ExeMnt, ino, mnt)
+			ino, mnt := exeFile(uint32(cmd.Process.Pid))
+			if rec.ExeIno != ino || rec.ExeMnt != mnt || !rec.ExeMntKnown || ino == 0 || (mnt == 0) != (fs == "memfd") {
+				t.Errorf("%s: recorded exe inode %d mount %d (known %v), statx says %d, %d", fs, rec.ExeIno, rec.ExeMnt, rec.ExeMntKnown, ino, mnt)
+			}
+			want := shell
+			if fs == "memfd" {
+				want = "/memfd:bash (deleted)"
 			}
 			var res claims.Resolver
-			if cl, err := res.Resolve(rec, netip.AddrPort{}); err != nil || cl.ProcessFullPath != shell {
-				t.Errorf("%s: claims path %q, %v; want %s", fs, cl.ProcessFullPath, err, shell)
+			if cl, err := res.Resolve(rec, netip.AddrPort{}); err != nil || cl.ProcessFullPath != want {
+				t.Errorf("%s: claims path %q, %v; want %s", fs, cl.ProcessFullPath, err, want)
+			}
+			// The same inode number from a memfd (mount id 0) is another
+			// file: a record with it is not this executable.
+			forged := rec
+			forged.ExeMnt, forged.ExeMntKnown = 0, true
+			if fs != "memfd" {
+				if cl, err := (&claims.Resolver{}).Resolve(forged, netip.AddrPort{}); err != nil || cl.ProcessFullPath != "" {
+					t.Errorf("%s: a record of a memfd with the same inode number resolved to %q, %v", fs, cl.ProcessFullPath, err)
+				}
 			}
 		})
 	}

@@ -505,18 +505,19 @@ func toIdentity(rec bpf.RedirectConnRecord, agentNetns uint64) identity.Record {
 		comm = comm[:i]
 	}
 	return identity.Record{
-		PID:        rec.Pid,
-		UID:        rec.Uid,
-		GID:        rec.Gid,
-		CgroupID:   rec.CgroupId,
-		Netns:      rec.Netns,
-		OtherNetns: agentNetns != 0 && rec.Netns != agentNetns,
-		StartTime:  rec.StartTime,
-		ExecID:     rec.ExecId,
-		ExeIno:     rec.ExeIno,
-		ExeMnt:     rec.ExeMnt,
-		Comm:       string(comm),
-		OrigDst:    origDst(rec),
+		PID:         rec.Pid,
+		UID:         rec.Uid,
+		GID:         rec.Gid,
+		CgroupID:    rec.CgroupId,
+		Netns:       rec.Netns,
+		OtherNetns:  agentNetns != 0 && rec.Netns != agentNetns,
+		StartTime:   rec.StartTime,
+		ExecID:      rec.ExecId,
+		ExeIno:      rec.ExeIno,
+		ExeMnt:      rec.ExeMnt & 0xffffffff,
+		ExeMntKnown: rec.ExeMnt>>32 != 0,
+		Comm:        string(comm),
+		OrigDst:     origDst(rec),
 	}
 }
 

@@ -56,6 +56,8 @@ func helperMain(mode string) int {
 		return connsHelper(addr)
 	case "refused-seccomp", "refused-load":
 		return refusedHelper(mode)
+	case "memfd-exec":
+		return memfdExec(addr)
 	case "dial":
 		mark, _ := strconv.ParseUint(os.Getenv("GPA_HELPER_MARK"), 0, 32)
 		c, err := hostconn.Dialer(uint32(mark), 5*time.Second).Dial("tcp", addr)
@@ -196,6 +198,23 @@ func (e *env) load() *Redirector {
 		}
 	})
 	return r
+}
+
+// memfdExec copies the program at path into a memfd and executes it from
+// there with a script that connects to IMDS and waits for a line.
+func memfdExec(path string) int {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		var fd int
+		if fd, err = unix.MemfdCreate("bash", 0); err == nil {
+			if _, err = unix.Write(fd, data); err == nil {
+				err = syscall.Exec("/proc/self/fd/"+strconv.Itoa(fd),
+					[]string{"bash", "-c", `exec 3<>/dev/tcp/169.254.169.254/80 && read -r _`}, os.Environ())
+			}
+		}
+	}
+	fmt.Fprintln(os.Stderr, "memfd exec:", err)
+	return 1
 }
 
 // exeFile returns the inode number and mount id of /proc/<pid>/exe (0, 0
@@ -446,7 +465,7 @@ func TestRedirect(t *testing.T) {
 			got := toIdentity(a.rec, e.cfg.Netns)
 			want := identity.Record{
 				PID: uint32(pid), UID: tc.wantUID, GID: tc.wantUID,
-				CgroupID: e.cg.ID, Netns: e.cfg.Netns, StartTime: a.procStart, ExeIno: a.exeIno, ExeMnt: a.exeMnt, Comm: tc.wantComm, OrigDst: tc.wantDst,
+				CgroupID: e.cg.ID, Netns: e.cfg.Netns, StartTime: a.procStart, ExeIno: a.exeIno, ExeMnt: a.exeMnt, ExeMntKnown: true, Comm: tc.wantComm, OrigDst: tc.wantDst,
 			}
 			if a.exeIno == 0 || a.exeMnt == 0 {
 				t.Errorf("could not stat /proc/%d/exe at accept", pid)
