@@ -23,15 +23,8 @@ import (
 // refuses it instead of handing one namespace's identity to the other.
 func TestContainerRecordsAndCollision(t *testing.T) {
 	e := newEnv(t)
-	ca := msp.ContainerListenerAddr
-	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
-		t.Fatal(err)
-	}
-	e.cfg.Endpoints.ContainerListener = ca
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	ca := e.useContainerListener()
+	r := e.loadRedirecting()
 	// The container listener accepts nothing: records stay pending in the
 	// kernel until the test looks them up.
 	l, err := e.ns.Listen("tcp", ca.String())
@@ -94,10 +87,7 @@ func TestContainerRecordsAndCollision(t *testing.T) {
 // directly.
 func TestForgedMarkFromContainer(t *testing.T) {
 	e := newEnv(t)
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	e.loadRedirecting()
 	k := testenv.NewContainer(t, e.ns, e.cg, "gpcM", netip.MustParsePrefix("169.254.233.1/30"), netip.MustParsePrefix("169.254.233.2/30"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -124,10 +114,7 @@ func TestOwnNamespaceLoopbackLeavesNoRecord(t *testing.T) {
 	e := newEnv(t)
 	ca := msp.ContainerListenerAddr
 	e.cfg.Endpoints.ContainerListener = ca
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	r := e.loadRedirecting()
 	own := testenv.NewNetns(t, ca.Addr())
 	l, err := own.Listen("tcp", ca.String())
 	if err != nil {
@@ -162,15 +149,8 @@ func TestOwnNamespaceLoopbackLeavesNoRecord(t *testing.T) {
 // root's record (it was, when records were keyed by the client alone).
 func TestSameClientPortTwoListeners(t *testing.T) {
 	e := newEnv(t)
-	ca := msp.ContainerListenerAddr
-	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
-		t.Fatal(err)
-	}
-	e.cfg.Endpoints.ContainerListener = ca
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	ca := e.useContainerListener()
+	r := e.loadRedirecting()
 	type accepted struct {
 		local netip.AddrPort
 		rec   identity.Record

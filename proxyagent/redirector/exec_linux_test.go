@@ -2,6 +2,7 @@ package redirector
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -25,34 +26,12 @@ import (
 // connection the identity of the image that made it; once the process is
 // gone no cached identity is served.
 func TestRecordFollowsExec(t *testing.T) {
-	e := newEnv(t)
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bash, err = filepath.EvalSymlinks(bash)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, r, ln, bash, data := execEnv(t)
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	other := filepath.Join(dir, "other-shell")
-	data, err := os.ReadFile(bash)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := os.WriteFile(other, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -65,30 +44,10 @@ func TestRecordFollowsExec(t *testing.T) {
 			` -c 'exec 4<>/dev/tcp/169.254.169.254/80 && { read -r _ || :; }'`)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := testenv.Start(cmd, testenv.Options{Netns: e.ns, Cgroup: e.cg}); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() }()
-
+	stdin := e.startClient(cmd)
 	accept := func() identity.Record {
 		t.Helper()
-		if tl, ok := ln.(*net.TCPListener); ok {
-			tl.SetDeadline(time.Now().Add(10 * time.Second))
-		}
-		c, err := ln.Accept()
-		if err != nil {
-			t.Fatalf("%v (client stderr: %q)", err, stderr.String())
-		}
-		t.Cleanup(func() { c.Close() })
-		rec, ok := r.Lookup(ends(c))
-		if !ok {
-			t.Fatal("no record for the connection")
-		}
-		return rec
+		return acceptRecord(t, ln, r, &stderr)
 	}
 	var res claims.Resolver
 	resolve := func(rec identity.Record) *claims.Claims {
@@ -146,30 +105,14 @@ func TestRecordFollowsExec(t *testing.T) {
 	}
 }
 
-// The inode the kernel records for the executable is the one stat shows
-// through /proc/<pid>/exe on the filesystems callers run from (ext4 or
-// whatever holds the test's temp dir, tmpfs, and overlayfs as container
-// images are), so a caller that did not exec is never taken for one that
-// did.
+// The inode number and mount id the kernel records for the executable are
+// the ones statx shows through /proc/<pid>/exe on the filesystems callers
+// run from (ext4 or whatever holds the test's temp dir, tmpfs, overlayfs as
+// container images are, and a memfd), so a caller that did not exec is
+// never taken for one that did; a record of a memfd with the same inode
+// number is not taken for the file.
 func TestExeInodeMatchesStat(t *testing.T) {
-	e := newEnv(t)
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(bash)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, r, ln, bash, data := execEnv(t)
 	mount := func(t *testing.T, fstype, source, target, opts string) {
 		t.Helper()
 		if err := syscall.Mount(source, target, fstype, 0, opts); err != nil {
@@ -211,26 +154,8 @@ func TestExeInodeMatchesStat(t *testing.T) {
 				cmd = exec.CommandContext(ctx, os.Args[0])
 				cmd.Env = append(os.Environ(), "GPA_REDIRECTOR_HELPER=memfd-exec", "GPA_HELPER_ADDR="+bash)
 			}
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := testenv.Start(cmd, testenv.Options{Netns: e.ns, Cgroup: e.cg}); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() }()
-			if tl, ok := ln.(*net.TCPListener); ok {
-				tl.SetDeadline(time.Now().Add(5 * time.Second))
-			}
-			c, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			rec, ok := r.Lookup(ends(c))
-			if !ok {
-				t.Fatal("no record")
-			}
+			e.startClient(cmd)
+			rec := acceptRecord(t, ln, r, nil)
 			ino, mnt := exeFile(uint32(cmd.Process.Pid))
 			if rec.ExeIno != ino || rec.ExeMnt != mnt || !rec.ExeMntKnown || ino == 0 || (mnt == 0) != (fs == "memfd") {
 				t.Errorf("%s: recorded exe inode %d mount %d (known %v), statx says %d, %d", fs, rec.ExeIno, rec.ExeMnt, rec.ExeMntKnown, ino, mnt)
@@ -254,4 +179,65 @@ func TestExeInodeMatchesStat(t *testing.T) {
 			}
 		})
 	}
+}
+
+// execEnv is a redirecting env with a listener at the agent's address,
+// the real path of bash and its bytes (to copy it elsewhere).
+func execEnv(t *testing.T) (e *env, r *Redirector, ln net.Listener, bash string, data []byte) {
+	t.Helper()
+	e = newEnv(t)
+	r = e.loadRedirecting()
+	ln, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if bash, err = exec.LookPath("bash"); err == nil {
+		bash, err = filepath.EvalSymlinks(bash)
+	}
+	if err == nil {
+		data, err = os.ReadFile(bash)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, r, ln, bash, data
+}
+
+// startClient starts cmd in e's namespace and cgroup with a stdin pipe,
+// and ends it when the test does.
+func (e *env) startClient(cmd *exec.Cmd) io.WriteCloser {
+	e.t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := testenv.Start(cmd, testenv.Options{Netns: e.ns, Cgroup: e.cg}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	return stdin
+}
+
+// acceptRecord accepts the next connection on ln (within 10 s) and takes
+// its kernel record; the connection closes when the test ends. stderr, if
+// set, is the client's, reported when nothing arrives.
+func acceptRecord(t *testing.T, ln net.Listener, r *Redirector, stderr fmt.Stringer) identity.Record {
+	t.Helper()
+	if tl, ok := ln.(*net.TCPListener); ok {
+		tl.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		if stderr != nil {
+			t.Fatalf("%v (client stderr: %q)", err, stderr.String())
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rec, ok := r.Lookup(ends(c))
+	if !ok {
+		t.Fatal("no record for the connection")
+	}
+	return rec
 }

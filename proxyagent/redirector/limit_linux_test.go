@@ -316,16 +316,9 @@ type limitEnv struct {
 
 func limitSetup(t *testing.T, perCaller, all int) *limitEnv {
 	e := newEnv(t)
-	ca := msp.ContainerListenerAddr
-	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
-		t.Fatal(err)
-	}
-	e.cfg.Endpoints.ContainerListener = ca
+	ca := e.useContainerListener()
 	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = perCaller, all
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	r := e.loadRedirecting()
 	le := &limitEnv{e: e, r: r}
 	for _, a := range []netip.AddrPort{ca, msp.ListenerAddr} {
 		l, err := e.ns.Listen("tcp", a.String())

@@ -200,6 +200,28 @@ func (e *env) load() *Redirector {
 	return r
 }
 
+// loadRedirecting is load with all three services redirected.
+func (e *env) loadRedirecting() *Redirector {
+	e.t.Helper()
+	r := e.load()
+	if err := r.SetPolicy(true, true, true); err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+// useContainerListener puts the container listener's address on the
+// namespace's loopback and in the config (before load) and returns it.
+func (e *env) useContainerListener() netip.AddrPort {
+	e.t.Helper()
+	ca := msp.ContainerListenerAddr
+	if err := e.ns.Do(func() error { return AddLoopbackAddr(ca.Addr()) }); err != nil {
+		e.t.Fatal(err)
+	}
+	e.cfg.Endpoints.ContainerListener = ca
+	return ca
+}
+
 // memfdExec copies the program at path into a memfd and executes it from
 // there with a script that connects to IMDS and waits for a line.
 func memfdExec(path string) int {
@@ -413,10 +435,7 @@ func testBinaryComm() string {
 
 func TestRedirect(t *testing.T) {
 	e := newEnv(t)
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	r := e.loadRedirecting()
 	if s := r.Status(); s.State != Running || !strings.HasPrefix(s.Message, "Started Redirector with eBPF maps - ") {
 		t.Errorf("status = %+v", s)
 	}
@@ -749,10 +768,7 @@ func recordKeys(t *testing.T, pinDir string) map[bpf.RedirectConnKey]bool {
 
 func TestPinnedLifecycle(t *testing.T) {
 	e := newEnv(t)
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	r := e.loadRedirecting()
 	tl := e.listen(r)
 	imdsURL := curl("http://169.254.169.254/")
 	if _, out, err := e.run(client{args: imdsURL}); err != nil || out != "redirected" {
@@ -848,10 +864,7 @@ func TestPinnedLifecycle(t *testing.T) {
 
 func TestMoveCgroup(t *testing.T) {
 	e := newEnv(t)
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	r := e.loadRedirecting()
 	r.Close()
 
 	// The agent restarts configured for another cgroup: the links move.
@@ -1093,10 +1106,7 @@ func worldExecutable(t testing.TB) string {
 // aggregate-status request only over a connection that reached the agent.
 func TestRedirectedPeer(t *testing.T) {
 	e := newEnv(t)
-	r := e.load()
-	if err := r.SetPolicy(true, true, true); err != nil {
-		t.Fatal(err)
-	}
+	r := e.loadRedirecting()
 	e.listen(r)
 	_, out, err := e.run(client{args: []string{""}, env: []string{"GPA_REDIRECTOR_HELPER=peer", "GPA_HELPER_ADDR=168.63.129.16:80"}})
 	if err != nil {
