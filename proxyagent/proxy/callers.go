@@ -15,6 +15,7 @@ import (
 type callerKey struct {
 	uid          uint32
 	netns        uint64
+	other        bool // in another network namespace than the agent's (a container)
 	unidentified bool
 }
 
@@ -31,21 +32,26 @@ func keyOf(rec identity.Record, ok bool) (key callerKey, exempt bool) {
 	if rec.UID == 0 && !rec.OtherNetns {
 		return callerKey{}, true
 	}
-	return callerKey{uid: rec.UID, netns: rec.Netns}, false
+	return callerKey{uid: rec.UID, netns: rec.Netns, other: rec.OtherNetns}, false
 }
 
 // callerLimit bounds the connections one caller holds at once, so one
 // unprivileged user (or one container, or a flood of direct connections)
 // cannot take every connection slot (MaxConns) and lock everybody else out
-// of the metadata services, and the connections all such callers hold
-// together (maxAll: LimitedConns), so several at their limit cannot
-// either. mu guards n and all.
+// of the metadata services, and the connections such callers hold
+// together, so several at their limit cannot either: the callers in the
+// agent's namespace (maxAll: LimitedConns, the kernel's limit too) and the
+// containers (maxOther: ContainerConns) each have their own share, so
+// containers at their limits cannot lock out the host's users, nor these
+// the containers. mu guards n, all and other.
 type callerLimit struct {
-	max      int // per caller; 0: no limit (and no maxAll)
-	maxAll   int // all callers together
+	max      int // per caller; 0: no limit (and no shares)
+	maxAll   int // callers in the agent's namespace together
+	maxOther int // callers in other namespaces together
 	mu       sync.Mutex
 	n        map[callerKey]int
 	all      int
+	other    int
 	refused  atomic.Uint64
 	lastWarn atomic.Int64 // unix nanos of the last warning
 }
@@ -59,7 +65,11 @@ func (l *callerLimit) acquire(key callerKey) (ok, full bool) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.all >= l.maxAll {
+	total, limit := &l.all, l.maxAll
+	if key.other {
+		total, limit = &l.other, l.maxOther
+	}
+	if *total >= limit {
 		return false, true
 	}
 	if l.n[key] >= l.max {
@@ -69,7 +79,7 @@ func (l *callerLimit) acquire(key callerKey) (ok, full bool) {
 		l.n = make(map[callerKey]int)
 	}
 	l.n[key]++
-	l.all++
+	*total++
 	return true, false
 }
 
@@ -80,7 +90,11 @@ func (l *callerLimit) release(key callerKey) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.all--
+	if key.other {
+		l.other--
+	} else {
+		l.all--
+	}
 	if l.n[key] <= 1 {
 		delete(l.n, key)
 		return
@@ -99,15 +113,26 @@ func rootReserve(n int) int {
 	return max(n/16, 1)
 }
 
-// LimitedConns is how many of maxConns connection slots the callers other
-// than root in the agent's namespace may hold together: all but
-// rootReserve, while the per-caller limit (maxPerCaller) is on; 0 (no
-// such limit) while it is off. The kernel's limit is the same number.
+// LimitedConns is how many of maxConns connection slots the callers in
+// the agent's namespace other than root may hold together while the
+// per-caller limit (maxPerCaller) is on (0, no such limit, while it is
+// off): the slots not kept for root (rootReserve) less the containers'
+// share (ContainerConns). The kernel's limit is the same number.
 func LimitedConns(maxConns, maxPerCaller int) int {
 	if maxPerCaller <= 0 {
 		return 0
 	}
-	return maxConns - rootReserve(maxConns)
+	return maxConns - rootReserve(maxConns) - ContainerConns(maxConns, maxPerCaller)
+}
+
+// ContainerConns is the share of maxConns the callers in other network
+// namespaces (containers) may hold together: half of the slots not kept
+// for root, rounded down; 0 while the per-caller limit is off.
+func ContainerConns(maxConns, maxPerCaller int) int {
+	if maxPerCaller <= 0 {
+		return 0
+	}
+	return (maxConns - rootReserve(maxConns)) / 2
 }
 
 // refuse counts a refused connection and tells whether to log it: at most

@@ -144,7 +144,7 @@ func (st *connState) setup(ctx context.Context) {
 			if total, warn := s.callers.refuse(time.Now()); warn {
 				msg := "too many connections from one caller, closing its new connections"
 				if full {
-					msg = "connection slots nearly all taken, the rest kept for root; closing new connections of others"
+					msg = "the share of connection slots of this caller's group (the agent's namespace, or containers) is taken; closing its new connections"
 				}
 				s.log.Warn(msg, "uid", key.uid, "otherNetns", rec.OtherNetns, "unidentified", key.unidentified,
 					"maxPerCaller", s.callers.max, "maxConns", cap(s.sem), "refusedTotal", total)

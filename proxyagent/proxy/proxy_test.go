@@ -869,7 +869,10 @@ func TestMaxConnsPerCaller(t *testing.T) {
 }
 
 // Callers at their per-caller limit together cannot take the last slots:
-// rootReserve of MaxConns stay for root in the agent's namespace.
+// rootReserve of MaxConns stay for root in the agent's namespace; and the
+// rest is shared half and half between the agent's namespace and the
+// containers, so containers at their limits cannot lock out the host's
+// users, nor these the containers.
 func TestRootReserve(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.MaxConns = 32; o.MaxConnsPerCaller = 8 })
 	for n, want := range map[int]int{32: 2, 2: 1, 1: 0} {
@@ -877,13 +880,14 @@ func TestRootReserve(t *testing.T) {
 			t.Fatalf("rootReserve(%d) = %d, want %d", n, r, want)
 		}
 	}
-	// The kernel is given the same limit of all callers together: every
-	// slot not kept for root while the per-caller limit is on, none when off.
-	if got := LimitedConns(500, 64); got != 500-31 {
-		t.Errorf("LimitedConns(500, 64) = %d, want 469 (500 less root's 31)", got)
+	// The kernel is given the agent namespace's share: every slot not kept
+	// for root less the containers' half, while the per-caller limit is on;
+	// none when off.
+	if got, other := LimitedConns(500, 64), ContainerConns(500, 64); got != 235 || other != 234 {
+		t.Errorf("LimitedConns(500, 64), ContainerConns = %d, %d; want 235, 234 (500 less root's 31, halved)", got, other)
 	}
-	if got := LimitedConns(500, 0); got != 0 {
-		t.Errorf("LimitedConns(500, 0) = %d, want 0 (no limit)", got)
+	if got, other := LimitedConns(500, 0), ContainerConns(500, 0); got != 0 || other != 0 {
+		t.Errorf("LimitedConns(500, 0), ContainerConns = %d, %d; want 0 (no limit)", got, other)
 	}
 	served := func(c *client) bool {
 		resp, _ := c.do(req("GET", "/x"))
@@ -894,25 +898,37 @@ func TestRootReserve(t *testing.T) {
 	if !served(rootHeld) {
 		t.Fatal("root's first connection refused")
 	}
-	var held []*client
-	for ns := uint64(1); ns <= 4; ns++ { // four containers, 8 each: 30 of 32 usable
-		for range 8 {
-			c := e.connect(&identity.Record{PID: 300, UID: 0, Comm: "curl", OrigDst: imdsDest, Netns: ns, OtherNetns: true})
-			c.c.Write([]byte(req("GET", "/x")))
-			held = append(held, c)
+	// Four containers and four users of the agent's namespace, 8 each: of
+	// the 30 slots not kept for root, 15 for each group.
+	hold := func(rec func(i uint64) *identity.Record) int {
+		var held []*client
+		for i := uint64(1); i <= 4; i++ {
+			for range 8 {
+				c := e.connect(rec(i))
+				c.c.Write([]byte(req("GET", "/x")))
+				held = append(held, c)
+			}
 		}
-	}
-	open := 0
-	for _, c := range held {
-		if _, err := c.br.Peek(1); err == nil {
-			open++
+		open := 0
+		for _, c := range held {
+			if _, err := c.br.Peek(1); err == nil {
+				open++
+			}
 		}
+		return open
 	}
-	if open != 30 {
-		t.Fatalf("%d container connections served, want 30 (32 less the 2 kept for root)", open)
+	if n := hold(func(ns uint64) *identity.Record {
+		return &identity.Record{PID: 300, UID: 0, Comm: "curl", OrigDst: imdsDest, Netns: ns, OtherNetns: true}
+	}); n != 15 {
+		t.Fatalf("%d container connections served, want 15 (their half of 32 less the 2 kept for root)", n)
 	}
-	// The two refused ones give their slots back after their clients saw
-	// them closed.
+	if n := hold(func(uid uint64) *identity.Record {
+		return &identity.Record{PID: 300, UID: uint32(1000 + uid), Comm: "curl", OrigDst: imdsDest}
+	}); n != 15 {
+		t.Fatalf("%d connections of the host's users served with the containers' share full, want 15", n)
+	}
+	// The refused ones give their slots back after their clients saw them
+	// closed.
 	testsupport.WaitFor(t, "refused connections' slots to free", func() bool { return e.openClients() == 31 })
 	if !served(e.connect(rootRec(wsDest))) {
 		t.Errorf("root's second connection refused with the others' slots full")

@@ -360,6 +360,7 @@ func New(opts Options) (*Server, error) {
 	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
 	s.callers.max = max(opts.MaxConnsPerCaller, 0)
 	s.callers.maxAll = LimitedConns(opts.MaxConns, s.callers.max)
+	s.callers.maxOther = ContainerConns(opts.MaxConns, s.callers.max)
 	s.uploads.free = opts.UploadBudget
 	s.handle = s.serveRequest
 	s.ctx, s.cancel = context.WithCancel(context.Background())

@@ -29,6 +29,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/proxy"
 )
 
 // The test binary doubles as a client process: with GPA_REDIRECTOR_HELPER
@@ -920,7 +921,7 @@ func BenchmarkConnect(b *testing.B) {
 
 	// The limits are on, as in production; root in the agent's namespace
 	// is exempt, nobody is counted.
-	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, 469
+	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, proxy.LimitedConns(500, 64)
 	r := e.load()
 	if err := r.SetPolicy(true, true, true); err != nil {
 		b.Fatal(err)
