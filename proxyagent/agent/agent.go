@@ -48,8 +48,10 @@ type Options struct {
 	// (tests that run without the kernel hooks); the redirector is then not
 	// loaded and ebpfProgramStatus reports it as replaced.
 	Identity identity.Source
-	// Stderr receives log lines at the system-events level; nil: os.Stderr.
-	Stderr io.Writer
+	// Stdout and Stderr receive the log lines at the system-events level
+	// (fileLogLevelForSystemEvents): errors on Stderr, the others on Stdout
+	// (§7.2); nil: os.Stdout, os.Stderr.
+	Stdout, Stderr io.Writer
 	// Ready, when set, is called once the listener is bound, with its
 	// address.
 	Ready func(addr string)
@@ -68,7 +70,7 @@ func Run(ctx context.Context, opts Options) error {
 	if cfg.SendTelemetry {
 		events = telemetry.NewQueue(opts.Version)
 	}
-	log, closeLogs, err := openLogs(cfg, opts.Stderr, events)
+	log, closeLogs, err := openLogs(cfg, opts.Stdout, opts.Stderr, events)
 	if err != nil {
 		return err
 	}
@@ -266,10 +268,13 @@ func Run(ctx context.Context, opts Options) error {
 }
 
 // openLogs returns the agent logger: ProxyAgent.log in the log folder at
-// fileLogLevel, stderr at fileLogLevelForSystemEvents (Error when
-// absent), and telemetry events at fileLogLevelForEvents when it is set
-// and events is not nil.
-func openLogs(cfg config.Config, stderr io.Writer, events *telemetry.Queue) (*slog.Logger, func(), error) {
+// fileLogLevel, stdout (below Error) and stderr (Error) at
+// fileLogLevelForSystemEvents (Error when absent), and telemetry events at
+// fileLogLevelForEvents when it is set and events is not nil.
+func openLogs(cfg config.Config, stdout, stderr io.Writer, events *telemetry.Queue) (*slog.Logger, func(), error) {
+	if stdout == nil {
+		stdout = os.Stdout
+	}
 	if stderr == nil {
 		stderr = os.Stderr
 	}
@@ -279,7 +284,10 @@ func openLogs(cfg config.Config, stderr io.Writer, events *telemetry.Queue) (*sl
 			sysLevel = l
 		}
 	}
-	handlers := []slog.Handler{logfile.NewHandler(stderr, logfile.SlogLevel(sysLevel))}
+	handlers := []slog.Handler{logfile.NewHandler(stderr, logfile.SlogLevel(logfile.Error))}
+	if sysLevel != logfile.Error {
+		handlers = append(handlers, belowLevel{logfile.NewHandler(stdout, logfile.SlogLevel(sysLevel)), logfile.SlogLevel(logfile.Error)})
+	}
 	if events != nil && cfg.FileLogLevelForEvents != "" {
 		if l, err := logfile.ParseLevel(cfg.FileLogLevelForEvents); err == nil {
 			handlers = append(handlers, telemetry.LogHandler(events, logfile.SlogLevel(l)))
@@ -442,4 +450,30 @@ func eventFileCap(maxEventFileCount int) int {
 		return -1
 	}
 	return maxEventFileCount
+}
+
+// belowLevel passes on only the records below a level (the rest go
+// elsewhere).
+type belowLevel struct {
+	slog.Handler
+	below slog.Level
+}
+
+func (h belowLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l < h.below && h.Handler.Enabled(ctx, l)
+}
+
+func (h belowLevel) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= h.below {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h belowLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return belowLevel{h.Handler.WithAttrs(attrs), h.below}
+}
+
+func (h belowLevel) WithGroup(name string) slog.Handler {
+	return belowLevel{h.Handler.WithGroup(name), h.below}
 }

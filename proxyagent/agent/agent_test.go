@@ -87,7 +87,7 @@ func (h *harness) start() {
 	ready := make(chan string, 1)
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() {
-		h.done <- Run(ctx, Options{Config: h.cfg, Version: "9.9.9", Identity: h.ids, Stderr: io.Discard,
+		h.done <- Run(ctx, Options{Config: h.cfg, Version: "9.9.9", Identity: h.ids, Stdout: io.Discard, Stderr: io.Discard,
 			Ready: func(addr string) { ready <- addr }})
 	}()
 	select {

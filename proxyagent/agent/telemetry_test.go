@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,7 +68,7 @@ func TestLogLinesBecomeEvents(t *testing.T) {
 		cfg.LogFolder = ""
 		cfg.FileLogLevelForEvents = c.level
 		q := telemetry.NewQueue("1.0.0")
-		log, closeLogs, err := openLogs(cfg, io.Discard, q)
+		log, closeLogs, err := openLogs(cfg, io.Discard, io.Discard, q)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,5 +111,33 @@ func TestConnectionSummaryEvents(t *testing.T) {
 	if e.TaskName != "log_connection_summary" || e.OperationId != "proxy_server" || e.EventLevel != "INFO" ||
 		json.Unmarshal([]byte(e.Message), &back) != nil || back.URL != "/metadata/instance" || back.ResponseStatus != "200 OK" {
 		t.Errorf("event %+v", e)
+	}
+}
+
+// System-event log lines go to stdout, errors to stderr (§7.2), at
+// fileLogLevelForSystemEvents; by default only errors.
+func TestSystemEventStreams(t *testing.T) {
+	for _, level := range []string{"Info", ""} {
+		cfg := config.Default()
+		cfg.LogFolder = ""
+		cfg.FileLogLevelForSystemEvents = level
+		var out, errOut strings.Builder
+		log, closeLogs, err := openLogs(cfg, &out, &errOut, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("info line")
+		log.Warn("warn line", "k", "v")
+		log.With("module", "m").Error("error line")
+		closeLogs()
+		wantOut := level != ""
+		if strings.Contains(out.String(), "info line") != wantOut || strings.Contains(out.String(), "warn line") != wantOut ||
+			strings.Contains(out.String(), "error line") {
+			t.Errorf("level %q: stdout %q", level, out.String())
+		}
+		if !strings.Contains(errOut.String(), "error line") || strings.Contains(errOut.String(), "info line") ||
+			strings.Contains(errOut.String(), "warn line") {
+			t.Errorf("level %q: stderr %q", level, errOut.String())
+		}
 	}
 }

@@ -138,7 +138,7 @@ func runService(cfgPath string, console io.Reader, stdout, stderr io.Writer) int
 			stop()
 		}()
 	}
-	if err := agent.Run(ctx, agent.Options{Config: cfg, Version: version.Version, Stderr: stderr}); err != nil {
+	if err := agent.Run(ctx, agent.Options{Config: cfg, Version: version.Version, Stdout: stdout, Stderr: stderr}); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}

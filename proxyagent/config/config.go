@@ -16,7 +16,7 @@
 //	pollKeyStatusIntervalInSeconds number  15                                   key keeper poll interval
 //	cgroupRoot                     string  /sys/fs/cgroup                       fallback cgroup2 attach point
 //	fileLogLevel                   string  Info                                 Error|Warn|Info|Debug|Trace (unknown ⇒ Info, as upstream)
-//	fileLogLevelForSystemEvents    string  "" (Error only)                      log→stdout/stderr level
+//	fileLogLevelForSystemEvents    string  "" (Error only)                      log→stdout (errors: stderr) level
 //	fileLogLevelForEvents          string  "" (no log events)                   log lines at or above it become telemetry events (§6.1)
 //	eventFolder                    string  /var/log/azure-proxy-agent/events    telemetry overflow files ("" = overflow dropped); %VAR% expanded
 //	maxEventFileCount              int     30                                   most generic overflow files kept in eventFolder
