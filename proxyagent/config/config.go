@@ -67,12 +67,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/opengpa/gpa/internal/jsonkeys"
 	"github.com/opengpa/gpa/proxyagent/console"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
@@ -236,7 +235,7 @@ func Load(path string) (Config, error) {
 // Unknown keys are ignored, as upstream does.
 func Parse(data []byte) (Config, error) {
 	data = bytes.TrimPrefix(data, []byte("\xEF\xBB\xBF"))
-	data, misspelt := dropMiscasedKeys(data)
+	data, misspelt := fileKeys.DropMiscased(data)
 	var f file
 	if err := json.Unmarshal(data, &f); err != nil {
 		var te *json.UnmarshalTypeError
@@ -253,7 +252,7 @@ func Parse(data []byte) (Config, error) {
 	}
 	c := Default()
 	for _, k := range misspelt {
-		c.Warnings = append(c.Warnings, fmt.Sprintf("key %q is ignored: keys are case-sensitive (%q)", k, fileKeyLike(k)))
+		c.Warnings = append(c.Warnings, fmt.Sprintf("key %q is ignored: keys are case-sensitive (%q)", k, fileKeys.Like(k)))
 	}
 	str := func(dst *string, src *string) {
 		if src != nil {
@@ -526,57 +525,5 @@ func (c Config) RulesFolder() string {
 // StatusFile is the path of status.json inside statusFolder.
 func (c Config) StatusFile() string { return filepath.Join(c.StatusFolder, "status.json") }
 
-// fileKeys are the JSON keys of file; fileKeySet holds the same.
-var fileKeys, fileKeySet = func() ([]string, map[string]struct{}) {
-	var keys []string
-	set := map[string]struct{}{}
-	t := reflect.TypeFor[file]()
-	for i := range t.NumField() {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		keys = append(keys, name)
-		set[name] = struct{}{}
-	}
-	return keys, set
-}()
-
-// fileKeyLike returns the config key k spells in other letter case.
-func fileKeyLike(k string) string {
-	for _, name := range fileKeys {
-		if strings.EqualFold(k, name) {
-			return name
-		}
-	}
-	return ""
-}
-
-// dropMiscasedKeys removes from a JSON object the keys that name a config
-// key in other letter case ("LogFolder"): encoding/json would take them,
-// upstream's case-sensitive reader ignores them. It returns data unchanged
-// when nothing is removed or data is not an object (Parse reports that).
-func dropMiscasedKeys(data []byte) ([]byte, []string) {
-	var obj map[string]json.RawMessage
-	if json.Unmarshal(data, &obj) != nil {
-		return data, nil
-	}
-	var dropped []string
-	for k := range obj {
-		if _, exact := fileKeySet[k]; exact {
-			continue
-		}
-		// encoding/json matches names under Unicode simple folding
-		// (so "ſ" is "s"), as strings.EqualFold compares.
-		if fileKeyLike(k) != "" {
-			dropped = append(dropped, k)
-			delete(obj, k)
-		}
-	}
-	if len(dropped) == 0 {
-		return data, nil
-	}
-	slices.Sort(dropped)
-	out, err := json.Marshal(obj)
-	if err != nil {
-		return data, nil
-	}
-	return out, dropped
-}
+// fileKeys are the JSON names of file's fields.
+var fileKeys = jsonkeys.Of[file]()

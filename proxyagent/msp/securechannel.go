@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/opengpa/gpa/internal/jsonkeys"
 )
 
 // Paths and fixed request bodies of the secure-channel API on the WireServer.
@@ -80,7 +82,7 @@ type KeyStatus struct {
 // and checks the fields every version requires. It does not apply the
 // validation of protocol.md §1.3; see Validate.
 func ParseKeyStatus(body []byte) (*KeyStatus, error) {
-	body = trimBOM(body)
+	body, _ = keyStatusKeys.DropMiscased(trimBOM(body))
 	var req struct {
 		AuthorizationScheme *string `json:"authorizationScheme"`
 		KeyDeliveryMethod   *string `json:"keyDeliveryMethod"`
@@ -224,7 +226,7 @@ func (k IssuedKey) GoString() string { return k.String() }
 // ParseIssuedKey decodes an IssuedKey (a leading UTF-8 BOM is accepted) and requires
 // authorizationScheme, guid, issued and key. Errors never contain the key.
 func ParseIssuedKey(body []byte) (*IssuedKey, error) {
-	body = trimBOM(body)
+	body, _ = issuedKeyKeys.DropMiscased(trimBOM(body))
 	var raw struct {
 		AuthorizationScheme *string `json:"authorizationScheme"`
 		IncarnationID       *uint32 `json:"incarnationId"`
@@ -252,6 +254,14 @@ func ParseIssuedKey(body []byte) (*IssuedKey, error) {
 	return &IssuedKey{AuthorizationScheme: *raw.AuthorizationScheme, IncarnationID: raw.IncarnationID,
 		GUID: *raw.GUID, Issued: *raw.Issued, Key: *raw.Key}, nil
 }
+
+// The top-level fields of a key status and of a key are read by their
+// exact names, as upstream reads them: a key in other letter case is
+// ignored (and a required field so spelt is missing).
+var (
+	keyStatusKeys = jsonkeys.Of[KeyStatus]()
+	issuedKeyKeys = jsonkeys.Of[IssuedKey]()
+)
 
 func trimBOM(b []byte) []byte {
 	if len(b) >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF {

@@ -151,6 +151,30 @@ func TestParseKeyStatusRequiredRuleFields(t *testing.T) {
 	}
 }
 
+// Fields are read by their exact names, as upstream's reader does: a
+// required field spelt in other letter case is missing, an optional one is
+// ignored.
+func TestKeyStatusExactFieldNames(t *testing.T) {
+	if _, err := ParseKeyStatus([]byte(`{"AuthorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","version":"1.0","secureChannelState":"disabled"}`)); err == nil ||
+		!strings.Contains(err.Error(), "missing field `authorizationScheme`") {
+		t.Errorf("mis-cased required field: %v", err)
+	}
+	ks, err := ParseKeyStatus([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http","version":"2.0","SecureChannelEnabled":true,"secureChannelState":"disabled"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks.SecureChannelEnabled != nil {
+		t.Error("a mis-cased optional field was read")
+	}
+	if _, err := ks.Validate(); err == nil {
+		t.Error("a v2 status whose secureChannelEnabled is mis-cased validated")
+	}
+	if _, err := ParseIssuedKey([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","GUID":"g","issued":"x","key":"00"}`)); err == nil ||
+		!strings.Contains(err.Error(), "missing field `guid`") {
+		t.Errorf("key with mis-cased guid: %v", err)
+	}
+}
+
 func TestParseKeyNeverEchoesTheKey(t *testing.T) {
 	const secret = "4A404E635266556A586E3272357538782F413F4428472B4B6250645367566B59"
 	k, err := ParseIssuedKey([]byte(`{"authorizationScheme":"Azure-HMAC-SHA256","guid":"g","issued":"2021-05-05T 12:00:00Z","key":"` + secret + `"}`))
