@@ -132,9 +132,9 @@ type Fetcher interface {
 // so before the agent reports it (a fresh install, an agent still
 // starting) or when the secure channel leaves WireServer unprotected, no
 // request leaves for the real WireServer. The redirect is known to be in
-// place when the file reports it (WireServerRedirected) and Redirected, if
-// set, agrees; or, when there is no readable, well-formed file (missing,
-// truncated, corrupt), when Redirected says so. When HTTP is not asked,
+// place when Redirected (the kernel's pinned policy) says so, whatever
+// the file says; without Redirected (tests), when the file reports it
+// (WireServerRedirected). When HTTP is not asked,
 // fails or answers anything but 200, the file's contents are the result;
 // without a file the error names both causes.
 //
@@ -167,11 +167,12 @@ func (f *AggregateFetcher) Fetch(ctx context.Context) ([]byte, error) {
 	}
 	var ask bool
 	switch {
-	case wellFormed:
-		ask = WireServerRedirected(data) && (f.Redirected == nil || f.Redirected())
+	case f.Redirected != nil:
+		// The kernel's answer, whatever the file says (v1 hosts' states,
+		// a mode kept while the channel is off, a file not yet written).
+		ask = f.Redirected()
 	default:
-		// Nothing in the file vouches for the redirect: only the kernel.
-		ask = f.Redirected != nil && f.Redirected()
+		ask = wellFormed && WireServerRedirected(data)
 	}
 	if ask {
 		if body, herr := f.fetchHTTP(ctx); herr == nil {
@@ -241,7 +242,8 @@ func WireServerRedirected(data []byte) bool {
 	}
 	json.Unmarshal(agg.ProxyAgentStatus, &key)
 	state := key.KeyLatchStatus.States["secureChannelState"]
-	protected := strings.HasPrefix(state, "WireServer Audit") || strings.HasPrefix(state, "WireServer Enforce")
+	protected := strings.HasPrefix(state, "WireServer Audit") || strings.HasPrefix(state, "WireServer Enforce") ||
+		state == "wireserver" || state == "wireserverandimds" // v1.0: WireServer in Enforce
 	return protected && st.Modules["ebpfProgramStatus"].Status == "RUNNING" && st.Modules["proxyListenerStatus"].Status == "RUNNING"
 }
 

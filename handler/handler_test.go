@@ -113,9 +113,12 @@ func TestUnit(t *testing.T) {
 	if u.RestartSec != 5*time.Second {
 		t.Errorf("RestartSec = %v", u.RestartSec)
 	}
-	prod, _ := ParseUnitExec(RenderUnit(tmpl, Layout{}))
-	if prod.Argv[0] != "/usr/sbin/azure-proxy-agent" || prod.Argv[2] != "/etc/azure/proxy-agent.json" {
-		t.Errorf("production ExecStart = %v", prod.Argv)
+	// In production, upstream's line exactly (the agent reads
+	// /etc/azure/proxy-agent.json by default).
+	prod := RenderUnit(tmpl, Layout{})
+	if pu, _ := ParseUnitExec(prod); len(pu.Argv) != 1 || pu.Argv[0] != "/usr/sbin/azure-proxy-agent" ||
+		!strings.Contains(string(prod), "\nExecStart=/usr/sbin/azure-proxy-agent\n") {
+		t.Errorf("production ExecStart = %v", pu.Argv)
 	}
 	for _, line := range []string{"Restart=always", "ProtectSystem=strict", "NoNewPrivileges=yes", "IPAddressDeny=any",
 		"IPAddressAllow=127.0.0.1 168.63.129.16 169.254.169.254", "DefaultDependencies=no", "Before=network-pre.target",
@@ -515,6 +518,31 @@ func TestAggregateFetcher(t *testing.T) {
 		got, err := f.Fetch(context.Background())
 		if asked := hits.Load() > before; asked != redirected || err != nil {
 			t.Errorf("kernel redirect %v: HTTP asked %v (%.40q, %v)", redirected, asked, got, err)
+		}
+	}
+
+	// A v1.0 host's states protect the WireServer too; and with the kernel
+	// check set, its answer decides whatever the file's state says.
+	for _, tc := range []struct {
+		state      string
+		redirected *bool
+		want       bool
+	}{
+		{"wireserver", nil, true},
+		{"wireserverandimds", nil, true},
+		{"disabled", nil, false},
+		{"WireServer Disabled -  IMDS Enforce - HostGA Disabled", new(true), true},
+		{"wireserver", new(false), false},
+	} {
+		p := filepath.Join(t.TempDir(), "status.json")
+		os.WriteFile(p, []byte(strings.Replace(string(running), "WireServer Enforce -  IMDS Enforce - HostGA Enforce", tc.state, 1)), 0o640)
+		f := &AggregateFetcher{URL: srv.URL + "/gpa-aggregated-status", File: func() string { return p }, Timeout: time.Second, Dial: standInAgent}
+		if tc.redirected != nil {
+			f.Redirected = func() bool { return *tc.redirected }
+		}
+		before := hits.Load()
+		if _, err := f.Fetch(context.Background()); err != nil || (hits.Load() > before) != tc.want {
+			t.Errorf("state %q, kernel %v: HTTP asked %v (want %v), %v", tc.state, tc.redirected, hits.Load() > before, tc.want, err)
 		}
 	}
 

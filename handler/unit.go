@@ -8,23 +8,22 @@ import (
 	"time"
 )
 
-// Production paths the unit's ExecStart names; RenderUnit relocates them.
-const (
-	prodAgentBinary = "/usr/sbin/azure-proxy-agent"
-	prodAgentConfig = "/etc/azure/proxy-agent.json"
-)
+// prodAgentBinary is the production path the unit's ExecStart names;
+// RenderUnit relocates it.
+const prodAgentBinary = "/usr/sbin/azure-proxy-agent"
 
 // RenderUnit returns the unit file to install for layout l: the bundled
-// template with the agent binary and config paths on ExecStart= lines
-// moved under l.Root. Every other line is unchanged.
+// template (upstream's ExecStart=/usr/sbin/azure-proxy-agent, which reads
+// /etc/azure/proxy-agent.json), with ExecStart= naming the binary and the
+// config (--config) under l.Root when l is relocated. Every other line is
+// unchanged.
 func RenderUnit(template []byte, l Layout) []byte {
 	var out bytes.Buffer
 	sc := bufio.NewScanner(bytes.NewReader(template))
 	for sc.Scan() {
 		line := sc.Text()
-		if strings.HasPrefix(strings.TrimSpace(line), "ExecStart=") {
-			line = strings.ReplaceAll(line, prodAgentBinary, l.AgentBinary())
-			line = strings.ReplaceAll(line, prodAgentConfig, l.AgentConfig())
+		if l.Root != "" && strings.TrimSpace(line) == "ExecStart="+prodAgentBinary {
+			line = "ExecStart=" + l.AgentBinary() + " --config " + l.AgentConfig()
 		}
 		out.WriteString(line)
 		out.WriteByte('\n')
