@@ -10,7 +10,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -437,7 +436,7 @@ func summaryEvents(q *telemetry.Queue) func(audit.Summary, bool) {
 }
 
 func summaryEvent(s audit.Summary) telemetry.Event {
-	b, _ := json.Marshal(s) // a struct of strings, numbers and a string slice
+	b, _ := telemetry.MarshalJSON(s) // a struct of strings, numbers and a string slice
 	return telemetry.Event{EventLevel: logfile.Info.String(), Message: string(b), TaskName: summaryEventTask,
 		OperationId: summaryEventModule}
 }

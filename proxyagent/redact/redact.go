@@ -62,7 +62,7 @@ var patterns = []string{
 	// General password in a URL's userinfo.
 	`(?i)((amqp|ssh|(ht|f)tps?)://[^%:\s"'/][^:\s"'/\$]+[^:\s"'/\$%]:([^%\s"'/][^@\s"'/]{0,100}[^%\s"'/])@[\$a-z0-9:\._%\?=/]+|[a-z0-9]{3,5}://[^%:\s"'/][^:\s"'/\$]+[^:\s"'/\$%]:([^%\s"'/][^@\s"'/]{0,100}[^%\s"'/])@[\$a-z0-9:\._%\?=/\-]+)`,
 	// HTTP Authorization header.
-	`(?i)authorization[,\[:= "'\s]+(value[,\[:= "'\s]+)?(basic|digest|hoba|mutual|negotiate|oauth( oauth_token=)?|(http[^ ]+/saml\d\-)?bearer [^e"'&]|scram\-sha\-1|scram\-sha\-256|vapid|aws4\-hmac\-sha256).*`,
+	`(?i)authorization[,\[:= "'\s\v\x{85}\p{Z}]+(value[,\[:= "'\s\v\x{85}\p{Z}]+)?(basic|digest|hoba|mutual|negotiate|oauth( oauth_token=)?|(http[^ ]+/saml\d\-)?bearer [^e"'&]|scram\-sha\-1|scram\-sha\-256|vapid|aws4\-hmac\-sha256).*`,
 	// Not upstream: a private-key block whose END line is missing.
 	`BEGIN [A-Z ]+ PRIVATE KEY-----[\s\S]*`,
 }

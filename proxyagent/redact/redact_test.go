@@ -44,6 +44,10 @@ func TestStringUpstreamExamples(t *testing.T) {
 			"--account-[REDACTED]"},
 		{"pem without end", "cat -----BEGIN EC PRIVATE KEY-----\nMHcCAQEE", "cat -----[REDACTED]"},
 		{"password flag", "mysql --password=s3cr3t -u root", "mysql --[REDACTED]"},
+		// Rust's \s is Unicode: a no-break space or a vertical tab after
+		// "Authorization:" does not hide the header.
+		{"authorization nbsp", "Authorization:\u00a0Bearer abcdef123456", "[REDACTED]"},
+		{"authorization vt", "Authorization:\vBearer abcdef123456", "[REDACTED]"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

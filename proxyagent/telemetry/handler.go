@@ -13,7 +13,10 @@ import (
 // level into a generic event on q (§6.1): level name as EventLevel, the
 // record's time as TimeStamp, task CommonLogger, module ProxyAgent, and as
 // message the text ProxyAgent.log shows for the record (message, then the
-// attributes). The agent adds it beside its file and stderr handlers.
+// attributes). The agent adds it beside its file and stderr handlers. The
+// pipeline's own lines (a logger with module=telemetry) never become
+// events, as upstream's: a host refusing the posts would otherwise get the
+// warnings about it posted, again and again.
 func LogHandler(q *Queue, level slog.Leveler) slog.Handler {
 	s := &lineState{}
 	return &logHandler{q: q, state: s, inner: logfile.NewHandler(&s.buf, level)}
@@ -62,8 +65,27 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h *logHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	for _, a := range as {
+		if a.Key == moduleKey && a.Value.String() == pipelineModule {
+			return dropAll{}
+		}
+	}
 	return &logHandler{q: h.q, state: h.state, inner: h.inner.WithAttrs(as)}
 }
+
+// moduleKey and pipelineModule name the pipeline's own logger.
+const (
+	moduleKey      = "module"
+	pipelineModule = "telemetry"
+)
+
+// dropAll drops every record.
+type dropAll struct{}
+
+func (dropAll) Enabled(context.Context, slog.Level) bool  { return false }
+func (dropAll) Handle(context.Context, slog.Record) error { return nil }
+func (d dropAll) WithAttrs([]slog.Attr) slog.Handler      { return d }
+func (d dropAll) WithGroup(string) slog.Handler           { return d }
 
 func (h *logHandler) WithGroup(name string) slog.Handler {
 	return &logHandler{q: h.q, state: h.state, inner: h.inner.WithGroup(name)}

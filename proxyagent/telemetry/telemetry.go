@@ -2,7 +2,6 @@ package telemetry
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
@@ -224,7 +223,7 @@ func New(opts Options) *Telemetry {
 	}
 	return &Telemetry{
 		opts: opts,
-		log:  opts.Logger.With("module", "telemetry"),
+		log:  opts.Logger.With(moduleKey, pipelineModule),
 		ws:   client(opts.WireServer),
 		imds: client(opts.IMDS),
 		dir:  eventDir{path: opts.EventFolder, maxFiles: opts.MaxEventFiles},
@@ -462,7 +461,7 @@ func (t *Telemetry) statusLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		st := t.opts.Status()
-		msg, err := json.Marshal(st)
+		msg, err := MarshalJSON(st)
 		if err != nil {
 			t.log.Warn("proxyAgentStatus not encoded", "error", err)
 			continue

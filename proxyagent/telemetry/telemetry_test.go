@@ -382,6 +382,9 @@ func TestLogHandler(t *testing.T) {
 	log.Info("key latched", "guid", "g-1")
 	log.WithGroup("req").Warn("upload failed", "url", "https://a/b?sig=SECRETSIG&x=1", "status", 503)
 	log.Error("line\nbreak")
+	// The pipeline's own lines are never events (a refusing host would
+	// get the warnings about it posted, again and again).
+	slog.New(LogHandler(q, slog.LevelInfo)).With(moduleKey, pipelineModule).Warn("telemetry events dropped after failed sends")
 	got := q.take()
 	want := []struct{ level, msg string }{
 		{"INFO", "key latched module=keykeeper guid=g-1"},
@@ -523,4 +526,16 @@ func onlyMessageFrom(t *testing.T, dir string) string {
 	}
 	m, _ := evs[0].value("Context1")
 	return m
+}
+
+// An event's JSON message keeps '&', '<' and '>' as upstream's serde_json
+// does, so redacting "sig=" stops at the '&' after it.
+func TestMarshalJSONKeepsAmpersands(t *testing.T) {
+	b, err := MarshalJSON(map[string]string{"url": "/a?x=1&sig=SECRET&b=<2>"})
+	if err != nil || string(b) != `{"url":"/a?x=1&sig=SECRET&b=<2>"}` {
+		t.Fatalf("MarshalJSON = %s, %v", b, err)
+	}
+	if got := CleanMessage(string(b)); got != `{"url":"/a?x=1&[REDACTED]&b=<2>"}` {
+		t.Errorf("redacted %s", got)
+	}
 }
