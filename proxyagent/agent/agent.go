@@ -199,7 +199,8 @@ func Run(ctx context.Context, opts Options) error {
 		DialUpstream:      hostconn.DialContext(cfg.SocketMark, cfg.HostRequestTimeout()),
 		ReadHeaderTimeout: cfg.HeaderReadTimeout(), IdleTimeout: cfg.IdleTimeout(),
 		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections, MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
-		ResponseTimeout: cfg.HostRequestTimeout(),
+		OneConnectionPool: !containersApart(),
+		ResponseTimeout:   cfg.HostRequestTimeout(),
 	})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -336,7 +337,7 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *sl
 		// The kernel refuses connects beyond the limits before they cost
 		// the agent anything; the listener enforces them too.
 		MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
-		MaxLimitedConns:   proxy.LimitedConns(cfg.MaxConnections, cfg.MaxConnectionsPerCaller),
+		MaxLimitedConns:   ownShare(cfg),
 		Logger:            log.With("module", "redirector"),
 		Started:           start,
 	}
@@ -475,4 +476,19 @@ func (h belowLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h belowLevel) WithGroup(name string) slog.Handler {
 	return belowLevel{h.Handler.WithGroup(name), h.below}
+}
+
+// containersApart reports whether the kernel tells the agent's network
+// namespace from containers' (a netns cookie, Linux 5.14 and later), so
+// containers get their own share of the connection slots.
+func containersApart() bool {
+	_, err := redirector.NetnsCookie()
+	return err == nil
+}
+
+// ownShare is the kernel's limit of the agent namespace's callers other
+// than root together: their share of the connection slots.
+func ownShare(cfg config.Config) int {
+	own, _ := proxy.ConnShares(cfg.MaxConnections, cfg.MaxConnectionsPerCaller, containersApart())
+	return own
 }

@@ -73,9 +73,10 @@ type Sources struct {
 	// any request was read, by reason (caller_limit_connect: the kernel
 	// refused the connect, the caller holding maxConnectionsPerCaller;
 	// max_connections_connect: the kernel refused it, the callers in the
-	// agent's namespace other than root holding every slot not kept for
-	// root; caller_limit and max_connections: closed at accept for those
-	// reasons).
+	// agent's namespace other than root holding their share of the slots;
+	// caller_limit and max_connections: closed at accept for those
+	// reasons, max_connections also for containers holding their share or
+	// every slot taken).
 	ConnectionsRefused func() map[string]uint64
 	// Modules returns each status module's state (keyLatchStatus,
 	// ebpfProgramStatus, proxyListenerStatus → RUNNING, STOPPED, UNKNOWN).

@@ -40,20 +40,21 @@ func keyOf(rec identity.Record, ok bool) (key callerKey, exempt bool) {
 // cannot take every connection slot (MaxConns) and lock everybody else out
 // of the metadata services, and the connections such callers hold
 // together, so several at their limit cannot either: the callers in the
-// agent's namespace (maxAll: LimitedConns, the kernel's limit too) and the
-// containers (maxOther: ContainerConns) each have their own share, so
-// containers at their limits cannot lock out the host's users, nor these
-// the containers. mu guards n, all and other.
+// agent's namespace (maxAll, the kernel's limit too) and the containers
+// (maxOther; 0: they count in maxAll) each have their own share
+// (ConnShares), so containers at their limits cannot lock out the host's
+// users, nor these the containers. mu guards n, all and other.
 type callerLimit struct {
 	max      int // per caller; 0: no limit (and no shares)
 	maxAll   int // callers in the agent's namespace together
-	maxOther int // callers in other namespaces together
+	maxOther int // callers in other namespaces together; 0: in maxAll
 	mu       sync.Mutex
 	n        map[callerKey]int
 	all      int
 	other    int
-	refused  atomic.Uint64
-	lastWarn atomic.Int64 // unix nanos of the last warning
+	refused  atomic.Uint64 // closed at accept: the caller's own limit
+	full     atomic.Uint64 // closed at accept: the caller's group's share
+	lastWarn atomic.Int64  // unix nanos of the last warning
 }
 
 // acquire counts one more connection of key and reports whether it is
@@ -66,7 +67,7 @@ func (l *callerLimit) acquire(key callerKey) (ok, full bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	total, limit := &l.all, l.maxAll
-	if key.other {
+	if key.other && l.maxOther > 0 {
 		total, limit = &l.other, l.maxOther
 	}
 	if *total >= limit {
@@ -90,7 +91,7 @@ func (l *callerLimit) release(key callerKey) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if key.other {
+	if key.other && l.maxOther > 0 {
 		l.other--
 	} else {
 		l.all--
@@ -113,40 +114,43 @@ func rootReserve(n int) int {
 	return max(n/16, 1)
 }
 
-// LimitedConns is how many of maxConns connection slots the callers in
-// the agent's namespace other than root may hold together while the
-// per-caller limit (maxPerCaller) is on (0, no such limit, while it is
-// off): the slots not kept for root (rootReserve) less the containers'
-// share (ContainerConns). The kernel's limit is the same number.
-func LimitedConns(maxConns, maxPerCaller int) int {
+// ConnShares splits the maxConns connection slots not kept for root
+// (rootReserve) between the callers other than root in the agent's
+// namespace (own; the kernel's limit of them is the same number) and the
+// callers in other namespaces (containers), half and half, so neither
+// group can lock the other out. Without split (the kernel cannot tell
+// namespaces apart: no netns cookie before Linux 5.14), or with fewer than
+// two such slots, they share one pool: own is all of them, containers 0.
+// While the per-caller limit (maxPerCaller) is off there is no limit of
+// all callers: both are 0.
+func ConnShares(maxConns, maxPerCaller int, split bool) (own, containers int) {
 	if maxPerCaller <= 0 {
-		return 0
+		return 0, 0
 	}
-	return maxConns - rootReserve(maxConns) - ContainerConns(maxConns, maxPerCaller)
-}
-
-// ContainerConns is the share of maxConns the callers in other network
-// namespaces (containers) may hold together: half of the slots not kept
-// for root, rounded down; 0 while the per-caller limit is off.
-func ContainerConns(maxConns, maxPerCaller int) int {
-	if maxPerCaller <= 0 {
-		return 0
+	limited := maxConns - rootReserve(maxConns)
+	if !split || limited < 2 {
+		return limited, 0
 	}
-	return (maxConns - rootReserve(maxConns)) / 2
+	return limited - limited/2, limited / 2
 }
 
 // refuse counts a refused connection and tells whether to log it: at most
 // one warning a second, so a flood cannot flood the log.
-func (l *callerLimit) refuse(now time.Time) (total uint64, warn bool) {
-	total = l.refused.Add(1)
+func (l *callerLimit) refuse(now time.Time, full bool) (total uint64, warn bool) {
+	if full {
+		l.full.Add(1)
+	} else {
+		l.refused.Add(1)
+	}
+	total = l.refused.Load() + l.full.Load()
 	last := l.lastWarn.Load()
 	return total, now.UnixNano()-last >= int64(time.Second) && l.lastWarn.CompareAndSwap(last, now.UnixNano())
 }
 
 // Refused returns how many accepted connections the server closed unread
 // since it started: perCaller because their caller held MaxConnsPerCaller
-// connections (or only the slots kept for root were left), full because
-// every slot (MaxConns) was taken.
+// connections, full because their group's share (ConnShares) or every
+// slot (MaxConns) was taken.
 func (s *Server) Refused() (perCaller, full uint64) {
-	return s.callers.refused.Load(), s.refusedFull.Load()
+	return s.callers.refused.Load(), s.callers.full.Load() + s.refusedFull.Load()
 }

@@ -141,7 +141,7 @@ func (st *connState) setup(ctx context.Context) {
 	if key, exempt := keyOf(rec, ok); !exempt {
 		if within, full := s.callers.acquire(key); !within {
 			st.overLimit = true
-			if total, warn := s.callers.refuse(time.Now()); warn {
+			if total, warn := s.callers.refuse(time.Now(), full); warn {
 				msg := "too many connections from one caller, closing its new connections"
 				if full {
 					msg = "the share of connection slots of this caller's group (the agent's namespace, or containers) is taken; closing its new connections"

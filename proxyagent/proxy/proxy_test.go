@@ -883,11 +883,21 @@ func TestRootReserve(t *testing.T) {
 	// The kernel is given the agent namespace's share: every slot not kept
 	// for root less the containers' half, while the per-caller limit is on;
 	// none when off.
-	if got, other := LimitedConns(500, 64), ContainerConns(500, 64); got != 235 || other != 234 {
-		t.Errorf("LimitedConns(500, 64), ContainerConns = %d, %d; want 235, 234 (500 less root's 31, halved)", got, other)
-	}
-	if got, other := LimitedConns(500, 0), ContainerConns(500, 0); got != 0 || other != 0 {
-		t.Errorf("LimitedConns(500, 0), ContainerConns = %d, %d; want 0 (no limit)", got, other)
+	for _, tc := range []struct {
+		maxConns, perCaller int
+		split               bool
+		own, containers     int
+	}{
+		{500, 64, true, 235, 234}, // 500 less root's 31, halved
+		{500, 64, false, 469, 0},  // the kernel cannot tell namespaces apart: one pool
+		{500, 0, true, 0, 0},      // no per-caller limit: no limit of all
+		{3, 1, true, 1, 1},
+		{2, 1, true, 1, 0}, // fewer than two slots left: one pool
+		{1, 1, true, 1, 0},
+	} {
+		if own, containers := ConnShares(tc.maxConns, tc.perCaller, tc.split); own != tc.own || containers != tc.containers {
+			t.Errorf("ConnShares(%d, %d, %v) = %d, %d; want %d, %d", tc.maxConns, tc.perCaller, tc.split, own, containers, tc.own, tc.containers)
+		}
 	}
 	served := func(c *client) bool {
 		resp, _ := c.do(req("GET", "/x"))
@@ -926,6 +936,11 @@ func TestRootReserve(t *testing.T) {
 		return &identity.Record{PID: 300, UID: uint32(1000 + uid), Comm: "curl", OrigDst: imdsDest}
 	}); n != 15 {
 		t.Fatalf("%d connections of the host's users served with the containers' share full, want 15", n)
+	}
+	// Each group's 17 beyond its share count as full, not as over a
+	// caller's own limit (each caller held just its 8).
+	if perCaller, full := e.srv.Refused(); perCaller != 0 || full != 34 {
+		t.Errorf("Refused() = %d per caller, %d full; want 0, 34", perCaller, full)
 	}
 	// The refused ones give their slots back after their clients saw them
 	// closed.

@@ -238,6 +238,10 @@ type Options struct {
 	// as one caller); root in the agent's namespace is not limited. Beyond
 	// it a connection is closed before any request is read. 0: no limit.
 	MaxConnsPerCaller int
+	// OneConnectionPool makes containers share the slots of the agent
+	// namespace's callers instead of having their own (ConnShares): the
+	// kernel cannot tell namespaces apart (no netns cookie).
+	OneConnectionPool bool
 	// MaxSignedBody and MaxExemptBody are the body limits of signed and
 	// signature-exempt requests.
 	MaxSignedBody int64
@@ -359,8 +363,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger.With("module", "proxy"), handoff: make(chan *clientConn), noMoreConns: make(chan struct{})}
 	s.pool = upstreamPool{max: opts.MaxIdleUpstream, maxIdle: opts.UpstreamIdleTimeout}
 	s.callers.max = max(opts.MaxConnsPerCaller, 0)
-	s.callers.maxAll = LimitedConns(opts.MaxConns, s.callers.max)
-	s.callers.maxOther = ContainerConns(opts.MaxConns, s.callers.max)
+	s.callers.maxAll, s.callers.maxOther = ConnShares(opts.MaxConns, s.callers.max, !opts.OneConnectionPool)
 	s.uploads.free = opts.UploadBudget
 	s.handle = s.serveRequest
 	s.ctx, s.cancel = context.WithCancel(context.Background())

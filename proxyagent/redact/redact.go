@@ -62,7 +62,7 @@ var patterns = []string{
 	// General password in a URL's userinfo.
 	`(?i)((amqp|ssh|(ht|f)tps?)://[^%:\s"'/][^:\s"'/\$]+[^:\s"'/\$%]:([^%\s"'/][^@\s"'/]{0,100}[^%\s"'/])@[\$a-z0-9:\._%\?=/]+|[a-z0-9]{3,5}://[^%:\s"'/][^:\s"'/\$]+[^:\s"'/\$%]:([^%\s"'/][^@\s"'/]{0,100}[^%\s"'/])@[\$a-z0-9:\._%\?=/\-]+)`,
 	// HTTP Authorization header.
-	`(?i)authorization[,\[:= "'\s\v\x{85}\p{Z}]+(value[,\[:= "'\s\v\x{85}\p{Z}]+)?(basic|digest|hoba|mutual|negotiate|oauth( oauth_token=)?|(http[^ ]+/saml\d\-)?bearer [^e"'&]|scram\-sha\-1|scram\-sha\-256|vapid|aws4\-hmac\-sha256).*`,
+	`(?i)authorization[,\[:= "'\s]+(value[,\[:= "'\s]+)?(basic|digest|hoba|mutual|negotiate|oauth( oauth_token=)?|(http[^ ]+/saml\d\-)?bearer [^e"'&]|scram\-sha\-1|scram\-sha\-256|vapid|aws4\-hmac\-sha256).*`,
 	// Not upstream: a private-key block whose END line is missing.
 	`BEGIN [A-Z ]+ PRIVATE KEY-----[\s\S]*`,
 }
@@ -98,15 +98,65 @@ var gates = []func(s string) bool{
 	17: func(s string) bool { return strings.Contains(s, "PRIVATE KEY") },
 }
 
-// compiled holds patterns compiled once at package initialisation; a
-// pattern that does not compile is a programming error and panics at start.
+// compiled holds patterns compiled once at package initialisation, with
+// \s read as upstream's engine reads it (unicodeSpace); a pattern that
+// does not compile is a programming error and panics at start.
 var compiled = func() []*regexp.Regexp {
 	out := make([]*regexp.Regexp, len(patterns))
 	for i, p := range patterns {
-		out[i] = regexp.MustCompile(p)
+		out[i] = regexp.MustCompile(unicodeSpace(p))
 	}
 	return out
 }()
+
+// spaceClass is what Rust's \s matches and Go's does not as well: the
+// vertical tab, NEL and the Unicode separators (no-break space, em space).
+const spaceClass = `\s\v\x{85}\p{Z}`
+
+// unicodeSpace rewrites the \s escapes of the Go regular expression p to
+// match every space Rust's Unicode \s matches: inside a character class
+// (negated ones too) the class gains spaceClass, outside one \s becomes
+// [spaceClass]. Other escapes (an escaped backslash "\\" included) are
+// kept as they are.
+func unicodeSpace(p string) string {
+	var b strings.Builder
+	inClass := false
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c == '\\' && i+1 < len(p):
+			if p[i+1] == 's' {
+				if inClass {
+					b.WriteString(spaceClass)
+				} else {
+					b.WriteString("[" + spaceClass + "]")
+				}
+			} else {
+				b.WriteByte(c)
+				b.WriteByte(p[i+1])
+			}
+			i++
+			continue
+		case c == '[' && !inClass:
+			inClass = true
+			b.WriteByte(c)
+			// A ']' right after '[' or '[^' is a literal.
+			if i+1 < len(p) && p[i+1] == '^' {
+				b.WriteByte('^')
+				i++
+			}
+			if i+1 < len(p) && p[i+1] == ']' {
+				b.WriteByte(']')
+				i++
+			}
+			continue
+		case c == ']' && inClass:
+			inClass = false
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
 
 // MightContainSecret reports whether s contains one of the pre-filter
 // keywords. When it is false, String returns s unchanged without running

@@ -48,6 +48,9 @@ func TestStringUpstreamExamples(t *testing.T) {
 		// "Authorization:" does not hide the header.
 		{"authorization nbsp", "Authorization:\u00a0Bearer abcdef123456", "[REDACTED]"},
 		{"authorization vt", "Authorization:\vBearer abcdef123456", "[REDACTED]"},
+		{"password nbsp", "login password:\u00a0hunter2secret rest", "login [REDACTED]"},
+		{"password em space", "login password:\u2003hunter2secret", "login [REDACTED]"},
+		{"azurecr nbsp", "azurecr.io token\u00a0abcdefsecret", "[REDACTED]"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -161,5 +164,23 @@ func BenchmarkStringLongKeyword(b *testing.B) {
 	b.SetBytes(int64(len(s)))
 	for b.Loop() {
 		String(s)
+	}
+}
+
+// unicodeSpace widens \s inside and outside classes and leaves every
+// other escape, an escaped backslash included, alone.
+func TestUnicodeSpace(t *testing.T) {
+	for in, want := range map[string]string{
+		`a\sb`:     `a[` + spaceClass + `]b`,
+		`[^\s"']`:  `[^` + spaceClass + `"']`,
+		`[\s\S]`:   `[` + spaceClass + `\S]`,
+		`[]\s]`:    `[]` + spaceClass + `]`,
+		`x\\s`:     `x\\s`,
+		`[\]\s]\s`: `[\]` + spaceClass + `][` + spaceClass + `]`,
+		`\d\w`:     `\d\w`,
+	} {
+		if got := unicodeSpace(in); got != want {
+			t.Errorf("unicodeSpace(%s) = %s, want %s", in, got, want)
+		}
 	}
 }

@@ -66,7 +66,7 @@ type Config struct {
 	// MaxLimitedConns is the most redirected connections all callers the
 	// per-caller limit applies to hold together; the kernel refuses a
 	// connect beyond it. 0: no limit. The agent passes its listener's
-	// limit of the same callers (proxy.LimitedConns).
+	// limit of the same callers (their share, proxy.ConnShares).
 	MaxLimitedConns int
 	// Logger receives one message per event; nil: slog.Default().
 	Logger *slog.Logger

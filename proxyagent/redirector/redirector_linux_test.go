@@ -921,7 +921,8 @@ func BenchmarkConnect(b *testing.B) {
 
 	// The limits are on, as in production; root in the agent's namespace
 	// is exempt, nobody is counted.
-	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, proxy.LimitedConns(500, 64)
+	own, _ := proxy.ConnShares(500, 64, true)
+	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, own
 	r := e.load()
 	if err := r.SetPolicy(true, true, true); err != nil {
 		b.Fatal(err)
