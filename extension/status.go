@@ -1,7 +1,6 @@
 package extension
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/internal/atomicfile"
+	"github.com/opengpa/gpa/internal/serdejson"
 )
 
 // Status values waagent accepts for a status and every substatus. Anything
@@ -121,13 +121,11 @@ func MarshalStatus(s Status, now time.Time) ([]byte, error) {
 		TimestampUTC: now.UTC().Format(TimestampLayout),
 		Status:       s,
 	}}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(items); err != nil {
+	b, err := serdejson.Marshal(items)
+	if err != nil {
 		return nil, fmt.Errorf("extension: encode status: %w", err)
 	}
-	return buf.Bytes(), nil
+	return append(b, '\n'), nil
 }
 
 // WriteStatus atomically writes <statusFolder>/<seq>.status with mode 0644,

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
 
@@ -427,11 +428,8 @@ func summaryMessage(list []ConnectionSummary, max int, empty string) string {
 	if len(l) > max {
 		l = l[len(l)-max:]
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	enc.Encode(l)
-	return strings.TrimSuffix(buf.String(), "\n")
+	b, _ := serdejson.Marshal(l) // strings, numbers and string slices
+	return string(b)
 }
 
 // SummaryDroppedNote replaces the connection summary when the summaries
@@ -469,11 +467,8 @@ func boundAgentStatus(compact []byte) string {
 					m.Message = extension.TruncateUTF8(m.Message, limit) + "..."
 				}
 			}
-			var b bytes.Buffer
-			enc := json.NewEncoder(&b)
-			enc.SetEscapeHTML(false)
-			if enc.Encode(st) == nil && b.Len()-1 <= MaxAgentStatusBytes {
-				return strings.TrimSuffix(b.String(), "\n")
+			if b, err := serdejson.Marshal(st); err == nil && len(b) <= MaxAgentStatusBytes {
+				return string(b)
 			}
 			if limit == 0 {
 				break

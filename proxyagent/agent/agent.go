@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
@@ -437,7 +438,7 @@ func summaryEvents(q *telemetry.Queue) func(audit.Summary, bool) {
 }
 
 func summaryEvent(s audit.Summary) telemetry.Event {
-	b, _ := telemetry.MarshalJSON(s) // a struct of strings, numbers and a string slice
+	b, _ := serdejson.Marshal(s) // a struct of strings, numbers and a string slice
 	return telemetry.Event{EventLevel: logfile.Info.String(), Message: string(b), TaskName: summaryEventTask,
 		OperationId: summaryEventModule}
 }

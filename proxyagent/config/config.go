@@ -71,7 +71,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opengpa/gpa/internal/jsonkeys"
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/console"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
@@ -526,4 +526,4 @@ func (c Config) RulesFolder() string {
 func (c Config) StatusFile() string { return filepath.Join(c.StatusFolder, "status.json") }
 
 // fileKeys are the JSON names of file's fields.
-var fileKeys = jsonkeys.Of[file]()
+var fileKeys = serdejson.Of[file]()

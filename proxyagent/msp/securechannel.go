@@ -12,7 +12,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/opengpa/gpa/internal/jsonkeys"
+	"github.com/opengpa/gpa/internal/serdejson"
 )
 
 // Paths and fixed request bodies of the secure-channel API on the WireServer.
@@ -259,8 +259,8 @@ func ParseIssuedKey(body []byte) (*IssuedKey, error) {
 // exact names, as upstream reads them: a key in other letter case is
 // ignored (and a required field so spelt is missing).
 var (
-	keyStatusKeys = jsonkeys.Of[KeyStatus]()
-	issuedKeyKeys = jsonkeys.Of[IssuedKey]()
+	keyStatusKeys = serdejson.Of[KeyStatus]()
+	issuedKeyKeys = serdejson.Of[IssuedKey]()
 )
 
 func trimBOM(b []byte) []byte {

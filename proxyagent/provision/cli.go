@@ -1,7 +1,8 @@
 package provision
 
 import (
-	"bytes"
+	"github.com/opengpa/gpa/internal/serdejson"
+
 	"encoding/json"
 	"fmt"
 	"io"
@@ -119,15 +120,12 @@ func Serve(w http.ResponseWriter, r *http.Request, q Querier) (status int, errTe
 	tick := ParseTimeTick(r.Header.Get(HeaderTimeTick))
 	_, notify := r.Header[http.CanonicalHeaderKey(HeaderNotify)]
 	finished, msg := q.Query(tick, notify)
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(State{Finished: finished, ErrorMessage: msg}); err != nil {
+	body, err := serdejson.Marshal(State{Finished: finished, ErrorMessage: msg})
+	if err != nil {
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusInternalServerError)
 		return http.StatusInternalServerError, "encode provision state: " + err.Error()
 	}
-	body := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)

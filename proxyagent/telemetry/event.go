@@ -1,8 +1,6 @@
 package telemetry
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"os"
 	"time"
@@ -63,19 +61,6 @@ type StatusEvent struct {
 	EventPid         string `json:"eventPid"`
 	EventTid         string `json:"eventTid"`
 	TimeStamp        string `json:"timeStamp"`
-}
-
-// MarshalJSON encodes v as upstream's serde_json writes an event's JSON
-// message: '&', '<' and '>' as they are (encoding/json would write \u0026,
-// which would also hide the '&' that ends a redacted "sig=" value).
-func MarshalJSON(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte{'\n'}), nil
 }
 
 // CleanMessage returns msg as it may be queued: secrets redacted

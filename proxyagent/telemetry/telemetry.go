@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
@@ -461,7 +462,7 @@ func (t *Telemetry) statusLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		st := t.opts.Status()
-		msg, err := MarshalJSON(st)
+		msg, err := serdejson.Marshal(st) // as upstream's serde_json: '&' kept, so redaction sees it
 		if err != nil {
 			t.log.Warn("proxyAgentStatus not encoded", "error", err)
 			continue

@@ -13,6 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
@@ -529,11 +530,11 @@ func onlyMessageFrom(t *testing.T, dir string) string {
 }
 
 // An event's JSON message keeps '&', '<' and '>' as upstream's serde_json
-// does, so redacting "sig=" stops at the '&' after it.
-func TestMarshalJSONKeepsAmpersands(t *testing.T) {
-	b, err := MarshalJSON(map[string]string{"url": "/a?x=1&sig=SECRET&b=<2>"})
+// does (serdejson.Marshal), so redacting "sig=" stops at the '&' after it.
+func TestJSONMessageKeepsAmpersands(t *testing.T) {
+	b, err := serdejson.Marshal(map[string]string{"url": "/a?x=1&sig=SECRET&b=<2>"})
 	if err != nil || string(b) != `{"url":"/a?x=1&sig=SECRET&b=<2>"}` {
-		t.Fatalf("MarshalJSON = %s, %v", b, err)
+		t.Fatalf("Marshal = %s, %v", b, err)
 	}
 	if got := CleanMessage(string(b)); got != `{"url":"/a?x=1&[REDACTED]&b=<2>"}` {
 		t.Errorf("redacted %s", got)

@@ -1,4 +1,4 @@
-package jsonkeys
+package serdejson
 
 import (
 	"encoding/json"
@@ -36,5 +36,13 @@ func TestDropMiscased(t *testing.T) {
 	}
 	if n.Like("MAXCONNECTIONS") != "maxConnections" || n.Like("nope") != "" || n.Like("Skip") != "" {
 		t.Error("Like")
+	}
+}
+
+// Marshal keeps '&', '<' and '>' and ends without a line feed.
+func TestMarshal(t *testing.T) {
+	b, err := Marshal(map[string]string{"url": "/a?x=1&b=<2>"})
+	if err != nil || string(b) != `{"url":"/a?x=1&b=<2>"}` {
+		t.Errorf("Marshal = %s, %v", b, err)
 	}
 }

@@ -1,10 +1,12 @@
-// Package jsonkeys makes encoding/json read an object's fields by their
-// exact names, as upstream's (Rust serde) readers do: encoding/json also
-// takes a key in other letter case ("LogFolder" for logFolder), which serde
-// ignores as an unknown key.
-package jsonkeys
+// Package serdejson reads and writes JSON as upstream's Rust serde_json
+// does, where encoding/json differs: fields are read by their exact names
+// (encoding/json also takes a key in other letter case, "LogFolder" for
+// logFolder, which serde ignores as an unknown key), and '&', '<' and '>'
+// are written as they are (encoding/json writes \u0026 and the like).
+package serdejson
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"slices"
@@ -69,4 +71,16 @@ func (n Names) DropMiscased(data []byte) ([]byte, []string) {
 		return data, nil
 	}
 	return out, dropped
+}
+
+// Marshal encodes v as serde_json writes it: no HTML escaping, no line
+// feed at the end.
+func Marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte{'\n'}), nil
 }
