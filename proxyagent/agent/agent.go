@@ -135,6 +135,7 @@ func Run(ctx context.Context, opts Options) error {
 		redir   *redirector.Redirector
 		policer keykeeper.Redirector
 	)
+	apart := containersApart() // the kernel tells containers apart: they get their own share of the slots
 	var cgroupRoot string
 	if opts.Identity != nil {
 		source = opts.Identity
@@ -145,7 +146,7 @@ func Run(ctx context.Context, opts Options) error {
 		prov.RedirectorReady()
 	} else {
 		containerNote := setUpContainerListener(&dest, log)
-		redir, err = loadRedirector(cfg, dest, start, log)
+		redir, err = loadRedirector(cfg, dest, apart, start, log)
 		if err != nil {
 			// Without the kernel hooks nothing is redirected; the listener
 			// still answers local endpoints and every other connection is
@@ -200,7 +201,7 @@ func Run(ctx context.Context, opts Options) error {
 		DialUpstream:      hostconn.DialContext(cfg.SocketMark, cfg.HostRequestTimeout()),
 		ReadHeaderTimeout: cfg.HeaderReadTimeout(), IdleTimeout: cfg.IdleTimeout(),
 		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections, MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
-		OneConnectionPool: !containersApart(),
+		OneConnectionPool: !apart,
 		ResponseTimeout:   cfg.HostRequestTimeout(),
 	})
 	if err != nil {
@@ -329,7 +330,7 @@ func runTelemetry(ctx context.Context, tel *telemetry.Telemetry, start <-chan st
 
 // loadRedirector loads the eBPF programs, retrying briefly as upstream does
 // (5 attempts, 10 ms apart).
-func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *slog.Logger) (*redirector.Redirector, error) {
+func loadRedirector(cfg config.Config, d msp.Endpoints, apart bool, start time.Time, log *slog.Logger) (*redirector.Redirector, error) {
 	rc := redirector.Config{
 		CgroupPath: cgroupPath(cfg.CgroupRoot),
 		PinDir:     cfg.BpfPinPath,
@@ -338,7 +339,7 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, start time.Time, log *sl
 		// The kernel refuses connects beyond the limits before they cost
 		// the agent anything; the listener enforces them too.
 		MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
-		MaxLimitedConns:   ownShare(cfg),
+		MaxLimitedConns:   ownShare(cfg, apart),
 		Logger:            log.With("module", "redirector"),
 		Started:           start,
 	}
@@ -488,8 +489,9 @@ func containersApart() bool {
 }
 
 // ownShare is the kernel's limit of the agent namespace's callers other
-// than root together: their share of the connection slots.
-func ownShare(cfg config.Config) int {
-	own, _ := proxy.ConnShares(cfg.MaxConnections, cfg.MaxConnectionsPerCaller, containersApart())
+// than root together: their share of the connection slots (apart:
+// containersApart).
+func ownShare(cfg config.Config, apart bool) int {
+	own, _ := proxy.ConnShares(cfg.MaxConnections, cfg.MaxConnectionsPerCaller, apart)
 	return own
 }

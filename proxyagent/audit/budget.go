@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/identity"
 )
 
 // An unprivileged caller could otherwise push everyone's records out of
@@ -57,7 +58,7 @@ func keyOf(c *claims.Claims) (k budgetKey, exempt bool) {
 	if c == nil {
 		return budgetKey{unknown: true}, false
 	}
-	if c.UserID == 0 && !c.OtherNetns {
+	if identity.VMRoot(c.UserID, c.OtherNetns) {
 		return budgetKey{}, true
 	}
 	return budgetKey{uid: c.UserID, other: c.OtherNetns}, false

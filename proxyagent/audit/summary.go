@@ -148,7 +148,7 @@ func route(ev *Event) (normal, failed *Summary) {
 		n := baseSummary(ev, k.c)
 		n.ResponseStatus, n.ErrorDetails = ResponseStatus(k.normalStatus), truncate(ev.Error)
 		if ev.Authorized && ev.Decision.Result == authz.Deny && !strings.HasPrefix(ev.Error, BlockPrefix) {
-			n.ErrorDetails = truncate(BlockPrefix + upstreamClaimsJSON(k.c))
+			n.ErrorDetails = truncate(BlockError(k.c))
 		}
 		normal = &n
 	}

@@ -44,6 +44,13 @@ type Record struct {
 	OrigDst netip.AddrPort
 }
 
+// VMRoot reports whether a caller with uid, in the agent's network
+// namespace or (otherNetns) another one, is the VM's own root: waagent,
+// the extension, an administrator. The per-caller limits and budgets
+// exempt it, and only it may read the agent's aggregate status. A
+// container's root is not: it is otherNetns.
+func VMRoot(uid uint64, otherNetns bool) bool { return uid == 0 && !otherNetns }
+
 // Source finds, and consumes, the record for a connection accepted by the
 // proxy listener. client is the accepted connection's remote address
 // (127.0.0.1:<ephemeral port> for a redirected connection) and local its

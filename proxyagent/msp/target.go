@@ -66,7 +66,7 @@ func CheckTarget(target string) *TargetError {
 			return err
 		}
 	}
-	path, _ := SplitTarget(target)
+	path, query := SplitTarget(target)
 	if strings.Contains(path, "//") {
 		return &TargetError{http.StatusForbidden, "path traversal blocked"}
 	}
@@ -108,7 +108,7 @@ func CheckTarget(target string) *TargetError {
 			return ambiguous("dot segment in path")
 		}
 	}
-	if _, query := SplitTarget(target); repeatedQueryKey(query) {
+	if repeatedQueryKey(query) {
 		return ambiguous("repeated query parameter")
 	}
 	return nil

@@ -29,7 +29,7 @@ func keyOf(rec identity.Record, ok bool) (key callerKey, exempt bool) {
 	if !ok {
 		return callerKey{unidentified: true}, false
 	}
-	if rec.UID == 0 && !rec.OtherNetns {
+	if identity.VMRoot(uint64(rec.UID), rec.OtherNetns) {
 		return callerKey{}, true
 	}
 	return callerKey{uid: rec.UID, netns: rec.Netns, other: rec.OtherNetns}, false

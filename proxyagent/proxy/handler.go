@@ -11,6 +11,7 @@ import (
 
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
+	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/provision"
 )
@@ -242,7 +243,7 @@ func (s *Server) aggregateStatus(w http.ResponseWriter, r *http.Request, st *con
 		reply(w, ev.Status, true)
 		return
 	}
-	if st.caller == nil || !st.caller.RunAsElevated || st.caller.OtherNetns {
+	if st.caller == nil || !identity.VMRoot(st.caller.UserID, st.caller.OtherNetns) {
 		ev.Status, ev.Error = http.StatusForbidden, "aggregate status requires a redirected elevated caller in the agent's network namespace"
 		reply(w, ev.Status, true)
 		return
@@ -268,4 +269,3 @@ func writeJSON(w http.ResponseWriter, body []byte) {
 	w.WriteHeader(http.StatusOK)
 	w.Write(body)
 }
-
