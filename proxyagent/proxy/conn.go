@@ -35,8 +35,10 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		select {
 		case l.sem <- struct{}{}:
 		default:
-			c.Close()
+			// Counted before the close, so whoever sees the close sees it
+			// counted.
 			n := l.s.refusedFull.Add(1)
+			c.Close()
 			// At most one warning a second, so a flood cannot flood the log.
 			if now, last := time.Now().UnixNano(), l.lastWarn.Load(); now-last >= int64(time.Second) &&
 				l.lastWarn.CompareAndSwap(last, now) {
