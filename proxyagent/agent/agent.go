@@ -70,7 +70,14 @@ func Run(ctx context.Context, opts Options) error {
 	if cfg.SendTelemetry {
 		events = telemetry.NewQueue(opts.Version)
 	}
-	log, closeLogs, err := openLogs(cfg, opts.Stdout, opts.Stderr, events)
+	stdout, stderr := opts.Stdout, opts.Stderr
+	if stdout == nil {
+		stdout = os.Stdout
+	}
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	log, closeLogs, err := openLogs(cfg, stdout, stderr, events)
 	if err != nil {
 		return err
 	}
@@ -107,7 +114,7 @@ func Run(ctx context.Context, opts Options) error {
 	sysw := openSyslog(cfg, log)
 	defer sysw.Close()
 	rec, err := audit.New(audit.Options{Dir: cfg.LogFolder, ConnLogLevel: connLevel, Logger: log.With("module", "audit"),
-		Sink: sysw.sink(), OnNewSummary: summaryEvents(events)})
+		Sink: sysw.sink(), OnNewSummary: summaryEvents(events), Mirror: connMirror(cfg, stdout, stderr, events)})
 	if err != nil {
 		return fmt.Errorf("agent: audit log: %w", err)
 	}
@@ -274,26 +281,13 @@ func Run(ctx context.Context, opts Options) error {
 // fileLogLevelForSystemEvents (Error when absent), and telemetry events at
 // fileLogLevelForEvents when it is set and events is not nil.
 func openLogs(cfg config.Config, stdout, stderr io.Writer, events *telemetry.Queue) (*slog.Logger, func(), error) {
-	if stdout == nil {
-		stdout = os.Stdout
-	}
-	if stderr == nil {
-		stderr = os.Stderr
-	}
-	sysLevel := logfile.Error
-	if cfg.FileLogLevelForSystemEvents != "" {
-		if l, err := logfile.ParseLevel(cfg.FileLogLevelForSystemEvents); err == nil {
-			sysLevel = l
-		}
-	}
+	sysLevel, eventLevel := logLevels(cfg)
 	handlers := []slog.Handler{logfile.NewHandler(stderr, logfile.SlogLevel(logfile.Error))}
 	if sysLevel != logfile.Error {
 		handlers = append(handlers, belowLevel{logfile.NewHandler(stdout, logfile.SlogLevel(sysLevel)), logfile.SlogLevel(logfile.Error)})
 	}
-	if events != nil && cfg.FileLogLevelForEvents != "" {
-		if l, err := logfile.ParseLevel(cfg.FileLogLevelForEvents); err == nil {
-			handlers = append(handlers, telemetry.LogHandler(events, logfile.SlogLevel(l)))
-		}
+	if events != nil && eventLevel != 0 {
+		handlers = append(handlers, telemetry.LogHandler(events, logfile.SlogLevel(eventLevel)))
 	}
 	closeFn := func() {}
 	if cfg.LogFolder != "" {
@@ -309,6 +303,37 @@ func openLogs(cfg config.Config, stdout, stderr io.Writer, events *telemetry.Que
 		closeFn = func() { _ = w.Close() }
 	}
 	return slog.New(slog.NewMultiHandler(handlers...)), closeFn, nil
+}
+
+// logLevels returns the most verbose levels of the system log
+// (fileLogLevelForSystemEvents; Error when absent or unknown) and of log
+// events (fileLogLevelForEvents; 0, none, when absent or unknown).
+func logLevels(cfg config.Config) (system, events logfile.Level) {
+	system = logfile.Error
+	if cfg.FileLogLevelForSystemEvents != "" {
+		if l, err := logfile.ParseLevel(cfg.FileLogLevelForSystemEvents); err == nil {
+			system = l
+		}
+	}
+	if cfg.FileLogLevelForEvents != "" {
+		if l, err := logfile.ParseLevel(cfg.FileLogLevelForEvents); err == nil {
+			events = l
+		}
+	}
+	return system, events
+}
+
+// connMirror returns where connection-log lines go besides their file, as
+// the agent's own log lines go (§4.8): the system log at
+// fileLogLevelForSystemEvents and telemetry at fileLogLevelForEvents (none
+// when events is nil).
+func connMirror(cfg config.Config, stdout, stderr io.Writer, events *telemetry.Queue) audit.Mirror {
+	sysLevel, eventLevel := logLevels(cfg)
+	m := audit.Mirror{Out: stdout, Err: stderr, OutLevel: sysLevel}
+	if events != nil && eventLevel != 0 {
+		m.Event, m.EventLevel = events.AddConnectionLine, eventLevel
+	}
+	return m
 }
 
 // runTelemetry runs the telemetry pipeline (nil when sendTelemetry is

@@ -53,6 +53,7 @@ type harness struct {
 	addr   string // agent listener
 	cancel context.CancelFunc
 	done   chan error
+	stdout testsupport.SyncBuffer // the agent's stdout
 }
 
 func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings, edits ...func(*config.Config)) *harness {
@@ -87,7 +88,7 @@ func (h *harness) start() {
 	ready := make(chan string, 1)
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() {
-		h.done <- Run(ctx, Options{Config: h.cfg, Version: "9.9.9", Identity: h.ids, Stdout: io.Discard, Stderr: io.Discard,
+		h.done <- Run(ctx, Options{Config: h.cfg, Version: "9.9.9", Identity: h.ids, Stdout: &h.stdout, Stderr: io.Discard,
 			Ready: func(addr string) { ready <- addr }})
 	}()
 	select {

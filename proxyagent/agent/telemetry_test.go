@@ -15,6 +15,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/config"
+	"github.com/opengpa/gpa/proxyagent/logfile"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 	"github.com/opengpa/gpa/proxyagent/telemetry"
@@ -140,5 +141,50 @@ func TestSystemEventStreams(t *testing.T) {
 			strings.Contains(errOut.String(), "warn line") {
 			t.Errorf("level %q: stderr %q", level, errOut.String())
 		}
+	}
+}
+
+// A request's connection-log line also goes to stdout at
+// fileLogLevelForSystemEvents (§4.8), as upstream's connection logger
+// writes each line to the system log.
+func TestConnectionLinesOnStdout(t *testing.T) {
+	h := newHarness(t, hostsim.ProxyAgentSettings{Enabled: boolPtr(false)},
+		func(c *config.Config) { c.FileLogLevelForSystemEvents = "Info" })
+	if resp := h.do(root, h.imds(), get("/metadata/instance?api-version=2021-02-01", "169.254.169.254", "Metadata: true\r\n")); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	testsupport.WaitFor(t, "the request's line on stdout", func() bool {
+		return strings.Contains(h.stdout.String(), "] - GET /metadata/instance?api-version=2021-02-01 to IMDS ")
+	})
+}
+
+// connMirror sends connection-log lines where the agent's own lines go:
+// stdout and stderr at fileLogLevelForSystemEvents (Error when absent),
+// telemetry at fileLogLevelForEvents (none when absent or without
+// telemetry).
+func TestConnMirrorLevels(t *testing.T) {
+	q := telemetry.NewQueue("1.0.0")
+	for _, c := range []struct {
+		system, events     string
+		q                  *telemetry.Queue
+		wantOut, wantEvent logfile.Level
+	}{
+		{"Info", "Warn", q, logfile.Info, logfile.Warn},
+		{"", "", q, logfile.Error, 0},
+		{"Trace", "Info", nil, logfile.Trace, 0},
+	} {
+		cfg := config.Default()
+		cfg.FileLogLevelForSystemEvents, cfg.FileLogLevelForEvents = c.system, c.events
+		m := connMirror(cfg, io.Discard, io.Discard, c.q)
+		if m.OutLevel != c.wantOut || m.EventLevel != c.wantEvent || (m.Event != nil) != (c.wantEvent != 0) ||
+			m.Out != io.Discard || m.Err != io.Discard {
+			t.Errorf("%+v: mirror levels out %v event %v (hook %v)", c, m.OutLevel, m.EventLevel, m.Event != nil)
+		}
+	}
+	// The hook queues the line as a ConnectionLogger event.
+	m := connMirror(config.Config{FileLogLevelForEvents: "Info"}, io.Discard, io.Discard, q)
+	m.Event(logfile.Info, time.Now(), []byte("7[3] - GET /metadata/instance - 200 OK"))
+	if got := telemetry.New(telemetry.Options{Queue: q}).Counts().Queued; got != 1 {
+		t.Errorf("%d events queued, want 1", got)
 	}
 }

@@ -742,3 +742,125 @@ func TestRecorderBatching(t *testing.T) {
 // recordOf is the record the Recorder makes of ev, before Seq, Prev and
 // Dropped.
 func recordOf(ev *Event) Record { return newRecord(ev, addrText(ev.Client), addrText(ev.Dest)) }
+
+// chunkWriter records each Write.
+type chunkWriter struct {
+	mu     sync.Mutex
+	writes []string
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes = append(w.writes, string(p))
+	return len(p), nil
+}
+
+func (w *chunkWriter) String() string { return strings.Join(w.writes, "") }
+
+// Connection-log lines are mirrored as upstream's connection logger
+// mirrors them (§4.8), whatever fileLogLevel lets into the file: to
+// stdout (errors to stderr) at the system level, with the file's header;
+// to telemetry at the events level, without it. Summary lines go to the
+// system log only, the closing "is dropped" lines nowhere, and a caller's
+// lines beyond its record budget nowhere.
+func TestMirror(t *testing.T) {
+	dir := t.TempDir()
+	var out, errOut chunkWriter
+	type line struct {
+		level logfile.Level
+		msg   string
+	}
+	var events []line
+	r, err := New(Options{Dir: dir, ConnLogLevel: logfile.Error, Now: func() time.Time { return t0 },
+		CallerBurst: 1, CallerRate: 1,
+		Mirror: Mirror{Out: &out, Err: &errOut, OutLevel: logfile.Info,
+			Event: func(l logfile.Level, at time.Time, msg []byte) {
+				if !at.Equal(t0) {
+					t.Errorf("event time %v", at)
+				}
+				events = append(events, line{l, string(msg)})
+			}, EventLevel: logfile.Warn}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Record(allowEvent())
+	deny := allowEvent()
+	deny.HTTPID, deny.Status, deny.Decision.Result = 8, 403, authz.Deny
+	r.Record(deny)
+	over := allowEvent()
+	over.HTTPID, over.Caller = 9, &claims.Claims{UserID: 1000, UserName: "alice"}
+	r.Record(over)
+	over.HTTPID = 10
+	r.Record(over) // beyond alice's budget of 1
+	r.ConnLog(logfile.Error, 0, 3, "failed\nbadly")
+	r.ConnLog(logfile.Debug, 0, 3, "too verbose for every sink")
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	const hdr = "2025-04-23T12:00:00.123 "
+	o := out.String()
+	for _, want := range []string{
+		hdr + "[INFO]    {\"id\":7,", // the summary of root's first request
+		hdr + "[INFO]    7[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 200 OK - decision allow",
+		hdr + "[WARN]    8[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 403 Forbidden - decision deny",
+		hdr + "[INFO]    9[3] - GET /machine?comp=goalstate",
+	} {
+		if !strings.Contains(o, "\n"+want) && !strings.HasPrefix(o, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, o)
+		}
+	}
+	for _, absent := range []string{"10[3]", LoggerDropped, "badly", "too verbose"} {
+		if strings.Contains(o, absent) {
+			t.Errorf("stdout has %q:\n%s", absent, o)
+		}
+	}
+	if e := errOut.String(); e != hdr+"[ERROR]   0[3] - failed\\nbadly\n" {
+		t.Errorf("stderr %q", e)
+	}
+	wantEvents := []line{
+		{logfile.Warn, "8[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 403 Forbidden - decision deny (privilege matched) - 12 ms"},
+		{logfile.Error, "0[3] - failed\nbadly"},
+	}
+	if !reflect.DeepEqual(events, wantEvents) {
+		t.Errorf("events\n got %v\nwant %v", events, wantEvents)
+	}
+	// fileLogLevel Error kept every request line out of the file.
+	if got := readFile(t, filepath.Join(dir, ConnectionLogName)); got != hdr+"[ERROR]   0[3] - failed\\nbadly\n" {
+		t.Errorf("connection log %q", got)
+	}
+}
+
+// Mirrored lines are written in pieces of at most MirrorChunk bytes that
+// end at a line's end, so that another writer's lines on the same pipe
+// never land inside one; none is lost. Without log files they are
+// mirrored all the same.
+func TestMirrorChunks(t *testing.T) {
+	var out chunkWriter
+	r, err := New(Options{Now: func() time.Time { return t0 }, CallerBurst: -1,
+		Mirror: Mirror{Out: &out, OutLevel: logfile.Trace}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 500
+	for i := range n {
+		ev := allowEvent()
+		ev.HTTPID = uint64(i)
+		r.Record(ev)
+	}
+	r.Close()
+	if len(out.writes) < 2 {
+		t.Fatalf("%d writes", len(out.writes))
+	}
+	lines := 0
+	for _, w := range out.writes {
+		if len(w) > MirrorChunk || !strings.HasSuffix(w, "\n") {
+			t.Fatalf("a write of %d bytes ending %q", len(w), w[max(0, len(w)-10):])
+		}
+		lines += strings.Count(w, "\n")
+	}
+	if lines != n+1 { // and root's one summary
+		t.Errorf("%d lines, want %d", lines, n+1)
+	}
+}

@@ -86,7 +86,37 @@ type Options struct {
 	// Sink, when set, also receives every audit record (syslog). It runs
 	// on the writer goroutine and must not block.
 	Sink Sink
+	// Mirror copies connection-log lines to the system log and to
+	// telemetry, as upstream's connection logger does (§4.8).
+	Mirror Mirror
 }
+
+// Mirror says where connection-log lines go besides the file: upstream's
+// connection logger sends each line it writes to the system log (stdout,
+// errors to stderr) at fileLogLevelForSystemEvents and to telemetry at
+// fileLogLevelForEvents, whatever fileLogLevel lets into the file. A
+// summary line goes to the system log only (it is its own telemetry
+// event, Options.OnNewSummary); the closing "ConnectionLogger is dropped"
+// line goes nowhere else. Lines of callers over their record budget are
+// not mirrored either. A zero level sends nothing.
+type Mirror struct {
+	// Out and Err receive the lines at or above OutLevel as the file has
+	// them (header and text): Error lines Err, the others Out. They are
+	// written with the log files, in writes of at most MirrorChunk bytes
+	// that end at a line's end, so that lines others write to the same
+	// pipe are never cut into them.
+	Out, Err io.Writer
+	OutLevel logfile.Level
+	// Event receives the lines at or above EventLevel, without their
+	// header ("{httpID}[{tcpID}] - {message}"; msg is valid only during
+	// the call). It runs on the writer goroutine and must not block.
+	Event      func(level logfile.Level, t time.Time, msg []byte)
+	EventLevel logfile.Level
+}
+
+// MirrorChunk is the largest write of mirrored lines: PIPE_BUF, the most
+// a pipe writes in one piece.
+const MirrorChunk = 4096
 
 // Recorder records request outcomes: it keeps the two summary tables and
 // writes ProxyAgent.Connection.log and the JSON-lines audit log. Record
@@ -119,6 +149,8 @@ type Recorder struct {
 	// Owned by the writer goroutine after New.
 	connLog  *logfile.Writer
 	auditLog *logfile.Writer
+	outBuf   []byte // mirrored lines for Mirror.Out and Mirror.Err
+	errBuf   []byte
 	seq      uint64
 	prev     string
 	lineBuf  []byte
@@ -263,7 +295,7 @@ func (r *Recorder) Record(ev Event) {
 // format "<header>{httpID}[{tcpID}] - {message}" (httpID 0 for TCP-level
 // lines). Lines above Options.ConnLogLevel are discarded.
 func (r *Recorder) ConnLog(level logfile.Level, httpID, tcpID uint64, message string) {
-	if level > r.opts.ConnLogLevel || r.connLog == nil {
+	if !r.toFile(level) && !r.mirrored(level, true) {
 		return
 	}
 	r.enqueue(job{level: level, httpID: httpID, tcpID: tcpID, message: message})
@@ -410,11 +442,60 @@ func (r *Recorder) run() {
 }
 
 func (r *Recorder) flush() {
+	r.writeMirrored(r.opts.Mirror.Out, &r.outBuf, 0)
+	r.writeMirrored(r.opts.Mirror.Err, &r.errBuf, 0)
 	if r.connLog == nil {
 		return
 	}
 	r.report(r.connLog.Flush())
 	r.report(r.auditLog.Flush())
+}
+
+// toFile reports whether a connection-log line at level goes to the file.
+func (r *Recorder) toFile(level logfile.Level) bool {
+	return r.connLog != nil && level <= r.opts.ConnLogLevel
+}
+
+// mirrored reports whether a connection-log line at level goes to the
+// system log, or (event) to telemetry.
+func (r *Recorder) mirrored(level logfile.Level, event bool) bool {
+	m := &r.opts.Mirror
+	return level <= m.OutLevel && (m.Out != nil || m.Err != nil) ||
+		event && m.Event != nil && level <= m.EventLevel
+}
+
+// mirror sends the connection-log line msg (without its header) where
+// Options.Mirror asks; event false keeps it out of telemetry.
+func (r *Recorder) mirror(level logfile.Level, t time.Time, msg []byte, event bool) {
+	m := &r.opts.Mirror
+	if event && m.Event != nil && level <= m.EventLevel {
+		m.Event(level, t, msg)
+	}
+	if level > m.OutLevel {
+		return
+	}
+	w, buf := m.Out, &r.outBuf
+	if level == logfile.Error {
+		w, buf = m.Err, &r.errBuf
+	}
+	if w == nil {
+		return
+	}
+	line := logfile.AppendLine(r.lineBuf[:0], t, level, msg)
+	r.writeMirrored(w, buf, len(line))
+	*buf = append(*buf, line...)
+	r.lineBuf = line
+}
+
+// writeMirrored writes the lines in buf to w unless another next bytes
+// still fit in one MirrorChunk (next 0: write them now). A system log
+// that fails is not reported: where would it go?
+func (r *Recorder) writeMirrored(w io.Writer, buf *[]byte, next int) {
+	if len(*buf) == 0 || next > 0 && len(*buf)+next <= MirrorChunk {
+		return
+	}
+	_, _ = w.Write(*buf)
+	*buf = (*buf)[:0]
 }
 
 // report logs a write error, at most once a minute.
@@ -430,11 +511,15 @@ func (r *Recorder) report(err error) {
 
 func (r *Recorder) handle(j *job) {
 	if !j.hasEvent {
+		now := r.opts.Now()
 		r.msgBuf = appendConnPrefix(r.msgBuf[:0], j.httpID, j.tcpID)
 		r.msgBuf = append(r.msgBuf, j.message...)
-		r.lineBuf = logfile.AppendLine(r.lineBuf[:0], r.opts.Now(), j.level, r.msgBuf)
-		_, err := r.connLog.Write(r.lineBuf)
-		r.report(err)
+		if r.toFile(j.level) {
+			r.lineBuf = logfile.AppendLine(r.lineBuf[:0], now, j.level, r.msgBuf)
+			_, err := r.connLog.Write(r.lineBuf)
+			r.report(err)
+		}
+		r.mirror(j.level, now, r.msgBuf, true)
 		return
 	}
 	ev := &j.ev
@@ -443,15 +528,22 @@ func (r *Recorder) handle(j *job) {
 		if r.opts.OnNewSummary != nil {
 			r.opts.OnNewSummary(*s, j.failedTable[i])
 		}
-		if r.connLog != nil && logfile.Info <= r.opts.ConnLogLevel {
-			b, _ := json.Marshal(s)
-			r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, logfile.Info, string(b))
+		toFile, toOut := r.toFile(logfile.Info), r.mirrored(logfile.Info, false)
+		if !toFile && !toOut {
+			continue
+		}
+		b, _ := json.Marshal(s)
+		if toFile {
+			r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, logfile.Info, b)
 			_, err := r.connLog.Write(r.lineBuf)
 			r.report(err)
 			logged = true
 		}
+		r.mirror(logfile.Info, ev.Time, b, false)
 	}
-	if r.connLog == nil && r.opts.Sink == nil {
+	lvl := eventLevel(ev)
+	toFile, mirrored := r.toFile(lvl), r.mirrored(lvl, true)
+	if r.connLog == nil && r.opts.Sink == nil && !mirrored {
 		return
 	}
 	var suppressed uint64
@@ -462,12 +554,15 @@ func (r *Recorder) handle(j *job) {
 			return
 		}
 	}
-	if lvl := eventLevel(ev); r.connLog != nil && lvl <= r.opts.ConnLogLevel {
+	if toFile || mirrored {
 		r.msgBuf = appendEventMessage(appendConnPrefix(r.msgBuf[:0], ev.HTTPID, ev.TCPID), ev)
-		r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, lvl, r.msgBuf)
-		_, err := r.connLog.Write(r.lineBuf)
-		r.report(err)
-		logged = true
+		if toFile {
+			r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, lvl, r.msgBuf)
+			_, err := r.connLog.Write(r.lineBuf)
+			r.report(err)
+			logged = true
+		}
+		r.mirror(lvl, ev.Time, r.msgBuf, true)
 	}
 	if logged {
 		// Upstream's connection logger ends its batch with this line, at

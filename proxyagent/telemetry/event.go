@@ -19,6 +19,9 @@ const MaxMessageBytes = 4096
 const (
 	// TaskCommonLogger is the TaskName of events made from agent log lines.
 	TaskCommonLogger = "CommonLogger"
+	// TaskConnectionLogger is the TaskName of events made from
+	// connection-log lines (AddConnectionLine).
+	TaskConnectionLogger = "ConnectionLogger"
 	// ModuleProxyAgent is the OperationId (module) of events made from log
 	// lines, and every event's ExecutionMode.
 	ModuleProxyAgent = "ProxyAgent"

@@ -10,6 +10,7 @@ import (
 
 	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
+	"github.com/opengpa/gpa/proxyagent/logfile"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
@@ -113,6 +114,19 @@ func (q *Queue) Add(e Event) {
 	q.fill(&e.Version, &e.EventPid, &e.EventTid, &e.TimeStamp)
 	e.clean()
 	q.put(item{generic: &e})
+}
+
+// AddConnectionLine queues a connection-log line (msg, the text after its
+// header) as upstream's connection logger does: an event at the line's
+// level, task ConnectionLogger, module ProxyAgent (§4.8, §6.1). When the
+// queue is full it is counted as dropped before anything is made of it.
+// It fits audit.Mirror's Event.
+func (q *Queue) AddConnectionLine(l logfile.Level, t time.Time, msg []byte) {
+	if q.dropIfFull() {
+		return
+	}
+	q.Add(Event{EventLevel: l.String(), Message: string(msg), TaskName: TaskConnectionLogger,
+		OperationId: ModuleProxyAgent, TimeStamp: timestamp(t)})
 }
 
 // AddStatus queues an extension-status event, filling in as Add does; its

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/internal/serdejson"
+	"github.com/opengpa/gpa/proxyagent/logfile"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
 )
@@ -401,6 +402,31 @@ func TestLogHandler(t *testing.T) {
 			e.Version != "1.2.3" || len(e.EventTid) < 8 || len(e.TimeStamp) != len("2006-01-02T15:04:05.000") {
 			t.Errorf("event %d: %+v, want %s %q", i, *e, w.level, w.msg)
 		}
+	}
+}
+
+// A connection-log line becomes an event of task ConnectionLogger, module
+// ProxyAgent, at its level and time, redacted (§4.8); past a full queue
+// it is counted as dropped.
+func TestAddConnectionLine(t *testing.T) {
+	q := NewQueue("1.2.3")
+	at := time.Date(2025, 4, 23, 12, 0, 0, 123456789, time.UTC)
+	q.AddConnectionLine(logfile.Warn, at, []byte("7[3] - GET /x?sig=SECRETSIG&a=1 - 403 Forbidden"))
+	got := q.take()
+	if len(got) != 1 || got[0].generic == nil {
+		t.Fatalf("queued %+v", got)
+	}
+	e := got[0].generic
+	if e.EventLevel != "WARN" || e.TaskName != "ConnectionLogger" || e.OperationId != "ProxyAgent" ||
+		e.Message != "7[3] - GET /x?[REDACTED]&a=1 - 403 Forbidden" || e.TimeStamp != "2025-04-23T12:00:00.123" ||
+		e.Version != "1.2.3" || e.EventPid == "" || len(e.EventTid) < 8 {
+		t.Errorf("event %+v", *e)
+	}
+	for range QueueSize + 5 {
+		q.AddConnectionLine(logfile.Info, at, []byte("line"))
+	}
+	if n, dropped := q.counts(); n != QueueSize || dropped != 5 {
+		t.Errorf("queued %d dropped %d, want %d and 5", n, dropped, QueueSize)
 	}
 }
 
