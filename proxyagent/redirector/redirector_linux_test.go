@@ -48,6 +48,8 @@ func TestMain(m *testing.M) {
 //	bench: connect to GPA_HELPER_ADDR GPA_HELPER_N times (RST on close, so
 //	       no TIME_WAIT piles up) and print the elapsed nanoseconds.
 //	conns: hold connections to GPA_HELPER_ADDR as told on stdin (connsHelper).
+//	pending: start GPA_HELPER_N connects to GPA_HELPER_ADDR at once and hold
+//	       them until stdin closes (pendingHelper).
 func helperMain(mode string) int {
 	addr := os.Getenv("GPA_HELPER_ADDR")
 	switch mode {
@@ -55,6 +57,8 @@ func helperMain(mode string) int {
 		return pidnsAgent()
 	case "conns":
 		return connsHelper(addr)
+	case "pending":
+		return pendingHelper(addr)
 	case "refused-seccomp", "refused-load":
 		return refusedHelper(mode)
 	case "memfd-exec":

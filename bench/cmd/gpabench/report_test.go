@@ -71,7 +71,11 @@ func TestTargetsFollowFigures(t *testing.T) {
 		}
 		r.Memory.Idle = procstat.Sample{RSSKiB: int64(idleKiB)}
 		r.Restart = &Restart{HostUnsigned: unsigned}
-		r.Micro = []gobench.Result{{Name: "BenchmarkCompile1k", Metrics: map[string]float64{"ns/op": 60e6}}}
+		r.Micro = []gobench.Result{{Name: "BenchmarkCompile1k", Metrics: map[string]float64{"ns/op": 60e6}},
+			{Name: "BenchmarkRecordCapacity/1000", Metrics: map[string]float64{"records": 1000 - float64(unsigned),
+				"%evicted": float64(unsigned) / 10, "%refused": float64(unsigned) / 10, "capacity": 16384}},
+			{Name: "BenchmarkRecordCapacity/18000", Metrics: map[string]float64{"records": 16384,
+				"%evicted": 9, "%refused": 9, "capacity": 16384}}}
 		r.evaluate()
 		return r
 	}
@@ -87,6 +91,7 @@ func TestTargetsFollowFigures(t *testing.T) {
 	for _, name := range []string{
 		"B-lat agent-enforce p50 added, c=1 keep-alive",
 		"B-restart unsigned requests served by the host",
+		"B-ebpf (b) 1000 connections waiting to be accepted at once: records kept; refused at accept",
 	} {
 		if good[name] != "met" || bad[name] != "MISSED" {
 			t.Errorf("%s: good %q bad %q", name, good[name], bad[name])
@@ -100,6 +105,9 @@ func TestTargetsFollowFigures(t *testing.T) {
 	}
 	if idle != "MISSED" {
 		t.Errorf("idle RSS 20 MiB verdict %q", idle)
+	}
+	if v := bad["B-ebpf (b) 18000 connections waiting to be accepted at once: records kept; refused at accept"]; v != "n/a" {
+		t.Errorf("over the map's capacity judged %q, want n/a (measured)", v)
 	}
 	if bad["B-authz rule load, 1k rules"] != "MISSED" {
 		t.Errorf("60 ms rule load judged %q", bad["B-authz rule load, 1k rules"])
