@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ import (
 func Supervise(ctx context.Context, unitPath, pidFile, agentPIDFile string, log *slog.Logger) error {
 	defer os.Remove(pidFile)
 	defer os.Remove(agentPIDFile)
+	go trimOutput(ctx, os.Stdout, outputCheckEvery, maxLogSize)
 	announced := false
 	announce := func() error {
 		if announced {
@@ -80,6 +82,50 @@ func Supervise(ctx context.Context, unitPath, pidFile, agentPIDFile string, log 
 			return nil
 		case <-time.After(delay):
 		}
+	}
+}
+
+// outputCheckEvery is how often the supervisor checks the size of the log
+// that it and the agent write to.
+var outputCheckEvery = 30 * time.Second
+
+// trimOutput keeps the log file f names (the supervisor's stdout, which
+// the agent inherits: with fileLogLevelForSystemEvents Info it gets a line
+// per request) within limit until ctx ends: every interval, a file past
+// limit is copied to <path>.1 and emptied (trimLog). systemd's journal
+// bounds itself; this file is what the VM has without it.
+func trimOutput(ctx context.Context, f *os.File, every time.Duration, limit int64) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			trimLog(f, limit)
+		}
+	}
+}
+
+// trimLog copies the regular file f writes to into <path>.1 and
+// truncates it, when it is over limit. Its writers append (O_APPEND, as
+// SpawnDetached opens it), so they go on at the new end; a line written
+// between the copy and the truncation is lost.
+func trimLog(f *os.File, limit int64) {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() <= limit {
+		return
+	}
+	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	if err != nil || !filepath.IsAbs(path) {
+		return
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	if atomicfile.WriteFile(path+".1", data, 0o640) == nil {
+		f.Truncate(0)
 	}
 }
 

@@ -112,3 +112,58 @@ func TestSuperviseAnnouncesFailedStart(t *testing.T) {
 		t.Error("pid file left behind")
 	}
 }
+
+// The log the supervisor and the agent write to (their stdout; with
+// fileLogLevelForSystemEvents Info a line per request) stays bounded
+// without systemd's journal: past the limit its content moves to .1 and
+// the writers go on at the start of the emptied file.
+func TestTrimLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "supervisor.log")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString("0123456789\n")
+	trimLog(f, 11)
+	if b, _ := os.ReadFile(path); string(b) != "0123456789\n" {
+		t.Fatalf("trimmed at the limit: %q", b)
+	}
+	f.WriteString("more\n")
+	trimLog(f, 11)
+	if b, _ := os.ReadFile(path + ".1"); string(b) != "0123456789\nmore\n" {
+		t.Errorf(".1 holds %q", b)
+	}
+	f.WriteString("after\n")
+	if b, _ := os.ReadFile(path); string(b) != "after\n" {
+		t.Errorf("log after the trim holds %q", b)
+	}
+}
+
+// Supervise trims its stdout while it runs.
+func TestSuperviseTrimsOutput(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "supervisor.log")
+	out, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	out.Write(make([]byte, maxLogSize+1))
+	stdout, every := os.Stdout, outputCheckEvery
+	os.Stdout, outputCheckEvery = out, 10*time.Millisecond
+	defer func() { os.Stdout, outputCheckEvery = stdout, every }()
+	unit := filepath.Join(dir, UnitName)
+	os.WriteFile(unit, []byte("[Service]\nExecStart=/bin/sleep 60\nRestart=always\nRestartSec=0.2\n"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Supervise(ctx, unit, filepath.Join(dir, "s.pid"), filepath.Join(dir, "a.pid"), discardLog()) }()
+	defer func() { cancel(); <-done }()
+	testsupport.WaitFor(t, "the log trimmed", func() bool {
+		fi, err := os.Stat(path + ".1")
+		return err == nil && fi.Size() > maxLogSize
+	})
+	if fi, err := out.Stat(); err != nil || fi.Size() > maxLogSize {
+		t.Errorf("log still %d bytes (%v)", fi.Size(), err)
+	}
+}
