@@ -157,7 +157,9 @@ func TestSuperviseTrimsOutput(t *testing.T) {
 	os.WriteFile(unit, []byte("[Service]\nExecStart=/bin/sleep 60\nRestart=always\nRestartSec=0.2\n"), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Supervise(ctx, unit, filepath.Join(dir, "s.pid"), filepath.Join(dir, "a.pid"), discardLog()) }()
+	go func() {
+		done <- Supervise(ctx, unit, filepath.Join(dir, "s.pid"), filepath.Join(dir, "a.pid"), discardLog())
+	}()
 	defer func() { cancel(); <-done }()
 	testsupport.WaitFor(t, "the log trimmed", func() bool {
 		fi, err := os.Stat(path + ".1")
