@@ -144,18 +144,26 @@ func TestSystemEventStreams(t *testing.T) {
 	}
 }
 
-// A request's connection-log line also goes to stdout at
+// A failed request's connection-log line also goes to stdout at
 // fileLogLevelForSystemEvents (§4.8), as upstream's connection logger
-// writes each line to the system log.
+// writes its warnings to the system log; one that went well does not
+// (upstream logs it at Trace).
 func TestConnectionLinesOnStdout(t *testing.T) {
 	h := newHarness(t, hostsim.ProxyAgentSettings{Enabled: boolPtr(false)},
 		func(c *config.Config) { c.FileLogLevelForSystemEvents = "Info" })
 	if resp := h.do(root, h.imds(), get("/metadata/instance?api-version=2021-02-01", "169.254.169.254", "Metadata: true\r\n")); resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	testsupport.WaitFor(t, "the request's line on stdout", func() bool {
-		return strings.Contains(h.stdout.String(), "] - GET /metadata/instance?api-version=2021-02-01 to IMDS ")
+	// No Metadata header: IMDS answers 400.
+	if resp := h.do(root, h.imds(), get("/metadata/instance?api-version=2021-03-01", "169.254.169.254")); resp.StatusCode != 400 {
+		t.Fatalf("status %d without Metadata: true, want 400", resp.StatusCode)
+	}
+	testsupport.WaitFor(t, "the failed request's line on stdout", func() bool {
+		return strings.Contains(h.stdout.String(), "] - GET /metadata/instance?api-version=2021-03-01 to IMDS ")
 	})
+	if out := h.stdout.String(); strings.Contains(out, "api-version=2021-02-01 to IMDS") {
+		t.Errorf("a request that went well on stdout:\n%s", out)
+	}
 }
 
 // connMirror sends connection-log lines where the agent's own lines go:

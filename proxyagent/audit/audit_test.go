@@ -761,74 +761,92 @@ func (w *chunkWriter) String() string { return strings.Join(w.writes, "") }
 // Connection-log lines are mirrored as upstream's connection logger
 // mirrors them (§4.8), whatever fileLogLevel lets into the file: to
 // stdout (errors to stderr) at the system level, with the file's header;
-// to telemetry at the events level, without it. Summary lines go to the
-// system log only, the closing "is dropped" lines nowhere, and a caller's
-// lines beyond its record budget nowhere.
+// to telemetry at the events level, without it. A request that went well
+// is mirrored at Trace (upstream logs those lines at Trace), a refused
+// one at Warn. Summary lines go to the system log only, the closing "is
+// dropped" lines nowhere, and a caller's lines beyond its record budget
+// nowhere.
 func TestMirror(t *testing.T) {
-	dir := t.TempDir()
-	var out, errOut chunkWriter
 	type line struct {
 		level logfile.Level
 		msg   string
 	}
-	var events []line
-	r, err := New(Options{Dir: dir, ConnLogLevel: logfile.Error, Now: func() time.Time { return t0 },
-		CallerBurst: 1, CallerRate: 1,
-		Mirror: Mirror{Out: &out, Err: &errOut, OutLevel: logfile.Info,
-			Event: func(l logfile.Level, at time.Time, msg []byte) {
-				if !at.Equal(t0) {
-					t.Errorf("event time %v", at)
-				}
-				events = append(events, line{l, string(msg)})
-			}, EventLevel: logfile.Warn}})
-	if err != nil {
-		t.Fatal(err)
+	run := func(outLevel, eventLevel logfile.Level) (out, errOut string, events []line, file string) {
+		dir := t.TempDir()
+		var o, e chunkWriter
+		r, err := New(Options{Dir: dir, ConnLogLevel: logfile.Error, Now: func() time.Time { return t0 },
+			CallerBurst: 1, CallerRate: 1,
+			Mirror: Mirror{Out: &o, Err: &e, OutLevel: outLevel,
+				Event: func(l logfile.Level, at time.Time, msg []byte) {
+					if !at.Equal(t0) {
+						t.Errorf("event time %v", at)
+					}
+					events = append(events, line{l, string(msg)})
+				}, EventLevel: eventLevel}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Record(allowEvent())
+		deny := allowEvent()
+		deny.HTTPID, deny.Status, deny.Decision.Result = 8, 403, authz.Deny
+		r.Record(deny)
+		over := deny
+		over.HTTPID, over.Caller = 9, &claims.Claims{UserID: 1000, UserName: "alice"}
+		r.Record(over)
+		over.HTTPID = 10
+		r.Record(over) // beyond alice's budget of 1
+		r.ConnLog(logfile.Error, 0, 3, "failed\nbadly")
+		r.ConnLog(logfile.Debug, 0, 3, "debug line")
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return o.String(), e.String(), events, readFile(t, filepath.Join(dir, ConnectionLogName))
 	}
-	r.Record(allowEvent())
-	deny := allowEvent()
-	deny.HTTPID, deny.Status, deny.Decision.Result = 8, 403, authz.Deny
-	r.Record(deny)
-	over := allowEvent()
-	over.HTTPID, over.Caller = 9, &claims.Claims{UserID: 1000, UserName: "alice"}
-	r.Record(over)
-	over.HTTPID = 10
-	r.Record(over) // beyond alice's budget of 1
-	r.ConnLog(logfile.Error, 0, 3, "failed\nbadly")
-	r.ConnLog(logfile.Debug, 0, 3, "too verbose for every sink")
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
-	}
-
 	const hdr = "2025-04-23T12:00:00.123 "
-	o := out.String()
+	const req = " - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - "
+	has := func(text, want string) bool { return strings.HasPrefix(text, want) || strings.Contains(text, "\n"+want) }
+
+	out, errOut, events, file := run(logfile.Info, logfile.Warn)
 	for _, want := range []string{
-		hdr + "[INFO]    {\"id\":7,", // the summary of root's first request
-		hdr + "[INFO]    7[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 200 OK - decision allow",
-		hdr + "[WARN]    8[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 403 Forbidden - decision deny",
-		hdr + "[INFO]    9[3] - GET /machine?comp=goalstate",
+		hdr + "[INFO]    {\"id\":7,", // root's summary
+		hdr + "[WARN]    8[3]" + req + "403 Forbidden - decision deny",
+		hdr + "[WARN]    9[3]" + req + "403 Forbidden",
 	} {
-		if !strings.Contains(o, "\n"+want) && !strings.HasPrefix(o, want) {
-			t.Errorf("stdout lacks %q:\n%s", want, o)
+		if !has(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
 		}
 	}
-	for _, absent := range []string{"10[3]", LoggerDropped, "badly", "too verbose"} {
-		if strings.Contains(o, absent) {
-			t.Errorf("stdout has %q:\n%s", absent, o)
+	for _, absent := range []string{"7[3]", "10[3]", LoggerDropped, "badly", "debug line"} {
+		if strings.Contains(out, absent) {
+			t.Errorf("stdout has %q:\n%s", absent, out)
 		}
 	}
-	if e := errOut.String(); e != hdr+"[ERROR]   0[3] - failed\\nbadly\n" {
-		t.Errorf("stderr %q", e)
+	if errOut != hdr+"[ERROR]   0[3] - failed\\nbadly\n" {
+		t.Errorf("stderr %q", errOut)
 	}
 	wantEvents := []line{
-		{logfile.Warn, "8[3] - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - 403 Forbidden - decision deny (privilege matched) - 12 ms"},
+		{logfile.Warn, "8[3]" + req + "403 Forbidden - decision deny (privilege matched) - 12 ms"},
+		{logfile.Warn, "9[3]" + req + "403 Forbidden - decision deny (privilege matched) - 12 ms"},
 		{logfile.Error, "0[3] - failed\nbadly"},
 	}
 	if !reflect.DeepEqual(events, wantEvents) {
 		t.Errorf("events\n got %v\nwant %v", events, wantEvents)
 	}
 	// fileLogLevel Error kept every request line out of the file.
-	if got := readFile(t, filepath.Join(dir, ConnectionLogName)); got != hdr+"[ERROR]   0[3] - failed\\nbadly\n" {
-		t.Errorf("connection log %q", got)
+	if file != hdr+"[ERROR]   0[3] - failed\\nbadly\n" {
+		t.Errorf("connection log %q", file)
+	}
+
+	// At Trace the request that went well is mirrored too, and the
+	// debug line.
+	out, _, events, _ = run(logfile.Trace, logfile.Trace)
+	for _, want := range []string{hdr + "[TRACE]   7[3]" + req + "200 OK", hdr + "[DEBUG]   0[3] - debug line"} {
+		if !has(out, want) {
+			t.Errorf("stdout at Trace lacks %q:\n%s", want, out)
+		}
+	}
+	if len(events) != 5 || events[0] != (line{logfile.Trace, "7[3]" + req + "200 OK - decision allow (privilege matched) - 12 ms"}) {
+		t.Errorf("events at Trace: %v", events)
 	}
 }
 

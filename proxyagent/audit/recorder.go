@@ -95,7 +95,8 @@ type Options struct {
 // connection logger sends each line it writes to the system log (stdout,
 // errors to stderr) at fileLogLevelForSystemEvents and to telemetry at
 // fileLogLevelForEvents, whatever fileLogLevel lets into the file. A
-// summary line goes to the system log only (it is its own telemetry
+// request that went well is mirrored at Trace (mirrorLevel), as upstream
+// logs it; its file line is Info. A summary line goes to the system log only (it is its own telemetry
 // event, Options.OnNewSummary); the closing "ConnectionLogger is dropped"
 // line goes nowhere else. Lines of callers over their record budget are
 // not mirrored either. A zero level sends nothing.
@@ -541,8 +542,8 @@ func (r *Recorder) handle(j *job) {
 		}
 		r.mirror(logfile.Info, ev.Time, b, false)
 	}
-	lvl := eventLevel(ev)
-	toFile, mirrored := r.toFile(lvl), r.mirrored(lvl, true)
+	lvl, mirrorLvl := eventLevel(ev), mirrorLevel(ev)
+	toFile, mirrored := r.toFile(lvl), r.mirrored(mirrorLvl, true)
 	if r.connLog == nil && r.opts.Sink == nil && !mirrored {
 		return
 	}
@@ -562,7 +563,9 @@ func (r *Recorder) handle(j *job) {
 			r.report(err)
 			logged = true
 		}
-		r.mirror(lvl, ev.Time, r.msgBuf, true)
+		if mirrored {
+			r.mirror(mirrorLvl, ev.Time, r.msgBuf, true)
+		}
 	}
 	if logged {
 		// Upstream's connection logger ends its batch with this line, at
@@ -660,6 +663,18 @@ func eventLevel(ev *Event) logfile.Level {
 		return logfile.Warn
 	}
 	return logfile.Info
+}
+
+// mirrorLevel is the level at which a request's line is mirrored
+// (Options.Mirror): Warn as in the file for a request refused or failed,
+// but Trace for one that went well, where upstream's connection logger
+// writes such a request's lines. So the system log and telemetry get a
+// line per problem, as upstream's, not one per request.
+func mirrorLevel(ev *Event) logfile.Level {
+	if l := eventLevel(ev); l != logfile.Info {
+		return l
+	}
+	return logfile.Trace
 }
 
 // appendEventMessage appends the connection-log text of one request
