@@ -804,7 +804,9 @@ func TestMirror(t *testing.T) {
 	}
 	const hdr = "2025-04-23T12:00:00.123 "
 	const req = " - GET /machine?comp=goalstate to WireServer 168.63.129.16:80 - "
-	has := func(text, want string) bool { return strings.HasPrefix(text, want) || strings.Contains(text, "\n"+want) }
+	has := func(text, want string) bool {
+		return strings.HasPrefix(text, want) || strings.Contains(text, "\n"+want)
+	}
 
 	out, errOut, events, file := run(logfile.Info, logfile.Warn)
 	for _, want := range []string{
