@@ -10,7 +10,9 @@
 // local storage. At BPF_SOCK_OPS_TCP_CONNECT_CB the ephemeral port is known,
 // so the sockops program moves the record into conn_records, keyed by the
 // client's local address and port: exactly what the listener sees as the
-// peer of the accepted connection. User space deletes the entry at accept.
+// peer of the accepted connection. User space deletes the entry at accept;
+// a counted socket's entry also goes when its connection fails or is
+// closed by its peer before that (release), so no accept-less record lingers.
 //
 // Sockets whose SO_MARK equals agent_mark, made by root in the agent's
 // network namespace (the agent's own connections to the host), are never
@@ -599,11 +601,34 @@ static __always_inline int count(struct bpf_sock_ops *ctx, struct bpf_sock *sk, 
 	return 1;
 }
 
-// release counts a counted socket out, once.
+// key_of fills key with the connection's client address and port (the
+// socket's own) and its listener (the socket's peer once redirected).
+static __always_inline void key_of(struct bpf_sock_ops *ctx, struct conn_key *key)
+{
+	__u32 ip4 = ctx->local_ip4, dst4 = ctx->remote_ip4;
+
+	__builtin_memcpy(key->addr, &ip4, 4);
+	key->port = (__u16)ctx->local_port;
+	__builtin_memcpy(key->dst_addr, &dst4, 4);
+	// remote_port holds the port in network byte order in its upper half
+	// (host byte order after the swap).
+	key->dst_port = (__u16)bpf_ntohl(ctx->remote_port);
+}
+
+// release counts a counted socket out, once, and drops the record it
+// published if the agent never took it: by now the connection failed
+// (SYN_SENT to CLOSE: refused, unreachable, timed out) or its peer closed
+// it, which the agent does only after taking the record, or it ended. Such
+// a record would otherwise wait in the LRU for an accept that cannot come:
+// a namespace of a user's own could fill the map with connections to a
+// listener of its own, or seed keys a container will use, marking them as
+// collisions. Another namespace's record under the same key (a collision)
+// goes too: its connection is refused either way.
 static __always_inline void release(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct caller_key *held;
+	struct conn_key key = {};
 	__u32 first = 0;
 	__s64 *n;
 
@@ -612,6 +637,8 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 	held = bpf_sk_storage_get(&sk_callers, sk, 0, 0);
 	if (!held)
 		return;
+	key_of(ctx, &key);
+	bpf_map_delete_elem(&conn_records, &key);
 	n = bpf_map_lookup_elem(&caller_conns, held);
 	if (n)
 		__sync_fetch_and_add(n, -1);
@@ -647,7 +674,6 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	struct conn_record *rec;
 	struct conn_key key = {};
 	struct bpf_sock *sk;
-	__u32 ip4, dst4;
 
 	if (ctx->op == BPF_SOCK_OPS_STATE_CB) {
 		// args[1] is the new state. A client's half-close (FIN_WAIT1/2)
@@ -663,21 +689,14 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	if (!sk)
 		return 1;
 
-	ip4 = ctx->local_ip4;
-	__builtin_memcpy(key.addr, &ip4, 4);
-	key.port = (__u16)ctx->local_port;
-	dst4 = ctx->remote_ip4;
-	__builtin_memcpy(key.dst_addr, &dst4, 4);
-	// remote_port holds the port in network byte order in its upper half
-	// (host byte order after the swap).
-	key.dst_port = (__u16)bpf_ntohl(ctx->remote_port);
+	key_of(ctx, &key);
 
 	rec = bpf_sk_storage_get(&sk_records, sk, 0, 0);
 	if (!rec) {
 		bpf_map_delete_elem(&conn_records, &key);
 		return 1;
 	}
-	if (!in_agent_netns(rec->netns) && (bpf_ntohl(ip4) >> 24) == 127) {
+	if (!in_agent_netns(rec->netns) && (bpf_ntohl(ctx->local_ip4) >> 24) == 127) {
 		// From a loopback address of another namespace the connection
 		// stays there (a user's own namespace listening on the container
 		// listener's address): it never reaches the agent, and its record

@@ -15,6 +15,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
+	"github.com/opengpa/gpa/proxyagent/proxy"
 )
 
 // Connects from another network namespace go to the container listener,
@@ -139,6 +140,61 @@ func TestOwnNamespaceLoopbackLeavesNoRecord(t *testing.T) {
 		"--local-port", "40103", "--max-time", "2", "http://169.254.169.254/")
 	if rec, ok := r.Lookup(netip.AddrPortFrom(ca.Addr(), 40103), ca); !ok || !rec.OtherNetns {
 		t.Errorf("the namespace's connect from %s: record %+v found %v, want one of another namespace", ca.Addr(), rec, ok)
+	}
+}
+
+// A record whose connection can no longer be accepted is dropped, with
+// the connection limits on as in production: a connect that failed, or a
+// connection its peer closed (the agent closes only after taking the
+// record). Otherwise a namespace of a user's own could fill the map, or
+// seed the keys a container will use, with records no accept ever takes.
+// A connection still waiting to be accepted keeps its record.
+func TestUnconsumedRecordsDropped(t *testing.T) {
+	e := newEnv(t)
+	ca := msp.ContainerListenerAddr
+	e.cfg.Endpoints.ContainerListener = ca
+	own, _ := proxy.ConnShares(500, 64, true)
+	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, own
+	e.loadRedirecting()
+	ownNs := testenv.NewNetns(t, ca.Addr())
+	ownL, err := ownNs.Listen("tcp", ca.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go closeEach(ownL)
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	curl := func(o testenv.Options, port string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		o.Cgroup = e.cg
+		_, _ = testenv.Run(ctx, o, "curl", "-s", "--noproxy", "*", "--local-port", port, "--max-time", "1",
+			"http://169.254.169.254/")
+	}
+	// Closed by the user's own listener, then refused once it is gone.
+	curl(testenv.Options{Netns: ownNs}, "40201")
+	ownL.Close()
+	curl(testenv.Options{Netns: ownNs}, "40202")
+	// nobody in the agent's namespace while no listener is up.
+	curl(testenv.Options{Netns: e.ns, Credential: nobody}, "40203")
+	// Waiting: a listener that accepts nothing.
+	l, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	curl(testenv.Options{Netns: e.ns, Credential: nobody}, "40204")
+
+	ports := map[uint16]bool{}
+	for key := range recordKeys(t, e.cfg.PinDir) {
+		ports[key.Port] = true
+	}
+	for _, p := range []uint16{40201, 40202, 40203} {
+		if ports[p] {
+			t.Errorf("the record of the connection from port %d outlived it", p)
+		}
+	}
+	if !ports[40204] {
+		t.Errorf("the connection waiting to be accepted lost its record (records at ports %v)", ports)
 	}
 }
 
