@@ -11,8 +11,8 @@
 // so the sockops program moves the record into conn_records, keyed by the
 // client's local address and port: exactly what the listener sees as the
 // peer of the accepted connection. User space deletes the entry at accept;
-// a counted socket's entry also goes when its connection fails or is
-// closed by its peer before that (release), so no accept-less record lingers.
+// a counted socket's entry also goes when its connect fails or its peer
+// closes the connection before that (release).
 //
 // Sockets whose SO_MARK equals agent_mark, made by root in the agent's
 // network namespace (the agent's own connections to the host), are never
@@ -149,6 +149,7 @@ struct conn_record {
 	__u64 exec_id;     // the process's execve count (group leader's self_exec_id)
 	__u64 exe_ino;     // inode number of the executable the process runs (0: unknown)
 	__u64 exe_mnt;     // id of the mount it was run from (statx stx_mnt_id) | 1 << 32; 0: unknown
+	__u64 cookie;      // socket cookie of the connection that published it (release deletes only its own)
 	__u32 pid;         // thread-group id
 	__u32 tid;         // id of the thread that called connect()
 	__u32 uid;         // real uid
@@ -339,6 +340,7 @@ static __always_inline void record(struct bpf_sock_addr *ctx, __u32 dst_ip4, __u
 	rec->orig_port = dst_port;
 	rec->family = family;
 	rec->collision = 0;
+	rec->cookie = 0;
 	rec->netns = netns;
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 }
@@ -615,19 +617,23 @@ static __always_inline void key_of(struct bpf_sock_ops *ctx, struct conn_key *ke
 	key->dst_port = (__u16)bpf_ntohl(ctx->remote_port);
 }
 
-// release counts a counted socket out, once, and drops the record it
-// published if the agent never took it: by now the connection failed
-// (SYN_SENT to CLOSE: refused, unreachable, timed out) or its peer closed
-// it, which the agent does only after taking the record, or it ended. Such
-// a record would otherwise wait in the LRU for an accept that cannot come:
-// a namespace of a user's own could fill the map with connections to a
-// listener of its own, or seed keys a container will use, marking them as
-// collisions. Another namespace's record under the same key (a collision)
-// goes too: its connection is refused either way.
+// release counts a counted socket out, once. When the agent can no
+// longer take the record the socket published, it drops it: the connect
+// failed (SYN_SENT to CLOSE: refused, unreachable, timed out), the peer
+// closed the connection first (CLOSE_WAIT; the agent takes a record before
+// it closes a connection it serves, and one it closes unserved needs
+// none), or a reset ended it (ESTABLISHED to CLOSE). Such records would
+// otherwise wait in the LRU for an accept that cannot come. A connection
+// its client closed in order (FIN) keeps its record: the agent may still
+// accept and serve it, as upstream forwards such a request. Only the socket's own record goes (its cookie): another
+// namespace's record under the same key, collision mark and all, must
+// stay, or a socket that collided with it could clear the mark by failing
+// and then publish a record of its own in its place.
 static __always_inline void release(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct caller_key *held;
+	struct conn_record *rec;
 	struct conn_key key = {};
 	__u32 first = 0;
 	__s64 *n;
@@ -637,8 +643,12 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 	held = bpf_sk_storage_get(&sk_callers, sk, 0, 0);
 	if (!held)
 		return;
-	key_of(ctx, &key);
-	bpf_map_delete_elem(&conn_records, &key);
+	if (ctx->args[1] == BPF_TCP_CLOSE_WAIT || ctx->args[0] == BPF_TCP_SYN_SENT || ctx->args[0] == BPF_TCP_ESTABLISHED) {
+		key_of(ctx, &key);
+		rec = bpf_map_lookup_elem(&conn_records, &key);
+		if (rec && rec->cookie == bpf_get_socket_cookie(ctx))
+			bpf_map_delete_elem(&conn_records, &key);
+	}
 	n = bpf_map_lookup_elem(&caller_conns, held);
 	if (n)
 		__sync_fetch_and_add(n, -1);
@@ -705,10 +715,21 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 		return 1;
 	}
 	if (!count(ctx, sk, rec)) {
-		bpf_map_delete_elem(&conn_records, &key);
+		// Over a limit: no record of its own, yet the socket may still
+		// reach the listener (TCP Fast Open, racing connects). A stale
+		// record of its namespace under its key goes; another
+		// namespace's is marked, so the agent hands that identity to
+		// neither connection.
+		struct conn_record *old = bpf_map_lookup_elem(&conn_records, &key);
+
+		if (old && old->netns != rec->netns)
+			old->collision = 1;
+		else if (old)
+			bpf_map_delete_elem(&conn_records, &key);
 		bpf_sk_storage_delete(&sk_records, sk);
 		return 1;
 	}
+	rec->cookie = bpf_get_socket_cookie(ctx);
 	if (bpf_map_update_elem(&conn_records, &key, rec, BPF_NOEXIST) != 0) {
 		struct conn_record *old = bpf_map_lookup_elem(&conn_records, &key);
 

@@ -38,6 +38,7 @@ type RedirectConnRecord struct {
 	ExecId    uint64
 	ExeIno    uint64
 	ExeMnt    uint64
+	Cookie    uint64
 	Pid       uint32
 	Tid       uint32
 	Uid       uint32

@@ -22,9 +22,23 @@ import (
 // and their records say so. Two namespaces that use the same client
 // address and port mark the pending record as a collision, and Lookup
 // refuses it instead of handing one namespace's identity to the other.
+// With the connection limits on (as in production) the kernel drops a
+// counted connection's record when it fails: the one that collided must
+// not take the other's record, mark and all, with it and then publish a
+// clean one of its own in its place.
 func TestContainerRecordsAndCollision(t *testing.T) {
+	for _, limits := range []bool{false, true} {
+		t.Run(fmt.Sprintf("limits=%v", limits), func(t *testing.T) { testContainerRecordsAndCollision(t, limits) })
+	}
+}
+
+func testContainerRecordsAndCollision(t *testing.T, limits bool) {
 	e := newEnv(t)
 	ca := e.useContainerListener()
+	if limits {
+		own, _ := proxy.ConnShares(500, 64, true)
+		e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, own
+	}
 	r := e.loadRedirecting()
 	// The container listener accepts nothing: records stay pending in the
 	// kernel until the test looks them up.
@@ -35,7 +49,7 @@ func TestContainerRecordsAndCollision(t *testing.T) {
 	defer l.Close()
 
 	// Same container address in both; A's network is the more specific
-	// route in the VM, so the VM answers A, never B.
+	// route in the VM, so the VM answers A, never B: B's connects fail.
 	a := testenv.NewContainer(t, e.ns, e.cg, "gpcA", netip.MustParsePrefix("169.254.232.1/30"), netip.MustParsePrefix("169.254.232.2/30"))
 	b := testenv.NewContainer(t, e.ns, e.cg, "gpcB", netip.MustParsePrefix("169.254.232.5/29"), netip.MustParsePrefix("169.254.232.2/29"))
 	cookie := func(k *testenv.Container) uint64 {
@@ -54,6 +68,15 @@ func TestContainerRecordsAndCollision(t *testing.T) {
 			"--connect-timeout", "1", "--max-time", "1", "--local-port", port, "http://169.254.169.254/")
 	}
 	peer := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(a.Addr, port) }
+	pending := func(port uint16) bpf.RedirectConnRecord {
+		t.Helper()
+		var raw bpf.RedirectConnRecord
+		key := bpf.RedirectConnKey{Addr: a.Addr.As4(), Port: port, DstAddr: ca.Addr().As4(), DstPort: ca.Port()}
+		if err := r.objs.ConnRecords.Lookup(key, &raw); err != nil {
+			t.Fatalf("no pending record for %s: %v", peer(port), err)
+		}
+		return raw
+	}
 
 	// One container alone: its record names its namespace, not the agent's.
 	connect(a, "40001")
@@ -62,22 +85,35 @@ func TestContainerRecordsAndCollision(t *testing.T) {
 		t.Fatalf("container A's record %+v (found %v), want its netns, cgroup and IMDS", rec, ok)
 	}
 
+	// A, then B (whose connect fails), from the same address and port;
+	// then B again. A's record stays, marked.
+	connect(a, "40003")
+	connect(b, "40003")
+	connect(b, "40003")
+	if raw := pending(40003); raw.Collision != 1 || raw.Netns != cookie(a) {
+		t.Errorf("pending record collision=%d netns=%d, want A's record (netns %d) marked", raw.Collision, raw.Netns, cookie(a))
+	}
+	if rec, ok := r.Lookup(peer(40003), ca); ok {
+		t.Errorf("A's connection was handed a record after B collided with it: %+v", rec)
+	}
+
 	// B, then A, from the same address and port.
 	connect(b, "40002")
 	connect(a, "40002")
-	var raw bpf.RedirectConnRecord
-	key := bpf.RedirectConnKey{Addr: a.Addr.As4(), Port: 40002, DstAddr: ca.Addr().As4(), DstPort: ca.Port()}
-	if err := r.objs.ConnRecords.Lookup(key, &raw); err != nil {
-		t.Fatalf("no pending record for %s: %v", peer(40002), err)
-	}
-	if raw.Collision != 1 || raw.Netns != cookie(b) {
-		t.Errorf("pending record collision=%d netns=%d, want B's record (netns %d) marked", raw.Collision, raw.Netns, cookie(b))
-	}
-	if rec, ok := r.Lookup(peer(40002), ca); ok {
-		t.Errorf("a collided record was handed out: %+v", rec)
+	if !limits {
+		// (With limits B's failed connect took its record with it, so A's
+		// is the only one: nothing collided.)
+		if raw := pending(40002); raw.Collision != 1 || raw.Netns != cookie(b) {
+			t.Errorf("pending record collision=%d netns=%d, want B's record (netns %d) marked", raw.Collision, raw.Netns, cookie(b))
+		}
+		if rec, ok := r.Lookup(peer(40002), ca); ok {
+			t.Errorf("a collided record was handed out: %+v", rec)
+		}
+	} else if rec, ok := r.Lookup(peer(40002), ca); !ok || rec.Netns != cookie(a) {
+		t.Errorf("A's record after B's failed connect: %+v (found %v), want A's", rec, ok)
 	}
 	if _, ok := r.Lookup(peer(40002), ca); ok {
-		t.Error("the collided record was not consumed")
+		t.Error("the record was not consumed")
 	}
 }
 
@@ -143,12 +179,13 @@ func TestOwnNamespaceLoopbackLeavesNoRecord(t *testing.T) {
 	}
 }
 
-// A record whose connection can no longer be accepted is dropped, with
-// the connection limits on as in production: a connect that failed, or a
-// connection its peer closed (the agent closes only after taking the
-// record). Otherwise a namespace of a user's own could fill the map, or
-// seed the keys a container will use, with records no accept ever takes.
-// A connection still waiting to be accepted keeps its record.
+// A record whose connection the agent can no longer accept is dropped,
+// with the connection limits on as in production: a connect that failed,
+// or a connection its peer closed (the agent closes only after taking the
+// record). Otherwise such records wait in the map for an accept that
+// cannot come. A connection its client closed itself (curl giving up on a
+// listener that accepts nothing) keeps its record: the agent may still
+// accept and serve it.
 func TestUnconsumedRecordsDropped(t *testing.T) {
 	e := newEnv(t)
 	ca := msp.ContainerListenerAddr
@@ -176,7 +213,7 @@ func TestUnconsumedRecordsDropped(t *testing.T) {
 	curl(testenv.Options{Netns: ownNs}, "40202")
 	// nobody in the agent's namespace while no listener is up.
 	curl(testenv.Options{Netns: e.ns, Credential: nobody}, "40203")
-	// Waiting: a listener that accepts nothing.
+	// Closed by its client while waiting: a listener that accepts nothing.
 	l, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +231,7 @@ func TestUnconsumedRecordsDropped(t *testing.T) {
 		}
 	}
 	if !ports[40204] {
-		t.Errorf("the connection waiting to be accepted lost its record (records at ports %v)", ports)
+		t.Errorf("the connection its client closed lost its record before the agent could accept it (records at ports %v)", ports)
 	}
 }
 
