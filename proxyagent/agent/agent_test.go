@@ -363,11 +363,15 @@ func TestDeniedCallerNeverReachesHost(t *testing.T) {
 	h.assertNothingUnsignedServed()
 }
 
-func TestAuditForwardsAndRecordsFailedAuthentication(t *testing.T) {
+// newAuditIMDSHarness starts an agent whose IMDS rules are in Audit mode,
+// deny by default, and let root (only) at /metadata/identity; it returns
+// once the agent applies them.
+func newAuditIMDSHarness(t *testing.T, edits ...func(*config.Config)) *harness {
+	t.Helper()
 	const profile = "/subscriptions/0/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/inVMAccessControlProfiles/imds/versions/1.0.0"
 	settings := enforceSettings()
 	settings.IMDS = &hostsim.HostEndpointSettings{InVMAccessControlProfileReferenceID: profile}
-	h := newHarness(t, settings)
+	h := newHarness(t, settings, edits...)
 	pv, err := hostsim.ParseProfile([]byte(`{"properties":{"mode":"Audit","defaultAccess":"Deny","rules":{
 		"privileges":[{"name":"token","path":"/metadata/identity"}],
 		"roles":[{"name":"tokens","privileges":["token"]}],
@@ -383,6 +387,23 @@ func TestAuditForwardsAndRecordsFailedAuthentication(t *testing.T) {
 	testsupport.WaitFor(t, "the agent to see IMDS in Audit", func() bool {
 		return h.aggregate().ProxyAgentStatus.KeyLatchStatus.States["secureChannelState"] == "WireServer Enforce -  IMDS Audit - HostGA Enforce"
 	})
+	// The profile may have arrived after the first status (an unknown
+	// profile is also Audit, with no rules): wait for its privilege in the
+	// agent's snapshot of the rules it compiled.
+	testsupport.WaitFor(t, "the agent to compile the profile's rules", func() bool {
+		files, _ := filepath.Glob(filepath.Join(h.cfg.StatusFolder, "AuthorizationRules_*.json"))
+		for _, f := range files {
+			if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), `"token"`) {
+				return true
+			}
+		}
+		return false
+	})
+	return h
+}
+
+func TestAuditForwardsAndRecordsFailedAuthentication(t *testing.T) {
+	h := newAuditIMDSHarness(t)
 	resp := h.do(nobody, h.imds(), get("/metadata/instance?api-version=2021-02-01", "169.254.169.254", "Metadata: true\r\n"))
 	if resp.StatusCode != 200 {
 		t.Fatalf("audited IMDS request: %s, want it forwarded", resp.Status)

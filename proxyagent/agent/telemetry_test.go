@@ -144,25 +144,28 @@ func TestSystemEventStreams(t *testing.T) {
 	}
 }
 
-// A failed request's connection-log line also goes to stdout at
-// fileLogLevelForSystemEvents (§4.8), as upstream's connection logger
-// writes its warnings to the system log; one that went well does not
-// (upstream logs it at Trace).
+// A connection-log line goes to stdout at fileLogLevelForSystemEvents
+// (§4.8) when upstream's connection logger would write one there: for a
+// request Audit mode denies and lets through (Info), not for one served
+// or answered with an error by the host (upstream logs those at Trace).
 func TestConnectionLinesOnStdout(t *testing.T) {
-	h := newHarness(t, hostsim.ProxyAgentSettings{Enabled: boolPtr(false)},
-		func(c *config.Config) { c.FileLogLevelForSystemEvents = "Info" })
-	if resp := h.do(root, h.imds(), get("/metadata/instance?api-version=2021-02-01", "169.254.169.254", "Metadata: true\r\n")); resp.StatusCode != 200 {
-		t.Fatalf("status %d", resp.StatusCode)
+	h := newAuditIMDSHarness(t, func(c *config.Config) { c.FileLogLevelForSystemEvents = "Info" })
+	const token = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/"
+	if resp := h.do(root, h.imds(), get(token, "169.254.169.254", "Metadata: true\r\n")); resp.StatusCode != 200 {
+		t.Fatalf("root's token request: status %d", resp.StatusCode)
 	}
-	// No Metadata header: IMDS answers 400.
-	if resp := h.do(root, h.imds(), get("/metadata/instance?api-version=2021-03-01", "169.254.169.254")); resp.StatusCode != 400 {
-		t.Fatalf("status %d without Metadata: true, want 400", resp.StatusCode)
+	if resp := h.do(root, h.imds(), get(token+"&x=1", "169.254.169.254")); resp.StatusCode != 400 {
+		t.Fatalf("root's token request without Metadata: true: status %d, want the host's 400", resp.StatusCode)
 	}
-	testsupport.WaitFor(t, "the failed request's line on stdout", func() bool {
-		return strings.Contains(h.stdout.String(), "] - GET /metadata/instance?api-version=2021-03-01 to IMDS ")
+	if resp := h.do(nobody, h.imds(), get("/metadata/instance?api-version=2021-02-01", "169.254.169.254", "Metadata: true\r\n")); resp.StatusCode != 200 {
+		t.Fatalf("nobody's audited request: status %d", resp.StatusCode)
+	}
+	testsupport.WaitFor(t, "the audited request's line on stdout", func() bool {
+		return strings.Contains(h.stdout.String(), "[INFO]    ") &&
+			strings.Contains(h.stdout.String(), "] - GET /metadata/instance?api-version=2021-02-01 to IMDS ")
 	})
-	if out := h.stdout.String(); strings.Contains(out, "api-version=2021-02-01 to IMDS") {
-		t.Errorf("a request that went well on stdout:\n%s", out)
+	if out := h.stdout.String(); strings.Contains(out, "] - GET /metadata/identity/oauth2/token") {
+		t.Errorf("the line of a request served, or answered by the host, on stdout:\n%s", out)
 	}
 }
 

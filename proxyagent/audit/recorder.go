@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/opengpa/gpa/internal/serdejson"
+	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
 	"github.com/opengpa/gpa/proxyagent/logfile"
 )
@@ -95,17 +97,17 @@ type Options struct {
 // connection logger sends each line it writes to the system log (stdout,
 // errors to stderr) at fileLogLevelForSystemEvents and to telemetry at
 // fileLogLevelForEvents, whatever fileLogLevel lets into the file. A
-// request that went well is mirrored at Trace (mirrorLevel), as upstream
-// logs it; its file line is Info. A summary line goes to the system log only (it is its own telemetry
+// request's line is mirrored at upstream's level for it (mirrorLevel),
+// not at its file level. A summary line goes to the system log only (it is its own telemetry
 // event, Options.OnNewSummary); the closing "ConnectionLogger is dropped"
 // line goes nowhere else. Lines of callers over their record budget are
 // not mirrored either. A zero level sends nothing.
 type Mirror struct {
 	// Out and Err receive the lines at or above OutLevel as the file has
 	// them (header and text): Error lines Err, the others Out. They are
-	// written with the log files, in writes of at most MirrorChunk bytes
-	// that end at a line's end, so that lines others write to the same
-	// pipe are never cut into them.
+	// written with the log files, in writes that end at a line's end and
+	// hold at most MirrorChunk bytes unless one line is longer, so that a
+	// pipe others also write to never gets their lines cut into ours.
 	Out, Err io.Writer
 	OutLevel logfile.Level
 	// Event receives the lines at or above EventLevel, without their
@@ -533,7 +535,7 @@ func (r *Recorder) handle(j *job) {
 		if !toFile && !toOut {
 			continue
 		}
-		b, _ := json.Marshal(s)
+		b, _ := serdejson.Marshal(s) // as upstream's serde_json writes it: '&' kept
 		if toFile {
 			r.lineBuf = logfile.AppendLine(r.lineBuf[:0], ev.Time, logfile.Info, b)
 			_, err := r.connLog.Write(r.lineBuf)
@@ -666,13 +668,21 @@ func eventLevel(ev *Event) logfile.Level {
 }
 
 // mirrorLevel is the level at which a request's line is mirrored
-// (Options.Mirror): Warn as in the file for a request refused or failed,
-// but Trace for one that went well, where upstream's connection logger
-// writes such a request's lines. So the system log and telemetry get a
-// line per problem, as upstream's, not one per request.
+// (Options.Mirror): where upstream's connection logger writes its lines
+// about such a request. Info for one Audit mode would deny and lets
+// through ("… denied in audit mode, continue forward the request"), Warn
+// for one the agent failed itself (it answered 5xx, or the exchange broke
+// before an answer), Trace for the rest: served, refused (upstream records
+// those in the summaries only) or answered with an error by the host. So
+// the journal and telemetry get a line per audited denial and per
+// failure, as upstream's do, not one per request. The file keeps
+// eventLevel.
 func mirrorLevel(ev *Event) logfile.Level {
-	if l := eventLevel(ev); l != logfile.Info {
-		return l
+	switch {
+	case ev.Authorized && ev.Decision.Result == authz.AllowAudited:
+		return logfile.Info
+	case ev.Error != "" && (ev.Status == 0 || ev.Status >= 500):
+		return logfile.Warn
 	}
 	return logfile.Trace
 }
