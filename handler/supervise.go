@@ -2,6 +2,7 @@ package handler
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -107,26 +108,50 @@ func trimOutput(ctx context.Context, f *os.File, every time.Duration, limit int6
 	}
 }
 
-// trimLog copies the regular file f writes to into <path>.1 and
-// truncates it, when it is over limit. Its writers append (O_APPEND, as
-// SpawnDetached opens it), so they go on at the new end; a line written
-// between the copy and the truncation is lost.
+// trimLog moves the content of the regular file f writes to into
+// <path>.1 and truncates it, when it is over limit. The copy reads through
+// f's own file (/proc/self/fd), streaming, to its end at that moment, and
+// the truncation follows at once: a line the agent writes in between is
+// lost. The writers append (O_APPEND, as SpawnDetached opens the file), so
+// they go on at the new end. A file renamed or deleted since it was opened
+// is left alone.
 func trimLog(f *os.File, limit int64) {
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() <= limit {
 		return
 	}
-	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	self := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
+	path, err := os.Readlink(self)
 	if err != nil || !filepath.IsAbs(path) {
 		return
 	}
-	data, err := os.ReadFile(path)
+	if pi, err := os.Stat(path); err != nil || !os.SameFile(pi, fi) {
+		return
+	}
+	src, err := os.Open(self)
 	if err != nil {
 		return
 	}
-	if atomicfile.WriteFile(path+".1", data, 0o640) == nil {
-		f.Truncate(0)
+	defer src.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".1.*")
+	if err != nil {
+		return
 	}
+	_, err = io.Copy(tmp, src)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), fi.Mode().Perm())
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path+".1")
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return
+	}
+	f.Truncate(0)
 }
 
 // stopAgent sends SIGTERM to the agent, then SIGKILL after 5 s, and waits
