@@ -625,10 +625,14 @@ static __always_inline void key_of(struct bpf_sock_ops *ctx, struct conn_key *ke
 // none), or a reset ended it (ESTABLISHED to CLOSE). Such records would
 // otherwise wait in the LRU for an accept that cannot come. A connection
 // its client closed in order (FIN) keeps its record: the agent may still
-// accept and serve it, as upstream forwards such a request. Only the socket's own record goes (its cookie): another
-// namespace's record under the same key, collision mark and all, must
-// stay, or a socket that collided with it could clear the mark by failing
-// and then publish a record of its own in its place.
+// accept and serve it, as upstream forwards such a request. Only the
+// socket's own record goes (its cookie), and never one marked as a
+// collision: a marked record stays until the agent takes it or the LRU
+// evicts it, or either side could clear the mark by failing and then
+// publish a clean record in its place, which the other connection would be
+// handed. (Between the lookup and the delete the agent may take the record
+// and another namespace publish one under the key; deleting that costs its
+// connection a 421, never a wrong identity.)
 static __always_inline void release(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
@@ -646,7 +650,7 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 	if (ctx->args[1] == BPF_TCP_CLOSE_WAIT || ctx->args[0] == BPF_TCP_SYN_SENT || ctx->args[0] == BPF_TCP_ESTABLISHED) {
 		key_of(ctx, &key);
 		rec = bpf_map_lookup_elem(&conn_records, &key);
-		if (rec && rec->cookie == bpf_get_socket_cookie(ctx))
+		if (rec && !rec->collision && rec->cookie == bpf_get_socket_cookie(ctx))
 			bpf_map_delete_elem(&conn_records, &key);
 	}
 	n = bpf_map_lookup_elem(&caller_conns, held);
@@ -675,7 +679,9 @@ static __always_inline void release(struct bpf_sock_ops *ctx)
 // marked as a collision and this one is dropped, so the agent refuses both
 // connections instead of handing one namespace's identity to the other. A
 // pending record of the same namespace and 4-tuple is stale (the kernel
-// keeps a namespace's 4-tuples unique) and is replaced. The socket is counted
+// keeps a namespace's 4-tuples unique) and is replaced, unless it is
+// marked: a mark stays until the agent takes the record (or the LRU evicts
+// it), or the namespace that collided could clear it by reconnecting. The socket is counted
 // under its caller for the per-caller limit; its later state changes
 // (BPF_SOCK_OPS_STATE_CB, asked for by count) count it out.
 SEC("sockops")
@@ -724,7 +730,7 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 
 		if (old && old->netns != rec->netns)
 			old->collision = 1;
-		else if (old)
+		else if (old && !old->collision)
 			bpf_map_delete_elem(&conn_records, &key);
 		bpf_sk_storage_delete(&sk_records, sk);
 		return 1;
@@ -735,7 +741,7 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 
 		if (old && old->netns != rec->netns)
 			old->collision = 1;
-		else
+		else if (!old || !old->collision)
 			bpf_map_update_elem(&conn_records, &key, rec, BPF_ANY);
 	}
 	bpf_sk_storage_delete(&sk_records, sk);

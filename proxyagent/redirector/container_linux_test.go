@@ -3,6 +3,7 @@ package redirector
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -95,6 +96,51 @@ func testContainerRecordsAndCollision(t *testing.T, limits bool) {
 	}
 	if rec, ok := r.Lookup(peer(40003), ca); ok {
 		t.Errorf("A's connection was handed a record after B collided with it: %+v", rec)
+	}
+
+	// A namespace of a user's own with A's address (and the container
+	// listener's, with a listener of its own that holds what it accepts)
+	// connects first from A's port, so A's connect marks that record.
+	// Resetting its connection and connecting again from the same port
+	// must not clear the mark and leave a clean record of its own, which
+	// the agent would then hand to A's connection.
+	ownNs := testenv.NewNetns(t, a.Addr, ca.Addr())
+	ownL, err := ownNs.Listen("tcp", ca.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ownL.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ownL.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	attacker := startConns(t, worldExecutable(t), testenv.Options{Netns: ownNs, Cgroup: e.cg})
+	from := "from " + msp.IMDSAddr.String() + " " + peer(40004).String()
+	if got := attacker.do(from); got != "ok" {
+		t.Fatalf("the own namespace's connect: %s", got)
+	}
+	connect(a, "40004")
+	attacker.do("reset 0")
+	if got := attacker.do(from); got != "ok" {
+		t.Fatalf("the own namespace's second connect: %s", got)
+	}
+	if raw := pending(40004); raw.Collision != 1 {
+		t.Errorf("the record under A's key after the other namespace reconnected: collision=%d netns=%d (A's %d)",
+			raw.Collision, raw.Netns, cookie(a))
+	}
+	if rec, ok := r.Lookup(peer(40004), ca); ok {
+		t.Errorf("A's connection was handed a record of the namespace that collided with it: %+v", rec)
 	}
 
 	// B, then A, from the same address and port.

@@ -28,6 +28,7 @@ import (
 //	       "err <error>"
 //	close  i: end connection i (shut down writing, read until the server
 //	       closes, close); "closed"
+//	reset  i: close connection i with a reset (SO_LINGER 0); "reset"
 //	half   i: ask the server to keep connection i open after its end, and
 //	       shut down writing (half-close); "half"
 //	wait   i: read connection i until the server closes it; "eof <nil>"
@@ -90,6 +91,10 @@ func connsHelper(addr string) int {
 			}
 			conns = append(conns, c)
 			fmt.Println("ok")
+		case cmd == "reset" && i < len(conns):
+			conns[i].(*net.TCPConn).SetLinger(0)
+			conns[i].Close()
+			fmt.Println("reset")
 		case cmd == "tfo":
 			fmt.Println(fastOpen(addr, i))
 		case cmd == "bye" && i < len(conns):
