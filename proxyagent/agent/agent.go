@@ -152,7 +152,7 @@ func Run(ctx context.Context, opts Options) error {
 		reg.Set(status.EbpfProgram, status.Running, "Identity source supplied by the caller; eBPF redirector not loaded")
 		prov.RedirectorReady()
 	} else {
-		containerNote := setUpContainerListener(&dest, log)
+		containerNote := setUpContainerListener(&dest, apart, log)
 		redir, err = loadRedirector(cfg, dest, apart, start, log)
 		if err != nil {
 			// Without the kernel hooks nothing is redirected; the listener
@@ -380,14 +380,22 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, apart bool, start time.T
 }
 
 // setUpContainerListener adds the container listener's address to the
-// loopback device of the agent's namespace. When that fails the listener is
-// dropped from dest, so the kernel refuses connects from other namespaces
-// instead of sending them anywhere, and the returned note (for
-// ebpfProgramStatus) says why.
-func setUpContainerListener(dest *msp.Endpoints, log *slog.Logger) string {
+// loopback device of the agent's namespace. When that fails, or the kernel
+// cannot tell namespaces apart (apart false), the listener is dropped from
+// dest, so the kernel refuses connects from other namespaces instead of
+// sending them anywhere, and the returned note (for ebpfProgramStatus)
+// says why.
+func setUpContainerListener(dest *msp.Endpoints, apart bool, log *slog.Logger) string {
 	ca := dest.ContainerListener
 	if !ca.IsValid() {
 		return "; containers (other network namespaces) refused: no containerListenAddress"
+	}
+	if !apart {
+		// The hooks cannot send anything there (they cannot tell a
+		// container's socket from the VM's), so the listener would only
+		// take direct connections: none is opened.
+		dest.ContainerListener = netip.AddrPort{}
+		return "; containers (other network namespaces) not served: this kernel cannot tell network namespaces apart (SO_NETNS_COOKIE, Linux 5.14)"
 	}
 	if err := redirector.AddLoopbackAddr(ca.Addr()); err != nil {
 		dest.ContainerListener = netip.AddrPort{}

@@ -537,3 +537,15 @@ func TestReleaseWhenIdle(t *testing.T) {
 		}
 	})
 }
+
+// Where the kernel cannot tell network namespaces apart (no netns cookie,
+// before Linux 5.14) the container listener is not opened: the hooks could
+// send nothing there, and a direct connection to it would pass for the
+// VM's own.
+func TestNoContainerListenerWithoutNetnsCookie(t *testing.T) {
+	dest := msp.Endpoints{ContainerListener: msp.ContainerListenerAddr}
+	note := setUpContainerListener(&dest, false, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if dest.ContainerListener.IsValid() || !strings.Contains(note, "cannot tell network namespaces apart") {
+		t.Errorf("container listener %v, note %q; want none, and the note to say why", dest.ContainerListener, note)
+	}
+}

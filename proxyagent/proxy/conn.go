@@ -140,6 +140,13 @@ func addrPort(a net.Addr) netip.AddrPort {
 func (st *connState) setup(ctx context.Context) {
 	s := st.s
 	rec, ok := s.opts.Identity.Lookup(st.client, st.local)
+	if ok && st.viaContainer {
+		// Only connects from other network namespaces are sent to the
+		// container listener: whatever the record says (a kernel without
+		// netns cookies cannot tell namespaces apart), this caller is in a
+		// container, never the VM's root.
+		rec.OtherNetns = true
+	}
 	if key, exempt := keyOf(rec, ok); !exempt {
 		if within, full := s.callers.acquire(key); !within {
 			st.overLimit = true

@@ -56,6 +56,14 @@ func TestContainerListener(t *testing.T) {
 	if az := e.az.requests(); len(az) != 1 || az[len(az)-1].Caller == nil || !az[len(az)-1].Caller.OtherNetns {
 		t.Errorf("authorizer saw %+v, want the container caller", az)
 	}
+	// A record that does not say "other namespace" (a kernel without netns
+	// cookies) is still a container's on the container listener: its root
+	// is not the VM's.
+	unknown := *container
+	unknown.OtherNetns = false
+	if resp, _ := dial(&unknown).do(req("GET", "/gpa-aggregated-status", "Metadata: true")); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("aggregate status to uid 0 on the container listener, namespace unknown: %d, want 403", resp.StatusCode)
+	}
 	// The container listener is the agent itself as a destination.
 	if got := e.srv.opts.Endpoints.Classify(netip.AddrPortFrom(ca.Addr(), ca.Port())); got != msp.ProxyAgent {
 		t.Errorf("container listener classified as %s", got)
