@@ -153,6 +153,11 @@ func Run(ctx context.Context, opts Options) error {
 		prov.RedirectorReady()
 	} else {
 		containerNote := setUpContainerListener(&dest, apart, log)
+		// A listen() without a bind must never be given a listener's port
+		// while the agent is down (the bind guard cannot see it).
+		if err := redirector.ReservePorts(dest.Listener.Port(), dest.ContainerListener.Port()); err != nil {
+			log.Warn("listener ports could not be reserved (ip_local_reserved_ports)", "error", err)
+		}
 		redir, err = loadRedirector(cfg, dest, apart, start, log)
 		if err != nil {
 			// Without the kernel hooks nothing is redirected; the listener
