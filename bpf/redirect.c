@@ -26,6 +26,11 @@
 // guard any local user could listen there and answer root's metadata
 // requests in the host's name.
 //
+// Listener check: a redirect to, or a connect straight to, a listener of
+// the agent's namespace is refused (EPERM) unless the socket listening
+// there carries the agent's mark (agent_listening): a user's socket that
+// got the listener's port past the bind guard never gets a connection.
+//
 // Connection limits: a caller (a user in a network namespace; root in the
 // agent's namespace is exempt) holds at most max_caller_conns redirected
 // connections at once, and the callers in the agent's namespace together
@@ -397,6 +402,30 @@ refuse:
 // container-facing listener elsewhere. It returns the program's verdict: 0
 // refuses the connect (the caller is at its limit, or another namespace
 // and no container listener).
+// agent_listening reports whether the socket listening on ip4:port (a
+// listener address of the agent's namespace, port in host byte order;
+// 0.0.0.0 is loopback to a connect) is the agent's: it carries the agent's
+// mark, which only root can set there. The bind guard keeps others from
+// binding a listener's address, but not a socket bound before the guard
+// was first loaded (with SO_REUSEADDR, beside the agent's), which can
+// listen once the agent's listener closes: its connections are refused
+// here, as while nobody listens, never handed to it.
+static __always_inline int agent_listening(struct bpf_sock_addr *ctx, __u32 ip4, __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	int ok;
+
+	t.ipv4.daddr = ip4 ? ip4 : bpf_htonl(0x7f000001);
+	t.ipv4.dport = bpf_htons(port);
+	sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	ok = agent_mark == 0 || sk->mark == agent_mark;
+	bpf_sk_release(sk);
+	return ok;
+}
+
 static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_value *to, __u32 ip4, __u16 port,
 				    __u8 family, __u32 *new_ip4, __u16 *new_port)
 {
@@ -412,6 +441,8 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_val
 	} else {
 		__builtin_memcpy(new_ip4, to->addr, 4);
 		*new_port = to->port;
+		if (!agent_listening(ctx, *new_ip4, *new_port))
+			return 0;
 	}
 	record(ctx, ip4, port, family, netns);
 	return 1;
@@ -453,6 +484,8 @@ static __always_inline int direct(struct bpf_sock_addr *ctx, __u32 ip4, __u16 po
 	if (is_agent(ctx))
 		return 1;
 	if (at_limit((__u32)bpf_get_current_uid_gid(), netns))
+		return 0;
+	if (in_agent_netns(netns) && !agent_listening(ctx, ip4, port))
 		return 0;
 	record(ctx, 0, 0, family, netns);
 	return 1;

@@ -211,6 +211,7 @@ func Run(ctx context.Context, opts Options) error {
 		},
 		Start:             start,
 		DialUpstream:      hostconn.DialContext(cfg.SocketMark, cfg.HostRequestTimeout()),
+		ListenerMark:      listenerMark(redir),
 		ReadHeaderTimeout: cfg.HeaderReadTimeout(), IdleTimeout: cfg.IdleTimeout(),
 		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections, MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
 		OneConnectionPool: !apart,
@@ -382,6 +383,16 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, apart bool, start time.T
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil, err
+}
+
+// listenerMark is the SO_MARK of the agent's listeners: the redirector's
+// mark, which its hooks require of the socket they send connects to; none
+// without the redirector.
+func listenerMark(r *redirector.Redirector) uint32 {
+	if r == nil {
+		return 0
+	}
+	return r.Mark()
 }
 
 // setUpContainerListener adds the container listener's address to the

@@ -214,6 +214,11 @@ type Options struct {
 	// DialUpstream opens the upstream connection (the agent passes a dialer
 	// that sets its socket mark); nil uses a plain net.Dialer.
 	DialUpstream func(ctx context.Context, network, address string) (net.Conn, error)
+	// ListenerMark, when not 0, is the SO_MARK of the listening sockets:
+	// the agent's mark, which the kernel hooks require of the socket they
+	// redirect to (only root can set it), so that a socket of someone
+	// else's that got the listener's port never gets a connection.
+	ListenerMark uint32
 	// Upstream maps the original destination to the address dialled; nil
 	// dials the original destination. Tests map destinations to loopback.
 	Upstream func(orig netip.AddrPort) string
@@ -428,6 +433,20 @@ func (s *Server) Listen() error {
 // longer than IdleTimeout is closed anyway.
 func (s *Server) bind(addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
+	if mark := s.opts.ListenerMark; mark != 0 {
+		lc.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("set SO_MARK on the listener: %w", serr)
+			}
+			return nil
+		}
+	}
 	for i := 0; i < s.opts.BindRetries; i++ {
 		ln, err := lc.Listen(context.Background(), "tcp4", addr)
 		if err == nil {

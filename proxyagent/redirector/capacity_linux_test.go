@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/internal/testenv"
+	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/proxy"
 )
@@ -83,6 +84,9 @@ func (e *env) listenBacklog(addr netip.AddrPort, n int) net.Listener {
 		}
 		f := os.NewFile(uintptr(fd), "listener")
 		defer f.Close()
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_MARK, int(hostconn.Mark)); err != nil {
+			return err
+		}
 		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}); err != nil {
 			return err
 		}

@@ -43,11 +43,7 @@ func testContainerRecordsAndCollision(t *testing.T, limits bool) {
 	r := e.loadRedirecting()
 	// The container listener accepts nothing: records stay pending in the
 	// kernel until the test looks them up.
-	l, err := e.ns.Listen("tcp", ca.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	e.listenAgent(ca)
 
 	// Same container address in both; A's network is the more specific
 	// route in the VM, so the VM answers A, never B: B's connects fail.
@@ -260,11 +256,7 @@ func TestUnconsumedRecordsDropped(t *testing.T) {
 	// nobody in the agent's namespace while no listener is up.
 	curl(testenv.Options{Netns: e.ns, Credential: nobody}, "40203")
 	// Closed by its client while waiting: a listener that accepts nothing.
-	l, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	e.listenAgent(msp.ListenerAddr)
 	curl(testenv.Options{Netns: e.ns, Credential: nobody}, "40204")
 
 	ports := map[uint16]bool{}
@@ -300,11 +292,7 @@ func TestSameClientPortTwoListeners(t *testing.T) {
 	// records are pending at once (the kernel completes the handshakes).
 	start := make(chan struct{})
 	for _, a := range []netip.AddrPort{msp.ListenerAddr, ca} {
-		l, err := e.ns.Listen("tcp", a.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
+		l := e.listenAgent(a)
 		go func() {
 			<-start
 			for {

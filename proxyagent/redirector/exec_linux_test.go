@@ -187,11 +187,8 @@ func execEnv(t *testing.T) (e *env, r *Redirector, ln net.Listener, bash string,
 	t.Helper()
 	e = newEnv(t)
 	r = e.loadRedirecting()
-	ln, err := e.ns.Listen("tcp", msp.ListenerAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln = e.listenAgent(msp.ListenerAddr)
+	var err error
 	if bash, err = exec.LookPath("bash"); err == nil {
 		bash, err = filepath.EvalSymlinks(bash)
 	}

@@ -326,11 +326,7 @@ func limitSetup(t *testing.T, perCaller, all int) *limitEnv {
 	r := e.loadRedirecting()
 	le := &limitEnv{e: e, r: r}
 	for _, a := range []netip.AddrPort{ca, msp.ListenerAddr} {
-		l, err := e.ns.Listen("tcp", a.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		le.closeKept = holdServer(t, r, l)
+		le.closeKept = holdServer(t, r, e.listenAgent(a))
 	}
 	k := testenv.NewContainer(t, e.ns, e.cg, "gpcL", netip.MustParsePrefix("169.254.234.1/30"), netip.MustParsePrefix("169.254.234.2/30"))
 

@@ -108,7 +108,7 @@ func pidnsAgent() int {
 		if err := r.SetPolicy(true, false, false); err != nil {
 			return err
 		}
-		l, err := net.Listen("tcp", msp.ListenerAddr.String())
+		l, err := markedListenConfig().Listen(context.Background(), "tcp", msp.ListenerAddr.String())
 		if err != nil {
 			return err
 		}
