@@ -397,19 +397,16 @@ refuse:
 	return 1;
 }
 
-// redirect records the caller and rewrites the destination of a connect to
-// ip4:port, a policy entry: to the listener in the agent's namespace, to the
-// container-facing listener elsewhere. It returns the program's verdict: 0
-// refuses the connect (the caller is at its limit, or another namespace
-// and no container listener).
 // agent_listening reports whether the socket listening on ip4:port (a
 // listener address of the agent's namespace, port in host byte order;
 // 0.0.0.0 is loopback to a connect) is the agent's: it carries the agent's
-// mark, which only root can set there. The bind guard keeps others from
+// mark, which only a process with CAP_NET_ADMIN (or CAP_NET_RAW, Linux
+// 5.17) in the agent's namespace can set. The bind guard keeps others from
 // binding a listener's address, but not a socket bound before the guard
 // was first loaded (with SO_REUSEADDR, beside the agent's), which can
 // listen once the agent's listener closes: its connections are refused
-// here, as while nobody listens, never handed to it.
+// here, as while nobody listens, never handed to it. (The check is made at
+// connect(); a SYN retried after a drop meets whoever listens then.)
 static __always_inline int agent_listening(struct bpf_sock_addr *ctx, __u32 ip4, __u16 port)
 {
 	struct bpf_sock_tuple t = {};
@@ -426,6 +423,11 @@ static __always_inline int agent_listening(struct bpf_sock_addr *ctx, __u32 ip4,
 	return ok;
 }
 
+// redirect records the caller and rewrites the destination of a connect to
+// ip4:port, a policy entry: to the listener in the agent's namespace, to the
+// container-facing listener elsewhere. It returns the program's verdict: 0
+// refuses the connect (the caller is at its limit, another namespace and
+// no container listener, or the agent is not listening).
 static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_value *to, __u32 ip4, __u16 port,
 				    __u8 family, __u32 *new_ip4, __u16 *new_port)
 {
@@ -485,7 +487,10 @@ static __always_inline int direct(struct bpf_sock_addr *ctx, __u32 ip4, __u16 po
 		return 1;
 	if (at_limit((__u32)bpf_get_current_uid_gid(), netns))
 		return 0;
-	if (in_agent_netns(netns) && !agent_listening(ctx, ip4, port))
+	// Only where the agent's namespace is known: without it (before Linux
+	// 5.14) every socket counts as the agent's, and a container's connect
+	// to its own 127.0.0.1:3080 must not be refused.
+	if (agent_netns != 0 && netns == agent_netns && !agent_listening(ctx, ip4, port))
 		return 0;
 	record(ctx, 0, 0, family, netns);
 	return 1;

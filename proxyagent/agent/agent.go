@@ -211,7 +211,7 @@ func Run(ctx context.Context, opts Options) error {
 		},
 		Start:             start,
 		DialUpstream:      hostconn.DialContext(cfg.SocketMark, cfg.HostRequestTimeout()),
-		ListenerMark:      listenerMark(redir),
+		ListenerMark:      listenerMark(cfg, opts.Identity != nil),
 		ReadHeaderTimeout: cfg.HeaderReadTimeout(), IdleTimeout: cfg.IdleTimeout(),
 		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections, MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
 		OneConnectionPool: !apart,
@@ -385,14 +385,20 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, apart bool, start time.T
 	return nil, err
 }
 
-// listenerMark is the SO_MARK of the agent's listeners: the redirector's
-// mark, which its hooks require of the socket they send connects to; none
-// without the redirector.
-func listenerMark(r *redirector.Redirector) uint32 {
-	if r == nil {
+// listenerMark is the SO_MARK of the agent's listeners: the mark the
+// redirector's hooks require of the socket they send connects to
+// (socketMark, hostconn.Mark when 0, as redirector.Config.Mark takes it),
+// also when loading the redirector failed, since hooks pinned by an earlier
+// run still check it; none when the caller supplied the identity source
+// (no kernel hooks).
+func listenerMark(cfg config.Config, noHooks bool) uint32 {
+	switch {
+	case noHooks:
 		return 0
+	case cfg.SocketMark == 0:
+		return hostconn.Mark
 	}
-	return r.Mark()
+	return cfg.SocketMark
 }
 
 // setUpContainerListener adds the container listener's address to the

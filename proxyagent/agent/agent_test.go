@@ -26,6 +26,7 @@ import (
 	"github.com/opengpa/gpa/internal/simtest"
 	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/config"
+	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/provision"
@@ -547,5 +548,22 @@ func TestNoContainerListenerWithoutNetnsCookie(t *testing.T) {
 	note := setUpContainerListener(&dest, false, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if dest.ContainerListener.IsValid() || !strings.Contains(note, "cannot tell network namespaces apart") {
 		t.Errorf("container listener %v, note %q; want none, and the note to say why", dest.ContainerListener, note)
+	}
+}
+
+// The agent's listeners carry the mark the kernel hooks require of the
+// socket they send connects to, also when the redirector failed to load
+// (hooks pinned by an earlier run still check it); none without hooks.
+func TestListenerMark(t *testing.T) {
+	cfg := config.Default()
+	for _, c := range []struct {
+		mark    uint32
+		noHooks bool
+		want    uint32
+	}{{0, false, hostconn.Mark}, {0x42, false, 0x42}, {0x42, true, 0}} {
+		cfg.SocketMark = c.mark
+		if got := listenerMark(cfg, c.noHooks); got != c.want {
+			t.Errorf("socketMark %#x, no hooks %v: listener mark %#x, want %#x", c.mark, c.noHooks, got, c.want)
+		}
 	}
 }

@@ -398,11 +398,6 @@ func attach(h hook, prog *ebpf.Program, cgroup string, cgID uint64, pin string) 
 	return nl, false, nil
 }
 
-// Mark is the SO_MARK the programs take for the agent's own sockets
-// (Config.Mark, hostconn.Mark when 0): the agent's outbound sockets, and
-// its listening sockets, to which alone connects are sent.
-func (r *Redirector) Mark() uint32 { return r.cfg.Mark }
-
 // policyKey converts a destination to the policy map's key.
 func policyKey(ap netip.AddrPort) bpf.RedirectPolicyKey {
 	return bpf.RedirectPolicyKey{Addr: ap.Addr().As4(), Port: ap.Port()}
