@@ -1,13 +1,11 @@
 package redirector
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strconv"
 	"syscall"
 	"testing"
@@ -157,17 +155,7 @@ type capacityTally struct {
 // the map holds, then accepts them all, taking each one's record.
 func capacityRound(e *env, r *Redirector, l *net.TCPListener, exe string, n int) (capacityTally, error) {
 	var t capacityTally
-	cmd := exec.Command(exe)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		return t, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return t, err
-	}
-	cmd.Stderr = os.Stderr
-	err = testenv.Start(cmd, testenv.Options{Netns: e.ns, Cgroup: e.cg,
+	cmd, in, sc, err := startPiped(exe, testenv.Options{Netns: e.ns, Cgroup: e.cg,
 		Env: []string{"GPA_REDIRECTOR_HELPER=pending", "GPA_HELPER_ADDR=" + msp.IMDSAddr.String(), "GPA_HELPER_N=" + strconv.Itoa(n)}})
 	if err != nil {
 		return t, err
@@ -176,7 +164,6 @@ func capacityRound(e *env, r *Redirector, l *net.TCPListener, exe string, n int)
 		in.Close()
 		cmd.Wait()
 	}()
-	sc := bufio.NewScanner(out)
 	if !sc.Scan() {
 		return t, fmt.Errorf("pending helper gone: %v", sc.Err())
 	}

@@ -188,25 +188,34 @@ type connsProc struct {
 	once sync.Once
 }
 
+// startPiped starts a helper from exe (a copy of the test binary every
+// user may run) as o says, with pipes to its standard input and output.
+func startPiped(exe string, o testenv.Options) (cmd *exec.Cmd, in io.WriteCloser, out *bufio.Scanner, err error) {
+	cmd = exec.Command(exe)
+	if in, err = cmd.StdinPipe(); err != nil {
+		return nil, nil, nil, err
+	}
+	r, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := testenv.Start(cmd, o); err != nil {
+		return nil, nil, nil, err
+	}
+	return cmd, in, bufio.NewScanner(r), nil
+}
+
 // startConns starts a connsHelper from exe (a copy of the test binary
 // every user may run) as o says.
 func startConns(t *testing.T, exe string, o testenv.Options) *connsProc {
 	t.Helper()
-	cmd := exec.Command(exe)
 	o.Env = append(o.Env, "GPA_REDIRECTOR_HELPER=conns", "GPA_HELPER_ADDR="+msp.IMDSAddr.String())
-	in, err := cmd.StdinPipe()
+	cmd, in, out, err := startPiped(exe, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := testenv.Start(cmd, o); err != nil {
-		t.Fatal(err)
-	}
-	p := &connsProc{t: t, in: in, out: bufio.NewScanner(out), cmd: cmd}
+	p := &connsProc{t: t, in: in, out: out, cmd: cmd}
 	t.Cleanup(p.stop)
 	return p
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"syscall"
 	"testing"
 
@@ -68,24 +67,13 @@ func squatHelper(addr string) int {
 // them to it, since its socket lacks the agent's mark.
 func TestSquatterNeverServed(t *testing.T) {
 	e := newEnv(t)
-	exe := worldExecutable(t)
-	cmd := exec.Command(exe)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	err = testenv.Start(cmd, testenv.Options{Netns: e.ns, Credential: &syscall.Credential{Uid: 65534, Gid: 65534},
-		Env: []string{"GPA_REDIRECTOR_HELPER=squat", "GPA_HELPER_ADDR=" + msp.ListenerAddr.String()}})
+	cmd, in, said, err := startPiped(worldExecutable(t), testenv.Options{Netns: e.ns,
+		Credential: &syscall.Credential{Uid: 65534, Gid: 65534},
+		Env:        []string{"GPA_REDIRECTOR_HELPER=squat", "GPA_HELPER_ADDR=" + msp.ListenerAddr.String()}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { in.Close(); cmd.Wait() })
-	said := bufio.NewScanner(out)
 	expect := func(want string) {
 		t.Helper()
 		if !said.Scan() || said.Text() != want {
