@@ -85,6 +85,10 @@ func Run(ctx context.Context, opts Options) error {
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "warning", w)
 	}
+	if m := socketMark(cfg, opts.Identity != nil); m != cfg.SocketMark {
+		log.Warn("config", "warning", fmt.Sprintf("socketMark 0 would let the kernel hooks redirect the agent's own connections to itself; using %#x", m))
+		cfg.SocketMark = m
+	}
 	log.Info("GuestProxyAgent is starting", "version", opts.Version, "pid", os.Getpid())
 	con := console.New(cfg.ConsoleLog, opts.Version)
 	machine := telemetry.LocalMachine() // read once: the start line and every telemetry event
@@ -385,20 +389,27 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, apart bool, start time.T
 	return nil, err
 }
 
-// listenerMark is the SO_MARK of the agent's listeners: the mark the
-// redirector's hooks require of the socket they send connects to
-// (socketMark, hostconn.Mark when 0, as redirector.Config.Mark takes it),
-// also when loading the redirector failed, since hooks pinned by an earlier
-// run still check it; none when the caller supplied the identity source
-// (no kernel hooks).
-func listenerMark(cfg config.Config, noHooks bool) uint32 {
-	switch {
-	case noHooks:
-		return 0
-	case cfg.SocketMark == 0:
+// socketMark is the SO_MARK of the agent's own sockets: socketMark from
+// the config, except that with the kernel hooks 0 (unmarked) would let them
+// redirect the agent's own connections to the host to the agent itself,
+// and hostconn.Mark, which redirector.Config.Mark takes for 0, is used.
+func socketMark(cfg config.Config, noHooks bool) uint32 {
+	if cfg.SocketMark == 0 && !noHooks {
 		return hostconn.Mark
 	}
 	return cfg.SocketMark
+}
+
+// listenerMark is the SO_MARK of the agent's listeners: the mark the
+// redirector's hooks require of the socket they send connects to
+// (socketMark), also when loading the redirector failed, since hooks
+// pinned by an earlier run still check it; none when the caller supplied
+// the identity source (no kernel hooks).
+func listenerMark(cfg config.Config, noHooks bool) uint32 {
+	if noHooks {
+		return 0
+	}
+	return socketMark(cfg, false)
 }
 
 // setUpContainerListener adds the container listener's address to the

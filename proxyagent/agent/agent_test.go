@@ -566,4 +566,16 @@ func TestListenerMark(t *testing.T) {
 			t.Errorf("socketMark %#x, no hooks %v: listener mark %#x, want %#x", c.mark, c.noHooks, got, c.want)
 		}
 	}
+	// With the hooks an unmarked agent socket would be redirected to the
+	// agent itself: socketMark 0 means the default mark then.
+	for _, c := range []struct {
+		mark    uint32
+		noHooks bool
+		want    uint32
+	}{{0, false, hostconn.Mark}, {0, true, 0}, {0x42, false, 0x42}} {
+		cfg.SocketMark = c.mark
+		if got := socketMark(cfg, c.noHooks); got != c.want {
+			t.Errorf("socketMark %#x, no hooks %v: agent sockets marked %#x, want %#x", c.mark, c.noHooks, got, c.want)
+		}
+	}
 }

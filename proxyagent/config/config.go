@@ -28,7 +28,7 @@
 //	statusFolder                   string  /var/log/azure-proxy-agent          status.json, AuthorizationRules_*.json (upstream hard-codes it); %VAR% expanded
 //	hostRequestTimeoutInSeconds    number  10                                   timeout of every call the agent makes to the host
 //	provisionTimeoutInSeconds      number  120                                  provisioning timeout (§5.3)
-//	socketMark                     uint32  0x677061 (hostconn.Mark)             SO_MARK on the agent's own sockets; 0 = unmarked
+//	socketMark                     uint32  0x677061 (hostconn.Mark)             SO_MARK on the agent's own sockets (and its listeners); 0 = unmarked, only without the kernel hooks (with them 0x677061 is used)
 //	headerReadTimeoutInSeconds     number  10                                   listener: time to read a request's headers
 //	idleTimeoutInSeconds           number  120                                  listener: keep-alive idle timeout
 //	maxHeaderBytes                 int     409600                               listener: request header size limit
