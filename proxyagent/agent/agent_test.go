@@ -553,29 +553,25 @@ func TestNoContainerListenerWithoutNetnsCookie(t *testing.T) {
 
 // The agent's listeners carry the mark the kernel hooks require of the
 // socket they send connects to, also when the redirector failed to load
-// (hooks pinned by an earlier run still check it); none without hooks.
+// (hooks pinned by an earlier run still check it); none without hooks. With
+// the hooks an unmarked agent socket would be redirected to the agent
+// itself: socketMark 0 means the default mark then.
 func TestListenerMark(t *testing.T) {
 	cfg := config.Default()
 	for _, c := range []struct {
-		mark    uint32
-		noHooks bool
-		want    uint32
-	}{{0, false, hostconn.Mark}, {0x42, false, 0x42}, {0x42, true, 0}} {
+		mark              uint32
+		noHooks           bool
+		listener, sockets uint32
+	}{
+		{0, false, hostconn.Mark, hostconn.Mark},
+		{0x42, false, 0x42, 0x42},
+		{0x42, true, 0, 0x42},
+		{0, true, 0, 0},
+	} {
 		cfg.SocketMark = c.mark
-		if got := listenerMark(cfg, c.noHooks); got != c.want {
-			t.Errorf("socketMark %#x, no hooks %v: listener mark %#x, want %#x", c.mark, c.noHooks, got, c.want)
-		}
-	}
-	// With the hooks an unmarked agent socket would be redirected to the
-	// agent itself: socketMark 0 means the default mark then.
-	for _, c := range []struct {
-		mark    uint32
-		noHooks bool
-		want    uint32
-	}{{0, false, hostconn.Mark}, {0, true, 0}, {0x42, false, 0x42}} {
-		cfg.SocketMark = c.mark
-		if got := socketMark(cfg, c.noHooks); got != c.want {
-			t.Errorf("socketMark %#x, no hooks %v: agent sockets marked %#x, want %#x", c.mark, c.noHooks, got, c.want)
+		if l, s := listenerMark(cfg, c.noHooks), socketMark(cfg, c.noHooks); l != c.listener || s != c.sockets {
+			t.Errorf("socketMark %#x, no hooks %v: listener mark %#x, sockets %#x; want %#x, %#x",
+				c.mark, c.noHooks, l, s, c.listener, c.sockets)
 		}
 	}
 }
