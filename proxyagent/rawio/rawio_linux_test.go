@@ -163,19 +163,26 @@ func testRawIOConn(t *testing.T, accepted bool) {
 	})
 }
 
+// rawListen listens on the IPv4 address addr and wraps the listener.
+func rawListen(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl, err := Listen(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rl
+}
+
 // listener's connections carry the addresses and options Go's accept
 // gives them, and its errors are those of a *net.TCPListener.
 func TestRawListener(t *testing.T) {
 	// A wildcard listener's connections carry their own local address
 	// (the kernel record is looked up by it), not 0.0.0.0.
-	wild, err := net.Listen("tcp4", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rw, err := Listen(wild)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rw := rawListen(t, "0.0.0.0:0")
 	a, c := acceptDialled(t, rw)
 	if a.LocalAddr().String() != c.RemoteAddr().String() || a.LocalAddr().(*net.TCPAddr).IP.IsUnspecified() {
 		t.Errorf("wildcard listener: accepted local %v, dialled to %v", a.LocalAddr(), c.RemoteAddr())
@@ -184,14 +191,7 @@ func TestRawListener(t *testing.T) {
 	c.Close()
 	rw.Close()
 
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rl, err := Listen(ln)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rl := rawListen(t, "127.0.0.1:0")
 	defer rl.Close()
 	for range 3 {
 		a, c := acceptDialled(t, rl)
