@@ -98,10 +98,11 @@ type Options struct {
 // errors to stderr) at fileLogLevelForSystemEvents and to telemetry at
 // fileLogLevelForEvents, whatever fileLogLevel lets into the file. A
 // request's line is mirrored at upstream's level for it (mirrorLevel),
-// not at its file level. A summary line goes to the system log only (it is its own telemetry
-// event, Options.OnNewSummary); the closing "ConnectionLogger is dropped"
-// line goes nowhere else. Lines of callers over their record budget are
-// not mirrored either. A zero level sends nothing.
+// not at its file level. A summary line goes to the system log only (it
+// is its own telemetry event, Options.OnNewSummary); the closing
+// "ConnectionLogger is dropped" line goes nowhere else. Lines of callers
+// over their record budget are not mirrored either. A zero level sends
+// nothing.
 type Mirror struct {
 	// Out and Err receive the lines at or above OutLevel as the file has
 	// them (header and text): Error lines Err, the others Out. They are

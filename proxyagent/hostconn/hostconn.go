@@ -24,10 +24,17 @@ const Mark uint32 = 0x00677061
 // can never loop back into the redirect.
 func Dialer(mark uint32, timeout time.Duration) *net.Dialer {
 	d := &net.Dialer{Timeout: timeout}
-	if mark == 0 {
-		return d
+	if mark != 0 {
+		d.Control = MarkControl(mark)
 	}
-	d.Control = func(network, address string, c syscall.RawConn) error {
+	return d
+}
+
+// MarkControl returns a net.Dialer or net.ListenConfig Control function
+// that sets SO_MARK mark on the socket before it connects or binds; an
+// error (no CAP_NET_ADMIN) fails the dial or listen.
+func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) error {
+	return func(_, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
@@ -36,11 +43,10 @@ func Dialer(mark uint32, timeout time.Duration) *net.Dialer {
 			err = serr
 		}
 		if err != nil {
-			return fmt.Errorf("hostconn: set SO_MARK on socket to %s: %w", address, err)
+			return fmt.Errorf("hostconn: set SO_MARK on socket %s: %w", address, err)
 		}
 		return nil
 	}
-	return d
 }
 
 // DialContext is Dialer(mark, timeout).DialContext, for http.Transport.

@@ -111,6 +111,7 @@ import (
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/claims"
+	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/provision"
@@ -433,19 +434,8 @@ func (s *Server) Listen() error {
 // longer than IdleTimeout is closed anyway.
 func (s *Server) bind(addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
-	if mark := s.opts.ListenerMark; mark != 0 {
-		lc.Control = func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			if err := rc.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
-			}); err != nil {
-				return err
-			}
-			if serr != nil {
-				return fmt.Errorf("set SO_MARK on the listener: %w", serr)
-			}
-			return nil
-		}
+	if s.opts.ListenerMark != 0 {
+		lc.Control = hostconn.MarkControl(s.opts.ListenerMark)
 	}
 	for i := 0; i < s.opts.BindRetries; i++ {
 		ln, err := lc.Listen(context.Background(), "tcp4", addr)

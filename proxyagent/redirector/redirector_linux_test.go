@@ -210,15 +210,7 @@ func (e *env) listenAgent(addr netip.AddrPort) net.Listener {
 // markedListenConfig listens with the agent's socket mark (hostconn.Mark,
 // the redirector's default).
 func markedListenConfig() *net.ListenConfig {
-	return &net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(hostconn.Mark))
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
+	return &net.ListenConfig{Control: hostconn.MarkControl(hostconn.Mark)}
 }
 
 // load loads the redirector into e (skipping, or failing under CI, if the
