@@ -147,6 +147,34 @@ func TestAuditToLeastPrivilege(t *testing.T) {
 			t.Errorf("host served an unsigned request: %+v", en)
 		}
 	}
+	// The unexpected process disguised as an expected one, in a user and
+	// mount namespace of its own (unprivileged): its copy bind-mounted over
+	// /usr/bin/curl, so /proc shows it as /usr/bin/curl. Denied: in another
+	// user namespace the executable proves nothing.
+	t.Run("disguised in its own user namespace", func(t *testing.T) {
+		if r, err := e.Run(ctx, nobody, "unshare", "-Urm", "true"); err != nil || r.ExitCode != 0 {
+			t.Skipf("no unprivileged user namespaces here (%v %s): the disguise is impossible", err, r.Stderr)
+		}
+		// sh runs the mount, then execs curl with "$@" (the arguments after
+		// the script's name, "sh").
+		args := append([]string{"unshare", "-Urm", "sh", "-c", `mount --bind "$0" /usr/bin/curl && exec /usr/bin/curl "$@"`,
+			rogue}, e2eenv.CurlArgs...)
+		r, err := e.Run(ctx, nobody, args[0], append(args[1:], "-H", metadataTrue, instance+"&disguised=1")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(r.Stdout), " 403 ") {
+			t.Fatalf("disguised process: curl output %q (stderr %q), want 403", r.Stdout, r.Stderr)
+		}
+		rec, err := e.WaitAudit(ctx, func(r audit.Record) bool { return strings.Contains(r.Target, "disguised=1") })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := rec.Caller; c == nil || !c.OtherUserNS || c.ProcessFullPath != "" || c.UserID != e2eenv.NobodyUID {
+			t.Errorf("audit caller %+v, want nobody in another user namespace without an executable", rec.Caller)
+		}
+	})
+
 	// An unexpected user running an expected program is denied too.
 	other := e2eenv.Caller{Credential: &syscall.Credential{Uid: 1234, Gid: 1234}}
 	if rr, err := e.Curl(ctx, other, instance+"&otheruser=1", metadataTrue); err != nil || rr.Status != 403 {

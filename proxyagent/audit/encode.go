@@ -135,6 +135,9 @@ func appendClaimsJSON(dst []byte, c *claims.Claims) []byte {
 	if c.OtherNetns {
 		dst = append(dst, `,"otherNetns":true`...)
 	}
+	if c.OtherUserNS {
+		dst = append(dst, `,"otherUserns":true`...)
+	}
 	return append(dst, '}')
 }
 

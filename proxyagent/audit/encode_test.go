@@ -30,7 +30,7 @@ func TestRecordJSONMatchesMarshal(t *testing.T) {
 		ProcessName: "curl", ProcessFullPath: "/usr/bin/curl", ProcessCmdLine: "curl \x00\x01\x1f\b\f\n\r\t\\ \xff\xfe é",
 		RunAsElevated: true, ClientIP: "127.0.0.1", ClientPort: 5000,
 		Ancestry: []claims.Process{{PID: 1, Exe: "/bin/sh", CmdLine: "sh"}, {PID: 2}},
-		Workload: claims.Workload{CgroupPath: "/docker/x", ContainerID: "abc", PodUID: "p"}, OtherNetns: true}
+		Workload: claims.Workload{CgroupPath: "/docker/x", ContainerID: "abc", PodUID: "p"}, OtherNetns: true, OtherUserNS: true}
 	empty := claims.Empty("", 0)
 	base := Record{V: 1, Time: time.Date(2026, 12, 1, 11, 0, 0, 123456789, time.UTC), Seq: 7, HTTPID: 3, TCPID: 2,
 		Client: "127.0.0.1:5000", Destination: Destination{"IMDS", "169.254.169.254:80"}, Method: "GET",
@@ -63,7 +63,7 @@ func FuzzRecordJSON(f *testing.F) {
 			return
 		}
 		c := &claims.Claims{UserID: n, UserName: other, UserGroups: []string{other, cmd}, ProcessCmdLine: cmd, RunAsElevated: root,
-			Ancestry: []claims.Process{{PID: uint32(n), Exe: other, CmdLine: cmd}}, Workload: claims.Workload{ContainerID: other}}
+			Ancestry: []claims.Process{{PID: uint32(n), Exe: other, CmdLine: cmd}}, Workload: claims.Workload{ContainerID: other}, OtherNetns: root, OtherUserNS: !root}
 		rec := Record{V: 1, Time: time.Unix(0, int64(n%(1<<62))).UTC(), Seq: n, Caller: c, Target: target, Error: other,
 			Reason: cmd, LatencyMs: lat, Dropped: n, Suppressed: n / 2, Prev: other}
 		checkRecordJSON(t, &rec)

@@ -751,7 +751,7 @@ func BlockError(c *claims.Claims) string {
 func upstreamClaimsJSON(c *claims.Claims) string {
 	u := *c
 	// Only upstream's fields.
-	u.Ancestry, u.GroupID, u.Workload, u.OtherNetns = nil, 0, claims.Workload{}, false
+	u.Ancestry, u.GroupID, u.Workload, u.OtherNetns, u.OtherUserNS = nil, 0, claims.Workload{}, false, false
 	if u.UserGroups == nil {
 		u.UserGroups = []string{}
 	}

@@ -28,6 +28,11 @@ type Claims struct {
 	// OtherNetns is true for a caller in another network namespace than
 	// the agent's: a container with its own network. Not upstream's.
 	OtherNetns bool `json:"otherNetns,omitempty"`
+	// OtherUserNS is true for a caller in another user namespace than the
+	// agent's (a rootless container, `unshare -U`). Its executable proves
+	// nothing there, so ProcessFullPath and ProcessName are empty and
+	// match no rule that names them. Not upstream's.
+	OtherUserNS bool `json:"otherUserns,omitempty"`
 }
 
 // Process is one ancestor of the caller.

@@ -30,6 +30,7 @@ type image struct {
 	fullPath, name, cmdLine string
 	ancestry                []Process
 	workload                Workload
+	otherUserNS             bool
 	// pidfd pins the process the image was read from (openProcess), or
 	// -1. The cache owns it: closed when the entry is dropped, replaced
 	// or evicted.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -67,7 +68,12 @@ const Undefined = "undefined"
 // command line the process rewrites later, or an ancestor that exits, is
 // not re-read. The user (uid, gid, names) still comes from each
 // connection's record, and the executable of an image does not change
-// (short of the privileged PR_SET_MM_EXE_FILE).
+// (short of PR_SET_MM_EXE_FILE, which needs privilege in the agent's user
+// namespace; see below for other ones).
+//
+// User namespaces: a caller in another user namespace than the agent's
+// gets no ProcessFullPath or ProcessName (OtherUserNS, otherUserNS):
+// there the executable is the caller's to choose.
 //
 // A process that has already exited (or whose stat cannot be read to
 // verify it) keeps the kernel's uid and pid, with ProcessFullPath and
@@ -105,6 +111,10 @@ type Resolver struct {
 
 	users  userCache
 	images imageCache
+
+	selfNSOnce sync.Once // sets selfNS: the agent's user namespace
+	selfNS     nsID
+	selfNSErr  error
 }
 
 // Resolve derives the claims for the connection from client described by
@@ -135,7 +145,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 			}
 			if alive {
 				c.ProcessFullPath, c.ProcessName, c.ProcessCmdLine = img.fullPath, img.name, img.cmdLine
-				c.Ancestry, c.Workload = img.ancestry, img.workload
+				c.Ancestry, c.Workload, c.OtherUserNS = img.ancestry, img.workload, img.otherUserNS
 				return c, nil
 			}
 			r.images.drop(key)
@@ -151,6 +161,9 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	if exeErr == errExecSinceConnect {
 		cmdErr = exeErr
 	}
+	// Read before the start-time check below, which proves it is the
+	// recorded process's.
+	otherUserNS := r.otherUserNS(rec.PID)
 	cg := r.cgroupPath(rec.PID, rec.CgroupID)
 	// The pidfd is opened before the start-time check, so a match proves it
 	// names the recorded process.
@@ -172,7 +185,8 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 				ErrPIDReused, rec.PID, st.StartTime, rec.StartTime)
 		}
 	}
-	if exeErr == nil {
+	c.OtherUserNS = otherUserNS
+	if exeErr == nil && !otherUserNS {
 		c.ProcessFullPath = exe
 		c.ProcessName = filepath.Base(exe)
 	}
@@ -197,7 +211,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 			size = DefaultImageCacheSize
 		}
 		r.images.put(key, &image{fullPath: c.ProcessFullPath, name: c.ProcessName, cmdLine: c.ProcessCmdLine,
-			ancestry: c.Ancestry, workload: c.Workload, pidfd: pidfd}, size)
+			ancestry: c.Ancestry, workload: c.Workload, otherUserNS: otherUserNS, pidfd: pidfd}, size)
 	} else if pidfd >= 0 {
 		closeProcess(pidfd)
 	}
@@ -223,6 +237,44 @@ func sameExecutable(exe string, rec identity.Record) bool {
 		return false
 	}
 	return !rec.ExeMntKnown || (st.Mask&unix.STATX_MNT_ID != 0 && st.Mnt_id == rec.ExeMnt)
+}
+
+// nsID names a namespace: the device and inode of its nsfs file.
+type nsID struct{ dev, ino uint64 }
+
+// nsOf returns the namespace that path (a /proc/<pid>/ns/ link) names.
+func nsOf(path string) (nsID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nsID{}, err
+	}
+	return nsID{uint64(st.Dev), st.Ino}, nil
+}
+
+// otherUserNS reports whether the process pid is in another user
+// namespace than the agent. Its executable then proves nothing: a user
+// who makes a user namespace (unprivileged where the kernel allows it)
+// owns a mount namespace in it, where any file can be bind-mounted over
+// an allowed path, and may point the process's executable at any file
+// (prctl PR_SET_MM_MAP). A process cannot leave its user namespace for an
+// ancestor, so one found in another namespace after its connect was in
+// one at connect, or moved to one since (and is then as untrusted). When
+// the agent's own namespace cannot be read (a kernel without user
+// namespaces, a test's fake /proc) every process is in it; a caller's
+// that cannot be read (gone) counts as another.
+func (r *Resolver) otherUserNS(pid uint32) bool {
+	r.selfNSOnce.Do(func() {
+		root := r.ProcRoot
+		if root == "" {
+			root = DefaultProcRoot
+		}
+		r.selfNS, r.selfNSErr = nsOf(root + "/self/ns/user")
+	})
+	if r.selfNSErr != nil {
+		return false
+	}
+	ns, err := nsOf(r.procPath(pid, "ns/user"))
+	return err != nil || ns != r.selfNS
 }
 
 // realProc reports whether ProcRoot is the system's procfs, whose pids

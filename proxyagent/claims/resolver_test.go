@@ -378,6 +378,9 @@ func TestResolveRealProc(t *testing.T) {
 	if c.RunAsElevated != (os.Getuid() == 0) {
 		t.Errorf("runAsElevated %v for uid %d", c.RunAsElevated, os.Getuid())
 	}
+	if c.OtherUserNS {
+		t.Error("a child in the test's user namespace counted as in another")
+	}
 
 	rec.StartTime = start + 1
 	if _, err := r.Resolve(rec, client); !errors.Is(err, ErrPIDReused) {
@@ -534,4 +537,80 @@ func TestNameServiceTimeoutNotCached(t *testing.T) {
 			t.Errorf("a timed-out lookup was cached: %d lookups for two connections, want 2", n)
 		}
 	})
+}
+
+// A caller in another user namespace than the agent's keeps its user,
+// command line and ancestry but gets no executable or process name: in
+// its own user namespace it chooses what its executable is (a bind mount
+// over an allowed path, PR_SET_MM_MAP). Its image is cached so, and a
+// caller in the agent's namespace keeps its executable.
+func TestResolveOtherUserNSFake(t *testing.T) {
+	p := newFakeProc(t)
+	p.add(500, "/usr/bin/curl", "curl\x00http://x/\x00", 1, 9000)
+	p.add(501, "/usr/bin/curl", "curl\x00http://y/\x00", 1, 9100)
+	must(t, os.MkdirAll(filepath.Join(p.root, "self", "ns"), 0o755))
+	for _, pid := range []string{"500", "501"} {
+		must(t, os.MkdirAll(filepath.Join(p.root, pid, "ns"), 0o755))
+	}
+	agentNS := filepath.Join(p.root, "self", "ns", "user")
+	must(t, os.WriteFile(agentNS, nil, 0o644))
+	must(t, os.Link(agentNS, filepath.Join(p.root, "500", "ns", "user")))
+	must(t, os.WriteFile(filepath.Join(p.root, "501", "ns", "user"), nil, 0o644))
+	r := &Resolver{ProcRoot: p.root}
+
+	for range 2 { // the second time from the image cache
+		same, err := r.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000, ExecID: 1}, client)
+		must(t, err)
+		if same.ProcessFullPath != "/usr/bin/curl" || same.ProcessName != "curl" || same.OtherUserNS {
+			t.Errorf("caller in the agent's user namespace: %+v, want its executable", same)
+		}
+		other, err := r.Resolve(identity.Record{PID: 501, UID: 1000, StartTime: 9100, ExecID: 1}, client)
+		must(t, err)
+		if other.ProcessFullPath != "" || other.ProcessName != "" || !other.OtherUserNS ||
+			other.ProcessCmdLine != "curl http://y/" || other.UserID != 1000 {
+			t.Errorf("caller in another user namespace: %+v, want no executable, otherUserns, its command line", other)
+		}
+	}
+	if n := r.images.len(); n != 2 {
+		t.Errorf("%d images cached, want 2", n)
+	}
+
+	// A caller whose namespace cannot be read counts as another's.
+	must(t, os.Remove(filepath.Join(p.root, "500", "ns", "user")))
+	c, err := r.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000}, client)
+	must(t, err)
+	if c.ProcessFullPath != "" || !c.OtherUserNS {
+		t.Errorf("unreadable user namespace: %+v, want no executable", c)
+	}
+}
+
+// The same with real processes: a child in a new user namespace (as
+// `unshare -U` makes one) has no executable in its claims.
+func TestResolveOtherUserNSReal(t *testing.T) {
+	if _, err := os.Stat("/proc/self/ns/user"); err != nil {
+		t.Skip("no user namespaces")
+	}
+	cmd := exec.Command("sleep", "30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+	}
+	if err := cmd.Start(); err != nil {
+		t.Skipf("cannot make a user namespace here: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var r Resolver
+	pid := uint32(cmd.Process.Pid)
+	var start uint64
+	testsupport.WaitFor(t, "the child's exec of sleep", func() bool {
+		st, err := r.readStat(pid)
+		start = st.StartTime
+		return err == nil && st.Comm == "sleep"
+	})
+	c, err := r.Resolve(identity.Record{PID: pid, UID: uint32(os.Getuid()), StartTime: start}, client)
+	must(t, err)
+	if c.ProcessFullPath != "" || c.ProcessName != "" || !c.OtherUserNS || !strings.HasPrefix(c.ProcessCmdLine, "sleep") {
+		t.Errorf("caller in a new user namespace: %+v, want no executable, otherUserns", c)
+	}
 }

@@ -182,6 +182,9 @@ func unnamed(v string) bool {
 func (s *Suggester) identityOf(c *claims.Claims) (msp.Identity, string) {
 	var id msp.Identity
 	if s.opts.Identity == ByExe || s.opts.Identity == ByExeUser {
+		if c.OtherUserNS {
+			return id, "requests from callers in another user namespace left out (their executable proves nothing: allow them by user or group)"
+		}
 		if unnamed(c.ProcessFullPath) {
 			return id, "requests from callers with an unknown executable left out (exited before they were identified)"
 		}

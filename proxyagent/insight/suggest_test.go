@@ -3,6 +3,7 @@ package insight
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -236,6 +237,23 @@ func TestSuggestSkipsUnnamedCallers(t *testing.T) {
 	}
 	if len(s.Notes) != 1 || !strings.Contains(s.Notes[0], "unknown executable") {
 		t.Errorf("notes %v", s.Notes)
+	}
+
+	// A caller in another user namespace has no executable either, and
+	// the note says why; by user it is suggested as any other.
+	dir = t.TempDir()
+	ns := &claims.Claims{UserID: 1000, UserName: "alice", UserGroups: []string{"alice"}, ProcessCmdLine: "curl", OtherUserNS: true}
+	writeLog(t, dir, []call{
+		{svc: msp.IMDS, who: ns, method: "GET", target: "/metadata/instance"},
+		{svc: msp.IMDS, who: carol, method: "GET", target: "/metadata/instance/compute"},
+	}, 0)
+	s = suggestFrom(t, dir, SuggestOptions{Service: msp.IMDS, Identity: ByExe})
+	if len(s.Rules.Identities) != 1 || len(s.Notes) != 1 || !strings.Contains(s.Notes[0], "another user namespace") {
+		t.Errorf("by executable: identities %+v, notes %v", s.Rules.Identities, s.Notes)
+	}
+	s = suggestFrom(t, dir, SuggestOptions{Service: msp.IMDS, Identity: ByUser})
+	if !slices.ContainsFunc(s.Rules.Identities, func(id msp.Identity) bool { return id.UserName == "alice" }) {
+		t.Errorf("by user: identities %+v, notes %v", s.Rules.Identities, s.Notes)
 	}
 }
 
