@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -172,6 +173,42 @@ func TestAuditToLeastPrivilege(t *testing.T) {
 		}
 		if c := rec.Caller; c == nil || !c.OtherUserNS || c.ProcessFullPath != "" || c.UserID != e2eenv.NobodyUID {
 			t.Errorf("audit caller %+v, want nobody in another user namespace without an executable", rec.Caller)
+		}
+	})
+
+	// The same disguise run from the VM's own namespaces: a helper in its
+	// own namespaces holds the bind-mounted /usr/bin/curl open, and the
+	// caller executes it through the helper's descriptor, so /proc shows it
+	// as /usr/bin/curl while the caller stays in the agent's namespaces.
+	// Denied: in the caller's own root that path is another file.
+	t.Run("disguised through another namespace's mount", func(t *testing.T) {
+		if r, err := e.Run(ctx, nobody, "unshare", "-Urm", "true"); err != nil || r.ExitCode != 0 {
+			t.Skipf("no unprivileged user namespaces here (%v %s): the disguise is impossible", err, r.Stderr)
+		}
+		helper := exec.CommandContext(ctx, "unshare", "-Urm", "sh", "-c", `mount --bind "$0" /usr/bin/curl && exec sleep 60 3</usr/bin/curl`, rogue)
+		if err := e.Start(helper, nobody); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { helper.Process.Kill(); helper.Wait() }()
+		fd3 := fmt.Sprintf("/proc/%d/fd/3", helper.Process.Pid)
+		testsupport.WaitForCtx(t, ctx, "the helper's descriptor", func() bool {
+			target, err := os.Readlink(fd3)
+			return err == nil && target == "/usr/bin/curl"
+		})
+		args := append([]string{"-c", `exec "$0" "$@"`, fd3}, e2eenv.CurlArgs...)
+		r, err := e.Run(ctx, nobody, "sh", append(args, "-H", metadataTrue, instance+"&fdexec=1")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(r.Stdout), " 403 ") {
+			t.Fatalf("disguised process: curl output %q (stderr %q), want 403", r.Stdout, r.Stderr)
+		}
+		rec, err := e.WaitAudit(ctx, func(r audit.Record) bool { return strings.Contains(r.Target, "fdexec=1") })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := rec.Caller; c == nil || c.OtherUserNS || c.ProcessFullPath != "" || c.UserID != e2eenv.NobodyUID {
+			t.Errorf("audit caller %+v, want nobody in the agent's user namespace without an executable", rec.Caller)
 		}
 	})
 

@@ -14,12 +14,14 @@ const DefaultImageCacheSize = 1024
 // proves it: the pid, the process start time (the pid is not reused while
 // the process lives) and the execve count (changes on every execve of the
 // process), plus the cgroup it connected from (a process can be moved
+// without exec) and the executable recorded (PR_SET_MM_MAP replaces it
 // without exec).
 type imageKey struct {
-	pid      uint32
-	start    uint64
-	execID   uint64
-	cgroupID uint64
+	pid            uint32
+	start          uint64
+	execID         uint64
+	cgroupID       uint64
+	exeIno, exeMnt uint64
 }
 
 // image is what a Resolver reads from /proc for one process image: every
@@ -56,7 +58,8 @@ func imageKeyOf(rec identity.Record) (imageKey, bool) {
 	if rec.StartTime == 0 || rec.ExecID == 0 {
 		return imageKey{}, false
 	}
-	return imageKey{pid: rec.PID, start: rec.StartTime, execID: rec.ExecID, cgroupID: rec.CgroupID}, true
+	return imageKey{pid: rec.PID, start: rec.StartTime, execID: rec.ExecID, cgroupID: rec.CgroupID,
+		exeIno: rec.ExeIno, exeMnt: rec.ExeMnt}, true
 }
 
 // get returns the image cached under k, or nil. An image with a pidfd is

@@ -67,13 +67,14 @@ const Undefined = "undefined"
 // pid. What is cached is what the first connection of the image saw: a
 // command line the process rewrites later, or an ancestor that exits, is
 // not re-read. The user (uid, gid, names) still comes from each
-// connection's record, and the executable of an image does not change
-// (short of PR_SET_MM_EXE_FILE, which needs privilege in the agent's user
-// namespace; see below for other ones).
+// connection's record, and a new executable without an execve
+// (PR_SET_MM_MAP) makes another key too.
 //
-// User namespaces: a caller in another user namespace than the agent's
-// gets no ProcessFullPath or ProcessName (OtherUserNS, otherUserNS):
-// there the executable is the caller's to choose.
+// User and mount namespaces: a caller in another user namespace than the
+// agent's gets no ProcessFullPath or ProcessName (OtherUserNS,
+// otherUserNS): there the executable is the caller's to choose. Nor does
+// one whose executable's path, resolved in its own root, is not the file
+// it runs (exeAtPath).
 //
 // A process that has already exited (or whose stat cannot be read to
 // verify it) keeps the kernel's uid and pid, with ProcessFullPath and
@@ -164,6 +165,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	// Read before the start-time check below, which proves it is the
 	// recorded process's.
 	otherUserNS := r.otherUserNS(rec.PID)
+	exeProven := exeErr == nil && !otherUserNS && r.exeAtPath(rec.PID, exe)
 	cg := r.cgroupPath(rec.PID, rec.CgroupID)
 	// The pidfd is opened before the start-time check, so a match proves it
 	// names the recorded process.
@@ -186,7 +188,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 		}
 	}
 	c.OtherUserNS = otherUserNS
-	if exeErr == nil && !otherUserNS {
+	if exeErr == nil && exeProven {
 		c.ProcessFullPath = exe
 		c.ProcessName = filepath.Base(exe)
 	}
@@ -259,9 +261,10 @@ func nsOf(path string) (nsID, error) {
 // (prctl PR_SET_MM_MAP). A process cannot leave its user namespace for an
 // ancestor, so one found in another namespace after its connect was in
 // one at connect, or moved to one since (and is then as untrusted). When
-// the agent's own namespace cannot be read (a kernel without user
-// namespaces, a test's fake /proc) every process is in it; a caller's
-// that cannot be read (gone) counts as another.
+// the agent's own namespace does not exist (a kernel without user
+// namespaces, a test's fake /proc) every process is in it; when it cannot
+// be read otherwise, no process is, nor is a caller whose namespace
+// cannot be read (gone).
 func (r *Resolver) otherUserNS(pid uint32) bool {
 	r.selfNSOnce.Do(func() {
 		root := r.ProcRoot
@@ -270,11 +273,56 @@ func (r *Resolver) otherUserNS(pid uint32) bool {
 		}
 		r.selfNS, r.selfNSErr = nsOf(root + "/self/ns/user")
 	})
+	if errors.Is(r.selfNSErr, unix.ENOENT) {
+		return false // no user namespaces (or a test's fake /proc)
+	}
 	if r.selfNSErr != nil {
-		return false
+		return true
 	}
 	ns, err := nsOf(r.procPath(pid, "ns/user"))
 	return err != nil || ns != r.selfNS
+}
+
+// exeAtPath reports whether exe, the path /proc/<pid>/exe shows, names
+// the file the process runs when resolved in the process's own root
+// (its mount namespace): the same device, inode and mount. A path is
+// what the mount namespace the executable was opened in showed, which
+// need not be the caller's: a process may execute a file through a
+// descriptor from a process in another mount namespace
+// (/proc/<other>/fd/N), where a bind mount put another binary at an
+// allowed path, or share its memory with one there that replaces its
+// executable (PR_SET_MM_MAP). A path that cannot be resolved, or not
+// without leaving the root or following a /proc link, proves nothing. A
+// test's fake /proc has no roots to resolve in: its paths are taken as
+// they are.
+func (r *Resolver) exeAtPath(pid uint32, exe string) bool {
+	if !r.realProc() {
+		return true
+	}
+	if !strings.HasPrefix(exe, "/") {
+		return false
+	}
+	root, err := unix.Open(r.procPath(pid, "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, exe, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	const mask = unix.STATX_INO | unix.STATX_MNT_ID
+	var at, running unix.Statx_t
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, mask, &at) != nil ||
+		unix.Statx(unix.AT_FDCWD, r.procPath(pid, "exe"), 0, mask, &running) != nil {
+		return false
+	}
+	if at.Dev_major != running.Dev_major || at.Dev_minor != running.Dev_minor || at.Ino != running.Ino {
+		return false
+	}
+	return at.Mask&running.Mask&unix.STATX_MNT_ID == 0 || at.Mnt_id == running.Mnt_id
 }
 
 // realProc reports whether ProcRoot is the system's procfs, whose pids

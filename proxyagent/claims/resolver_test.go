@@ -614,3 +614,45 @@ func TestResolveOtherUserNSReal(t *testing.T) {
 		t.Errorf("caller in a new user namespace: %+v, want no executable, otherUserns", c)
 	}
 }
+
+// A process can execute a file through a descriptor from a process in
+// another mount namespace, where a bind mount put another binary at a
+// path: /proc then shows that path, which in the caller's own root names
+// another file. It gets no executable.
+func TestResolveExeFromAnotherMountNS(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root (a mount namespace)")
+	}
+	dir := t.TempDir()
+	allowed := filepath.Join(dir, "allowed")
+	must(t, os.WriteFile(allowed, []byte("#!/bin/sh\n"), 0o755))
+	sleep, err := exec.LookPath("sleep")
+	must(t, err)
+	// The helper binds sleep over the path in a mount namespace of its own
+	// and keeps it open as descriptor 3.
+	helper := exec.Command("unshare", "-m", "sh", "-c", `mount --bind "$1" "$0" && exec sleep 300 3<"$0"`, allowed, sleep)
+	must(t, helper.Start())
+	t.Cleanup(func() { helper.Process.Kill(); helper.Wait() })
+	fd3 := fmt.Sprintf("/proc/%d/fd/3", helper.Process.Pid)
+	testsupport.WaitFor(t, "the helper's descriptor", func() bool {
+		target, err := os.Readlink(fd3)
+		return err == nil && target == allowed
+	})
+	caller := exec.Command(fd3, "300")
+	must(t, caller.Start())
+	t.Cleanup(func() { caller.Process.Kill(); caller.Wait() })
+	var r Resolver
+	pid := uint32(caller.Process.Pid)
+	var start uint64
+	testsupport.WaitFor(t, "the caller's exec", func() bool {
+		st, err := r.readStat(pid)
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		start = st.StartTime
+		return err == nil && exe == allowed
+	})
+	c, err := r.Resolve(identity.Record{PID: pid, UID: 0, StartTime: start}, client)
+	must(t, err)
+	if c.ProcessFullPath != "" || c.ProcessName != "" || c.OtherUserNS {
+		t.Errorf("caller running another namespace's %s: %+v, want no executable", allowed, c)
+	}
+}

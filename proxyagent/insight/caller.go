@@ -34,6 +34,9 @@ type Caller struct {
 	// namespace, or a runtime's cgroup): one program in two containers is
 	// two callers. Nil for the VM's own processes.
 	Container *claims.Workload `json:"container,omitempty"`
+	// OtherUserNS marks a caller in another user namespace than the
+	// agent's, whose executable is not known for that reason.
+	OtherUserNS bool `json:"otherUserns,omitempty"`
 }
 
 // CallerOf returns the Caller of a record's claims (nil: no identity).
@@ -42,7 +45,7 @@ func CallerOf(c *claims.Claims) Caller {
 		return Caller{NoIdentity: true}
 	}
 	out := Caller{User: c.UserName, UID: c.UserID, Groups: slices.Clone(c.UserGroups), Exe: c.ProcessFullPath,
-		ProcessName: c.ProcessName, Elevated: c.RunAsElevated}
+		ProcessName: c.ProcessName, Elevated: c.RunAsElevated, OtherUserNS: c.OtherUserNS}
 	for _, p := range c.Ancestry {
 		out.Ancestry = append(out.Ancestry, p.Exe)
 	}
@@ -64,7 +67,7 @@ func (c Caller) key() string {
 	}
 	return strings.Join([]string{c.User, strconv.FormatUint(c.UID, 10), strings.Join(c.Groups, ","), c.Exe,
 		c.ProcessName, strconv.FormatBool(c.Elevated), strings.Join(c.Ancestry, "\x01"),
-		strconv.FormatBool(c.Container != nil), w.CgroupPath, w.ContainerID, w.PodUID}, "\x00")
+		strconv.FormatBool(c.Container != nil), w.CgroupPath, w.ContainerID, w.PodUID, strconv.FormatBool(c.OtherUserNS)}, "\x00")
 }
 
 // String describes the caller on one line, with control characters
@@ -81,6 +84,9 @@ func (c Caller) String() string {
 	b.WriteString(" exe=" + clean(c.Exe))
 	if c.Exe == "" || !strings.HasSuffix(c.Exe, "/"+c.ProcessName) {
 		b.WriteString(" name=" + clean(c.ProcessName))
+	}
+	if c.OtherUserNS {
+		b.WriteString(" in another user namespace")
 	}
 	if len(c.Ancestry) > 0 {
 		parts := make([]string, len(c.Ancestry))

@@ -57,3 +57,28 @@ func TestReportGroupsPerContainer(t *testing.T) {
 		}
 	}
 }
+
+// A caller in another user namespace is not merged with a caller of the
+// same user whose executable is unknown for another reason (it exited),
+// and the text says why its executable is missing.
+func TestReportSeparatesOtherUserNS(t *testing.T) {
+	gone := person("nobody", 65534, "", "nogroup")
+	ns := *gone
+	ns.OtherUserNS = true
+	dir := t.TempDir()
+	writeLog(t, dir, []call{
+		{at: 0, svc: msp.IMDS, who: gone, method: "GET", target: "/metadata/instance"},
+		{at: time.Minute, svc: msp.IMDS, who: &ns, method: "GET", target: "/metadata/instance"},
+	}, 0)
+	code, out, errs := run(RunAudit, "report", "--dir", dir, "--json")
+	if code != ExitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if imds := findService(t, decodeJSON[Report](t, out), "IMDS"); len(imds.Callers) != 2 {
+		t.Errorf("%d callers, want 2: %+v", len(imds.Callers), imds.Callers)
+	}
+	code, text, errs := run(RunAudit, "report", "--dir", dir)
+	if code != ExitOK || !strings.Contains(text, "in another user namespace") {
+		t.Errorf("exit %d, report text lacks the namespace:\n%s%s", code, text, errs)
+	}
+}
