@@ -302,21 +302,32 @@ func (r *Resolver) exeAtPath(pid uint32, exe string) bool {
 	if !strings.HasPrefix(exe, "/") {
 		return false
 	}
+	const mask = unix.STATX_INO | unix.STATX_MNT_ID
+	var at, running unix.Statx_t
+	if unix.Statx(unix.AT_FDCWD, r.procPath(pid, "exe"), 0, mask, &running) != nil {
+		return false
+	}
 	root, err := unix.Open(r.procPath(pid, "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
 	defer unix.Close(root)
-	fd, err := unix.Openat2(root, exe, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC,
+	fd, err := openat2(root, exe, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
-	if err != nil {
-		return false
+	switch {
+	case err == nil:
+		defer unix.Close(fd)
+		err = unix.Statx(fd, "", unix.AT_EMPTY_PATH, mask, &at)
+	case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM):
+		// openat2 refused (Linux before 5.6, or a seccomp filter that
+		// does not know it, as systemd-nspawn's): the path is resolved
+		// through the /proc link instead, where an absolute symbolic
+		// link on it resolves from the agent's root. Planting one needs a
+		// directory on the path the caller can write, and a rule naming
+		// such a path allows whatever the caller puts there anyway.
+		err = unix.Statx(unix.AT_FDCWD, r.procPath(pid, "root")+exe, 0, mask, &at)
 	}
-	defer unix.Close(fd)
-	const mask = unix.STATX_INO | unix.STATX_MNT_ID
-	var at, running unix.Statx_t
-	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, mask, &at) != nil ||
-		unix.Statx(unix.AT_FDCWD, r.procPath(pid, "exe"), 0, mask, &running) != nil {
+	if err != nil {
 		return false
 	}
 	if at.Dev_major != running.Dev_major || at.Dev_minor != running.Dev_minor || at.Ino != running.Ino {
@@ -324,6 +335,9 @@ func (r *Resolver) exeAtPath(pid uint32, exe string) bool {
 	}
 	return at.Mask&running.Mask&unix.STATX_MNT_ID == 0 || at.Mnt_id == running.Mnt_id
 }
+
+// openat2 is unix.Openat2; tests make it fail as a seccomp filter does.
+var openat2 = unix.Openat2
 
 // realProc reports whether ProcRoot is the system's procfs, whose pids
 // the kernel's pidfds name (a test's fake root is not).

@@ -618,8 +618,20 @@ func TestResolveOtherUserNSReal(t *testing.T) {
 // A process can execute a file through a descriptor from a process in
 // another mount namespace, where a bind mount put another binary at a
 // path: /proc then shows that path, which in the caller's own root names
-// another file. It gets no executable.
+// another file. It gets no executable, also where openat2 is refused (a
+// seccomp filter, as systemd-nspawn's), and a process running its own
+// file keeps it.
 func TestResolveExeFromAnotherMountNS(t *testing.T) {
+	t.Run("openat2", testResolveExeFromAnotherMountNS)
+	t.Run("without openat2", func(t *testing.T) {
+		real := openat2
+		openat2 = func(int, string, *unix.OpenHow) (int, error) { return -1, unix.ENOSYS }
+		t.Cleanup(func() { openat2 = real })
+		testResolveExeFromAnotherMountNS(t)
+	})
+}
+
+func testResolveExeFromAnotherMountNS(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root (a mount namespace)")
 	}
@@ -654,5 +666,13 @@ func TestResolveExeFromAnotherMountNS(t *testing.T) {
 	must(t, err)
 	if c.ProcessFullPath != "" || c.ProcessName != "" || c.OtherUserNS {
 		t.Errorf("caller running another namespace's %s: %+v, want no executable", allowed, c)
+	}
+	pid = uint32(helper.Process.Pid) // sleep, from its own root
+	st, err := r.readStat(pid)
+	must(t, err)
+	c, err = r.Resolve(identity.Record{PID: pid, UID: 0, StartTime: st.StartTime}, client)
+	must(t, err)
+	if real, _ := filepath.EvalSymlinks(sleep); c.ProcessFullPath != real {
+		t.Errorf("helper running its own %s: %+v, want its executable", real, c)
 	}
 }
