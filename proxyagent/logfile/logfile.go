@@ -81,16 +81,19 @@ func AppendHeader(dst []byte, t time.Time, l Level) []byte {
 // `\r` and `\n`, so that no message can forge further lines.
 func AppendLine[S ~string | ~[]byte](dst []byte, t time.Time, l Level, msg S) []byte {
 	dst = AppendHeader(dst, t, l)
+	start := 0 // msg[start:i] is still to be copied
 	for i := 0; i < len(msg); i++ {
-		switch c := msg[i]; c {
-		case '\n':
-			dst = append(dst, `\n`...)
-		case '\r':
-			dst = append(dst, `\r`...)
-		default:
-			dst = append(dst, c)
+		if c := msg[i]; c == '\n' || c == '\r' {
+			dst = append(dst, msg[start:i]...)
+			if c == '\n' {
+				dst = append(dst, `\n`...)
+			} else {
+				dst = append(dst, `\r`...)
+			}
+			start = i + 1
 		}
 	}
+	dst = append(dst, msg[start:]...)
 	return append(dst, '\n')
 }
 
