@@ -164,8 +164,13 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	}
 	// Read before the start-time check below, which proves it is the
 	// recorded process's.
+	// The path is checked before the namespace: a process can enter a
+	// user namespace of its own (and there a mount namespace showing
+	// another file at the path) but never come back, so one still in the
+	// agent's afterwards was in it when its root was resolved.
+	exeProven := exeErr == nil && r.exeAtPath(rec.PID, exe, rec)
 	otherUserNS := r.otherUserNS(rec.PID)
-	exeProven := exeErr == nil && !otherUserNS && r.exeAtPath(rec.PID, exe)
+	exeProven = exeProven && !otherUserNS
 	cg := r.cgroupPath(rec.PID, rec.CgroupID)
 	// The pidfd is opened before the start-time check, so a match proves it
 	// names the recorded process.
@@ -284,18 +289,21 @@ func (r *Resolver) otherUserNS(pid uint32) bool {
 }
 
 // exeAtPath reports whether exe, the path /proc/<pid>/exe shows, names
-// the file the process runs when resolved in the process's own root
-// (its mount namespace): the same device, inode and mount. A path is
+// the file the process runs, which must still be the file rec recorded
+// at connect, when resolved in the process's own root (its mount
+// namespace): the same device, inode and mount. A path is
 // what the mount namespace the executable was opened in showed, which
 // need not be the caller's: a process may execute a file through a
 // descriptor from a process in another mount namespace
 // (/proc/<other>/fd/N), where a bind mount put another binary at an
 // allowed path, or share its memory with one there that replaces its
-// executable (PR_SET_MM_MAP). A path that cannot be resolved, or not
+// executable by such a file (PR_SET_MM_MAP; by a file of its own mount
+// namespace it can read and execute, this is not caught: see README). A
+// path that cannot be resolved, or not
 // without leaving the root or following a /proc link, proves nothing. A
 // test's fake /proc has no roots to resolve in: its paths are taken as
 // they are.
-func (r *Resolver) exeAtPath(pid uint32, exe string) bool {
+func (r *Resolver) exeAtPath(pid uint32, exe string, rec identity.Record) bool {
 	if !r.realProc() {
 		return true
 	}
@@ -305,6 +313,13 @@ func (r *Resolver) exeAtPath(pid uint32, exe string) bool {
 	const mask = unix.STATX_INO | unix.STATX_MNT_ID
 	var at, running unix.Statx_t
 	if unix.Statx(unix.AT_FDCWD, r.procPath(pid, "exe"), 0, mask, &running) != nil {
+		return false
+	}
+	if rec.ExeIno != 0 && (running.Ino != rec.ExeIno ||
+		rec.ExeMntKnown && (running.Mask&unix.STATX_MNT_ID == 0 || running.Mnt_id != rec.ExeMnt)) {
+		// An execve since the path was read (sameExecutable saw the
+		// recorded file): the path and the file compared below would be
+		// two programs'.
 		return false
 	}
 	root, err := unix.Open(r.procPath(pid, "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)

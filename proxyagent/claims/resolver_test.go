@@ -676,3 +676,31 @@ func testResolveExeFromAnotherMountNS(t *testing.T) {
 		t.Errorf("helper running its own %s: %+v, want its executable", real, c)
 	}
 }
+
+// exeAtPath compares the path with the running file only while that is
+// still the file recorded at connect: after an execve between the reads
+// the path and the running file would be two programs'.
+func TestExeAtPathChecksRecord(t *testing.T) {
+	cmd, _ := startChild(t)
+	pid := uint32(cmd.Process.Pid)
+	exePath := fmt.Sprintf("/proc/%d/exe", pid)
+	exe, err := os.Readlink(exePath)
+	must(t, err)
+	var st unix.Statx_t
+	must(t, unix.Statx(unix.AT_FDCWD, exePath, 0, unix.STATX_INO|unix.STATX_MNT_ID, &st))
+	rec := identity.Record{PID: pid, ExeIno: st.Ino, ExeMnt: st.Mnt_id, ExeMntKnown: st.Mask&unix.STATX_MNT_ID != 0}
+	var r Resolver
+	if !r.exeAtPath(pid, exe, rec) {
+		t.Fatalf("%s recorded and running: not proven", exe)
+	}
+	other := rec
+	other.ExeIno++
+	if r.exeAtPath(pid, exe, other) {
+		t.Error("another file recorded (inode): proven")
+	}
+	other = rec
+	other.ExeMnt++
+	if rec.ExeMntKnown && r.exeAtPath(pid, exe, other) {
+		t.Error("another file recorded (mount): proven")
+	}
+}
