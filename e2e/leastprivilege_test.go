@@ -148,43 +148,48 @@ func TestAuditToLeastPrivilege(t *testing.T) {
 			t.Errorf("host served an unsigned request: %+v", en)
 		}
 	}
-	// The unexpected process disguised as an expected one, in a user and
-	// mount namespace of its own (unprivileged): its copy bind-mounted over
-	// /usr/bin/curl, so /proc shows it as /usr/bin/curl. Denied: in another
-	// user namespace the executable proves nothing.
-	t.Run("disguised in its own user namespace", func(t *testing.T) {
-		if r, err := e.Run(ctx, nobody, "unshare", "-Urm", "true"); err != nil || r.ExitCode != 0 {
-			t.Skipf("no unprivileged user namespaces here (%v %s): the disguise is impossible", err, r.Stderr)
-		}
-		// sh runs the mount, then execs curl with "$@" (the arguments after
-		// the script's name, "sh").
-		args := append([]string{"unshare", "-Urm", "sh", "-c", `mount --bind "$0" /usr/bin/curl && exec /usr/bin/curl "$@"`,
-			rogue}, e2eenv.CurlArgs...)
-		r, err := e.Run(ctx, nobody, args[0], append(args[1:], "-H", metadataTrue, instance+"&disguised=1")...)
+	// The unexpected process disguised as /usr/bin/curl, which the profile
+	// allows, by an unprivileged user: refused by the agent (403) and
+	// audited without an executable. refusedDisguise runs the disguised
+	// curl (sh -c script, then the curl arguments as "$@") with marker in
+	// its query.
+	refusedDisguise := func(t *testing.T, marker string, otherUserNS bool, script string, args ...string) {
+		t.Helper()
+		args = append(append([]string{"-c", script}, args...), e2eenv.CurlArgs...)
+		r, err := e.Run(ctx, nobody, "sh", append(args, "-H", metadataTrue, instance+"&"+marker)...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !strings.Contains(string(r.Stdout), " 403 ") {
 			t.Fatalf("disguised process: curl output %q (stderr %q), want 403", r.Stdout, r.Stderr)
 		}
-		rec, err := e.WaitAudit(ctx, func(r audit.Record) bool { return strings.Contains(r.Target, "disguised=1") })
+		rec, err := e.WaitAudit(ctx, func(r audit.Record) bool { return strings.Contains(r.Target, marker) })
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c := rec.Caller; c == nil || !c.OtherUserNS || c.ProcessFullPath != "" || c.UserID != e2eenv.NobodyUID {
-			t.Errorf("audit caller %+v, want nobody in another user namespace without an executable", rec.Caller)
+		if c := rec.Caller; c == nil || c.OtherUserNS != otherUserNS || c.ProcessFullPath != "" || c.UserID != e2eenv.NobodyUID {
+			t.Errorf("audit caller %+v, want nobody without an executable, otherUserns %v", rec.Caller, otherUserNS)
 		}
-	})
-
-	// The same disguise run from the VM's own namespaces: a helper in its
-	// own namespaces holds the bind-mounted /usr/bin/curl open, and the
-	// caller executes it through the helper's descriptor, so /proc shows it
-	// as /usr/bin/curl while the caller stays in the agent's namespaces.
-	// Denied: in the caller's own root that path is another file.
-	t.Run("disguised through another namespace's mount", func(t *testing.T) {
+	}
+	needUserNS := func(t *testing.T) {
 		if r, err := e.Run(ctx, nobody, "unshare", "-Urm", "true"); err != nil || r.ExitCode != 0 {
 			t.Skipf("no unprivileged user namespaces here (%v %s): the disguise is impossible", err, r.Stderr)
 		}
+	}
+	// In a user and mount namespace of its own, its copy bind-mounted over
+	// /usr/bin/curl, so /proc shows it as /usr/bin/curl: in another user
+	// namespace the executable proves nothing.
+	t.Run("disguised in its own user namespace", func(t *testing.T) {
+		needUserNS(t)
+		refusedDisguise(t, "disguised=1", true, `unshare -Urm sh -c 'mount --bind "$0" /usr/bin/curl && exec /usr/bin/curl "$@"' "$0" "$@"`, rogue)
+	})
+	// From the VM's own namespaces: a helper in its own namespaces holds
+	// the bind-mounted /usr/bin/curl open, and the caller executes it
+	// through the helper's descriptor, so /proc shows it as /usr/bin/curl
+	// while the caller stays in the agent's namespaces: in the caller's own
+	// root that path is another file.
+	t.Run("disguised through another namespace's mount", func(t *testing.T) {
+		needUserNS(t)
 		helper := exec.CommandContext(ctx, "unshare", "-Urm", "sh", "-c", `mount --bind "$0" /usr/bin/curl && exec sleep 60 3</usr/bin/curl`, rogue)
 		if err := e.Start(helper, nobody); err != nil {
 			t.Fatal(err)
@@ -195,21 +200,7 @@ func TestAuditToLeastPrivilege(t *testing.T) {
 			target, err := os.Readlink(fd3)
 			return err == nil && target == "/usr/bin/curl"
 		})
-		args := append([]string{"-c", `exec "$0" "$@"`, fd3}, e2eenv.CurlArgs...)
-		r, err := e.Run(ctx, nobody, "sh", append(args, "-H", metadataTrue, instance+"&fdexec=1")...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(string(r.Stdout), " 403 ") {
-			t.Fatalf("disguised process: curl output %q (stderr %q), want 403", r.Stdout, r.Stderr)
-		}
-		rec, err := e.WaitAudit(ctx, func(r audit.Record) bool { return strings.Contains(r.Target, "fdexec=1") })
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c := rec.Caller; c == nil || c.OtherUserNS || c.ProcessFullPath != "" || c.UserID != e2eenv.NobodyUID {
-			t.Errorf("audit caller %+v, want nobody in the agent's user namespace without an executable", rec.Caller)
-		}
+		refusedDisguise(t, "fdexec=1", false, `exec "$0" "$@"`, fd3)
 	})
 
 	// An unexpected user running an expected program is denied too.

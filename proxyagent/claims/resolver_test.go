@@ -596,18 +596,15 @@ func TestResolveOtherUserNSReal(t *testing.T) {
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
 	}
+	sleep, err := exec.LookPath("sleep")
+	must(t, err)
+	sleep, err = filepath.EvalSymlinks(sleep)
+	must(t, err)
 	if err := cmd.Start(); err != nil {
 		t.Skipf("cannot make a user namespace here: %v", err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	var r Resolver
-	pid := uint32(cmd.Process.Pid)
-	var start uint64
-	testsupport.WaitFor(t, "the child's exec of sleep", func() bool {
-		st, err := r.readStat(pid)
-		start = st.StartTime
-		return err == nil && st.Comm == "sleep"
-	})
+	pid, start := waitExec(t, cmd, sleep)
 	c, err := r.Resolve(identity.Record{PID: pid, UID: uint32(os.Getuid()), StartTime: start}, client)
 	must(t, err)
 	if c.ProcessFullPath != "" || c.ProcessName != "" || !c.OtherUserNS || !strings.HasPrefix(c.ProcessCmdLine, "sleep") {
@@ -652,16 +649,8 @@ func testResolveExeFromAnotherMountNS(t *testing.T) {
 	})
 	caller := exec.Command(fd3, "300")
 	must(t, caller.Start())
-	t.Cleanup(func() { caller.Process.Kill(); caller.Wait() })
 	var r Resolver
-	pid := uint32(caller.Process.Pid)
-	var start uint64
-	testsupport.WaitFor(t, "the caller's exec", func() bool {
-		st, err := r.readStat(pid)
-		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		start = st.StartTime
-		return err == nil && exe == allowed
-	})
+	pid, start := waitExec(t, caller, allowed)
 	c, err := r.Resolve(identity.Record{PID: pid, UID: 0, StartTime: start}, client)
 	must(t, err)
 	if c.ProcessFullPath != "" || c.ProcessName != "" || c.OtherUserNS {
@@ -703,4 +692,21 @@ func TestExeAtPathChecksRecord(t *testing.T) {
 	if rec.ExeMntKnown && r.exeAtPath(pid, exe, other) {
 		t.Error("another file recorded (mount): proven")
 	}
+}
+
+// waitExec waits until the started cmd's /proc shows exe as its
+// executable, and returns its pid and start time; cmd is killed when the
+// test ends.
+func waitExec(t *testing.T, cmd *exec.Cmd, exe string) (pid uint32, start uint64) {
+	t.Helper()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var r Resolver
+	pid = uint32(cmd.Process.Pid)
+	testsupport.WaitFor(t, "the exec of "+exe, func() bool {
+		st, err := r.readStat(pid)
+		got, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		start = st.StartTime
+		return err == nil && got == exe
+	})
+	return pid, start
 }
