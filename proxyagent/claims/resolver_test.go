@@ -656,12 +656,13 @@ func testResolveExeFromAnotherMountNS(t *testing.T) {
 	if c.ProcessFullPath != "" || c.ProcessName != "" || c.OtherUserNS {
 		t.Errorf("caller running another namespace's %s: %+v, want no executable", allowed, c)
 	}
-	pid = uint32(helper.Process.Pid) // sleep, from its own root
-	st, err := r.readStat(pid)
+	// The helper runs sleep from its own root: its executable counts.
+	real, err := filepath.EvalSymlinks(sleep)
 	must(t, err)
-	c, err = r.Resolve(identity.Record{PID: pid, UID: 0, StartTime: st.StartTime}, client)
+	pid, start = waitExec(t, helper, real)
+	c, err = r.Resolve(identity.Record{PID: pid, UID: 0, StartTime: start}, client)
 	must(t, err)
-	if real, _ := filepath.EvalSymlinks(sleep); c.ProcessFullPath != real {
+	if c.ProcessFullPath != real {
 		t.Errorf("helper running its own %s: %+v, want its executable", real, c)
 	}
 }
