@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -113,9 +113,7 @@ type Resolver struct {
 	users  userCache
 	images imageCache
 
-	selfNSOnce sync.Once // sets selfNS: the agent's user namespace
-	selfNS     nsID
-	selfNSErr  error
+	selfNS atomic.Pointer[agentNS] // agentUserNS's
 }
 
 // Resolve derives the claims for the connection from client described by
@@ -152,8 +150,12 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 			r.images.drop(key)
 		}
 	}
-	exe, exeErr := os.Readlink(r.procPath(rec.PID, "exe"))
-	if exeErr == nil && rec.ExeIno != 0 && !sameExecutable(r.procPath(rec.PID, "exe"), rec) {
+	exeLink := r.procPath(rec.PID, "exe")
+	exe, exeErr := os.Readlink(exeLink)
+	// The file it runs, examined once, after the link was read: an
+	// execve between the two shows as a file that is not the recorded one.
+	running, runningErr := statExecutable(exeLink)
+	if exeErr == nil && rec.ExeIno != 0 && (runningErr != nil || !recorded(running, rec)) {
 		// An execve since connect(): what /proc shows is a later program
 		// (threats §1, TOCTOU): no executable, command line or image.
 		exeErr = errExecSinceConnect
@@ -162,15 +164,15 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	if exeErr == errExecSinceConnect {
 		cmdErr = exeErr
 	}
-	// Read before the start-time check below, which proves it is the
-	// recorded process's.
-	// The path is checked before the namespace: a process can enter a
-	// user namespace of its own (and there a mount namespace showing
-	// another file at the path) but never come back, so one still in the
-	// agent's afterwards was in it when its root was resolved.
-	exeProven := exeErr == nil && r.exeAtPath(rec.PID, exe, rec)
-	otherUserNS := r.otherUserNS(rec.PID)
-	exeProven = exeProven && !otherUserNS
+	// Read before the start-time check below, which proves them the
+	// recorded process's. The path is checked before the namespace: a
+	// process can enter a user namespace of its own (and there a mount
+	// namespace showing another file at the path) but never come back, so
+	// one still in the agent's afterwards was in it when its root was
+	// resolved.
+	exeProven := exeErr == nil && runningErr == nil && r.exeAtPath(rec.PID, exe, running)
+	otherUserNS, nsKnown := r.otherUserNS(rec.PID)
+	exeProven = exeProven && nsKnown && !otherUserNS
 	cg := r.cgroupPath(rec.PID, rec.CgroupID)
 	// The pidfd is opened before the start-time check, so a match proves it
 	// names the recorded process.
@@ -192,7 +194,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 				ErrPIDReused, rec.PID, st.StartTime, rec.StartTime)
 		}
 	}
-	c.OtherUserNS = otherUserNS
+	c.OtherUserNS = otherUserNS && stErr == nil
 	if exeErr == nil && exeProven {
 		c.ProcessFullPath = exe
 		c.ProcessName = filepath.Base(exe)
@@ -218,7 +220,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 			size = DefaultImageCacheSize
 		}
 		r.images.put(key, &image{fullPath: c.ProcessFullPath, name: c.ProcessName, cmdLine: c.ProcessCmdLine,
-			ancestry: c.Ancestry, workload: c.Workload, otherUserNS: otherUserNS, pidfd: pidfd}, size)
+			ancestry: c.Ancestry, workload: c.Workload, otherUserNS: c.OtherUserNS, pidfd: pidfd}, size)
 	} else if pidfd >= 0 {
 		closeProcess(pidfd)
 	}
@@ -229,21 +231,26 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 // kernel recorded its connect.
 var errExecSinceConnect = errors.New("the process executed another program since it connected")
 
-// sameExecutable reports whether the executable exe names (a
-// /proc/<pid>/exe link) is the file the kernel recorded at connect in rec:
-// its inode number, on its mount when the mount is known (an inode number
-// alone can be had from a memfd or a FUSE mount). A file that cannot be
-// examined (the process exited after its executable was read) is not the
-// same.
-func sameExecutable(exe string, rec identity.Record) bool {
+// executableMask is what statExecutable asks of statx.
+const executableMask = unix.STATX_INO | unix.STATX_MNT_ID
+
+// statExecutable examines the file exe names (a /proc/<pid>/exe link: the
+// file the process runs).
+func statExecutable(exe string) (unix.Statx_t, error) {
 	var st unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, exe, 0, unix.STATX_INO|unix.STATX_MNT_ID, &st); err != nil {
+	err := unix.Statx(unix.AT_FDCWD, exe, 0, executableMask, &st)
+	return st, err
+}
+
+// recorded reports whether running (statExecutable's) is the file the
+// kernel recorded at connect in rec: its inode number, on its mount when
+// the mount is known (an inode number alone can be had from a memfd or a
+// FUSE mount).
+func recorded(running unix.Statx_t, rec identity.Record) bool {
+	if running.Ino != rec.ExeIno {
 		return false
 	}
-	if st.Ino != rec.ExeIno {
-		return false
-	}
-	return !rec.ExeMntKnown || (st.Mask&unix.STATX_MNT_ID != 0 && st.Mnt_id == rec.ExeMnt)
+	return !rec.ExeMntKnown || (running.Mask&unix.STATX_MNT_ID != 0 && running.Mnt_id == rec.ExeMnt)
 }
 
 // nsID names a namespace: the device and inode of its nsfs file.
@@ -259,67 +266,75 @@ func nsOf(path string) (nsID, error) {
 }
 
 // otherUserNS reports whether the process pid is in another user
-// namespace than the agent. Its executable then proves nothing: a user
-// who makes a user namespace (unprivileged where the kernel allows it)
-// owns a mount namespace in it, where any file can be bind-mounted over
-// an allowed path, and may point the process's executable at any file
-// (prctl PR_SET_MM_MAP). A process cannot leave its user namespace for an
+// namespace than the agent (other), and whether that could be told
+// (known). Its executable proves nothing there: a user who makes a user
+// namespace (unprivileged where the kernel allows it) owns a mount
+// namespace in it, where any file can be bind-mounted over an allowed
+// path, and may point the process's executable at any file (prctl
+// PR_SET_MM_MAP). A process cannot leave its user namespace for an
 // ancestor, so one found in another namespace after its connect was in
 // one at connect, or moved to one since (and is then as untrusted). When
 // the agent's own namespace does not exist (a kernel without user
-// namespaces, a test's fake /proc) every process is in it; when it cannot
-// be read otherwise, no process is, nor is a caller whose namespace
-// cannot be read (gone).
-func (r *Resolver) otherUserNS(pid uint32) bool {
-	r.selfNSOnce.Do(func() {
-		root := r.ProcRoot
-		if root == "" {
-			root = DefaultProcRoot
-		}
-		r.selfNS, r.selfNSErr = nsOf(root + "/self/ns/user")
-	})
-	if errors.Is(r.selfNSErr, unix.ENOENT) {
-		return false // no user namespaces (or a test's fake /proc)
+// namespaces, a test's fake /proc) every process is in it; when it or the
+// caller's cannot be read otherwise (the caller gone), nothing is known.
+func (r *Resolver) otherUserNS(pid uint32) (other, known bool) {
+	self, err := r.agentUserNS()
+	if errors.Is(err, unix.ENOENT) {
+		return false, true // no user namespaces (or a test's fake /proc)
 	}
-	if r.selfNSErr != nil {
-		return true
+	if err != nil {
+		return false, false
 	}
 	ns, err := nsOf(r.procPath(pid, "ns/user"))
-	return err != nil || ns != r.selfNS
+	if err != nil {
+		return false, false
+	}
+	return ns != self, true
+}
+
+// agentUserNS returns the agent's user namespace, read once it could be
+// (or found not to exist); another failure is tried again next time.
+func (r *Resolver) agentUserNS() (nsID, error) {
+	if ns := r.selfNS.Load(); ns != nil {
+		return ns.id, ns.err
+	}
+	root := r.ProcRoot
+	if root == "" {
+		root = DefaultProcRoot
+	}
+	id, err := nsOf(root + "/self/ns/user")
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		r.selfNS.Store(&agentNS{id, err})
+	}
+	return id, err
+}
+
+// agentNS is what agentUserNS read.
+type agentNS struct {
+	id  nsID
+	err error
 }
 
 // exeAtPath reports whether exe, the path /proc/<pid>/exe shows, names
-// the file the process runs, which must still be the file rec recorded
-// at connect, when resolved in the process's own root (its mount
-// namespace): the same device, inode and mount. A path is
-// what the mount namespace the executable was opened in showed, which
-// need not be the caller's: a process may execute a file through a
-// descriptor from a process in another mount namespace
-// (/proc/<other>/fd/N), where a bind mount put another binary at an
-// allowed path, or share its memory with one there that replaces its
-// executable by such a file (PR_SET_MM_MAP; by a file of its own mount
-// namespace it can read and execute, this is not caught: see README). A
-// path that cannot be resolved, or not
-// without leaving the root or following a /proc link, proves nothing. A
-// test's fake /proc has no roots to resolve in: its paths are taken as
-// they are.
-func (r *Resolver) exeAtPath(pid uint32, exe string, rec identity.Record) bool {
+// running, the file the process runs (statExecutable's, which Resolve
+// compared with the kernel's record), when resolved in the process's own
+// root (its mount namespace): the same device and inode. A path is what
+// the mount namespace the executable was opened in showed, which need not
+// be the caller's: a process may execute a file through a descriptor from
+// a process in another mount namespace (/proc/<other>/fd/N), where a bind
+// mount put another binary at an allowed path, or share its memory with
+// one there that replaces its executable by such a file (PR_SET_MM_MAP;
+// by a file of its own mount namespace it can read and execute, this is
+// not caught: see README). The mount is not compared: a process that
+// entered another mount namespace after its execve runs its file through
+// a copy of the mount. A path that cannot be resolved, or not without
+// leaving the root or following a /proc link, proves nothing. A test's
+// fake /proc has no roots to resolve in: its paths are taken as they are.
+func (r *Resolver) exeAtPath(pid uint32, exe string, running unix.Statx_t) bool {
 	if !r.realProc() {
 		return true
 	}
 	if !strings.HasPrefix(exe, "/") {
-		return false
-	}
-	const mask = unix.STATX_INO | unix.STATX_MNT_ID
-	var at, running unix.Statx_t
-	if unix.Statx(unix.AT_FDCWD, r.procPath(pid, "exe"), 0, mask, &running) != nil {
-		return false
-	}
-	if rec.ExeIno != 0 && (running.Ino != rec.ExeIno ||
-		rec.ExeMntKnown && (running.Mask&unix.STATX_MNT_ID == 0 || running.Mnt_id != rec.ExeMnt)) {
-		// An execve since the path was read (sameExecutable saw the
-		// recorded file): the path and the file compared below would be
-		// two programs'.
 		return false
 	}
 	root, err := unix.Open(r.procPath(pid, "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -327,12 +342,13 @@ func (r *Resolver) exeAtPath(pid uint32, exe string, rec identity.Record) bool {
 		return false
 	}
 	defer unix.Close(root)
+	var at unix.Statx_t
 	fd, err := openat2(root, exe, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
 	switch {
 	case err == nil:
 		defer unix.Close(fd)
-		err = unix.Statx(fd, "", unix.AT_EMPTY_PATH, mask, &at)
+		err = unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_INO, &at)
 	case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM):
 		// openat2 refused (Linux before 5.6, or a seccomp filter that
 		// does not know it, as systemd-nspawn's): the path is resolved
@@ -340,15 +356,9 @@ func (r *Resolver) exeAtPath(pid uint32, exe string, rec identity.Record) bool {
 		// link on it resolves from the agent's root. Planting one needs a
 		// directory on the path the caller can write, and a rule naming
 		// such a path allows whatever the caller puts there anyway.
-		err = unix.Statx(unix.AT_FDCWD, r.procPath(pid, "root")+exe, 0, mask, &at)
+		err = unix.Statx(unix.AT_FDCWD, r.procPath(pid, "root")+exe, 0, unix.STATX_INO, &at)
 	}
-	if err != nil {
-		return false
-	}
-	if at.Dev_major != running.Dev_major || at.Dev_minor != running.Dev_minor || at.Ino != running.Ino {
-		return false
-	}
-	return at.Mask&running.Mask&unix.STATX_MNT_ID == 0 || at.Mnt_id == running.Mnt_id
+	return err == nil && at.Dev_major == running.Dev_major && at.Dev_minor == running.Dev_minor && at.Ino == running.Ino
 }
 
 // openat2 is unix.Openat2; tests make it fail as a seccomp filter does.

@@ -1,6 +1,7 @@
 package claims
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -395,7 +397,7 @@ func TestResolveRealProc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ProcessFullPath != "" || c.ProcessName != "" || c.ProcessCmdLine != Undefined || c.ProcessID != pid {
+	if c.ProcessFullPath != "" || c.ProcessName != "" || c.ProcessCmdLine != Undefined || c.ProcessID != pid || c.OtherUserNS {
 		t.Errorf("exited process claims %+v", c)
 	}
 }
@@ -575,12 +577,13 @@ func TestResolveOtherUserNSFake(t *testing.T) {
 		t.Errorf("%d images cached, want 2", n)
 	}
 
-	// A caller whose namespace cannot be read counts as another's.
+	// A caller whose namespace cannot be read has no executable, and is
+	// not said to be in another namespace.
 	must(t, os.Remove(filepath.Join(p.root, "500", "ns", "user")))
 	c, err := r.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000}, client)
 	must(t, err)
-	if c.ProcessFullPath != "" || !c.OtherUserNS {
-		t.Errorf("unreadable user namespace: %+v, want no executable", c)
+	if c.ProcessFullPath != "" || c.OtherUserNS {
+		t.Errorf("unreadable user namespace: %+v, want no executable, no otherUserns", c)
 	}
 }
 
@@ -665,33 +668,58 @@ func testResolveExeFromAnotherMountNS(t *testing.T) {
 	if c.ProcessFullPath != real {
 		t.Errorf("helper running its own %s: %+v, want its executable", real, c)
 	}
+
+	// A process that enters a mount namespace of its own after its execve
+	// runs its file through a copy of the mount (another mount id): it
+	// keeps its executable.
+	nr := map[string]int{"amd64": 272, "arm64": 97}[runtime.GOARCH] // unshare(2)
+	perl, err := exec.LookPath("perl")
+	if err != nil || nr == 0 {
+		t.Logf("no perl or unshare(2) number here (%v, %s): the late unshare is not tried", err, runtime.GOARCH)
+		return
+	}
+	perl, err = filepath.EvalSymlinks(perl)
+	must(t, err)
+	late := exec.Command(perl, "-e", fmt.Sprintf("$| = 1; syscall(%d, 0x20000) == 0 or die $!; print qq(ok\n); sleep 300", nr))
+	out, err := late.StdoutPipe()
+	must(t, err)
+	must(t, late.Start())
+	pid, start = waitExec(t, late, perl)
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ok\n" {
+		t.Fatalf("perl's unshare: %q %v", line, err)
+	}
+	c, err = r.Resolve(identity.Record{PID: pid, UID: 0, StartTime: start}, client)
+	must(t, err)
+	if c.ProcessFullPath != perl {
+		t.Errorf("process in a mount namespace entered after its execve: %+v, want %s", c, perl)
+	}
 }
 
-// exeAtPath compares the path with the running file only while that is
-// still the file recorded at connect: after an execve between the reads
-// the path and the running file would be two programs'.
-func TestExeAtPathChecksRecord(t *testing.T) {
-	cmd, _ := startChild(t)
+// The file a process runs, examined once after its path was read, must
+// be the one the kernel recorded at connect: otherwise an execve came
+// between (and the path and the file might be two programs'), and the
+// caller has no executable or command line.
+func TestResolveChecksRecordedExecutable(t *testing.T) {
+	cmd, start := startChild(t)
 	pid := uint32(cmd.Process.Pid)
-	exePath := fmt.Sprintf("/proc/%d/exe", pid)
-	exe, err := os.Readlink(exePath)
+	st, err := statExecutable(fmt.Sprintf("/proc/%d/exe", pid))
 	must(t, err)
-	var st unix.Statx_t
-	must(t, unix.Statx(unix.AT_FDCWD, exePath, 0, unix.STATX_INO|unix.STATX_MNT_ID, &st))
-	rec := identity.Record{PID: pid, ExeIno: st.Ino, ExeMnt: st.Mnt_id, ExeMntKnown: st.Mask&unix.STATX_MNT_ID != 0}
+	rec := identity.Record{PID: pid, StartTime: start, ExeIno: st.Ino, ExeMnt: st.Mnt_id, ExeMntKnown: st.Mask&unix.STATX_MNT_ID != 0}
 	var r Resolver
-	if !r.exeAtPath(pid, exe, rec) {
-		t.Fatalf("%s recorded and running: not proven", exe)
+	c, err := r.Resolve(rec, client)
+	must(t, err)
+	if c.ProcessFullPath == "" || c.ProcessCmdLine == Undefined {
+		t.Fatalf("the recorded executable running: %+v, want its path and command line", c)
 	}
 	other := rec
 	other.ExeIno++
-	if r.exeAtPath(pid, exe, other) {
-		t.Error("another file recorded (inode): proven")
+	if c, err := r.Resolve(other, client); err != nil || c.ProcessFullPath != "" || c.ProcessCmdLine != Undefined {
+		t.Errorf("another file recorded (inode): %+v, %v; want neither path nor command line", c, err)
 	}
 	other = rec
 	other.ExeMnt++
-	if rec.ExeMntKnown && r.exeAtPath(pid, exe, other) {
-		t.Error("another file recorded (mount): proven")
+	if c, err := r.Resolve(other, client); rec.ExeMntKnown && (err != nil || c.ProcessFullPath != "") {
+		t.Errorf("another file recorded (mount): %+v, %v; want no path", c, err)
 	}
 }
 

@@ -186,7 +186,7 @@ func (s *Suggester) identityOf(c *claims.Claims) (msp.Identity, string) {
 			return id, "requests from callers in another user namespace left out (their executable proves nothing: allow them by user or group)"
 		}
 		if unnamed(c.ProcessFullPath) {
-			return id, "requests from callers with an unknown executable left out (exited before they were identified)"
+			return id, "requests from callers with an unknown executable left out (exited before they were identified, or their path did not name the file they ran)"
 		}
 		id.ExePath = c.ProcessFullPath
 	}
