@@ -73,8 +73,9 @@ const Undefined = "undefined"
 // User and mount namespaces: a caller in another user namespace than the
 // agent's gets no ProcessFullPath or ProcessName (OtherUserNS,
 // otherUserNS): there the executable is the caller's to choose. Nor does
-// one whose executable's path, resolved in its own root, is not the file
-// it runs (exeAtPath).
+// one whose namespace cannot be told (nor any caller while the agent's
+// own cannot be read), or whose executable's path, resolved in its own
+// root, is not the file it runs (exeAtPath).
 //
 // A process that has already exited (or whose stat cannot be read to
 // verify it) keeps the kernel's uid and pid, with ProcessFullPath and
@@ -170,7 +171,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	// namespace showing another file at the path) but never come back, so
 	// one still in the agent's afterwards was in it when its root was
 	// resolved.
-	exeProven := exeErr == nil && runningErr == nil && r.exeAtPath(rec.PID, exe, running)
+	exeProven := exeErr == nil && (runningErr == nil || !r.realProc()) && r.exeAtPath(rec.PID, exe, running)
 	otherUserNS, nsKnown := r.otherUserNS(rec.PID)
 	exeProven = exeProven && nsKnown && !otherUserNS
 	cg := r.cgroupPath(rec.PID, rec.CgroupID)
@@ -325,9 +326,10 @@ type agentNS struct {
 // mount put another binary at an allowed path, or share its memory with
 // one there that replaces its executable by such a file (PR_SET_MM_MAP;
 // by a file of its own mount namespace it can read and execute, this is
-// not caught: see README). The mount is not compared: a process that
-// entered another mount namespace after its execve runs its file through
-// a copy of the mount. A path that cannot be resolved, or not without
+// not caught: see README). The mount is not compared: in a process that
+// entered another mount namespace after its execve, the path resolves
+// through a copy of the mount its file was run from. A path that cannot
+// be resolved, or not without
 // leaving the root or following a /proc link, proves nothing. A test's
 // fake /proc has no roots to resolve in: its paths are taken as they are.
 func (r *Resolver) exeAtPath(pid uint32, exe string, running unix.Statx_t) bool {

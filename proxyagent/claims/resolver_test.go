@@ -577,6 +577,21 @@ func TestResolveOtherUserNSFake(t *testing.T) {
 		t.Errorf("%d images cached, want 2", n)
 	}
 
+	// While the agent's own namespace cannot be read, no caller has an
+	// executable; it is read again later.
+	selfNS := filepath.Join(p.root, "self", "ns")
+	must(t, os.Rename(selfNS, selfNS+".away"))
+	must(t, os.WriteFile(selfNS, nil, 0o644)) // ENOTDIR
+	r2 := &Resolver{ProcRoot: p.root}
+	if c, err := r2.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000}, client); err != nil || c.ProcessFullPath != "" || c.OtherUserNS {
+		t.Errorf("agent's namespace unreadable: %+v, %v; want no executable, no otherUserns", c, err)
+	}
+	must(t, os.Remove(selfNS))
+	must(t, os.Rename(selfNS+".away", selfNS))
+	if c, err := r2.Resolve(identity.Record{PID: 500, UID: 1000, StartTime: 9000}, client); err != nil || c.ProcessFullPath != "/usr/bin/curl" {
+		t.Errorf("agent's namespace readable again: %+v, %v; want the executable", c, err)
+	}
+
 	// A caller whose namespace cannot be read has no executable, and is
 	// not said to be in another namespace.
 	must(t, os.Remove(filepath.Join(p.root, "500", "ns", "user")))
@@ -670,8 +685,8 @@ func testResolveExeFromAnotherMountNS(t *testing.T) {
 	}
 
 	// A process that enters a mount namespace of its own after its execve
-	// runs its file through a copy of the mount (another mount id): it
-	// keeps its executable.
+	// runs its file from the old mount, while its path resolves through the
+	// new namespace's copy (another mount id): it keeps its executable.
 	nr := map[string]int{"amd64": 272, "arm64": 97}[runtime.GOARCH] // unshare(2)
 	perl, err := exec.LookPath("perl")
 	if err != nil || nr == 0 {
