@@ -171,7 +171,9 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 	// namespace showing another file at the path) but never come back, so
 	// one still in the agent's afterwards was in it when its root was
 	// resolved.
-	exeProven := exeErr == nil && (runningErr == nil || !r.realProc()) && r.exeAtPath(rec.PID, exe, running)
+	// A test's fake /proc has no roots to resolve in: its paths are taken
+	// as they are.
+	exeProven := exeErr == nil && (!r.realProc() || runningErr == nil && r.exeAtPath(rec.PID, exe, running))
 	otherUserNS, nsKnown := r.otherUserNS(rec.PID)
 	exeProven = exeProven && nsKnown && !otherUserNS
 	cg := r.cgroupPath(rec.PID, rec.CgroupID)
@@ -299,11 +301,7 @@ func (r *Resolver) agentUserNS() (nsID, error) {
 	if ns := r.selfNS.Load(); ns != nil {
 		return ns.id, ns.err
 	}
-	root := r.ProcRoot
-	if root == "" {
-		root = DefaultProcRoot
-	}
-	id, err := nsOf(root + "/self/ns/user")
+	id, err := nsOf(r.procRoot() + "/self/ns/user")
 	if err == nil || errors.Is(err, unix.ENOENT) {
 		r.selfNS.Store(&agentNS{id, err})
 	}
@@ -329,13 +327,9 @@ type agentNS struct {
 // not caught: see README). The mount is not compared: in a process that
 // entered another mount namespace after its execve, the path resolves
 // through a copy of the mount its file was run from. A path that cannot
-// be resolved, or not without
-// leaving the root or following a /proc link, proves nothing. A test's
-// fake /proc has no roots to resolve in: its paths are taken as they are.
+// be resolved, or not without leaving the root or following a /proc link,
+// proves nothing.
 func (r *Resolver) exeAtPath(pid uint32, exe string, running unix.Statx_t) bool {
-	if !r.realProc() {
-		return true
-	}
 	if !strings.HasPrefix(exe, "/") {
 		return false
 	}
@@ -368,7 +362,7 @@ var openat2 = unix.Openat2
 
 // realProc reports whether ProcRoot is the system's procfs, whose pids
 // the kernel's pidfds name (a test's fake root is not).
-func (r *Resolver) realProc() bool { return r.ProcRoot == "" || r.ProcRoot == "/proc" }
+func (r *Resolver) realProc() bool { return r.procRoot() == DefaultProcRoot }
 
 // ancestry walks up from the process whose stat is child. Each ancestor's
 // stat is read after its exe and cmdline and must show a start time no
@@ -402,11 +396,15 @@ func (r *Resolver) ancestry(child procStat) []Process {
 }
 
 func (r *Resolver) procPath(pid uint32, file string) string {
-	root := r.ProcRoot
-	if root == "" {
-		root = DefaultProcRoot
+	return r.procRoot() + "/" + strconv.FormatUint(uint64(pid), 10) + "/" + file
+}
+
+// procRoot is ProcRoot, or DefaultProcRoot when that is empty.
+func (r *Resolver) procRoot() string {
+	if r.ProcRoot == "" {
+		return DefaultProcRoot
 	}
-	return root + "/" + strconv.FormatUint(uint64(pid), 10) + "/" + file
+	return r.ProcRoot
 }
 
 func (r *Resolver) maxCmdLine() int {

@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/identity"
 )
@@ -606,7 +607,7 @@ func TestResolveOtherUserNSFake(t *testing.T) {
 // `unshare -U` makes one) has no executable in its claims.
 func TestResolveOtherUserNSReal(t *testing.T) {
 	if _, err := os.Stat("/proc/self/ns/user"); err != nil {
-		t.Skip("no user namespaces")
+		testenv.SkipOrFail(t, "no user namespaces: %v", err)
 	}
 	cmd := exec.Command("sleep", "30")
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -619,7 +620,7 @@ func TestResolveOtherUserNSReal(t *testing.T) {
 	sleep, err = filepath.EvalSymlinks(sleep)
 	must(t, err)
 	if err := cmd.Start(); err != nil {
-		t.Skipf("cannot make a user namespace here: %v", err)
+		testenv.SkipOrFail(t, "cannot make a user namespace here: %v", err)
 	}
 	var r Resolver
 	pid, start := waitExec(t, cmd, sleep)
@@ -648,7 +649,7 @@ func TestResolveExeFromAnotherMountNS(t *testing.T) {
 
 func testResolveExeFromAnotherMountNS(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root (a mount namespace)")
+		testenv.SkipOrFail(t, "needs root (a mount namespace)")
 	}
 	dir := t.TempDir()
 	allowed := filepath.Join(dir, "allowed")
@@ -690,8 +691,7 @@ func testResolveExeFromAnotherMountNS(t *testing.T) {
 	nr := map[string]int{"amd64": 272, "arm64": 97}[runtime.GOARCH] // unshare(2)
 	perl, err := exec.LookPath("perl")
 	if err != nil || nr == 0 {
-		t.Logf("no perl or unshare(2) number here (%v, %s): the late unshare is not tried", err, runtime.GOARCH)
-		return
+		testenv.SkipOrFail(t, "no perl or unshare(2) number here (%v, %s): the late unshare is not tried", err, runtime.GOARCH)
 	}
 	perl, err = filepath.EvalSymlinks(perl)
 	must(t, err)
