@@ -104,6 +104,18 @@ func TestSummaryLineAsSerde(t *testing.T) {
 	}
 }
 
+// A denied request's error names the caller's claims as serde_json
+// writes them: '&' and '<' kept, no ancestry.
+func TestBlockErrorAsSerde(t *testing.T) {
+	c := &claims.Claims{UserID: 1000, UserName: "alice", ProcessCmdLine: "sh -c a&&b<c",
+		Ancestry: []claims.Process{{PID: 1, Exe: "/sbin/init"}}}
+	got := BlockError(c)
+	if !strings.HasPrefix(got, BlockPrefix) || !strings.Contains(got, `"processCmdLine":"sh -c a&&b<c"`) ||
+		strings.Contains(got, "ancestry") || !strings.Contains(got, `"userGroups":[]`) {
+		t.Errorf("BlockError = %s", got)
+	}
+}
+
 // A request's lines reach the files within BatchDelay+FlushInterval of
 // the request, without Close, and not before FlushInterval (synctest: the
 // bubble's clock).

@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -578,6 +577,9 @@ func (r *Recorder) handle(j *job) {
 		_, err := r.connLog.Write(r.lineBuf)
 		r.report(err)
 	}
+	if r.auditLog == nil && r.opts.Sink == nil {
+		return // mirrored only: no record to build
+	}
 	r.seq++
 	r.rec = newRecord(ev, r.addrText(ev.Client), r.addrText(ev.Dest))
 	rec := &r.rec
@@ -747,7 +749,8 @@ func BlockError(c *claims.Claims) string {
 	return BlockPrefix + upstreamClaimsJSON(c)
 }
 
-// upstreamClaimsJSON is c as upstream serialises claims (no ancestry).
+// upstreamClaimsJSON is c as upstream serialises claims (serde_json:
+// only upstream's fields, '&', '<' and '>' kept).
 func upstreamClaimsJSON(c *claims.Claims) string {
 	u := *c
 	// Only upstream's fields.
@@ -755,7 +758,7 @@ func upstreamClaimsJSON(c *claims.Claims) string {
 	if u.UserGroups == nil {
 		u.UserGroups = []string{}
 	}
-	b, _ := json.Marshal(u)
+	b, _ := serdejson.Marshal(u)
 	return string(b)
 }
 
