@@ -160,9 +160,13 @@ func TestConnectionLinesOnStdout(t *testing.T) {
 	if resp := h.do(nobody, h.imds(), get("/metadata/instance?api-version=2021-02-01", "169.254.169.254", "Metadata: true\r\n")); resp.StatusCode != 200 {
 		t.Fatalf("nobody's audited request: status %d", resp.StatusCode)
 	}
-	testsupport.WaitFor(t, "the audited request's line on stdout", func() bool {
-		return strings.Contains(h.stdout.String(), "[INFO]    ") &&
-			strings.Contains(h.stdout.String(), "] - GET /metadata/instance?api-version=2021-02-01 to IMDS ")
+	testsupport.WaitFor(t, "the audited request's line on stdout, at Info", func() bool {
+		for _, line := range strings.Split(h.stdout.String(), "\n") {
+			if strings.Contains(line, "] - GET /metadata/instance?api-version=2021-02-01 to IMDS ") {
+				return strings.Contains(line, "[INFO]")
+			}
+		}
+		return false
 	})
 	if out := h.stdout.String(); strings.Contains(out, "] - GET /metadata/identity/oauth2/token") {
 		t.Errorf("the line of a request served, or answered by the host, on stdout:\n%s", out)
