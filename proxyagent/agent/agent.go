@@ -85,9 +85,10 @@ func Run(ctx context.Context, opts Options) error {
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "warning", w)
 	}
-	if m := socketMark(cfg, opts.Identity != nil); m != cfg.SocketMark {
-		log.Warn("config", "warning", fmt.Sprintf("socketMark 0 would let the kernel hooks redirect the agent's own connections to itself; using %#x", m))
-		cfg.SocketMark = m
+	socketMark, listenerMark := marks(cfg, opts.Identity != nil)
+	if socketMark != cfg.SocketMark {
+		log.Warn("config", "warning", fmt.Sprintf("socketMark 0 would let the kernel hooks redirect the agent's own connections to itself; using %#x", socketMark))
+		cfg.SocketMark = socketMark
 	}
 	log.Info("GuestProxyAgent is starting", "version", opts.Version, "pid", os.Getpid())
 	con := console.New(cfg.ConsoleLog, opts.Version)
@@ -215,7 +216,7 @@ func Run(ctx context.Context, opts Options) error {
 		},
 		Start:             start,
 		DialUpstream:      hostconn.DialContext(cfg.SocketMark, cfg.HostRequestTimeout()),
-		ListenerMark:      listenerMark(cfg, opts.Identity != nil),
+		ListenerMark:      listenerMark,
 		ReadHeaderTimeout: cfg.HeaderReadTimeout(), IdleTimeout: cfg.IdleTimeout(),
 		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections, MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
 		OneConnectionPool: !apart,
@@ -389,27 +390,23 @@ func loadRedirector(cfg config.Config, d msp.Endpoints, apart bool, start time.T
 	return nil, err
 }
 
-// socketMark is the SO_MARK of the agent's own sockets: socketMark from
-// the config, except that with the kernel hooks 0 (unmarked) would let them
-// redirect the agent's own connections to the host to the agent itself,
-// and hostconn.Mark, which redirector.Config.Mark takes for 0, is used.
-func socketMark(cfg config.Config, noHooks bool) uint32 {
-	if cfg.SocketMark == 0 && !noHooks {
-		return hostconn.Mark
-	}
-	return cfg.SocketMark
-}
-
-// listenerMark is the SO_MARK of the agent's listeners: the mark the
-// redirector's hooks require of the socket they send connects to
-// (socketMark), also when loading the redirector failed, since hooks
-// pinned by an earlier run still check it; none when the caller supplied
-// the identity source (no kernel hooks).
-func listenerMark(cfg config.Config, noHooks bool) uint32 {
+// marks returns the SO_MARK of the agent's own sockets and of its
+// listeners. The sockets carry socketMark from the config, except that
+// with the kernel hooks 0 (unmarked) would let them redirect the agent's
+// own connections to the host to the agent itself, and hostconn.Mark,
+// which redirector.Config.Mark takes for 0, is used. The listeners carry
+// the same mark, which the hooks require of the socket they send connects
+// to, also when loading the redirector failed (hooks pinned by an earlier
+// run still check it); none when the caller supplied the identity source
+// (noHooks: no kernel hooks).
+func marks(cfg config.Config, noHooks bool) (sockets, listener uint32) {
 	if noHooks {
-		return 0
+		return cfg.SocketMark, 0
 	}
-	return socketMark(cfg, false)
+	if cfg.SocketMark == 0 {
+		return hostconn.Mark, hostconn.Mark
+	}
+	return cfg.SocketMark, cfg.SocketMark
 }
 
 // setUpContainerListener adds the container listener's address to the

@@ -25,6 +25,7 @@ import (
 	"github.com/opengpa/gpa/hostsim"
 	"github.com/opengpa/gpa/internal/simtest"
 	"github.com/opengpa/gpa/internal/testsupport"
+	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/config"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
@@ -392,7 +393,7 @@ func newAuditIMDSHarness(t *testing.T, edits ...func(*config.Config)) *harness {
 	// profile is also Audit, with no rules): wait for its privilege in the
 	// agent's snapshot of the rules it compiled.
 	testsupport.WaitFor(t, "the agent to compile the profile's rules", func() bool {
-		files, _ := filepath.Glob(filepath.Join(h.cfg.StatusFolder, "AuthorizationRules_*.json"))
+		files, _ := filepath.Glob(filepath.Join(h.cfg.StatusFolder, authz.SnapshotFilePrefix+"*.json"))
 		for _, f := range files {
 			if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), `"token"`) {
 				return true
@@ -569,7 +570,7 @@ func TestListenerMark(t *testing.T) {
 		{0, true, 0, 0},
 	} {
 		cfg.SocketMark = c.mark
-		if l, s := listenerMark(cfg, c.noHooks), socketMark(cfg, c.noHooks); l != c.listener || s != c.sockets {
+		if s, l := marks(cfg, c.noHooks); l != c.listener || s != c.sockets {
 			t.Errorf("socketMark %#x, no hooks %v: listener mark %#x, sockets %#x; want %#x, %#x",
 				c.mark, c.noHooks, l, s, c.listener, c.sockets)
 		}

@@ -142,9 +142,10 @@ func (st *connState) setup(ctx context.Context) {
 	rec, ok := s.opts.Identity.Lookup(st.client, st.local)
 	if ok && st.viaContainer {
 		// Only connects from other network namespaces are sent to the
-		// container listener: whatever the record says (a kernel without
-		// netns cookies cannot tell namespaces apart), this caller is in a
-		// container, never the VM's root.
+		// container listener: whatever the record says, this caller is in a
+		// container, never the VM's root. (The agent opens no container
+		// listener where the kernel cannot tell namespaces apart; this
+		// keeps the proxy safe without relying on that.)
 		rec.OtherNetns = true
 	}
 	if key, exempt := keyOf(rec, ok); !exempt {

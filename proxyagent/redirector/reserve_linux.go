@@ -17,9 +17,12 @@ const reservedPortsPath = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 // user from bind()ing the agent's listener port, but a listen() without a
 // bind takes an ephemeral port without any bind hook: where the ephemeral
 // range covers the listener's port (a "1024 65535" tuning), a user
-// listening while the agent restarts could be given it, and with it root's
-// redirected connections. Reserved, the port is never given out that way;
-// explicit binds (the agent's) are not affected.
+// listening while the agent restarts could be given it. The connect hooks
+// send nothing to such a socket in the agent's namespace (it lacks the
+// agent's mark), so what this guards above all is the container listener,
+// which the hooks cannot check, and the agent's own bind after a restart.
+// Reserved, the port is never given out that way; explicit binds (the
+// agent's) are not affected.
 func ReservePorts(ports ...uint16) error {
 	b, err := os.ReadFile(reservedPortsPath)
 	if err != nil {
