@@ -14,7 +14,6 @@ import (
 	"github.com/opengpa/gpa/internal/testenv"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
-	"github.com/opengpa/gpa/proxyagent/proxy"
 )
 
 // A burst of connections waiting to be accepted at once, as when the
@@ -114,8 +113,7 @@ func (e *env) listenBacklog(addr netip.AddrPort, n int) net.Listener {
 func BenchmarkRecordCapacity(b *testing.B) {
 	const maxN = 18000
 	e := newEnv(b)
-	own, _ := proxy.ConnShares(500, 64, true)
-	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, own
+	e.productionLimits()
 	r := e.loadRedirecting()
 	l := e.listenBacklog(msp.ListenerAddr, maxN).(*net.TCPListener)
 	exe := worldExecutable(b)

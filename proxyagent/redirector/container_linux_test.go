@@ -16,7 +16,6 @@ import (
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
-	"github.com/opengpa/gpa/proxyagent/proxy"
 )
 
 // Connects from another network namespace go to the container listener,
@@ -37,8 +36,7 @@ func testContainerRecordsAndCollision(t *testing.T, limits bool) {
 	e := newEnv(t)
 	ca := e.useContainerListener()
 	if limits {
-		own, _ := proxy.ConnShares(500, 64, true)
-		e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, own
+		e.productionLimits()
 	}
 	r := e.loadRedirecting()
 	// The container listener accepts nothing: records stay pending in the
@@ -232,8 +230,7 @@ func TestUnconsumedRecordsDropped(t *testing.T) {
 	e := newEnv(t)
 	ca := msp.ContainerListenerAddr
 	e.cfg.Endpoints.ContainerListener = ca
-	own, _ := proxy.ConnShares(500, 64, true)
-	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, own
+	e.productionLimits()
 	e.loadRedirecting()
 	ownNs := testenv.NewNetns(t, ca.Addr())
 	ownL, err := ownNs.Listen("tcp", ca.String())

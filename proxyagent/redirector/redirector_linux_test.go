@@ -26,6 +26,7 @@ import (
 
 	"github.com/opengpa/gpa/bpf"
 	"github.com/opengpa/gpa/internal/testenv"
+	"github.com/opengpa/gpa/proxyagent/config"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/identity"
 	"github.com/opengpa/gpa/proxyagent/msp"
@@ -240,6 +241,15 @@ func (e *env) loadRedirecting() *Redirector {
 		e.t.Fatal(err)
 	}
 	return r
+}
+
+// productionLimits sets the connection limits the agent loads with its
+// default config: the per-caller limit and the share of the callers in its
+// namespace together (proxy.ConnShares, namespaces told apart).
+func (e *env) productionLimits() {
+	d := config.Default()
+	own, _ := proxy.ConnShares(d.MaxConnections, d.MaxConnectionsPerCaller, true)
+	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = d.MaxConnectionsPerCaller, own
 }
 
 // useContainerListener puts the container listener's address on the
@@ -960,8 +970,7 @@ func BenchmarkConnect(b *testing.B) {
 
 	// The limits are on, as in production; root in the agent's namespace
 	// is exempt, nobody is counted.
-	own, _ := proxy.ConnShares(500, 64, true)
-	e.cfg.MaxConnsPerCaller, e.cfg.MaxLimitedConns = 64, own
+	e.productionLimits()
 	r := e.load()
 	if err := r.SetPolicy(true, true, true); err != nil {
 		b.Fatal(err)
