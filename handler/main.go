@@ -19,12 +19,16 @@ import (
 // maxLogSize is where a handler log is rotated (kept once as .1).
 const maxLogSize = 20 << 20
 
-// rotateLog moves the log at p to p.1 once it is over maxLogSize.
+// rotateLog moves the log at p to its one kept copy (rotatedLog) once it
+// is over maxLogSize.
 func rotateLog(p string) {
 	if fi, err := os.Stat(p); err == nil && fi.Size() > maxLogSize {
-		os.Rename(p, p+".1")
+		os.Rename(p, rotatedLog(p))
 	}
 }
+
+// rotatedLog is the name of the one copy kept of the log at p.
+func rotatedLog(p string) string { return p + ".1" }
 
 // SetupLogName is the log of the setup steps (install, backup, restore,
 // purge, uninstall), in <ext>/ProxyAgent where upstream's setup tool

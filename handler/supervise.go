@@ -88,7 +88,7 @@ func Supervise(ctx context.Context, unitPath, pidFile, agentPIDFile string, log 
 
 // outputCheckEvery is how often the supervisor checks the size of the log
 // that it and the agent write to.
-var outputCheckEvery = 30 * time.Second
+const outputCheckEvery = 30 * time.Second
 
 // trimOutput keeps the log file f names (the supervisor's stdout, which
 // the agent inherits: with fileLogLevelForSystemEvents Info it gets a line
@@ -145,7 +145,7 @@ func trimLog(f *os.File, limit int64) {
 		err = os.Chmod(tmp.Name(), fi.Mode().Perm())
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), path+".1")
+		err = os.Rename(tmp.Name(), rotatedLog(path))
 	}
 	if err != nil {
 		os.Remove(tmp.Name())

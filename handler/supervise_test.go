@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opengpa/gpa/internal/testsupport"
@@ -140,32 +141,34 @@ func TestTrimLog(t *testing.T) {
 	}
 }
 
-// Supervise trims its stdout while it runs.
-func TestSuperviseTrimsOutput(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "supervisor.log")
-	out, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	out.Write(make([]byte, maxLogSize+1))
-	stdout, every := os.Stdout, outputCheckEvery
-	os.Stdout, outputCheckEvery = out, 10*time.Millisecond
-	defer func() { os.Stdout, outputCheckEvery = stdout, every }()
-	unit := filepath.Join(dir, UnitName)
-	os.WriteFile(unit, []byte("[Service]\nExecStart=/bin/sleep 60\nRestart=always\nRestartSec=0.2\n"), 0o644)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Supervise(ctx, unit, filepath.Join(dir, "s.pid"), filepath.Join(dir, "a.pid"), discardLog())
-	}()
-	defer func() { cancel(); <-done }()
-	testsupport.WaitFor(t, "the log trimmed", func() bool {
-		fi, err := os.Stat(path + ".1")
-		return err == nil && fi.Size() > maxLogSize
+// trimOutput trims the log once per outputCheckEvery while its context
+// lasts (synctest: the bubble's clock).
+func TestTrimOutputEveryInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "supervisor.log")
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { trimOutput(ctx, f, outputCheckEvery, 4); close(done) }()
+		f.WriteString("over the limit\n")
+		time.Sleep(outputCheckEvery - time.Millisecond)
+		synctest.Wait()
+		if fi, _ := f.Stat(); fi.Size() == 0 {
+			t.Fatal("trimmed before the interval")
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if fi, _ := f.Stat(); fi.Size() != 0 {
+			t.Errorf("log still %d bytes after the interval", fi.Size())
+		}
+		if b, _ := os.ReadFile(path + ".1"); string(b) != "over the limit\n" {
+			t.Errorf(".1 holds %q", b)
+		}
+		cancel()
+		<-done
 	})
-	if fi, err := out.Stat(); err != nil || fi.Size() > maxLogSize {
-		t.Errorf("log still %d bytes (%v)", fi.Size(), err)
-	}
 }
