@@ -107,7 +107,9 @@ type Mirror struct {
 	// them (header and text): Error lines Err, the others Out. They are
 	// written with the log files, in writes that end at a line's end and
 	// hold at most MirrorChunk bytes unless one line is longer, so that a
-	// pipe others also write to never gets their lines cut into ours.
+	// pipe others also write to never gets their lines cut into ours. A
+	// writer that stops taking lines stalls the log files with it, until
+	// the queue is full and events are dropped (counted).
 	Out, Err io.Writer
 	OutLevel logfile.Level
 	// Event receives the lines at or above EventLevel, without their
