@@ -154,6 +154,8 @@ func TestAcquisitionFailures(t *testing.T) {
 		{"key 503", func(f *fakeWS) { f.keyCode = 503 }, "Failed to acquire key details: ", 0},
 		{"attest 403", func(f *fakeWS) { f.attestCode = 403 }, "Failed to attest the key: ", 1},
 		{"unsafe guid", func(f *fakeWS) { f.issueGUID = "../../evil" }, "Failed to save key details to file: ", 0},
+		{"guid with a space", func(f *fakeWS) { f.issueGUID = "key 1" }, "Failed to save key details to file: ", 0},
+		{"guid with a line end", func(f *fakeWS) { f.issueGUID = "key\r\nx-evil: 1" }, "Failed to save key details to file: ", 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,6 +178,29 @@ func TestAcquisitionFailures(t *testing.T) {
 				t.Error("key written outside the key directory")
 			}
 		})
+	}
+}
+
+// The spec asks no GUID format of a key's name: a host that names its key
+// "test-key_1.{a}~" gets it saved under that name, attested at its path and
+// used to sign.
+func TestNonGUIDKeyNameLatched(t *testing.T) {
+	const name = "test-key_1.{a}~"
+	ws := newFakeWS(t, "Wireserver")
+	ws.set(func(f *fakeWS) { f.issueGUID = name })
+	dir := filepath.Join(t.TempDir(), "keys")
+	h := startKeeper(t, ws.addr(), dir, nil)
+	testsupport.WaitFor(t, "latched", func() bool { return h.kk.Key() != nil })
+	if g := h.kk.Key().GUID; g != name {
+		t.Fatalf("key %q latched, want %q", g, name)
+	}
+	if _, err := os.Stat(filepath.Join(dir, name+".key")); err != nil {
+		t.Errorf("key file: %v", err)
+	}
+	var attested []string
+	ws.get(func(f *fakeWS) { attested = append(attested, f.attested...) })
+	if len(attested) != 1 || attested[0] != name {
+		t.Errorf("attested %q, want one signed attestation of %q", attested, name)
 	}
 }
 

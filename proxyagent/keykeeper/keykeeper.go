@@ -14,9 +14,11 @@
 // reloaded from disk, key files never deleted (quirks 1–3, 16), and the
 // status messages of §1.10. Deliberate differences:
 //   - every host call has a timeout (Options.RequestTimeout);
-//   - a host key GUID that is not a plain GUID (hex, '-', braces) is never
-//     used as a file name, and a local key file must name the GUID it is
-//     stored under and hold valid hex, else a new key is acquired;
+//   - a host key GUID with a character other than letters, digits and
+//     "-_.~{}" is never used as a file name (path separators, white space
+//     and control characters would reach the file system or the wire), and
+//     a local key file must name the GUID it is stored under and hold valid
+//     hex, else a new key is acquired;
 //   - the redirect policy is re-applied whenever the installed one differs
 //     from the current modes, so a state change is not lost when the key
 //     acquisition of its poll fails (quirk 17).

@@ -12,17 +12,21 @@ import (
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
-// safeGUID reports whether g can name a key file: 1–64 characters of hex
-// digits, '-', '{' or '}' (GUID spellings). Anything else, in particular a
-// path separator or "..", never reaches the file system.
+// safeGUID reports whether g can name a key file and travel in the
+// attestation's request target and the signature header: 1–128 letters,
+// digits or any of "-_.~{}". The spec requires no GUID format (a host may
+// name its key "key-1"), so any such name is used as upstream uses it;
+// anything else, in particular a path separator, white space or a control
+// character, never reaches the file system or the wire.
 func safeGUID(g string) bool {
-	if g == "" || len(g) > 64 {
+	if g == "" || len(g) > 128 {
 		return false
 	}
 	for i := 0; i < len(g); i++ {
 		c := g[i]
 		switch {
-		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F', c == '-', c == '{', c == '}':
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case c == '-', c == '_', c == '.', c == '~', c == '{', c == '}':
 		default:
 			return false
 		}
@@ -34,7 +38,7 @@ func safeGUID(g string) bool {
 // a file name.
 func keyPath(dir, guid string) (string, error) {
 	if !safeGUID(guid) {
-		return "", fmt.Errorf("key guid %q is not a valid GUID", guid)
+		return "", fmt.Errorf("key guid %q cannot name a key file", guid)
 	}
 	return filepath.Join(dir, guid+".key"), nil
 }

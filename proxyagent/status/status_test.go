@@ -144,6 +144,26 @@ func TestEmptySummariesAreArrays(t *testing.T) {
 	}
 }
 
+// The first status.json, written before the monitor module has a status
+// of its own, says the monitor is RUNNING, as every later one does.
+func TestFirstWriteMonitorRunning(t *testing.T) {
+	w := &Writer{Reporter: &Reporter{Registry: NewRegistry()}, Path: filepath.Join(t.TempDir(), "status.json")}
+	if err := w.write(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(w.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a Aggregate
+	if err := json.Unmarshal(data, &a); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.ProxyAgentStatus.MonitorStatus.Status; got != Running {
+		t.Errorf("first write: monitorStatus %s, want %s", got, Running)
+	}
+}
+
 func TestWriter(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "status")
 	r := goldenReporter()

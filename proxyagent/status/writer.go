@@ -50,6 +50,10 @@ func (r *Reporter) Aggregate() Aggregate {
 		ProxyListenerStatus:   reg.Get(ProxyListener),
 		TelemetryLoggerStatus: reg.Get(TelemetryLogger),
 	}
+	// The monitor is the status report itself: RUNNING whenever there is a
+	// report, also before its first write has set the module (upstream
+	// hard-codes it; protocol.md §5.1).
+	a.MonitorStatus.Status = Running
 	// Only the key keeper reports states.
 	a.MonitorStatus.States = nil
 	a.EbpfProgramStatus.States = nil
