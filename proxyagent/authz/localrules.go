@@ -189,12 +189,16 @@ func (e *SyntaxError) Error() string {
 }
 
 // parseLocal decodes a local rules document (a leading UTF-8 BOM is
-// accepted) and validates it. Errors are *SyntaxError or
-// *ValidationError.
+// accepted) and validates it. A key given twice in one object counts
+// with its last value (threats-and-benchmarks.md §2.6). Errors are
+// *SyntaxError or *ValidationError.
 func parseLocal(data []byte) (*localFile, error) {
 	data = bytes.TrimPrefix(data, []byte{0xEF, 0xBB, 0xBF})
 	if err := strictJSON(data); err != nil {
 		return nil, err
+	}
+	if last, repeated := lastWins(data); repeated {
+		data = last
 	}
 	var lf localFile
 	if err := json.Unmarshal(data, &lf); err != nil {
@@ -206,21 +210,9 @@ func parseLocal(data []byte) (*localFile, error) {
 	return &lf, nil
 }
 
-// knownFields are the field names of upstream's local-file structs. Its
-// deserializer rejects a repeated known field, where encoding/json would
-// keep the last one.
-var knownFields = map[string]bool{
-	"defaultAccess": true, "id": true, "rules": true,
-	"privileges": true, "roles": true, "identities": true, "roleAssignments": true,
-	"name": true, "path": true, "queryParameters": true,
-	"userName": true, "groupName": true, "exePath": true, "processName": true,
-	"role": true,
-}
-
 // strictJSON applies what upstream's deserializer rejects and
-// encoding/json accepts: invalid UTF-8, a top-level value that is not an
-// object (null included), and a repeated known field in any object other
-// than a queryParameters map (where the last value wins in both).
+// encoding/json accepts: invalid UTF-8, and a top-level value that is not
+// an object (null included).
 func strictJSON(data []byte) error {
 	if !utf8.Valid(data) {
 		return &SyntaxError{Msg: "document is not valid UTF-8"}
@@ -228,12 +220,41 @@ func strictJSON(data []byte) error {
 	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) > 0 && t[0] != '{' {
 		return &SyntaxError{Line: 1, Column: 1, Msg: "document must be a JSON object"}
 	}
+	return nil
+}
+
+// lastWins returns data re-encoded with every key that an object repeats
+// kept once, with its last value, and reports whether any was repeated.
+// encoding/json alone would merge the two values of an object key (the
+// first one's fields or map entries stay where the last lacks them) rather
+// than take the last. Invalid JSON is returned unchanged, for the decoder
+// to report with its position; so is a document without repeated keys.
+func lastWins(data []byte) ([]byte, bool) {
+	if !bytes.Contains(data, []byte{'"'}) {
+		return data, false
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
-	var walk func(parentKey string) error
-	walk = func(parentKey string) error {
+	dec.UseNumber()
+	var v any // maps decode each key's value afresh: the last one stays
+	if err := dec.Decode(&v); err != nil || !repeatsKey(data) {
+		return data, false
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return data, false
+	}
+	return out, true
+}
+
+// repeatsKey reports whether an object in the valid JSON document data
+// gives a key twice.
+func repeatsKey(data []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var walk func() (bool, error)
+	walk = func() (bool, error) {
 		tok, err := dec.Token()
 		if err != nil {
-			return err
+			return false, err
 		}
 		switch tok {
 		case json.Delim('{'):
@@ -241,42 +262,32 @@ func strictJSON(data []byte) error {
 			for dec.More() {
 				kt, err := dec.Token()
 				if err != nil {
-					return err
+					return false, err
 				}
 				key, _ := kt.(string)
-				if parentKey != "queryParameters" && knownFields[key] {
-					if seen[key] {
-						l, c := lineCol(data, dec.InputOffset())
-						return &SyntaxError{Line: l, Column: c, Msg: fmt.Sprintf("duplicate field %q", key)}
-					}
-					seen[key] = true
+				if seen[key] {
+					return true, nil
 				}
-				if err := walk(key); err != nil {
-					return err
+				seen[key] = true
+				if rep, err := walk(); rep || err != nil {
+					return rep, err
 				}
 			}
 			_, err = dec.Token()
-			return err
+			return false, err
 		case json.Delim('['):
 			for dec.More() {
-				if err := walk(parentKey + "[]"); err != nil {
-					return err
+				if rep, err := walk(); rep || err != nil {
+					return rep, err
 				}
 			}
 			_, err = dec.Token()
-			return err
+			return false, err
 		}
-		return nil
+		return false, nil
 	}
-	if err := walk(""); err != nil {
-		var se *SyntaxError
-		if errors.As(err, &se) {
-			return err
-		}
-		// Syntax errors are reported by json.Unmarshal with a position.
-		return nil
-	}
-	return nil
+	rep, _ := walk()
+	return rep
 }
 
 func syntaxError(data []byte, err error) error {

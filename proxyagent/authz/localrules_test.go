@@ -301,6 +301,39 @@ func TestLocalRulesChangeDetection(t *testing.T) {
 	}
 }
 
+// A key given twice counts with its last value, the whole value: an object
+// or map given twice is not merged with the first (as encoding/json alone
+// would).
+func TestLocalRulesRepeatedKeyLastWins(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc string
+		check     func(lf *localFile) string
+	}{
+		{"defaultAccess", `{"defaultAccess":"deny","defaultAccess":"allow"}`, func(lf *localFile) string {
+			return *lf.DefaultAccess
+		}},
+		{"rules object", `{"rules":{"privileges":[{"name":"a","path":"/a"}]},"rules":{"identities":[{"name":"i","userName":"u"}]}}`,
+			func(lf *localFile) string {
+				return fmt.Sprintf("%d privileges, %d identities", len(lf.Rules.Privileges), len(lf.Rules.Identities))
+			}},
+		{"query map", `{"rules":{"privileges":[{"name":"a","path":"/a","queryParameters":{"x":"1"},"queryParameters":{"y":"2"}}]}}`,
+			func(lf *localFile) string { return fmt.Sprint(lf.Rules.Privileges[0].QueryParameters) }},
+		{"nested", `{"rules":{"privileges":[{"name":"a","path":"/a","path":"/b"}]}}`,
+			func(lf *localFile) string { return lf.Rules.Privileges[0].Path }},
+	} {
+		want := map[string]string{"defaultAccess": "allow", "rules object": "0 privileges, 1 identities",
+			"query map": "map[y:2]", "nested": "/b"}[tc.name]
+		lf, err := parseLocal([]byte(tc.doc))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if got := tc.check(lf); got != want {
+			t.Errorf("%s: got %s, want %s", tc.name, got, want)
+		}
+	}
+}
+
 // JSON errors are retried (3 attempts by default); validation errors are
 // not.
 func TestLocalRulesRetry(t *testing.T) {
@@ -383,8 +416,10 @@ func (r *recorder) count(msg string) int {
 	return n
 }
 
-// What upstream's deserializer rejects and encoding/json would accept is
-// rejected too, so such a file fails closed instead of being half-read.
+// What upstream's deserializer rejects and encoding/json would accept
+// (not an object, invalid UTF-8) is rejected too, so such a file fails
+// closed instead of being half-read. A repeated key is not ambiguous: its
+// last value counts (threats-and-benchmarks.md §2.6).
 func TestLocalRulesStrictJSON(t *testing.T) {
 	for _, tc := range []struct {
 		doc string
@@ -392,9 +427,11 @@ func TestLocalRulesStrictJSON(t *testing.T) {
 	}{
 		{`null`, false},
 		{`[]`, false},
-		{`{"id":"a","id":"b"}`, false},
-		{`{"rules":{"privileges":[{"name":"a","name":"b","path":"/"}]}}`, false},
 		{"{\"id\":\"\xff\"}", false},
+		{`{"id":"a","id":"b"}`, true},
+		{`{"id":"","id":"b"}`, true},  // the blank first id is gone
+		{`{"id":"b","id":""}`, false}, // the blank last one counts
+		{`{"rules":{"privileges":[{"name":"a","name":"b","path":"/"}]}}`, true},
 		{`{"rules":{"privileges":[{"name":"a","path":"/","queryParameters":{"k":"1","k":"2"}}]}}`, true},
 		{`{"unknown":1,"unknown":2}`, true},
 		{` {"mode":"enforce"}`, true},
