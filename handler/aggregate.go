@@ -208,6 +208,24 @@ func dialRedirected(ctx context.Context, network, addr string) (net.Conn, error)
 	return c, nil
 }
 
+// dialAvoiding returns a dialer that keeps a connection only if its peer
+// is not avoid (the WireServer address): for a URL elsewhere that a name
+// or a route could still lead there.
+func dialAvoiding(avoid netip.AddrPort) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkRedirected(c, avoid.String()); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
 // checkRedirected fails when c's peer is addr (host:port), the address it
 // was dialled to: the connection was not redirected.
 func checkRedirected(c net.Conn, addr string) error {

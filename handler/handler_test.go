@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
 func TestLayout(t *testing.T) {
@@ -616,6 +617,53 @@ func TestAggregateOnlyThroughRedirect(t *testing.T) {
 	}
 	if err := checkRedirected(c, "168.63.129.16:80"); err != nil {
 		t.Errorf("a connection that reached another address (the listener): %v", err)
+	}
+}
+
+// GPA_AGGREGATE_STATUS_URL naming another address than the WireServer's
+// (a listener, a test's stand-in agent) is asked first, as upstream asks,
+// with no file yet and without the kernel's redirect, which that address
+// does not need; the WireServer's own address is asked only through the
+// redirect (no pinned redirect here: not asked).
+func TestAggregateURLElsewhereAskedFirst(t *testing.T) {
+	e := commandEnv(t, nil)
+	s := e.NewSetup()
+	body := aggregateDoc("2025-04-23T11:59:58.000", "1.0.0", "SUCCESS", 0, 0, 2)
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Write(body)
+	}))
+	defer srv.Close()
+	url := srv.URL + "/gpa-aggregated-status"
+	redirected, dial := s.aggregateAccess(url)
+	if redirected == nil || dial == nil {
+		t.Fatal("no access for a URL elsewhere")
+	}
+	f := &AggregateFetcher{URL: url, File: func() string { return filepath.Join(t.TempDir(), "status.json") },
+		Timeout: time.Second, Redirected: redirected, Dial: dial}
+	got, err := f.Fetch(context.Background())
+	if err != nil || string(got) != string(body) || hits.Load() != 1 {
+		t.Fatalf("got %.40q, %v after %d requests; want the URL's answer", got, err, hits.Load())
+	}
+
+	ws := msp.DefaultEndpoints().WireServer
+	redirected, dial = s.aggregateAccess("http://" + ws.Addr().String() + "/gpa-aggregated-status")
+	if redirected == nil || dial != nil {
+		t.Fatal("the WireServer's URL is not checked against the redirect")
+	}
+	if redirected() {
+		t.Error("no redirect is pinned, yet the WireServer's URL would be asked")
+	}
+	// A URL elsewhere whose connection reaches the WireServer address
+	// itself is refused before anything is sent.
+	c, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := dialAvoiding(netip.MustParseAddrPort(c.Addr().String()))(context.Background(), "tcp", c.Addr().String()); err == nil {
+		t.Error("a connection to the avoided address was kept")
 	}
 }
 

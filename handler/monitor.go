@@ -122,6 +122,7 @@ const maxUpdateRetryShift = 6
 // NewMonitor wires a monitor for env.
 func NewMonitor(env *Env) *Monitor {
 	setup := env.NewSetup()
+	redirected, dial := setup.aggregateAccess(env.Opts.AggregateURL)
 	m := &Monitor{
 		Env:   env,
 		Setup: setup,
@@ -129,7 +130,8 @@ func NewMonitor(env *Env) *Monitor {
 			URL:        env.Opts.AggregateURL,
 			File:       func() string { return StatusJSONPath(env.Layout) },
 			Timeout:    env.Opts.HTTPTimeout,
-			Redirected: setup.urlRedirected(env.Opts.AggregateURL),
+			Redirected: redirected,
+			Dial:       dial,
 		},
 		Events: &extension.EventWriter{Folder: env.Handler.EventsFolder, Version: env.Version},
 	}

@@ -357,31 +357,38 @@ func (s *Setup) RemovePackage() error {
 	return errors.Join(errs...)
 }
 
-// urlRedirected returns, for a URL naming the installed agent's WireServer
-// address, a check of the agent's pinned redirect for that address (true
-// while the kernel hands connections to it to the agent); for any other
-// URL (a test pointing the monitor at the listener itself) nil.
-func (s *Setup) urlRedirected(rawURL string) func() bool {
+// aggregateAccess returns how the monitor may ask rawURL for the
+// aggregate status. For a URL naming the installed agent's WireServer
+// address: redirected checks the agent's pinned redirect for that address
+// (true while the kernel hands connections to it to the agent) and dial is
+// nil (dialRedirected: the connection must have been redirected). For any
+// other URL (GPA_AGGREGATE_STATUS_URL pointing at a listener or a test's
+// stand-in agent), which cannot reach the real WireServer, the URL is
+// always asked first, as upstream asks: redirected always says yes, and
+// dial refuses only a connection whose peer is the WireServer address (a
+// host name that resolves to it). An unparsable URL gets nil for both and
+// is never reached.
+func (s *Setup) aggregateAccess(rawURL string) (redirected func() bool, dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	e, err := s.endpoints()
 	if err != nil {
-		return nil
+		e = msp.DefaultEndpoints()
 	}
 	host, port := u.Hostname(), u.Port()
 	if port == "" {
 		port = "80"
 	}
 	ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
-	if err != nil || ap != e.WireServer {
-		return nil
+	if err == nil && ap == e.WireServer {
+		return func() bool {
+			ok, err := redirector.Redirects(s.pinDir(), ap)
+			return err == nil && ok
+		}, nil
 	}
-	return func() bool {
-		ok, err := redirector.Redirects(s.pinDir(), ap)
-		return err == nil && ok
-	}
+	return func() bool { return true }, dialAvoiding(e.WireServer)
 }
 
 // endpoints are the installed agent's addresses: from its config, else the
