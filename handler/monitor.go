@@ -142,7 +142,11 @@ func NewMonitor(env *Env) *Monitor {
 func (m *Monitor) init() {
 	if m.state == nil {
 		m.state = m.newState()
-		m.restorePurgeDone = true
+		// A backup left behind is an update cycle an earlier monitor did
+		// not finish (a reboot, a kill, a re-enable between the install
+		// and the first success or error): this one restores or purges it.
+		// Without one there is nothing to do until a version mismatch.
+		m.restorePurgeDone = !m.Setup.HasBackup()
 		m.fastSince = time.Now()
 	}
 }

@@ -256,6 +256,55 @@ func TestMonitorRestoreOncePerCycle(t *testing.T) {
 	}
 }
 
+// A monitor that starts while an earlier one's update cycle is unfinished
+// (the backup is still there: a reboot or a kill between the install and
+// the first verdict) finishes it: the first success purges the backup, the
+// first error restores it. With no backup it does neither.
+func TestMonitorFinishesInterruptedCycle(t *testing.T) {
+	for _, tc := range []struct {
+		name                         string
+		backup, healthy              bool
+		wantRestore, wantBackupAfter bool
+	}{
+		{"success purges", true, true, false, false},
+		{"error restores", true, false, true, false},
+		{"no backup: nothing", false, false, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r := newMonitorRig(t, "1.0.1", "1.0.1") // installed by the earlier monitor
+				if tc.backup {
+					dir := filepath.Join(r.env.ExtDir, BackupPackageDir)
+					os.MkdirAll(dir, 0o755)
+					os.WriteFile(filepath.Join(dir, AgentBinaryName), versionScript("1.0.0"), 0o755)
+				}
+				m := NewMonitor(r.env) // the new monitor process
+				m.Fetcher, m.RunSetup = r.fetch, r.m.RunSetup
+				ctx := context.Background()
+				starts := r.svc.starts
+				for i := 0; i < 5; i++ {
+					if tc.healthy {
+						r.healthy("1.0.1")
+					} else {
+						r.fetch.err, r.fetch.data = errors.New("agent down"), nil
+					}
+					m.Tick(ctx)
+					time.Sleep(r.env.Opts.MonitorInterval)
+				}
+				if restored := r.svc.starts > starts; restored != tc.wantRestore {
+					t.Errorf("restored = %v", restored)
+				}
+				if got := m.Setup.HasBackup(); got != tc.wantBackupAfter {
+					t.Errorf("backup left = %v, want %v", got, tc.wantBackupAfter)
+				}
+				if tc.healthy && len(r.setups) != 0 {
+					t.Errorf("setups = %v with the agent running", r.setups)
+				}
+			})
+		})
+	}
+}
+
 func TestMonitorNoUpdateAndResume(t *testing.T) {
 	tests := []struct {
 		name       string
