@@ -202,6 +202,10 @@ func TestRoute(t *testing.T) {
 	notAllowedMethod.Authorized, notAllowedMethod.Decision, notAllowedMethod.Status = false, authz.Decision{}, 405
 	tooLarge := allowEvent()
 	tooLarge.HTTPID, tooLarge.Authorized, tooLarge.Decision, tooLarge.Status, tooLarge.BeforeFlow = 0, false, authz.Decision{}, 413, true
+	status := allowEvent() // the extension's GET /gpa-aggregated-status
+	status.Target, status.Authorized, status.Decision, status.Local = "/gpa-aggregated-status", false, authz.Decision{}, true
+	refused := status // a non-root caller's
+	refused.Status = 403
 
 	type out struct{ status, err, ip, user string }
 	tests := []struct {
@@ -223,6 +227,8 @@ func TestRoute(t *testing.T) {
 		{"direct connection", direct, &out{"421 Misdirected Request", "no original destination", "None", "empty"}, nil},
 		{"405 before authorization", notAllowedMethod, &out{"405 Method Not Allowed", "", "168.63.129.16", "root"}, nil},
 		{"413 before the request flow", tooLarge, nil, nil},
+		{"local endpoint", status, nil, nil},
+		{"local endpoint refused", refused, nil, nil},
 	}
 	check := func(t *testing.T, which string, got *Summary, want *out) {
 		t.Helper()

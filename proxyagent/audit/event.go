@@ -41,4 +41,10 @@ type Event struct {
 	// upstream's body-limit layer answers 413: it has no HTTPID and is in
 	// neither summary table, only in the logs.
 	BeforeFlow bool
+	// Local marks a request the agent answered itself at one of its local
+	// endpoints (/provision, /gpa-aggregated-status): in neither summary
+	// table, as upstream's handlers of them log no summary (the
+	// extension's status polling would otherwise fill the instance view),
+	// but in the logs and counted in proxyConnectionsCount.
+	Local bool
 }

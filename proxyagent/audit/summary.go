@@ -100,7 +100,8 @@ func responseStatus(code int) string {
 //   - Deny: normal "403 Forbidden", and failed as for AllowAudited;
 //   - no claims on a redirected connection (ev.Caller nil, ev.Dest valid,
 //     status 421, §4.5 step 7): failed only, with ev's status;
-//   - answered before the request flow (BeforeFlow, 413): neither.
+//   - answered before the request flow (BeforeFlow, 413) or at a local
+//     endpoint (Local): neither.
 //
 // A request without claims that is counted in the normal table (a direct
 // connection) uses the empty claims.
@@ -113,7 +114,7 @@ type counted struct {
 // count returns where ev is counted; it allocates only for a request
 // without claims.
 func count(ev *Event) counted {
-	if ev.BeforeFlow {
+	if ev.BeforeFlow || ev.Local {
 		return counted{}
 	}
 	c := ev.Caller

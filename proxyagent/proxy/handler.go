@@ -96,6 +96,7 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 	}
 	switch localTarget(r.RequestURI) {
 	case provision.Path:
+		ev.Local = true
 		if s.opts.Local == nil {
 			ev.Status, ev.Error = http.StatusInternalServerError, "provisioning state unavailable"
 			reply(w, ev.Status, false)
@@ -104,6 +105,7 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, st *connSt
 		ev.Status, ev.Error = provision.Serve(w, r, s.opts.Local)
 		return
 	case msp.AggregateStatusPath:
+		ev.Local = true
 		s.aggregateStatus(w, r, st, &ev)
 		return
 	}

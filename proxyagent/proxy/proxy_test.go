@@ -247,6 +247,13 @@ func TestAggregateStatusEndpoint(t *testing.T) {
 	if n := len(e.up.requests()); n != 0 {
 		t.Errorf("local endpoint forwarded %d requests", n)
 	}
+	// Recorded, and marked as the agent's own answers, which the summary
+	// tables leave out as upstream's do.
+	for _, ev := range e.rec.wait(t, len(cases)) {
+		if !ev.Local || ev.HTTPID == 0 {
+			t.Errorf("event %s %d: Local %v, HTTPID %d", ev.Target, ev.Status, ev.Local, ev.HTTPID)
+		}
+	}
 }
 
 // §5.4: /provision parses the time tick and notify, and answers JSON.
@@ -300,6 +307,11 @@ func TestProvisionEndpoint(t *testing.T) {
 	c := e.connect(nil)
 	if resp, _ := c.do(req("GET", "/provision?x=1", "Metadata: true")); resp.StatusCode != 421 {
 		t.Errorf("/provision?x=1 got %d, want 421 (not local, direct)", resp.StatusCode)
+	}
+	for _, ev := range e.rec.wait(t, len(cases)+1) {
+		if local := ev.Target != "/provision?x=1"; ev.Local != local {
+			t.Errorf("event %s %d: Local %v, want %v", ev.Target, ev.Status, ev.Local, local)
+		}
 	}
 }
 
