@@ -221,6 +221,7 @@ func Run(ctx context.Context, opts Options) error {
 		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConnections, MaxConnsPerCaller: cfg.MaxConnectionsPerCaller,
 		OneConnectionPool: !apart,
 		ResponseTimeout:   cfg.HostRequestTimeout(),
+		BindRetryInterval: bindRetryInterval,
 	})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -264,7 +265,7 @@ func Run(ctx context.Context, opts Options) error {
 		case <-ctx.Done():
 			return
 		}
-		if err := serve(ctx, srv, opts.Ready); err != nil {
+		if err := serve(ctx, srv, opts.Ready, log); err != nil {
 			log.Error("proxy listener stopped", "error", err)
 			errc <- err
 			cancel()
@@ -445,11 +446,36 @@ func cgroupPath(configured string) string {
 	return ""
 }
 
-// serve binds the listener (retrying as §4.1 says), reports readiness,
-// serves until ctx ends and then shuts down gracefully.
-func serve(ctx context.Context, srv *proxy.Server, ready func(string)) error {
-	if err := srv.Listen(); err != nil {
-		return err
+// listenRetry is how long the agent waits to bind its listener again once
+// a bind failed (after §4.1's own retries; proxyListenerStatus is STOPPED
+// with the error meanwhile). Upstream leaves the listener stopped for the
+// rest of the process's life; the agent, like upstream, keeps its other
+// modules running (the key keeper polls, status.json is written), and
+// unlike upstream binds again when the port is free. Until then redirected
+// connects are refused: fail closed.
+var listenRetry = 30 * time.Second
+
+// bindRetryInterval is the pause between §4.1's bind retries (0: the
+// proxy's default, 1 s); tests shorten it.
+var bindRetryInterval time.Duration
+
+// serve binds the listener (retrying as §4.1 says, then every listenRetry
+// until it is bound or ctx ends), reports readiness, serves until ctx
+// ends and then shuts down gracefully.
+func serve(ctx context.Context, srv *proxy.Server, ready func(string), log *slog.Logger) error {
+	for {
+		err := srv.Listen()
+		if err == nil {
+			break
+		}
+		log.Error("proxy listener not bound; trying again later", "error", err, "retryIn", listenRetry.String())
+		t := time.NewTimer(listenRetry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
 	}
 	if ready != nil {
 		ready(srv.Addr().String())

@@ -60,6 +60,14 @@ type harness struct {
 
 func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings, edits ...func(*config.Config)) *harness {
 	t.Helper()
+	h := configureHarness(t, settings, edits...)
+	h.start()
+	return h
+}
+
+// configureHarness is newHarness without starting the agent.
+func configureHarness(t *testing.T, settings hostsim.ProxyAgentSettings, edits ...func(*config.Config)) *harness {
+	t.Helper()
 	sim := simtest.Start(t, hostsim.Config{Settings: settings, IMDSRateLimit: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	h := &harness{t: t, sim: sim, ids: &identity.MapSource{}, dir: t.TempDir()}
@@ -80,7 +88,6 @@ func newHarness(t *testing.T, settings hostsim.ProxyAgentSettings, edits ...func
 		edit(&cfg)
 	}
 	h.cfg = cfg
-	h.start()
 	return h
 }
 
