@@ -31,7 +31,8 @@ Commands:
   -v, --version          print the version
   -s, --status [-w, --wait SECONDS]
                          query provisioning: exit 0 finished, 2 finished
-                         with an error (printed), 1 not finished
+                         with an error (printed) or a usage error,
+                         1 not finished
   audit report [flags]   who called the metadata services (see --help)
   audit top [flags]      live view of callers and decisions, every second
   rules suggest [flags]  least-privilege rules from the audit log
@@ -163,7 +164,20 @@ func serviceProcs(env string) int {
 	return 1
 }
 
+// queryStatus runs --status with its options args. As upstream's parser
+// (clap), --help and --version among them win, and a usage error exits 2,
+// never 1, which says "not finished".
 func queryStatus(cfgPath string, args []string, stdout, stderr io.Writer) int {
+	for _, a := range args {
+		switch a {
+		case "-h", "--help":
+			fmt.Fprint(stdout, usage)
+			return 0
+		case "-v", "--version":
+			fmt.Fprintln(stdout, version.Version)
+			return 0
+		}
+	}
 	var wait time.Duration
 	for i := 0; i < len(args); i++ {
 		a, val, hasVal := strings.Cut(args[i], "=")
@@ -172,7 +186,7 @@ func queryStatus(cfgPath string, args []string, stdout, stderr io.Writer) int {
 			if !hasVal {
 				if i+1 >= len(args) {
 					fmt.Fprintln(stderr, "--wait needs a number of seconds")
-					return 1
+					return 2
 				}
 				val = args[i+1]
 				i++
@@ -180,12 +194,12 @@ func queryStatus(cfgPath string, args []string, stdout, stderr io.Writer) int {
 			n, err := strconv.ParseFloat(val, 64)
 			if err != nil || n < 0 {
 				fmt.Fprintf(stderr, "--wait: %q is not a number of seconds\n", val)
-				return 1
+				return 2
 			}
 			wait = time.Duration(n * float64(time.Second))
 		default:
 			fmt.Fprintf(stderr, "unknown argument %q\n", args[i])
-			return 1
+			return 2
 		}
 	}
 	addr := config.Default().ListenAddress

@@ -28,6 +28,15 @@ func TestVersionAndHelp(t *testing.T) {
 	if code, out, _ := run("--help"); code != 0 || !strings.Contains(out, "--status") {
 		t.Errorf("--help: exit %d, output %q", code, out)
 	}
+	// As upstream's parser: --version and --help among the status options win.
+	for _, args := range [][]string{{"--status", "--version"}, {"-s", "-w", "3", "-v"}} {
+		if code, out, _ := run(args...); code != 0 || strings.TrimSpace(out) != version.Version {
+			t.Errorf("%v: exit %d, output %q", args, code, out)
+		}
+	}
+	if code, out, _ := run("--status", "--help"); code != 0 || !strings.Contains(out, "--status") {
+		t.Errorf("--status --help: exit %d", code)
+	}
 }
 
 func TestBadInvocations(t *testing.T) {
@@ -45,10 +54,12 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--config"}, 2, "needs a path"},
 		{[]string{"--config", filepath.Join(dir, "missing.json"), "console"}, 1, "missing.json"},
 		{[]string{"--config", bad}, 1, "pollKeyStatusIntervalInSeconds"},
-		{[]string{"--status", "--wait"}, 1, "needs a number"},
-		{[]string{"--status", "--wait", "soon"}, 1, "not a number"},
-		{[]string{"--wait", "soon", "--status"}, 1, "not a number"}, // any order, as upstream's parser
-		{[]string{"-s", "--wait=soon"}, 1, "not a number"},
+		{[]string{"--status", "--wait"}, 2, "needs a number"},
+		{[]string{"--status", "--wait", "soon"}, 2, "not a number"},
+		{[]string{"--wait", "soon", "--status"}, 2, "not a number"}, // any order, as upstream's parser
+		{[]string{"-s", "--wait=soon"}, 2, "not a number"},
+		{[]string{"--status", "bogus"}, 2, "unknown argument"},
+		{[]string{"--status", "--wait", "-1"}, 2, "not a number"},
 		{[]string{"--wait", "1"}, 2, "unknown command"},            // --wait needs --status
 		{[]string{"frobnicate", "--status"}, 2, "unknown command"}, // only status options are reordered
 		{[]string{"--config", bad, "--status"}, 1, "pollKeyStatusIntervalInSeconds"},
