@@ -331,6 +331,33 @@ func TestRestartReloadsKeyWithoutAttesting(t *testing.T) {
 	h.assertNothingUnsignedServed()
 }
 
+// An agent restarted while the WireServer does not answer (its key
+// status calls fail) signs with the key it had latched, from the key
+// status the host last gave: IMDS, still up, gets signed requests, never
+// unsigned ones.
+func TestRestartWhileWireServerDownStillSigns(t *testing.T) {
+	h := newHarness(t, enforceSettings())
+	guid := h.waitLatched("")
+	h.stop()
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.cfg.WireServerAddress = dead.Addr().String()
+	dead.Close() // nothing answers there now
+	h.sim.Journal().Clear()
+	h.start()
+	resp := h.do(nobody, h.imds(), get("/metadata/instance?api-version=2021-02-01", "169.254.169.254", "Metadata: true\r\n"))
+	if resp.StatusCode != 200 {
+		t.Fatalf("IMDS through the restarted agent: %s", resp.Status)
+	}
+	got := h.journal(func(e hostsim.Entry) bool { return strings.HasPrefix(e.Target, "/metadata/instance") })
+	if len(got) != 1 || got[0].KeyGUID != guid || got[0].Verdict != hostsim.VerdictValid {
+		t.Fatalf("request after the restart not signed with %s: %+v", guid, got)
+	}
+	h.assertNothingUnsignedServed()
+}
+
 func TestRotation(t *testing.T) {
 	h := newHarness(t, enforceSettings())
 	old := h.waitLatched("")

@@ -25,17 +25,22 @@
 package keykeeper
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/opengpa/gpa/internal/atomicfile"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
@@ -181,6 +186,11 @@ type KeyKeeper struct {
 	// applied is the redirect policy last installed successfully (nil
 	// before the first).
 	applied *[3]bool
+	// saved is the key status last written to the key directory
+	// (LastStatusFile); resumed is set while the state in force is that
+	// file's, applied because the host did not answer the first poll.
+	saved   []byte
+	resumed bool
 
 	// polled is closed when Run's first poll has ended (whatever its
 	// outcome) or Run returned.
@@ -341,9 +351,12 @@ func (nopProvisioning) StartEvents()      {}
 
 // FirstPoll returns a channel that is closed once Run has finished its
 // first poll, successful or not (so the rules, modes and any key the host
-// already latched are in place), or has returned. The agent starts its
-// listener only then: a restarted agent whose pinned redirect is still
-// active must not forward requests unsigned before it has reloaded its key.
+// already latched are in place: from the host, or, when it did not
+// answer, from the key status it last gave, LastStatusFile, and the key
+// file it names), or has returned. The agent starts its listener only
+// then: a restarted agent whose pinned redirect is still active must not
+// forward requests unsigned before it has reloaded its key, also while
+// the host is unreachable.
 func (k *KeyKeeper) FirstPoll() <-chan struct{} { return k.polled }
 
 func (k *KeyKeeper) markPolled() { k.polledOnce.Do(func() { close(k.polled) }) }
@@ -366,7 +379,7 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 	for {
 		if !first {
 			sleep := k.opts.PollInterval
-			if k.State() == msp.StateUnknown && time.Since(k.opts.Start) < k.opts.FastPollWindow {
+			if (k.State() == msp.StateUnknown || k.resumed) && time.Since(k.opts.Start) < k.opts.FastPollWindow {
 				sleep = k.opts.FastPollInterval
 			}
 			started := time.Now()
@@ -396,6 +409,7 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 				}
 			}
 		}
+		wasFirst := first
 		first = false
 		if !provTimedOut && time.Since(provStart) > k.opts.ProvisionTimeout {
 			k.provision().ProvisionTimeout()
@@ -405,7 +419,9 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 			k.provision().StartEvents()
 			eventsStarted = true
 		}
-		k.poll(ctx)
+		if !k.poll(ctx) && wasFirst && ctx.Err() == nil {
+			k.resume(ctx)
+		}
 		k.markPolled()
 		if ctx.Err() != nil {
 			return k.stopped(ctx)
@@ -419,19 +435,26 @@ func (k *KeyKeeper) stopped(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// fetchStatus gets, syncs the clock from, decodes and validates the status.
-func (k *KeyKeeper) fetchStatus(ctx context.Context) (*msp.KeyStatus, error) {
+// fetchStatus gets, syncs the clock from, decodes and validates the
+// status; it also returns the decoded body.
+func (k *KeyKeeper) fetchStatus(ctx context.Context) (*msp.KeyStatus, []byte, error) {
 	r, err := k.client.status(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if k.clock.SyncFromHeaders(r.Header, k.opts.ClockResync) {
 		k.log.Info("host clock synced", "host_time", msp.FormatDate(k.clock.Now()))
 	}
 	body, err := decodeBody(r.Header.Get("Content-Type"), r.Body)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	ks, err := k.parseStatus(body)
+	return ks, body, err
+}
+
+// parseStatus decodes and validates a key status document.
+func (k *KeyKeeper) parseStatus(body []byte) (*msp.KeyStatus, error) {
 	ks, err := msp.ParseKeyStatus(body)
 	if err != nil {
 		return nil, err
@@ -446,9 +469,10 @@ func (k *KeyKeeper) fetchStatus(ctx context.Context) (*msp.KeyStatus, error) {
 	return ks, nil
 }
 
-// poll is one iteration of §1.6 after the sleep.
-func (k *KeyKeeper) poll(ctx context.Context) {
-	ks, err := k.fetchStatus(ctx)
+// poll is one iteration of §1.6 after the sleep; it reports whether the
+// host answered with a valid key status.
+func (k *KeyKeeper) poll(ctx context.Context) bool {
+	ks, body, err := k.fetchStatus(ctx)
 	if k.opts.OnPoll != nil {
 		k.opts.OnPoll(err)
 	}
@@ -456,7 +480,88 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 		msg := "Failed to get key status - " + err.Error()
 		k.setMessage(msg)
 		k.log.Warn("failed to get key status", "err", err)
+		return false
+	}
+	k.apply(ctx, ks, false)
+	k.remember(body)
+	return true
+}
+
+// LastStatusFile is the name, in the key directory, of what a restarted
+// agent applies while the host does not answer its first poll: the key
+// status the host last gave and the GUID of the key latched after it
+// (lastStatus).
+const LastStatusFile = "lastKeyStatus.json"
+
+// lastStatus is LastStatusFile's content. KeyGUID is the key in memory
+// when the status was applied: the host may still report it null (the
+// key was just acquired).
+type lastStatus struct {
+	KeyGUID   string          `json:"keyGuid,omitempty"`
+	KeyStatus json.RawMessage `json:"keyStatus"`
+}
+
+// remember writes the key status body, with the key now in memory, to
+// LastStatusFile when that differs from what is there. A failure is
+// logged: the file only bridges a host outage.
+func (k *KeyKeeper) remember(body []byte) {
+	last := lastStatus{KeyStatus: bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))}
+	if key := k.Key(); key != nil {
+		last.KeyGUID = key.GUID
+	}
+	data, err := json.Marshal(last)
+	if err != nil || bytes.Equal(data, k.saved) {
 		return
+	}
+	if err := atomicfile.WriteFile(filepath.Join(k.opts.KeyDir, LastStatusFile), data, 0o600); err != nil {
+		k.log.Warn("could not save the key status", "err", err)
+		return
+	}
+	k.saved = data
+}
+
+// resume applies the key status the host last gave (LastStatusFile), with
+// the key latched after it, from its file, and never a call to the host:
+// the rules, modes, redirect policy and key of the agent's last run, so
+// that a restart while the host does not answer neither forwards unsigned
+// nor drops the rules. Provisioning is not told anything until the host
+// answers.
+func (k *KeyKeeper) resume(ctx context.Context) {
+	data, err := os.ReadFile(filepath.Join(k.opts.KeyDir, LastStatusFile))
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			k.log.Warn("could not read the last key status", "err", err)
+		}
+		return
+	}
+	var last lastStatus
+	if err := json.Unmarshal(data, &last); err != nil {
+		k.log.Warn("last key status unusable", "err", err)
+		return
+	}
+	ks, err := k.parseStatus(last.KeyStatus)
+	if err != nil {
+		k.log.Warn("last key status unusable", "err", err)
+		return
+	}
+	if last.KeyGUID != "" {
+		ks.KeyGUID = &last.KeyGUID
+	}
+	k.saved = data
+	k.resumed = true
+	k.log.Info("host did not answer; applying the key status it last gave until it does")
+	k.apply(ctx, ks, true)
+}
+
+// apply makes ks the state in force (§1.6 after the fetch). offline (a
+// resumed status) only loads a latched key from its file, never asks the
+// host, and tells provisioning nothing.
+func (k *KeyKeeper) apply(ctx context.Context, ks *msp.KeyStatus, offline bool) {
+	// The first answer after a resumed status tells provisioning what the
+	// resumed one could not (the key or the disabled state is in place).
+	finishResume := k.resumed && !offline
+	if !offline {
+		k.resumed = false
 	}
 	modes := ks.Derive()
 	guid := "<null>"
@@ -465,8 +570,10 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 	}
 	summary := fmt.Sprintf("version=%s state=%s keyGuid=%s ws=%s imds=%s", ks.Version, modes.State, guid,
 		modes.WireServerRaw, modes.IMDSRaw)
-	newSummary := summary != k.summary
-	k.summary = summary
+	newSummary := summary != k.summary && !offline
+	if !offline {
+		k.summary = summary
+	}
 	if newSummary {
 		k.log.Info("Got key status successfully", "version", ks.Version, "state", modes.State, "key_guid", guid,
 			"wireserver_mode", modes.WireServerRaw, "imds_mode", modes.IMDSRaw)
@@ -497,10 +604,19 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 	latchedNow := false
 	if modes.State != msp.StateDisabled {
 		cur := k.Key()
-		if ks.KeyGUID == nil || cur == nil || *ks.KeyGUID != cur.GUID {
+		switch {
+		case ks.KeyGUID == nil || cur == nil || *ks.KeyGUID != cur.GUID:
+			if offline {
+				if !k.loadLatched(ks.KeyGUID) {
+					return
+				}
+				break
+			}
 			if !k.acquireOrLoad(ctx, ks.KeyGUID) {
 				return
 			}
+			latchedNow = true
+		case finishResume:
 			latchedNow = true
 		}
 	}
@@ -519,7 +635,13 @@ func (k *KeyKeeper) poll(ctx context.Context) {
 			k.log.Warn("failed to update redirect policy", "err", err)
 		}
 	}
+	if offline {
+		return
+	}
 	if latchedNow {
+		k.provision().KeyLatched()
+	}
+	if finishResume && !stateChanged && modes.State == msp.StateDisabled {
 		k.provision().KeyLatched()
 	}
 	if stateChanged && modes.State == msp.StateDisabled {
@@ -579,6 +701,24 @@ func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 	k.install(sk)
 	k.startupEvent(fmt.Sprintf("Successfully attest the key and ready to use. - %d", k.uptimeMS()))
 	k.log.Info("key attested and latched", "key_guid", sk.GUID)
+	return true
+}
+
+// loadLatched installs the key file of guid, the key a resumed status
+// names; it reports whether a key is now in memory.
+func (k *KeyKeeper) loadLatched(guid *string) bool {
+	if guid == nil || *guid == "" {
+		return false
+	}
+	sk, err := loadKey(k.opts.KeyDir, *guid)
+	if err != nil {
+		k.log.Warn("key of the last key status not usable", "key_guid", *guid, "err", err)
+		return false
+	}
+	if !k.install(sk) {
+		return false
+	}
+	k.log.Info("resumed the last latched key from its file", "key_guid", sk.GUID)
 	return true
 }
 
