@@ -363,7 +363,8 @@ const maxHeaderFields = 100
 
 // readFullRequest reads a request that the fast path declined with
 // net/http's parser, and refuses one whose head has both Content-Length
-// and Transfer-Encoding (threats-and-benchmarks.md: request smuggling).
+// and Transfer-Encoding (threats-and-benchmarks.md: request smuggling),
+// or an HTTP/1.0 one with Transfer-Encoding.
 // net/http reads such a request by its Transfer-Encoding and removes the
 // Content-Length field, so the head's bytes are kept while it parses:
 // those already buffered and those it reads.
@@ -376,8 +377,16 @@ func (hc *httpConn) readFullRequest() (*http.Request, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(req.TransferEncoding) > 0 && headHasField(tap.head, "Content-Length") {
+	// net/http ignores (and drops) Transfer-Encoding in an HTTP/1.0
+	// request and frames it by Content-Length; RFC 9112 §6.1 calls such a
+	// message's framing faulty.
+	old := !req.ProtoAtLeast(1, 1)
+	te := len(req.TransferEncoding) > 0 || old && headHasField(tap.head, "Transfer-Encoding")
+	switch {
+	case te && headHasField(tap.head, "Content-Length"):
 		return nil, statusError{http.StatusBadRequest, "both Content-Length and Transfer-Encoding"}
+	case te && old:
+		return nil, statusError{http.StatusBadRequest, "Transfer-Encoding in an HTTP/1.0 request"}
 	}
 	return req, nil
 }

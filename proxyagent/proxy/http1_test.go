@@ -284,6 +284,10 @@ func TestHTTP1DifferencesFromGoServer(t *testing.T) {
 			[]string{"HTTP/1.1 400 Bad Request: both Content-Length and Transfer-Encoding\n", "Connection: close"}, "path /last"},
 		{"TE and CL, any case, 1.1", "POST /echo HTTP/1.1\r\ncontent-LENGTH: 3\r\nHost: h\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + last,
 			[]string{"HTTP/1.1 400 Bad Request: both Content-Length and Transfer-Encoding\n"}, "3:abc"},
+		{"CL and TE, HTTP/1.0", "POST /echo HTTP/1.0\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+			[]string{"400 Bad Request: both Content-Length and Transfer-Encoding\n"}, "200"},
+		{"TE, HTTP/1.0", "POST /echo HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+			[]string{"400 Bad Request: Transfer-Encoding in an HTTP/1.0 request\n"}, "200"},
 		{"CL name inside another field", "POST /echo HTTP/1.1\r\nHost: h\r\nX-Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + last,
 			[]string{"HTTP/1.1 200 OK\n", "3:abc", "path /last"}, "400"},
 		{"100 fields", "GET /cl HTTP/1.1\r\nHost: h\r\n" + fields(99) + "\r\n" + last,
@@ -373,10 +377,11 @@ func FuzzHTTP1MatchesGoServer(f *testing.F) {
 
 // differsOnPurpose reports whether raw holds a request that
 // TestHTTP1DifferencesFromGoServer covers: one Go's parser reads as an
-// HTTP/1.1 request without Host, or a head with both Content-Length and
-// Transfer-Encoding or more than 100 fields.
+// HTTP/1.1 request without Host, a head with both Content-Length and
+// Transfer-Encoding or more than 100 fields, or an HTTP/1.0 request with
+// Transfer-Encoding.
 func differsOnPurpose(raw string) bool {
-	if clAndTE.MatchString(raw) || strings.Count(raw, ":") > maxHeaderFields {
+	if clAndTE.MatchString(raw) || http10AndTE.MatchString(raw) || strings.Count(raw, ":") > maxHeaderFields {
 		return true
 	}
 	br := bufio.NewReader(strings.NewReader(raw))
@@ -394,7 +399,10 @@ func differsOnPurpose(raw string) bool {
 	}
 }
 
-var clAndTE = regexp.MustCompile(`(?is)\ncontent-length:.*\ntransfer-encoding:|\ntransfer-encoding:.*\ncontent-length:`)
+var (
+	clAndTE     = regexp.MustCompile(`(?is)\ncontent-length:.*\ntransfer-encoding:|\ntransfer-encoding:.*\ncontent-length:`)
+	http10AndTE = regexp.MustCompile(`(?is)HTTP/1\.0.*\ntransfer-encoding:`)
+)
 
 // Shutdown closes idle connections at once, lets a request in flight
 // finish (its connection then closes) and refuses new connections.
