@@ -28,8 +28,10 @@
 //
 // Listener check: a redirect to, or a connect straight to, a listener of
 // the agent's namespace is refused (EPERM) unless the socket listening
-// there carries the agent's mark (agent_listening): a user's socket that
-// got the listener's port past the bind guard never gets a connection.
+// there carries the agent's mark (listener()): a user's socket that got
+// the listener's port past the bind guard never gets a connection. While
+// nobody listens (the agent down) the connect fails with ECONNREFUSED
+// (Linux 5.18; EPERM before), as one to a closed port does.
 //
 // Connection limits: a caller (a user in a network namespace; root in the
 // agent's namespace is exempt) holds at most max_caller_conns redirected
@@ -397,37 +399,57 @@ refuse:
 	return 1;
 }
 
-// agent_listening reports whether the socket listening on ip4:port (a
-// listener address of the agent's namespace, port in host byte order;
-// 0.0.0.0 is loopback to a connect) is the agent's: it carries the agent's
-// mark, which only a process with CAP_NET_ADMIN (or CAP_NET_RAW, Linux
-// 5.17) in the agent's namespace can set. The bind guard keeps others from
-// binding a listener's address, but not a socket bound before the guard
-// was first loaded (with SO_REUSEADDR, beside the agent's), which can
-// listen once the agent's listener closes: its connections are refused
-// here, as while nobody listens, never handed to it. (The check is made at
-// connect(); a SYN retried after a drop meets whoever listens then.)
-static __always_inline int agent_listening(struct bpf_sock_addr *ctx, __u32 ip4, __u16 port)
+#define ECONNREFUSED 111
+
+// Who listens on a listener address (listener()).
+#define LISTENER_AGENT 1    // the agent
+#define LISTENER_NOBODY 0   // nobody: the agent is down
+#define LISTENER_STRANGER 2 // a socket without the agent's mark
+
+// listener reports who listens on ip4:port (a listener address of the
+// agent's namespace, port in host byte order; 0.0.0.0 is loopback to a
+// connect): the agent if the socket carries the agent's mark, which only a
+// process with CAP_NET_ADMIN (or CAP_NET_RAW, Linux 5.17) in the agent's
+// namespace can set. The bind guard keeps others from binding a
+// listener's address, but not a socket bound before the guard was first
+// loaded (with SO_REUSEADDR, beside the agent's), which can listen once
+// the agent's listener closes: its connections are refused here, as while
+// nobody listens, never handed to it. (The check is made at connect(); a
+// SYN retried after a drop meets whoever listens then.)
+static __always_inline int listener(struct bpf_sock_addr *ctx, __u32 ip4, __u16 port)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
-	int ok;
+	int who;
 
 	t.ipv4.daddr = ip4 ? ip4 : bpf_htonl(0x7f000001);
 	t.ipv4.dport = bpf_htons(port);
 	sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return 0;
-	ok = agent_mark == 0 || sk->mark == agent_mark;
+		return LISTENER_NOBODY;
+	who = agent_mark == 0 || sk->mark == agent_mark ? LISTENER_AGENT : LISTENER_STRANGER;
 	bpf_sk_release(sk);
-	return ok;
+	return who;
+}
+
+// refuse_unserved is the verdict for a connect the agent is not there to
+// serve (who: listener()'s answer, not LISTENER_AGENT). It is refused
+// before any packet is sent; with nobody listening (the agent down) with
+// ECONNREFUSED, as a connect to a port nobody listens on fails, where the
+// kernel lets a program choose the error (bpf_set_retval, Linux 5.18),
+// and otherwise, and for a stranger's listener, with EPERM.
+static __always_inline int refuse_unserved(int who)
+{
+	if (who == LISTENER_NOBODY && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_set_retval))
+		bpf_set_retval(-ECONNREFUSED);
+	return 0;
 }
 
 // redirect records the caller and rewrites the destination of a connect to
 // ip4:port, a policy entry: to the listener in the agent's namespace, to the
 // container-facing listener elsewhere. It returns the program's verdict: 0
 // refuses the connect (the caller is at its limit, another namespace and
-// no container listener, or the agent is not listening).
+// no container listener, or the agent is not listening: refuse_unserved).
 static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_value *to, __u32 ip4, __u16 port,
 				    __u8 family, __u32 *new_ip4, __u16 *new_port)
 {
@@ -441,10 +463,13 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct policy_val
 			return 0;
 		*new_port = to->ns_port;
 	} else {
+		int who;
+
 		__builtin_memcpy(new_ip4, to->addr, 4);
 		*new_port = to->port;
-		if (!agent_listening(ctx, *new_ip4, *new_port))
-			return 0;
+		who = listener(ctx, *new_ip4, *new_port);
+		if (who != LISTENER_AGENT)
+			return refuse_unserved(who);
 	}
 	record(ctx, ip4, port, family, netns);
 	return 1;
@@ -490,8 +515,12 @@ static __always_inline int direct(struct bpf_sock_addr *ctx, __u32 ip4, __u16 po
 	// Only where the agent's namespace is known: without it (before Linux
 	// 5.14) every socket counts as the agent's, and a container's connect
 	// to its own 127.0.0.1:3080 must not be refused.
-	if (agent_netns != 0 && netns == agent_netns && !agent_listening(ctx, ip4, port))
-		return 0;
+	if (agent_netns != 0 && netns == agent_netns) {
+		int who = listener(ctx, ip4, port);
+
+		if (who != LISTENER_AGENT)
+			return refuse_unserved(who);
+	}
 	record(ctx, 0, 0, family, netns);
 	return 1;
 }

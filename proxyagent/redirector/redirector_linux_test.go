@@ -53,6 +53,8 @@ func TestMain(m *testing.M) {
 //	       them until stdin closes (pendingHelper).
 //	squat: bind GPA_HELPER_ADDR with SO_REUSEADDR, listen when told
 //	       (squatHelper).
+//	errno: connect(2) to GPA_HELPER_ADDR and print "ok" or the error's
+//	       name (ECONNREFUSED, EPERM, ...).
 func helperMain(mode string) int {
 	addr := os.Getenv("GPA_HELPER_ADDR")
 	switch mode {
@@ -113,6 +115,24 @@ func helperMain(mode string) int {
 			return 1
 		}
 		fmt.Println("ok")
+		return 0
+	case "errno":
+		ap := netip.MustParseAddrPort(addr)
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err == nil {
+			defer syscall.Close(fd)
+			err = syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+		}
+		switch {
+		case err == nil:
+			fmt.Println("ok")
+		case errors.Is(err, syscall.ECONNREFUSED):
+			fmt.Println("ECONNREFUSED")
+		case errors.Is(err, syscall.EPERM):
+			fmt.Println("EPERM")
+		default:
+			fmt.Println(err)
+		}
 		return 0
 	case "peer":
 		// Print the peer a Go dialer reports after connecting to

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -91,8 +92,28 @@ func TestSquatterNeverServed(t *testing.T) {
 	tl.next(t)
 
 	tl.close()
+	// With nobody listening (the agent down) a connect fails as one to a
+	// closed port does, before any packet; with a stranger listening it is
+	// refused by policy (EPERM).
+	errno := func(addr string) string {
+		_, got, err := e.run(client{args: []string{""}, env: []string{"GPA_REDIRECTOR_HELPER=errno", "GPA_HELPER_ADDR=" + addr}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(got)
+	}
+	for _, addr := range []string{msp.IMDSAddr.String(), msp.ListenerAddr.String()} {
+		if got := errno(addr); got != "ECONNREFUSED" {
+			t.Errorf("connect to %s with nobody listening: %s, want ECONNREFUSED", addr, got)
+		}
+	}
 	io.WriteString(in, "listen\n")
 	expect("listening")
+	for _, addr := range []string{msp.IMDSAddr.String(), msp.ListenerAddr.String()} {
+		if got := errno(addr); got != "EPERM" {
+			t.Errorf("connect to %s with a stranger listening: %s, want EPERM", addr, got)
+		}
+	}
 	for _, c := range []struct {
 		who  string
 		args []string
