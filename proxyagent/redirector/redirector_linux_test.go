@@ -53,8 +53,9 @@ func TestMain(m *testing.M) {
 //	       them until stdin closes (pendingHelper).
 //	squat: bind GPA_HELPER_ADDR with SO_REUSEADDR, listen when told
 //	       (squatHelper).
-//	errno: connect(2) to GPA_HELPER_ADDR and print "ok" or the error's
-//	       name (ECONNREFUSED, EPERM, ...).
+//	errno: connect(2) to GPA_HELPER_ADDR (an AF_INET6 socket for a
+//	       v4-mapped address) and print "ok" or the error's name
+//	       (ECONNREFUSED, EPERM, ...).
 func helperMain(mode string) int {
 	addr := os.Getenv("GPA_HELPER_ADDR")
 	switch mode {
@@ -118,10 +119,14 @@ func helperMain(mode string) int {
 		return 0
 	case "errno":
 		ap := netip.MustParseAddrPort(addr)
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		family, sa := syscall.AF_INET, syscall.Sockaddr(&syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+		if ap.Addr().Is4In6() {
+			family, sa = syscall.AF_INET6, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		}
+		fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 		if err == nil {
 			defer syscall.Close(fd)
-			err = syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+			err = syscall.Connect(fd, sa)
 		}
 		switch {
 		case err == nil:

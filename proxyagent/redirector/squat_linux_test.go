@@ -102,14 +102,15 @@ func TestSquatterNeverServed(t *testing.T) {
 		}
 		return strings.TrimSpace(got)
 	}
-	for _, addr := range []string{msp.IMDSAddr.String(), msp.ListenerAddr.String()} {
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(msp.IMDSAddr.Addr().As16()), msp.IMDSAddr.Port()).String() // connect6
+	for _, addr := range []string{msp.IMDSAddr.String(), mapped, msp.ListenerAddr.String()} {
 		if got := errno(addr); got != "ECONNREFUSED" {
 			t.Errorf("connect to %s with nobody listening: %s, want ECONNREFUSED", addr, got)
 		}
 	}
 	io.WriteString(in, "listen\n")
 	expect("listening")
-	for _, addr := range []string{msp.IMDSAddr.String(), msp.ListenerAddr.String()} {
+	for _, addr := range []string{msp.IMDSAddr.String(), mapped, msp.ListenerAddr.String()} {
 		if got := errno(addr); got != "EPERM" {
 			t.Errorf("connect to %s with a stranger listening: %s, want EPERM", addr, got)
 		}
