@@ -31,7 +31,7 @@
 // there carries the agent's mark (listener()): a user's socket that got
 // the listener's port past the bind guard never gets a connection. While
 // nobody listens (the agent down) the connect fails with ECONNREFUSED
-// (Linux 5.18; EPERM before), as one to a closed port does.
+// (Linux 6.1; EPERM before), as one to a closed port does.
 //
 // Connection limits: a caller (a user in a network namespace; root in the
 // agent's namespace is exempt) holds at most max_caller_conns redirected
@@ -432,15 +432,21 @@ static __always_inline int listener(struct bpf_sock_addr *ctx, __u32 ip4, __u16 
 	return who;
 }
 
+// can_set_retval is 1 when the kernel lets cgroup sock_addr programs call
+// bpf_set_retval (Linux 6.1; the helper exists since 5.18, for other
+// cgroup hooks only); set at load time from a probe. At 0 the verifier
+// drops the call, so the same object loads on older kernels.
+volatile const __u8 can_set_retval = 0;
+
 // refuse_unserved is the verdict for a connect the agent is not there to
 // serve (who: listener()'s answer, not LISTENER_AGENT). It is refused
 // before any packet is sent; with nobody listening (the agent down) with
 // ECONNREFUSED, as a connect to a port nobody listens on fails, where the
-// kernel lets a program choose the error (bpf_set_retval, Linux 5.18),
-// and otherwise, and for a stranger's listener, with EPERM.
+// kernel lets the program choose the error (can_set_retval), and
+// otherwise, and for a stranger's listener, with EPERM.
 static __always_inline int refuse_unserved(int who)
 {
-	if (who == LISTENER_NOBODY && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_set_retval))
+	if (who == LISTENER_NOBODY && can_set_retval)
 		bpf_set_retval(-ECONNREFUSED);
 	return 0;
 }

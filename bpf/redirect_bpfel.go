@@ -87,6 +87,7 @@ const (
 	RedirectVarAgentNetns      = "agent_netns"
 	RedirectVarAgentPidnsDev   = "agent_pidns_dev"
 	RedirectVarAgentPidnsIno   = "agent_pidns_ino"
+	RedirectVarCanSetRetval    = "can_set_retval"
 	RedirectVarListenAddr      = "listen_addr"
 	RedirectVarListenPort      = "listen_port"
 	RedirectVarMaxCallerConns  = "max_caller_conns"
@@ -165,6 +166,7 @@ type RedirectVariableSpecs struct {
 	AgentNetns      *ebpf.VariableSpec `ebpf:"agent_netns"`
 	AgentPidnsDev   *ebpf.VariableSpec `ebpf:"agent_pidns_dev"`
 	AgentPidnsIno   *ebpf.VariableSpec `ebpf:"agent_pidns_ino"`
+	CanSetRetval    *ebpf.VariableSpec `ebpf:"can_set_retval"`
 	ListenAddr      *ebpf.VariableSpec `ebpf:"listen_addr"`
 	ListenPort      *ebpf.VariableSpec `ebpf:"listen_port"`
 	MaxCallerConns  *ebpf.VariableSpec `ebpf:"max_caller_conns"`
@@ -222,6 +224,7 @@ type RedirectVariables struct {
 	AgentNetns      *ebpf.Variable `ebpf:"agent_netns"`
 	AgentPidnsDev   *ebpf.Variable `ebpf:"agent_pidns_dev"`
 	AgentPidnsIno   *ebpf.Variable `ebpf:"agent_pidns_ino"`
+	CanSetRetval    *ebpf.Variable `ebpf:"can_set_retval"`
 	ListenAddr      *ebpf.Variable `ebpf:"listen_addr"`
 	ListenPort      *ebpf.Variable `ebpf:"listen_port"`
 	MaxCallerConns  *ebpf.Variable `ebpf:"max_caller_conns"`

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 
@@ -261,6 +263,15 @@ func Load(cfg Config) (*Redirector, error) {
 	return r, nil
 }
 
+// canSetRetval reports whether the connect hooks may choose the error of
+// a connect they refuse (bpf_set_retval in cgroup sock_addr programs,
+// Linux 6.1): then a connect the agent is not listening for fails with
+// ECONNREFUSED instead of EPERM. A variable so that tests can take the
+// older kernels' path.
+var canSetRetval = func() bool {
+	return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) == nil
+}
+
 // loadObjects loads the collection for cfg (defaults set, Netns
 // resolved) with its maps pinned by name in cfg.PinDir, reusing compatible
 // pinned maps. Incompatible pinned maps (another layout) are unpinned and
@@ -303,6 +314,11 @@ func loadObjects(cfg Config, pidns PidNS) (objs *bpf.RedirectObjects, migrated b
 	}
 	if err := spec.Variables[bpf.RedirectVarAgentNetns].Set(cfg.Netns); err != nil {
 		return nil, false, fmt.Errorf("set agent netns: %w", err)
+	}
+	if canSetRetval() {
+		if err := spec.Variables[bpf.RedirectVarCanSetRetval].Set(uint8(1)); err != nil {
+			return nil, false, fmt.Errorf("set connect error: %w", err)
+		}
 	}
 	if !pidns.IsInitial() {
 		if err := spec.Variables[bpf.RedirectVarAgentPidnsDev].Set(pidns.Dev); err != nil {

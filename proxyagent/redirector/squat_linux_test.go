@@ -128,3 +128,24 @@ func TestSquatterNeverServed(t *testing.T) {
 		}
 	}
 }
+
+// Where the kernel does not let the connect hooks choose the error (before
+// Linux 6.1), the same object loads with the call dropped, and a connect
+// nobody listens for is refused with EPERM, still before any packet.
+func TestUnservedConnectWithoutSetRetval(t *testing.T) {
+	saved := canSetRetval
+	canSetRetval = func() bool { return false }
+	t.Cleanup(func() { canSetRetval = saved })
+	e := newEnv(t)
+	e.loadRedirecting()
+	_, got, err := e.run(client{args: []string{""}, env: []string{"GPA_REDIRECTOR_HELPER=errno", "GPA_HELPER_ADDR=" + msp.IMDSAddr.String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got = strings.TrimSpace(got); got != "EPERM" {
+		t.Errorf("connect with nobody listening, without bpf_set_retval: %s, want EPERM", got)
+	}
+	if before := e.direct.Load(); before != 0 {
+		t.Errorf("%d connections reached the real IMDS", before)
+	}
+}
