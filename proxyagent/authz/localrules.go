@@ -197,12 +197,16 @@ func parseLocal(data []byte) (*localFile, error) {
 	if err := strictJSON(data); err != nil {
 		return nil, err
 	}
-	if last, repeated := lastWins(data); repeated {
-		data = last
-	}
+	last, repeated := lastWins(data)
 	var lf localFile
-	if err := json.Unmarshal(data, &lf); err != nil {
-		return nil, syntaxError(data, err)
+	if err := json.Unmarshal(last, &lf); err != nil {
+		err = syntaxError(last, err)
+		if se := (*SyntaxError)(nil); repeated && errors.As(err, &se) {
+			// A position in the re-encoded copy means nothing in the
+			// file; the message names the field.
+			se.Line, se.Column = 0, 0
+		}
+		return nil, err
 	}
 	if err := validateLocal(&lf); err != nil {
 		return nil, err

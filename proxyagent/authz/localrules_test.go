@@ -334,6 +334,17 @@ func TestLocalRulesRepeatedKeyLastWins(t *testing.T) {
 	}
 }
 
+// A type error in a file with a repeated key names the field but no
+// position: the decoder read a re-encoded copy, whose lines are not the
+// file's.
+func TestLocalRulesRepeatedKeyTypeError(t *testing.T) {
+	_, err := parseLocal([]byte("{\n \"id\": \"a\",\n \"id\": \"b\",\n \"rules\": 5\n}"))
+	var se *SyntaxError
+	if !errors.As(err, &se) || se.Line != 0 || !strings.Contains(se.Msg, "rules") {
+		t.Fatalf("got %#v", err)
+	}
+}
+
 // JSON errors are retried (3 attempts by default); validation errors are
 // not.
 func TestLocalRulesRetry(t *testing.T) {

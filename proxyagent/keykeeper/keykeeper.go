@@ -392,7 +392,12 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 			case <-k.notify:
 				timer.Stop()
 				st := k.State()
-				if st == msp.StateDisabled || st == msp.StateUnknown {
+				if k.resumed {
+					// The state in force is the last key status, not the
+					// host's answer: ask the host now, and tell
+					// provisioning only what it says.
+					k.log.Info("notified while the host has not answered since the start; polling now")
+				} else if st == msp.StateDisabled || st == msp.StateUnknown {
 					k.log.Info("notified while not latched; polling now", "state", st)
 					k.provision().KeyLatchReset()
 					k.publish(func(s *State) { s.Modes.State = msp.StateUnknown })
@@ -546,6 +551,18 @@ func (k *KeyKeeper) resume(ctx context.Context) {
 	}
 	if last.KeyGUID != "" {
 		ks.KeyGUID = &last.KeyGUID
+	}
+	if ks.Derive().State != msp.StateDisabled {
+		// Without its key the last status would only bring back rules and
+		// modes; the state stays unknown instead.
+		if ks.KeyGUID == nil || *ks.KeyGUID == "" {
+			k.log.Warn("last key status names no latched key; not applied")
+			return
+		}
+		if _, err := loadKey(k.opts.KeyDir, *ks.KeyGUID); err != nil {
+			k.log.Warn("key of the last key status not usable; not applied", "key_guid", *ks.KeyGUID, "err", err)
+			return
+		}
 	}
 	k.saved = data
 	k.resumed = true

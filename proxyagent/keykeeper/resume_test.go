@@ -47,6 +47,16 @@ func TestRestartWhileHostDownResumesLastStatus(t *testing.T) {
 	if p, n := h2.redir.last(); n != 1 || p != [3]bool{true, true, true} {
 		t.Errorf("redirect policy %v after %d calls", p, n)
 	}
+	// `azure-proxy-agent --status` notifies the keeper: it asks the host at
+	// once, and tells provisioning nothing while the host is down.
+	var polls int
+	ws.get(func(f *fakeWS) { polls = f.statusN })
+	h2.kk.Notify()
+	testsupport.WaitFor(t, "two more polls", func() bool {
+		n := 0
+		ws.get(func(f *fakeWS) { n = f.statusN })
+		return n >= polls+2
+	})
 	if l, _, _ := h2.prov.counts(); l != 0 {
 		t.Errorf("provisioning told of a key %d times while the host was down", l)
 	}
@@ -68,7 +78,7 @@ func TestRestartWhileHostDownResumesLastStatus(t *testing.T) {
 
 // Without a last key status (a first start), or with one whose key file
 // is gone, a keeper whose host does not answer has no key after its first
-// poll, as before.
+// poll and its state stays unknown, as before.
 func TestRestartWhileHostDownWithoutLastStatus(t *testing.T) {
 	for _, name := range []string{"no last status", "key file gone"} {
 		t.Run(name, func(t *testing.T) {
@@ -89,6 +99,9 @@ func TestRestartWhileHostDownWithoutLastStatus(t *testing.T) {
 			<-h2.kk.FirstPoll()
 			if k := h2.kk.Key(); k != nil {
 				t.Errorf("key %s without a usable last status", k.GUID)
+			}
+			if st := h2.kk.State(); st != msp.StateUnknown {
+				t.Errorf("state %q without a usable last status, want unknown", st)
 			}
 		})
 	}
