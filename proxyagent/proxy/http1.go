@@ -279,6 +279,9 @@ func (s *Server) serveConn(cc *clientConn) {
 			return
 		}
 		if !w.finish() || s.conns.closing.Load() {
+			if w.bodyUnread() {
+				hc.lingerUnread()
+			}
 			return
 		}
 		hc.idle.Store(true)
@@ -441,8 +444,7 @@ func (hc *httpConn) rejectRequest(err error) {
 	case errors.Is(err, errHeaderTooLarge):
 		const msg = "431 Request Header Fields Too Large"
 		hc.bw.WriteString("HTTP/1.1 " + msg + errorHeaders + msg)
-		hc.bw.Flush()
-		hc.closeWriteAndWait()
+		hc.lingerUnread()
 		return
 	case strings.HasPrefix(err.Error(), "unsupported transfer encoding"):
 		// RFC 9112 §6.1: a transfer coding the server does not understand
@@ -473,15 +475,30 @@ func commonReadError(err error) bool {
 	return errors.As(err, &oe) && oe.Op == "read"
 }
 
-// closeWriteAndWait sends what is buffered, half-closes and waits briefly
-// so the client reads the answer before the connection is reset by
-// unread request bytes (RFC 9112 §9.6).
-func (hc *httpConn) closeWriteAndWait() {
+// Bounds of lingerUnread: what it reads of a request the answer left
+// unread, and for how long.
+const (
+	lingerBytes = 256 << 10
+	lingerTime  = time.Second
+)
+
+// lingerUnread ends a connection whose last request was answered before
+// its bytes were all read (a 413 before the body, a 431 before the rest of
+// the head): it sends what is buffered, half-closes, and reads and drops
+// what the client still sends, until the client closes its end (having
+// read the answer) or lingerBytes or lingerTime run out. Closing with
+// unread bytes makes the kernel reset the connection, which can destroy
+// the answer before the client has read it (RFC 9112 §9.6); Go's server
+// half-closes and sleeps 500 ms instead, this returns as soon as the
+// client is done.
+func (hc *httpConn) lingerUnread() {
 	hc.bw.Flush()
 	if tc, ok := hc.conn.Conn.(interface{ CloseWrite() error }); ok {
 		tc.CloseWrite()
 	}
-	time.Sleep(500 * time.Millisecond)
+	hc.setReadDeadline(time.Now().Add(lingerTime))
+	hc.lr.N = lingerBytes
+	io.Copy(io.Discard, hc.br)
 }
 
 // handle runs the request flow, recovering a handler that aborts the
@@ -811,14 +828,17 @@ func (w *respWriter) finish() bool {
 	if w.req.Method != http.MethodHead && w.contentLength != -1 && bodyAllowed(w.status) && w.contentLength != w.written {
 		return false // the declared length was not written: out of step
 	}
+	return !w.bodyUnread()
+}
+
+// bodyUnread reports whether the request has a body that was not read to
+// its end.
+func (w *respWriter) bodyUnread() bool {
 	b, _ := w.req.Body.(*requestBody)
 	if w.cont != nil {
 		b, _ = w.cont.body.(*requestBody)
 	}
-	if b != nil && w.req.ContentLength != 0 && !b.eof {
-		return false
-	}
-	return true
+	return b != nil && w.req.ContentLength != 0 && !b.eof
 }
 
 // hasToken reports whether token occurs in the header value v, ignoring

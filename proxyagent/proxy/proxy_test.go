@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -124,6 +125,43 @@ func TestTraversalAndAmbiguousTargets(t *testing.T) {
 
 // §8 item 7 and quirk 18: 413 before anything else, chunked over the limit
 // closes without a response.
+// A client that sends its whole oversized body at once, as Go's and most
+// HTTP clients do, reads the 413: the agent does not close the connection
+// with the body unread, which would make the kernel reset it and, for
+// many such clients, the answer with it.
+func TestBodyLimitAnswerSurvivesUnreadBody(t *testing.T) {
+	e := newEnv(t, nil)
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp4", e.addr)
+		if err == nil {
+			e.ids.set(addrPort(c.LocalAddr()), rootRec(imdsDest))
+		}
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	body := strings.Repeat("x", 102401)
+	const n = 300
+	failed := 0
+	for range n {
+		resp, err := client.Post("http://169.254.169.254/metadata/instance", "text/plain", strings.NewReader(body))
+		if err != nil {
+			failed++
+			t.Log(err)
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("status %d, want 413", resp.StatusCode)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d clients got no answer, only an error", failed, n)
+	}
+}
+
 func TestBodyLimit(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.MaxExemptBody = 200 << 10 })
 	big := strings.Repeat("x", 102401)
