@@ -457,13 +457,14 @@ const SummaryDroppedNote = "Substatus of proxy agent connection message and fail
 // TrimSummaries keeps the connection-summary and failed-auth messages
 // within MaxSummaryBytes together, as upstream does: above that, the
 // connection summary is replaced by SummaryDroppedNote, and a failed-auth
-// message longer than MaxSummaryBytes by itself is cut to it (at a
-// character boundary; upstream cuts bytes).
+// message too long to go with the note is cut (at a character boundary;
+// upstream cuts bytes, and to MaxSummaryBytes itself, so that its two
+// messages can exceed the budget by the note).
 func TrimSummaries(conn, failed string) (string, string) {
 	if len(conn)+len(failed) <= MaxSummaryBytes {
 		return conn, failed
 	}
-	return SummaryDroppedNote, extension.TruncateUTF8(failed, MaxSummaryBytes)
+	return SummaryDroppedNote, extension.TruncateUTF8(failed, MaxSummaryBytes-len(SummaryDroppedNote))
 }
 
 // boundAgentStatus returns the compact proxyAgentStatus JSON for

@@ -22,11 +22,14 @@ func TestSummaryBudgetMatchesUpstream(t *testing.T) {
 		{"70 KiB and 10 KiB kept", kib(70), kib(10), kib(70), kib(10)},
 		{"30 KiB kept (more than the old 24 KiB)", kib(30), "", kib(30), ""},
 		{"one byte over drops [0]", kib(70), kib(10) + "y", SummaryDroppedNote, kib(10) + "y"},
-		{"[2] alone over is cut", kib(1), kib(90), SummaryDroppedNote, kib(80)},
+		{"[2] alone over is cut, to go with the note", kib(1), kib(90), SummaryDroppedNote, kib(80)[len(SummaryDroppedNote):]},
 	} {
 		c, f := TrimSummaries(tc.conn, tc.failed)
 		if c != tc.wantConn || f != tc.wantFailed {
 			t.Errorf("%s: got %d and %d bytes (%.40q), want %d and %d", tc.name, len(c), len(f), c, len(tc.wantConn), len(tc.wantFailed))
+		}
+		if len(c)+len(f) > MaxSummaryBytes {
+			t.Errorf("%s: %d bytes together, over %d", tc.name, len(c)+len(f), MaxSummaryBytes)
 		}
 	}
 }
