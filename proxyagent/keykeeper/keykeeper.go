@@ -394,9 +394,17 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 				st := k.State()
 				if k.resumed {
 					// The state in force is the last key status, not the
-					// host's answer: ask the host now, and tell
-					// provisioning only what it says.
+					// host's answer: ask the host now (but not more often
+					// than the fast poll), and tell provisioning only what
+					// it says.
 					k.log.Info("notified while the host has not answered since the start; polling now")
+					rest := time.NewTimer(max(0, k.opts.FastPollInterval-time.Since(started)))
+					select {
+					case <-ctx.Done():
+						rest.Stop()
+						return k.stopped(ctx)
+					case <-rest.C:
+					}
 				} else if st == msp.StateDisabled || st == msp.StateUnknown {
 					k.log.Info("notified while not latched; polling now", "state", st)
 					k.provision().KeyLatchReset()
@@ -559,7 +567,11 @@ func (k *KeyKeeper) resume(ctx context.Context) {
 			k.log.Warn("last key status names no latched key; not applied")
 			return
 		}
-		if _, err := loadKey(k.opts.KeyDir, *ks.KeyGUID); err != nil {
+		sk, err := loadKey(k.opts.KeyDir, *ks.KeyGUID)
+		if err == nil {
+			_, err = msp.NewKey(sk.GUID, sk.Key)
+		}
+		if err != nil {
 			k.log.Warn("key of the last key status not usable; not applied", "key_guid", *ks.KeyGUID, "err", err)
 			return
 		}

@@ -1,9 +1,12 @@
 package keykeeper
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/opengpa/gpa/internal/testsupport"
 	"github.com/opengpa/gpa/proxyagent/msp"
@@ -80,18 +83,28 @@ func TestRestartWhileHostDownResumesLastStatus(t *testing.T) {
 // is gone, a keeper whose host does not answer has no key after its first
 // poll and its state stays unknown, as before.
 func TestRestartWhileHostDownWithoutLastStatus(t *testing.T) {
-	for _, name := range []string{"no last status", "key file gone"} {
+	for _, name := range []string{"no last status", "key file gone", "key file without valid hex"} {
 		t.Run(name, func(t *testing.T) {
 			ws := newFakeWS(t, "wireserverandimds")
 			dir := filepath.Join(t.TempDir(), "keys")
 			h := startKeeper(t, ws.addr(), dir, nil)
 			testsupport.WaitFor(t, "latched", func() bool { return h.kk.Key() != nil })
 			h.stop()
-			if name == "no last status" {
+			switch name {
+			case "no last status":
 				os.Remove(filepath.Join(dir, LastStatusFile))
-			} else {
+			case "key file gone":
 				for _, f := range keyFiles(t, dir) {
 					os.Remove(f)
+				}
+			default:
+				for _, f := range keyFiles(t, dir) {
+					b, _ := os.ReadFile(f)
+					var k map[string]any
+					json.Unmarshal(b, &k)
+					k["key"] = "not hex"
+					b, _ = json.Marshal(k)
+					os.WriteFile(f, b, 0o600)
 				}
 			}
 			ws.set(hostDown)
@@ -103,6 +116,48 @@ func TestRestartWhileHostDownWithoutLastStatus(t *testing.T) {
 			if st := h2.kk.State(); st != msp.StateUnknown {
 				t.Errorf("state %q without a usable last status, want unknown", st)
 			}
+			if _, n := h2.rules.lastCall(); n != 0 {
+				t.Errorf("rules applied %d times without a usable last status", n)
+			}
 		})
 	}
+}
+
+// While a resumed status is in force, notifies (any local user can send
+// them through /provision) poll the host at once but at most once per fast
+// poll interval, in a synctest bubble.
+func TestNotifyWhileResumedPollsAtFastRate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ws := newBubbleWS(t, "wireserverandimds")
+		dir := filepath.Join(t.TempDir(), "keys")
+		slow := func(o *Options) {
+			o.PollInterval = time.Hour
+			o.FastPollInterval = 100 * time.Millisecond
+			o.FastPollWindow = time.Hour
+		}
+		h := startKeeper(t, ws.addr(), dir, withPipe(ws, slow))
+		for h.kk.Key() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		h.stop()
+		ws.set(hostDown)
+		h2 := startKeeper(t, ws.addr(), dir, withPipe(ws, slow))
+		<-h2.kk.FirstPoll()
+		synctest.Wait()
+		if h2.kk.Key() == nil {
+			t.Fatal("not resumed")
+		}
+		var before int
+		ws.get(func(f *fakeWS) { before = f.statusN })
+		for range 100 { // one notify every 10 ms for a second
+			h2.kk.Notify()
+			time.Sleep(10 * time.Millisecond)
+		}
+		synctest.Wait()
+		var after int
+		ws.get(func(f *fakeWS) { after = f.statusN })
+		if n := after - before; n > 11 {
+			t.Errorf("%d polls in a second of notifies, want at most one per 100 ms", n)
+		}
+	})
 }

@@ -268,6 +268,9 @@ func (s *Server) serveConn(cc *clientConn) {
 				w.Header().Set("Connection", "close")
 				w.WriteHeader(http.StatusExpectationFailed)
 				w.finish()
+				if w.bodyUnread() {
+					hc.lingerUnread()
+				}
 				return
 			}
 			if req.ProtoAtLeast(1, 1) && req.ContentLength != 0 {
@@ -476,9 +479,10 @@ func commonReadError(err error) bool {
 }
 
 // Bounds of lingerUnread: what it reads of a request the answer left
-// unread, and for how long.
+// unread (more than any body limit that answers 413 but the exempt
+// uploads' 100 MiB), and for how long.
 const (
-	lingerBytes = 256 << 10
+	lingerBytes = 16 << 20
 	lingerTime  = time.Second
 )
 

@@ -123,12 +123,11 @@ func TestTraversalAndAmbiguousTargets(t *testing.T) {
 	}
 }
 
-// §8 item 7 and quirk 18: 413 before anything else, chunked over the limit
-// closes without a response.
 // A client that sends its whole oversized body at once, as Go's and most
-// HTTP clients do, reads the 413: the agent does not close the connection
-// with the body unread, which would make the kernel reset it and, for
-// many such clients, the answer with it.
+// HTTP clients do, reads the 413 (or a 417 for an expectation not met):
+// the agent does not close the connection with the body unread, which
+// would make the kernel reset it and, for many such clients, the answer
+// with it.
 func TestBodyLimitAnswerSurvivesUnreadBody(t *testing.T) {
 	e := newEnv(t, nil)
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -144,8 +143,23 @@ func TestBodyLimitAnswerSurvivesUnreadBody(t *testing.T) {
 	body := strings.Repeat("x", 102401)
 	const n = 300
 	failed := 0
-	for range n {
-		resp, err := client.Post("http://169.254.169.254/metadata/instance", "text/plain", strings.NewReader(body))
+	for i := range n {
+		b := body
+		if i%30 == 0 {
+			// Over the upload limit (8 MiB): the answer must survive a
+			// body that large too.
+			b = strings.Repeat("x", int(DefaultMaxUploadBody)+1)
+		}
+		want := http.StatusRequestEntityTooLarge
+		r, _ := http.NewRequest("POST", "http://169.254.169.254/metadata/instance", strings.NewReader(b))
+		if i%10 == 5 {
+			// An expectation the server does not meet: 417, the body
+			// (under the limit) unread.
+			r, _ = http.NewRequest("POST", "http://169.254.169.254/metadata/instance", strings.NewReader(body[:90<<10]))
+			r.Header.Set("Expect", "foo")
+			want = http.StatusExpectationFailed
+		}
+		resp, err := client.Do(r)
 		if err != nil {
 			failed++
 			t.Log(err)
@@ -153,8 +167,8 @@ func TestBodyLimitAnswerSurvivesUnreadBody(t *testing.T) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusRequestEntityTooLarge {
-			t.Fatalf("status %d, want 413", resp.StatusCode)
+		if resp.StatusCode != want {
+			t.Fatalf("status %d, want %d", resp.StatusCode, want)
 		}
 	}
 	if failed > 0 {
@@ -162,6 +176,8 @@ func TestBodyLimitAnswerSurvivesUnreadBody(t *testing.T) {
 	}
 }
 
+// §8 item 7 and quirk 18: 413 before anything else, chunked over the limit
+// closes without a response.
 func TestBodyLimit(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.MaxExemptBody = 200 << 10 })
 	big := strings.Repeat("x", 102401)
