@@ -38,7 +38,8 @@ const (
 	MaxConnectionSummaries = 100
 	MaxFailedAuthSummaries = 50
 	// MaxSummaryBytes bounds substatus [0] + [2] messages together, in
-	// bytes, as upstream does (extension-handler.md §2.5). The status file
+	// bytes (extension-handler.md §2.5; upstream's budget, which its trim
+	// can exceed by the note, TrimSummaries). The status file
 	// stays within waagent's 128 KiB (BoundStatus), and waagent's upload
 	// of it through the agent within the agent's upload limit (8 MiB).
 	MaxSummaryBytes = 80 * 1024
@@ -146,8 +147,10 @@ type Fetcher interface {
 //
 // The connection itself must have been redirected: one whose peer is the
 // URL's own address is closed before anything is sent (dialRedirected).
-// Dial replaces that check (tests whose stand-in agent listens at the URL
-// itself); Client replaces the whole transport.
+// Dial replaces that check: for a URL at another address than the
+// WireServer's (Setup.aggregateAccess gives one that refuses only a peer
+// at a WireServer address; tests' stand-in agents listen at the URL
+// itself). Client replaces the whole transport.
 type AggregateFetcher struct {
 	URL        string
 	File       func() string
@@ -209,18 +212,20 @@ func dialRedirected(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // dialAvoiding returns a dialer that keeps a connection only if its peer
-// is not avoid (the WireServer address): for a URL elsewhere that a name
-// or a route could still lead there.
-func dialAvoiding(avoid netip.AddrPort) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// is none of avoid (the WireServer's addresses): for a URL elsewhere that
+// a name or a route could still lead there.
+func dialAvoiding(avoid ...netip.AddrPort) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		if err := checkRedirected(c, avoid.String()); err != nil {
-			c.Close()
-			return nil, err
+		for _, a := range avoid {
+			if err := checkRedirected(c, a.String()); err != nil {
+				c.Close()
+				return nil, err
+			}
 		}
 		return c, nil
 	}

@@ -655,6 +655,13 @@ func TestAggregateURLElsewhereAskedFirst(t *testing.T) {
 	if redirected() {
 		t.Error("no redirect is pinned, yet the WireServer's URL would be asked")
 	}
+	// Azure's own WireServer address stays the WireServer's when the
+	// installed config moves it.
+	os.MkdirAll(filepath.Dir(e.Layout.AgentConfig()), 0o755)
+	os.WriteFile(e.Layout.AgentConfig(), []byte(`{"wireServerAddress":"127.0.0.1:1"}`), 0o644)
+	if redirected, dial = s.aggregateAccess("http://" + ws.Addr().String() + "/gpa-aggregated-status"); dial != nil || redirected() {
+		t.Error("with the WireServer moved by the config, Azure's address would be asked directly")
+	}
 	// A URL elsewhere whose connection reaches the WireServer address
 	// itself is refused before anything is sent.
 	c, err := net.Listen("tcp", "127.0.0.1:0")

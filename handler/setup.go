@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -358,37 +359,40 @@ func (s *Setup) RemovePackage() error {
 }
 
 // aggregateAccess returns how the monitor may ask rawURL for the
-// aggregate status. For a URL naming the installed agent's WireServer
-// address: redirected checks the agent's pinned redirect for that address
-// (true while the kernel hands connections to it to the agent) and dial is
-// nil (dialRedirected: the connection must have been redirected). For any
-// other URL (GPA_AGGREGATE_STATUS_URL pointing at a listener or a test's
-// stand-in agent), which cannot reach the real WireServer, the URL is
-// always asked first, as upstream asks: redirected always says yes, and
-// dial refuses only a connection whose peer is the WireServer address (a
-// host name that resolves to it). An unparsable URL gets nil for both and
-// is never reached.
+// aggregate status. For a URL naming a WireServer address (the installed
+// config's, or Azure's own whatever the config says): redirected checks
+// the agent's pinned redirect for that address (true while the kernel
+// hands connections to it to the agent) and dial is nil (dialRedirected:
+// the connection must have been redirected). For any other URL
+// (GPA_AGGREGATE_STATUS_URL pointing at a listener or a test's stand-in
+// agent), which cannot reach the real WireServer, the URL is always asked
+// first, as upstream asks: redirected always says yes, and dial refuses
+// only a connection whose peer is a WireServer address (a host name that
+// resolves to it). An unparsable URL gets nil for both and is never
+// reached.
 func (s *Setup) aggregateAccess(rawURL string) (redirected func() bool, dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, nil
 	}
-	e, err := s.endpoints()
-	if err != nil {
-		e = msp.DefaultEndpoints()
+	// The WireServer's addresses: the installed config's and Azure's own
+	// (a config that moves it leaves the real one where it is).
+	wireServers := []netip.AddrPort{msp.DefaultEndpoints().WireServer}
+	if e, err := s.endpoints(); err == nil && e.WireServer != wireServers[0] {
+		wireServers = append(wireServers, e.WireServer)
 	}
 	host, port := u.Hostname(), u.Port()
 	if port == "" {
 		port = "80"
 	}
 	ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
-	if err == nil && ap == e.WireServer {
+	if err == nil && slices.Contains(wireServers, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())) {
 		return func() bool {
 			ok, err := redirector.Redirects(s.pinDir(), ap)
 			return err == nil && ok
 		}, nil
 	}
-	return func() bool { return true }, dialAvoiding(e.WireServer)
+	return func() bool { return true }, dialAvoiding(wireServers...)
 }
 
 // endpoints are the installed agent's addresses: from its config, else the

@@ -216,7 +216,9 @@ func parseLocal(data []byte) (*localFile, error) {
 
 // strictJSON applies what upstream's deserializer rejects and
 // encoding/json accepts: invalid UTF-8, and a top-level value that is not
-// an object (null included).
+// an object (null included). Upstream's also rejects a repeated field;
+// here its last value counts (lastWins), as threats-and-benchmarks.md §2.6
+// asks.
 func strictJSON(data []byte) error {
 	if !utf8.Valid(data) {
 		return &SyntaxError{Msg: "document is not valid UTF-8"}

@@ -11,7 +11,7 @@
 //
 //	Key                            Type    Default                              Use
 //	logFolder                      string  /var/log/azure-proxy-agent           ProxyAgent.log, Connection.log ("" = no file logs); %VAR% expanded
-//	latchKeyFolder                 string  /var/lib/azure-proxy-agent/keys      <guid>.key, provisioned.tag, status.tag; rules dir = sibling "rules"; %VAR% expanded
+//	latchKeyFolder                 string  /var/lib/azure-proxy-agent/keys      <guid>.key, lastKeyStatus.json, provisioned.tag, status.tag; rules dir = sibling "rules"; %VAR% expanded
 //	monitorIntervalInSeconds       number  60                                   status.json write interval (upstream parses it but hard-codes 60 s)
 //	pollKeyStatusIntervalInSeconds number  15                                   key keeper poll interval
 //	cgroupRoot                     string  /sys/fs/cgroup                       fallback cgroup2 attach point

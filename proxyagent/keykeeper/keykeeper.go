@@ -21,7 +21,11 @@
 //     hex, else a new key is acquired;
 //   - the redirect policy is re-applied whenever the installed one differs
 //     from the current modes, so a state change is not lost when the key
-//     acquisition of its poll fails (quirk 17).
+//     acquisition of its poll fails (quirk 17);
+//   - the host's last key status is kept with the key latched after it
+//     (LastStatusFile), and applied offline when the first poll after a
+//     start fails, so a restart during a host outage neither forwards
+//     unsigned nor drops the rules.
 package keykeeper
 
 import (
@@ -95,7 +99,8 @@ type Provisioning interface {
 type Options struct {
 	// WireServer is the host:port of the WireServer.
 	WireServer string
-	// KeyDir holds <guid>.key files; its sibling "rules" is created too.
+	// KeyDir holds <guid>.key files and LastStatusFile; its sibling
+	// "rules" is created too.
 	KeyDir string
 	// Mark is the SO_MARK of the key keeper's sockets (0 = unmarked).
 	Mark uint32

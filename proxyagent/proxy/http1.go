@@ -439,7 +439,9 @@ type statusError struct {
 func (e statusError) Error() string { return strconv.Itoa(e.code) + " " + e.text }
 
 // rejectRequest answers a request that could not be read, as Go's server
-// does, and is the connection's last act.
+// does, and is the connection's last act: what the client still sends (the
+// rest of the head, a body) is read and dropped (lingerUnread), so that no
+// reset destroys the answer.
 func (hc *httpConn) rejectRequest(err error) {
 	const errorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
 	var se statusError
@@ -447,8 +449,6 @@ func (hc *httpConn) rejectRequest(err error) {
 	case errors.Is(err, errHeaderTooLarge):
 		const msg = "431 Request Header Fields Too Large"
 		hc.bw.WriteString("HTTP/1.1 " + msg + errorHeaders + msg)
-		hc.lingerUnread()
-		return
 	case strings.HasPrefix(err.Error(), "unsupported transfer encoding"):
 		// RFC 9112 §6.1: a transfer coding the server does not understand
 		// is 501. The value is not echoed.
@@ -462,7 +462,7 @@ func (hc *httpConn) rejectRequest(err error) {
 		const msg = "400 Bad Request"
 		hc.bw.WriteString("HTTP/1.1 " + msg + errorHeaders + msg)
 	}
-	hc.bw.Flush()
+	hc.lingerUnread()
 }
 
 // commonReadError is a client that went away or timed out: no answer.

@@ -76,14 +76,21 @@
 //     forwarded.
 //   - A request with both Content-Length and Transfer-Encoding gets 400
 //     and the connection closes (threats-and-benchmarks.md: request
-//     smuggling); Go's server reads it by Transfer-Encoding. Nothing of
-//     it reaches the host.
-//   - Requests refused before the request flow (malformed, headers over
-//     MaxHeaderBytes or more than 100 fields, an unknown transfer coding,
-//     a protocol version other than 1.x, a malformed Host, invalid header
-//     bytes, an Expect other than 100-continue, Content-Length with
-//     Transfer-Encoding) get the answer Go's server gives (400, 431, 501,
-//     505, 417) and no audit event.
+//     smuggling); Go's server reads it by Transfer-Encoding (by
+//     Content-Length in HTTP/1.0). So does an HTTP/1.0 request with
+//     Transfer-Encoding alone, which Go's server frames as if the field
+//     were not there (RFC 9112 §6.1: faulty framing). Nothing of them
+//     reaches the host.
+//   - Other requests refused before the request flow (malformed, headers
+//     over MaxHeaderBytes or more than 100 fields, an unknown transfer
+//     coding, a protocol version other than 1.x, a malformed Host, invalid
+//     header bytes, an Expect other than 100-continue) get the answer Go's
+//     server gives (400, 431, 501, 505, 417) and no audit event.
+//   - A connection whose answer came before its request was read to the
+//     end (those refusals, a 413, a refused request with a body) is
+//     half-closed, and what the client still sends is read and dropped
+//     until it closes (at most 16 MiB and 1 s), so that no reset destroys
+//     the answer; Go's server half-closes and sleeps 500 ms.
 //   - An HTTP/1.1 request without Host (or with an empty one) goes through
 //     the request flow, so the method, traversal, local-endpoint,
 //     direct-connection and authorization answers come first; one that
