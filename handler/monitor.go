@@ -221,7 +221,7 @@ func (m *Monitor) Tick(ctx context.Context) {
 	if m.bundled == "" {
 		v, err := m.Setup.BundledVersion(ctx)
 		if err != nil {
-			msg := fmt.Sprintf("Failed to get GuestProxyAgent version from file %s with error: %v", m.Setup.ext(bundledAgent()), err)
+			msg := fmt.Sprintf("Failed to get GuestProxyAgent version from file %s with error: %v", m.Setup.ext(bundledAgent(m.Setup.ExtDir)), err)
 			m.state.Failure(time.Now(), msg)
 			m.write(ErrorShape(msg))
 			m.seqKnown = false // retry the seq-change work once the version is known

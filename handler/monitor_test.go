@@ -63,7 +63,7 @@ func newMonitorRig(t *testing.T, bundled, installed string) *monitorRig {
 	ext := filepath.Join(root, "var/lib/waagent", HandlerName+"-"+bundled)
 	l := Layout{Root: root}
 	os.MkdirAll(filepath.Join(ext, "ProxyAgent/ProxyAgent"), 0o755)
-	os.WriteFile(filepath.Join(ext, bundledAgent()), versionScript(bundled), 0o755)
+	os.WriteFile(filepath.Join(ext, bundledAgent(ext)), versionScript(bundled), 0o755)
 	if installed != "" {
 		os.MkdirAll(filepath.Dir(l.AgentBinary()), 0o755)
 		os.WriteFile(l.AgentBinary(), versionScript(installed), 0o755)
@@ -357,7 +357,7 @@ func TestMonitorNewSeqAndHeartbeat(t *testing.T) {
 
 func TestMonitorBundledVersionUnreadable(t *testing.T) {
 	r := newMonitorRig(t, "1.0.0", "1.0.0")
-	os.Remove(filepath.Join(r.env.ExtDir, bundledAgent()))
+	os.Remove(filepath.Join(r.env.ExtDir, bundledAgent(r.env.ExtDir)))
 	r.m.Tick(context.Background())
 	st := r.status()
 	if st.Status != "transitioning" || !strings.Contains(st.FormattedMessage.Message, "Failed to get GuestProxyAgent version") || len(st.Substatus) != 3 {

@@ -62,7 +62,7 @@ func AgentVersion(ctx context.Context, path string) (string, error) {
 
 // BundledVersion is the version of the agent shipped in the extension.
 func (s *Setup) BundledVersion(ctx context.Context) (string, error) {
-	return AgentVersion(ctx, s.ext(bundledAgent()))
+	return AgentVersion(ctx, s.ext(bundledAgent(s.ExtDir)))
 }
 
 // copyFile copies src to dst with mode through a temporary file and a
@@ -152,7 +152,7 @@ func (s *Setup) Install(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("setup install: bundled agent unusable: %w", err)
 	}
-	if err := copyFile(s.ext(bundledAgent()), s.Layout.AgentBinary(), 0o755); err != nil {
+	if err := copyFile(s.ext(bundledAgent(s.ExtDir)), s.Layout.AgentBinary(), 0o755); err != nil {
 		return fmt.Errorf("setup install: agent binary: %w", err)
 	}
 	bundledCfg, err := os.ReadFile(s.ext(BundledConfig))

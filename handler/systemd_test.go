@@ -31,7 +31,7 @@ func calls(t *testing.T, p string) []string {
 func bundle(t *testing.T, version string) string {
 	ext := t.TempDir()
 	os.MkdirAll(filepath.Join(ext, "ProxyAgent/ProxyAgent"), 0o755)
-	os.WriteFile(filepath.Join(ext, bundledAgent()), versionScript(version), 0o755)
+	os.WriteFile(filepath.Join(ext, bundledAgent(ext)), versionScript(version), 0o755)
 	cfg, _ := os.ReadFile("../packaging/proxy-agent.json")
 	os.WriteFile(filepath.Join(ext, BundledConfig), cfg, 0o644)
 	unit, _ := os.ReadFile("../packaging/azure-proxy-agent.service")

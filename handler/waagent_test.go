@@ -371,7 +371,7 @@ func (v *vm) monitors(base string) []Proc {
 }
 
 func bundledVersion(t *testing.T, base string) string {
-	out, err := exec.Command(filepath.Join(base, bundledAgent()), "--version").Output()
+	out, err := exec.Command(filepath.Join(base, bundledAgent(base)), "--version").Output()
 	if err != nil {
 		t.Fatal(err)
 	}

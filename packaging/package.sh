@@ -10,15 +10,19 @@
 # as ebpf_cgroup.o is $EBPF_OBJECT, else BINDIR/ebpf_cgroup.o, else
 # bpf/redirect_bpfel.o: little-endian BPF, the same for both architectures.
 #
-# The zip keeps upstream's layout, with the amd64 build at upstream's paths
-# (ProxyAgentExt, ProxyAgent/ProxyAgent/azure-proxy-agent) and the arm64
-# build beside them with an -arm64 suffix; the waagent scripts run the one
-# for `uname -m` (select-arch.sh).
+# The zips keep upstream's layout. The one for both architectures has the
+# amd64 build at upstream's paths (ProxyAgentExt,
+# ProxyAgent/ProxyAgent/azure-proxy-agent) and the arm64 build beside them
+# with an -arm64 suffix; one per architecture, as upstream ships them, has
+# that architecture's build at upstream's paths. The waagent scripts run
+# the one for `uname -m` (select-arch.sh).
 #
 # Outputs:
-#   OUTDIR/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux-VERSION.zip
-#       (to install a dev build, copy it to /var/lib/waagent under the name
-#       waagent caches packages under: <Name>__<Version>.zip)
+#   OUTDIR/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux-VERSION.zip (both)
+#   OUTDIR/linux-ARCH/Microsoft.CPlat.ProxyAgent.ProxyAgentLinux-VERSION.zip
+#       per architecture
+#       (to install a dev build, copy one to /var/lib/waagent under the
+#       name waagent caches packages under: <Name>__<Version>.zip)
 #   OUTDIR/azure-proxy-agent_VERSION_ARCH.deb per architecture (needs dpkg-deb)
 set -euo pipefail
 
@@ -51,8 +55,6 @@ for a in "${!archdir[@]}"; do
 		[ -x "${archdir[$a]}/$b" ] || { echo "missing ${archdir[$a]}/$b" >&2; exit 1; }
 	done
 done
-# suffix is what an architecture's files add to upstream's (amd64) names.
-suffix() { if [ "$1" = arm64 ]; then echo -arm64; fi; }
 ebpf=${EBPF_OBJECT:-}
 if [ -z "$ebpf" ]; then
 	for c in "$bindir/ebpf_cgroup.o" "$repo/bpf/redirect_bpfel.o"; do
@@ -64,27 +66,55 @@ fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
-# --- extension zip (extension-handler.md §5.2 layout) ---
-ext=$stage/ext
-mkdir -p "$ext/ProxyAgent/ProxyAgent"
-install -m 0644 "$repo/HandlerManifest.json" "$ext/HandlerManifest.json"
-for c in install uninstall enable disable update reset; do
-	install -m 0755 "$here/$c.sh" "$ext/$c.sh"
-done
-install -m 0644 "$here/select-arch.sh" "$ext/select-arch.sh"
+# --- extension zips (extension-handler.md §5.2 layout) ---
+# stage_ext DIR PLAIN [SUFFIXED] stages a package in DIR with the PLAIN
+# architecture's build at upstream's paths and, if given, the SUFFIXED
+# one's beside them with its -<arch> suffix.
+stage_ext() {
+	local d=$1 plain=$2 suffixed=${3:-}
+	mkdir -p "$d/ProxyAgent/ProxyAgent"
+	install -m 0644 "$repo/HandlerManifest.json" "$d/HandlerManifest.json"
+	for c in install uninstall enable disable update reset; do
+		install -m 0755 "$here/$c.sh" "$d/$c.sh"
+	done
+	sed "s/^plain_arch=.*/plain_arch=$plain/" "$here/select-arch.sh" >"$d/select-arch.sh"
+	chmod 0644 "$d/select-arch.sh"
+	install -m 0755 "${archdir[$plain]}/ProxyAgentExt" "$d/ProxyAgentExt"
+	install -m 0755 "${archdir[$plain]}/azure-proxy-agent" "$d/ProxyAgent/ProxyAgent/azure-proxy-agent"
+	if [ -n "$suffixed" ]; then
+		install -m 0755 "${archdir[$suffixed]}/ProxyAgentExt" "$d/ProxyAgentExt-$suffixed"
+		install -m 0755 "${archdir[$suffixed]}/azure-proxy-agent" "$d/ProxyAgent/ProxyAgent/azure-proxy-agent-$suffixed"
+	fi
+	install -m 0755 "$here/proxy_agent_setup.sh" "$d/ProxyAgent/proxy_agent_setup"
+	install -m 0644 "$here/azure-proxy-agent.service" "$d/ProxyAgent/azure-proxy-agent.service"
+	install -m 0644 "$here/azure-proxy-agent.8" "$d/ProxyAgent/azure-proxy-agent.8"
+	install -m 0644 "$here/proxy-agent.json" "$d/ProxyAgent/ProxyAgent/proxy-agent.json"
+	install -m 0644 "$ebpf" "$d/ProxyAgent/ProxyAgent/ebpf_cgroup.o"
+}
+
+# make_zip DIR ZIP zips the staged package DIR into ZIP.
+make_zip() {
+	rm -f "$2"
+	(cd "$1" && zip -q -X -r "$2" .)
+	echo "$2"
+}
+
+# One package per architecture, as upstream ships them: its build at
+# upstream's paths.
 for a in "${!archdir[@]}"; do
-	install -m 0755 "${archdir[$a]}/ProxyAgentExt" "$ext/ProxyAgentExt$(suffix "$a")"
-	install -m 0755 "${archdir[$a]}/azure-proxy-agent" "$ext/ProxyAgent/ProxyAgent/azure-proxy-agent$(suffix "$a")"
+	stage_ext "$stage/ext-$a" "$a"
+	mkdir -p "$outdir/linux-$a"
+	make_zip "$stage/ext-$a" "$outdir/linux-$a/${name}-${version}.zip"
 done
-install -m 0755 "$here/proxy_agent_setup.sh" "$ext/ProxyAgent/proxy_agent_setup"
-install -m 0644 "$here/azure-proxy-agent.service" "$ext/ProxyAgent/azure-proxy-agent.service"
-install -m 0644 "$here/azure-proxy-agent.8" "$ext/ProxyAgent/azure-proxy-agent.8"
-install -m 0644 "$here/proxy-agent.json" "$ext/ProxyAgent/ProxyAgent/proxy-agent.json"
-install -m 0644 "$ebpf" "$ext/ProxyAgent/ProxyAgent/ebpf_cgroup.o"
-zipfile=$outdir/${name}-${version}.zip
-rm -f "$zipfile"
-(cd "$ext" && zip -q -X -r "$zipfile" .)
-echo "$zipfile"
+# And one for both: amd64 at upstream's paths, arm64 beside them.
+if [ -n "${archdir[amd64]:-}" ] && [ -n "${archdir[arm64]:-}" ]; then
+	stage_ext "$stage/ext" amd64 arm64
+elif [ -n "${archdir[amd64]:-}" ]; then
+	stage_ext "$stage/ext" amd64
+else
+	stage_ext "$stage/ext" arm64
+fi
+make_zip "$stage/ext" "$outdir/${name}-${version}.zip"
 
 # --- agent .deb ---
 for arch in "${!archdir[@]}"; do

@@ -86,10 +86,11 @@ func checkELF(t *testing.T, path string, machine elf.Machine) {
 	}
 }
 
-// TestPackageBothArchitectures builds the package as `make package` does
-// and checks the amd64 and arm64 builds in it, that the scripts pick the
-// build for `uname -m`, and — under qemu-user (qemu-user-static, required
-// under CI) — that the arm64 agent runs: --version and doctor --json.
+// TestPackageBothArchitectures builds the packages as `make package` does
+// and checks the amd64 and arm64 builds in the two-architecture package,
+// that the scripts pick the build for `uname -m`, and — under qemu-user
+// (qemu-user-static, required under CI) — that the arm64 agent runs:
+// --version and doctor --json; then the package for each architecture.
 func TestPackageBothArchitectures(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the agent for two architectures")
@@ -134,6 +135,62 @@ func TestPackageBothArchitectures(t *testing.T) {
 
 	t.Run("scripts run the build for uname -m", func(t *testing.T) { checkSelection(t, ext) })
 	t.Run("arm64 under qemu-user", func(t *testing.T) { runUnderQemu(t, ext) })
+
+	// One package per architecture, as upstream ships them: its build at
+	// upstream's paths (what upstream's e2e scripts run), nothing beside.
+	for _, tc := range []struct {
+		arch    string
+		machine elf.Machine
+		uname   string
+	}{{"amd64", elf.EM_X86_64, "x86_64"}, {"arm64", elf.EM_AARCH64, "aarch64"}} {
+		t.Run("package for "+tc.arch, func(t *testing.T) {
+			one := t.TempDir()
+			unzip(t, filepath.Join(dist, "linux-"+tc.arch, "Microsoft.CPlat.ProxyAgent.ProxyAgentLinux-"+testVersion+".zip"), one)
+			checkELF(t, filepath.Join(one, "ProxyAgentExt"), tc.machine)
+			checkELF(t, filepath.Join(one, "ProxyAgent/ProxyAgent/azure-proxy-agent"), tc.machine)
+			for _, p := range []string{"ProxyAgentExt-arm64", "ProxyAgent/ProxyAgent/azure-proxy-agent-arm64"} {
+				if _, err := os.Stat(filepath.Join(one, p)); err == nil {
+					t.Errorf("the %s package has %s", tc.arch, p)
+				}
+			}
+			// Its scripts run its build on its machine and refuse the
+			// other.
+			other := map[string]string{"x86_64": "aarch64", "aarch64": "x86_64"}[tc.uname]
+			if got, code := runScript(t, one, "enable.sh", tc.uname); got != "ProxyAgentExt enable" || code != 0 {
+				t.Errorf("enable.sh on %s: %q exit %d", tc.uname, got, code)
+			}
+			if got, code := runScript(t, one, "enable.sh", other); code != 6 || !strings.Contains(got, "no build for "+other) {
+				t.Errorf("enable.sh on %s: %q exit %d, want exit 6", other, got, code)
+			}
+		})
+	}
+}
+
+// runScript runs a copy of the package's waagent script (and
+// select-arch.sh) beside a stand-in ProxyAgentExt that prints its name,
+// with `uname -m` answering machine; it returns the output and exit code.
+func runScript(t *testing.T, pkg, script, machine string) (string, int) {
+	t.Helper()
+	dir, fake := t.TempDir(), t.TempDir()
+	for _, f := range []string{script, "select-arch.sh"} {
+		data, err := os.ReadFile(filepath.Join(pkg, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, f), data, 0o755)
+	}
+	os.WriteFile(filepath.Join(dir, "ProxyAgentExt"), []byte("#!/bin/sh\necho ProxyAgentExt \"$@\"\n"), 0o755)
+	os.WriteFile(filepath.Join(fake, "uname"), []byte("#!/bin/sh\necho \"$FAKE_MACHINE\"\n"), 0o755)
+	cmd := exec.Command(filepath.Join(dir, script))
+	cmd.Env = []string{"PATH=" + fake + ":/usr/bin:/bin", "FAKE_MACHINE=" + machine}
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out)), code
 }
 
 func hasDpkgDeb() bool { _, err := exec.LookPath("dpkg-deb"); return err == nil }
