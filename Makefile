@@ -45,8 +45,9 @@ unit:
 generate:
 	$(GO) generate ./bpf/... ./proxyagent/redirector/...
 
-## package: the extension zip (amd64 and arm64 builds, the scripts run the one
-##          for `uname -m`) and an agent .deb per architecture under dist/
+## package: the extension zips (one per architecture under dist/linux-ARCH/,
+##          and one with both builds whose scripts run the one for `uname -m`)
+##          and an agent .deb per architecture under dist/
 ARCHES     := amd64 arm64
 package: build
 	@for a in $(ARCHES); do \

@@ -1,12 +1,14 @@
 #!/bin/bash
-# Builds the publishable extension zip and a .deb of the agent per
-# architecture from already-built binaries.
+# Builds the publishable extension zips (one per architecture and one for
+# both) and a .deb of the agent per architecture from already-built
+# binaries.
 #
 #   packaging/package.sh VERSION BINDIR OUTDIR
 #
 # BINDIR holds ProxyAgentExt and azure-proxy-agent either in linux-amd64/
 # and linux-arm64/ subdirectories (what `make package` builds), or directly,
-# built for ARCH (amd64|arm64, default the host's). The eBPF object shipped
+# built for ARCH (amd64|arm64, default the host's). With one architecture
+# the zip for "both" is that architecture's package. The eBPF object shipped
 # as ebpf_cgroup.o is $EBPF_OBJECT, else BINDIR/ebpf_cgroup.o, else
 # bpf/redirect_bpfel.o: little-endian BPF, the same for both architectures.
 #
@@ -41,7 +43,7 @@ name=Microsoft.CPlat.ProxyAgent.ProxyAgentLinux
 # archdir[amd64|arm64] is the directory of that architecture's binaries.
 declare -A archdir=()
 for a in amd64 arm64; do
-	[ -d "$bindir/linux-$a" ] && archdir[$a]=$bindir/linux-$a
+	[ -x "$bindir/linux-$a/ProxyAgentExt" ] && archdir[$a]=$bindir/linux-$a
 done
 if [ ${#archdir[@]} -eq 0 ]; then
 	case "${ARCH:-$(uname -m)}" in

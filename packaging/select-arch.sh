@@ -23,6 +23,6 @@ else
 	ext=$dir/ProxyAgentExt-$want
 fi
 if [ ! -x "$ext" ]; then
-	echo "ProxyAgentExt: this package has no build for $machine ($ext is missing)" >&2
+	echo "ProxyAgentExt: this package has no build for $machine (it has $plain_arch's)" >&2
 	exit 6
 fi
