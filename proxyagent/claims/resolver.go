@@ -198,7 +198,7 @@ func (r *Resolver) Resolve(rec identity.Record, client netip.AddrPort) (*Claims,
 		}
 	}
 	c.OtherUserNS = otherUserNS && stErr == nil
-	if exeErr == nil && exeProven {
+	if exeProven {
 		c.ProcessFullPath = exe
 		c.ProcessName = filepath.Base(exe)
 	}

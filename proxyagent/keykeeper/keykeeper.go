@@ -500,7 +500,7 @@ func (k *KeyKeeper) poll(ctx context.Context) bool {
 		k.log.Warn("failed to get key status", "err", err)
 		return false
 	}
-	k.apply(ctx, ks, false)
+	k.apply(ctx, ks, nil)
 	k.remember(body)
 	return true
 }
@@ -565,6 +565,7 @@ func (k *KeyKeeper) resume(ctx context.Context) {
 	if last.KeyGUID != "" {
 		ks.KeyGUID = &last.KeyGUID
 	}
+	off := &offline{}
 	if ks.Derive().State != msp.StateDisabled {
 		// Without its key the last status would only bring back rules and
 		// modes; the state stays unknown instead.
@@ -580,17 +581,23 @@ func (k *KeyKeeper) resume(ctx context.Context) {
 			k.log.Warn("key of the last key status not usable; not applied", "key_guid", *ks.KeyGUID, "err", err)
 			return
 		}
+		off.key = sk
 	}
 	k.saved = data
 	k.resumed = true
 	k.log.Info("host did not answer; applying the key status it last gave until it does")
-	k.apply(ctx, ks, true)
+	k.apply(ctx, ks, off)
 }
 
-// apply makes ks the state in force (§1.6 after the fetch). offline (a
-// resumed status) only loads a latched key from its file, never asks the
-// host, and tells provisioning nothing.
-func (k *KeyKeeper) apply(ctx context.Context, ks *msp.KeyStatus, offline bool) {
+// offline is a key status applied without the host (resume): the key
+// latched after it, already read and checked (nil when disabled).
+type offline struct{ key *msp.IssuedKey }
+
+// apply makes ks the state in force (§1.6 after the fetch). With off (a
+// resumed status) it installs off's key, never asks the host, and tells
+// provisioning nothing.
+func (k *KeyKeeper) apply(ctx context.Context, ks *msp.KeyStatus, off *offline) {
+	offline := off != nil
 	// The first answer after a resumed status tells provisioning what the
 	// resumed one could not (the key or the disabled state is in place).
 	finishResume := k.resumed && !offline
@@ -641,9 +648,10 @@ func (k *KeyKeeper) apply(ctx context.Context, ks *msp.KeyStatus, offline bool) 
 		switch {
 		case ks.KeyGUID == nil || cur == nil || *ks.KeyGUID != cur.GUID:
 			if offline {
-				if !k.loadLatched(ks.KeyGUID) {
+				if off.key == nil || !k.install(off.key) {
 					return
 				}
+				k.log.Info("resumed the last latched key from its file", "key_guid", off.key.GUID)
 				break
 			}
 			if !k.acquireOrLoad(ctx, ks.KeyGUID) {
@@ -735,24 +743,6 @@ func (k *KeyKeeper) acquireOrLoad(ctx context.Context, hostGUID *string) bool {
 	k.install(sk)
 	k.startupEvent(fmt.Sprintf("Successfully attest the key and ready to use. - %d", k.uptimeMS()))
 	k.log.Info("key attested and latched", "key_guid", sk.GUID)
-	return true
-}
-
-// loadLatched installs the key file of guid, the key a resumed status
-// names; it reports whether a key is now in memory.
-func (k *KeyKeeper) loadLatched(guid *string) bool {
-	if guid == nil || *guid == "" {
-		return false
-	}
-	sk, err := loadKey(k.opts.KeyDir, *guid)
-	if err != nil {
-		k.log.Warn("key of the last key status not usable", "key_guid", *guid, "err", err)
-		return false
-	}
-	if !k.install(sk) {
-		return false
-	}
-	k.log.Info("resumed the last latched key from its file", "key_guid", sk.GUID)
 	return true
 }
 
