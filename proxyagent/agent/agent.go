@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opengpa/gpa/internal/pause"
 	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/audit"
 	"github.com/opengpa/gpa/proxyagent/authz"
@@ -469,12 +470,8 @@ func serve(ctx context.Context, srv *proxy.Server, ready func(string), log *slog
 			break
 		}
 		log.Error("proxy listener not bound; trying again later", "error", err, "retryIn", listenRetry.String())
-		t := time.NewTimer(listenRetry)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !pause.For(ctx, listenRetry) {
 			return nil
-		case <-t.C:
 		}
 	}
 	if ready != nil {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/opengpa/gpa/internal/pause"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -329,12 +330,8 @@ func (s *Store) readLocal(ctx context.Context, path string, log *slog.Logger) (*
 		last = err
 		log.Debug("local rules file parse attempt failed", "path", path, "attempt", attempt, "err", err)
 		if attempt < s.cfg.ParseAttempts {
-			t := time.NewTimer(s.cfg.ParseRetryDelay)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !pause.For(ctx, s.cfg.ParseRetryDelay) {
 				return nil, ctx.Err()
-			case <-t.C:
 			}
 		}
 	}

@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/internal/atomicfile"
+	"github.com/opengpa/gpa/internal/pause"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
@@ -403,12 +404,8 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 					// than the fast poll), and tell provisioning only what
 					// it says.
 					k.log.Info("notified while the host has not answered since the start; polling now")
-					rest := time.NewTimer(max(0, k.opts.FastPollInterval-time.Since(started)))
-					select {
-					case <-ctx.Done():
-						rest.Stop()
+					if !pause.For(ctx, k.opts.FastPollInterval-time.Since(started)) {
 						return k.stopped(ctx)
-					case <-rest.C:
 					}
 				} else if st == msp.StateDisabled || st == msp.StateUnknown {
 					k.log.Info("notified while not latched; polling now", "state", st)
@@ -417,12 +414,8 @@ func (k *KeyKeeper) Run(ctx context.Context) error {
 					provStart, provTimedOut = time.Now(), false
 				} else {
 					k.provision().KeyLatched()
-					rest := time.NewTimer(max(0, sleep-time.Since(started)))
-					select {
-					case <-ctx.Done():
-						rest.Stop()
+					if !pause.For(ctx, sleep-time.Since(started)) {
 						return k.stopped(ctx)
-					case <-rest.C:
 					}
 				}
 			}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opengpa/gpa/internal/pause"
 	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/logfile"
@@ -452,12 +453,8 @@ func (t *Telemetry) post(ctx context.Context, doc []byte) bool {
 		if attempt == SendAttempts {
 			return false
 		}
-		timer := time.NewTimer(RetryDelay)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
+		if !pause.For(ctx, RetryDelay) {
 			return false
-		case <-timer.C:
 		}
 	}
 }
