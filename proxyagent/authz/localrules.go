@@ -236,13 +236,13 @@ func strictJSON(data []byte) error {
 // than take the last. Invalid JSON is returned unchanged, for the decoder
 // to report with its position; so is a document without repeated keys.
 func lastWins(data []byte) ([]byte, bool) {
-	if !bytes.Contains(data, []byte{'"'}) {
+	if !repeatsKey(data) {
 		return data, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	var v any // maps decode each key's value afresh: the last one stays
-	if err := dec.Decode(&v); err != nil || !repeatsKey(data) {
+	if err := dec.Decode(&v); err != nil {
 		return data, false
 	}
 	out, err := json.Marshal(v)
@@ -252,8 +252,8 @@ func lastWins(data []byte) ([]byte, bool) {
 	return out, true
 }
 
-// repeatsKey reports whether an object in the valid JSON document data
-// gives a key twice.
+// repeatsKey reports whether an object in the JSON document data gives a
+// key twice (before any syntax error).
 func repeatsKey(data []byte) bool {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	var walk func() (bool, error)
