@@ -132,7 +132,7 @@ func TestTrimLog(t *testing.T) {
 	}
 	f.WriteString("more\n")
 	trimLog(f, 11)
-	if b, _ := os.ReadFile(path + ".1"); string(b) != "0123456789\nmore\n" {
+	if b, _ := os.ReadFile(rotatedLog(path)); string(b) != "0123456789\nmore\n" {
 		t.Errorf(".1 holds %q", b)
 	}
 	f.WriteString("after\n")
@@ -165,7 +165,7 @@ func TestTrimOutputEveryInterval(t *testing.T) {
 		if fi, _ := f.Stat(); fi.Size() != 0 {
 			t.Errorf("log still %d bytes after the interval", fi.Size())
 		}
-		if b, _ := os.ReadFile(path + ".1"); string(b) != "over the limit\n" {
+		if b, _ := os.ReadFile(rotatedLog(path)); string(b) != "over the limit\n" {
 			t.Errorf(".1 holds %q", b)
 		}
 		cancel()

@@ -136,8 +136,10 @@ func TestNotifyWhileResumedPollsAtFastRate(t *testing.T) {
 			o.FastPollWindow = time.Hour
 		}
 		h := startKeeper(t, ws.addr(), dir, withPipe(ws, slow))
-		for h.kk.Key() == nil {
-			time.Sleep(time.Millisecond)
+		<-h.kk.FirstPoll()
+		synctest.Wait()
+		if h.kk.Key() == nil {
+			t.Fatal("no key latched")
 		}
 		h.stop()
 		ws.set(hostDown)
