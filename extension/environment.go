@@ -18,6 +18,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/opengpa/gpa/internal/serdejson"
 )
 
 // Environment variable names waagent sets on handler commands
@@ -74,7 +76,7 @@ var ErrNoHandlerEnvironment = errors.New("extension: handler environment unavail
 // configFolder, statusFolder and heartbeatFile to be non-empty. Every error
 // wraps ErrNoHandlerEnvironment.
 func ParseHandlerEnvironment(data []byte) (HandlerEnvironmentEntry, error) {
-	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	data = serdejson.TrimBOM(data)
 	if len(bytes.TrimSpace(data)) == 0 {
 		return HandlerEnvironmentEntry{}, fmt.Errorf("%w: file is empty", ErrNoHandlerEnvironment)
 	}

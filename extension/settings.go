@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/opengpa/gpa/internal/serdejson"
 )
 
 // HandlerSettings is one runtimeSettings[].handlerSettings object as waagent
@@ -30,7 +32,7 @@ func SettingsPath(configFolder string, seq int) string {
 // handlerSettings, public or protected sections. Only malformed JSON is
 // an error.
 func ParseSettings(data []byte) (HandlerSettings, error) {
-	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	data = serdejson.TrimBOM(data)
 	if len(bytes.TrimSpace(data)) == 0 {
 		return HandlerSettings{}, nil
 	}

@@ -97,7 +97,7 @@ type Aggregate struct {
 // proxyAgentStatus object.
 func ParseAggregate(data []byte) (Aggregate, AgentStatus, error) {
 	var a Aggregate
-	if err := json.Unmarshal(bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")), &a); err != nil {
+	if err := json.Unmarshal(serdejson.TrimBOM(data), &a); err != nil {
 		return a, AgentStatus{}, fmt.Errorf("aggregate status is not valid JSON: %v", err)
 	}
 	if len(a.ProxyAgentStatus) == 0 || string(a.ProxyAgentStatus) == "null" {

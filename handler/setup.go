@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/opengpa/gpa/internal/atomicfile"
+	"github.com/opengpa/gpa/internal/serdejson"
 
 	"github.com/opengpa/gpa/proxyagent/config"
 	"github.com/opengpa/gpa/proxyagent/msp"
@@ -89,7 +90,7 @@ func copyFile(src, dst string, mode os.FileMode) error {
 // over it, objects recursively, other values replaced.
 func RenderConfig(bundled []byte, l Layout, overlay []byte) ([]byte, error) {
 	var cfg map[string]any
-	if err := json.Unmarshal(bytes.TrimPrefix(bundled, []byte("\xef\xbb\xbf")), &cfg); err != nil || cfg == nil {
+	if err := json.Unmarshal(serdejson.TrimBOM(bundled), &cfg); err != nil || cfg == nil {
 		return nil, fmt.Errorf("setup: bundled config is not a JSON object: %v", err)
 	}
 	for k, v := range cfg {

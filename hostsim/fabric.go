@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -82,7 +83,7 @@ type VMModel struct {
 // settings (when present) are a JSON object.
 func ParseVMModel(b []byte) (VMModel, error) {
 	var m VMModel
-	if err := json.Unmarshal(trimBOM(b), &m); err != nil {
+	if err := json.Unmarshal(serdejson.TrimBOM(b), &m); err != nil {
 		return m, fmt.Errorf("VM model: %w", err)
 	}
 	if ps := m.Properties.SecurityProfile.ProxyAgentSettings; ps != nil {

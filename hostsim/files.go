@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/opengpa/gpa/internal/serdejson"
 )
 
 // LoadSettings reads a proxyAgentSettings file (see ParseSettings).
@@ -59,7 +61,7 @@ func LoadProfiles(path string) (map[string]ProfileVersion, error) {
 		return nil, err
 	}
 	var probe map[string]json.RawMessage
-	if err := json.Unmarshal(trimBOM(b), &probe); err != nil {
+	if err := json.Unmarshal(serdejson.TrimBOM(b), &probe); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if _, single := probe["properties"]; single {

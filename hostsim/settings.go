@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -70,7 +71,7 @@ func ParseSettings(b []byte) (ProxyAgentSettings, error) {
 			} `json:"securityProfile"`
 		} `json:"properties"`
 	}
-	b = trimBOM(b)
+	b = serdejson.TrimBOM(b)
 	if err := json.Unmarshal(b, &wrap); err != nil {
 		return ProxyAgentSettings{}, fmt.Errorf("proxyAgentSettings: %w", err)
 	}
@@ -118,7 +119,7 @@ func (s ProxyAgentSettings) Validate() error {
 // the ARM resource ({"id", "name", "properties": {...}}) or its bare
 // properties object, and validates mode and defaultAccess.
 func ParseProfile(b []byte) (ProfileVersion, error) {
-	b = trimBOM(b)
+	b = serdejson.TrimBOM(b)
 	var probe struct {
 		Properties *json.RawMessage `json:"properties"`
 	}
@@ -243,13 +244,6 @@ func buildStatus(s ProxyAgentSettings, profiles map[string]ProfileVersion, latch
 		ks.AuthorizationRules = &msp.AuthorizationRules{WireServer: ws, IMDS: imds, HostGA: &hga}
 	}
 	return ks
-}
-
-func trimBOM(b []byte) []byte {
-	if len(b) >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF {
-		return b[3:]
-	}
-	return b
 }
 
 var errUnknownVersion = errors.New(`status version must be "1.0" or "2.0"`)

@@ -12,6 +12,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/opengpa/gpa/internal/serdejson"
 )
 
 // FileName is the manifest's name at the root of the extension package.
@@ -84,7 +86,7 @@ func (m Manifest) UpdateWithInstall() bool {
 // Parse decodes a manifest file and returns its element [0].
 func Parse(data []byte) (Manifest, error) {
 	var ms []Manifest
-	if err := json.Unmarshal(bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")), &ms); err != nil {
+	if err := json.Unmarshal(serdejson.TrimBOM(data), &ms); err != nil {
 		return Manifest{}, fmt.Errorf("manifest: not a JSON array of manifests: %v", err)
 	}
 	if len(ms) == 0 {

@@ -84,3 +84,9 @@ func Marshal(v any) ([]byte, error) {
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte{'\n'}), nil
 }
+
+// TrimBOM returns data without a leading UTF-8 byte order mark, which
+// upstream strips before it reads JSON (and serde_json would refuse).
+func TrimBOM(data []byte) []byte {
+	return bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+}

@@ -46,3 +46,11 @@ func TestMarshal(t *testing.T) {
 		t.Errorf("Marshal = %s, %v", b, err)
 	}
 }
+
+func TestTrimBOM(t *testing.T) {
+	for in, want := range map[string]string{"\xef\xbb\xbf{}": "{}", "{}": "{}", "\xef\xbb{}": "\xef\xbb{}", "": ""} {
+		if got := string(TrimBOM([]byte(in))); got != want {
+			t.Errorf("TrimBOM(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

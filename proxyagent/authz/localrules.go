@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -193,7 +194,7 @@ func (e *SyntaxError) Error() string {
 // with its last value (threats-and-benchmarks.md §2.6). Errors are
 // *SyntaxError or *ValidationError.
 func parseLocal(data []byte) (*localFile, error) {
-	data = bytes.TrimPrefix(data, []byte{0xEF, 0xBB, 0xBF})
+	data = serdejson.TrimBOM(data)
 	if err := strictJSON(data); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/authz"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
@@ -109,7 +110,7 @@ func LoadRules(path string, opts RulesOptions) (*Rules, error) {
 // mode or defaultAccess, or whose service is unknown gives an *InputError
 // with the file and, for syntax errors, line and column.
 func ParseRules(data []byte, name string, opts RulesOptions) (*Rules, error) {
-	data = bytes.TrimPrefix(data, []byte{0xEF, 0xBB, 0xBF})
+	data = serdejson.TrimBOM(data)
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(data, &top); err != nil {
 		return nil, jsonInputError(name, data, err)

@@ -46,6 +46,7 @@ import (
 
 	"github.com/opengpa/gpa/internal/atomicfile"
 	"github.com/opengpa/gpa/internal/pause"
+	"github.com/opengpa/gpa/internal/serdejson"
 	"github.com/opengpa/gpa/proxyagent/hostconn"
 	"github.com/opengpa/gpa/proxyagent/msp"
 	"github.com/opengpa/gpa/proxyagent/status"
@@ -516,7 +517,7 @@ type lastStatus struct {
 // LastStatusFile when that differs from what is there. A failure is
 // logged: the file only bridges a host outage.
 func (k *KeyKeeper) remember(body []byte) {
-	last := lastStatus{KeyStatus: bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))}
+	last := lastStatus{KeyStatus: serdejson.TrimBOM(body)}
 	if key := k.Key(); key != nil {
 		last.KeyGUID = key.GUID
 	}

@@ -82,7 +82,7 @@ type KeyStatus struct {
 // and checks the fields every version requires. It does not apply the
 // validation of protocol.md §1.3; see Validate.
 func ParseKeyStatus(body []byte) (*KeyStatus, error) {
-	body, _ = keyStatusKeys.DropMiscased(trimBOM(body))
+	body, _ = keyStatusKeys.DropMiscased(serdejson.TrimBOM(body))
 	var req struct {
 		AuthorizationScheme *string `json:"authorizationScheme"`
 		KeyDeliveryMethod   *string `json:"keyDeliveryMethod"`
@@ -226,7 +226,7 @@ func (k IssuedKey) GoString() string { return k.String() }
 // ParseIssuedKey decodes an IssuedKey (a leading UTF-8 BOM is accepted) and requires
 // authorizationScheme, guid, issued and key. Errors never contain the key.
 func ParseIssuedKey(body []byte) (*IssuedKey, error) {
-	body, _ = issuedKeyKeys.DropMiscased(trimBOM(body))
+	body, _ = issuedKeyKeys.DropMiscased(serdejson.TrimBOM(body))
 	var raw struct {
 		AuthorizationScheme *string `json:"authorizationScheme"`
 		IncarnationID       *uint32 `json:"incarnationId"`
@@ -262,10 +262,3 @@ var (
 	keyStatusKeys = serdejson.Of[KeyStatus]()
 	issuedKeyKeys = serdejson.Of[IssuedKey]()
 )
-
-func trimBOM(b []byte) []byte {
-	if len(b) >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF {
-		return b[3:]
-	}
-	return b
-}
