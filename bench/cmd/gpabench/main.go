@@ -98,7 +98,7 @@ func run() int {
 		o.cells = re
 		return err
 	})
-	flag.StringVar(&o.perfDir, "perf", "", "also record the agent with perf(1) during extra c=1 Enforce runs, count kernel events per request (perf stat) for the agent, nginx and the Go floor, and write reports into this directory")
+	flag.StringVar(&o.perfDir, "perf", "", "also record the agent and the rawio Go floor with perf(1) during extra runs (c=1, and c=16 kept alive), count kernel events per request (perf stat) for the agent, nginx and the Go floor, and write reports into this directory")
 	flag.StringVar(&o.moduleRoot, "module", ".", "a directory inside the gpa module")
 	flag.BoolVar(&o.syslog, "syslog", true, "send the agent's audit records to a local syslog socket as well")
 	flag.IntVar(&o.agentProcs, "agent-procs", 0, "the agent's GOMAXPROCS (0 = the agent's default, 1)")

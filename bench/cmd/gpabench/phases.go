@@ -466,45 +466,57 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // profileAgent records the agent with perf(1) during extra (unreported)
 // Enforce runs — c=1 keep-alive and new connection, c=16 keep-alive — and
-// writes `perf report` text into o.perfDir.
+// the raw Go floor (go-relay-raw) in the same runs against it, so the two
+// profiles show where the agent's time beyond the floor goes; it writes
+// `perf report` text into o.perfDir.
 func profileAgent(ctx context.Context, b *benchEnv, o options) error {
 	if err := os.MkdirAll(o.perfDir, 0o755); err != nil {
 		return err
 	}
-	if err := b.setIMDSMode(ctx, "Enforce"); err != nil {
-		return err
+	paths := []pathSpec{pathEnforce}
+	if b.relays[pathGoRelayRaw.name] != nil {
+		paths = append(paths, pathGoRelayRaw)
 	}
-	for _, run := range []struct {
-		c  int
-		ka bool
-	}{{1, true}, {1, false}, {16, true}} {
-		name := fmt.Sprintf("agent-enforce-c%d-keepalive", run.c)
-		if !run.ka {
-			name = fmt.Sprintf("agent-enforce-c%d-newconn", run.c)
-		}
-		data := filepath.Join(o.perfDir, name+".data")
-		rec := exec.CommandContext(ctx, "perf", "record", "-F", "999", "-g", "-o", data, "-p", strconv.Itoa(b.AgentPID()))
-		if err := rec.Start(); err != nil {
+	for _, p := range paths {
+		if err := b.setIMDSMode(ctx, p.imdsMode); err != nil {
 			return err
 		}
-		time.Sleep(300 * time.Millisecond)
-		_, lerr := b.runLoad(ctx, pathEnforce.caller, "-url", pathEnforce.url, "-H", "Metadata: true",
-			"-c", strconv.Itoa(run.c), "-d", "3s", "-warmup", "0s", "-keepalive="+strconv.FormatBool(run.ka))
-		_ = rec.Process.Signal(os.Interrupt)
-		_ = rec.Wait()
-		if lerr != nil {
-			return lerr
+		pid := b.AgentPID()
+		if r := b.relays[p.name]; r != nil {
+			pid = r.cmd.Process.Pid
 		}
-		for _, mode := range []struct{ suffix, args string }{
-			{"self", "--no-children"}, {"children", "--children"},
-		} {
-			out, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", mode.args, "-g", "none",
-				"--sort", "symbol", "--percent-limit", "0.7").CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("perf report: %w: %s", err, tail(string(out), 200))
+		for _, run := range []struct {
+			c  int
+			ka bool
+		}{{1, true}, {1, false}, {16, true}} {
+			name := fmt.Sprintf("%s-c%d-keepalive", p.name, run.c)
+			if !run.ka {
+				name = fmt.Sprintf("%s-c%d-newconn", p.name, run.c)
 			}
-			if err := os.WriteFile(filepath.Join(o.perfDir, name+"."+mode.suffix+".txt"), out, 0o644); err != nil {
+			data := filepath.Join(o.perfDir, name+".data")
+			rec := exec.CommandContext(ctx, "perf", "record", "-F", "999", "-g", "-o", data, "-p", strconv.Itoa(pid))
+			if err := rec.Start(); err != nil {
 				return err
+			}
+			time.Sleep(300 * time.Millisecond)
+			_, lerr := b.runLoad(ctx, p.caller, "-url", p.url, "-H", "Metadata: true",
+				"-c", strconv.Itoa(run.c), "-d", "3s", "-warmup", "0s", "-keepalive="+strconv.FormatBool(run.ka))
+			_ = rec.Process.Signal(os.Interrupt)
+			_ = rec.Wait()
+			if lerr != nil {
+				return lerr
+			}
+			for _, mode := range []struct{ suffix, args string }{
+				{"self", "--no-children"}, {"children", "--children"},
+			} {
+				out, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", mode.args, "-g", "none",
+					"--sort", "symbol", "--percent-limit", "0.7").CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("perf report: %w: %s", err, tail(string(out), 200))
+				}
+				if err := os.WriteFile(filepath.Join(o.perfDir, name+"."+mode.suffix+".txt"), out, 0o644); err != nil {
+					return err
+				}
 			}
 		}
 	}
