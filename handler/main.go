@@ -138,7 +138,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	env := &Env{ExtDir: extDir, Exe: exe, Version: version.Version, Handler: h, Seq: seq,
 		Layout: layout, Opts: OptionsFromEnv(os.Getenv), Log: log.With("mode", mode)}
 
-	if !checkPrerequisites(env, os.Getenv, stderr) {
+	if !checkPrerequisites(env, os.Getenv, stderr, refusesWithoutPrerequisites(mode, cmd, args)) {
 		return ExitUnsupportedOS
 	}
 

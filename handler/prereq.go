@@ -69,11 +69,20 @@ func PrerequisiteStatus(r prereq.Report, agentVersion string) extension.Status {
 }
 
 // checkPrerequisites runs the capability checks before any command or the
-// monitor. On a machine that lacks one it writes the error status, logs,
-// tells stderr and returns false; an untested distribution that has every
-// prerequisite is logged as a warning and goes on.
-func checkPrerequisites(e *Env, getenv func(string) string, stderr io.Writer) bool {
+// monitor. On a machine that lacks one, a command that sets up or runs the
+// agent (refuse: see refusesWithoutPrerequisites) writes the error status,
+// logs, tells stderr and returns false; any other command (it stops or
+// removes what an earlier install left, on a machine that may have lost a
+// prerequisite since, e.g. rebooted into cgroup v1) logs a warning and goes
+// on. An untested distribution that has every prerequisite is logged as a
+// warning and goes on.
+func checkPrerequisites(e *Env, getenv func(string) string, stderr io.Writer, refuse bool) bool {
 	r := prereq.Check(PrerequisitePaths(e.Layout, getenv))
+	if !r.OK() && !refuse {
+		e.Log.Warn("prerequisites missing; this command only stops or removes the agent, so it goes on",
+			"os", r.OS.String(), "kernel", r.Kernel, "problems", r.Message())
+		return true
+	}
 	if !r.OK() {
 		st := PrerequisiteStatus(r, e.Version)
 		if _, err := extension.WriteStatus(e.Handler.StatusFolder, e.Seq, st, time.Now()); err != nil {
@@ -90,4 +99,21 @@ func checkPrerequisites(e *Env, getenv func(string) string, stderr io.Writer) bo
 		e.Log.Info("prerequisites met", "os", r.OS.String(), "distribution", r.Distribution, "kernel", r.Kernel)
 	}
 	return true
+}
+
+// refusesWithoutPrerequisites reports whether mode (with cmd, or the setup
+// verb in args) refuses to run on a machine that lacks a prerequisite:
+// install, enable, the monitor and setup install, which set up or run the
+// agent. disable, uninstall, update, reset and the other setup verbs stop
+// or remove what is there and exit as they always do: waagent could
+// otherwise neither remove the extension nor upgrade it (a failed disable
+// aborts both).
+func refusesWithoutPrerequisites(mode string, cmd Command, args []string) bool {
+	switch mode {
+	case "monitor":
+		return true
+	case "setup":
+		return len(args) > 1 && args[1] == "install"
+	}
+	return cmd.Name == "install" || cmd.Name == "enable"
 }

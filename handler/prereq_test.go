@@ -64,7 +64,7 @@ func TestCheckPrerequisites(t *testing.T) {
 				}
 				return ""
 			}
-			if got := checkPrerequisites(e, getenv, &stderr); got != tc.ok {
+			if got := checkPrerequisites(e, getenv, &stderr, true); got != tc.ok {
 				t.Fatalf("checkPrerequisites = %v, want %v; stderr %s", got, tc.ok, stderr.String())
 			}
 			if tc.wantLog != "" && !strings.Contains(logBuf.String(), tc.wantLog) {
@@ -115,5 +115,65 @@ func TestPrerequisitePathsOSRelease(t *testing.T) {
 	p = PrerequisitePaths(Layout{Root: t.TempDir()}, func(string) string { return "" })
 	if p.OSRelease != "" || p.Root != "" {
 		t.Errorf("paths without a relocated os-release %+v", p)
+	}
+}
+
+// TestRefusesWithoutPrerequisites: only what sets up or runs the agent
+// refuses on a machine that lacks a prerequisite; the rest stop or remove
+// it and exit as they always do.
+func TestRefusesWithoutPrerequisites(t *testing.T) {
+	for _, tc := range []struct {
+		mode, cmd string
+		args      []string
+		want      bool
+	}{
+		{"monitor", "", nil, true},
+		{"command", "install", []string{"install"}, true},
+		{"command", "enable", []string{"enable"}, true},
+		{"command", "disable", []string{"disable"}, false},
+		{"command", "uninstall", []string{"uninstall"}, false},
+		{"command", "update", []string{"update"}, false},
+		{"command", "reset", []string{"reset"}, false},
+		{"setup", "", []string{"setup", "install"}, true},
+		{"setup", "", []string{"setup", "uninstall"}, false},
+		{"setup", "", []string{"setup", "restore"}, false},
+	} {
+		var c Command
+		if tc.cmd != "" {
+			var ok bool
+			if c, ok = LookupCommand(tc.cmd); !ok {
+				t.Fatalf("no command %q", tc.cmd)
+			}
+		}
+		if got := refusesWithoutPrerequisites(tc.mode, c, tc.args); got != tc.want {
+			t.Errorf("%s %v: refuses %v, want %v", tc.mode, tc.args, got, tc.want)
+		}
+	}
+}
+
+// TestLostPrerequisiteGoesOn: a command that does not refuse goes on where
+// a prerequisite is missing, writes no status and says why in the log.
+func TestLostPrerequisiteGoesOn(t *testing.T) {
+	sys := testenv.Debian12
+	sys.Mounts = testenv.MountsV1Only
+	root := testenv.NewSystemRoot(t, sys)
+	statusDir := t.TempDir()
+	var logBuf, stderr bytes.Buffer
+	e := &Env{Version: "1.2.3", Seq: 4, Handler: extension.HandlerEnvironment{StatusFolder: statusDir},
+		Log: slog.New(slog.NewTextHandler(&logBuf, nil))}
+	getenv := func(k string) string {
+		if k == EnvSystemRoot {
+			return root
+		}
+		return ""
+	}
+	if !checkPrerequisites(e, getenv, &stderr, false) {
+		t.Fatal("a removing command was refused")
+	}
+	if _, err := extension.ReadStatus(extension.StatusPath(statusDir, 4)); err == nil {
+		t.Error("status written by a command that goes on")
+	}
+	if !strings.Contains(logBuf.String(), "level=WARN") || !strings.Contains(logBuf.String(), "cgroup v2 is not mounted") {
+		t.Errorf("handler log does not say why:\n%s", logBuf.String())
 	}
 }

@@ -760,6 +760,47 @@ func TestWaagentMissingPrerequisite(t *testing.T) {
 	}
 }
 
+// TestWaagentLostPrerequisite: a VM that lost a prerequisite after the
+// extension was installed (rebooted into cgroup v1) can still have it
+// disabled and removed: disable and uninstall exit 0 and uninstall removes
+// the service, while enable still refuses with exit 6.
+func TestWaagentLostPrerequisite(t *testing.T) {
+	t.Parallel()
+	if r := prereq.Check(prereq.Paths{}); !r.OK() {
+		testenv.SkipOrFail(t, "this machine lacks prerequisites: %s", r.Message())
+	}
+	v := newVM(t, "standin", "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n")
+	base := v.download("1.0.0")
+	v.settings(base, 3, "")
+	v.run(base, "install", 3, nil)
+	if rc := v.run(base, "enable", 3, nil); rc != 0 {
+		t.Fatalf("enable exit %d", rc)
+	}
+	v.waitStatus(base, 3, "success", healthyFor("1.0.0"))
+
+	sys := testenv.Debian12
+	sys.Mounts = testenv.MountsV1Only
+	v1 := map[string]string{EnvSystemRoot: testenv.NewSystemRoot(t, sys)}
+	if rc := v.run(base, "enable", 3, v1); rc != ExitUnsupportedOS {
+		t.Errorf("enable without cgroup v2 exit %d, want %d", rc, ExitUnsupportedOS)
+	}
+	if rc := v.run(base, "disable", 3, v1); rc != 0 {
+		t.Errorf("disable without cgroup v2 exit %d, want 0", rc)
+	}
+	if len(v.monitors(base)) != 0 {
+		t.Error("monitor survived disable")
+	}
+	if rc := v.run(base, "uninstall", 3, v1); rc != 0 {
+		t.Errorf("uninstall without cgroup v2 exit %d, want 0", rc)
+	}
+	if _, err := os.Stat(v.layout().UnitFile()); err == nil {
+		t.Error("unit file left after uninstall")
+	}
+	if sup := v.supervisor(); sup.Active() || sup.Enabled() {
+		t.Error("service still active or enabled after uninstall")
+	}
+}
+
 // TestWaagentDebian12: Debian 12, refused by upstream's fixed list, passes
 // on a machine with the capabilities (this one's procfs and sysfs).
 func TestWaagentDebian12(t *testing.T) {
