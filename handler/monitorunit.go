@@ -2,6 +2,7 @@ package handler
 
 import (
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -30,10 +31,13 @@ func HandlerEnv(environ []string) []string {
 // entry of environ is passed with --setenv. Type=exec makes systemd-run
 // succeed only once the binary was executed: one PID 1 cannot run (waagent
 // in a mount namespace of its own, a systemd older than 240) fails the
-// call, and enable starts the monitor itself instead.
+// call, and enable starts the monitor itself instead. A monitor that exits
+// ExitUnsupportedOS (the machine lost a prerequisite) is not restarted:
+// its error status stays, and it would only write it again every 5 s.
 func monitorUnitArgs(e *Env, environ []string) []string {
 	args := []string{"--unit=" + MonitorUnitName, "--collect", "--property=Type=exec",
 		"--property=Restart=always", "--property=RestartSec=5",
+		"--property=RestartPreventExitStatus=" + strconv.Itoa(ExitUnsupportedOS),
 		"--property=WorkingDirectory=" + e.ExtDir}
 	for _, kv := range HandlerEnv(environ) {
 		args = append(args, "--setenv="+kv)

@@ -25,7 +25,7 @@ func TestMonitorUnitArgsPassHandlerEnv(t *testing.T) {
 		t.Errorf("last argument %q, want the handler binary", args[len(args)-1])
 	}
 	if !slices.Contains(args, "--unit="+MonitorUnitName) || !slices.Contains(args, "--property=Restart=always") ||
-		!slices.Contains(args, "--property=Type=exec") {
-		t.Errorf("args %q lack the unit name, Restart=always or Type=exec", args)
+		!slices.Contains(args, "--property=Type=exec") || !slices.Contains(args, "--property=RestartPreventExitStatus=6") {
+		t.Errorf("args %q lack the unit name, Restart=always, Type=exec or RestartPreventExitStatus=6", args)
 	}
 }

@@ -26,7 +26,7 @@ var families = []family{
 	{Namespace + "_audit_records_dropped_total", "counter", "Audit records lost because a sink's queue was full or its write failed, by sink (file, syslog)."},
 	{Namespace + "_audit_records_suppressed_total", "counter", "Audit records not written because their caller (an unprivileged user) exceeded its record budget; the summaries and request counters still count them."},
 	{Namespace + "_key_latched", "gauge", "1 while a key latched with the host is in memory, else 0."},
-	{Namespace + "_key_latch_changes_total", "counter", "Times the key latch state (latched or not) changed after start."},
+	{Namespace + "_key_latch_changes_total", "counter", "Times the key latch state (latched or not) changed after the first latch since start."},
 	{Namespace + "_key_status_polls_total", "counter", "Key-status polls of the WireServer, by result (ok, error)."},
 	{Namespace + "_key_status_last_success_timestamp_seconds", "gauge", "Unix time of the last successful key-status poll (one poll carries every service's mode and rules); 0 before the first."},
 	{Namespace + "_secure_channel_state", "gauge", "Always 1; the label is the secure-channel state the host reported last."},

@@ -105,8 +105,9 @@ type Metrics struct {
 	lastPoll     *vm.Gauge
 	latchChanges *vm.Counter
 
-	mu      sync.Mutex // guards latched
-	latched *bool      // last key latch state told to KeyLatched
+	mu          sync.Mutex // guards latched
+	latched     *bool      // last key latch state told to KeyLatched
+	everLatched bool       // KeyLatched(true) was told since start
 }
 
 type reqKey struct {
@@ -226,17 +227,20 @@ func (m *Metrics) Polled(ok bool, at time.Time) {
 }
 
 // KeyLatched tells the current key latch state; a change from the last
-// state told is counted in key_latch_changes_total.
+// state told is counted in key_latch_changes_total once a key has been
+// latched: the first latch after start (not latched until the host
+// answered) is no flap.
 func (m *Metrics) KeyLatched(latched bool) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.latched != nil && *m.latched != latched {
+	if m.latched != nil && *m.latched != latched && m.everLatched {
 		m.latchChanges.Inc()
 	}
 	m.latched = &latched
+	m.everLatched = m.everLatched || latched
 }
 
 // serviceOf names the request's service for labels: the authorizer's

@@ -71,8 +71,10 @@ func populated() *Metrics {
 	m.UpstreamFailure(up, errors.New("connection reset by peer"))
 	m.Polled(true, time.Unix(1700000000, 500e6))
 	m.Polled(false, time.Time{})
-	m.KeyLatched(false)
-	m.KeyLatched(true)
+	m.KeyLatched(false) // start
+	m.KeyLatched(true)  // the first latch: no flap
+	m.KeyLatched(false) // flap
+	m.KeyLatched(true)  // flap
 	m.KeyLatched(true)
 	return m
 }
@@ -112,7 +114,7 @@ func TestExposition(t *testing.T) {
 		`azure_proxy_agent_identity_map_entries 3`,
 		`azure_proxy_agent_identity_map_capacity 16384`,
 		`azure_proxy_agent_key_latched 1`,
-		`azure_proxy_agent_key_latch_changes_total 1`,
+		`azure_proxy_agent_key_latch_changes_total 2`,
 		`azure_proxy_agent_key_status_polls_total{result="ok"} 1`,
 		`azure_proxy_agent_key_status_polls_total{result="error"} 1`,
 		`azure_proxy_agent_key_status_last_success_timestamp_seconds 1.7000000005e+09`,
