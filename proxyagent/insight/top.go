@@ -23,7 +23,10 @@ import (
 // Defaults of `audit top`.
 const (
 	DefaultTopWindow = time.Minute
-	DefaultTopRows   = 20
+	// MaxTopWindow is the longest window: each row keeps a count per
+	// second of it.
+	MaxTopWindow   = time.Hour
+	DefaultTopRows = 20
 	// clearScreen moves the cursor home and clears the terminal.
 	clearScreen = "\x1b[H\x1b[2J"
 )
@@ -33,7 +36,8 @@ type TopOptions struct {
 	// Path is the live audit log (ProxyAgent.Audit.jsonl), followed across
 	// rotations.
 	Path string
-	// Window is how far back the counts reach (DefaultTopWindow).
+	// Window is how far back the counts reach (DefaultTopWindow; outside
+	// 1s to MaxTopWindow, DefaultTopWindow).
 	Window time.Duration
 	// Rows bounds the caller rows shown (DefaultTopRows).
 	Rows int
@@ -64,7 +68,7 @@ type topRow struct {
 	service  string
 	caller   Caller
 	slots    []topSlot
-	total    topSlot // since the view started
+	total    topSlot // every record read: the live log from its first line, then across rotations
 	last     time.Time
 	lastDesc string // decision and status of the latest request
 }
@@ -84,7 +88,7 @@ func (s *topSlot) add(o topSlot) {
 // NewTop returns a view of the log at opts.Path; the file need not exist
 // yet.
 func NewTop(opts TopOptions) *Top {
-	if opts.Window < time.Second {
+	if opts.Window < time.Second || opts.Window > MaxTopWindow {
 		opts.Window = DefaultTopWindow
 	}
 	if opts.Rows <= 0 {
@@ -334,6 +338,10 @@ func runTop(args []string, stdout, stderr io.Writer) int {
 	rows := fs.Int("rows", DefaultTopRows, "show at most this many callers")
 	if _, err := parseArgs(fs, args); err != nil {
 		return usageExit(err)
+	}
+	if *window < time.Second || *window > MaxTopWindow {
+		fmt.Fprintf(stderr, "%s audit top: --window %v: want 1s to %v\n", Program, *window, MaxTopWindow)
+		return ExitBadInput
 	}
 	path := *log
 	if path == "" {

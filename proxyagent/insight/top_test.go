@@ -200,6 +200,12 @@ func TestRunAuditTopUsage(t *testing.T) {
 	if code := RunAudit([]string{"top", "--rows", "x"}, &stdout, &stderr); code != ExitBadInput {
 		t.Errorf("bad flag: exit %d, want %d", code, ExitBadInput)
 	}
+	for _, w := range []string{"100000h", "2h", "500ms"} {
+		stderr.Reset()
+		if code := RunAudit([]string{"top", "--window", w}, &stdout, &stderr); code != ExitBadInput || !strings.Contains(stderr.String(), "--window") {
+			t.Errorf("--window %s: exit %d, want %d and a message; stderr %q", w, code, ExitBadInput, stderr.String())
+		}
+	}
 	stderr.Reset()
 	RunAudit([]string{"--help"}, &stdout, &stderr)
 	if !strings.Contains(stderr.String(), "top") {
