@@ -244,7 +244,9 @@ type fileRule struct {
 	forbidden fs.FileMode
 	// missingOK: absence is only Info (e.g. no rules yet).
 	missingOK bool
-	fix       string
+	fix       string // for a wrong owner or mode
+	// missingFix is the fix where the path does not exist (fix when empty).
+	missingFix string
 }
 
 func (c *checker) files() {
@@ -252,10 +254,13 @@ func (c *checker) files() {
 	rules := []fileRule{
 		{id: "file.binary", path: c.o.Binary, what: "agent binary", forbidden: 0o022, fix: "reinstall the agent: enable the VM extension again"},
 		{id: "file.unit", path: c.o.Unit, what: "systemd unit", forbidden: 0o022, fix: "reinstall the agent: enable the VM extension again"},
-		{id: "file.config", path: c.o.ConfigPath, what: "config", forbidden: 0o022, fix: "chown root:root and chmod 0644 the config"},
-		{id: "file.keys", path: cfg.LatchKeyFolder, what: "key folder", dir: true, forbidden: 0o077, fix: "chown root:root and chmod 0700 the key folder"},
+		{id: "file.config", path: c.o.ConfigPath, what: "config", forbidden: 0o022, fix: "chown root:root and chmod 0644 the config",
+			missingFix: "reinstall the agent: enable the VM extension again (it writes the default config)"},
+		{id: "file.keys", path: cfg.LatchKeyFolder, what: "key folder", dir: true, forbidden: 0o077, fix: "chown root:root and chmod 0700 the key folder",
+			missingFix: "start the agent (systemctl start azure-proxy-agent): it creates the key folder when it latches a key"},
 		{id: "file.rules", path: cfg.RulesFolder(), what: "local rules folder", dir: true, forbidden: 0o022, missingOK: true, fix: "chown root and chmod go-w the rules folder"},
-		{id: "file.logs", path: cfg.LogFolder, what: "log folder", dir: true, forbidden: 0o022, fix: "chown root and chmod 0755 the log folder"},
+		{id: "file.logs", path: cfg.LogFolder, what: "log folder", dir: true, forbidden: 0o022, fix: "chown root and chmod 0755 the log folder",
+			missingFix: "start the agent (systemctl start azure-proxy-agent): it creates the log folder"},
 	}
 	for _, r := range rules {
 		c.checkFile(r)
@@ -279,6 +284,8 @@ func (c *checker) checkFile(r fileRule) {
 	case errors.Is(err, fs.ErrNotExist):
 		if r.missingOK {
 			c.add(r.id, Info, r.what+" "+r.path+" does not exist", "")
+		} else if r.missingFix != "" {
+			c.add(r.id, Fail, r.what+" "+r.path+" does not exist", r.missingFix)
 		} else {
 			c.add(r.id, Fail, r.what+" "+r.path+" does not exist", r.fix)
 		}

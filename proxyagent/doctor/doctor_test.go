@@ -278,6 +278,34 @@ func TestDoctor(t *testing.T) {
 	}
 }
 
+// TestDoctorMissingPathFixes: a path that does not exist gets a fix that
+// makes it, not one that changes the owner or mode of what is not there.
+func TestDoctorMissingPathFixes(t *testing.T) {
+	in := newInstall(t, testenv.Debian12)
+	os.Remove(in.cfg)
+	os.RemoveAll(in.keys)
+	os.RemoveAll(in.logs)
+	r := doctor.Run(in.opts, "1.0.0")
+	var text bytes.Buffer
+	doctor.PrintText(&text, r)
+	for id, want := range map[string]string{
+		"file.config": "reinstall the agent",
+		"file.keys":   "it creates the key folder",
+		"file.logs":   "it creates the log folder",
+	} {
+		got := findings(r)[id]
+		if len(got) == 0 {
+			t.Fatalf("no finding %s:\n%s", id, text.String())
+		}
+		for _, f := range got {
+			if f.Severity != doctor.Fail || !strings.Contains(f.Message, "does not exist") || !strings.Contains(f.Fix, want) ||
+				strings.Contains(f.Fix, "chmod") {
+				t.Errorf("%s: %s %q fix %q, want a fix with %q", id, f.Severity, f.Message, f.Fix, want)
+			}
+		}
+	}
+}
+
 // TestPrintJSON: the JSON form carries every finding with id, severity
 // and fix.
 func TestPrintJSON(t *testing.T) {
