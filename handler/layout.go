@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/opengpa/gpa/internal/installpath"
 	"github.com/opengpa/gpa/proxyagent/msp"
 )
 
@@ -54,26 +55,37 @@ const EnvRoot = "GPA_ROOT"
 
 // Layout maps the fixed production paths onto the file system. With Root
 // empty every path is the production path; otherwise each is Root joined
-// with it.
+// with it. With UsrReadOnly, what upstream installs under /usr goes to
+// /opt and /etc instead (installpath.Map).
 type Layout struct {
 	Root string
+	// UsrReadOnly: Root's /usr is a read-only mount (Flatcar).
+	UsrReadOnly bool
 }
 
-// LayoutFromEnv returns the Layout for $GPA_ROOT.
+// LayoutFromEnv returns the Layout for $GPA_ROOT (NewLayout).
 func LayoutFromEnv(getenv func(string) string) Layout {
-	return Layout{Root: getenv(EnvRoot)}
+	return NewLayout(getenv(EnvRoot))
+}
+
+// NewLayout returns the Layout under root ("" is /), noting whether its
+// /usr is read-only.
+func NewLayout(root string) Layout {
+	return Layout{Root: root, UsrReadOnly: installpath.UsrReadOnly(root)}
 }
 
 // Path relocates an absolute production path.
 func (l Layout) Path(abs string) string {
+	abs = installpath.Map(abs, l.UsrReadOnly)
 	if l.Root == "" {
 		return abs
 	}
 	return filepath.Join(l.Root, abs)
 }
 
-// AgentBinary is /usr/sbin/azure-proxy-agent.
-func (l Layout) AgentBinary() string { return l.Path("/usr/sbin/azure-proxy-agent") }
+// AgentBinary is /usr/sbin/azure-proxy-agent (/opt/bin/azure-proxy-agent
+// with a read-only /usr).
+func (l Layout) AgentBinary() string { return l.Path(installpath.AgentBinary) }
 
 // AgentConfig is /etc/azure/proxy-agent.json.
 func (l Layout) AgentConfig() string { return l.Path("/etc/azure/proxy-agent.json") }
@@ -84,24 +96,27 @@ func (l Layout) StateDir() string { return l.Path("/var/lib/azure-proxy-agent") 
 // LogDir is /var/log/azure-proxy-agent, where the agent writes status.json.
 func (l Layout) LogDir() string { return l.Path("/var/log/azure-proxy-agent") }
 
-// LibDir is /usr/lib/azure-proxy-agent.
-func (l Layout) LibDir() string { return l.Path("/usr/lib/azure-proxy-agent") }
+// LibDir is /usr/lib/azure-proxy-agent (/opt/azure-proxy-agent with a
+// read-only /usr).
+func (l Layout) LibDir() string { return l.Path(installpath.LibDir) }
 
-// EBPFObject is /usr/lib/azure-proxy-agent/ebpf_cgroup.o.
+// EBPFObject is ebpf_cgroup.o in LibDir.
 func (l Layout) EBPFObject() string { return filepath.Join(l.LibDir(), "ebpf_cgroup.o") }
 
 // SupervisorBinary is the installed copy of the supervisor used where
 // systemd is not running.
 func (l Layout) SupervisorBinary() string { return filepath.Join(l.LibDir(), SupervisorName) }
 
-// UnitDir is /usr/lib/systemd/system.
-func (l Layout) UnitDir() string { return l.Path("/usr/lib/systemd/system") }
+// UnitDir is /usr/lib/systemd/system (/etc/systemd/system with a
+// read-only /usr).
+func (l Layout) UnitDir() string { return l.Path(installpath.UnitDir) }
 
 // UnitFile is the installed azure-proxy-agent.service.
 func (l Layout) UnitFile() string { return filepath.Join(l.UnitDir(), UnitName) }
 
-// ManPage is /usr/share/man/man8/azure-proxy-agent.8.
-func (l Layout) ManPage() string { return l.Path("/usr/share/man/man8/azure-proxy-agent.8") }
+// ManPage is /usr/share/man/man8/azure-proxy-agent.8 (under
+// /opt/azure-proxy-agent with a read-only /usr).
+func (l Layout) ManPage() string { return l.Path(installpath.ManDir + "/azure-proxy-agent.8") }
 
 // WaagentDir is /var/lib/waagent.
 func (l Layout) WaagentDir() string { return l.Path("/var/lib/waagent") }
@@ -125,15 +140,15 @@ var relocatedPrefixes = []string{
 	"/etc/azure",
 	"/var/lib/azure-proxy-agent",
 	"/var/log/azure-proxy-agent",
-	"/usr/lib/azure-proxy-agent",
-	"/usr/lib/systemd/system",
+	installpath.LibDir,
+	installpath.UnitDir,
 	"/var/lib/waagent",
 }
 
 // Relocate moves p under Root when p is one of the relocated production
 // directories or inside one; any other path is returned unchanged.
 func (l Layout) Relocate(p string) string {
-	if l.Root == "" || !filepath.IsAbs(p) {
+	if l.Root == "" && !l.UsrReadOnly || !filepath.IsAbs(p) {
 		return p
 	}
 	c := filepath.Clean(p)

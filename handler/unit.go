@@ -6,23 +6,21 @@ import (
 	"fmt"
 	"strings"
 	"time"
-)
 
-// prodAgentBinary is the production path the unit's ExecStart names;
-// RenderUnit relocates it.
-const prodAgentBinary = "/usr/sbin/azure-proxy-agent"
+	"github.com/opengpa/gpa/internal/installpath"
+)
 
 // RenderUnit returns the unit file to install for layout l: the bundled
 // template (upstream's ExecStart=/usr/sbin/azure-proxy-agent, which reads
 // /etc/azure/proxy-agent.json), with ExecStart= naming the binary and the
-// config (--config) under l.Root when l is relocated. Every other line is
-// unchanged.
+// config (--config) where l puts them (under l.Root, or /opt with a
+// read-only /usr). Every other line is unchanged.
 func RenderUnit(template []byte, l Layout) []byte {
 	var out bytes.Buffer
 	sc := bufio.NewScanner(bytes.NewReader(template))
 	for sc.Scan() {
 		line := sc.Text()
-		if l.Root != "" && strings.TrimSpace(line) == "ExecStart="+prodAgentBinary {
+		if (l.Root != "" || l.UsrReadOnly) && strings.TrimSpace(line) == "ExecStart="+installpath.AgentBinary {
 			line = "ExecStart=" + l.AgentBinary() + " --config " + l.AgentConfig()
 		}
 		out.WriteString(line)

@@ -361,7 +361,7 @@ func reported(t *testing.T, s waStatus) (agentVersion, agentStatus string) {
 	return ps.Version, ps.Status
 }
 
-func (v *vm) layout() Layout { return Layout{Root: v.root} }
+func (v *vm) layout() Layout { return NewLayout(v.root) }
 
 func (v *vm) supervisor() *Supervisor { return &Supervisor{Layout: v.layout(), Log: discardLog()} }
 
@@ -798,6 +798,62 @@ func TestWaagentLostPrerequisite(t *testing.T) {
 	}
 	if sup := v.supervisor(); sup.Active() || sup.Enabled() {
 		t.Error("service still active or enabled after uninstall")
+	}
+}
+
+// TestWaagentFlatcar: on Flatcar /usr is a read-only partition; the
+// extension installs the agent under /opt and its unit in
+// /etc/systemd/system instead, the agent runs from there, and uninstall
+// removes the unit.
+func TestWaagentFlatcar(t *testing.T) {
+	t.Parallel()
+	if r := prereq.Check(prereq.Paths{}); !r.OK() {
+		testenv.SkipOrFail(t, "this machine lacks prerequisites: %s", r.Message())
+	}
+	v := newVM(t, "standin", "NAME=\"Flatcar Container Linux by Kinvolk\"\nID=flatcar\nVERSION_ID=3815.2.5\n")
+	usr := filepath.Join(v.root, "usr")
+	if err := os.Mkdir(usr, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", usr, "tmpfs", syscall.MS_RDONLY, "size=1m"); err != nil {
+		testenv.SkipOrFail(t, "mount a read-only tmpfs as /usr: %v", err)
+		return
+	}
+	t.Cleanup(func() { syscall.Unmount(usr, syscall.MNT_DETACH) })
+	base := v.download("1.0.0")
+	v.settings(base, 3, "")
+	if rc := v.run(base, "install", 3, nil); rc != 0 {
+		t.Errorf("install exit %d on Flatcar", rc)
+	}
+	if rc := v.run(base, "enable", 3, nil); rc != 0 {
+		t.Fatalf("enable exit %d on Flatcar", rc)
+	}
+	v.waitStatus(base, 3, "success", healthyFor("1.0.0"))
+	l := v.layout()
+	for _, p := range []string{"opt/bin/azure-proxy-agent", "opt/azure-proxy-agent/ebpf_cgroup.o", "etc/systemd/system/azure-proxy-agent.service"} {
+		if _, err := os.Stat(filepath.Join(v.root, p)); err != nil {
+			t.Errorf("%s not installed: %v", p, err)
+		}
+	}
+	unit, _ := os.ReadFile(l.UnitFile())
+	if !strings.Contains(string(unit), "ExecStart="+filepath.Join(v.root, "opt/bin/azure-proxy-agent")+" ") {
+		t.Errorf("unit does not start the agent from /opt/bin:\n%s", unit)
+	}
+	cfg, _ := os.ReadFile(l.AgentConfig())
+	if !strings.Contains(string(cfg), filepath.Join(v.root, "opt/azure-proxy-agent/ebpf_cgroup.o")) {
+		t.Errorf("config does not name the eBPF object under /opt:\n%s", cfg)
+	}
+	if rc := v.run(base, "disable", 3, nil); rc != 0 {
+		t.Errorf("disable exit %d", rc)
+	}
+	if rc := v.run(base, "uninstall", 3, nil); rc != 0 {
+		t.Errorf("uninstall exit %d", rc)
+	}
+	if _, err := os.Stat(l.UnitFile()); err == nil {
+		t.Error("unit file left after uninstall")
+	}
+	if v.supervisor().Active() {
+		t.Error("service still active after uninstall")
 	}
 }
 

@@ -271,7 +271,7 @@ func (r *run) main(ctx context.Context, dir string) error {
 	}
 	r.say("instance view (az vm get-instance-view), %.1fs after waagent started:", time.Since(started).Seconds())
 	r.instanceView(iv)
-	r.agentLogs = handler.Layout{Root: r.wa.Root}.LogDir()
+	r.agentLogs = handler.NewLayout(r.wa.Root).LogDir()
 
 	r.step("3. Requests (WireServer Enforce, IMDS in Audit)")
 	if err := e.SetSettings(ctx, settings("Enforce", "Audit")); err != nil {
@@ -320,7 +320,7 @@ func (r *run) main(ctx context.Context, dir string) error {
 	}
 	r.instanceView(iv)
 	r.say("azure-proxy-agent audit report --dir %s:", r.agentLogs)
-	rep, err := exec.CommandContext(ctx, handler.Layout{Root: r.wa.Root}.AgentBinary(), "audit", "report", "--dir", r.agentLogs).CombinedOutput()
+	rep, err := exec.CommandContext(ctx, handler.NewLayout(r.wa.Root).AgentBinary(), "audit", "report", "--dir", r.agentLogs).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("audit report: %w: %s", err, rep)
 	}
@@ -329,7 +329,7 @@ func (r *run) main(ctx context.Context, dir string) error {
 	}
 
 	r.say("azure-proxy-agent doctor --root %s (read-only checks, in the VM's network namespace):", r.wa.Root)
-	doc, err := e.Run(ctx, e2eenv.Root, handler.Layout{Root: r.wa.Root}.AgentBinary(), "doctor", "--root", r.wa.Root)
+	doc, err := e.Run(ctx, e2eenv.Root, handler.NewLayout(r.wa.Root).AgentBinary(), "doctor", "--root", r.wa.Root)
 	if err != nil {
 		return fmt.Errorf("doctor: %w", err)
 	}
@@ -432,7 +432,7 @@ func keyStates(m status.ModuleStatus) string {
 func (r *run) waitAgentState(ctx context.Context, want string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	path := handler.StatusJSONPath(handler.Layout{Root: r.wa.Root})
+	path := handler.StatusJSONPath(handler.NewLayout(r.wa.Root))
 	var last string
 	for {
 		if b, err := os.ReadFile(path); err == nil {

@@ -71,7 +71,7 @@ func (e *Env) InstallExtension(cfg ExtensionConfig) (*Extension, error) {
 		return nil, errors.New("e2eenv: ExtensionConfig.Zip and Version are required")
 	}
 	root := filepath.Join(e.Dir, "vm")
-	x := &Extension{Env: e, Root: root, Layout: handler.Layout{Root: root},
+	x := &Extension{Env: e, Root: root, Layout: handler.NewLayout(root),
 		PinDir: filepath.Join(e.BPFFS, "azure-proxy-agent")}
 	osr := cfg.OSRelease
 	if osr == "" {

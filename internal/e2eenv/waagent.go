@@ -99,7 +99,7 @@ func (e *Env) NewWaagent(cfg WaagentConfig) (*Waagent, error) {
 		return nil, err
 	}
 	root := filepath.Join(e.Dir, "vm")
-	l := handler.Layout{Root: root}
+	l := handler.NewLayout(root)
 	w := &Waagent{Env: e, Root: root, LibDir: l.WaagentDir(), ExtLogDir: l.Path("/var/log/azure"),
 		varLog: filepath.Join(root, "var", "log"), confPath: filepath.Join(root, "etc", "waagent.conf"),
 		PinDir: filepath.Join(e.BPFFS, "azure-proxy-agent")}

@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opengpa/gpa/internal/installpath"
 	"github.com/opengpa/gpa/proxyagent/config"
 	"github.com/opengpa/gpa/proxyagent/prereq"
 )
@@ -51,10 +52,11 @@ type Finding struct {
 	Fix string `json:"fix,omitempty"`
 }
 
-// Default installed paths (the extension's layout).
+// Default installed paths (the extension's layout; with a read-only /usr
+// under InstallRoot, their installpath.Map counterparts).
 const (
-	DefaultBinary = "/usr/sbin/azure-proxy-agent"
-	DefaultUnit   = "/usr/lib/systemd/system/azure-proxy-agent.service"
+	DefaultBinary = installpath.AgentBinary
+	DefaultUnit   = installpath.UnitDir + "/azure-proxy-agent.service"
 )
 
 // Options say what to check. The zero value checks the running system's
@@ -138,11 +140,12 @@ func Run(o Options, version string) Report {
 	if o.ConfigPath == "" {
 		o.ConfigPath = o.install(config.DefaultPath)
 	}
+	ro := installpath.UsrReadOnly(o.InstallRoot)
 	if o.Binary == "" {
-		o.Binary = o.install(DefaultBinary)
+		o.Binary = o.install(installpath.Map(DefaultBinary, ro))
 	}
 	if o.Unit == "" {
-		o.Unit = o.install(DefaultUnit)
+		o.Unit = o.install(installpath.Map(DefaultUnit, ro))
 	}
 	if o.Redirect == nil {
 		o.Redirect = inspectRedirect

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -302,6 +303,37 @@ func TestDoctorMissingPathFixes(t *testing.T) {
 				strings.Contains(f.Fix, "chmod") {
 				t.Errorf("%s: %s %q fix %q, want a fix with %q", id, f.Severity, f.Message, f.Fix, want)
 			}
+		}
+	}
+}
+
+// TestDoctorReadOnlyUsr: where /usr is read-only (Flatcar) doctor checks
+// the binary and unit where the extension installs them there.
+func TestDoctorReadOnlyUsr(t *testing.T) {
+	in := newInstall(t, testenv.Debian12)
+	for _, p := range [][2]string{
+		{"usr/sbin/azure-proxy-agent", "opt/bin/azure-proxy-agent"},
+		{"usr/lib/systemd/system/azure-proxy-agent.service", "etc/systemd/system/azure-proxy-agent.service"},
+	} {
+		to := filepath.Join(in.root, p[1])
+		os.MkdirAll(filepath.Dir(to), 0o755)
+		if err := os.Rename(filepath.Join(in.root, p[0]), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	usr := filepath.Join(in.root, "usr")
+	os.RemoveAll(usr)
+	os.Mkdir(usr, 0o755)
+	if err := syscall.Mount("tmpfs", usr, "tmpfs", syscall.MS_RDONLY, "size=1m"); err != nil {
+		testenv.SkipOrFail(t, "mount a read-only tmpfs as /usr: %v", err)
+		return
+	}
+	t.Cleanup(func() { syscall.Unmount(usr, syscall.MNT_DETACH) })
+	r := doctor.Run(in.opts, "1.0.0")
+	for id, want := range map[string]string{"file.binary": "opt/bin/azure-proxy-agent", "file.unit": "etc/systemd/system/"} {
+		got := findings(r)[id]
+		if len(got) != 1 || got[0].Severity != doctor.OK || !strings.Contains(got[0].Message, want) {
+			t.Errorf("%s: %+v, want OK naming %s", id, got, want)
 		}
 	}
 }
