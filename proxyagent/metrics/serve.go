@@ -8,7 +8,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
+
+	"golang.org/x/net/netutil"
+
+	"github.com/opengpa/gpa/internal/pause"
 )
 
 // Listen opens the metrics listener: network "unix" binds a socket at
@@ -75,15 +80,27 @@ func (l *unixListener) Close() error {
 	return err
 }
 
+// Scrape limits. A loopback metricsListen is open to every local user, so
+// a scrape flood must cost the agent little: at most maxScrapeConns
+// connections are served at a time (more wait in the kernel's backlog, not
+// in the agent), and pages are rendered at most once per
+// minScrapeInterval (a scrape in between waits for its turn). Prometheus
+// scrapes every few seconds at most.
+const (
+	maxScrapeConns    = 4
+	minScrapeInterval = 100 * time.Millisecond
+)
+
 // Serve answers GET /metrics on ln until ctx ends, then closes ln. Other
-// paths get 404.
+// paths get 404. It serves at most maxScrapeConns connections at a time
+// and renders at most one page per minScrapeInterval.
 func (m *Metrics) Serve(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
-	mux.Handle("GET "+Path, m.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
-		MaxHeaderBytes: 16 << 10}
+	mux.Handle("GET "+Path, paced(m.Handler(), minScrapeInterval))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second,
+		IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
+	go func() { done <- srv.Serve(netutil.LimitListener(ln, maxScrapeConns)) }()
 	select {
 	case err := <-done:
 		return err
@@ -94,4 +111,21 @@ func (m *Metrics) Serve(ctx context.Context, ln net.Listener) error {
 		<-done
 		return nil
 	}
+}
+
+// paced serves h at most once per interval: a request that comes sooner
+// waits until its turn (or until its client goes away).
+func paced(h http.Handler, interval time.Duration) http.Handler {
+	var mu sync.Mutex
+	var next time.Time
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		if !pause.For(r.Context(), time.Until(next)) {
+			mu.Unlock()
+			return
+		}
+		next = time.Now().Add(interval)
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	})
 }
