@@ -418,8 +418,8 @@ func (c Config) Endpoints() (msp.Endpoints, error) {
 	}
 	if c.ContainerListenAddress != "" {
 		ap, err := netip.ParseAddrPort(c.ContainerListenAddress)
-		if err != nil || !ap.Addr().Is4() || ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() {
-			return e, fmt.Errorf("config: containerListenAddress %q is not a non-loopback IPv4 ip:port", c.ContainerListenAddress)
+		if err != nil || !ap.Addr().Is4() || ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() || !unicast4(ap.Addr()) || ap.Port() == 0 {
+			return e, fmt.Errorf("config: containerListenAddress %q is not a non-loopback unicast IPv4 ip:port", c.ContainerListenAddress)
 		}
 		for _, svc := range []netip.AddrPort{e.WireServer, e.IMDS, e.HostGAPlugin} {
 			if ap.Addr() == svc.Addr() {
@@ -429,6 +429,13 @@ func (c Config) Endpoints() (msp.Endpoints, error) {
 		e.ContainerListener = ap
 	}
 	return e, nil
+}
+
+// unicast4 reports whether a is an IPv4 address one host can listen on:
+// not multicast (224.0.0.0/4), the reserved 240.0.0.0/4 or the limited
+// broadcast 255.255.255.255.
+func unicast4(a netip.Addr) bool {
+	return !a.IsMulticast() && a.As4()[0] < 240
 }
 
 func checkAddress(s string) error {

@@ -258,7 +258,7 @@ func TestContainerKeys(t *testing.T) {
 	if e, _ := c.Endpoints(); e.ContainerListener.IsValid() || !c.AllowRootContainersToWireServer {
 		t.Errorf("off: %v %v", e.ContainerListener, c.AllowRootContainersToWireServer)
 	}
-	for _, bad := range []string{`"127.0.0.1:3081"`, `"[fe80::1]:3080"`, `"169.254.169.254:3080"`, `"nonsense"`, `"0.0.0.0:3080"`, `7`} {
+	for _, bad := range []string{`"127.0.0.1:3081"`, `"[fe80::1]:3080"`, `"169.254.169.254:3080"`, `"nonsense"`, `"0.0.0.0:3080"`, `"224.0.0.1:3080"`, `"239.1.2.3:3080"`, `"255.255.255.255:3080"`, `"240.0.0.1:3080"`, `"169.254.100.254:0"`, `7`} {
 		if _, err := Parse([]byte(`{"containerListenAddress":` + bad + `}`)); err == nil {
 			t.Errorf("containerListenAddress %s accepted", bad)
 		}
