@@ -1,6 +1,7 @@
 // Package syslog sends the agent's audit records to the local syslog
 // daemon or journald: one datagram per decision on a unix datagram socket
-// (/dev/log), in the format the C library's syslog(3) uses there
+// (/dev/log; where that is a stream socket, as syslog-ng's unix-stream
+// source, one newline-terminated line per decision), in the format the C library's syslog(3) uses there
 // (RFC 3164 without hostname):
 //
 //	<PRI>Mmm dd hh:mm:ss azure-proxy-agent[PID]: {"v":1,...}
@@ -32,6 +33,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/opengpa/gpa/proxyagent/audit"
@@ -58,7 +60,7 @@ const (
 
 // Options configure a Writer. Path is required.
 type Options struct {
-	// Path is the unix datagram socket, e.g. /dev/log.
+	// Path is the unix datagram (or stream) socket, e.g. /dev/log.
 	Path string
 	// Facility defaults to FacilityAuthPriv.
 	Facility int
@@ -214,8 +216,48 @@ func (w *Writer) run() {
 type sender struct {
 	w        *Writer
 	conn     *net.UnixConn
+	stream   bool   // conn is a stream socket (syslog-ng's unix-stream source): one line per message
+	lines    []byte // the batch as lines, reused (stream only)
 	nextDial time.Time
 	down     bool // an outage has been logged
+}
+
+// dial connects to the daemon's socket: a datagram socket as journald's
+// and rsyslog's /dev/log, or, where the socket is a stream socket (what
+// syslog-ng's unix-stream source serves, and syslog(3) falls back to), a
+// stream connection.
+func (s *sender) dial() (*net.UnixConn, error) {
+	path := s.w.opts.Path
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if errors.Is(err, syscall.EPROTOTYPE) {
+		s.stream = true
+		return net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	}
+	s.stream = false
+	return c, err
+}
+
+// sendLines writes batch on the stream connection as newline-terminated
+// lines in one write (a message has no newline of its own: the audit line
+// is JSON). It returns how many whole messages were written.
+func (s *sender) sendLines(batch [][]byte) (int, error) {
+	s.lines = s.lines[:0]
+	for _, m := range batch {
+		s.lines = append(append(s.lines, m...), '\n')
+	}
+	n, err := s.conn.Write(s.lines)
+	if err == nil {
+		return len(batch), nil
+	}
+	sent := 0
+	for _, m := range batch {
+		if n < len(m)+1 {
+			break
+		}
+		n -= len(m) + 1
+		sent++
+	}
+	return sent, err
 }
 
 func (s *sender) close() {
@@ -230,7 +272,7 @@ func (s *sender) send(batch [][]byte) {
 	w := s.w
 	for len(batch) > 0 {
 		if s.conn == nil && !time.Now().Before(s.nextDial) {
-			c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: w.opts.Path, Net: "unixgram"})
+			c, err := s.dial()
 			if err != nil {
 				s.nextDial = time.Now().Add(w.opts.RedialInterval)
 				if !s.down {
@@ -247,7 +289,13 @@ func (s *sender) send(batch [][]byte) {
 			return
 		}
 		_ = s.conn.SetWriteDeadline(time.Now().Add(w.opts.WriteTimeout))
-		n, err := sendBatch(s.conn, batch)
+		var n int
+		var err error
+		if s.stream {
+			n, err = s.sendLines(batch)
+		} else {
+			n, err = sendBatch(s.conn, batch)
+		}
 		w.written.Add(uint64(n))
 		batch = batch[n:]
 		if err == nil {
@@ -260,8 +308,9 @@ func (s *sender) send(batch [][]byte) {
 		// The first unsent message is dropped; the rest are tried again.
 		w.dropped.Add(1)
 		batch = batch[1:]
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			// The daemon went away (ECONNREFUSED, ENOENT): redial.
+		if !errors.Is(err, os.ErrDeadlineExceeded) || s.stream {
+			// The daemon went away (ECONNREFUSED, ENOENT), or a stream
+			// may hold half a line: redial.
 			s.conn.Close()
 			s.conn = nil
 		}

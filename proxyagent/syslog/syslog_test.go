@@ -263,3 +263,42 @@ func TestBurstInOrder(t *testing.T) {
 		t.Errorf("dropped %d, want 0", w.Dropped())
 	}
 }
+
+// TestStreamSocket: where the socket is a stream socket (syslog-ng's
+// unix-stream source) the records arrive there as one line each, in
+// order, none dropped.
+func TestStreamSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	w := New(Options{Path: path, Logger: quiet})
+	defer w.Close()
+	const n = 200
+	for i := range n {
+		w.WriteRecord([]byte(`{"seq":`+strconv.Itoa(i)+`}`), &audit.Record{Decision: "deny"})
+	}
+	_ = ln.SetDeadline(time.Now().Add(10 * time.Second))
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("the writer did not connect to a stream socket: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	sc := bufio.NewScanner(c)
+	for i := range n {
+		if !sc.Scan() {
+			t.Fatalf("line %d: %v", i, sc.Err())
+		}
+		pri, _, _, body := parse(t, sc.Text())
+		if want := `{"seq":` + strconv.Itoa(i) + `}`; body != want || pri != FacilityAuthPriv*8+SeverityWarning {
+			t.Fatalf("line %d: <%d> %q, want <%d> %q", i, pri, body, FacilityAuthPriv*8+SeverityWarning, want)
+		}
+	}
+	testsupport.WaitFor(t, "every record counted as written", func() bool { return w.Written() == n })
+	if w.Dropped() != 0 {
+		t.Errorf("dropped %d, want 0", w.Dropped())
+	}
+}
