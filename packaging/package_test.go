@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opengpa/gpa/extension"
 	"github.com/opengpa/gpa/internal/testenv"
 )
 
@@ -237,20 +238,47 @@ func checkSelection(t *testing.T, ext string) {
 			t.Errorf("proxy_agent_setup on %s: %q %v", tc.machine, got, err)
 		}
 	}
-	cmd := exec.Command(filepath.Join(dir, "enable.sh"))
-	cmd.Env = []string{"PATH=" + fake + ":/usr/bin:/bin", "FAKE_MACHINE=riscv64"}
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 6 || !strings.Contains(string(out), "riscv64 is not supported") {
-		t.Errorf("riscv64: %v %q, want exit 6 naming the architecture", err, out)
+	// An unsupported architecture: install and enable write the error
+	// status waagent reports and exit 6; the removing commands exit 0.
+	statusDir, configDir := t.TempDir(), t.TempDir()
+	he := `[{"name":"x","version":"1.0","handlerEnvironment":{"logFolder":"/tmp","configFolder":"` + configDir +
+		`","statusFolder":"` + statusDir + `","heartbeatFile":"/tmp/hb"}}]`
+	os.WriteFile(filepath.Join(dir, "HandlerEnvironment.json"), []byte(he), 0o644)
+	refused := func(machine, verb, want string) {
+		t.Helper()
+		os.Remove(filepath.Join(statusDir, "5.status"))
+		cmd := exec.Command(filepath.Join(dir, verb+".sh"))
+		cmd.Env = []string{"PATH=" + fake + ":/usr/bin:/bin", "FAKE_MACHINE=" + machine, "ConfigSequenceNumber=5"}
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		if verb != "install" && verb != "enable" {
+			if code != 0 || !strings.Contains(string(out), want) {
+				t.Errorf("%s on %s: exit %d %q, want exit 0 naming %q", verb, machine, code, out, want)
+			}
+			return
+		}
+		if code != 6 || !strings.Contains(string(out), want) {
+			t.Errorf("%s on %s: exit %d %q, want exit 6 naming %q", verb, machine, code, out, want)
+		}
+		it, err := extension.ReadStatus(extension.StatusPath(statusDir, 5))
+		if err != nil {
+			t.Fatalf("%s on %s: no status: %v", verb, machine, err)
+		}
+		st := it.Status
+		if st.Status != extension.StatusError || st.Code != 6 || st.Operation != "CheckOSVersionSupport" ||
+			!strings.HasPrefix(st.FormattedMessage.Message, "OS version not supported: ") || !strings.Contains(st.FormattedMessage.Message, want) {
+			t.Errorf("%s on %s: status %+v", verb, machine, st)
+		}
+	}
+	for _, verb := range []string{"install", "enable", "disable", "uninstall", "update", "reset"} {
+		refused("riscv64", verb, "riscv64 is not supported")
 	}
 	// A package without the arm64 build says so on arm64.
 	os.Remove(filepath.Join(dir, "ProxyAgentExt-arm64"))
-	cmd = exec.Command(filepath.Join(dir, "enable.sh"))
-	cmd.Env = []string{"PATH=" + fake + ":/usr/bin:/bin", "FAKE_MACHINE=aarch64"}
-	out, err = cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 6 || !strings.Contains(string(out), "no build for aarch64") {
-		t.Errorf("missing arm64 build: %v %q", err, out)
-	}
+	refused("aarch64", "enable", "no build for aarch64")
 }
 
 func runUnderQemu(t *testing.T, ext string) {
