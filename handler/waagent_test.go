@@ -760,23 +760,38 @@ func TestWaagentMissingPrerequisite(t *testing.T) {
 	}
 }
 
+// enabledVM makes a VM with osRelease on this machine's capabilities
+// (skipping where it lacks them), runs prep on it, then install and enable
+// at sequence 3 of version 1.0.0, and waits for success; it returns the VM
+// and the extension's directory.
+func enabledVM(t *testing.T, osRelease string, prep func(v *vm)) (*vm, string) {
+	t.Helper()
+	if r := prereq.Check(prereq.Paths{}); !r.OK() {
+		testenv.SkipOrFail(t, "this machine lacks prerequisites: %s", r.Message())
+	}
+	v := newVM(t, "standin", osRelease)
+	if prep != nil {
+		prep(v)
+	}
+	base := v.download("1.0.0")
+	v.settings(base, 3, "")
+	if rc := v.run(base, "install", 3, nil); rc != 0 {
+		t.Errorf("install exit %d", rc)
+	}
+	if rc := v.run(base, "enable", 3, nil); rc != 0 {
+		t.Fatalf("enable exit %d", rc)
+	}
+	v.waitStatus(base, 3, "success", healthyFor("1.0.0"))
+	return v, base
+}
+
 // TestWaagentLostPrerequisite: a VM that lost a prerequisite after the
 // extension was installed (rebooted into cgroup v1) can still have it
 // disabled and removed: disable and uninstall exit 0 and uninstall removes
 // the service, while enable still refuses with exit 6.
 func TestWaagentLostPrerequisite(t *testing.T) {
 	t.Parallel()
-	if r := prereq.Check(prereq.Paths{}); !r.OK() {
-		testenv.SkipOrFail(t, "this machine lacks prerequisites: %s", r.Message())
-	}
-	v := newVM(t, "standin", "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n")
-	base := v.download("1.0.0")
-	v.settings(base, 3, "")
-	v.run(base, "install", 3, nil)
-	if rc := v.run(base, "enable", 3, nil); rc != 0 {
-		t.Fatalf("enable exit %d", rc)
-	}
-	v.waitStatus(base, 3, "success", healthyFor("1.0.0"))
+	v, base := enabledVM(t, "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n", nil)
 
 	sys := testenv.Debian12
 	sys.Mounts = testenv.MountsV1Only
@@ -807,28 +822,16 @@ func TestWaagentLostPrerequisite(t *testing.T) {
 // removes the unit.
 func TestWaagentFlatcar(t *testing.T) {
 	t.Parallel()
-	if r := prereq.Check(prereq.Paths{}); !r.OK() {
-		testenv.SkipOrFail(t, "this machine lacks prerequisites: %s", r.Message())
-	}
-	v := newVM(t, "standin", "NAME=\"Flatcar Container Linux by Kinvolk\"\nID=flatcar\nVERSION_ID=3815.2.5\n")
-	usr := filepath.Join(v.root, "usr")
-	if err := os.Mkdir(usr, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", usr, "tmpfs", syscall.MS_RDONLY, "size=1m"); err != nil {
-		testenv.SkipOrFail(t, "mount a read-only tmpfs as /usr: %v", err)
-		return
-	}
-	t.Cleanup(func() { syscall.Unmount(usr, syscall.MNT_DETACH) })
-	base := v.download("1.0.0")
-	v.settings(base, 3, "")
-	if rc := v.run(base, "install", 3, nil); rc != 0 {
-		t.Errorf("install exit %d on Flatcar", rc)
-	}
-	if rc := v.run(base, "enable", 3, nil); rc != 0 {
-		t.Fatalf("enable exit %d on Flatcar", rc)
-	}
-	v.waitStatus(base, 3, "success", healthyFor("1.0.0"))
+	v, base := enabledVM(t, "NAME=\"Flatcar Container Linux by Kinvolk\"\nID=flatcar\nVERSION_ID=3815.2.5\n", func(v *vm) {
+		usr := filepath.Join(v.root, "usr")
+		if err := os.Mkdir(usr, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mount("tmpfs", usr, "tmpfs", syscall.MS_RDONLY, "size=1m"); err != nil {
+			testenv.SkipOrFail(t, "mount a read-only tmpfs as /usr: %v", err)
+		}
+		t.Cleanup(func() { syscall.Unmount(usr, syscall.MNT_DETACH) })
+	})
 	l := v.layout()
 	for _, p := range []string{"opt/bin/azure-proxy-agent", "opt/azure-proxy-agent/ebpf_cgroup.o", "etc/systemd/system/azure-proxy-agent.service"} {
 		if _, err := os.Stat(filepath.Join(v.root, p)); err != nil {
@@ -861,19 +864,7 @@ func TestWaagentFlatcar(t *testing.T) {
 // on a machine with the capabilities (this one's procfs and sysfs).
 func TestWaagentDebian12(t *testing.T) {
 	t.Parallel()
-	if r := prereq.Check(prereq.Paths{}); !r.OK() {
-		testenv.SkipOrFail(t, "this machine lacks prerequisites: %s", r.Message())
-	}
-	v := newVM(t, "standin", "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n")
-	base := v.download("1.0.0")
-	v.settings(base, 3, "")
-	if rc := v.run(base, "install", 3, nil); rc != 0 {
-		t.Errorf("install exit %d on Debian 12", rc)
-	}
-	if rc := v.run(base, "enable", 3, nil); rc != 0 {
-		t.Errorf("enable exit %d on Debian 12", rc)
-	}
-	v.waitStatus(base, 3, "success", healthyFor("1.0.0"))
+	enabledVM(t, "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n", nil)
 }
 
 // TestCommandExitCodes covers the prologue's failure exits.

@@ -9,54 +9,18 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/opengpa/gpa/internal/testsupport"
 )
 
-// pipeListener hands out the server ends of net.Pipe connections.
-type pipeListener struct {
-	conns chan net.Conn
-	done  chan struct{}
-}
-
-func newPipeListener() *pipeListener {
-	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
-}
-
-// dial returns the client end of a new connection, which the listener
-// hands to the server whenever it accepts.
-func (l *pipeListener) dial() net.Conn {
-	c, s := net.Pipe()
-	go func() {
-		select {
-		case l.conns <- s:
-		case <-l.done:
-			s.Close()
-		}
-	}()
-	return c
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
+// scrapeOn connects through ln, sends GET /metrics and sets got once a
+// 200 came back; the connection is sent on conn once made.
+func scrapeOn(ln *testsupport.PipeListener, conn chan<- net.Conn, got *atomic.Bool) {
+	c, err := ln.Dial(context.Background(), "", "")
+	if err != nil {
+		return
 	}
-}
-
-func (l *pipeListener) Close() error {
-	select {
-	case <-l.done:
-	default:
-		close(l.done)
-	}
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "unix"} }
-
-// scrapeOn sends GET /metrics on c and sets got once a 200 came back.
-func scrapeOn(c net.Conn, got *atomic.Bool) {
+	conn <- c
 	if _, err := c.Write([]byte("GET " + Path + " HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
 		return
 	}
@@ -71,16 +35,20 @@ func scrapeOn(c net.Conn, got *atomic.Bool) {
 func TestServeLimitsConnections(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
-		ln := newPipeListener()
+		ln := testsupport.NewPipeListener()
 		done := make(chan error, 1)
 		go func() { done <- populated().Serve(ctx, ln) }()
 		var held []net.Conn
 		for range maxScrapeConns {
-			held = append(held, ln.dial()) // open, never a request
+			c, err := ln.Dial(ctx, "", "") // open, never a request
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
 		}
 		var got atomic.Bool
-		extra := ln.dial()
-		go scrapeOn(extra, &got)
+		extraC := make(chan net.Conn, 1)
+		go scrapeOn(ln, extraC, &got)
 		synctest.Wait()
 		if got.Load() {
 			t.Fatalf("a connection beyond %d was served while they were open", maxScrapeConns)
@@ -90,7 +58,7 @@ func TestServeLimitsConnections(t *testing.T) {
 		if !got.Load() {
 			t.Fatal("the waiting connection was not served after one closed")
 		}
-		for _, c := range append(held[1:], extra) {
+		for _, c := range append(held[1:], <-extraC) {
 			c.Close()
 		}
 		cancel()
@@ -105,10 +73,13 @@ func TestServeLimitsConnections(t *testing.T) {
 func TestServePacesRendering(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
-		ln := newPipeListener()
+		ln := testsupport.NewPipeListener()
 		done := make(chan error, 1)
 		go func() { done <- populated().Serve(ctx, ln) }()
-		c := ln.dial()
+		c, err := ln.Dial(ctx, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
 		br := bufio.NewReader(c)
 		const n = 11
 		start := time.Now()
