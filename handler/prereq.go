@@ -69,8 +69,8 @@ func PrerequisiteStatus(r prereq.Report, agentVersion string) extension.Status {
 }
 
 // checkPrerequisites runs the capability checks before any command or the
-// monitor. On a machine that lacks one, a command that sets up or runs the
-// agent (refuse: see refusesWithoutPrerequisites) writes the error status,
+// monitor. On a machine that lacks one, a command that sets up, upgrades or
+// runs the agent (refuse: see refusesWithoutPrerequisites) writes the error status,
 // logs, tells stderr and returns false; any other command (it stops or
 // removes what an earlier install left, on a machine that may have lost a
 // prerequisite since, e.g. rebooted into cgroup v1) logs a warning and goes
@@ -103,11 +103,12 @@ func checkPrerequisites(e *Env, getenv func(string) string, stderr io.Writer, re
 
 // refusesWithoutPrerequisites reports whether mode (with cmd, or the setup
 // verb in args) refuses to run on a machine that lacks a prerequisite:
-// install, enable, the monitor and setup install, which set up or run the
-// agent. disable, uninstall, update, reset and the other setup verbs stop
-// or remove what is there and exit as they always do: waagent could
-// otherwise neither remove the extension nor upgrade it (a failed disable
-// aborts both).
+// install, enable, update, the monitor and setup install, which set up or
+// run the agent (a refused update aborts waagent's upgrade, so the
+// installed version stays in charge). disable, uninstall, reset and the
+// other setup verbs stop or remove what is there and exit as they always
+// do: waagent could otherwise not remove the extension (a failed disable
+// aborts the removal).
 func refusesWithoutPrerequisites(mode string, cmd Command, args []string) bool {
 	switch mode {
 	case "monitor":
@@ -115,5 +116,5 @@ func refusesWithoutPrerequisites(mode string, cmd Command, args []string) bool {
 	case "setup":
 		return len(args) > 1 && args[1] == "install"
 	}
-	return cmd.Name == "install" || cmd.Name == "enable"
+	return cmd.Name == "install" || cmd.Name == "enable" || cmd.Name == "update"
 }

@@ -132,7 +132,7 @@ func TestRefusesWithoutPrerequisites(t *testing.T) {
 		{"command", "enable", []string{"enable"}, true},
 		{"command", "disable", []string{"disable"}, false},
 		{"command", "uninstall", []string{"uninstall"}, false},
-		{"command", "update", []string{"update"}, false},
+		{"command", "update", []string{"update"}, true},
 		{"command", "reset", []string{"reset"}, false},
 		{"setup", "", []string{"setup", "install"}, true},
 		{"setup", "", []string{"setup", "uninstall"}, false},

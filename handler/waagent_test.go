@@ -788,7 +788,8 @@ func enabledVM(t *testing.T, osRelease string, prep func(v *vm)) (*vm, string) {
 // TestWaagentLostPrerequisite: a VM that lost a prerequisite after the
 // extension was installed (rebooted into cgroup v1) can still have it
 // disabled and removed: disable and uninstall exit 0 and uninstall removes
-// the service, while enable still refuses with exit 6.
+// the service, while enable and update (an upgrade) still refuse with
+// exit 6.
 func TestWaagentLostPrerequisite(t *testing.T) {
 	t.Parallel()
 	v, base := enabledVM(t, "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n", nil)
@@ -796,8 +797,13 @@ func TestWaagentLostPrerequisite(t *testing.T) {
 	sys := testenv.Debian12
 	sys.Mounts = testenv.MountsV1Only
 	v1 := map[string]string{EnvSystemRoot: testenv.NewSystemRoot(t, sys)}
-	if rc := v.run(base, "enable", 3, v1); rc != ExitUnsupportedOS {
-		t.Errorf("enable without cgroup v2 exit %d, want %d", rc, ExitUnsupportedOS)
+	for _, verb := range []string{"enable", "update"} {
+		if rc := v.run(base, verb, 3, v1); rc != ExitUnsupportedOS {
+			t.Errorf("%s without cgroup v2 exit %d, want %d", verb, rc, ExitUnsupportedOS)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(base), UpdateTagName)); err == nil {
+		t.Error("a refused update left update.tag, which would keep a later uninstall from removing the agent")
 	}
 	if rc := v.run(base, "disable", 3, v1); rc != 0 {
 		t.Errorf("disable without cgroup v2 exit %d, want 0", rc)

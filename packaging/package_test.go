@@ -255,8 +255,15 @@ func checkSelection(t *testing.T, ext string) {
 			code = ee.ExitCode()
 		}
 		if verb != "install" && verb != "enable" {
-			if code != 0 || !strings.Contains(string(out), want) {
-				t.Errorf("%s on %s: exit %d %q, want exit 0 naming %q", verb, machine, code, out, want)
+			wantCode := 0
+			if verb == "update" {
+				wantCode = 6 // the upgrade is aborted: the installed version stays
+			}
+			if code != wantCode || !strings.Contains(string(out), want) {
+				t.Errorf("%s on %s: exit %d %q, want exit %d naming %q", verb, machine, code, out, wantCode, want)
+			}
+			if _, err := os.Stat(extension.StatusPath(statusDir, 5)); err == nil {
+				t.Errorf("%s on %s wrote a status", verb, machine)
 			}
 			return
 		}
@@ -276,9 +283,20 @@ func checkSelection(t *testing.T, ext string) {
 	for _, verb := range []string{"install", "enable", "disable", "uninstall", "update", "reset"} {
 		refused("riscv64", verb, "riscv64 is not supported")
 	}
-	// A package without the arm64 build says so on arm64.
+	// A package without the arm64 build says so on arm64; without
+	// ConfigSequenceNumber the newest settings file's number is the status's.
 	os.Remove(filepath.Join(dir, "ProxyAgentExt-arm64"))
 	refused("aarch64", "enable", "no build for aarch64")
+	refused("aarch64", "update", "no build for aarch64")
+	os.WriteFile(filepath.Join(configDir, "9.settings"), []byte("{}"), 0o644)
+	cmd := exec.Command(filepath.Join(dir, "enable.sh"))
+	cmd.Env = []string{"PATH=" + fake + ":/usr/bin:/bin", "FAKE_MACHINE=riscv64"}
+	if err := cmd.Run(); err == nil {
+		t.Error("enable on riscv64 without ConfigSequenceNumber: exit 0")
+	}
+	if it, err := extension.ReadStatus(extension.StatusPath(statusDir, 9)); err != nil || it.Status.Code != 6 {
+		t.Errorf("enable on riscv64 without ConfigSequenceNumber: status 9: %+v %v", it, err)
+	}
 }
 
 func runUnderQemu(t *testing.T, ext string) {

@@ -2,9 +2,10 @@
 # to the handler root: sets $ext to the ProxyAgentExt built for this
 # machine's `uname -m`. Where there is none, install and enable write the
 # error status waagent reports, operation CheckOSVersionSupport, code 6,
-# and exit 6 (upstream's unsupported-OS exit code), as the setup tool
-# exits; disable, uninstall, update and reset exit 0, since nothing of
-# this package can run here, so nothing was installed to stop or remove.
+# and exit 6 (upstream's unsupported-OS exit code); update and the setup
+# tool exit 6 as well (waagent aborts an upgrade to this package, so the
+# installed version stays); disable, uninstall and reset exit 0, since
+# nothing of this package ran here to stop or remove.
 #
 # plain_arch is the architecture of the builds at upstream's paths
 # (ProxyAgentExt, ProxyAgent/ProxyAgent/azure-proxy-agent): amd64 in the
@@ -18,9 +19,9 @@ plain_arch=amd64
 refuse() {
 	echo "ProxyAgentExt: $1" >&2
 	case $(basename -- "$0") in
-	disable.sh | uninstall.sh | update.sh | reset.sh) exit 0 ;;
+	disable.sh | uninstall.sh | reset.sh) exit 0 ;;
 	install.sh | enable.sh) ;;
-	*) exit 6 ;;
+	*) exit 6 ;; # update: waagent aborts the upgrade, the installed version stays
 	esac
 	# HandlerEnvironment.json, as waagent writes it: one JSON line.
 	status_dir=$(sed -n 's/.*"statusFolder"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$dir/HandlerEnvironment.json" 2>/dev/null)
@@ -31,9 +32,11 @@ refuse() {
 		seq=$(ls -t "$config_dir" 2>/dev/null | sed -n 's/^\([0-9][0-9]*\)\.settings$/\1/p' | head -n 1)
 	fi
 	case $seq in
-	'' | *[!0-9]*) seq=0 ;;
+	'') seq=0 ;;
+	*[!0-9]*) seq= ;; # the handler refuses it too: no status
+	*) seq=$(printf '%s' "$seq" | sed 's/^0*\([0-9]\)/\1/') ;;
 	esac
-	if [ -n "$status_dir" ] && mkdir -p "$status_dir" 2>/dev/null; then
+	if [ -n "$status_dir" ] && [ -n "$seq" ] && mkdir -p "$status_dir" 2>/dev/null; then
 		msg=$(printf '%s' "OS version not supported: $1" | tr -d '"\\' | tr -c '[:print:]' ' ')
 		now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 		printf '[{"version":"1.0","timestampUTC":"%s","status":{"name":"ProxyAgentVMExtension","operation":"CheckOSVersionSupport","status":"error","code":6,"formattedMessage":{"lang":"en-US","message":"%s"}}}]\n' \
