@@ -38,7 +38,7 @@
 //	containerListenAddress         string  169.254.100.254:3080                 listener for containers (other network namespaces), added to lo; "" = containers refused
 //	allowRootContainersToWireServer bool   false                                let uid 0 in containers reach WireServer and HostGAPlugin
 //	metricsListen                  string  unix:<statusFolder>/metrics.sock     Prometheus /metrics: unix:PATH (root-only socket), loopback IP:PORT, or "" (off)
-//	auditSyslog                    string  "" (off)                             also send each audit record to this syslog datagram socket, e.g. /dev/log (journald)
+//	auditSyslog                    string  "" (off)                             also send each audit record to this syslog socket (datagram, or stream as syslog-ng unix-stream), e.g. /dev/log (journald)
 //	sendTelemetry                  bool    true                                 false: no telemetry events are made, stored or sent (upstream has no switch)
 //	consoleLog                     string  /dev/console                         where the start line, start-up milestones and provisioning result go (§7.2); "" = nowhere
 //

@@ -313,6 +313,11 @@ func (s *sender) send(batch [][]byte) {
 			// may hold half a line: redial.
 			s.conn.Close()
 			s.conn = nil
+			if s.stream {
+				// Not at once: a daemon that stopped reading would get a
+				// new connection, and its buffer, every write timeout.
+				s.nextDial = time.Now().Add(w.opts.RedialInterval)
+			}
 		}
 		if !s.down {
 			s.down = true

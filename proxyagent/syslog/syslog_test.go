@@ -302,3 +302,40 @@ func TestStreamSocket(t *testing.T) {
 		t.Errorf("dropped %d, want 0", w.Dropped())
 	}
 }
+
+// TestStalledStreamNotRedialled: a stream daemon that stopped reading is
+// not given a new connection on every write timeout: within
+// RedialInterval the writer stays on its one connection (and drops).
+func TestStalledStreamNotRedialled(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	w := New(Options{Path: path, Logger: quiet, WriteTimeout: 20 * time.Millisecond, RedialInterval: time.Hour})
+	defer w.Close()
+	line := bytes.Repeat([]byte("x"), 1000)
+	// 2 MB in all: far more than a unix stream socket buffers unread. Close
+	// sends what is queued, so every dial has happened when it returns.
+	for range 2000 {
+		w.WriteRecord(line, &audit.Record{Decision: "allow"})
+	}
+	w.Close()
+	if w.Dropped() == 0 {
+		t.Fatal("nothing dropped: the daemon read everything")
+	}
+	conns := 0
+	for {
+		_ = ln.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		c, err := ln.Accept()
+		if err != nil {
+			break
+		}
+		conns++
+		defer c.Close()
+	}
+	if conns != 1 {
+		t.Errorf("%d connections to the stalled daemon, want 1", conns)
+	}
+}
