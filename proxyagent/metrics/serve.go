@@ -83,22 +83,26 @@ func (l *unixListener) Close() error {
 // Scrape limits. A loopback metricsListen is open to every local user, so
 // a scrape flood must cost the agent little: at most maxScrapeConns
 // connections are served at a time (more wait in the kernel's backlog, not
-// in the agent), and pages are rendered at most once per
+// in the agent), each for one request (no keep-alive, so an idle
+// connection holds no slot) whose head must arrive within
+// scrapeHeaderTimeout, and pages are rendered at most once per
 // minScrapeInterval (a scrape in between waits for its turn). Prometheus
 // scrapes every few seconds at most.
 const (
-	maxScrapeConns    = 4
-	minScrapeInterval = 100 * time.Millisecond
+	maxScrapeConns      = 16
+	scrapeHeaderTimeout = 2 * time.Second
+	minScrapeInterval   = 100 * time.Millisecond
 )
 
 // Serve answers GET /metrics on ln until ctx ends, then closes ln. Other
-// paths get 404. It serves at most maxScrapeConns connections at a time
-// and renders at most one page per minScrapeInterval.
+// paths get 404. It serves at most maxScrapeConns connections at a time,
+// one request each, and renders at most one page per minScrapeInterval.
 func (m *Metrics) Serve(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET "+Path, paced(m.Handler(), minScrapeInterval))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second,
-		IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: scrapeHeaderTimeout, WriteTimeout: 10 * time.Second,
+		MaxHeaderBytes: 16 << 10}
+	srv.SetKeepAlivesEnabled(false)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(netutil.LimitListener(ln, maxScrapeConns)) }()
 	select {
