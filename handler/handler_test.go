@@ -51,6 +51,44 @@ func TestLayout(t *testing.T) {
 	}
 }
 
+// TestReadOnlyUsrLayout: the production layout on a read-only /usr
+// (Flatcar, no $GPA_ROOT): binary in /opt/bin, unit in
+// /etc/systemd/system, whose ExecStart names the binary there and the
+// config, and the config's eBPF object under /opt.
+func TestReadOnlyUsrLayout(t *testing.T) {
+	l := Layout{UsrReadOnly: true}
+	for got, want := range map[string]string{
+		l.AgentBinary(): "/opt/bin/azure-proxy-agent",
+		l.UnitFile():    "/etc/systemd/system/azure-proxy-agent.service",
+		l.EBPFObject():  "/opt/azure-proxy-agent/ebpf_cgroup.o",
+		l.AgentConfig(): "/etc/azure/proxy-agent.json",
+		l.LogDir():      "/var/log/azure-proxy-agent",
+	} {
+		if got != want {
+			t.Errorf("path %q, want %q", got, want)
+		}
+	}
+	tmpl, err := os.ReadFile("../packaging/azure-proxy-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := string(RenderUnit(tmpl, l)); !strings.Contains(u, "\nExecStart=/opt/bin/azure-proxy-agent --config /etc/azure/proxy-agent.json\n") {
+		t.Errorf("unit:\n%s", u)
+	}
+	bundled, err := os.ReadFile("../packaging/proxy-agent.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := RenderConfig(bundled, l, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cfg), `"ebpfFileFullPath": "/opt/azure-proxy-agent/ebpf_cgroup.o"`) ||
+		!strings.Contains(string(cfg), `"/var/log/azure-proxy-agent"`) {
+		t.Errorf("config:\n%s", cfg)
+	}
+}
+
 func TestRenderConfig(t *testing.T) {
 	bundled, err := os.ReadFile("../packaging/proxy-agent.json")
 	if err != nil {

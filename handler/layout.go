@@ -59,7 +59,8 @@ const EnvRoot = "GPA_ROOT"
 // /opt and /etc instead (installpath.Map).
 type Layout struct {
 	Root string
-	// UsrReadOnly: Root's /usr is a read-only mount (Flatcar).
+	// UsrReadOnly: install where a read-only /usr (Flatcar) puts the
+	// agent; see NewLayout.
 	UsrReadOnly bool
 }
 
@@ -68,10 +69,11 @@ func LayoutFromEnv(getenv func(string) string) Layout {
 	return NewLayout(getenv(EnvRoot))
 }
 
-// NewLayout returns the Layout under root ("" is /), noting whether its
-// /usr is read-only.
+// NewLayout returns the Layout under root ("" is /): the read-only-/usr
+// one where the agent is installed that way, or is to be
+// (installpath.ReadOnlyLayout).
 func NewLayout(root string) Layout {
-	return Layout{Root: root, UsrReadOnly: installpath.UsrReadOnly(root)}
+	return Layout{Root: root, UsrReadOnly: installpath.ReadOnlyLayout(root)}
 }
 
 // Path relocates an absolute production path.

@@ -6,6 +6,7 @@
 package installpath
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -44,6 +45,31 @@ func Map(abs string, usrReadOnly bool) string {
 	}
 	return abs
 }
+
+// ReadOnlyLayout reports whether the agent under root ("" is /) is, or is
+// to be, installed where a read-only /usr puts it: where its binary or
+// unit already is (upstream's path, or its counterpart), that layout, so a
+// /usr that turns read-only later (a root file system remounted read-only
+// after disk errors) does not move an installation; else whether root's
+// /usr is read-only.
+func ReadOnlyLayout(root string) bool {
+	exists := func(p string) bool {
+		_, err := os.Lstat(filepath.Join(root, p))
+		return err == nil
+	}
+	for _, p := range []string{AgentBinary, UnitDir + "/" + unitName} {
+		if exists(p) {
+			return false
+		}
+		if exists(Map(p, true)) {
+			return true
+		}
+	}
+	return UsrReadOnly(root)
+}
+
+// unitName is the agent's unit file.
+const unitName = "azure-proxy-agent.service"
 
 // UsrReadOnly reports whether root's /usr ("" is /) is on a read-only
 // mount; false when it cannot tell (no such directory).

@@ -53,3 +53,49 @@ func TestUsrReadOnly(t *testing.T) {
 		t.Error("a read-only usr reads as writable")
 	}
 }
+
+// TestReadOnlyLayout: an installation stays where it is whatever /usr is
+// now; with none, a read-only /usr decides.
+func TestReadOnlyLayout(t *testing.T) {
+	put := func(root, p string) {
+		full := filepath.Join(root, p)
+		os.MkdirAll(filepath.Dir(full), 0o755)
+		if err := os.WriteFile(full, nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fresh := t.TempDir()
+	os.Mkdir(filepath.Join(fresh, "usr"), 0o755)
+	if ReadOnlyLayout(fresh) {
+		t.Error("nothing installed, writable usr: read-only layout")
+	}
+	opt := t.TempDir()
+	put(opt, "opt/bin/azure-proxy-agent")
+	if !ReadOnlyLayout(opt) {
+		t.Error("installed under /opt/bin: not the read-only layout")
+	}
+	unitOnly := t.TempDir()
+	put(unitOnly, "etc/systemd/system/azure-proxy-agent.service")
+	if !ReadOnlyLayout(unitOnly) {
+		t.Error("unit in /etc/systemd/system: not the read-only layout")
+	}
+	// Installed in /usr/sbin, and /usr read-only since (bound read-only
+	// onto itself).
+	root := t.TempDir()
+	put(root, "usr/sbin/azure-proxy-agent")
+	usr := filepath.Join(root, "usr")
+	if err := syscall.Mount(usr, usr, "", syscall.MS_BIND, ""); err != nil {
+		testenv.SkipOrFail(t, "bind mount: %v", err)
+		return
+	}
+	t.Cleanup(func() { syscall.Unmount(usr, syscall.MNT_DETACH) })
+	if err := syscall.Mount("", usr, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !UsrReadOnly(root) {
+		t.Fatal("the read-only bind mount does not read as read-only")
+	}
+	if ReadOnlyLayout(root) {
+		t.Error("installed in /usr/sbin, /usr read-only since: read-only layout")
+	}
+}

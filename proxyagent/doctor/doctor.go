@@ -140,7 +140,7 @@ func Run(o Options, version string) Report {
 	if o.ConfigPath == "" {
 		o.ConfigPath = o.install(config.DefaultPath)
 	}
-	ro := installpath.UsrReadOnly(o.InstallRoot)
+	ro := installpath.ReadOnlyLayout(o.InstallRoot)
 	if o.Binary == "" {
 		o.Binary = o.install(installpath.Map(DefaultBinary, ro))
 	}
