@@ -62,8 +62,8 @@ type Top struct {
 	rows map[string]*topRow
 }
 
-// topRow is one service and caller: a ring of per-second counts over the
-// window.
+// topRow is one service and caller: a ring of counts over the window, per
+// second (per few seconds for a window over a minute).
 type topRow struct {
 	service  string
 	caller   Caller
@@ -74,7 +74,7 @@ type topRow struct {
 }
 
 type topSlot struct {
-	sec                           int64
+	sec                           int64 // the slot's start in seconds, divided by Top.slotSeconds
 	allow, auditDeny, deny, other int
 }
 
@@ -223,7 +223,7 @@ func (t *Top) add(line []byte) {
 	key := svc + "\x00" + caller.key()
 	r := t.rows[key]
 	if r == nil {
-		r = &topRow{service: svc, caller: caller, slots: make([]topSlot, int(t.opts.Window/time.Second))}
+		r = &topRow{service: svc, caller: caller, slots: make([]topSlot, t.slotCount())}
 		t.rows[key] = r
 	}
 	var one topSlot
@@ -237,10 +237,10 @@ func (t *Top) add(line []byte) {
 	default:
 		one.other = 1
 	}
-	sec := rec.Time.Unix()
-	s := &r.slots[int(sec%int64(len(r.slots)))]
-	if s.sec != sec {
-		*s = topSlot{sec: sec}
+	b := rec.Time.Unix() / t.slotSeconds()
+	s := &r.slots[int(b%int64(len(r.slots)))]
+	if s.sec != b {
+		*s = topSlot{sec: b}
 	}
 	s.add(one)
 	r.total.add(one)
@@ -256,14 +256,32 @@ type topLine struct {
 	window topSlot
 }
 
+// maxTopSlots bounds the counts a row keeps: a window longer than
+// maxTopSlots seconds is counted in slots of several seconds, so a row
+// costs the same whatever the window.
+const maxTopSlots = 60
+
+// slotSeconds is how many seconds one slot of a row counts.
+func (t *Top) slotSeconds() int64 {
+	w := int64(t.opts.Window / time.Second)
+	return (w + maxTopSlots - 1) / maxTopSlots
+}
+
+// slotCount is how many slots a row keeps to cover the window.
+func (t *Top) slotCount() int {
+	w, per := int64(t.opts.Window/time.Second), t.slotSeconds()
+	return int((w + per - 1) / per)
+}
+
 func (t *Top) render(now time.Time) error {
-	from := now.Add(-t.opts.Window).Unix()
+	per := t.slotSeconds()
+	from, to := now.Add(-t.opts.Window).Unix()/per, now.Unix()/per
 	var lines []topLine
 	var sum topSlot
 	for _, r := range t.rows {
 		l := topLine{row: r}
 		for _, s := range r.slots {
-			if s.sec > from && s.sec <= now.Unix() {
+			if s.sec > from && s.sec <= to {
 				l.window.add(s)
 			}
 		}

@@ -212,3 +212,29 @@ func TestRunAuditTopUsage(t *testing.T) {
 		t.Errorf("help does not list top:\n%s", stderr.String())
 	}
 }
+
+// TestTopLongWindow: an hour's window counts what it covers, in a bounded
+// number of slots per caller.
+func TestTopLongWindow(t *testing.T) {
+	path := filepath.Join(t.TempDir(), audit.AuditLogName)
+	var out bytes.Buffer
+	top := NewTop(TopOptions{Path: path, Window: time.Hour, Out: &out})
+	defer top.Close()
+	appendFile(t, path,
+		topRecord(t, "root", 0, "IMDS", "allow", 200, topNow.Add(-2*time.Hour)), // outside
+		topRecord(t, "root", 0, "IMDS", "allow", 200, topNow.Add(-50*time.Minute)),
+		topRecord(t, "root", 0, "IMDS", "allow", 200, topNow.Add(-30*time.Minute)),
+		topRecord(t, "root", 0, "IMDS", "deny", 403, topNow.Add(-time.Second)),
+	)
+	if err := top.Refresh(topNow); err != nil {
+		t.Fatal(err)
+	}
+	if frame := lastFrame(&out); !strings.Contains(frame, "last 1h0m0s: 3 requests, 2 allowed, 0 audit-denied (Enforce would deny), 1 denied") {
+		t.Errorf("summary:\n%s", frame)
+	}
+	for _, r := range top.rows {
+		if len(r.slots) > maxTopSlots {
+			t.Errorf("a row keeps %d slots, want at most %d", len(r.slots), maxTopSlots)
+		}
+	}
+}
