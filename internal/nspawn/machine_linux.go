@@ -82,7 +82,8 @@ func Boot(ctx context.Context, cfg Config) (_ *Machine, err error) {
 	if err := Available(); err != nil {
 		return nil, err
 	}
-	m := &Machine{Name: fmt.Sprintf("gpa-nspawn-%d-%d", os.Getpid(), seq.Add(1)), done: make(chan struct{})}
+	sweepStale()
+	m := &Machine{Name: fmt.Sprintf("%s%d-%d", namePrefix, os.Getpid(), seq.Add(1)), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			if cerr := m.Close(); cerr != nil {
@@ -112,6 +113,10 @@ func Boot(ctx context.Context, cfg Config) (_ *Machine, err error) {
 	m.nspawn = exec.Command("systemd-nspawn", args...)
 	m.nspawn.Stdout, m.nspawn.Stderr = m.logFile, m.logFile
 	m.nspawn.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	// A test process that dies without Close (killed, timed out) takes
+	// the machine down with it: SIGTERM makes systemd-nspawn power it
+	// off. What is left then (the empty group) the next Boot sweeps.
+	m.nspawn.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err = testenv.Start(m.nspawn, testenv.Options{Cgroup: m.Cgroup}); err != nil {
 		return nil, fmt.Errorf("nspawn: start systemd-nspawn: %w", err)
 	}
@@ -342,6 +347,44 @@ func (m *Machine) Close() error {
 	}
 	m.lock.release()
 	return errors.Join(errs...)
+}
+
+// namePrefix starts every machine's name: namePrefix<test pid>-<n>, also
+// the name of its cgroup and the start of its temporary directory's.
+const namePrefix = "gpa-nspawn-"
+
+// sweepStale removes what machines of test processes that ended without
+// closing them left behind: their cgroup trees (any process still in them
+// killed) and their temporary directories. A machine whose test process
+// still runs is left alone.
+func sweepStale() {
+	stale := func(name string) bool {
+		rest, ok := strings.CutPrefix(name, namePrefix)
+		if !ok {
+			return false
+		}
+		pidStr, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 {
+			return false
+		}
+		err = syscall.Kill(pid, 0)
+		return errors.Is(err, syscall.ESRCH)
+	}
+	if root, err := testenv.Cgroup2Mount(); err == nil {
+		entries, _ := os.ReadDir(root)
+		for _, e := range entries {
+			if e.IsDir() && stale(e.Name()) {
+				_ = removeTree(filepath.Join(root, e.Name()))
+			}
+		}
+	}
+	entries, _ := os.ReadDir(os.TempDir())
+	for _, e := range entries {
+		if e.IsDir() && stale(e.Name()) {
+			_ = os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
+		}
+	}
 }
 
 // removeTree kills every process in the cgroup tree at dir (cgroup.kill

@@ -38,7 +38,9 @@ func setCPUQuota(log *slog.Logger) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "systemctl", "set-property", "azure-proxy-agent.service", "CPUQuota="+CPUQuota).CombinedOutput()
+	// --runtime: the drop-in goes to /run, so nothing of it outlives the
+	// unit (uninstall removes the unit; the agent sets it at every start).
+	out, err := exec.CommandContext(ctx, "systemctl", "set-property", "--runtime", "azure-proxy-agent.service", "CPUQuota="+CPUQuota).CombinedOutput()
 	if err != nil {
 		log.Warn("setting CPU quota", "error", err, "output", string(out))
 		return
