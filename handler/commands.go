@@ -135,11 +135,21 @@ func runEnable(ctx context.Context, e *Env) (string, error) {
 // own view at start and whenever that view changes.
 const enabledHeartbeat = "ProxyAgent extension enabled; its monitor is checking the agent's status."
 
+// disabledHeartbeat is the heartbeat disable leaves: the monitor it
+// stopped no longer speaks for the agent.
+const disabledHeartbeat = "ProxyAgent extension disabled: its monitor is stopped; the agent service keeps running."
+
 // ensureHeartbeat writes enabledHeartbeat when the heartbeat file is
-// missing; an existing one is the running monitor's and stays.
+// missing or is disable's; any other is the running monitor's and stays.
 func ensureHeartbeat(e *Env) {
-	if _, err := os.Stat(e.Handler.HeartbeatFile); err == nil || e.Handler.HeartbeatFile == "" {
+	if e.Handler.HeartbeatFile == "" {
 		return
+	}
+	if _, err := os.Stat(e.Handler.HeartbeatFile); err == nil {
+		hb, rerr := extension.ReadHeartbeat(e.Handler.HeartbeatFile)
+		if rerr != nil || hb.FormattedMessage.Message != disabledHeartbeat {
+			return // the monitor's (an unreadable one is the monitor's to rewrite)
+		}
 	}
 	if err := WriteHeartbeat(e, enabledHeartbeat); err != nil {
 		e.Log.Error("write heartbeat", "err", err)
@@ -236,6 +246,12 @@ func stopMonitors(e *Env) int {
 
 func runDisable(ctx context.Context, e *Env) (string, error) {
 	n := stopMonitors(e)
+	if e.Handler.HeartbeatFile != "" {
+		// The stopped monitor's last heartbeat would go on saying it runs.
+		if err := WriteHeartbeat(e, disabledHeartbeat); err != nil {
+			e.Log.Error("write heartbeat", "err", err)
+		}
+	}
 	return fmt.Sprintf("disable: stopped %d monitor(s); the agent service keeps running", n), nil
 }
 

@@ -131,3 +131,21 @@ func testEventLevels(t *testing.T) {
 		t.Error("no error event after the threshold")
 	}
 }
+
+// TestDisableHeartbeat: disable leaves a heartbeat that says the monitor
+// is stopped, and the next enable replaces it.
+func TestDisableHeartbeat(t *testing.T) {
+	e := commandEnv(t, nil)
+	WriteHeartbeat(e, heartbeatPrefix+"success: fine")
+	if _, err := runDisable(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	hb, err := extension.ReadHeartbeat(e.Handler.HeartbeatFile)
+	if err != nil || hb.Status != extension.HeartbeatReady || !strings.Contains(hb.FormattedMessage.Message, "monitor is stopped") {
+		t.Fatalf("heartbeat after disable %+v %v", hb, err)
+	}
+	ensureHeartbeat(e)
+	if hb, _ := extension.ReadHeartbeat(e.Handler.HeartbeatFile); hb.FormattedMessage.Message != enabledHeartbeat {
+		t.Errorf("enable kept disable's heartbeat: %q", hb.FormattedMessage.Message)
+	}
+}

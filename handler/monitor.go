@@ -252,6 +252,13 @@ func (m *Monitor) Tick(ctx context.Context) {
 
 	data, ferr := m.Fetcher.Fetch(ctx)
 	ev := Evaluate(data, ferr, m.bundled, time.Now(), m.Env.Opts.StaleAfter)
+	if ev.Healthy && !m.Setup.Service.Active() {
+		// A status that reads healthy is the agent's last word before it
+		// stopped (its status.json outlives it): not a healthy agent.
+		ev.Healthy = false
+		ev.Message = "the azure-proxy-agent service is not running (" + m.Setup.Service.Kind() +
+			"); the status below is its last, from before it stopped"
+	}
 	if ev.Healthy {
 		m.state.Success(ev.Message)
 	} else {

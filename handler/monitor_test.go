@@ -611,3 +611,24 @@ func TestMonitorErrorAfterFiveMinutes(t *testing.T) {
 		})
 	}
 }
+
+// TestMonitorDeadAgentNotHealthy: an agent whose service is not running
+// is not reported healthy, though its last status.json still reads so.
+func TestMonitorDeadAgentNotHealthy(t *testing.T) {
+	r := newMonitorRig(t, "1.0.0", "1.0.0")
+	r.healthy("1.0.0")
+	r.m.Tick(context.Background())
+	if st := r.status(); st.Status != extension.StatusSuccess {
+		t.Fatalf("running agent: %s %q", st.Status, msgOf(st))
+	}
+	r.svc.active = false
+	r.m.Tick(context.Background())
+	if st := r.status(); st.Status == extension.StatusSuccess || !strings.Contains(msgOf(st), "not running") {
+		t.Errorf("dead agent with a healthy last status: %s %q", st.Status, msgOf(st))
+	}
+	r.svc.active = true
+	r.m.Tick(context.Background())
+	if st := r.status(); st.Status != extension.StatusSuccess {
+		t.Errorf("agent back: %s %q", st.Status, msgOf(st))
+	}
+}
