@@ -161,7 +161,7 @@ func TestRealWaagent(t *testing.T) {
 		defer wcancel()
 		start := time.Now()
 		var as status.AgentStatus
-		_, err := e.WaitInstanceView(wctx, func(iv hostsim.InstanceView) bool {
+		_, err := w.WaitInstanceView(wctx, func(iv hostsim.InstanceView) bool {
 			noHandlerError(iv)
 			var ok bool
 			as, ok = healthyView(iv, version)
@@ -248,7 +248,7 @@ func TestRealWaagent(t *testing.T) {
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 90*time.Second)
 	defer rcancel()
-	if _, err := e.WaitInstanceView(rctx, func(iv hostsim.InstanceView) bool {
+	if _, err := w.WaitInstanceView(rctx, func(iv hostsim.InstanceView) bool {
 		_, _, present := extView(iv)
 		_, err := os.Stat(w.HandlerDir("0.1.1"))
 		return !present && os.IsNotExist(err) && len(w.Processes()) == 0 && len(w.Pins()) == 0

@@ -344,7 +344,7 @@ func (r *run) main(ctx context.Context, dir string) error {
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 60*time.Second)
 	defer rcancel()
-	if _, err := e.WaitInstanceView(rctx, func(iv hostsim.InstanceView) bool {
+	if _, err := r.wa.WaitInstanceView(rctx, func(iv hostsim.InstanceView) bool {
 		return len(iv.Extensions) == 0 && len(r.wa.Processes()) == 0 && len(r.wa.Pins()) == 0
 	}); err != nil {
 		return fmt.Errorf("removal: %w; still running: %+v", err, r.wa.Processes())
@@ -373,7 +373,7 @@ func majorMinor(v string) string {
 func (r *run) waitHealthy(ctx context.Context) (hostsim.InstanceView, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	iv, err := r.env.WaitInstanceView(ctx, func(iv hostsim.InstanceView) bool {
+	iv, err := r.wa.WaitInstanceView(ctx, func(iv hostsim.InstanceView) bool {
 		for _, x := range iv.Extensions {
 			if x.Type == handler.HandlerName && len(x.Statuses) == 1 && x.Statuses[0].Code == "ProvisioningState/succeeded" && len(x.Substatuses) == 3 {
 				return true

@@ -32,8 +32,28 @@ const (
 // namespace (extension manifests and packages, the status blob).
 const StorageAddr = "127.0.0.1:8931"
 
+// EnvWaagentSource names the variable that, when set, points at a
+// WALinuxAgent source tree (a checkout of Azure/WALinuxAgent, e.g. 2.15,
+// which Debian does not package) to run instead of Debian's waagent:
+// its bin/waagent with the tree on PYTHONPATH.
+const EnvWaagentSource = "GPA_WAAGENT_SRC"
+
+// waagentScript is the waagent script that runs: Debian's, or
+// bin/waagent of $GPA_WAAGENT_SRC.
+func waagentScript() string {
+	if src := os.Getenv(EnvWaagentSource); src != "" {
+		return filepath.Join(src, "bin", "waagent")
+	}
+	return WaagentScript
+}
+
 // WaagentAvailable reports why the real waagent cannot run here, or nil.
 func WaagentAvailable() error {
+	if src := os.Getenv(EnvWaagentSource); src != "" {
+		if _, err := os.Stat(filepath.Join(src, "bin", "waagent")); err != nil {
+			return fmt.Errorf("%s=%s is not a WALinuxAgent source tree: %w", EnvWaagentSource, src, err)
+		}
+	}
 	for _, p := range []string{WaagentPython, WaagentScript, WaagentPackageDir} {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("waagent not installed (scripts/deps.sh installs Debian's waagent): %w", err)
@@ -49,7 +69,11 @@ func WaagentAvailable() error {
 
 // WaagentVersion is the installed waagent's version ("2.7.3.0").
 func WaagentVersion() (string, error) {
-	out, err := exec.Command(WaagentPython, "-c", "from azurelinuxagent.common.version import AGENT_VERSION; print(AGENT_VERSION)").Output()
+	cmd := exec.Command(WaagentPython, "-c", "from azurelinuxagent.common.version import AGENT_VERSION; print(AGENT_VERSION)")
+	if src := os.Getenv(EnvWaagentSource); src != "" {
+		cmd.Env = append(os.Environ(), "PYTHONPATH="+src)
+	}
+	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("e2eenv: waagent version: %w", err)
 	}
@@ -175,7 +199,7 @@ func (w *Waagent) Start() error {
 		"mount --bind " + shellQuote(w.varLog) + " /var/log",
 		"mount --bind " + shellQuote(w.LibDir) + " /var/lib/waagent",
 		"mount --bind " + shellQuote(w.confPath) + " /etc/waagent.conf",
-		"exec " + WaagentPython + " -u " + WaagentScript + " -run-exthandlers -debug -configuration-path:/etc/waagent.conf",
+		"exec " + WaagentPython + " -u " + shellQuote(waagentScript()) + " -run-exthandlers -debug -configuration-path:/etc/waagent.conf",
 	}, "\n")
 	f, err := os.OpenFile(filepath.Join(w.Env.Dir, "waagent.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -184,6 +208,9 @@ func (w *Waagent) Start() error {
 	cmd := exec.Command("/bin/sh", "-c", script)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = w.env
+	if src := os.Getenv(EnvWaagentSource); src != "" {
+		cmd.Env = append(append([]string(nil), w.env...), "PYTHONPATH="+src)
+	}
 	// A private mount namespace: Go makes every mount in it private, so
 	// the bind mounts stay inside.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
@@ -298,6 +325,25 @@ func (e *Env) WaitInstanceView(ctx context.Context, ok func(hostsim.InstanceView
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+}
+
+// WaitInstanceView is Env.WaitInstanceView while this waagent runs: when
+// it has exited (it runs without the daemon that would restart it), the
+// wait ends at once with the tail of its log, not at the deadline with a
+// view that stopped changing.
+func (w *Waagent) WaitInstanceView(ctx context.Context, ok func(hostsim.InstanceView) bool) (hostsim.InstanceView, error) {
+	exited := false
+	iv, err := w.Env.WaitInstanceView(ctx, func(iv hostsim.InstanceView) bool {
+		if ok(iv) {
+			return true
+		}
+		exited = !w.Running()
+		return exited
+	})
+	if err == nil && exited {
+		return iv, fmt.Errorf("e2eenv: waagent exited before the instance view was reached; its log ends:\n%s", w.LogTail(40))
+	}
+	return iv, err
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
