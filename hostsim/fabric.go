@@ -62,6 +62,10 @@ type VMExtensionProperties struct {
 	Settings                json.RawMessage `json:"settings,omitempty"`
 	ForceUpdateTag          string          `json:"forceUpdateTag,omitempty"`
 	State                   string          `json:"state,omitempty"`
+	// ProtectedSettings is read only to refuse it: the simulator has no
+	// certificate to encrypt it with, and taking the model while dropping
+	// it would hand the extension settings other than the ones asked for.
+	ProtectedSettings json.RawMessage `json:"protectedSettings,omitempty"`
 }
 
 // HandlerName is the handler's full name, publisher.type.
@@ -106,6 +110,9 @@ func ParseVMModel(b []byte) (VMModel, error) {
 		}
 		if _, err := parseVersion(p.TypeHandlerVersion); err != nil {
 			return m, fmt.Errorf("VM model: extension %s: %w", x.Name, err)
+		}
+		if ps := bytes.TrimSpace(p.ProtectedSettings); len(ps) > 0 && string(ps) != "null" {
+			return m, fmt.Errorf("VM model: extension %s has protectedSettings, which the simulator does not support (it has no certificate to encrypt them with)", x.Name)
 		}
 		if len(p.Settings) > 0 && !bytes.HasPrefix(bytes.TrimSpace(p.Settings), []byte("{")) && string(bytes.TrimSpace(p.Settings)) != "null" {
 			return m, fmt.Errorf("VM model: extension %s settings are not a JSON object", x.Name)

@@ -177,6 +177,7 @@ func TestParseVMModelRejects(t *testing.T) {
 		`{"resources":[{"name":"a","properties":{"publisher":"P","type":"T","typeHandlerVersion":"1.0"}},{"name":"b","properties":{"publisher":"p","type":"t","typeHandlerVersion":"1.0"}}]}`,
 		`{"resources":[{"name":"e","properties":{"publisher":"P","type":"T","typeHandlerVersion":"1.0","settings":[1]}}]}`,
 		`{"properties":{"securityProfile":{"proxyAgentSettings":{"mode":"Sometimes"}}}}`,
+		`{"resources":[{"name":"e","properties":{"publisher":"P","type":"T","typeHandlerVersion":"1.0","protectedSettings":{"secret":"s3"}}}]}`,
 	} {
 		if _, err := ParseVMModel([]byte(doc)); err == nil {
 			t.Errorf("accepted %s", doc)

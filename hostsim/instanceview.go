@@ -149,7 +149,10 @@ func (s *Sim) InstanceView() InstanceView {
 			hs := InstanceViewStatus{Code: "ProvisioningState/succeeded", Level: "Info", DisplayStatus: h.Status,
 				Message: h.FormattedMessage.text()}
 			if h.Status != "Ready" || h.Code != 0 {
-				hs.Code, hs.Level = fmt.Sprintf("ProvisioningState/failed/%d", h.Code), "Error"
+				hs.Code, hs.Level = "ProvisioningState/failed", "Error"
+				if h.Code != 0 {
+					hs.Code += fmt.Sprintf("/%d", h.Code)
+				}
 				if h.Status == "Ready" {
 					hs.Level = "Warning"
 				}
