@@ -258,22 +258,14 @@ func TestBurstInOrder(t *testing.T) {
 			t.Fatalf("message %d: %q, want %q", i, body, want)
 		}
 	}
-	testsupport.WaitFor(t, "every record counted as written", func() bool { return w.Written() == n })
-	if w.Dropped() != 0 {
-		t.Errorf("dropped %d, want 0", w.Dropped())
-	}
+	wantAllWritten(t, w, n)
 }
 
 // TestStreamSocket: where the socket is a stream socket (syslog-ng's
 // unix-stream source) the records arrive there as one line each, in
 // order, none dropped.
 func TestStreamSocket(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "log")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	path, ln := listenStream(t)
 	w := New(Options{Path: path, Logger: quiet})
 	defer w.Close()
 	const n = 200
@@ -297,22 +289,14 @@ func TestStreamSocket(t *testing.T) {
 			t.Fatalf("line %d: <%d> %q, want <%d> %q", i, pri, body, FacilityAuthPriv*8+SeverityWarning, want)
 		}
 	}
-	testsupport.WaitFor(t, "every record counted as written", func() bool { return w.Written() == n })
-	if w.Dropped() != 0 {
-		t.Errorf("dropped %d, want 0", w.Dropped())
-	}
+	wantAllWritten(t, w, n)
 }
 
 // TestStalledStreamNotRedialled: a stream daemon that stopped reading is
 // not given a new connection on every write timeout: within
 // RedialInterval the writer stays on its one connection (and drops).
 func TestStalledStreamNotRedialled(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "log")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	path, ln := listenStream(t)
 	w := New(Options{Path: path, Logger: quiet, WriteTimeout: 20 * time.Millisecond, RedialInterval: time.Hour})
 	defer w.Close()
 	line := bytes.Repeat([]byte("x"), 1000)
@@ -337,5 +321,27 @@ func TestStalledStreamNotRedialled(t *testing.T) {
 	}
 	if conns != 1 {
 		t.Errorf("%d connections to the stalled daemon, want 1", conns)
+	}
+}
+
+// listenStream is a stream syslog socket (syslog-ng's unix-stream source)
+// the test accepts on.
+func listenStream(t *testing.T) (string, *net.UnixListener) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "log")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return path, ln
+}
+
+// wantAllWritten waits until w counts n messages written, and none dropped.
+func wantAllWritten(t *testing.T, w *Writer, n uint64) {
+	t.Helper()
+	testsupport.WaitFor(t, "every record counted as written", func() bool { return w.Written() == n })
+	if w.Dropped() != 0 {
+		t.Errorf("dropped %d, want 0", w.Dropped())
 	}
 }
