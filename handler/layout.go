@@ -27,7 +27,7 @@ const (
 	ExtBinaryName    = "ProxyAgentExt"
 	AgentBinaryName  = msp.ServiceName
 	ServiceName      = msp.ServiceName
-	UnitName         = msp.ServiceName + ".service"
+	UnitName         = installpath.UnitName
 	MonitorUnitName  = "azure-proxy-agent-extension-monitor.service"
 	SupervisorName   = "azure-proxy-agent-supervisor"
 	SeqFileName      = "current_seq_no.txt"

@@ -69,13 +69,13 @@ func PrerequisiteStatus(r prereq.Report, agentVersion string) extension.Status {
 }
 
 // checkPrerequisites runs the capability checks before any command or the
-// monitor. On a machine that lacks one, a command that sets up, upgrades or
-// runs the agent (refuse: see refusesWithoutPrerequisites) writes the error status,
-// logs, tells stderr and returns false; any other command (it stops or
-// removes what an earlier install left, on a machine that may have lost a
-// prerequisite since, e.g. rebooted into cgroup v1) logs a warning and goes
-// on. An untested distribution that has every prerequisite is logged as a
-// warning and goes on.
+// monitor. On a machine that lacks one, a command that sets up, upgrades
+// or runs the agent (refuse: see refusesWithoutPrerequisites) writes the
+// error status, logs, tells stderr and returns false; any other command
+// (it stops or removes what an earlier install left, on a machine that may
+// have lost a prerequisite since, e.g. rebooted into cgroup v1) logs a
+// warning and goes on. An untested distribution that has every
+// prerequisite is logged as a warning and goes on.
 func checkPrerequisites(e *Env, getenv func(string) string, stderr io.Writer, refuse bool) bool {
 	r := prereq.Check(PrerequisitePaths(e.Layout, getenv))
 	if !r.OK() && !refuse {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/opengpa/gpa/internal/installpath"
 	"github.com/opengpa/gpa/internal/serdejson"
 )
 
@@ -27,7 +28,7 @@ const AgentCPUQuotaPercentage = 15
 // ServiceUnit is the systemd unit name waagent must track for the agent.
 // waagent builds drop-in directories as "<name>.d", so the name carries
 // the .service suffix.
-const ServiceUnit = "azure-proxy-agent.service"
+const ServiceUnit = installpath.UnitName
 
 // Commands are the waagent commands the manifest must map, with the script
 // each one runs (relative to the handler root).

@@ -10,13 +10,19 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/opengpa/gpa/proxyagent/msp"
 )
+
+// UnitName is the agent's systemd unit.
+const UnitName = msp.ServiceName + ".service"
 
 // Upstream's installed paths.
 const (
-	AgentBinary = "/usr/sbin/azure-proxy-agent"
+	AgentBinary = "/usr/sbin/" + msp.ServiceName
 	LibDir      = "/usr/lib/azure-proxy-agent"
 	UnitDir     = "/usr/lib/systemd/system"
+	UnitFile    = UnitDir + "/" + UnitName
 	ManDir      = "/usr/share/man/man8"
 )
 
@@ -57,7 +63,7 @@ func ReadOnlyLayout(root string) bool {
 		_, err := os.Lstat(filepath.Join(root, p))
 		return err == nil
 	}
-	for _, p := range []string{AgentBinary, UnitDir + "/" + unitName} {
+	for _, p := range []string{AgentBinary, UnitFile} {
 		if exists(p) {
 			return false
 		}
@@ -67,9 +73,6 @@ func ReadOnlyLayout(root string) bool {
 	}
 	return UsrReadOnly(root)
 }
-
-// unitName is the agent's unit file.
-const unitName = "azure-proxy-agent.service"
 
 // UsrReadOnly reports whether root's /usr ("" is /) is on a read-only
 // mount; false when it cannot tell (no such directory).

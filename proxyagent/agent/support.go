@@ -40,7 +40,7 @@ func setCPUQuota(log *slog.Logger) {
 	defer cancel()
 	// --runtime: the drop-in goes to /run, so nothing of it outlives the
 	// unit (uninstall removes the unit; the agent sets it at every start).
-	out, err := exec.CommandContext(ctx, "systemctl", "set-property", "--runtime", "azure-proxy-agent.service", "CPUQuota="+CPUQuota).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "systemctl", "set-property", "--runtime", manifest.ServiceUnit, "CPUQuota="+CPUQuota).CombinedOutput()
 	if err != nil {
 		log.Warn("setting CPU quota", "error", err, "output", string(out))
 		return

@@ -56,7 +56,7 @@ type Finding struct {
 // under InstallRoot, their installpath.Map counterparts).
 const (
 	DefaultBinary = installpath.AgentBinary
-	DefaultUnit   = installpath.UnitDir + "/azure-proxy-agent.service"
+	DefaultUnit   = installpath.UnitFile
 )
 
 // Options say what to check. The zero value checks the running system's

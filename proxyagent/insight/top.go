@@ -23,8 +23,7 @@ import (
 // Defaults of `audit top`.
 const (
 	DefaultTopWindow = time.Minute
-	// MaxTopWindow is the longest window: each row keeps a count per
-	// second of it.
+	// MaxTopWindow is the longest window.
 	MaxTopWindow   = time.Hour
 	DefaultTopRows = 20
 	// clearScreen moves the cursor home and clears the terminal.

@@ -1,8 +1,8 @@
 // Package syslog sends the agent's audit records to the local syslog
 // daemon or journald: one datagram per decision on a unix datagram socket
 // (/dev/log; where that is a stream socket, as syslog-ng's unix-stream
-// source, one newline-terminated line per decision), in the format the C library's syslog(3) uses there
-// (RFC 3164 without hostname):
+// source serves, one newline-terminated line per decision), in the format
+// the C library's syslog(3) uses there (RFC 3164 without hostname):
 //
 //	<PRI>Mmm dd hh:mm:ss azure-proxy-agent[PID]: {"v":1,...}
 //
