@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/opengpa/gpa/extension"
+	"github.com/opengpa/gpa/handler"
 	"github.com/opengpa/gpa/internal/testenv"
 )
 
@@ -275,7 +276,7 @@ func checkSelection(t *testing.T, ext string) {
 			t.Fatalf("%s on %s: no status: %v", verb, machine, err)
 		}
 		st := it.Status
-		if st.Status != extension.StatusError || st.Code != 6 || st.Operation != "CheckOSVersionSupport" ||
+		if st.Status != extension.StatusError || st.Code != handler.ExitUnsupportedOS || st.Operation != handler.OperationOSCheck || st.Name != handler.StatusName ||
 			!strings.HasPrefix(st.FormattedMessage.Message, "OS version not supported: ") || !strings.Contains(st.FormattedMessage.Message, want) {
 			t.Errorf("%s on %s: status %+v", verb, machine, st)
 		}

@@ -38,20 +38,21 @@ const StorageAddr = "127.0.0.1:8931"
 // its bin/waagent with the tree on PYTHONPATH.
 const EnvWaagentSource = "GPA_WAAGENT_SRC"
 
-// waagentScript is the waagent script that runs: Debian's, or
-// bin/waagent of $GPA_WAAGENT_SRC.
-func waagentScript() string {
+// waagentSource returns the waagent script that runs and what its Python
+// needs in its environment: Debian's, or bin/waagent of $GPA_WAAGENT_SRC
+// with the tree on PYTHONPATH.
+func waagentSource() (script string, env []string) {
 	if src := os.Getenv(EnvWaagentSource); src != "" {
-		return filepath.Join(src, "bin", "waagent")
+		return filepath.Join(src, "bin", "waagent"), []string{"PYTHONPATH=" + src}
 	}
-	return WaagentScript
+	return WaagentScript, nil
 }
 
 // WaagentAvailable reports why the real waagent cannot run here, or nil.
 func WaagentAvailable() error {
-	if src := os.Getenv(EnvWaagentSource); src != "" {
-		if _, err := os.Stat(filepath.Join(src, "bin", "waagent")); err != nil {
-			return fmt.Errorf("%s=%s is not a WALinuxAgent source tree: %w", EnvWaagentSource, src, err)
+	if script, env := waagentSource(); env != nil {
+		if _, err := os.Stat(script); err != nil {
+			return fmt.Errorf("%s is not a WALinuxAgent source tree: %w", EnvWaagentSource, err)
 		}
 	}
 	for _, p := range []string{WaagentPython, WaagentScript, WaagentPackageDir} {
@@ -70,8 +71,8 @@ func WaagentAvailable() error {
 // WaagentVersion is the installed waagent's version ("2.7.3.0").
 func WaagentVersion() (string, error) {
 	cmd := exec.Command(WaagentPython, "-c", "from azurelinuxagent.common.version import AGENT_VERSION; print(AGENT_VERSION)")
-	if src := os.Getenv(EnvWaagentSource); src != "" {
-		cmd.Env = append(os.Environ(), "PYTHONPATH="+src)
+	if _, env := waagentSource(); env != nil {
+		cmd.Env = append(os.Environ(), env...)
 	}
 	out, err := cmd.Output()
 	if err != nil {
@@ -194,12 +195,13 @@ func (w *Waagent) Start() error {
 	if w.proc != nil && !w.proc.exited() {
 		return errors.New("e2eenv: waagent already running")
 	}
+	waagent, pyEnv := waagentSource()
 	script := strings.Join([]string{
 		"set -e",
 		"mount --bind " + shellQuote(w.varLog) + " /var/log",
 		"mount --bind " + shellQuote(w.LibDir) + " /var/lib/waagent",
 		"mount --bind " + shellQuote(w.confPath) + " /etc/waagent.conf",
-		"exec " + WaagentPython + " -u " + shellQuote(waagentScript()) + " -run-exthandlers -debug -configuration-path:/etc/waagent.conf",
+		"exec " + WaagentPython + " -u " + shellQuote(waagent) + " -run-exthandlers -debug -configuration-path:/etc/waagent.conf",
 	}, "\n")
 	f, err := os.OpenFile(filepath.Join(w.Env.Dir, "waagent.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -207,10 +209,7 @@ func (w *Waagent) Start() error {
 	}
 	cmd := exec.Command("/bin/sh", "-c", script)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = w.env
-	if src := os.Getenv(EnvWaagentSource); src != "" {
-		cmd.Env = append(append([]string(nil), w.env...), "PYTHONPATH="+src)
-	}
+	cmd.Env = append(append([]string(nil), w.env...), pyEnv...)
 	// A private mount namespace: Go makes every mount in it private, so
 	// the bind mounts stay inside.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
